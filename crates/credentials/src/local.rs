@@ -1,0 +1,203 @@
+//! `kind: local` — sidekey's own issuer: an in-memory signing key (generated at start, never
+//! written anywhere) that mints short-lived JWTs. Upstreams verify them with the JWKS served on
+//! the admin listener. Meant for development, the quickstart, and services that trust sidekey.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use sidekey_config::{LocalAlgorithm, LocalIssuerConfig};
+
+use crate::issuer::{CredentialRequest, IssueError};
+use crate::{Credential, CredentialId, Secret};
+
+/// One public key of a local issuer, as a JWK (RFC 7517 / RFC 8037).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Jwk {
+    pub kty: &'static str,
+    pub crv: &'static str,
+    pub x: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    pub kid: String,
+    pub alg: &'static str,
+    #[serde(rename = "use")]
+    pub use_: &'static str,
+}
+
+/// An in-memory JWT issuer.
+pub struct LocalIssuer {
+    iss: String,
+    algorithm: Algorithm,
+    key: EncodingKey,
+    jwk: Jwk,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: &'a str,
+}
+
+impl LocalIssuer {
+    /// Generates a fresh key pair. The private key lives only inside this value.
+    pub fn generate(config: &LocalIssuerConfig) -> Result<Self, IssueError> {
+        let rng = SystemRandom::new();
+        let (algorithm, key, mut jwk) = match config.algorithm {
+            LocalAlgorithm::EdDsa => {
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|_| IssueError::Signing("Ed25519 key generation failed".into()))?;
+                let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+                    .map_err(|_| IssueError::Signing("Ed25519 key rejected".into()))?;
+                let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+                let jwk = Jwk {
+                    kty: "OKP",
+                    crv: "Ed25519",
+                    x,
+                    y: None,
+                    kid: String::new(),
+                    alg: "EdDSA",
+                    use_: "sig",
+                };
+                (Algorithm::EdDSA, EncodingKey::from_ed_der(pkcs8.as_ref()), jwk)
+            }
+            LocalAlgorithm::Es256 => {
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| IssueError::Signing("P-256 key generation failed".into()))?;
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                    .map_err(|_| IssueError::Signing("P-256 key rejected".into()))?;
+                // Uncompressed point: 0x04 || X (32) || Y (32).
+                let point = pair.public_key().as_ref();
+                if point.len() != 65 {
+                    return Err(IssueError::Signing("unexpected P-256 public key size".into()));
+                }
+                let jwk = Jwk {
+                    kty: "EC",
+                    crv: "P-256",
+                    x: URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    y: Some(URL_SAFE_NO_PAD.encode(&point[33..65])),
+                    kid: String::new(),
+                    alg: "ES256",
+                    use_: "sig",
+                };
+                (Algorithm::ES256, EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+            }
+        };
+        // kid: a short, stable name for this key (RFC 7638-style thumbprint input, truncated).
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("{}:{}:{}", jwk.crv, jwk.x, jwk.y.as_deref().unwrap_or("")).as_bytes(),
+        );
+        jwk.kid = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
+        Ok(LocalIssuer { iss: config.issuer.clone(), algorithm, key, jwk })
+    }
+
+    /// The public key, for the JWKS endpoint.
+    pub fn jwk(&self) -> &Jwk {
+        &self.jwk
+    }
+
+    /// Mints a JWT with `iss`, `sub`, `aud`, `iat`, `nbf`, `exp` and a fresh `jti`.
+    pub fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
+        let issued_at = SystemTime::now();
+        let iat = issued_at
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| IssueError::Signing("system clock is before 1970".into()))?
+            .as_secs();
+        let ttl = request.ttl.max(Duration::from_secs(1));
+        let jti = uuid::Uuid::new_v4().to_string();
+        let claims = Claims {
+            iss: &self.iss,
+            sub: request.subject.as_deref().unwrap_or("sidekey"),
+            aud: request.audience.as_deref(),
+            iat,
+            nbf: iat,
+            exp: iat + ttl.as_secs(),
+            jti: &jti,
+        };
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.jwk.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        Ok(Credential {
+            id: CredentialId(jti),
+            secret: Secret::new(token),
+            issued_at,
+            expires_at: UNIX_EPOCH + Duration::from_secs(iat + ttl.as_secs()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn request() -> CredentialRequest {
+        CredentialRequest {
+            audience: Some("demo-api".into()),
+            subject: Some("agent-7".into()),
+            ttl: Duration::from_secs(300),
+        }
+    }
+
+    fn verify(issuer: &LocalIssuer, token: &str) -> serde_json::Value {
+        let jwk = issuer.jwk();
+        let key = match jwk.kty {
+            "OKP" => DecodingKey::from_ed_components(&jwk.x).unwrap(),
+            _ => DecodingKey::from_ec_components(&jwk.x, jwk.y.as_deref().unwrap()).unwrap(),
+        };
+        let mut validation = Validation::new(issuer.algorithm);
+        validation.set_audience(&["demo-api"]);
+        validation.set_issuer(&["sidekey-local"]);
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).unwrap().claims
+    }
+
+    #[test]
+    fn mints_verifiable_jwts_with_every_claim() {
+        for algorithm in [LocalAlgorithm::EdDsa, LocalAlgorithm::Es256] {
+            let issuer = LocalIssuer::generate(&LocalIssuerConfig {
+                issuer: "sidekey-local".into(),
+                algorithm,
+            })
+            .unwrap();
+            let cred = issuer.issue(&request()).unwrap();
+            let claims = verify(&issuer, cred.secret.expose());
+            assert_eq!(claims["jti"], cred.id.0.as_str());
+            assert_eq!(claims["sub"], "agent-7");
+            assert_eq!(claims["aud"], "demo-api");
+            let exp = claims["exp"].as_u64().unwrap();
+            let iat = claims["iat"].as_u64().unwrap();
+            assert_eq!(exp - iat, 300);
+            let header = jsonwebtoken::decode_header(cred.secret.expose()).unwrap();
+            assert_eq!(header.kid.as_deref(), Some(issuer.jwk().kid.as_str()));
+        }
+    }
+
+    #[test]
+    fn each_credential_has_a_fresh_id_and_another_key_cannot_verify_it() {
+        let config = LocalIssuerConfig { issuer: "sidekey-local".into(), algorithm: LocalAlgorithm::EdDsa };
+        let a = LocalIssuer::generate(&config).unwrap();
+        let b = LocalIssuer::generate(&config).unwrap();
+        let c1 = a.issue(&request()).unwrap();
+        let c2 = a.issue(&request()).unwrap();
+        assert_ne!(c1.id, c2.id);
+        assert_ne!(a.jwk().x, b.jwk().x);
+        let key = DecodingKey::from_ed_components(&b.jwk().x).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&["demo-api"]);
+        assert!(jsonwebtoken::decode::<serde_json::Value>(c1.secret.expose(), &key, &validation).is_err());
+    }
+}
