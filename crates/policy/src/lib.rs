@@ -11,4 +11,6 @@ pub mod route;
 pub use glob::{GlobError, PathGlob};
 pub use host::{Authority, CanonicalHost, HostError, Scheme, Target};
 pub use path::{PathError, RequestPath};
-pub use route::{Decision, DenyCode, Denial, HostPattern, HostPatternError, MethodSet, Policy, Route};
+pub use route::{
+    Decision, Denial, DenyCode, HostPattern, HostPatternError, MethodSet, Policy, Route,
+};
