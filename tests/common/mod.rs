@@ -1,0 +1,176 @@
+//! Shared fixtures for sidekey's integration tests, in one place: every `tests/*.rs` file has
+//! `mod common;`.
+//!
+//! - [`ca::TestCa`]: a test CA that signs the upstreams' certificates;
+//! - [`upstream::Upstream`]: real HTTPS (h1 + h2) and HTTP servers that echo, stream SSE,
+//!   redirect, and record what reached them;
+//! - [`sidekey::Sidekey`]: the real binary on free ports, its audit (stdout) and logs (stderr);
+//! - [`clients`]: curl, Python (requests, httpx), Node (undici) and raw-socket clients.
+//!
+//! [`Env`] bundles a CA and the two upstreams and starts sidekey with the placeholders
+//! `{test_ca}`, `{upstream}`, `{upstream_http}` (and `{dir}`) filled in.
+
+#![allow(dead_code)]
+
+pub mod ca;
+pub mod clients;
+pub mod sidekey;
+pub mod upstream;
+
+#[allow(unused_imports)]
+pub use ca::TestCa;
+pub use clients::*;
+#[allow(unused_imports)]
+pub use sidekey::{run_check, Sidekey};
+#[allow(unused_imports)]
+pub use upstream::{Recorded, Upstream};
+
+/// A test CA, an HTTPS upstream whose certificate it signed, and a plain HTTP upstream.
+pub struct Env {
+    pub ca: TestCa,
+    pub upstream: Upstream,
+    pub upstream_http: Upstream,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let ca = TestCa::new("sidekey test upstream CA");
+        let upstream = Upstream::https(&ca);
+        let upstream_http = Upstream::http();
+        Env {
+            ca,
+            upstream,
+            upstream_http,
+        }
+    }
+
+    /// The placeholders every config may use.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("test_ca", self.ca.pem_path().display().to_string()),
+            ("upstream", self.upstream.addr().to_string()),
+            ("upstream_http", self.upstream_http.addr().to_string()),
+        ]
+    }
+
+    /// Starts sidekey with `yaml` (see [`Sidekey::start`]).
+    pub fn sidekey(&self, yaml: &str) -> Sidekey {
+        Sidekey::start(yaml, &self.vars())
+    }
+
+    /// Starts sidekey with `yaml` and extra placeholders.
+    pub fn sidekey_with(&self, yaml: &str, extra: &[(&'static str, String)]) -> Sidekey {
+        let mut vars = self.vars();
+        vars.extend(extra.iter().cloned());
+        Sidekey::start(yaml, &vars)
+    }
+}
+
+/// Hosts of [`base_config`], all resolved to the test upstreams.
+pub const API: &str = "api.test.local";
+pub const OTHER: &str = "other.test.local";
+pub const SCOPED: &str = "paths.test.local";
+pub const PLAIN: &str = "plain.test.local";
+
+/// The config most tests use: the local issuer, one credential (`demo`, audience `demo-api`),
+/// and routes
+/// - `api`: https://api.test.local, GET/POST/HEAD, `Authorization: Bearer {token}`;
+/// - `other`: https://other.test.local, GET, same credential;
+/// - `scoped`: https://paths.test.local, GET, paths `/echo/v1/**` only;
+/// - `plain`: http://plain.test.local (port 80), GET/POST;
+///
+/// then `extra_routes` (YAML list items, indented by two spaces) and `extra_top` (top-level
+/// keys). `extra_resolve` adds `host:port: placeholder-or-addr` pins.
+pub fn base_config(extra_resolve: &[(&str, &str)], extra_routes: &str, extra_top: &str) -> String {
+    let mut resolve = String::new();
+    for (k, v) in extra_resolve {
+        resolve.push_str(&format!("    \"{k}\": \"{v}\"\n"));
+    }
+    format!(
+        r#"upstream:
+  extra_ca_files: ["{{test_ca}}"]
+  resolve:
+    "api.test.local:443": "{{upstream}}"
+    "other.test.local:443": "{{upstream}}"
+    "paths.test.local:443": "{{upstream}}"
+    "plain.test.local:80": "{{upstream_http}}"
+{resolve}issuers:
+  local: {{ kind: local }}
+credentials:
+  demo: {{ issuer: local, audience: demo-api, ttl: 5m }}
+{extra_top}
+routes:
+  - name: api
+    hosts: [api.test.local]
+    methods: [GET, POST, HEAD]
+    credential: demo
+    inject: {{ header: Authorization, value: "Bearer {{token}}" }}
+    allow_private: true
+  - name: other
+    hosts: [other.test.local]
+    methods: [GET]
+    credential: demo
+    inject: {{ header: Authorization, value: "Bearer {{token}}" }}
+    allow_private: true
+  - name: scoped
+    hosts: [paths.test.local]
+    methods: [GET]
+    paths: ["/echo/v1/**"]
+    credential: demo
+    inject: {{ header: Authorization, value: "Bearer {{token}}" }}
+    allow_private: true
+  - name: plain
+    hosts: [plain.test.local]
+    schemes: [http]
+    methods: [GET, POST]
+    credential: demo
+    inject: {{ header: Authorization, value: "Bearer {{token}}" }}
+    allow_private: true
+{extra_routes}"#
+    )
+}
+
+/// [`base_config`] with nothing added.
+pub fn default_config() -> String {
+    base_config(&[], "", "")
+}
+
+/// `curl -x <forward> --cacert <sidekey CA> <args>`: an agent using sidekey as its proxy.
+pub fn curl_via(sk: &Sidekey, args: &[&str]) -> CurlResult {
+    let proxy = sk.proxy_url();
+    let ca = sk.ca_pem().display().to_string();
+    let mut all = vec!["-x", proxy.as_str(), "--cacert", ca.as_str()];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
+/// Asserts a JWT minted by the local issuer for credential `demo`: three parts, EdDSA,
+/// `aud` = `audience`, `iss`, `sub`, `jti` present, `iat` <= now < `exp` <= iat + 5 min.
+/// Returns the payload.
+#[track_caller]
+pub fn assert_local_jwt(token: &str, audience: &str) -> serde_json::Value {
+    let (header, payload) = decode_jwt(token);
+    assert_eq!(header["alg"], "EdDSA", "JWT header {header}");
+    assert!(header["kid"].is_string(), "JWT header has a kid: {header}");
+    let aud_ok = payload["aud"] == audience
+        || payload["aud"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == audience));
+    assert!(aud_ok, "aud should be {audience}: {payload}");
+    for claim in ["iss", "sub", "jti"] {
+        assert!(
+            payload[claim].as_str().is_some_and(|s| !s.is_empty()),
+            "claim {claim} missing: {payload}"
+        );
+    }
+    let now = now_unix();
+    let iat = payload["iat"].as_u64().expect("iat");
+    let exp = payload["exp"].as_u64().expect("exp");
+    assert!(iat <= now + 5, "iat {iat} in the future (now {now})");
+    assert!(exp > now, "exp {exp} already passed (now {now})");
+    assert!(
+        exp <= iat + 5 * 60 + 5,
+        "exp {exp} beyond ttl 5m from iat {iat}"
+    );
+    payload
+}

@@ -1,0 +1,513 @@
+//! `Sidekey`: the real `sidekey` binary, started with a config the test writes, on free ports.
+//!
+//! The harness prepends `listen:` (all three listeners on 127.0.0.1:0) and `ca: {cert_out:}` to
+//! the test's YAML, replaces `{name}` placeholders, learns the ports from the `listening
+//! listener=<name> addr=<ip:port>` lines on stderr, waits for `/readyz` and the CA file, and
+//! collects stdout (audit JSON, one object per line) and stderr on background threads. The
+//! child is killed on drop; if the test is panicking, its stderr and audit are printed first.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::clients::http_get;
+
+/// How long sidekey may take to listen and become ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default wait for audit records.
+pub const AUDIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of the built binary under test.
+pub fn sidekey_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sidekey")
+}
+
+/// The repository root (where `examples/` lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[derive(Default)]
+struct Output {
+    /// Parsed stdout lines that were JSON objects.
+    audit: Vec<Value>,
+    /// Stdout lines that were not JSON (stdout must carry only audit).
+    stdout_other: Vec<String>,
+    stderr: Vec<String>,
+    /// `listener name -> address`, from the stderr lines.
+    listening: HashMap<String, SocketAddr>,
+    stdout_closed: bool,
+    stderr_closed: bool,
+}
+
+struct Shared {
+    out: Mutex<Output>,
+    changed: Condvar,
+}
+
+/// A running sidekey.
+pub struct Sidekey {
+    child: Child,
+    dir: tempfile::TempDir,
+    shared: Arc<Shared>,
+    config_path: PathBuf,
+    ca_pem: PathBuf,
+    pub forward: SocketAddr,
+    pub routes: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Replaces `{key}` by value for every pair.
+pub fn substitute(text: &str, vars: &[(&str, String)]) -> String {
+    let mut out = text.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// Removes the top-level keys `keys` (and the indented block under each) from a YAML text.
+/// Enough for the block- and flow-style files this project writes; not a YAML parser.
+pub fn strip_top_level_keys(yaml: &str, keys: &[&str]) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in yaml.lines() {
+        if line.starts_with('#') {
+            // A comment at column 0 introduces whatever follows, not the skipped block.
+            skipping = false;
+        } else if !line.is_empty() && !line.starts_with([' ', '\t']) {
+            let key = line.split(':').next().unwrap_or("").trim();
+            skipping = keys.contains(&key);
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl Sidekey {
+    /// Starts sidekey with `yaml` (placeholders from `vars` and `{dir}` replaced) after the
+    /// harness's `listen:` and `ca:` sections.
+    pub fn start(yaml: &str, vars: &[(&str, String)]) -> Sidekey {
+        Sidekey::start_inner(yaml, vars, true)
+    }
+
+    /// Like [`Sidekey::start`] but the YAML is used as is (after substitution): it must set
+    /// `listen:` (three listeners) and `ca.cert_out: {dir}/ca.pem` itself.
+    pub fn start_raw(yaml: &str, vars: &[(&str, String)]) -> Sidekey {
+        Sidekey::start_inner(yaml, vars, false)
+    }
+
+    fn start_inner(yaml: &str, vars: &[(&str, String)], prepend: bool) -> Sidekey {
+        let dir = tempfile::Builder::new()
+            .prefix("sidekey-test-")
+            .tempdir()
+            .expect("tempdir");
+        let dir_str = dir.path().display().to_string();
+        let ca_pem = dir.path().join("ca.pem");
+        let mut all_vars: Vec<(&str, String)> = vars.to_vec();
+        all_vars.push(("dir", dir_str.clone()));
+        let body = substitute(yaml, &all_vars);
+        let config = if prepend {
+            format!(
+                "# written by tests/common/sidekey.rs\n\
+                 listen: {{ forward: 127.0.0.1:0, routes: 127.0.0.1:0, admin: 127.0.0.1:0 }}\n\
+                 ca: {{ cert_out: \"{}\" }}\n{body}",
+                ca_pem.display()
+            )
+        } else {
+            body
+        };
+        let config_path = dir.path().join("sidekey.yaml");
+        std::fs::write(&config_path, &config).expect("write config");
+
+        let mut cmd = Command::new(sidekey_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path());
+        Sidekey::spawn(cmd, dir, config_path, ca_pem, &config)
+    }
+
+    /// Starts `sidekey run` with no `--config` (the embedded quickstart), in a temp dir.
+    /// `listen` is unchanged, so this only works when the quickstart's ports are free.
+    pub fn start_embedded_quickstart() -> Sidekey {
+        let dir = tempfile::Builder::new()
+            .prefix("sidekey-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut cmd = Command::new(sidekey_bin());
+        cmd.arg("run").current_dir(dir.path());
+        let ca_pem = dir.path().join("ca.pem");
+        Sidekey::spawn(cmd, dir, PathBuf::new(), ca_pem, "(embedded quickstart)")
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        ca_pem: PathBuf,
+        config_text: &str,
+    ) -> Sidekey {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        if let Ok(filter) = std::env::var("SIDEKEY_TEST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        for var in PROXY_VARS {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", sidekey_bin()));
+        let shared = Arc::new(Shared {
+            out: Mutex::new(Output::default()),
+            changed: Condvar::new(),
+        });
+        spawn_reader(child.stdout.take().unwrap(), shared.clone(), Stream::Stdout);
+        spawn_reader(child.stderr.take().unwrap(), shared.clone(), Stream::Stderr);
+
+        let mut sk = Sidekey {
+            child,
+            dir,
+            shared,
+            config_path,
+            ca_pem,
+            forward: "0.0.0.0:0".parse().unwrap(),
+            routes: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+        };
+        sk.wait_started(config_text);
+        sk
+    }
+
+    fn wait_started(&mut self, config_text: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let fail = |sk: &mut Sidekey, why: String| -> ! {
+            let _ = sk.child.kill();
+            let _ = sk.child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "sidekey did not start: {why}\n--- config ---\n{config_text}\n--- stderr ---\n{}\n--- stdout ---\n{}",
+                sk.stderr(),
+                sk.stdout_text()
+            );
+        };
+        // 1. The three listening lines.
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                fail(self, format!("exited early with {status}"));
+            }
+            let listening = self.shared.out.lock().unwrap().listening.clone();
+            if ["forward", "routes", "admin"]
+                .iter()
+                .all(|l| listening.contains_key(*l))
+            {
+                self.forward = listening["forward"];
+                self.routes = listening["routes"];
+                self.admin = listening["admin"];
+                break;
+            }
+            if Instant::now() > deadline {
+                fail(self, format!("no `listening listener=.. addr=..` line for every listener within {START_TIMEOUT:?} (saw {listening:?})"));
+            }
+            let out = self.shared.out.lock().unwrap();
+            let _ = self
+                .shared
+                .changed
+                .wait_timeout(out, Duration::from_millis(50))
+                .unwrap();
+        }
+        // 2. /readyz answers 200.
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                fail(self, format!("exited early with {status}"));
+            }
+            let last = match http_get(self.admin, "/readyz") {
+                Ok((200, _)) => break,
+                Ok((s, b)) => format!("/readyz answered {s}: {b}"),
+                Err(e) => format!("/readyz: {e}"),
+            };
+            if Instant::now() > deadline {
+                fail(
+                    self,
+                    format!("not ready within {START_TIMEOUT:?}; last: {last}"),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // 3. The CA certificate has been written.
+        loop {
+            let pem = std::fs::read_to_string(&self.ca_pem).unwrap_or_default();
+            if pem.contains("-----END CERTIFICATE-----") {
+                break;
+            }
+            if Instant::now() > deadline {
+                let path = self.ca_pem.clone();
+                fail(
+                    self,
+                    format!("CA certificate not written to {}", path.display()),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://127.0.0.1:port` of the forward listener, for `curl -x` and HTTPS_PROXY.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.forward)
+    }
+
+    /// `http://127.0.0.1:port` of the route listener.
+    pub fn routes_url(&self) -> String {
+        format!("http://{}", self.routes)
+    }
+
+    /// `http://127.0.0.1:port` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// Path of sidekey's interception CA certificate (PEM), for clients to trust.
+    pub fn ca_pem(&self) -> &Path {
+        &self.ca_pem
+    }
+
+    /// The config file sidekey was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The temp dir sidekey runs in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every audit record (stdout JSON line) so far.
+    pub fn audit(&self) -> Vec<Value> {
+        self.shared.out.lock().unwrap().audit.clone()
+    }
+
+    /// Audit records with `"type": "request"`.
+    pub fn request_records(&self) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["type"] == "request")
+            .collect()
+    }
+
+    /// Stdout lines that were not JSON objects (there should be none).
+    pub fn stdout_non_json(&self) -> Vec<String> {
+        self.shared.out.lock().unwrap().stdout_other.clone()
+    }
+
+    /// All of stdout so far, as text.
+    pub fn stdout_text(&self) -> String {
+        let out = self.shared.out.lock().unwrap();
+        let mut s: Vec<String> = out.audit.iter().map(|v| v.to_string()).collect();
+        s.extend(out.stdout_other.iter().cloned());
+        s.join("\n")
+    }
+
+    /// All of stderr so far.
+    pub fn stderr(&self) -> String {
+        self.shared.out.lock().unwrap().stderr.join("\n")
+    }
+
+    /// Waits until at least `n` audit records satisfy `pred`; returns those records.
+    pub fn wait_audit(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut out = self.shared.out.lock().unwrap();
+        loop {
+            let found: Vec<Value> = out.audit.iter().filter(|r| pred(r)).cloned().collect();
+            if found.len() >= n {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let all: Vec<String> = out.audit.iter().map(|v| v.to_string()).collect();
+                drop(out);
+                panic!(
+                    "expected {n} matching audit records within {timeout:?}, found {}\n--- audit ---\n{}\n--- stderr ---\n{}",
+                    found.len(),
+                    all.join("\n"),
+                    self.stderr()
+                );
+            }
+            out = self
+                .shared
+                .changed
+                .wait_timeout(out, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Waits for `n` request records, then for the log to settle, and asserts there are
+    /// exactly `n` (one audit line per request, not more). Returns them in order.
+    pub fn expect_request_records(&self, n: usize) -> Vec<Value> {
+        self.wait_audit(|r| r["type"] == "request", n, AUDIT_TIMEOUT);
+        std::thread::sleep(Duration::from_millis(300));
+        let records = self.request_records();
+        assert_eq!(
+            records.len(),
+            n,
+            "expected exactly {n} request audit records, got:\n{}",
+            records
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        records
+    }
+
+    /// The single request record, after the log settles.
+    pub fn only_request_record(&self) -> Value {
+        self.expect_request_records(1).remove(0)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Sidekey {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            // Give the reader threads a moment to drain the pipes.
+            std::thread::sleep(Duration::from_millis(100));
+            eprintln!(
+                "--- sidekey stderr ---\n{}\n--- sidekey stdout ---\n{}\n--- end sidekey ---",
+                self.stderr(),
+                self.stdout_text()
+            );
+        }
+    }
+}
+
+/// Environment variables that would send a client (or sidekey) through some other proxy.
+pub const PROXY_VARS: &[&str] = &[
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+fn listening_regex() -> Regex {
+    Regex::new(
+        r#"listening\b.*?\blistener="?(forward|routes|admin)"?\s+addr="?([0-9a-fA-F.:\[\]]+)"?"#,
+    )
+    .unwrap()
+}
+
+/// Removes ANSI escape sequences (in case the logger colours its output anyway).
+pub fn strip_ansi(s: &str) -> String {
+    Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]")
+        .unwrap()
+        .replace_all(s, "")
+        .into_owned()
+}
+
+fn spawn_reader(pipe: impl Read + Send + 'static, shared: Arc<Shared>, which: Stream) {
+    std::thread::spawn(move || {
+        let re = listening_regex();
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            let mut out = shared.out.lock().unwrap();
+            match which {
+                Stream::Stdout => match serde_json::from_str::<Value>(&line) {
+                    Ok(v) if v.is_object() => out.audit.push(v),
+                    _ => out.stdout_other.push(line),
+                },
+                Stream::Stderr => {
+                    let plain = strip_ansi(&line);
+                    if let Some(c) = re.captures(&plain) {
+                        if let Ok(addr) = c[2].parse::<SocketAddr>() {
+                            out.listening.insert(c[1].to_string(), addr);
+                        }
+                    }
+                    out.stderr.push(plain);
+                }
+            }
+            drop(out);
+            shared.changed.notify_all();
+        }
+        let mut out = shared.out.lock().unwrap();
+        match which {
+            Stream::Stdout => out.stdout_closed = true,
+            Stream::Stderr => out.stderr_closed = true,
+        }
+        drop(out);
+        shared.changed.notify_all();
+    });
+}
+
+/// Result of `sidekey check FILE`.
+pub struct CheckOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `sidekey check <file>` and returns its exit code and output.
+pub fn run_check(file: &Path) -> CheckOutput {
+    run_sidekey(&["check".as_ref(), file.as_os_str()])
+}
+
+/// Runs the binary with `args` to completion (bounded: killed after 20 s).
+pub fn run_sidekey(args: &[&std::ffi::OsStr]) -> CheckOutput {
+    let mut cmd = Command::new(sidekey_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    let out = super::clients::output_with_timeout(cmd, Duration::from_secs(20));
+    CheckOutput {
+        code: out.status.code(),
+        stdout: strip_ansi(&String::from_utf8_lossy(&out.stdout)),
+        stderr: strip_ansi(&String::from_utf8_lossy(&out.stderr)),
+    }
+}

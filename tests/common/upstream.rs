@@ -1,0 +1,489 @@
+//! `Upstream`: a real HTTP server the tests point sidekey at, HTTPS (HTTP/1.1 and h2 by ALPN,
+//! certificate from a [`TestCa`]) or plain HTTP, on 127.0.0.1:0. It runs on its own thread
+//! with its own tokio runtime, so tests stay plain `#[test]` functions, and it records every
+//! request it receives so a test can assert what reached it — and what never did.
+//!
+//! Endpoints (any method):
+//! - `/echo/...`: 200 JSON `{method, path, version, authority, sni, headers: [[name, value]...],
+//!   body_len}`, headers in the order received;
+//! - `/sse?n=N&interval_ms=M`: `text/event-stream`, `data: i\n\n` for i in 0..N, one every M ms,
+//!   each sent as its own frame;
+//! - `/redirect?to=URL&status=302`: a redirect to URL;
+//! - `/status/<code>`: that status;
+//! - `/reflect-auth`: the request's Authorization header, in the body and in `x-reflected-auth`;
+//! - `/bytes/<n>`: n bytes of `x`.
+//!
+//! Every response carries `x-test-upstream: <label>` so a test can tell which server answered.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ca::TestCa;
+
+/// Names the default HTTPS upstream's certificate covers.
+pub const DEFAULT_NAMES: &[&str] = &[
+    "api.test.local",
+    "other.test.local",
+    "*.test.local",
+    "localhost",
+    "127.0.0.1",
+];
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// TLS SNI (None for plain HTTP or a client that sent none).
+    pub sni: Option<String>,
+    pub method: String,
+    /// Path and query, as received.
+    pub path: String,
+    /// `:authority` (h2) or the Host header (HTTP/1.1).
+    pub authority: Option<String>,
+    /// "HTTP/1.1", "HTTP/2.0", ...
+    pub version: String,
+    /// Lower-case names, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Recorded {
+    /// First value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (case-insensitive).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The bearer token in `Authorization: Bearer <token>`, if any.
+    pub fn bearer(&self) -> Option<&str> {
+        self.header("authorization")?.strip_prefix("Bearer ")
+    }
+}
+
+#[derive(Default)]
+struct State {
+    label: String,
+    requests: Mutex<Vec<Recorded>>,
+    connections: AtomicUsize,
+    tls_failures: AtomicUsize,
+}
+
+/// A running test upstream; stopped when dropped.
+pub struct Upstream {
+    addr: SocketAddr,
+    tls: bool,
+    state: Arc<State>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// HTTPS upstream with a certificate for [`DEFAULT_NAMES`] signed by `ca`.
+    pub fn https(ca: &TestCa) -> Upstream {
+        Upstream::https_with_names(ca, DEFAULT_NAMES, "https")
+    }
+
+    /// HTTPS upstream with a certificate for `names` signed by `ca`; `label` is sent back in
+    /// `x-test-upstream`.
+    pub fn https_with_names(ca: &TestCa, names: &[&str], label: &str) -> Upstream {
+        let config = ca.server_config(names, &[b"h2", b"http/1.1"]);
+        Upstream::start(Some(config), label)
+    }
+
+    /// Plain HTTP upstream (HTTP/1.1, and h2c with prior knowledge).
+    pub fn http() -> Upstream {
+        Upstream::start(None, "http")
+    }
+
+    fn start(tls: Option<Arc<rustls::ServerConfig>>, label: &str) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("upstream addr");
+        let state = Arc::new(State {
+            label: label.to_string(),
+            ..State::default()
+        });
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let is_tls = tls.is_some();
+        let thread_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("upstream-{label}-{}", addr.port()))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .expect("upstream runtime");
+                rt.block_on(accept_loop(listener, tls, thread_state, shutdown_rx));
+                rt.shutdown_timeout(Duration::from_millis(100));
+            })
+            .expect("spawn upstream thread");
+        Upstream {
+            addr,
+            tls: is_tls,
+            state,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    /// The listening address (127.0.0.1:port).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:port` or `http://127.0.0.1:port`.
+    pub fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Requests whose path starts with `prefix`.
+    pub fn requests_to(&self, prefix: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .collect()
+    }
+
+    /// The only request received; panics (listing them) if there is not exactly one.
+    pub fn only_request(&self) -> Recorded {
+        let reqs = self.requests();
+        assert_eq!(
+            reqs.len(),
+            1,
+            "expected exactly one request at the upstream, got {reqs:#?}"
+        );
+        reqs.into_iter().next().unwrap()
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reqs = self.requests();
+            if reqs.len() >= n {
+                return reqs;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "upstream got {} requests, expected {n}: {reqs:#?}",
+                    reqs.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that failed (e.g. the client did not trust the certificate).
+    pub fn tls_failures(&self) -> usize {
+        self.state.tls_failures.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<State>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        state.connections.fetch_add(1, Ordering::SeqCst);
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(tls) => {
+                        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                        serve(TokioIo::new(tls), sni, state).await;
+                    }
+                    Err(_) => {
+                        state.tls_failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+                None => serve(TokioIo::new(tcp), None, state).await,
+            }
+        });
+    }
+}
+
+async fn serve<I>(io: I, sni: Option<String>, state: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(req, sni.clone(), state.clone()));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    sni: Option<String>,
+    state: Arc<State>,
+) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body_len = match body.collect().await {
+        Ok(c) => c.to_bytes().len(),
+        Err(_) => 0,
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
+    let recorded = Recorded {
+        sni,
+        method: parts.method.to_string(),
+        path: path.clone(),
+        authority,
+        version: format!("{:?}", parts.version),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body_len,
+    };
+    state.requests.lock().unwrap().push(recorded.clone());
+
+    let route = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
+    let mut resp = if route.starts_with("/echo") {
+        echo(&recorded)
+    } else if route == "/sse" {
+        sse(query)
+    } else if route == "/redirect" {
+        redirect(query)
+    } else if let Some(code) = route.strip_prefix("/status/") {
+        status(code)
+    } else if route == "/reflect-auth" {
+        reflect_auth(&recorded)
+    } else if let Some(n) = route.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(full(vec![b'x'; n]))
+            .unwrap()
+    } else {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header("content-type", "application/json")
+            .body(full(
+                json!({"error": "no such test endpoint", "path": path}).to_string(),
+            ))
+            .unwrap()
+    };
+    resp.headers_mut()
+        .insert("x-test-upstream", state.label.parse().unwrap());
+    Ok(resp)
+}
+
+fn echo(r: &Recorded) -> Response<Body> {
+    let body = json!({
+        "method": r.method,
+        "path": r.path,
+        "version": r.version,
+        "authority": r.authority,
+        "sni": r.sni,
+        "headers": r.headers.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect::<Vec<_>>(),
+        "body_len": r.body_len,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
+/// Query parameter `name`, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (as a space).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response body fed from a channel: each message is sent as its own frame, so the server
+/// writes (and flushes) it as soon as it is produced.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|msg| msg.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn sse(query: &str) -> Response<Body> {
+    let n: usize = query_param(query, "n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let interval = Duration::from_millis(
+        query_param(query, "interval_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200),
+    );
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..n {
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            if tx
+                .send(Bytes::from(format!("data: {i}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(ChannelBody(rx).boxed())
+        .unwrap()
+}
+
+fn redirect(query: &str) -> Response<Body> {
+    let to = query_param(query, "to").unwrap_or_else(|| "/".to_string());
+    let status: u16 = query_param(query, "status")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(302);
+    Response::builder()
+        .status(status)
+        .header("location", to)
+        .header("content-type", "text/plain")
+        .body(full("redirecting\n"))
+        .unwrap()
+}
+
+fn status(code: &str) -> Response<Body> {
+    let code: u16 = code.trim_end_matches('/').parse().unwrap_or(400);
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST))
+        .header("content-type", "text/plain")
+        .body(full(format!("status {code}\n")))
+        .unwrap()
+}
+
+fn reflect_auth(r: &Recorded) -> Response<Body> {
+    let auth = r.header("authorization").unwrap_or("").to_string();
+    let mut builder = Response::builder().header("content-type", "text/plain");
+    if !auth.is_empty() {
+        builder = builder.header("x-reflected-auth", auth.clone());
+    }
+    builder.body(full(auth)).unwrap()
+}
