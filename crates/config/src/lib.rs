@@ -8,7 +8,16 @@ use std::time::Duration;
 
 use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, Route, Scheme};
 
+mod check;
+mod describe;
+mod inject;
 mod parse;
+mod route;
+mod validate;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
 
 pub use parse::parse;
 
@@ -35,13 +44,22 @@ pub struct ConfigErrors {
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for e in &self.errors {
-            writeln!(f, "{}:{}:{}: error: {}", self.origin, e.line, e.column, e.message)?;
+            writeln!(
+                f,
+                "{}:{}:{}: error: {}",
+                self.origin, e.line, e.column, e.message
+            )?;
             if let Some(hint) = &e.hint {
                 writeln!(f, "  hint: {hint}")?;
             }
         }
         let n = self.errors.len();
-        write!(f, "{n} error{} in {}", if n == 1 { "" } else { "s" }, self.origin)
+        write!(
+            f,
+            "{n} error{} in {}",
+            if n == 1 { "" } else { "s" },
+            self.origin
+        )
     }
 }
 

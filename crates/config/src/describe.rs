@@ -1,0 +1,196 @@
+//! The effective policy as text, for `sidekey check`: what listens where, what happens to
+//! unmatched hosts, then every route in match order, issuers and credentials. The config holds
+//! no secrets, so nothing here needs redacting.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use sidekey_policy::MethodSet;
+
+use crate::{AuditConfig, Config, Inject, IssuerKind, LocalAlgorithm, RouteConfig, Unmatched};
+
+pub(crate) fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_all(&mut out, config);
+    out
+}
+
+fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
+    writeln!(out, "listeners:")?;
+    writeln!(out, "  forward  {}", addr(c.listen.forward))?;
+    writeln!(out, "  routes   {}", addr(c.listen.routes))?;
+    writeln!(out, "  admin    {}", addr(c.listen.admin))?;
+    match c.unmatched {
+        Unmatched::Deny => writeln!(out, "unmatched: deny (hosts that no route names are refused)")?,
+        Unmatched::Tunnel => writeln!(
+            out,
+            "unmatched: tunnel (hosts that no route names pass through without a credential, audited)"
+        )?,
+    }
+    writeln!(out)?;
+
+    if c.routes.is_empty() {
+        writeln!(out, "routes: none")?;
+    } else {
+        writeln!(out, "routes (first match wins):")?;
+        for (i, r) in c.routes.iter().enumerate() {
+            route(out, i + 1, r, c)?;
+        }
+    }
+    writeln!(out)?;
+
+    writeln!(
+        out,
+        "issuers:{}",
+        if c.issuers.is_empty() { " none" } else { "" }
+    )?;
+    for i in &c.issuers {
+        match &i.kind {
+            IssuerKind::Local(l) => {
+                let alg = match l.algorithm {
+                    LocalAlgorithm::EdDsa => "EdDSA",
+                    LocalAlgorithm::Es256 => "ES256",
+                };
+                writeln!(
+                    out,
+                    "  {}  kind local, iss \"{}\", {alg}, key in memory",
+                    i.name, l.issuer
+                )?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "credentials:{}",
+        if c.credentials.is_empty() {
+            " none"
+        } else {
+            ""
+        }
+    )?;
+    for cr in &c.credentials {
+        write!(out, "  {}  issuer {}", cr.name, cr.issuer)?;
+        if let Some(aud) = &cr.audience {
+            write!(out, ", audience {aud}")?;
+        }
+        if let Some(sub) = &cr.subject {
+            write!(out, ", subject {sub}")?;
+        }
+        write!(out, ", ttl {}", humantime::format_duration(cr.ttl))?;
+        writeln!(
+            out,
+            "{}",
+            if cr.eager {
+                ", fetched at start"
+            } else {
+                ", fetched on first use"
+            }
+        )?;
+    }
+    writeln!(out)?;
+
+    match &c.ca.cert_out {
+        Some(p) => writeln!(out, "ca: certificate written to {}", p.display())?,
+        None => writeln!(out, "ca: certificate not written to a file")?,
+    }
+    writeln!(out, "  leaf certificate cache: {}", c.ca.leaf_cache_size)?;
+    writeln!(
+        out,
+        "upstream: connect timeout {}, response headers timeout {}",
+        humantime::format_duration(c.upstream.connect_timeout),
+        humantime::format_duration(c.upstream.request_timeout)
+    )?;
+    for f in &c.upstream.extra_ca_files {
+        writeln!(out, "  extra CA file {}", f.display())?;
+    }
+    for r in &c.upstream.resolve {
+        writeln!(
+            out,
+            "  resolve {}:{} -> {}",
+            r.host.to_uri_host(),
+            r.port,
+            r.addr
+        )?;
+    }
+    match &c.identity {
+        Some(i) => writeln!(out, "identity: token from {}", i.token_file.display())?,
+        None => writeln!(out, "identity: none")?,
+    }
+    match &c.audit {
+        AuditConfig::Stdout => writeln!(out, "audit: stdout")?,
+        AuditConfig::File(p) => writeln!(out, "audit: file {}", p.display())?,
+    }
+    Ok(())
+}
+
+fn addr(a: Option<SocketAddr>) -> String {
+    a.map_or_else(|| "off".to_string(), |a| a.to_string())
+}
+
+fn route(out: &mut String, n: usize, r: &RouteConfig, c: &Config) -> std::fmt::Result {
+    writeln!(out, "  {n}. {}", r.name)?;
+    let hosts: Vec<String> = r.hosts.iter().map(ToString::to_string).collect();
+    writeln!(out, "     hosts:       {}", hosts.join(", "))?;
+    let schemes: Vec<&str> = r.schemes.iter().map(|s| s.as_str()).collect();
+    let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+    writeln!(
+        out,
+        "     targets:     {}:{}",
+        schemes.join("/"),
+        ports.join(",")
+    )?;
+    match &r.methods {
+        MethodSet::Any => writeln!(out, "     methods:     any (\"*\")")?,
+        MethodSet::List(m) => writeln!(out, "     methods:     {}", m.join(", "))?,
+    }
+    if r.paths.is_empty() {
+        writeln!(out, "     paths:       any")?;
+    } else {
+        let paths: Vec<&str> = r.paths.iter().map(|p| p.as_str()).collect();
+        writeln!(out, "     paths:       {}", paths.join(", "))?;
+    }
+    match &r.credential {
+        Some(name) => {
+            let issuer = c
+                .credentials
+                .iter()
+                .find(|cr| &cr.name == name)
+                .map(|cr| cr.issuer.as_str());
+            match issuer {
+                Some(i) => writeln!(out, "     credential:  {name} (issuer {i})")?,
+                None => writeln!(out, "     credential:  {name}")?,
+            }
+        }
+        None => writeln!(
+            out,
+            "     credential:  none (allowed egress, nothing injected)"
+        )?,
+    }
+    match &r.inject {
+        Some(Inject::Header { name, value }) => {
+            writeln!(
+                out,
+                "     inject:      header {name}: {}{{token}}{}",
+                value.prefix, value.suffix
+            )?;
+        }
+        Some(Inject::Basic { username }) => {
+            writeln!(
+                out,
+                "     inject:      basic auth, username {username}, the token as password"
+            )?;
+        }
+        Some(Inject::Query { param }) => {
+            writeln!(out, "     inject:      query parameter {param}={{token}}")?;
+        }
+        None => {}
+    }
+    if r.allow_private {
+        writeln!(
+            out,
+            "     private:     may reach private, loopback and link-local addresses"
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! `routes:` — the allowlist, in match order: hosts, schemes, ports, methods, paths, and which
+//! credential is attached how.
+
+use std::collections::HashMap;
+
+use sidekey_policy::{HostPattern, MethodSet, PathGlob, Scheme};
+
+use crate::check::{check_name, closest, Errors};
+use crate::inject::inject;
+use crate::validate::{resolve_map, CredentialNames, ResolveEntry};
+use crate::yaml::{Node, Pos, Value};
+use crate::RouteConfig;
+
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "schemes",
+    "ports",
+    "methods",
+    "paths",
+    "credential",
+    "inject",
+    "allow_private",
+    "resolve",
+];
+
+pub(crate) fn routes(
+    node: &Node,
+    e: &mut Errors,
+    credentials: &CredentialNames,
+    resolve: &mut Vec<ResolveEntry>,
+) -> Vec<RouteConfig> {
+    let Some(items) = e.list(node, "`routes`") else {
+        return Vec::new();
+    };
+    let mut names: HashMap<String, Pos> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some(r) = route(i + 1, item, e, credentials, resolve, &mut names) {
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn route(
+    number: usize,
+    node: &Node,
+    e: &mut Errors,
+    credentials: &CredentialNames,
+    resolve: &mut Vec<ResolveEntry>,
+    names: &mut HashMap<String, Pos>,
+) -> Option<RouteConfig> {
+    let f = e.map(node, &format!("route #{number}"))?;
+
+    let name = match f.value("name") {
+        Some(n) => check_name(e, n, "route"),
+        None => {
+            e.error_hint(
+                f.pos,
+                format!("route #{number} has no `name`"),
+                "add `name: <name>`; it appears in /r/<name>/ URLs, audit records and metrics",
+            );
+            None
+        }
+    };
+    // Label messages with the name as written, even an invalid one: it is what the user sees.
+    let what = match f.value("name").map(|n| &n.value) {
+        Some(Value::Str(n)) if !n.is_empty() => format!("route `{n}`"),
+        _ => format!("route #{number}"),
+    };
+    e.unknown_keys(&f, &what, ROUTE_KEYS);
+    if let (Some(n), Some(node)) = (&name, f.value("name")) {
+        if let Some(first) = names.get(n) {
+            e.error_hint(
+                node.pos,
+                format!("duplicate route name `{n}`"),
+                format!(
+                    "`{n}` is already used by the route at line {}; route names must be unique",
+                    first.line
+                ),
+            );
+        } else {
+            names.insert(n.clone(), node.pos);
+        }
+    }
+
+    let hosts = hosts(f.value("hosts"), f.pos, &what, e);
+    let schemes = match f.value("schemes") {
+        Some(n) => schemes(n, &what, e),
+        None => Some(vec![Scheme::Https]),
+    };
+    let ports = match f.value("ports") {
+        Some(n) => ports(n, &what, e),
+        None => schemes.as_ref().map(|s| {
+            let mut p: Vec<u16> = s.iter().map(|s| s.default_port()).collect();
+            p.dedup();
+            p
+        }),
+    };
+    let methods = methods(
+        f.field("methods").map(|f| (f.key, f.value)),
+        f.pos,
+        &what,
+        e,
+    );
+    let paths = match f.value("paths") {
+        Some(n) => paths(n, &what, e),
+        None => Some(Vec::new()),
+    };
+
+    let credential_field = f.field("credential").filter(|c| !c.value.is_null());
+    let inject_field = f.field("inject").filter(|c| !c.value.is_null());
+    let credential = credential_field.and_then(|c| {
+        let name = e.string(c.value, &format!("`credential` of {what}"))?;
+        if !credentials.contains(name) {
+            let known: Vec<&str> = credentials.iter().map(String::as_str).collect();
+            let hint = match closest(name, &known) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None if known.is_empty() => {
+                    format!("declare it under `credentials:`, e.g. `{name}: {{ issuer: local, audience: <api> }}`")
+                }
+                None => format!("declared credentials: {}", known.join(", ")),
+            };
+            e.error_hint(c.value.pos, format!("{what} refers to unknown credential `{name}`"), hint);
+        }
+        Some(name.to_string())
+    });
+    let inject = inject_field.and_then(|i| inject(i.value, &what, e));
+    match (credential_field, inject_field) {
+        (Some(c), None) => e.error_hint(
+            c.key.pos,
+            format!("{what} has a `credential` but no `inject`"),
+            "say how to attach it, e.g. inject: { header: Authorization, value: \"Bearer {token}\" }",
+        ),
+        (None, Some(i)) => e.error_hint(
+            i.key.pos,
+            format!("{what} has `inject` but no `credential`"),
+            "add `credential: <name>`, or remove `inject` for plain allowed egress",
+        ),
+        _ => {}
+    }
+
+    let mut allow_private = false;
+    if let Some(n) = f.value("allow_private") {
+        allow_private = e
+            .bool(n, &format!("`allow_private` of {what}"))
+            .unwrap_or(false);
+    }
+
+    if let Some(n) = f.value("resolve") {
+        let before = resolve.len();
+        resolve_map(n, &format!("`resolve` of {what}"), e, resolve);
+        if let Some(hosts) = &hosts {
+            for entry in &resolve[before..] {
+                if !hosts.iter().any(|h| h.matches(&entry.value.host)) {
+                    e.error_hint(
+                        entry.pos,
+                        format!("{what} resolves `{}` but does not name that host", entry.key),
+                        "a route's `resolve` is for its own hosts; use `upstream.resolve` for others",
+                    );
+                }
+            }
+        }
+    }
+
+    Some(RouteConfig {
+        name: name?,
+        hosts: hosts?,
+        schemes: schemes?,
+        ports: ports?,
+        methods: methods?,
+        paths: paths?,
+        credential,
+        inject,
+        allow_private,
+        line: f.pos.line,
+    })
+}
+
+fn hosts(
+    node: Option<&Node>,
+    route_pos: Pos,
+    what: &str,
+    e: &mut Errors,
+) -> Option<Vec<HostPattern>> {
+    let Some(node) = node else {
+        e.error_hint(
+            route_pos,
+            format!("{what} has no `hosts`"),
+            "list the hosts it may reach, e.g. hosts: [api.example.com]",
+        );
+        return None;
+    };
+    let items = e.list(node, &format!("`hosts` of {what}"))?;
+    if items.is_empty() {
+        e.error_hint(
+            node.pos,
+            format!("`hosts` of {what} is empty"),
+            "list at least one host, e.g. [api.example.com]",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let Some(s) = e.string(item, &format!("a host of {what}")) else {
+            ok = false;
+            continue;
+        };
+        match HostPattern::parse(s) {
+            Ok(p) => {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+            Err(err) => {
+                ok = false;
+                e.error_hint(
+                    item.pos,
+                    format!("{what}: invalid host `{s}`: {err}"),
+                    "write an exact host (api.example.com, 10.0.0.1) or one wildcard level (\"*.example.com\")",
+                );
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn schemes(node: &Node, what: &str, e: &mut Errors) -> Option<Vec<Scheme>> {
+    let items = e.list(node, &format!("`schemes` of {what}"))?;
+    if items.is_empty() {
+        e.error_hint(
+            node.pos,
+            format!("`schemes` of {what} is empty"),
+            "list `https`, `http` or both, or remove `schemes` for the default [https]",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let Some(s) = e.string(item, &format!("a scheme of {what}")) else {
+            ok = false;
+            continue;
+        };
+        let scheme = if s.eq_ignore_ascii_case("https") {
+            Scheme::Https
+        } else if s.eq_ignore_ascii_case("http") {
+            Scheme::Http
+        } else {
+            ok = false;
+            let hint = match closest(s, &["http", "https"]) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None => {
+                    "sidekey forwards `http` and `https` (WebSockets ride on these)".to_string()
+                }
+            };
+            e.error_hint(item.pos, format!("{what}: unknown scheme `{s}`"), hint);
+            continue;
+        };
+        if !out.contains(&scheme) {
+            out.push(scheme);
+        }
+    }
+    ok.then_some(out)
+}
+
+fn ports(node: &Node, what: &str, e: &mut Errors) -> Option<Vec<u16>> {
+    let items = e.list(node, &format!("`ports` of {what}"))?;
+    if items.is_empty() {
+        e.error_hint(
+            node.pos,
+            format!("`ports` of {what} is empty"),
+            "list at least one port, or remove `ports` for the default port of each scheme",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match item.value {
+            Value::Int(p) => match u16::try_from(p) {
+                Ok(p) if p != 0 => {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+                _ => {
+                    ok = false;
+                    e.error_hint(
+                        item.pos,
+                        format!("{what}: port {p} is out of range"),
+                        "ports are 1-65535",
+                    );
+                }
+            },
+            _ => {
+                ok = false;
+                e.wrong_type(item, &format!("a port of {what}"), "a port number");
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// RFC 9110 `token` characters: what an HTTP method or header name may contain.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn methods(
+    field: Option<(&Node, &Node)>,
+    route_pos: Pos,
+    what: &str,
+    e: &mut Errors,
+) -> Option<MethodSet> {
+    const NO_DEFAULT: &str =
+        "list the methods it may use, e.g. `methods: [GET, HEAD]`, or [\"*\"] for any; \
+there is no default on purpose, so that a forgotten line never allows every method";
+    let node = match field {
+        None => {
+            e.error_hint(route_pos, format!("{what} has no `methods`"), NO_DEFAULT);
+            return None;
+        }
+        Some((key, value)) if value.is_null() => {
+            e.error_hint(key.pos, format!("{what} has no `methods`"), NO_DEFAULT);
+            return None;
+        }
+        Some((_, value)) => value,
+    };
+    let items = e.list(node, &format!("`methods` of {what}"))?;
+    if items.is_empty() {
+        e.error_hint(
+            node.pos,
+            format!("`methods` of {what} is empty"),
+            "list at least one method, e.g. [GET], or [\"*\"] for any method",
+        );
+        return None;
+    }
+    let mut star: Option<Pos> = None;
+    let mut list: Vec<String> = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let Some(m) = e.string(item, &format!("a method of {what}")) else {
+            ok = false;
+            continue;
+        };
+        if m == "*" {
+            star = Some(item.pos);
+        } else if !is_token(m) {
+            ok = false;
+            e.error_hint(
+                item.pos,
+                format!("{what}: invalid method `{m}`"),
+                "a method is an HTTP token such as GET or POST, or \"*\" for any method",
+            );
+        } else if m.bytes().any(|b| b.is_ascii_lowercase()) {
+            ok = false;
+            e.error_hint(
+                item.pos,
+                format!("{what}: method `{m}` is not upper case"),
+                format!(
+                    "methods are case-sensitive; write `{}`",
+                    m.to_ascii_uppercase()
+                ),
+            );
+        } else if m == "CONNECT" {
+            ok = false;
+            e.error_hint(
+                item.pos,
+                format!("{what}: CONNECT cannot be allowed by a route"),
+                "sidekey handles CONNECT itself; list the methods used inside the tunnel",
+            );
+        } else if !list.iter().any(|x| x == m) {
+            list.push(m.to_string());
+        }
+    }
+    if let Some(pos) = star {
+        if items.len() > 1 {
+            e.error_hint(
+                pos,
+                format!("{what}: \"*\" in `methods` already allows every method"),
+                "write either [\"*\"] alone or the list of methods",
+            );
+            return None;
+        }
+        return Some(MethodSet::Any);
+    }
+    ok.then_some(MethodSet::List(list))
+}
+
+fn paths(node: &Node, what: &str, e: &mut Errors) -> Option<Vec<PathGlob>> {
+    let items = e.list(node, &format!("`paths` of {what}"))?;
+    if items.is_empty() {
+        e.error_hint(
+            node.pos,
+            format!("`paths` of {what} is empty"),
+            "remove `paths` to allow every path, or list globs such as \"/v1/**\"",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let Some(s) = e.string(item, &format!("a path of {what}")) else {
+            ok = false;
+            continue;
+        };
+        match PathGlob::parse(s) {
+            Ok(g) => out.push(g),
+            Err(err) => {
+                ok = false;
+                e.error_hint(
+                    item.pos,
+                    format!("{what}: invalid path glob `{s}`: {err}"),
+                    "globs start with `/`; `*` matches within one segment, `**` as a whole segment matches any depth",
+                );
+            }
+        }
+    }
+    ok.then_some(out)
+}

@@ -1,0 +1,864 @@
+//! Tests of the whole pipeline: YAML text in, `Config` or located errors out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, Scheme};
+
+use crate::check::{closest, edit_distance};
+use crate::{
+    parse, AuditConfig, Config, ConfigError, Inject, IssuerKind, LocalAlgorithm, Template,
+    Unmatched,
+};
+
+fn ok(src: &str) -> Config {
+    match parse(src, "test.yaml") {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}\n--- source ---\n{src}"),
+    }
+}
+
+fn errors(src: &str) -> Vec<ConfigError> {
+    match parse(src, "test.yaml") {
+        Ok(c) => panic!("expected errors, got a valid config: {c:#?}\n--- source ---\n{src}"),
+        Err(e) => {
+            assert_eq!(e.origin, "test.yaml");
+            e.errors
+        }
+    }
+}
+
+/// (line, column, substring of the message, substring of the hint or "" for any/no hint)
+type Expect = (usize, usize, &'static str, &'static str);
+
+fn check(name: &str, src: &str, expected: &[Expect]) {
+    let got = errors(src);
+    let show = || {
+        got.iter()
+            .map(|e| {
+                format!(
+                    "  {}:{} {} (hint: {:?})",
+                    e.line, e.column, e.message, e.hint
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "case `{name}`: wrong number of errors:\n{}\n--- source ---\n{src}",
+        show()
+    );
+    for (e, (line, column, msg, hint)) in got.iter().zip(expected) {
+        assert_eq!(
+            (e.line, e.column),
+            (*line, *column),
+            "case `{name}`: position of `{}`:\n{}",
+            e.message,
+            show()
+        );
+        assert!(
+            e.message.contains(msg),
+            "case `{name}`: message {:?} lacks {msg:?}",
+            e.message
+        );
+        if !hint.is_empty() {
+            let h = e.hint.as_deref().unwrap_or("");
+            assert!(
+                h.contains(hint),
+                "case `{name}`: hint {h:?} of {:?} lacks {hint:?}",
+                e.message
+            );
+        }
+    }
+}
+
+/// Issuer and credential for route cases; routes start on line 6.
+const PRELUDE: &str = "issuers:
+  local: { kind: local }
+credentials:
+  demo: { issuer: local, audience: api }
+routes:
+";
+
+fn with_prelude(routes: &str) -> String {
+    format!("{PRELUDE}{routes}")
+}
+
+#[test]
+fn empty_and_trivial_files_are_valid_and_deny_everything() {
+    for src in [
+        "",
+        "\n",
+        "# only a comment\n",
+        "{}",
+        "---\n",
+        "routes: []\n",
+        "routes:\n",
+        "listen:\n",
+    ] {
+        let c = ok(src);
+        assert!(c.routes.is_empty(), "{src:?}");
+        assert_eq!(c.unmatched, Unmatched::Deny, "{src:?}");
+        assert!(c.policy().routes().is_empty());
+    }
+}
+
+#[test]
+fn defaults() {
+    let c = ok("{}");
+    assert_eq!(c.listen.forward, Some(addr("127.0.0.1:15080")));
+    assert_eq!(c.listen.routes, Some(addr("127.0.0.1:15081")));
+    assert_eq!(c.listen.admin, Some(addr("127.0.0.1:15090")));
+    assert_eq!(c.ca.cert_out, None);
+    assert_eq!(c.ca.leaf_cache_size, 1024);
+    assert!(c.upstream.extra_ca_files.is_empty());
+    assert!(c.upstream.resolve.is_empty());
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.upstream.request_timeout, Duration::from_secs(60));
+    assert_eq!(c.identity, None);
+    assert!(c.issuers.is_empty());
+    assert!(c.credentials.is_empty());
+    assert_eq!(c.audit, AuditConfig::Stdout);
+
+    let c = ok(&with_prelude(
+        "  - name: r
+    hosts: [a.example.com]
+    methods: [GET]
+    credential: demo
+    inject: { header: Authorization }
+",
+    ));
+    let r = &c.routes[0];
+    assert_eq!(r.schemes, vec![Scheme::Https]);
+    assert_eq!(r.ports, vec![443]);
+    assert!(r.paths.is_empty());
+    assert!(!r.allow_private);
+    assert_eq!(r.line, 6);
+    assert_eq!(
+        r.inject,
+        Some(Inject::Header {
+            name: "Authorization".into(),
+            value: Template {
+                prefix: "Bearer ".into(),
+                suffix: String::new()
+            }
+        })
+    );
+    let IssuerKind::Local(local) = &c.issuers[0].kind;
+    assert_eq!(local.issuer, "sidekey-local");
+    assert_eq!(local.algorithm, LocalAlgorithm::EdDsa);
+    let cred = &c.credentials[0];
+    assert_eq!(cred.ttl, Duration::from_secs(300));
+    assert!(!cred.eager);
+    assert_eq!(cred.subject, None);
+}
+
+#[test]
+fn default_ports_follow_schemes_and_header_value_defaults_to_the_bare_token() {
+    let c = ok(&with_prelude(
+        "  - name: both
+    hosts: [a.example.com]
+    schemes: [http, https, HTTPS]
+    methods: [GET]
+    credential: demo
+    inject: { header: X-Api-Key }
+  - name: plain
+    hosts: [b.example.com]
+    schemes: [http]
+    ports: [8080, 8080, 80]
+    methods: [\"*\"]
+",
+    ));
+    assert_eq!(c.routes[0].schemes, vec![Scheme::Http, Scheme::Https]);
+    assert_eq!(c.routes[0].ports, vec![80, 443]);
+    assert_eq!(
+        c.routes[0].inject,
+        Some(Inject::Header {
+            name: "X-Api-Key".into(),
+            value: Template {
+                prefix: String::new(),
+                suffix: String::new()
+            }
+        })
+    );
+    assert_eq!(c.routes[1].ports, vec![8080, 80]);
+    assert_eq!(c.routes[1].methods, MethodSet::Any);
+    assert_eq!(c.routes[1].credential, None);
+    assert_eq!(c.routes[1].inject, None);
+}
+
+#[test]
+fn listeners_can_be_turned_off() {
+    let c = ok("listen:\n  forward: off\n  routes: null\n  admin:\n");
+    assert_eq!(
+        (c.listen.forward, c.listen.routes, c.listen.admin),
+        (None, None, None)
+    );
+    let c = ok("listen:\n  forward: \"[::1]:0\"\n  routes: 0.0.0.0:8081\n");
+    assert_eq!(c.listen.forward, Some(addr("[::1]:0")));
+    assert_eq!(c.listen.routes, Some(addr("0.0.0.0:8081")));
+    assert_eq!(
+        c.listen.admin,
+        Some(addr("127.0.0.1:15090")),
+        "unset listeners keep their default"
+    );
+}
+
+#[test]
+fn methods_inject_kinds_and_audit_variants() {
+    let c = ok(&with_prelude(
+        "  - name: basic
+    hosts: [git.example.com]
+    methods: [GET, POST, PROPFIND, GET]
+    credential: demo
+    inject: { basic: { username: x-access-token } }
+  - name: query
+    hosts: [\"*.maps.example.com\"]
+    methods: [GET]
+    paths: [\"/v1/**\", \"/static/*.png\"]
+    credential: demo
+    inject: { query: api_key }
+    allow_private: true
+  - name: templ
+    hosts: [10.0.0.1]
+    methods: [\"*\"]
+    credential: demo
+    inject: { header: X-Token, value: \"token={token}; v=1\" }
+unmatched: tunnel
+audit: { file: /var/log/sidekey/audit.jsonl }
+",
+    ));
+    assert_eq!(
+        c.routes[0].methods,
+        MethodSet::List(vec!["GET".into(), "POST".into(), "PROPFIND".into()])
+    );
+    assert_eq!(
+        c.routes[0].inject,
+        Some(Inject::Basic {
+            username: "x-access-token".into()
+        })
+    );
+    assert_eq!(
+        c.routes[1].inject,
+        Some(Inject::Query {
+            param: "api_key".into()
+        })
+    );
+    assert!(c.routes[1].allow_private);
+    assert_eq!(
+        c.routes[1]
+            .paths
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>(),
+        ["/v1/**", "/static/*.png"]
+    );
+    assert_eq!(
+        c.routes[1].hosts,
+        vec![HostPattern::Suffix(".maps.example.com".into())]
+    );
+    assert_eq!(c.routes[2].methods, MethodSet::Any);
+    assert_eq!(
+        c.routes[2].inject,
+        Some(Inject::Header {
+            name: "X-Token".into(),
+            value: Template {
+                prefix: "token=".into(),
+                suffix: "; v=1".into()
+            }
+        })
+    );
+    assert_eq!(c.unmatched, Unmatched::Tunnel);
+    assert_eq!(
+        c.audit,
+        AuditConfig::File(PathBuf::from("/var/log/sidekey/audit.jsonl"))
+    );
+    assert_eq!(ok("audit: stdout\n").audit, AuditConfig::Stdout);
+}
+
+const FULL: &str = r#"# Like DESIGN.md §2, with local issuers only.
+listen:
+  forward: 127.0.0.1:15080
+  routes: 127.0.0.1:15081
+  admin: 127.0.0.1:15090
+ca:
+  cert_out: /var/run/sidekey/ca.pem
+  leaf_cache_size: 256
+upstream:
+  extra_ca_files: [/etc/sidekey/corp-ca.pem]
+  resolve:
+    api.internal.test:443: 127.0.0.1:8443
+  connect_timeout: 3s
+  request_timeout: 2m
+identity:
+  token_file: /var/run/secrets/sidekey/token
+issuers:
+  local: { kind: local }
+  ci: { kind: local, issuer: "https://ci.example", algorithm: ES256 }
+credentials:
+  github: { issuer: local, audience: github }
+  demo: { issuer: local, audience: demo-api, ttl: 5m }
+  ci-token: { issuer: ci, audience: ci, subject: agent-7, ttl: 1h, eager: true }
+routes:
+  - name: github
+    hosts: [api.github.com]
+    methods: [GET, POST]
+    paths: ["/repos/acme/**"]
+    credential: github
+    inject: { header: Authorization, value: "Bearer {token}" }
+  - name: internal
+    hosts: [api.internal.test]
+    methods: [GET]
+    credential: demo
+    allow_private: true
+    resolve:
+      api.internal.test:443: 127.0.0.1:8443
+      api.internal.test:8443: "[::1]:9443"
+    inject: { header: Authorization, value: "Bearer {token}" }
+  - name: ci
+    hosts: ["*.ci.example.com"]
+    schemes: [http, https]
+    ports: [8080]
+    methods: ["*"]
+    credential: ci-token
+    inject: { basic: { username: agent } }
+unmatched: deny
+audit: stdout
+"#;
+
+#[test]
+fn full_example() {
+    let c = ok(FULL);
+    assert_eq!(c.listen.forward, Some(addr("127.0.0.1:15080")));
+    assert_eq!(
+        c.ca.cert_out,
+        Some(PathBuf::from("/var/run/sidekey/ca.pem"))
+    );
+    assert_eq!(c.ca.leaf_cache_size, 256);
+    assert_eq!(
+        c.upstream.extra_ca_files,
+        vec![PathBuf::from("/etc/sidekey/corp-ca.pem")]
+    );
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.upstream.request_timeout, Duration::from_secs(120));
+    // The route repeats the global entry (same address: fine) and adds one.
+    let resolve: Vec<_> = c
+        .upstream
+        .resolve
+        .iter()
+        .map(|r| (r.host.to_string(), r.port, r.addr))
+        .collect();
+    assert_eq!(
+        resolve,
+        vec![
+            ("api.internal.test".to_string(), 443, addr("127.0.0.1:8443")),
+            ("api.internal.test".to_string(), 8443, addr("[::1]:9443")),
+        ]
+    );
+    assert_eq!(
+        c.identity.as_ref().map(|i| i.token_file.clone()),
+        Some(PathBuf::from("/var/run/secrets/sidekey/token"))
+    );
+    assert_eq!(
+        c.issuers
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>(),
+        ["local", "ci"]
+    );
+    let IssuerKind::Local(ci) = &c.issuers[1].kind;
+    assert_eq!(ci.issuer, "https://ci.example");
+    assert_eq!(ci.algorithm, LocalAlgorithm::Es256);
+    assert_eq!(
+        c.credentials
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["github", "demo", "ci-token"]
+    );
+    let ci_token = &c.credentials[2];
+    assert_eq!(ci_token.issuer, "ci");
+    assert_eq!(ci_token.audience.as_deref(), Some("ci"));
+    assert_eq!(ci_token.subject.as_deref(), Some("agent-7"));
+    assert_eq!(ci_token.ttl, Duration::from_secs(3600));
+    assert!(ci_token.eager);
+
+    assert_eq!(
+        c.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["github", "internal", "ci"]
+    );
+    let gh = &c.routes[0];
+    assert_eq!(
+        gh.hosts,
+        vec![HostPattern::Exact(CanonicalHost::Domain(
+            "api.github.com".into()
+        ))]
+    );
+    assert_eq!(
+        gh.methods,
+        MethodSet::List(vec!["GET".into(), "POST".into()])
+    );
+    assert_eq!(gh.credential.as_deref(), Some("github"));
+    assert_eq!(gh.line, 25);
+    assert!(c.routes[1].allow_private);
+    assert_eq!(c.routes[2].schemes, vec![Scheme::Http, Scheme::Https]);
+    assert_eq!(c.routes[2].ports, vec![8080]);
+    assert_eq!(c.routes[2].methods, MethodSet::Any);
+
+    let policy = c.policy();
+    assert_eq!(policy.routes().len(), 3);
+    assert_eq!(policy.route_index("ci"), Some(2));
+}
+
+#[test]
+fn quickstart_example_is_valid() {
+    let c = ok(include_str!("../../../examples/quickstart.yaml"));
+    assert_eq!(c.listen.forward, Some(addr("127.0.0.1:15080")));
+    assert_eq!(c.listen.routes, Some(addr("127.0.0.1:15081")));
+    assert_eq!(c.listen.admin, Some(addr("127.0.0.1:15090")));
+    assert_eq!(c.ca.cert_out, Some(PathBuf::from("/tmp/sidekey/ca.pem")));
+    assert_eq!(c.issuers.len(), 1);
+    assert_eq!(c.credentials[0].name, "demo");
+    assert_eq!(c.credentials[0].audience.as_deref(), Some("httpbin"));
+    assert_eq!(c.credentials[0].ttl, Duration::from_secs(300));
+    assert_eq!(
+        c.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["httpbin", "github-read"]
+    );
+    assert_eq!(c.routes[0].paths.len(), 4);
+    assert_eq!(c.routes[0].credential.as_deref(), Some("demo"));
+    assert_eq!(c.routes[1].credential, None);
+    assert_eq!(c.routes[1].methods, MethodSet::List(vec!["GET".into()]));
+    assert_eq!(c.unmatched, Unmatched::Deny);
+}
+
+#[test]
+fn describe_shows_the_effective_policy() {
+    let text = ok(FULL).describe();
+    for expected in [
+        "listeners:\n  forward  127.0.0.1:15080\n  routes   127.0.0.1:15081\n  admin    127.0.0.1:15090\n",
+        "unmatched: deny",
+        "routes (first match wins):\n  1. github\n",
+        "     hosts:       api.github.com\n",
+        "     targets:     https:443\n",
+        "     methods:     GET, POST\n",
+        "     paths:       /repos/acme/**\n",
+        "     credential:  github (issuer local)\n",
+        "     inject:      header Authorization: Bearer {token}\n",
+        "  2. internal\n",
+        "     private:     may reach private",
+        "  3. ci\n",
+        "     hosts:       *.ci.example.com\n",
+        "     targets:     http/https:8080\n",
+        "     methods:     any (\"*\")\n",
+        "     paths:       any\n",
+        "     inject:      basic auth, username agent",
+        "  ci  kind local, iss \"https://ci.example\", ES256",
+        "  ci-token  issuer ci, audience ci, subject agent-7, ttl 1h, fetched at start\n",
+        "  demo  issuer local, audience demo-api, ttl 5m, fetched on first use\n",
+        "ca: certificate written to /var/run/sidekey/ca.pem\n",
+        "  resolve api.internal.test:8443 -> [::1]:9443\n",
+        "identity: token from /var/run/secrets/sidekey/token\n",
+        "audit: stdout\n",
+    ] {
+        assert!(text.contains(expected), "describe() lacks {expected:?}:\n{text}");
+    }
+    // Routes appear in match order.
+    let pos = |s: &str| text.find(s).unwrap_or(usize::MAX);
+    assert!(pos("1. github") < pos("2. internal") && pos("2. internal") < pos("3. ci"));
+    // Stable: the same config describes the same way.
+    assert_eq!(text, ok(FULL).describe());
+
+    let empty = ok("listen: { admin: off }\nunmatched: tunnel\n").describe();
+    assert!(empty.contains("  admin    off\n"), "{empty}");
+    assert!(empty.contains("unmatched: tunnel"), "{empty}");
+    assert!(empty.contains("routes: none\n"), "{empty}");
+    assert!(
+        empty.contains("credential:") || empty.contains("credentials: none"),
+        "{empty}"
+    );
+
+    let plain = ok(include_str!("../../../examples/quickstart.yaml")).describe();
+    assert!(plain.contains("  2. github-read\n"), "{plain}");
+    assert!(
+        plain.contains("     credential:  none (allowed egress, nothing injected)\n"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn error_display_names_origin_line_column_and_hint() {
+    let Err(e) = parse("listn: {}\nunmatched: allow\n", "/etc/sidekey/config.yaml") else {
+        panic!("expected errors");
+    };
+    let text = e.to_string();
+    assert!(
+        text.starts_with("/etc/sidekey/config.yaml:1:1: error: unknown key `listn`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  hint: did you mean `listen`?\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "/etc/sidekey/config.yaml:2:12: error: `unmatched` must be `deny` or `tunnel`"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("2 errors in /etc/sidekey/config.yaml"),
+        "{text}"
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn every_error_is_reported_at_once_in_file_order() {
+    let src = "routes:
+  - name: b
+    hosts: [\"*\"]
+    methods: [get]
+    paths: [nope]
+    credential: missing
+listen:
+  forward: localhost:80
+unmatched: maybe
+issuers:
+  v: { kind: vault }
+credentials:
+  c: { issuer: nobody, ttl: 1s }
+";
+    check("many", src, &[
+        (3, 13, "invalid host `*`", ""),
+        (4, 15, "method `get` is not upper case", "write `GET`"),
+        (5, 13, "invalid path glob `nope`", ""),
+        (6, 5, "has a `credential` but no `inject`", ""),
+        (6, 17, "unknown credential `missing`", "declared credentials: c"),
+        (8, 12, "`localhost` in `localhost:80` is not an IP address", ""),
+        (9, 12, "`unmatched` must be `deny` or `tunnel`", ""),
+        (11, 14, "issuer kind `vault` is not supported by this build yet", ""),
+        (13, 16, "unknown issuer `nobody`", ""),
+        (13, 29, "out of range", "10s to 24h"),
+    ]);
+}
+
+#[test]
+#[rustfmt::skip]
+fn syntax_errors_have_a_location() {
+    check("bad indentation", "a: b: c\n", &[(1, 5, "YAML syntax error", "")]);
+    check("bare star", "routes:\n  - name: r\n    methods: [*]\n", &[(3, 15, "YAML syntax error", "quote it")]);
+    check("bare wildcard host", "routes:\n  - name: r\n    hosts: [*.example.com]\n", &[(3, 13, "YAML syntax error", "quote it")]);
+    check("tab", "routes:\n\t- name: r\n", &[(2, 2, "YAML syntax error", "tabs")]);
+    let e = errors("a: [1, 2\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].message.starts_with("YAML syntax error"));
+    assert!(e[0].line >= 1 && e[0].column >= 1);
+}
+
+#[test]
+#[rustfmt::skip]
+fn structure_errors() {
+    let cases: &[(&str, &str, &[Expect])] = &[
+        ("unknown top-level key", "listn:\n  forward: off\n", &[(1, 1, "unknown key `listn` in the config", "did you mean `listen`?")]),
+        ("unknown key without a close match", "zzz: 1\n", &[(1, 1, "unknown key `zzz`", "valid keys here: listen, ca")]),
+        ("unknown nested key", "ca:\n  cert: /tmp/ca.pem\n", &[(2, 3, "unknown key `cert` in `ca`", "did you mean `cert_out`?")]),
+        ("unknown upstream key", "upstream:\n  conect_timeout: 1s\n", &[(2, 3, "unknown key `conect_timeout`", "did you mean `connect_timeout`?")]),
+        ("top level not a mapping", "- a\n- b\n", &[(1, 1, "the config must be a mapping, found a list", "")]),
+        ("section of the wrong type", "listen: [a]\n", &[(1, 9, "`listen` must be a mapping, found a list", "")]),
+        ("routes not a list", "routes: {a: 1}\n", &[(1, 9, "`routes` must be a list, found a mapping", "")]),
+        ("non-string key", "ca:\n  1: x\n", &[(2, 3, "keys in `ca` must be strings", "")]),
+        ("duplicate key", "ca:\n  cert_out: /a\n  cert_out: /b\n", &[(3, 3, "duplicate key `cert_out`", "already set at line 2, column 3")]),
+        ("duplicate top-level section", "routes: []\nunmatched: deny\nroutes: []\n", &[(3, 1, "duplicate key `routes`", "line 1")]),
+        ("duplicate key in a flow mapping", "ca: { cert_out: /a, cert_out: /b }\n", &[(1, 21, "duplicate key `cert_out`", "")]),
+        ("second document", "routes: []\n---\nroutes: []\n", &[(3, 1, "a second YAML document", "")]),
+        ("leaf cache size zero", "ca: { leaf_cache_size: 0 }\n", &[(1, 24, "`ca.leaf_cache_size` 0 is out of range", "1 to")]),
+        ("leaf cache size string", "ca: { leaf_cache_size: many }\n", &[(1, 24, "must be an integer, found a string", "")]),
+        ("identity without token file", "identity: {}\n", &[(1, 11, "`identity` has no `token_file`", "token_file:")]),
+        ("extra ca files not a list", "upstream: { extra_ca_files: /a.pem }\n", &[(1, 29, "must be a list, found a string", "[/a.pem]")]),
+        ("empty path", "ca: { cert_out: \"\" }\n", &[(1, 17, "`ca.cert_out` must not be empty", "")]),
+        ("unmatched allow", "unmatched: allow\n", &[(1, 12, "found `allow`", "`tunnel`")]),
+        ("unmatched null", "unmatched:\n", &[(1, 10, "`unmatched` must be `deny` or `tunnel`", "")]),
+        ("audit syslog", "audit: syslog\n", &[(1, 8, "unknown audit sink `syslog`", "stdout")]),
+        ("audit without file", "audit: { path: /x }\n", &[(1, 8, "`audit` has no `file`", ""), (1, 10, "unknown key `path` in `audit`", "")]),
+        ("audit number", "audit: 1\n", &[(1, 8, "`audit` must be `stdout` or a mapping", "")]),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+}
+
+#[test]
+#[rustfmt::skip]
+fn listener_errors() {
+    let cases: &[(&str, &str, &[Expect])] = &[
+        ("host name", "listen:\n  forward: localhost:15080\n", &[(2, 12, "`localhost` in `localhost:15080` is not an IP address", "127.0.0.1:15080")]),
+        ("no port", "listen:\n  admin: 127.0.0.1\n", &[(2, 10, "`listen.admin`: `127.0.0.1` is not an ip:port address", "add a port")]),
+        ("port out of range", "listen:\n  routes: 127.0.0.1:99999\n", &[(2, 11, "port 99999 in `127.0.0.1:99999` is out of range", "0-65535")]),
+        ("port not a number", "listen:\n  routes: 127.0.0.1:http\n", &[(2, 11, "port `http` in `127.0.0.1:http` is not a number", "")]),
+        ("empty port", "listen:\n  routes: \"127.0.0.1:\"\n", &[(2, 11, "has no port", "")]),
+        ("bare port", "listen:\n  forward: 15080\n", &[(2, 12, "found the bare number 15080", "127.0.0.1:15080")]),
+        ("false", "listen:\n  admin: false\n", &[(2, 10, "`listen.admin` must be an ip:port address, `off` or null", "`off`")]),
+        ("unbracketed ipv6", "listen:\n  admin: \"::1:80\"\n", &[(2, 10, "is not an ip:port address", "brackets")]),
+        ("same address twice", "listen:\n  forward: 127.0.0.1:9000\n  routes: 127.0.0.1:9000\n", &[(3, 11, "`listen.routes` uses 127.0.0.1:9000, the same address as `listen.forward`", "own port")]),
+        ("unknown listener", "listen:\n  metrics: 127.0.0.1:1\n", &[(2, 3, "unknown key `metrics` in `listen`", "valid keys here: forward, routes, admin")]),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+    // Port 0 (a free port) may be shared: each listener gets its own.
+    let c = ok("listen:\n  forward: 127.0.0.1:0\n  routes: 127.0.0.1:0\n  admin: 127.0.0.1:0\n");
+    assert_eq!(c.listen.admin, Some(addr("127.0.0.1:0")));
+}
+
+#[test]
+#[rustfmt::skip]
+fn issuer_and_credential_errors() {
+    let cases: &[(&str, &str, &[Expect])] = &[
+        ("vault", "issuers:\n  v: { kind: vault, address: https://vault:8200 }\n", &[(2, 14, "issuer kind `vault` is not supported by this build yet", "`kind: local`")]),
+        ("oauth2", "issuers:\n  idp: { kind: oauth2 }\n", &[(2, 16, "issuer kind `oauth2` is not supported by this build yet", "")]),
+        ("aws-sts", "issuers:\n  aws: { kind: aws-sts }\n", &[(2, 16, "issuer kind `aws-sts` is not supported by this build yet", "")]),
+        ("unknown kind, close", "issuers:\n  l: { kind: lokal }\n", &[(2, 14, "unknown issuer kind `lokal`", "did you mean `local`?")]),
+        ("unknown kind, far", "issuers:\n  l: { kind: magic }\n", &[(2, 14, "unknown issuer kind `magic`", "only kind available in this build is `local`")]),
+        ("no kind", "issuers:\n  l: { issuer: x }\n", &[(2, 3, "issuer `l` has no `kind`", "kind: local")]),
+        ("null issuer", "issuers:\n  l:\n", &[(2, 3, "issuer `l` has no `kind`", "")]),
+        ("unknown local key", "issuers:\n  l: { kind: local, algoritm: ES256 }\n", &[(2, 21, "unknown key `algoritm` in issuer `l`", "did you mean `algorithm`?")]),
+        ("algorithm case", "issuers:\n  l: { kind: local, algorithm: eddsa }\n", &[(2, 32, "unknown algorithm `eddsa`", "did you mean `EdDSA`?")]),
+        ("algorithm unknown", "issuers:\n  l: { kind: local, algorithm: RS256 }\n", &[(2, 32, "unknown algorithm `RS256`", "")]),
+        ("bad issuer name", "issuers:\n  My_IdP: { kind: local }\n", &[(2, 3, "invalid issuer name `My_IdP`", "e.g. `my_idp`")]),
+        ("unknown issuer", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: locl }\n", &[(4, 16, "credential `c` refers to unknown issuer `locl`", "did you mean `local`?")]),
+        ("unknown issuer, none declared", "credentials:\n  c: { issuer: local }\n", &[(2, 16, "unknown issuer `local`", "declare it under `issuers:`")]),
+        ("credential without issuer", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { audience: x }\n", &[(4, 3, "credential `c` has no `issuer`", "one of: local")]),
+        ("null credential", "credentials:\n  c:\n", &[(2, 3, "credential `c` has no `issuer`", "")]),
+        ("bad credential name", "issuers:\n  local: { kind: local }\ncredentials:\n  \"gh token\": { issuer: local }\n", &[(4, 3, "invalid credential name `gh token`", "e.g. `gh-token`")]),
+        ("unknown credential key", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, audiences: x }\n", &[(4, 23, "unknown key `audiences`", "did you mean `audience`?")]),
+        ("ttl too short", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, ttl: 5s }\n", &[(4, 28, "`ttl` of credential `c` is 5s, out of range", "10s to 24h")]),
+        ("ttl too long", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, ttl: 25h }\n", &[(4, 28, "is 1day 1h, out of range", "")]),
+        ("ttl not a duration", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, ttl: soon }\n", &[(4, 28, "invalid duration `soon`", "`5m`")]),
+        ("ttl bad unit", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, ttl: 5x }\n", &[(4, 28, "invalid duration `5x`", "")]),
+        ("ttl bare number", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, ttl: 300 }\n", &[(4, 28, "bare number 300", "`300s`")]),
+        ("eager yes", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, eager: yes }\n", &[(4, 30, "must be true or false, found a string", "write `true` without quotes")]),
+        ("empty audience", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, audience: \"\" }\n", &[(4, 33, "`audience` of credential `c` must not be empty", "")]),
+        ("connect timeout zero", "upstream: { connect_timeout: 0s }\n", &[(1, 30, "`upstream.connect_timeout` must be greater than zero", "")]),
+        ("request timeout", "upstream: { request_timeout: [1] }\n", &[(1, 30, "`upstream.request_timeout` must be a duration, found a list", "")]),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+    // A credential of an issuer kind this build lacks gets no extra noise for that kind's keys.
+    check(
+        "vault credential",
+        "issuers:\n  vault: { kind: vault }\ncredentials:\n  gh: { issuer: vault, path: secret/x, field: token }\n",
+        &[(2, 18, "issuer kind `vault` is not supported by this build yet", "")],
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn route_errors() {
+    let cases: &[(&str, &str, &[Expect])] = &[
+        ("no methods", "  - name: r\n    hosts: [a.example.com]\n", &[(6, 5, "route `r` has no `methods`", "no default on purpose")]),
+        ("null methods", "  - name: r\n    hosts: [a.example.com]\n    methods:\n", &[(8, 5, "route `r` has no `methods`", "no default on purpose")]),
+        ("empty methods", "  - name: r\n    hosts: [a.example.com]\n    methods: []\n", &[(8, 14, "`methods` of route `r` is empty", "\"*\"")]),
+        ("methods as a string", "  - name: r\n    hosts: [a.example.com]\n    methods: GET\n", &[(8, 14, "`methods` of route `r` must be a list", "[GET]")]),
+        ("invalid method", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET, \"PO ST\"]\n", &[(8, 20, "invalid method `PO ST`", "HTTP token")]),
+        ("lower-case method", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET, post]\n", &[(8, 20, "method `post` is not upper case", "write `POST`")]),
+        ("method not a string", "  - name: r\n    hosts: [a.example.com]\n    methods: [1]\n", &[(8, 15, "a method of route `r` must be a string", "")]),
+        ("connect", "  - name: r\n    hosts: [a.example.com]\n    methods: [CONNECT]\n", &[(8, 15, "CONNECT cannot be allowed", "")]),
+        ("star with others", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET, \"*\"]\n", &[(8, 20, "already allows every method", "")]),
+        ("typo in key", "  - name: r\n    hosts: [a.example.com]\n    metods: [GET]\n", &[(6, 5, "route `r` has no `methods`", ""), (8, 5, "unknown key `metods` in route `r`", "did you mean `methods`?")]),
+        ("no name", "  - hosts: [a.example.com]\n    methods: [GET]\n", &[(6, 5, "route #1 has no `name`", "/r/<name>/")]),
+        ("bad name", "  - name: GitHub API\n    hosts: [a.example.com]\n    methods: [GET]\n", &[(6, 11, "invalid route name `GitHub API`", "e.g. `github-api`")]),
+        ("bad name still labels messages", "  - name: GitHub\n    hosts: [a.example.com]\n    methods: [get]\n", &[(6, 11, "invalid route name `GitHub`", ""), (8, 15, "route `GitHub`: method `get`", "")]),
+        ("name starting with dash", "  - name: -x\n    hosts: [a.example.com]\n    methods: [GET]\n", &[(6, 11, "invalid route name `-x`", "")]),
+        ("name not a string", "  - name: 42\n    hosts: [a.example.com]\n    methods: [GET]\n", &[(6, 11, "route name must be a string, found an integer", "\"42\"")]),
+        ("duplicate name", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n  - name: r\n    hosts: [b.example.com]\n    methods: [GET]\n", &[(9, 11, "duplicate route name `r`", "line 6")]),
+        ("no hosts", "  - name: r\n    methods: [GET]\n", &[(6, 5, "route `r` has no `hosts`", "")]),
+        ("empty hosts", "  - name: r\n    hosts: []\n    methods: [GET]\n", &[(7, 12, "`hosts` of route `r` is empty", "")]),
+        ("host as a string", "  - name: r\n    hosts: a.example.com\n    methods: [GET]\n", &[(7, 12, "must be a list, found a string", "[a.example.com]")]),
+        ("bare star host", "  - name: r\n    hosts: [\"*\"]\n    methods: [GET]\n", &[(7, 13, "invalid host `*`", "")]),
+        ("public suffix wildcard", "  - name: r\n    hosts: [\"*.com\"]\n    methods: [GET]\n", &[(7, 13, "invalid host `*.com`", "")]),
+        ("mid wildcard", "  - name: r\n    hosts: [ok.example.com, \"a.*.example.com\"]\n    methods: [GET]\n", &[(7, 29, "invalid host `a.*.example.com`", "")]),
+        ("unknown scheme", "  - name: r\n    hosts: [a.example.com]\n    schemes: [ftp]\n    methods: [GET]\n", &[(8, 15, "unknown scheme `ftp`", "`http` and `https`")]),
+        ("scheme typo", "  - name: r\n    hosts: [a.example.com]\n    schemes: [htps]\n    methods: [GET]\n", &[(8, 15, "unknown scheme `htps`", "did you mean `https`?")]),
+        ("empty schemes", "  - name: r\n    hosts: [a.example.com]\n    schemes: []\n    methods: [GET]\n", &[(8, 14, "`schemes` of route `r` is empty", "")]),
+        ("port zero", "  - name: r\n    hosts: [a.example.com]\n    ports: [0]\n    methods: [GET]\n", &[(8, 13, "port 0 is out of range", "1-65535")]),
+        ("port too big", "  - name: r\n    hosts: [a.example.com]\n    ports: [443, 65536]\n    methods: [GET]\n", &[(8, 18, "port 65536 is out of range", "1-65535")]),
+        ("port as string", "  - name: r\n    hosts: [a.example.com]\n    ports: [\"443\"]\n    methods: [GET]\n", &[(8, 13, "a port of route `r` must be a port number, found a string", "")]),
+        ("empty paths", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    paths: []\n", &[(9, 12, "`paths` of route `r` is empty", "remove `paths`")]),
+        ("relative glob", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    paths: [\"repos/**\"]\n", &[(9, 13, "invalid path glob `repos/**`: path glob must start with '/'", "")]),
+        ("glob with query", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    paths: [\"/a?b=1\"]\n", &[(9, 13, "invalid path glob `/a?b=1`", "")]),
+        ("glob double star", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    paths: [\"/a/**b\"]\n", &[(9, 13, "invalid path glob `/a/**b`", "")]),
+        ("unknown credential", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    credential: dmeo\n    inject: { header: Authorization }\n", &[(9, 17, "route `r` refers to unknown credential `dmeo`", "did you mean `demo`?")]),
+        ("credential without inject", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    credential: demo\n", &[(9, 5, "route `r` has a `credential` but no `inject`", "inject: { header: Authorization")]),
+        ("inject without credential", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    inject: { header: Authorization }\n", &[(9, 5, "route `r` has `inject` but no `credential`", "plain allowed egress")]),
+        ("allow_private quoted", "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    allow_private: \"true\"\n", &[(9, 20, "`allow_private` of route `r` must be true or false", "without quotes")]),
+        ("route not a mapping", "  - just-a-name\n", &[(6, 5, "route #1 must be a mapping, found a string", "")]),
+    ];
+    for (name, src, expected) in cases {
+        check(name, &with_prelude(src), expected);
+    }
+}
+
+#[test]
+#[rustfmt::skip]
+fn inject_errors() {
+    let route = |inject: &str| {
+        with_prelude(&format!(
+            "  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    credential: demo\n    inject: {inject}\n"
+        ))
+    };
+    // `inject: ` is on line 10, its value starts at column 13.
+    let cases: &[(&str, &str, &[Expect])] = &[
+        ("not a mapping", "Authorization", &[(10, 13, "`inject` of route `r` must be a mapping, found a string", "")]),
+        ("none of the kinds", "{ value: \"Bearer {token}\" }", &[(10, 13, "needs one of `header`, `basic` or `query`", "inject: { header: Authorization")]),
+        ("two kinds", "{ header: X-Key, query: key }", &[(10, 30, "has both `header` and `query`", "one way only")]),
+        ("unknown key", "{ header: X-Key, valeu: \"{token}\" }", &[(10, 30, "unknown key `valeu`", "did you mean `value`?")]),
+        ("value with query", "{ query: key, value: \"{token}\" }", &[(10, 27, "`value` applies only to `header`", "")]),
+        ("sigv4", "{ sigv4: { service: s3, region: us-east-1 } }", &[(10, 15, "`sigv4` is not supported by this build yet", "aws-sts")]),
+        ("header with space", "{ header: \"X Key\" }", &[(10, 23, "`X Key` is not a valid header name", "HTTP tokens")]),
+        ("header with colon", "{ header: \"X-Key:\" }", &[(10, 23, "`X-Key:` is not a valid header name", "")]),
+        ("connection", "{ header: Connection }", &[(10, 23, "`Connection` cannot carry a credential", "hop-by-hop")]),
+        ("proxy-authorization", "{ header: proxy-authorization }", &[(10, 23, "`proxy-authorization` cannot carry a credential", "")]),
+        ("host", "{ header: Host }", &[(10, 23, "`Host` cannot carry a credential", "")]),
+        ("transfer-encoding", "{ header: Transfer-Encoding }", &[(10, 23, "cannot carry a credential", "")]),
+        ("te", "{ header: TE }", &[(10, 23, "`TE` cannot carry a credential", "")]),
+        ("upgrade", "{ header: Upgrade }", &[(10, 23, "cannot carry a credential", "")]),
+        ("keep-alive", "{ header: Keep-Alive }", &[(10, 23, "cannot carry a credential", "")]),
+        ("proxy-connection", "{ header: Proxy-Connection }", &[(10, 23, "cannot carry a credential", "")]),
+        ("trailer", "{ header: Trailer }", &[(10, 23, "cannot carry a credential", "")]),
+        ("content-length", "{ header: Content-Length }", &[(10, 23, "cannot carry a credential", "")]),
+        ("no placeholder", "{ header: Authorization, value: \"Bearer token\" }", &[(10, 45, "must contain `{token}` exactly once; \"Bearer token\" has none", "\"Bearer {token}\"")]),
+        ("two placeholders", "{ header: Authorization, value: \"{token} {token}\" }", &[(10, 45, "has 2", "")]),
+        ("misspelt placeholder", "{ header: Authorization, value: \"Bearer {tokne}\" }", &[(10, 45, "must contain `{token}` exactly once", "")]),
+        ("tab in value", "{ header: Authorization, value: \"Bearer\\t{token}\" }", &[(10, 45, "`value` contains '\\t'", "visible ASCII")]),
+        ("non-ascii value", "{ header: Authorization, value: \"Bäarer {token}\" }", &[(10, 45, "`value` contains 'ä'", "visible ASCII")]),
+        ("newline in value", "{ header: Authorization, value: \"Bearer {token}\\r\\nX: y\" }", &[(10, 45, "`value` contains '\\r'", "")]),
+        ("basic without username", "{ basic: {} }", &[(10, 22, "`basic` of `inject` of route `r` needs a `username`", "x-access-token")]),
+        ("basic null", "{ basic: }", &[(10, 20, "needs a `username`", "")]),
+        ("basic user with colon", "{ basic: { username: \"a:b\" } }", &[(10, 34, "username `a:b` contains ':'", "")]),
+        ("basic unknown key", "{ basic: { user: a } }", &[(10, 22, "needs a `username`", ""), (10, 24, "unknown key `user`", "did you mean `username`?")]),
+        ("query bad param", "{ query: \"api key\" }", &[(10, 22, "`api key` is not a plain query parameter name", "")]),
+        ("query empty", "{ query: \"\" }", &[(10, 22, "must not be empty", "")]),
+    ];
+    for (name, inject, expected) in cases {
+        check(name, &route(inject), expected);
+    }
+}
+
+#[test]
+#[rustfmt::skip]
+fn resolve_entries_are_validated_and_merged() {
+    let cases: &[(&str, &str, &[Expect])] = &[
+        ("no port", "upstream:\n  resolve:\n    api.internal.test: 127.0.0.1:8443\n", &[(3, 5, "`api.internal.test` has no port", "api.internal.test:443")]),
+        ("bad host", "upstream:\n  resolve:\n    \"bad host:443\": 127.0.0.1:8443\n", &[(3, 5, "invalid host:port `bad host:443`", "")]),
+        ("value not an address", "upstream:\n  resolve:\n    api.internal.test:443: backend:8443\n", &[(3, 28, "`backend` in `backend:8443` is not an IP address", "")]),
+        ("value without port", "upstream:\n  resolve:\n    api.internal.test:443: 127.0.0.1\n", &[(3, 28, "is not an ip:port address", "")]),
+        ("value port zero", "upstream:\n  resolve:\n    api.internal.test:443: 127.0.0.1:0\n", &[(3, 28, "has port 0", "")]),
+        ("not a mapping", "upstream:\n  resolve: [a]\n", &[(2, 12, "`upstream.resolve` must be a mapping", "")]),
+        ("conflict within upstream", "upstream:\n  resolve:\n    a.example.com:443: 127.0.0.1:1\n    A.EXAMPLE.COM:443: 127.0.0.1:2\n", &[(4, 5, "`A.EXAMPLE.COM:443` is resolved to 127.0.0.1:2 here but to 127.0.0.1:1 at line 3", "")]),
+        (
+            "conflict between upstream and route",
+            "upstream:\n  resolve:\n    a.example.com:443: 127.0.0.1:1\nroutes:\n  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    resolve:\n      a.example.com:443: 127.0.0.2:1\n",
+            &[(9, 7, "`a.example.com:443` is resolved to 127.0.0.2:1 here but to 127.0.0.1:1 at line 3", "one address only")],
+        ),
+        (
+            "route resolves another host",
+            "routes:\n  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    resolve:\n      b.example.com:443: 127.0.0.2:1\n",
+            &[(6, 7, "route `r` resolves `b.example.com:443` but does not name that host", "upstream.resolve")],
+        ),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+    // A route's entries are merged into upstream.resolve; equal duplicates are fine.
+    let c = ok("upstream:\n  resolve:\n    a.example.com:443: 127.0.0.1:1\nroutes:\n  - name: r\n    hosts: [\"*.example.com\"]\n    methods: [GET]\n    resolve:\n      A.Example.com:443: 127.0.0.1:1\n      b.example.com:80: 127.0.0.1:2\n");
+    let merged: Vec<_> = c.upstream.resolve.iter().map(|r| format!("{}:{}={}", r.host, r.port, r.addr)).collect();
+    assert_eq!(merged, ["a.example.com:443=127.0.0.1:1", "b.example.com:80=127.0.0.1:2"]);
+}
+
+#[test]
+fn credentials_of_broken_issuers_and_routes_of_broken_credentials_do_not_cascade() {
+    // One error for the issuer; the credential and the route that use it are not blamed again.
+    check(
+        "cascade",
+        "issuers:\n  v: { kind: vault }\ncredentials:\n  c: { issuer: v }\nroutes:\n  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    credential: c\n    inject: { header: Authorization }\n",
+        &[(2, 14, "not supported by this build yet", "")],
+    );
+}
+
+#[test]
+fn anchors_and_aliases_work_and_cannot_explode() {
+    let c = ok(&with_prelude(
+        "  - name: a\n    hosts: [a.example.com]\n    methods: &ro [GET, HEAD]\n  - name: b\n    hosts: [b.example.com]\n    methods: *ro\n",
+    ));
+    assert_eq!(
+        c.routes[1].methods,
+        MethodSet::List(vec!["GET".into(), "HEAD".into()])
+    );
+
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..8 {
+        let prev = format!("*a{}", i - 1);
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            [prev.as_str(); 10].join(", ")
+        ));
+    }
+    let e = errors(&bomb);
+    assert!(
+        e.iter()
+            .any(|e| e.message.contains("aliases expand to too many nodes")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn suggestions() {
+    assert_eq!(edit_distance("methods", "metods"), 1);
+    assert_eq!(edit_distance("hosts", "hsots"), 1);
+    assert_eq!(edit_distance("", "abc"), 3);
+    assert_eq!(
+        closest("metods", &["name", "methods", "paths"]),
+        Some("methods")
+    );
+    assert_eq!(closest("host", &["hosts", "ports"]), Some("hosts"));
+    assert_eq!(
+        closest("allowprivate", &["allow_private", "paths"]),
+        Some("allow_private")
+    );
+    assert_eq!(
+        closest("cert", &["cert_out", "leaf_cache_size"]),
+        Some("cert_out")
+    );
+    assert_eq!(closest("zzz", &["listen", "ca", "routes"]), None);
+}
+
+fn addr(s: &str) -> SocketAddr {
+    match s.parse() {
+        Ok(a) => a,
+        Err(e) => panic!("{s}: {e}"),
+    }
+}
+
+#[test]
+fn crlf_line_endings_and_merge_keys() {
+    let c = ok("routes:\r\n  - name: r\r\n    hosts: [a.example.com]\r\n    methods: [GET]\r\n");
+    assert_eq!(c.routes[0].line, 2);
+    check(
+        "crlf error position",
+        "routes:\r\n  - name: r\r\n    hosts: [a.example.com]\r\n    methods: [get]\r\n",
+        &[(4, 15, "method `get` is not upper case", "")],
+    );
+    check(
+        "merge key",
+        "base: &b { forward: off }\nlisten:\n  <<: *b\n",
+        &[
+            (1, 1, "unknown key `base`", ""),
+            (3, 3, "unknown key `<<` in `listen`", "merge keys"),
+        ],
+    );
+}
