@@ -1,1 +1,298 @@
-fn main() {}
+//! The `sidekey` binary: reads the config, builds the runtime pieces from it, and runs the
+//! listeners until SIGTERM/SIGINT. `sidekey check` validates a config and prints its policy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sidekey_admin::AdminState;
+use sidekey_audit::AuditWriter;
+use sidekey_config::{AuditConfig, Config, IssuerKind};
+use sidekey_credentials::{CredentialStore, Issuer, Jwk, LocalIssuer};
+use sidekey_proxy::ProxyState;
+use sidekey_tls::CertificateAuthority;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The config `sidekey run` uses when given none: the quickstart, built in.
+const QUICKSTART: &str = include_str!("../examples/quickstart.yaml");
+
+/// How long in-flight requests and tunnels get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "sidekey",
+    version,
+    about = "Per-pod egress proxy for AI agents: allowlist, short-lived credentials, audit."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file. Without one, the built-in quickstart config is used.
+        #[arg(long, short, env = "SIDEKEY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective policy (routes in match order).
+    Check {
+        /// Config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Run { config } => {
+            init_logging();
+            let (source, origin) = match load(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("sidekey: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let config = match sidekey_config::parse(&source, &origin) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("sidekey: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("sidekey: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    let origin = file.display().to_string();
+    let source = match std::fs::read_to_string(file) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("sidekey: cannot read {origin}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match sidekey_config::parse(&source, &origin) {
+        Ok(config) => {
+            println!("{origin}: ok\n");
+            println!("{}", config.describe());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<(String, String)> {
+    match path {
+        Some(path) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Ok((source, path.display().to_string()))
+        }
+        None => Ok((QUICKSTART.to_string(), "<built-in quickstart>".to_string())),
+    }
+}
+
+/// Diagnostics go to stderr; stdout is reserved for the audit trail.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIDEKEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let audit_writer = match &config.audit {
+        AuditConfig::Stdout => AuditWriter::stdout(),
+        AuditConfig::File(path) => AuditWriter::file(path),
+    }
+    .context("cannot open the audit sink")?;
+    let audit = audit_writer.log();
+
+    // Issuers and credentials.
+    let mut issuers = HashMap::new();
+    let mut jwks: Vec<Jwk> = Vec::new();
+    for issuer in &config.issuers {
+        let built = match &issuer.kind {
+            IssuerKind::Local(local) => {
+                let local = LocalIssuer::generate(local)
+                    .with_context(|| format!("issuer `{}`", issuer.name))?;
+                jwks.push(local.jwk().clone());
+                Issuer::Local(local)
+            }
+        };
+        issuers.insert(issuer.name.clone(), Arc::new(built));
+    }
+    let credentials = Arc::new(CredentialStore::new(
+        &config.credentials,
+        &issuers,
+        audit.clone(),
+    )?);
+
+    // Interception CA: key in memory, public certificate out for agents.
+    let ca = Arc::new(CertificateAuthority::generate(config.ca.leaf_cache_size)?);
+    if let Some(path) = &config.ca.cert_out {
+        ca.write_cert(path)?;
+        tracing::info!(path = %path.display(), "wrote the interception CA certificate");
+    }
+    let upstream_tls = sidekey_tls::upstream_client_config(&config.upstream.extra_ca_files)?;
+    let state = Arc::new(ProxyState::new(
+        &config,
+        Arc::clone(&credentials),
+        ca,
+        upstream_tls,
+        audit.clone(),
+    ));
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let admin = Arc::new(AdminState::new(Arc::clone(&credentials), &jwks));
+
+    if let Some(addr) = config.listen.forward {
+        let listener = bind("forward", addr).await?;
+        let (state, token, conns) = (Arc::clone(&state), shutdown.clone(), tracker.clone());
+        tracker.spawn(sidekey_proxy::accept_loop(
+            "forward",
+            listener,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream| {
+                sidekey_proxy::forward::serve_connection(
+                    Arc::clone(&state),
+                    stream,
+                    token.clone(),
+                    conns.clone(),
+                )
+            },
+        ));
+    }
+    if let Some(addr) = config.listen.routes {
+        let listener = bind("routes", addr).await?;
+        let (state, token) = (Arc::clone(&state), shutdown.clone());
+        tracker.spawn(sidekey_proxy::accept_loop(
+            "routes",
+            listener,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream| {
+                sidekey_proxy::routes::serve_connection(Arc::clone(&state), stream, token.clone())
+            },
+        ));
+    }
+    if let Some(addr) = config.listen.admin {
+        let listener = bind("admin", addr).await?;
+        tokio::spawn(sidekey_admin::serve(
+            listener,
+            Arc::clone(&admin),
+            shutdown.clone(),
+        ));
+    }
+    admin.serving.store(true, Ordering::Release);
+
+    // Eager credentials: readiness waits for them; a failure is retried with backoff.
+    {
+        let credentials = Arc::clone(&credentials);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match credentials.fetch_eager().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "eager credential fetch failed")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining connections");
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
+    }
+    audit_writer.shutdown();
+    Ok(())
+}
+
+async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({name})"))?;
+    let local = listener.local_addr()?;
+    tracing::info!("listening listener={name} addr={local}");
+    Ok(listener)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

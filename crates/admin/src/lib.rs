@@ -1,1 +1,119 @@
-//! placeholder
+//! The admin listener (loopback by default): `/healthz` (the process serves), `/readyz`
+//! (listeners are up and every eager credential is held), and the local issuers' JWKS at
+//! `/.well-known/jwks.json` so upstreams can verify the JWTs sidekey mints.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sidekey_credentials::{CredentialStore, Jwk};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// What the admin endpoints report on.
+pub struct AdminState {
+    /// Set once every listener is bound and serving.
+    pub serving: AtomicBool,
+    pub credentials: Arc<CredentialStore>,
+    /// JWKS body, rendered once at start (keys never change while running).
+    jwks: Bytes,
+}
+
+impl AdminState {
+    pub fn new(credentials: Arc<CredentialStore>, keys: &[Jwk]) -> Self {
+        let jwks = serde_json::json!({ "keys": keys }).to_string();
+        AdminState {
+            serving: AtomicBool::new(false),
+            credentials,
+            jwks: Bytes::from(jwks),
+        }
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if !self.serving.load(Ordering::Acquire) {
+            return Err("listeners are not serving yet");
+        }
+        if !self.credentials.ready() {
+            return Err("eager credentials are not held yet");
+        }
+        Ok(())
+    }
+}
+
+/// Serves the admin endpoints until shutdown.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(Arc::clone(&state), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connection(state: Arc<AdminState>, stream: TcpStream) {
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(route(&state, &request)) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match state.ready() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        },
+        "/.well-known/jwks.json" => {
+            let mut response = Response::new(Full::new(state.jwks.clone()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

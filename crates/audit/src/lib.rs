@@ -50,6 +50,9 @@ pub struct RequestRecord {
     pub duration_ms: f64,
     /// The agent's task ID, when it sent one.
     pub task_id: Option<String>,
+    /// Set when the exchange broke off after the response started: `client_aborted`,
+    /// `upstream_body_error`.
+    pub error: Option<&'static str>,
 }
 
 /// A credential lifecycle event.
@@ -127,7 +130,10 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("sidekey-audit".into())
             .spawn(move || write_loop(sink, rx))?;
-        Ok(AuditWriter { log: AuditLog { tx }, thread: Some(thread) })
+        Ok(AuditWriter {
+            log: AuditLog { tx },
+            thread: Some(thread),
+        })
     }
 
     /// A handle for producers.
@@ -201,7 +207,11 @@ impl AuditLog {
     }
 
     fn send<T: Serialize>(&self, kind: &'static str, record: &T) {
-        let line = Line { ts: now_rfc3339(), kind, record };
+        let line = Line {
+            ts: now_rfc3339(),
+            kind,
+            record,
+        };
         match serde_json::to_vec(&line) {
             Ok(mut bytes) => {
                 bytes.push(b'\n');
@@ -257,7 +267,10 @@ mod tests {
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().map_err(|_| io::Error::other("poisoned"))?.extend_from_slice(buf);
+            self.0
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -313,11 +326,14 @@ mod tests {
             bytes_out: 10,
             duration_ms: 1.5,
             task_id: None,
+            error: None,
         });
         writer.flush();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["type"], "credential");
         assert_eq!(lines[0]["event"], "issued");

@@ -10,4 +10,4 @@ mod store;
 pub use issuer::{CredentialRequest, IssueError, Issuer};
 pub use local::{Jwk, LocalIssuer};
 pub use secret::{Credential, CredentialId, Secret};
-pub use store::{CredentialError, CredentialStore, CredentialStatus};
+pub use store::{CredentialError, CredentialStatus, CredentialStore};

@@ -71,17 +71,24 @@ impl LocalIssuer {
                     alg: "EdDSA",
                     use_: "sig",
                 };
-                (Algorithm::EdDSA, EncodingKey::from_ed_der(pkcs8.as_ref()), jwk)
+                (
+                    Algorithm::EdDSA,
+                    EncodingKey::from_ed_der(pkcs8.as_ref()),
+                    jwk,
+                )
             }
             LocalAlgorithm::Es256 => {
                 let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                     .map_err(|_| IssueError::Signing("P-256 key generation failed".into()))?;
-                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-                    .map_err(|_| IssueError::Signing("P-256 key rejected".into()))?;
+                let pair =
+                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                        .map_err(|_| IssueError::Signing("P-256 key rejected".into()))?;
                 // Uncompressed point: 0x04 || X (32) || Y (32).
                 let point = pair.public_key().as_ref();
                 if point.len() != 65 {
-                    return Err(IssueError::Signing("unexpected P-256 public key size".into()));
+                    return Err(IssueError::Signing(
+                        "unexpected P-256 public key size".into(),
+                    ));
                 }
                 let jwk = Jwk {
                     kty: "EC",
@@ -92,7 +99,11 @@ impl LocalIssuer {
                     alg: "ES256",
                     use_: "sig",
                 };
-                (Algorithm::ES256, EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+                (
+                    Algorithm::ES256,
+                    EncodingKey::from_ec_der(pkcs8.as_ref()),
+                    jwk,
+                )
             }
         };
         // kid: a short, stable name for this key (RFC 7638-style thumbprint input, truncated).
@@ -101,7 +112,12 @@ impl LocalIssuer {
             format!("{}:{}:{}", jwk.crv, jwk.x, jwk.y.as_deref().unwrap_or("")).as_bytes(),
         );
         jwk.kid = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
-        Ok(LocalIssuer { iss: config.issuer.clone(), algorithm, key, jwk })
+        Ok(LocalIssuer {
+            iss: config.issuer.clone(),
+            algorithm,
+            key,
+            jwk,
+        })
     }
 
     /// The public key, for the JWKS endpoint.
@@ -162,7 +178,9 @@ mod tests {
         let mut validation = Validation::new(issuer.algorithm);
         validation.set_audience(&["demo-api"]);
         validation.set_issuer(&["sidekey-local"]);
-        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).unwrap().claims
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .unwrap()
+            .claims
     }
 
     #[test]
@@ -188,7 +206,10 @@ mod tests {
 
     #[test]
     fn each_credential_has_a_fresh_id_and_another_key_cannot_verify_it() {
-        let config = LocalIssuerConfig { issuer: "sidekey-local".into(), algorithm: LocalAlgorithm::EdDsa };
+        let config = LocalIssuerConfig {
+            issuer: "sidekey-local".into(),
+            algorithm: LocalAlgorithm::EdDsa,
+        };
         let a = LocalIssuer::generate(&config).unwrap();
         let b = LocalIssuer::generate(&config).unwrap();
         let c1 = a.issue(&request()).unwrap();
@@ -198,6 +219,9 @@ mod tests {
         let key = DecodingKey::from_ed_components(&b.jwk().x).unwrap();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&["demo-api"]);
-        assert!(jsonwebtoken::decode::<serde_json::Value>(c1.secret.expose(), &key, &validation).is_err());
+        assert!(
+            jsonwebtoken::decode::<serde_json::Value>(c1.secret.expose(), &key, &validation)
+                .is_err()
+        );
     }
 }

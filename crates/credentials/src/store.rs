@@ -74,10 +74,14 @@ impl CredentialStore {
     ) -> Result<Self, CredentialError> {
         let mut slots = HashMap::new();
         for c in credentials {
-            let issuer = issuers.get(&c.issuer).cloned().ok_or_else(|| CredentialError::Unavailable {
-                name: c.name.clone(),
-                reason: format!("issuer `{}` is not configured", c.issuer),
-            })?;
+            let issuer =
+                issuers
+                    .get(&c.issuer)
+                    .cloned()
+                    .ok_or_else(|| CredentialError::Unavailable {
+                        name: c.name.clone(),
+                        reason: format!("issuer `{}` is not configured", c.issuer),
+                    })?;
             slots.insert(
                 c.name.clone(),
                 Arc::new(Slot {
@@ -104,7 +108,10 @@ impl CredentialStore {
     /// background once past its refresh point), else fetched — one issuer call shared by all
     /// concurrent callers.
     pub async fn get(&self, name: &str) -> Result<Arc<Credential>, CredentialError> {
-        let slot = self.slots.get(name).ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
+        let slot = self
+            .slots
+            .get(name)
+            .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
         let now = SystemTime::now();
         if let Some(held) = slot.current.load().as_ref() {
             if now < held.usable_until {
@@ -138,7 +145,10 @@ impl CredentialStore {
     pub fn ready(&self) -> bool {
         let now = SystemTime::now();
         self.slots.values().filter(|s| s.eager).all(|s| {
-            s.current.load().as_ref().is_some_and(|h| now < h.usable_until)
+            s.current
+                .load()
+                .as_ref()
+                .is_some_and(|h| now < h.usable_until)
         })
     }
 
@@ -187,7 +197,11 @@ async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, Credent
         Ok(Ok(c)) => Arc::new(c),
         Ok(Err(e)) => return Err(failed(slot, audit, e.to_string())),
         Err(_) => {
-            return Err(failed(slot, audit, format!("issuer did not answer within {ISSUE_TIMEOUT:?}")))
+            return Err(failed(
+                slot,
+                audit,
+                format!("issuer did not answer within {ISSUE_TIMEOUT:?}"),
+            ))
         }
     };
     let lifetime = credential
@@ -206,7 +220,11 @@ async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, Credent
         usable_until,
     })));
     audit.credential(&CredentialEvent {
-        event: if previous.is_some() { CredentialEventKind::Refreshed } else { CredentialEventKind::Issued },
+        event: if previous.is_some() {
+            CredentialEventKind::Refreshed
+        } else {
+            CredentialEventKind::Issued
+        },
         credential: slot.name.clone(),
         issuer: slot.issuer_name.clone(),
         credential_id: Some(credential.id.0.clone()),
@@ -227,7 +245,10 @@ fn failed(slot: &Slot, audit: &AuditLog, reason: String) -> CredentialError {
         expires_at: None,
         error: Some(reason.clone()),
     });
-    CredentialError::Unavailable { name: slot.name.clone(), reason }
+    CredentialError::Unavailable {
+        name: slot.name.clone(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -254,7 +275,10 @@ mod tests {
             ttl,
             eager: true,
         }];
-        (CredentialStore::new(&creds, &issuers, writer.log()).unwrap(), writer)
+        (
+            CredentialStore::new(&creds, &issuers, writer.log()).unwrap(),
+            writer,
+        )
     }
 
     #[tokio::test]
@@ -277,19 +301,28 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..32 {
             let s = Arc::clone(&store);
-            tasks.push(tokio::spawn(async move { s.get("demo").await.unwrap().id.clone() }));
+            tasks.push(tokio::spawn(async move {
+                s.get("demo").await.unwrap().id.clone()
+            }));
         }
         let mut ids = std::collections::HashSet::new();
         for t in tasks {
             ids.insert(t.await.unwrap());
         }
-        assert_eq!(ids.len(), 1, "every caller must get the one credential fetched");
+        assert_eq!(
+            ids.len(),
+            1,
+            "every caller must get the one credential fetched"
+        );
     }
 
     #[tokio::test]
     async fn unknown_credential_is_an_error() {
         let (store, _w) = store(Duration::from_secs(300));
-        assert!(matches!(store.get("nope").await, Err(CredentialError::Unknown(_))));
+        assert!(matches!(
+            store.get("nope").await,
+            Err(CredentialError::Unknown(_))
+        ));
     }
 
     #[tokio::test]

@@ -55,10 +55,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Attaches `secret` as `inject` says, after removing whatever the agent sent in its place.
 /// `uri` is only touched for query injection.
-pub fn inject(headers: &mut HeaderMap, uri: &mut Uri, how: &Inject, secret: &Secret) -> Result<(), InjectError> {
+pub fn inject(
+    headers: &mut HeaderMap,
+    uri: &mut Uri,
+    how: &Inject,
+    secret: &Secret,
+) -> Result<(), InjectError> {
     match how {
         Inject::Header { name, value } => {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| InjectError::InvalidHeaderName)?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| InjectError::InvalidHeaderName)?;
             let mut text = Zeroizing::new(String::with_capacity(
                 value.prefix.len() + secret.expose().len() + value.suffix.len(),
             ));
@@ -82,7 +88,11 @@ pub fn inject(headers: &mut HeaderMap, uri: &mut Uri, how: &Inject, secret: &Sec
 
 /// Removes the agent's copy of what `inject` sets, without attaching anything (used for
 /// requests that pass without a credential, so a dummy key still never leaves).
-pub fn strip_injected(headers: &mut HeaderMap, uri: &mut Uri, how: &Inject) -> Result<(), InjectError> {
+pub fn strip_injected(
+    headers: &mut HeaderMap,
+    uri: &mut Uri,
+    how: &Inject,
+) -> Result<(), InjectError> {
     match how {
         Inject::Header { name, .. } => {
             headers.remove(name.as_str());
@@ -107,7 +117,11 @@ fn set_sensitive(headers: &mut HeaderMap, name: HeaderName, text: &str) -> Resul
 }
 
 /// Characters left as they are in a query value: RFC 3986 unreserved.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn with_query_param(uri: &Uri, param: &str, value: &str) -> Result<Uri, InjectError> {
     replace_query_param(uri, param, Some(value))
@@ -139,7 +153,11 @@ fn replace_query_param(uri: &Uri, param: &str, value: Option<&str>) -> Result<Ur
         query.push('=');
         query.extend(utf8_percent_encode(value, QUERY_VALUE));
     }
-    let pq = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+    let pq = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| InjectError::InvalidUri)?);
     Uri::from_parts(parts).map_err(|_| InjectError::InvalidUri)
@@ -157,10 +175,16 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret-Hop , close"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret-Hop , close"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("proxy-authorization", HeaderValue::from_static("Basic Zm9vOmJhcg=="));
+        h.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
+        );
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
@@ -174,19 +198,28 @@ mod tests {
     #[test]
     fn header_injection_replaces_every_agent_value() {
         let mut h = HeaderMap::new();
-        h.append("authorization", HeaderValue::from_static("Bearer agent-dummy"));
+        h.append(
+            "authorization",
+            HeaderValue::from_static("Bearer agent-dummy"),
+        );
         h.append("authorization", HeaderValue::from_static("Bearer second"));
         let mut uri: Uri = "https://api.example/x".parse().unwrap();
         let how = Inject::Header {
             name: "Authorization".into(),
-            value: Template { prefix: "Bearer ".into(), suffix: String::new() },
+            value: Template {
+                prefix: "Bearer ".into(),
+                suffix: String::new(),
+            },
         };
         inject(&mut h, &mut uri, &how, &secret()).unwrap();
         let all: Vec<_> = h.get_all("authorization").iter().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0], "Bearer tok3n-canary");
         assert!(all[0].is_sensitive());
-        assert!(!format!("{h:?}").contains("canary"), "sensitive values are hidden from Debug");
+        assert!(
+            !format!("{h:?}").contains("canary"),
+            "sensitive values are hidden from Debug"
+        );
     }
 
     #[test]
@@ -195,14 +228,28 @@ mod tests {
         let mut uri: Uri = "https://api.example/x".parse().unwrap();
         let how = Inject::Header {
             name: "X-Api-Key".into(),
-            value: Template { prefix: "k=".into(), suffix: ";v=1".into() },
+            value: Template {
+                prefix: "k=".into(),
+                suffix: ";v=1".into(),
+            },
         };
         inject(&mut h, &mut uri, &how, &secret()).unwrap();
         assert_eq!(h["x-api-key"], "k=tok3n-canary;v=1");
 
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Basic YWdlbnQ6ZHVtbXk="));
-        inject(&mut h, &mut uri, &Inject::Basic { username: "x-access-token".into() }, &secret()).unwrap();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic YWdlbnQ6ZHVtbXk="),
+        );
+        inject(
+            &mut h,
+            &mut uri,
+            &Inject::Basic {
+                username: "x-access-token".into(),
+            },
+            &secret(),
+        )
+        .unwrap();
         let expected = format!("Basic {}", STANDARD.encode("x-access-token:tok3n-canary"));
         assert_eq!(h["authorization"], expected.as_str());
     }
@@ -212,14 +259,31 @@ mod tests {
         let cases = [
             ("https://a.example/p", "/p?api_key=tok3n-canary"),
             ("https://a.example/p?x=1", "/p?x=1&api_key=tok3n-canary"),
-            ("https://a.example/p?api_key=dummy&x=1", "/p?x=1&api_key=tok3n-canary"),
-            ("https://a.example/p?api%5Fkey=dummy&api_key&x=1", "/p?x=1&api_key=tok3n-canary"),
-            ("https://a.example/p?api_key=a&api_key=b", "/p?api_key=tok3n-canary"),
+            (
+                "https://a.example/p?api_key=dummy&x=1",
+                "/p?x=1&api_key=tok3n-canary",
+            ),
+            (
+                "https://a.example/p?api%5Fkey=dummy&api_key&x=1",
+                "/p?x=1&api_key=tok3n-canary",
+            ),
+            (
+                "https://a.example/p?api_key=a&api_key=b",
+                "/p?api_key=tok3n-canary",
+            ),
         ];
         for (input, want) in cases {
             let mut uri: Uri = input.parse().unwrap();
             let mut h = HeaderMap::new();
-            inject(&mut h, &mut uri, &Inject::Query { param: "api_key".into() }, &secret()).unwrap();
+            inject(
+                &mut h,
+                &mut uri,
+                &Inject::Query {
+                    param: "api_key".into(),
+                },
+                &secret(),
+            )
+            .unwrap();
             assert_eq!(uri.path_and_query().unwrap().as_str(), want, "{input}");
             assert_eq!(uri.host(), Some("a.example"));
         }
@@ -230,10 +294,23 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("dummy"));
         let mut uri: Uri = "https://a.example/p?api_key=dummy&q=1".parse().unwrap();
-        let how = Inject::Header { name: "X-Api-Key".into(), value: Template { prefix: String::new(), suffix: String::new() } };
+        let how = Inject::Header {
+            name: "X-Api-Key".into(),
+            value: Template {
+                prefix: String::new(),
+                suffix: String::new(),
+            },
+        };
         strip_injected(&mut h, &mut uri, &how).unwrap();
         assert!(h.is_empty());
-        strip_injected(&mut h, &mut uri, &Inject::Query { param: "api_key".into() }).unwrap();
+        strip_injected(
+            &mut h,
+            &mut uri,
+            &Inject::Query {
+                param: "api_key".into(),
+            },
+        )
+        .unwrap();
         assert_eq!(uri.path_and_query().unwrap().as_str(), "/p?q=1");
     }
 
@@ -241,9 +318,18 @@ mod tests {
     fn control_characters_in_a_credential_are_refused() {
         let mut h = HeaderMap::new();
         let mut uri: Uri = "https://a.example/p".parse().unwrap();
-        let how = Inject::Header { name: "Authorization".into(), value: Template { prefix: "Bearer ".into(), suffix: String::new() } };
+        let how = Inject::Header {
+            name: "Authorization".into(),
+            value: Template {
+                prefix: "Bearer ".into(),
+                suffix: String::new(),
+            },
+        };
         let bad = Secret::new("line1\r\nX-Evil: 1".into());
-        assert!(matches!(inject(&mut h, &mut uri, &how, &bad), Err(InjectError::InvalidHeaderValue)));
+        assert!(matches!(
+            inject(&mut h, &mut uri, &how, &bad),
+            Err(InjectError::InvalidHeaderValue)
+        ));
         assert!(h.is_empty());
     }
 }

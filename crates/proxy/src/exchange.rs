@@ -1,0 +1,399 @@
+//! The life of one request, after its target has been identified, as named phases:
+//! decide → credential → rewrite → forward → respond (audit is written by whichever phase ends
+//! the exchange). Listeners only identify the target and call [`handle`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sidekey_audit::Outcome;
+use sidekey_credentials::Credential;
+use sidekey_policy::{Decision, DenyCode, RequestPath, Target};
+
+use crate::audit::PendingRecord;
+use crate::body::{Counted, Metered, ProxyBody};
+use crate::error::{ErrorCode, Refusal};
+use crate::{ProxyState, RouteRuntime};
+
+/// The agent's task ID travels in this header; it is recorded and never forwarded.
+const TASK_HEADER: &str = "x-sidekey-task";
+
+/// What the listener established about a request before policy sees it.
+pub struct Exchange {
+    pub request_id: String,
+    pub listener: &'static str,
+    pub target: Target,
+    pub started: Instant,
+    /// Unrouted targets may pass without a credential (`unmatched: tunnel`). Only for plain
+    /// HTTP on the forward listener: an intercepted tunnel always names a route.
+    pub may_pass_unmatched: bool,
+    /// Only this route applies (the route listener addresses one route by name).
+    pub only_route: Option<usize>,
+}
+
+impl Exchange {
+    pub fn new(listener: &'static str, target: Target) -> Self {
+        Exchange {
+            request_id: uuid::Uuid::now_v7().simple().to_string(),
+            listener,
+            target,
+            started: Instant::now(),
+            may_pass_unmatched: false,
+            only_route: None,
+        }
+    }
+
+    /// A refusal made before the request reached policy (malformed request, mismatch): audited
+    /// and answered.
+    pub fn refuse(
+        &self,
+        state: &ProxyState,
+        method: &str,
+        path: &str,
+        refusal: Refusal,
+    ) -> Response<ProxyBody> {
+        let record = PendingRecord::new(
+            state.audit.clone(),
+            &self.request_id,
+            self.listener,
+            method,
+            &self.target,
+            path,
+            self.started,
+        );
+        refuse(record, &self.request_id, refusal)
+    }
+}
+
+/// Refuses a request whose target could not be identified (malformed authority, wrong
+/// listener usage). Audited with the target text as sent, truncated.
+pub fn refuse_unidentified(
+    state: &ProxyState,
+    listener: &'static str,
+    method: &str,
+    raw_target: &str,
+    refusal: Refusal,
+) -> Response<ProxyBody> {
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let shown: String = raw_target.chars().take(255).collect();
+    let record = PendingRecord::with_target_text(
+        state.audit.clone(),
+        &request_id,
+        listener,
+        method,
+        ("", shown, 0),
+        "",
+        Instant::now(),
+    );
+    refuse(record, &request_id, refusal)
+}
+
+/// Checks that the request names the target it was routed by: the Host header (exactly one),
+/// and, inside a tunnel, the URI authority (HTTP/2 `:authority`) too. A different host or port
+/// is `target_mismatch`; a missing or unparsable one is `request_invalid`.
+pub fn check_host_header<B>(
+    request: &Request<B>,
+    target: &Target,
+    in_tunnel: bool,
+) -> Result<(), Refusal> {
+    let same = |text: &str, what: &str| -> Result<(), Refusal> {
+        let authority = sidekey_policy::Authority::parse(text).map_err(|e| {
+            Refusal::new(
+                ErrorCode::RequestInvalid,
+                format!("{what} `{text}` is invalid: {e}"),
+            )
+        })?;
+        if authority.host != target.host || authority.port_or_default(target.scheme) != target.port
+        {
+            return Err(Refusal::new(
+                ErrorCode::TargetMismatch,
+                format!(
+                    "{what} names {text} but the request goes to {}:{}",
+                    target.host, target.port
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let mut named = false;
+    if in_tunnel {
+        if let Some(authority) = request.uri().authority() {
+            same(authority.as_str(), "request authority")?;
+            named = true;
+        }
+    }
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err(Refusal::new(
+                ErrorCode::RequestInvalid,
+                "more than one Host header",
+            ));
+        }
+        let text = host
+            .to_str()
+            .map_err(|_| Refusal::new(ErrorCode::RequestInvalid, "Host header is not ASCII"))?;
+        same(text, "Host header")?;
+        named = true;
+    }
+    if !named && request.version() != Version::HTTP_10 {
+        return Err(Refusal::new(
+            ErrorCode::RequestInvalid,
+            "request has no Host header",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs every phase for one request whose target is known.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    exchange: Exchange,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut record = PendingRecord::new(
+        state.audit.clone(),
+        &exchange.request_id,
+        exchange.listener,
+        parts.method.as_str(),
+        &exchange.target,
+        &path_and_query,
+        exchange.started,
+    );
+    record.set_task_id(task_id(&parts));
+
+    // decide
+    let route = match decide(&state, &exchange, &parts, &path_and_query) {
+        Ok(route) => route,
+        Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+    };
+    match route {
+        Some(route) => {
+            record.set_route(&route.name);
+            record.set_decision(Outcome::Allow);
+        }
+        None => record.set_decision(Outcome::Tunnel),
+    }
+
+    // credential
+    let credential = match route {
+        Some(route) => match credential(&state, route).await {
+            Ok(credential) => credential,
+            Err(refusal) => {
+                if let Some(name) = &route.credential {
+                    record.set_credential(name, route.issuer.as_deref(), None);
+                }
+                return refuse(record, &exchange.request_id, refusal);
+            }
+        },
+        None => None,
+    };
+    if let (Some(route), Some(credential)) = (route, &credential) {
+        if let Some(name) = &route.credential {
+            record.set_credential(name, route.issuer.as_deref(), Some(&credential.id.0));
+        }
+    }
+
+    // rewrite
+    let body = Counted::new(body, record.bytes_in_counter()).boxed_unsync();
+    if let Err(refusal) = rewrite(
+        &mut parts,
+        &exchange.target,
+        &path_and_query,
+        route,
+        credential.as_deref(),
+    ) {
+        return refuse(record, &exchange.request_id, refusal);
+    }
+
+    // forward
+    let response = match state.upstream.send(Request::from_parts(parts, body)).await {
+        Ok(response) => response,
+        Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+    };
+
+    // respond
+    respond(
+        response,
+        record,
+        &exchange.request_id,
+        credential.as_deref(),
+    )
+}
+
+/// Policy: the first route allowing target, method and path; `Ok(None)` means an unrouted
+/// target passing without a credential.
+fn decide<'s>(
+    state: &'s ProxyState,
+    exchange: &Exchange,
+    parts: &Parts,
+    path_and_query: &str,
+) -> Result<Option<&'s RouteRuntime>, Refusal> {
+    let raw_path = path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(p, _)| p);
+    let path = RequestPath::parse(raw_path).map_err(|e| {
+        let code = if e.is_malformed() {
+            ErrorCode::RequestInvalid
+        } else {
+            ErrorCode::PathNotAllowed
+        };
+        Refusal::new(code, format!("path refused: {e}"))
+    })?;
+    let (policy, first) = match exchange.only_route {
+        Some(index) => match state.route_policies.get(index) {
+            Some(policy) => (policy, index),
+            None => return Err(Refusal::new(ErrorCode::HostNotAllowed, "no such route")),
+        },
+        None => (&state.policy, 0),
+    };
+    match policy.decide(&exchange.target, parts.method.as_str(), &path) {
+        Decision::Allow { route } => Ok(state.routes.get(first + route)),
+        Decision::Deny(denial)
+            if denial.code == DenyCode::HostNotAllowed
+                && exchange.may_pass_unmatched
+                && state.unmatched == sidekey_config::Unmatched::Tunnel =>
+        {
+            Ok(None)
+        }
+        Decision::Deny(denial) => Err(Refusal::new(denial.code.into(), denial.message)),
+    }
+}
+
+/// The route's credential, from the store (a lookup on a hit; the issuer only on a miss).
+async fn credential(
+    state: &ProxyState,
+    route: &RouteRuntime,
+) -> Result<Option<Arc<Credential>>, Refusal> {
+    let Some(name) = &route.credential else {
+        return Ok(None);
+    };
+    state
+        .credentials
+        .get(name)
+        .await
+        .map(Some)
+        .map_err(|e| Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()))
+}
+
+/// Turns the agent's request into the upstream request: absolute URI for the target, no
+/// hop-by-hop or sidekey headers, the agent's copy of the injected header removed, the
+/// credential attached.
+fn rewrite(
+    parts: &mut Parts,
+    target: &Target,
+    path_and_query: &str,
+    route: Option<&RouteRuntime>,
+    credential: Option<&Credential>,
+) -> Result<(), Refusal> {
+    let uri = format!(
+        "{}://{}:{}{}",
+        target.scheme.as_str(),
+        target.host.to_uri_host(),
+        target.port,
+        path_and_query
+    );
+    parts.uri = Uri::try_from(uri).map_err(|_| {
+        Refusal::new(
+            ErrorCode::RequestInvalid,
+            "request target cannot be forwarded",
+        )
+    })?;
+    // The client speaks HTTP/1.1 or HTTP/2 upstream as ALPN decides, whatever the agent used.
+    parts.version = Version::HTTP_11;
+    sidekey_inject::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::HOST);
+    parts.headers.remove(TASK_HEADER);
+    parts.extensions.clear();
+    if let Some(inject) = route.and_then(|r| r.inject.as_ref()) {
+        let result = match credential {
+            Some(credential) => sidekey_inject::inject(
+                &mut parts.headers,
+                &mut parts.uri,
+                inject,
+                &credential.secret,
+            ),
+            None => sidekey_inject::strip_injected(&mut parts.headers, &mut parts.uri, inject),
+        };
+        result.map_err(|e| Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The upstream response on its way back: hop-by-hop headers dropped, any header echoing the
+/// injected credential scrubbed, the body streamed through a meter that writes the audit record.
+fn respond(
+    response: Response<Incoming>,
+    mut record: PendingRecord,
+    request_id: &str,
+    credential: Option<&Credential>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    sidekey_inject::strip_hop_by_hop(&mut parts.headers);
+    if let Some(credential) = credential {
+        scrub_headers(&mut parts.headers, credential.secret.expose().as_bytes());
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-sidekey-request-id"), id);
+    }
+    record.set_status(parts.status.as_u16());
+    Response::from_parts(parts, Metered::new(body, record).boxed_unsync())
+}
+
+/// Replaces any response header value that contains the secret: an upstream reflecting the
+/// credential must not hand it to the agent.
+fn scrub_headers(headers: &mut http::HeaderMap, secret: &[u8]) {
+    if secret.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        if value.as_bytes().windows(secret.len()).any(|w| w == secret) {
+            *value = HeaderValue::from_static("[redacted by sidekey]");
+        }
+    }
+}
+
+fn refuse(record: PendingRecord, request_id: &str, refusal: Refusal) -> Response<ProxyBody> {
+    let code = refusal.code;
+    tracing::debug!(request_id, code = code.as_str(), message = %refusal.message, "request refused");
+    let response = refusal.into_response(request_id);
+    let len = http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0);
+    record.finish_refused(code, len);
+    response
+}
+
+/// The agent's task ID: visible ASCII, at most 128 bytes; anything else is ignored.
+fn task_id(parts: &Parts) -> Option<String> {
+    let value = parts.headers.get(TASK_HEADER)?.to_str().ok()?;
+    (value.len() <= 128 && !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_only_values_containing_the_secret() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-echo", HeaderValue::from_static("Bearer s3cr3t-token"));
+        h.insert("x-other", HeaderValue::from_static("fine"));
+        scrub_headers(&mut h, b"s3cr3t-token");
+        assert_eq!(h["x-echo"], "[redacted by sidekey]");
+        assert_eq!(h["x-other"], "fine");
+    }
+}

@@ -1,0 +1,170 @@
+//! TLS interception inside a CONNECT tunnel. The agent's TLS is terminated with a leaf minted
+//! for the CONNECT host; SNI must name that same host, and every request inside must name it
+//! in Host/:authority. HTTP/2 or HTTP/1.1 toward the agent, as ALPN decides.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sidekey_policy::{CanonicalHost, Target};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::ProxyBody;
+use crate::error::{ErrorCode, Refusal};
+use crate::exchange::{self, Exchange};
+use crate::forward::LISTENER;
+use crate::ProxyState;
+
+/// What the tunnel established, shared by the requests inside it.
+struct Tunnel {
+    target: Target,
+    /// The SNI the agent sent, when it does not name the CONNECT host.
+    sni_mismatch: Option<String>,
+}
+
+/// Completes the CONNECT upgrade, the TLS handshake, and serves HTTP inside the tunnel.
+pub async fn run(
+    state: Arc<ProxyState>,
+    target: Target,
+    on_upgrade: OnUpgrade,
+    shutdown: CancellationToken,
+    _tracker: TaskTracker,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT upgrade failed");
+            return;
+        }
+    };
+    let timeout = state.limits.handshake_timeout;
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match tokio::time::timeout(timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::info!(target = %target, error = %e, "agent TLS ClientHello rejected");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(target = %target, "agent sent no TLS ClientHello in time");
+            return;
+        }
+    };
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let sni_mismatch = match &sni {
+        Some(name) => match CanonicalHost::parse(name) {
+            Ok(host) if host == target.host => None,
+            _ => Some(name.clone()),
+        },
+        // Clients send no SNI for IP literals; for a DNS name, a missing SNI is a mismatch.
+        None if target.host.ip().is_some() => None,
+        None => Some(String::new()),
+    };
+    let config = match state.ca.server_config(&target.host.to_string()) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(target = %target, error = %e, "cannot mint a leaf certificate");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            // Usually the agent does not trust sidekey's CA (see ca.cert_out).
+            tracing::info!(target = %target, error = %e, "agent TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(target = %target, "agent TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let tunnel = Arc::new(Tunnel {
+        target,
+        sni_mismatch,
+    });
+    let service = {
+        let state = Arc::clone(&state);
+        service_fn(move |request| {
+            let state = Arc::clone(&state);
+            let tunnel = Arc::clone(&tunnel);
+            async move { Ok::<_, Infallible>(inner(state, tunnel, request).await) }
+        })
+    };
+    let io = TokioIo::new(tls);
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new()).max_concurrent_streams(256);
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => log_end(result),
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.limits.header_read_timeout)
+            .max_headers(state.limits.max_headers)
+            .max_buf_size(state.limits.max_header_bytes);
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => log_end(result),
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "intercepted connection ended with an error");
+    }
+}
+
+/// One request inside the tunnel: the target is the CONNECT target, if SNI and Host agree.
+async fn inner(
+    state: Arc<ProxyState>,
+    tunnel: Arc<Tunnel>,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let exchange = Exchange::new(LISTENER, tunnel.target.clone());
+    let refuse = |refusal: Refusal| {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        exchange.refuse(&state, request.method().as_str(), path, refusal)
+    };
+    if let Some(sni) = &tunnel.sni_mismatch {
+        let shown = if sni.is_empty() {
+            "(none)"
+        } else {
+            sni.as_str()
+        };
+        return refuse(Refusal::new(
+            ErrorCode::TargetMismatch,
+            format!(
+                "TLS server name {shown} does not match the CONNECT target {}",
+                tunnel.target.host
+            ),
+        ));
+    }
+    if let Err(refusal) = exchange::check_host_header(&request, &tunnel.target, true) {
+        return refuse(refusal);
+    }
+    exchange::handle(state, exchange, request).await
+}

@@ -1,0 +1,108 @@
+//! The route listener: `/r/<route>/<path>` goes to `https://<the route's host>/<path>`, for
+//! clients that cannot use a proxy or trust a CA. Only the named route applies.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sidekey_policy::{Scheme, Target};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::ProxyBody;
+use crate::error::{ErrorCode, Refusal};
+use crate::exchange::{self, refuse_unidentified, Exchange};
+use crate::ProxyState;
+
+const LISTENER: &str = "routes";
+
+/// Serves one client connection on the route listener.
+pub async fn serve_connection(
+    state: Arc<ProxyState>,
+    stream: TcpStream,
+    shutdown: CancellationToken,
+) {
+    let service = {
+        let state = Arc::clone(&state);
+        service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(route(state, request).await) }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_read_timeout)
+        .max_headers(state.limits.max_headers)
+        .max_buf_size(state.limits.max_header_bytes);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "route connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+async fn route(state: Arc<ProxyState>, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let Some(rest) = path.strip_prefix("/r/") else {
+        let refusal = Refusal::new(
+            ErrorCode::RequestInvalid,
+            "the route listener serves /r/<route>/<path>",
+        );
+        return refuse_unidentified(&state, LISTENER, &method, "", refusal);
+    };
+    let (name, tail) = match rest.split_once('/') {
+        Some((name, tail)) => (name, format!("/{tail}")),
+        None => (rest, "/".to_string()),
+    };
+    let Some(index) = state.policy.route_index(name) else {
+        let refusal = Refusal::new(
+            ErrorCode::HostNotAllowed,
+            format!("no route is named `{name}`"),
+        );
+        return refuse_unidentified(&state, LISTENER, &method, name, refusal);
+    };
+    let Some((host, port)) = state.routes[index].base.clone() else {
+        let refusal = Refusal::new(
+            ErrorCode::HostNotAllowed,
+            format!("route `{name}` names several hosts or a wildcard; reach it through the forward listener"),
+        );
+        return refuse_unidentified(&state, LISTENER, &method, name, refusal);
+    };
+    let mut exchange = Exchange::new(
+        LISTENER,
+        Target {
+            scheme: Scheme::Https,
+            host,
+            port,
+        },
+    );
+    exchange.only_route = Some(index);
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{tail}?{query}"),
+        None => tail,
+    };
+    match Uri::try_from(path_and_query.as_str()) {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => {
+            let refusal = Refusal::new(ErrorCode::RequestInvalid, "request path is invalid");
+            return exchange.refuse(&state, &method, &path_and_query, refusal);
+        }
+    }
+    // The Host header names this listener, not the upstream: it is replaced, not checked.
+    request.headers_mut().remove(http::header::HOST);
+    exchange::handle(state, exchange, request).await
+}

@@ -1,0 +1,109 @@
+//! Blind CONNECT tunnels for targets no route names, when `unmatched: tunnel`: bytes are
+//! copied both ways with no credential and no inspection; one audit record when it closes.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sidekey_audit::Outcome;
+use sidekey_policy::Target;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::PendingRecord;
+use crate::body::{empty, ProxyBody};
+use crate::error::{ErrorCode, Refusal};
+use crate::exchange::Exchange;
+use crate::forward::LISTENER;
+use crate::ProxyState;
+
+/// Connects to the target first (so a failure is a readable 502, not a dead tunnel), then
+/// answers 200 and copies bytes until either side closes or shutdown.
+pub async fn open(
+    state: Arc<ProxyState>,
+    target: Target,
+    mut request: Request<Incoming>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Response<ProxyBody> {
+    let exchange = Exchange::new(LISTENER, target);
+    let server = match state
+        .upstream
+        .tcp()
+        .connect(&exchange.target.host.to_string(), exchange.target.port)
+        .await
+    {
+        Ok(stream) => stream,
+        Err(e) => {
+            return exchange.refuse(
+                &state,
+                "CONNECT",
+                "",
+                Refusal::new(ErrorCode::UpstreamUnreachable, e.to_string()),
+            )
+        }
+    };
+    let mut record = PendingRecord::new(
+        state.audit.clone(),
+        &exchange.request_id,
+        LISTENER,
+        "CONNECT",
+        &exchange.target,
+        "",
+        exchange.started,
+    );
+    record.set_decision(Outcome::Tunnel);
+    record.set_status(200);
+    let bytes_in = record.bytes_in_counter();
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tracker.spawn(async move {
+        let client = match on_upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                record.finish_streamed(0, Some("client_aborted"));
+                return;
+            }
+        };
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let (mut server_read, mut server_write) = server.into_split();
+        let mut up = 0u64;
+        let mut down = 0u64;
+        let copy = async {
+            tokio::join!(
+                pump(&mut client_read, &mut server_write, &mut up),
+                pump(&mut server_read, &mut client_write, &mut down),
+            )
+        };
+        let error = tokio::select! {
+            _ = copy => None,
+            _ = shutdown.cancelled() => Some("shutdown"),
+        };
+        bytes_in.store(up, std::sync::atomic::Ordering::Relaxed);
+        record.finish_streamed(down, error);
+    });
+    Response::new(empty())
+}
+
+/// Copies until EOF or error, counting bytes; then half-closes the writer.
+async fn pump<R, W>(reader: &mut R, writer: &mut W, count: &mut u64)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if writer.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                *count += n as u64;
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}
