@@ -174,3 +174,29 @@ pub fn assert_local_jwt(token: &str, audience: &str) -> serde_json::Value {
     );
     payload
 }
+
+/// A refused HTTPS request through the forward listener, wherever sidekey refuses it: on the
+/// CONNECT itself (curl then only reports the status, so the body is read off a raw CONNECT),
+/// or inside the intercepted tunnel. Checks status, header and JSON body; returns the body.
+/// Sends up to two requests: do not use where audit records are counted.
+#[track_caller]
+pub fn expect_https_refusal(
+    sk: &Sidekey,
+    args: &[&str],
+    authority: &str,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    let res = curl_via(sk, args);
+    if res.connect_status == 200 {
+        return res.expect_refusal(status, code);
+    }
+    assert_eq!(
+        res.connect_status, status,
+        "CONNECT refused with the wrong status: {res:#?}"
+    );
+    match connect_tunnel(sk.forward, authority) {
+        Ok(_) => panic!("curl's CONNECT to {authority} was refused but a raw one was not"),
+        Err(resp) => resp.expect_refusal(status, code),
+    }
+}

@@ -138,16 +138,16 @@ impl Sidekey {
         Sidekey::spawn(cmd, dir, config_path, ca_pem, &config)
     }
 
-    /// Starts `sidekey run` with no `--config` (the embedded quickstart), in a temp dir.
-    /// `listen` is unchanged, so this only works when the quickstart's ports are free.
-    pub fn start_embedded_quickstart() -> Sidekey {
+    /// Starts `sidekey run` with no `--config` (the embedded quickstart), in a temp dir, and
+    /// waits for the CA at `ca_pem` (the quickstart's `ca.cert_out`). The listen addresses are
+    /// the quickstart's, so this only works when its ports are free.
+    pub fn start_embedded_quickstart(ca_pem: PathBuf) -> Sidekey {
         let dir = tempfile::Builder::new()
             .prefix("sidekey-test-")
             .tempdir()
             .expect("tempdir");
         let mut cmd = Command::new(sidekey_bin());
         cmd.arg("run").current_dir(dir.path());
-        let ca_pem = dir.path().join("ca.pem");
         Sidekey::spawn(cmd, dir, PathBuf::new(), ca_pem, "(embedded quickstart)")
     }
 
