@@ -55,8 +55,30 @@ fn https_upstream_echoes_over_http1_and_h2_with_sni() {
     assert_eq!(res.http_version, "2");
     assert_eq!(res.json()["version"], "HTTP/2.0");
 
+    // HEAD and 204 carry no body (an HTTP/2 client resets the stream otherwise).
+    let head = curl(&[
+        "--resolve",
+        &resolve_arg(API, &env.upstream),
+        "--cacert",
+        &ca,
+        "--http2",
+        "-I",
+        &url,
+    ]);
+    head.assert_status(200);
+    let url204 = url.replace("/echo/a?b=1", "/status/204");
+    curl(&[
+        "--resolve",
+        &resolve_arg(API, &env.upstream),
+        "--cacert",
+        &ca,
+        "--http2",
+        &url204,
+    ])
+    .assert_status(204);
+
     let reqs = env.upstream.requests();
-    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs.len(), 4);
     assert_eq!(reqs[0].sni.as_deref(), Some(API));
     assert_eq!(reqs[0].header("x-probe"), Some("one"));
     assert_eq!(reqs[1].version, "HTTP/2.0");

@@ -4,7 +4,7 @@
 //! request it receives so a test can assert what reached it — and what never did.
 //!
 //! Endpoints (any method):
-//! - `/echo/...`: 200 JSON `{method, path, version, authority, sni, headers: [[name, value]...],
+//! - `/echo/...` (and `/anything/...`, as on httpbin): 200 JSON `{method, path, version, authority, sni, headers: [[name, value]...],
 //!   body_len}`, headers in the order received;
 //! - `/sse?n=N&interval_ms=M`: `text/event-stream`, `data: i\n\n` for i in 0..N, one every M ms,
 //!   each sent as its own frame;
@@ -328,7 +328,7 @@ async fn handle(
 
     let route = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
-    let mut resp = if route.starts_with("/echo") {
+    let mut resp = if route.starts_with("/echo") || route.starts_with("/anything") {
         echo(&recorded)
     } else if route == "/sse" {
         sse(query)
@@ -355,6 +355,12 @@ async fn handle(
     };
     resp.headers_mut()
         .insert("x-test-upstream", state.label.parse().unwrap());
+    // No body where HTTP allows none (HTTP/2 peers reset the stream otherwise).
+    let status = resp.status().as_u16();
+    if parts.method == http::Method::HEAD || status == 204 || status == 304 || status < 200 {
+        resp.headers_mut().remove("content-length");
+        *resp.body_mut() = full(Bytes::new());
+    }
     Ok(resp)
 }
 
