@@ -39,7 +39,7 @@ try {
   const res = await request(args.url, {
     method: args.method,
     headers,
-    body: args.data,
+    body: args.data?.startsWith('@') ? readFileSync(args.data.slice(1)) : args.data,
     dispatcher,
     headersTimeout: 30000,
     bodyTimeout: 30000,

@@ -25,7 +25,7 @@ def parse_args():
     p.add_argument("--method", default="GET")
     p.add_argument("--url", required=True)
     p.add_argument("--header", action="append", default=[], help="'Name: value'")
-    p.add_argument("--data")
+    p.add_argument("--data", help="request body; @FILE reads it from FILE")
     p.add_argument("--http2", action="store_true")
     p.add_argument("--stream", action="store_true")
     p.add_argument("--timeout", type=float, default=30.0)
@@ -40,6 +40,13 @@ def headers_of(args):
     return out
 
 
+def body_of(args):
+    if args.data is not None and args.data.startswith("@"):
+        with open(args.data[1:], "rb") as f:
+            return f.read()
+    return args.data
+
+
 def with_requests(args, start):
     import requests
 
@@ -48,7 +55,7 @@ def with_requests(args, start):
         args.method,
         args.url,
         headers=dict(headers_of(args)),
-        data=args.data,
+        data=body_of(args),
         allow_redirects=False,
         stream=True,
         timeout=args.timeout,
@@ -71,7 +78,7 @@ def with_httpx(args, start):
     chunks = []
     body = b""
     with httpx.Client(http2=args.http2, verify=ctx, timeout=args.timeout, follow_redirects=False) as c:
-        with c.stream(args.method, args.url, headers=headers_of(args), content=args.data) as r:
+        with c.stream(args.method, args.url, headers=headers_of(args), content=body_of(args)) as r:
             for chunk in r.iter_raw():
                 chunks.append([time.monotonic() - start, chunk.decode("utf-8", "replace")])
                 body += chunk

@@ -320,6 +320,7 @@ impl Req {
         self.headers.push((k.to_string(), v.to_string()));
         self
     }
+    /// The request body; `@PATH` sends the contents of the file at PATH.
     pub fn body(mut self, b: &str) -> Req {
         self.body = Some(b.to_string());
         self
