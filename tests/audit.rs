@@ -327,3 +327,46 @@ fn http2_requests_in_one_tunnel_are_audited_one_by_one() {
     paths.sort();
     assert_eq!(paths, ["/echo/1", "/echo/2", "/echo/3"]);
 }
+
+#[test]
+fn concurrent_first_requests_share_one_issuance() {
+    // Single flight: concurrent misses for the same credential make one issuer call.
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let urls: Vec<String> = (0..12)
+        .map(|i| format!("https://api.test.local/echo/c{i}"))
+        .collect();
+    let mut args = vec![
+        "--http1.1",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "12",
+    ];
+    args.extend(urls.iter().map(String::as_str));
+    let res = curl_via(&sk, &args);
+    assert_eq!(res.exit, 0, "{}", res.stderr);
+    let seen = env.upstream.requests();
+    assert_eq!(seen.len(), 12);
+    let jtis: HashSet<String> = seen.iter().map(jti_of).collect();
+    assert_eq!(jtis.len(), 1, "one token for all: {jtis:?}");
+    let records = sk.expect_request_records(12);
+    let ids: HashSet<&str> = records
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 12, "request ids are unique");
+    for r in &records {
+        assert_eq!(
+            r["credential_id"],
+            jtis.iter().next().unwrap().as_str(),
+            "{r}"
+        );
+    }
+    let issued: Vec<Value> = sk
+        .audit()
+        .into_iter()
+        .filter(|r| r["type"] == "credential" && r["event"] == "issued")
+        .collect();
+    assert_eq!(issued.len(), 1, "{issued:#?}");
+}

@@ -514,3 +514,41 @@ fn credential_echoed_by_the_upstream_is_scrubbed() {
         );
     }
 }
+
+#[test]
+fn large_uploads_and_downloads_pass_intact() {
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let file = sk.dir().join("upload.bin");
+    std::fs::write(&file, vec![b'u'; 5 << 20]).unwrap();
+    let data = format!("@{}", file.display());
+    for version in ["--http1.1", "--http2"] {
+        let res = curl_via(
+            &sk,
+            &[
+                version,
+                "-X",
+                "POST",
+                "--data-binary",
+                &data,
+                "https://api.test.local/echo/upload",
+            ],
+        );
+        res.assert_status(200);
+        assert_eq!(res.json()["body_len"], 5 << 20, "{version}");
+    }
+    let res = curl(&[
+        "-x",
+        &sk.proxy_url(),
+        "-X",
+        "POST",
+        "--data-binary",
+        &data,
+        "http://plain.test.local/echo/upload",
+    ]);
+    res.assert_status(200);
+    assert_eq!(res.json()["body_len"], 5 << 20);
+    let res = curl_via(&sk, &["--http2", "https://api.test.local/bytes/8000000"]);
+    res.assert_status(200);
+    assert_eq!(res.body.len(), 8_000_000);
+}

@@ -40,6 +40,7 @@ pub const DEFAULT_NAMES: &[&str] = &[
     "api.test.local",
     "other.test.local",
     "*.test.local",
+    "*.wild.test.local",
     "localhost",
     "127.0.0.1",
 ];
