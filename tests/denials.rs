@@ -494,3 +494,59 @@ fn refusal_of_a_request_with_a_large_body_is_readable() {
     }
     assert!(env.upstream.requests().is_empty());
 }
+
+#[test]
+fn loopback_upstream_needs_allow_private() {
+    // DESIGN.md §1: resolved addresses in private/loopback ranges are refused unless the route
+    // allows them, and the check is made before connecting.
+    let env = Env::new();
+    let cfg = base_config(
+        &[
+            ("noprivate.test.local:443", "{upstream}"),
+            ("noprivate.test.local:80", "{upstream_http}"),
+        ],
+        r#"  - name: noprivate
+    hosts: [noprivate.test.local]
+    schemes: [https, http]
+    methods: [GET]
+    credential: demo
+    inject: { header: Authorization, value: "Bearer {token}" }
+"#,
+        "",
+    );
+    let sk = env.sidekey(&cfg);
+    let res = curl_via(&sk, &["https://noprivate.test.local/echo/ssrf"]);
+    let refused_status = if res.connect_status == 200 {
+        res.status
+    } else {
+        res.connect_status
+    };
+    assert!(matches!(refused_status, 403 | 502), "{res:#?}");
+    let res = curl(&[
+        "-x",
+        &sk.proxy_url(),
+        "http://noprivate.test.local/echo/ssrf",
+    ]);
+    assert!(matches!(res.status, 403 | 502), "{res:#?}");
+    assert!(res.header("x-sidekey-error").is_some(), "{res:#?}");
+    let res = curl(&[&format!("{}/r/noprivate/echo/ssrf", sk.routes_url())]);
+    assert!(matches!(res.status, 403 | 502), "{res:#?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        env.upstream.connections(),
+        0,
+        "connected to a loopback upstream"
+    );
+    assert_eq!(
+        env.upstream_http.connections(),
+        0,
+        "connected to a loopback upstream"
+    );
+    assert!(
+        !sk.audit()
+            .iter()
+            .any(|r| r["type"] == "request" && r["decision"] == "allow" && r["status"] == 200),
+        "{:#?}",
+        sk.audit()
+    );
+}
