@@ -19,6 +19,9 @@ fn connect_interception_injects_a_local_jwt_and_drops_agent_auth() {
             "Authorization: Bearer sk-agent-dummy-key",
             "-H",
             "Proxy-Authorization: Basic YWdlbnQ6aHVudGVyMg==",
+            // And credentials for the proxy itself, on the CONNECT.
+            "--proxy-user",
+            "proxyuser:proxypass",
             "https://api.test.local/echo/hello?x=1",
         ],
     );
@@ -61,7 +64,8 @@ fn connect_interception_injects_a_local_jwt_and_drops_agent_auth() {
         !seen
             .headers
             .iter()
-            .any(|(_, v)| v.contains("YWdlbnQ6aHVudGVyMg")),
+            .any(|(_, v)| v.contains("YWdlbnQ6aHVudGVyMg")
+                || v.contains("cHJveHl1c2VyOnByb3h5cGFzcw")),
         "agent's proxy credentials reached the upstream: {:?}",
         seen.headers
     );
@@ -192,7 +196,8 @@ fn hop_by_hop_headers_are_not_forwarded() {
     args.push("https://api.test.local/echo/hop");
     curl_via(&sk, &args).assert_status(200);
 
-    let mut args = vec!["-x", sk.proxy_url().leak() as &str];
+    let proxy = sk.proxy_url();
+    let mut args = vec!["-x", proxy.as_str()];
     args.extend_from_slice(&hop);
     args.push("http://plain.test.local/echo/hop");
     curl(&args).assert_status(200);
@@ -341,30 +346,77 @@ fn http2_inside_the_tunnel() {
 }
 
 #[test]
-fn http2_streams_are_each_checked_and_injected() {
+fn requests_sharing_a_tunnel_are_each_checked_and_injected() {
     let env = Env::new();
     let sk = env.sidekey(&default_config());
-    // Three requests on one HTTP/2 connection (curl reuses it for URLs on the same host).
-    let res = curl_via(
-        &sk,
-        &[
-            "--http2",
-            "-H",
-            "Authorization: Bearer agent",
-            "https://api.test.local/echo/s1",
-            "https://api.test.local/echo/s2",
-            "https://api.test.local/status/204",
-        ],
-    );
-    assert_eq!(res.exit, 0, "{}", res.stderr);
+    // Three requests on one connection (curl reuses it for URLs on the same host), over HTTP/2
+    // streams and over HTTP/1.1 keep-alive.
+    for version in ["--http2", "--http1.1"] {
+        let res = curl_via(
+            &sk,
+            &[
+                version,
+                "-H",
+                "Authorization: Bearer agent",
+                "https://api.test.local/echo/s1",
+                "https://api.test.local/echo/s2",
+                "https://api.test.local/status/204",
+            ],
+        );
+        assert_eq!(res.exit, 0, "{version}: {}", res.stderr);
+        assert_eq!(
+            res.write_out["num_connects"], 0,
+            "{version}: the last transfer reused the connection"
+        );
+    }
     let seen = env.upstream.requests();
     assert_eq!(
         seen.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
-        ["/echo/s1", "/echo/s2", "/status/204"]
+        [
+            "/echo/s1",
+            "/echo/s2",
+            "/status/204",
+            "/echo/s1",
+            "/echo/s2",
+            "/status/204"
+        ]
     );
     for r in &seen {
         assert_eq!(r.header_all("authorization").len(), 1);
         assert_local_jwt(r.bearer().expect("bearer"), "demo-api");
+    }
+    sk.expect_request_records(6);
+}
+
+#[test]
+fn chunked_uploads_are_forwarded() {
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let file = sk.dir().join("chunked.bin");
+    std::fs::write(&file, vec![b'c'; 100_000]).unwrap();
+    let data = format!("@{}", file.display());
+    let chunked = [
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-X",
+        "POST",
+        "--data-binary",
+        data.as_str(),
+    ];
+    let mut args = vec!["--http1.1"];
+    args.extend_from_slice(&chunked);
+    args.push("https://api.test.local/echo/chunked");
+    curl_via(&sk, &args).assert_status(200);
+    let proxy = sk.proxy_url();
+    let mut args = vec!["-x", proxy.as_str()];
+    args.extend_from_slice(&chunked);
+    args.push("http://plain.test.local/echo/chunked");
+    curl(&args).assert_status(200);
+    let mut seen = env.upstream.requests();
+    seen.extend(env.upstream_http.requests());
+    assert_eq!(seen.len(), 2);
+    for r in seen {
+        assert_eq!(r.body_len, 100_000, "{r:?}");
     }
 }
 

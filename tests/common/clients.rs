@@ -114,7 +114,7 @@ pub fn check_refusal(
 // curl
 
 /// What curl did: the final response, every header block (CONNECT responses included) and
-/// curl's own `--write-out '%{json}'` variables.
+/// curl's own `--write-out '%{json}'` variables (of the last transfer, when given several URLs).
 #[derive(Debug)]
 pub struct CurlResult {
     pub exit: i32,
@@ -192,12 +192,17 @@ pub fn curl(args: &[&str]) -> CurlResult {
         .arg(&head_path)
         .arg("-o")
         .arg(&body_path)
-        .args(["-w", "%{json}"])
+        .args(["-w", "%{json}\n"])
         .args(args)
         .stdin(Stdio::null());
     clean_env(&mut cmd);
     let out = output_with_timeout(cmd, CLIENT_TIMEOUT);
-    let write_out: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    // One `%{json}` line per transfer; the last one describes the response kept in `body`.
+    let write_out: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
     let heads = std::fs::read(&head_path).unwrap_or_default();
     let blocks = parse_header_blocks(&String::from_utf8_lossy(&heads));
     let num = |k: &str| write_out[k].as_u64().unwrap_or(0) as u16;
