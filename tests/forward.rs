@@ -541,33 +541,6 @@ fn upstream_statuses_and_bodies_pass_through() {
 }
 
 #[test]
-fn credential_echoed_by_the_upstream_is_scrubbed() {
-    // DESIGN.md §1: injected values are scrubbed from responses if the upstream echoes them.
-    let env = Env::new();
-    let sk = env.sidekey(&default_config());
-    let res = curl_via(&sk, &["https://api.test.local/reflect-auth"]);
-    assert_eq!(res.exit, 0, "{}", res.stderr);
-    let token = env
-        .upstream
-        .only_request()
-        .bearer()
-        .expect("bearer")
-        .to_string();
-    let signature = token.rsplit('.').next().unwrap();
-    let body = res.body_str();
-    assert!(
-        !body.contains(signature),
-        "the agent saw the token in the body: {body}"
-    );
-    for (k, v) in &res.headers {
-        assert!(
-            !v.contains(signature),
-            "the agent saw the token in header {k}"
-        );
-    }
-}
-
-#[test]
 fn large_uploads_and_downloads_pass_intact() {
     let env = Env::new();
     let sk = env.sidekey(&default_config());

@@ -233,6 +233,15 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
         if let Some(connect) = e.downcast_ref::<ConnectError>() {
             return Refusal::new(ErrorCode::UpstreamUnreachable, connect.to_string());
         }
+        // hyper-rustls may carry the handshake failure as text only; rustls' own messages
+        // name certificates and alerts.
+        let text = e.to_string();
+        if text.contains("invalid peer certificate") || text.contains("received fatal alert") {
+            return Refusal::new(
+                ErrorCode::UpstreamTls,
+                format!("upstream TLS failed: {text}"),
+            );
+        }
         source = e.source();
     }
     let what = if error.is_connect() {
