@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use sidekey_config::Unmatched;
 use sidekey_policy::{Authority, Scheme, Target};
 use tokio::net::TcpStream;
@@ -40,13 +39,9 @@ pub async fn serve_connection(
             async move { Ok::<_, Infallible>(dispatch(state, request, shutdown, tracker).await) }
         })
     };
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout)
-        .max_headers(state.limits.max_headers)
-        .max_buf_size(state.limits.max_header_bytes);
-    let connection = builder
+    let connection = state
+        .limits
+        .http1_builder()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);

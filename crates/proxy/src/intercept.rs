@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -114,13 +114,7 @@ pub async fn run(
             }
         }
     } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(state.limits.header_read_timeout)
-            .max_headers(state.limits.max_headers)
-            .max_buf_size(state.limits.max_header_bytes);
-        let connection = builder.serve_connection(io, service);
+        let connection = state.limits.http1_builder().serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => log_end(result),

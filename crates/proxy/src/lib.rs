@@ -53,6 +53,19 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The HTTP/1 server settings every agent-facing listener uses.
+    pub fn http1_builder(&self) -> hyper::server::conn::http1::Builder {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_headers(self.max_headers)
+            .max_buf_size(self.max_header_bytes);
+        builder
+    }
+}
+
 /// What the data plane needs of a route besides its policy.
 #[derive(Debug, Clone)]
 pub struct RouteRuntime {

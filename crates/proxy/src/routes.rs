@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use sidekey_policy::{Scheme, Target};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -33,13 +32,10 @@ pub async fn serve_connection(
             async move { Ok::<_, Infallible>(route(state, request).await) }
         })
     };
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout)
-        .max_headers(state.limits.max_headers)
-        .max_buf_size(state.limits.max_header_bytes);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = state
+        .limits
+        .http1_builder()
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
