@@ -14,12 +14,15 @@
 
 pub mod ca;
 pub mod clients;
+pub mod identity;
 pub mod sidekey;
 pub mod upstream;
 
 #[allow(unused_imports)]
 pub use ca::TestCa;
 pub use clients::*;
+#[allow(unused_imports)]
+pub use identity::Identity;
 #[allow(unused_imports)]
 pub use sidekey::{run_check, Sidekey};
 #[allow(unused_imports)]
