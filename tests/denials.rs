@@ -457,3 +457,40 @@ fn route_listener_refusals_use_the_same_codes() {
         env.upstream.requests()
     );
 }
+
+#[test]
+fn refusal_of_a_request_with_a_large_body_is_readable() {
+    // sidekey refuses before reading the body; the agent must still get the 403, not a reset
+    // stream or connection, over HTTP/1.1 and HTTP/2 alike (DESIGN.md §4). Over HTTP/2 an
+    // early response followed by RST_STREAM(NO_ERROR) is allowed by RFC 9113 §8.1, but the
+    // curl of Debian 12 (7.88) then fails with error 92 instead of showing the 403: the
+    // refusal must reach agents using it too.
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let body = sk.dir().join("upload.bin");
+    std::fs::write(&body, vec![b'b'; 1 << 20]).unwrap();
+    let data = format!("@{}", body.display());
+    for version in ["--http1.1", "--http2"] {
+        for attempt in 0..5 {
+            let res = curl_via(
+                &sk,
+                &[
+                    version,
+                    "-X",
+                    "POST",
+                    "--data-binary",
+                    &data,
+                    "https://other.test.local/echo/big",
+                ],
+            );
+            assert_eq!(
+                (res.exit, res.status),
+                (0, 403),
+                "{version} attempt {attempt}: {}",
+                res.stderr.trim()
+            );
+            res.expect_refusal(403, "method_not_allowed");
+        }
+    }
+    assert!(env.upstream.requests().is_empty());
+}

@@ -3,7 +3,7 @@
 //! the exchange). Listeners only identify the target and call [`handle`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
@@ -21,6 +21,11 @@ use crate::{ProxyState, RouteRuntime};
 
 /// The agent's task ID travels in this header; it is recorded and never forwarded.
 const TASK_HEADER: &str = "x-sidekey-task";
+
+/// At most this much of a refused request's body is read (and discarded) before the refusal is
+/// sent, and for at most [`DRAIN_TIME`]: see [`drain`].
+const DRAIN_LIMIT: u64 = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// What the listener established about a request before policy sees it.
 pub struct Exchange {
@@ -175,7 +180,10 @@ pub async fn handle(
     // decide
     let route = match decide(&state, &exchange, &parts, &path_and_query) {
         Ok(route) => route,
-        Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+        Err(refusal) => {
+            drain(&parts, body).await;
+            return refuse(record, &exchange.request_id, refusal);
+        }
     };
     match route {
         Some(route) => {
@@ -193,6 +201,7 @@ pub async fn handle(
                 if let Some(name) = &route.credential {
                     record.set_credential(name, route.issuer.as_deref(), None);
                 }
+                drain(&parts, body).await;
                 return refuse(record, &exchange.request_id, refusal);
             }
         },
@@ -205,7 +214,6 @@ pub async fn handle(
     }
 
     // rewrite
-    let body = Counted::new(body, record.bytes_in_counter()).boxed_unsync();
     if let Err(refusal) = rewrite(
         &mut parts,
         &exchange.target,
@@ -213,8 +221,10 @@ pub async fn handle(
         route,
         credential.as_deref(),
     ) {
+        drain(&parts, body).await;
         return refuse(record, &exchange.request_id, refusal);
     }
+    let body = Counted::new(body, record.bytes_in_counter()).boxed_unsync();
 
     // forward
     let response = match state.upstream.send(Request::from_parts(parts, body)).await {
@@ -363,6 +373,41 @@ fn scrub_headers(headers: &mut http::HeaderMap, secret: &[u8]) {
             *value = HeaderValue::from_static("[redacted by sidekey]");
         }
     }
+}
+
+/// Sends a refusal of `request` once what the agent is still uploading has been read (see
+/// [`drain`]). For refusals made before the request reached [`handle`].
+pub async fn drained(
+    request: Request<Incoming>,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let (parts, body) = request.into_parts();
+    drain(&parts, body).await;
+    response
+}
+
+/// Reads and discards the body of a request being refused, up to [`DRAIN_LIMIT`] bytes and
+/// [`DRAIN_TIME`], so that a client still uploading gets to read the refusal: an HTTP/2 stream
+/// answered before its body ends is reset (RST_STREAM), and some clients (curl 7.88) then
+/// report the reset instead of the response; an HTTP/1.1 connection stays usable. A client that
+/// asked `Expect: 100-continue` has sent nothing yet and is answered at once; a longer or slower
+/// body is abandoned (the stream or connection is reset, as before).
+async fn drain(parts: &Parts, mut body: Incoming) {
+    if http_body::Body::is_end_stream(&body) || parts.headers.contains_key(http::header::EXPECT) {
+        return;
+    }
+    let read = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len() as u64;
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 fn refuse(record: PendingRecord, request_id: &str, refusal: Refusal) -> Response<ProxyBody> {

@@ -141,7 +141,11 @@ async fn absolute_form(state: Arc<ProxyState>, request: Request<Incoming>) -> Re
             let refusal = invalid(
                 "https:// URLs go through CONNECT: set HTTPS_PROXY to this listener".into(),
             );
-            return refuse_unidentified(&state, LISTENER, &method, &raw, refusal);
+            return exchange::drained(
+                request,
+                refuse_unidentified(&state, LISTENER, &method, &raw, refusal),
+            )
+            .await;
         }
         (None, None) => {
             let refusal = invalid(
@@ -149,18 +153,30 @@ async fn absolute_form(state: Arc<ProxyState>, request: Request<Incoming>) -> Re
                  clients that need a base URL use the route listener's /r/<route>/"
                     .into(),
             );
-            return refuse_unidentified(&state, LISTENER, &method, &raw, refusal);
+            return exchange::drained(
+                request,
+                refuse_unidentified(&state, LISTENER, &method, &raw, refusal),
+            )
+            .await;
         }
         _ => {
             let refusal = invalid(format!("unsupported request target `{uri}`"));
-            return refuse_unidentified(&state, LISTENER, &method, &raw, refusal);
+            return exchange::drained(
+                request,
+                refuse_unidentified(&state, LISTENER, &method, &raw, refusal),
+            )
+            .await;
         }
     }
     let authority = match Authority::parse(&raw) {
         Ok(a) => a,
         Err(e) => {
             let refusal = invalid(format!("request target host `{raw}` is invalid: {e}"));
-            return refuse_unidentified(&state, LISTENER, &method, &raw, refusal);
+            return exchange::drained(
+                request,
+                refuse_unidentified(&state, LISTENER, &method, &raw, refusal),
+            )
+            .await;
         }
     };
     let target = Target {
@@ -175,7 +191,8 @@ async fn absolute_form(state: Arc<ProxyState>, request: Request<Incoming>) -> Re
         .map_or("/", |p| p.as_str())
         .to_string();
     if let Err(refusal) = exchange::check_host_header(&request, &exchange.target, false) {
-        return exchange.refuse(&state, &method, &path, refusal);
+        let response = exchange.refuse(&state, &method, &path, refusal);
+        return exchange::drained(request, response).await;
     }
     exchange.may_pass_unmatched = true;
     exchange::handle(state, exchange, request).await

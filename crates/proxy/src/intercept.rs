@@ -139,26 +139,27 @@ async fn inner(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let exchange = Exchange::new(LISTENER, tunnel.target.clone());
-    let refuse = |refusal: Refusal| {
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        exchange.refuse(&state, request.method().as_str(), path, refusal)
+    let refusal = match &tunnel.sni_mismatch {
+        Some(sni) => {
+            let shown = if sni.is_empty() {
+                "(none)"
+            } else {
+                sni.as_str()
+            };
+            Some(Refusal::new(
+                ErrorCode::TargetMismatch,
+                format!(
+                    "TLS server name {shown} does not match the CONNECT target {}",
+                    tunnel.target.host
+                ),
+            ))
+        }
+        None => exchange::check_host_header(&request, &tunnel.target, true).err(),
     };
-    if let Some(sni) = &tunnel.sni_mismatch {
-        let shown = if sni.is_empty() {
-            "(none)"
-        } else {
-            sni.as_str()
-        };
-        return refuse(Refusal::new(
-            ErrorCode::TargetMismatch,
-            format!(
-                "TLS server name {shown} does not match the CONNECT target {}",
-                tunnel.target.host
-            ),
-        ));
-    }
-    if let Err(refusal) = exchange::check_host_header(&request, &tunnel.target, true) {
-        return refuse(refusal);
+    if let Some(refusal) = refusal {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let response = exchange.refuse(&state, request.method().as_str(), path, refusal);
+        return exchange::drained(request, response).await;
     }
     exchange::handle(state, exchange, request).await
 }

@@ -58,7 +58,11 @@ async fn route(state: Arc<ProxyState>, mut request: Request<Incoming>) -> Respon
             ErrorCode::RequestInvalid,
             "the route listener serves /r/<route>/<path>",
         );
-        return refuse_unidentified(&state, LISTENER, &method, "", refusal);
+        return exchange::drained(
+            request,
+            refuse_unidentified(&state, LISTENER, &method, "", refusal),
+        )
+        .await;
     };
     let (name, tail) = match rest.split_once('/') {
         Some((name, tail)) => (name, format!("/{tail}")),
@@ -69,14 +73,22 @@ async fn route(state: Arc<ProxyState>, mut request: Request<Incoming>) -> Respon
             ErrorCode::HostNotAllowed,
             format!("no route is named `{name}`"),
         );
-        return refuse_unidentified(&state, LISTENER, &method, name, refusal);
+        return exchange::drained(
+            request,
+            refuse_unidentified(&state, LISTENER, &method, name, refusal),
+        )
+        .await;
     };
     let Some((host, port)) = state.routes[index].base.clone() else {
         let refusal = Refusal::new(
             ErrorCode::HostNotAllowed,
             format!("route `{name}` names several hosts or a wildcard; reach it through the forward listener"),
         );
-        return refuse_unidentified(&state, LISTENER, &method, name, refusal);
+        return exchange::drained(
+            request,
+            refuse_unidentified(&state, LISTENER, &method, name, refusal),
+        )
+        .await;
     };
     let mut exchange = Exchange::new(
         LISTENER,
@@ -95,7 +107,8 @@ async fn route(state: Arc<ProxyState>, mut request: Request<Incoming>) -> Respon
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => {
             let refusal = Refusal::new(ErrorCode::RequestInvalid, "request path is invalid");
-            return exchange.refuse(&state, &method, &path_and_query, refusal);
+            let response = exchange.refuse(&state, &method, &path_and_query, refusal);
+            return exchange::drained(request, response).await;
         }
     }
     // The Host header names this listener, not the upstream: it is replaced, not checked.
