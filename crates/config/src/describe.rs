@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 
 use sidekey_policy::MethodSet;
 
-use crate::{AuditConfig, Config, Inject, IssuerKind, LocalAlgorithm, RouteConfig, Unmatched};
+use crate::{
+    AuditConfig, ClientAuth, Config, Inject, IssuerKind, LocalAlgorithm, OAuth2Grant, RouteConfig,
+    Unmatched, VaultAuth, VaultJwtMethod,
+};
 
 pub(crate) fn describe(config: &Config) -> String {
     let mut out = String::new();
@@ -58,6 +61,66 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
                     i.name, l.issuer
                 )?;
             }
+            IssuerKind::Vault(v) => {
+                let auth = match &v.auth {
+                    VaultAuth::Jwt {
+                        method,
+                        mount,
+                        role,
+                        token_file,
+                    } => {
+                        let m = match method {
+                            VaultJwtMethod::Jwt => "jwt",
+                            VaultJwtMethod::Kubernetes => "kubernetes",
+                        };
+                        format!(
+                            "auth {m} at auth/{mount}, role {role}, token from {}",
+                            token_file.display()
+                        )
+                    }
+                    VaultAuth::AppRole { mount, .. } => {
+                        format!("auth approle at auth/{mount}")
+                    }
+                };
+                write!(out, "  {}  kind vault, {}, {auth}", i.name, v.address.url)?;
+                if let Some(ns) = &v.namespace {
+                    write!(out, ", namespace {ns}")?;
+                }
+                writeln!(out)?;
+            }
+            IssuerKind::OAuth2(o) => {
+                let grant = match &o.grant {
+                    OAuth2Grant::ClientCredentials => "client_credentials".to_string(),
+                    OAuth2Grant::TokenExchange {
+                        subject_token_file,
+                        actor_token_file,
+                    } => {
+                        let mut g = format!("token_exchange of {}", subject_token_file.display());
+                        if let Some(a) = actor_token_file {
+                            g.push_str(&format!(" (actor {})", a.display()));
+                        }
+                        g
+                    }
+                };
+                let auth = match &o.client_auth {
+                    ClientAuth::SecretBasic(_) => "client_secret_basic",
+                    ClientAuth::SecretPost(_) => "client_secret_post",
+                    ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+                    ClientAuth::None => "public client",
+                };
+                writeln!(
+                    out,
+                    "  {}  kind oauth2, {}, {grant}, client {} ({auth})",
+                    i.name, o.token_url.url, o.client_id
+                )?;
+            }
+            IssuerKind::AwsSts(a) => {
+                writeln!(
+                    out,
+                    "  {}  kind aws-sts, {} in {} via {}, session {}",
+                    i.name, a.role_arn, a.region, a.endpoint.url, a.session_name
+                )?;
+            }
         }
     }
     writeln!(
@@ -76,6 +139,25 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         }
         if let Some(sub) = &cr.subject {
             write!(out, ", subject {sub}")?;
+        }
+        if let Some(path) = &cr.path {
+            write!(out, ", path {path}")?;
+        }
+        if let Some(field) = &cr.field {
+            write!(out, ", field {field}")?;
+        }
+        if !cr.params.is_empty() {
+            let keys: Vec<&str> = cr.params.iter().map(|(k, _)| k.as_str()).collect();
+            write!(out, ", params {}", keys.join(", "))?;
+        }
+        if let Some(scope) = &cr.scope {
+            write!(out, ", scope \"{scope}\"")?;
+        }
+        if let Some(resource) = &cr.resource {
+            write!(out, ", resource {resource}")?;
+        }
+        if let Some(p) = &cr.session_policy_file {
+            write!(out, ", session policy {}", p.display())?;
         }
         write!(out, ", ttl {}", humantime::format_duration(cr.ttl))?;
         writeln!(
@@ -183,6 +265,12 @@ fn route(out: &mut String, n: usize, r: &RouteConfig, c: &Config) -> std::fmt::R
         }
         Some(Inject::Query { param }) => {
             writeln!(out, "     inject:      query parameter {param}={{token}}")?;
+        }
+        Some(Inject::SigV4 { service, region }) => {
+            writeln!(
+                out,
+                "     inject:      AWS SigV4 signature, service {service}, region {region}"
+            )?;
         }
         None => {}
     }

@@ -9,8 +9,10 @@ use crate::{Inject, Template};
 const INJECT_KEYS: &[&str] = &["header", "value", "basic", "query", "sigv4"];
 const KINDS: &[&str] = &["header", "basic", "query", "sigv4"];
 const BASIC_KEYS: &[&str] = &["username"];
+const SIGV4_KEYS: &[&str] = &["service", "region"];
 const EXAMPLE: &str = "e.g. inject: { header: Authorization, value: \"Bearer {token}\" }, \
-inject: { basic: { username: x-access-token } } or inject: { query: api_key }";
+inject: { basic: { username: x-access-token } }, inject: { query: api_key } or \
+inject: { sigv4: { service: s3, region: us-east-1 } }";
 
 /// Headers that belong to the connection or the message framing: a credential placed there would
 /// be dropped, rewritten, or would corrupt the request.
@@ -39,7 +41,7 @@ pub(crate) fn inject(node: &Node, route: &str, e: &mut Errors) -> Option<Inject>
         [] => {
             e.error_hint(
                 f.pos,
-                format!("{what} needs one of `header`, `basic` or `query`"),
+                format!("{what} needs one of `header`, `basic`, `query` or `sigv4`"),
                 EXAMPLE,
             );
             return None;
@@ -49,7 +51,7 @@ pub(crate) fn inject(node: &Node, route: &str, e: &mut Errors) -> Option<Inject>
             e.error_hint(
                 second.key.pos,
                 format!("{what} has both `{}` and `{}`", first.name, second.name),
-                "a route attaches its credential one way only: keep one of `header`, `basic` or `query`",
+                "a route attaches its credential one way only: keep one of `header`, `basic`, `query` or `sigv4`",
             );
             return None;
         }
@@ -67,14 +69,7 @@ pub(crate) fn inject(node: &Node, route: &str, e: &mut Errors) -> Option<Inject>
         "header" => header(&f, kind.value, &what, e),
         "basic" => basic(kind.value, &what, e),
         "query" => query(kind.value, &what, e),
-        _ => {
-            e.error_hint(
-                kind.key.pos,
-                format!("{what}: `sigv4` is not supported by this build yet"),
-                "SigV4 signing comes with the `aws-sts` issuer; use `header`, `basic` or `query` for now",
-            );
-            None
-        }
+        _ => sigv4(kind.value, &what, e),
     }
 }
 
@@ -201,5 +196,52 @@ fn query(node: &Node, what: &str, e: &mut Errors) -> Option<Inject> {
     }
     Some(Inject::Query {
         param: param.to_string(),
+    })
+}
+
+fn sigv4(node: &Node, what: &str, e: &mut Errors) -> Option<Inject> {
+    let inner = format!("`sigv4` of {what}");
+    let hint = "e.g. sigv4: { service: s3, region: us-east-1 }";
+    if node.is_null() {
+        e.error_hint(
+            node.pos,
+            format!("{inner} needs `service` and `region`"),
+            hint,
+        );
+        return None;
+    }
+    let f = e.fields(node, &inner, SIGV4_KEYS)?;
+    let service = match f.value("service") {
+        Some(n) => e
+            .nonempty_string(n, &format!("`service` of {inner}"))
+            .and_then(|s| {
+                if s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    Some(s.to_string())
+                } else {
+                    e.error_hint(
+                        n.pos,
+                        format!("{inner}: `{s}` is not an AWS service signing name"),
+                        "signing names are lower-case, e.g. s3, sts, execute-api, bedrock",
+                    );
+                    None
+                }
+            }),
+        None => {
+            e.error_hint(f.pos, format!("{inner} needs a `service`"), hint);
+            None
+        }
+    };
+    let region = match f.value("region") {
+        Some(n) => crate::issuers::region(n, &format!("`region` of {inner}"), e),
+        None => {
+            e.error_hint(f.pos, format!("{inner} needs a `region`"), hint);
+            None
+        }
+    };
+    Some(Inject::SigV4 {
+        service: service?,
+        region: region?,
     })
 }

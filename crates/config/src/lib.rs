@@ -11,6 +11,7 @@ use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, Ro
 mod check;
 mod describe;
 mod inject;
+mod issuers;
 mod parse;
 mod route;
 mod validate;
@@ -139,6 +140,115 @@ pub struct IssuerConfig {
 pub enum IssuerKind {
     /// `kind: local` — in-memory signing key, mints JWTs.
     Local(LocalIssuerConfig),
+    /// `kind: vault` — HashiCorp Vault or OpenBao.
+    Vault(VaultIssuerConfig),
+    /// `kind: oauth2` — an OAuth 2.0 token endpoint.
+    OAuth2(OAuth2IssuerConfig),
+    /// `kind: aws-sts` — AssumeRoleWithWebIdentity.
+    AwsSts(AwsStsIssuerConfig),
+}
+
+impl IssuerKind {
+    /// The `kind:` as written in the file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IssuerKind::Local(_) => "local",
+            IssuerKind::Vault(_) => "vault",
+            IssuerKind::OAuth2(_) => "oauth2",
+            IssuerKind::AwsSts(_) => "aws-sts",
+        }
+    }
+}
+
+/// An issuer's HTTP endpoint: `https://…`, or `http://…` for loopback addresses only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Without a trailing slash.
+    pub url: String,
+}
+
+/// `kind: vault`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultIssuerConfig {
+    pub address: Endpoint,
+    /// `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// Trusted in addition to the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    pub auth: VaultAuth,
+}
+
+/// How sidekey logs in to Vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// `auth/<mount>/login` with `role` and `jwt` (the identity token, read at every login).
+    /// Covers both `method: jwt` and `method: kubernetes` (same request shape).
+    Jwt {
+        method: VaultJwtMethod,
+        mount: String,
+        role: String,
+        token_file: PathBuf,
+    },
+    /// `auth/<mount>/login` with `role_id` and `secret_id` read from files at every login.
+    AppRole {
+        mount: String,
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaultJwtMethod {
+    Jwt,
+    Kubernetes,
+}
+
+/// `kind: oauth2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2IssuerConfig {
+    pub token_url: Endpoint,
+    pub grant: OAuth2Grant,
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuth2Grant {
+    ClientCredentials,
+    /// RFC 8693, the identity token as `subject_token`.
+    TokenExchange {
+        subject_token_file: PathBuf,
+        actor_token_file: Option<PathBuf>,
+    },
+}
+
+/// How sidekey authenticates to the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with client_id and the secret read from the file.
+    SecretBasic(PathBuf),
+    /// `client_secret_post`: client_id and client_secret in the form.
+    SecretPost(PathBuf),
+    /// `private_key_jwt` (RFC 7523): a JWT client assertion signed with the PEM key in the
+    /// file (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
+    PrivateKeyJwt {
+        key_file: PathBuf,
+        key_id: Option<String>,
+    },
+    /// A public client (token exchange only): just `client_id`.
+    None,
+}
+
+/// `kind: aws-sts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsStsIssuerConfig {
+    pub role_arn: String,
+    pub region: String,
+    pub endpoint: Endpoint,
+    /// `RoleSessionName` template; `{pod}` is replaced at start.
+    pub session_name: String,
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,10 +275,24 @@ pub struct CredentialConfig {
     pub audience: Option<String>,
     /// `sub` claim for local issuers. Default: "sidekey".
     pub subject: Option<String>,
-    /// Lifetime asked of the issuer. Default 5m. Minimum 10s, maximum 24h for local.
+    /// Lifetime asked of the issuer (local: JWT lifetime; vault: how often a secret without a
+    /// lease is read again; oauth2: lifetime of a token that states none; aws-sts:
+    /// DurationSeconds). Default 5m (aws-sts: 1h).
     pub ttl: Duration,
     /// Fetch at start; readiness waits for it.
     pub eager: bool,
+    /// vault: the API path read (`secret/data/x` for KV v2, `database/creds/role`…).
+    pub path: Option<String>,
+    /// vault: the field of the secret's data that is the credential.
+    pub field: Option<String>,
+    /// vault: sent as a JSON POST body when present (engines that take parameters).
+    pub params: Vec<(String, String)>,
+    /// oauth2: `scope`.
+    pub scope: Option<String>,
+    /// oauth2: `resource` (RFC 8707).
+    pub resource: Option<String>,
+    /// aws-sts: file with an inline session policy (JSON), read at start.
+    pub session_policy_file: Option<PathBuf>,
 }
 
 /// `routes[]`.
@@ -205,6 +329,9 @@ pub enum Inject {
     Basic { username: String },
     /// `inject: { query: api_key }` → `?api_key=<token>` (replacing any the agent sent).
     Query { param: String },
+    /// `inject: { sigv4: { service: s3, region: us-east-1 } }` → the request is signed with AWS
+    /// Signature Version 4 (aws-sts credentials only).
+    SigV4 { service: String, region: String },
 }
 
 /// A header value template with exactly one `{token}` placeholder, e.g. "Bearer {token}".

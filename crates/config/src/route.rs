@@ -7,9 +7,9 @@ use sidekey_policy::{HostPattern, MethodSet, PathGlob, Scheme};
 
 use crate::check::{check_name, closest, Errors};
 use crate::inject::inject;
-use crate::validate::{resolve_map, CredentialNames, ResolveEntry};
+use crate::validate::{resolve_map, CredentialNames, IssuerStatus, ResolveEntry};
 use crate::yaml::{Node, Pos, Value};
-use crate::RouteConfig;
+use crate::{Inject, RouteConfig};
 
 const ROUTE_KEYS: &[&str] = &[
     "name",
@@ -113,8 +113,8 @@ fn route(
     let inject_field = f.field("inject").filter(|c| !c.value.is_null());
     let credential = credential_field.and_then(|c| {
         let name = e.string(c.value, &format!("`credential` of {what}"))?;
-        if !credentials.contains(name) {
-            let known: Vec<&str> = credentials.iter().map(String::as_str).collect();
+        if !credentials.contains_key(name) {
+            let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
             let hint = match closest(name, &known) {
                 Some(best) => format!("did you mean `{best}`?"),
                 None if known.is_empty() => {
@@ -138,6 +138,26 @@ fn route(
             format!("{what} has `inject` but no `credential`"),
             "add `credential: <name>`, or remove `inject` for plain allowed egress",
         ),
+        (Some(c), Some(i)) => {
+            // SigV4 signs with AWS keys; AWS keys are only ever used to sign.
+            let status = credential
+                .as_deref()
+                .and_then(|name| credentials.get(name).copied());
+            let sigv4 = matches!(inject, Some(Inject::SigV4 { .. }));
+            match status {
+                Some(IssuerStatus::AwsSts) if !sigv4 && inject.is_some() => e.error_hint(
+                    i.key.pos,
+                    format!("{what} attaches aws-sts credential `{}` as a token", credential.as_deref().unwrap_or_default()),
+                    "AWS keys are used to sign requests: inject: { sigv4: { service: s3, region: us-east-1 } }",
+                ),
+                Some(s) if sigv4 && s != IssuerStatus::AwsSts && s != IssuerStatus::Invalid => e.error_hint(
+                    c.value.pos,
+                    format!("{what} signs with SigV4, but credential `{}` does not come from an aws-sts issuer", credential.as_deref().unwrap_or_default()),
+                    "use a credential whose issuer has `kind: aws-sts`, or inject a header instead",
+                ),
+                _ => {}
+            }
+        }
         _ => {}
     }
 

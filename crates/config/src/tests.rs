@@ -147,7 +147,9 @@ fn defaults() {
             }
         })
     );
-    let IssuerKind::Local(local) = &c.issuers[0].kind;
+    let IssuerKind::Local(local) = &c.issuers[0].kind else {
+        panic!("local issuer expected")
+    };
     assert_eq!(local.issuer, "sidekey-local");
     assert_eq!(local.algorithm, LocalAlgorithm::EdDsa);
     let cred = &c.credentials[0];
@@ -369,7 +371,9 @@ fn full_example() {
             .collect::<Vec<_>>(),
         ["local", "ci"]
     );
-    let IssuerKind::Local(ci) = &c.issuers[1].kind;
+    let IssuerKind::Local(ci) = &c.issuers[1].kind else {
+        panic!("local issuer expected")
+    };
     assert_eq!(ci.issuer, "https://ci.example");
     assert_eq!(ci.algorithm, LocalAlgorithm::Es256);
     assert_eq!(
@@ -528,7 +532,7 @@ listen:
   forward: localhost:80
 unmatched: maybe
 issuers:
-  v: { kind: vault }
+  v: { kind: vaults }
 credentials:
   c: { issuer: nobody, ttl: 1s }
 ";
@@ -540,7 +544,7 @@ credentials:
         (6, 17, "unknown credential `missing`", "declared credentials: c"),
         (8, 12, "`localhost` in `localhost:80` is not an IP address", ""),
         (9, 12, "`unmatched` must be `deny` or `tunnel`", ""),
-        (11, 14, "issuer kind `vault` is not supported by this build yet", ""),
+        (11, 14, "unknown issuer kind `vaults`", "did you mean `vault`?"),
         (13, 16, "unknown issuer `nobody`", ""),
         (13, 29, "out of range", "10s to 24h"),
     ]);
@@ -618,11 +622,8 @@ fn listener_errors() {
 #[rustfmt::skip]
 fn issuer_and_credential_errors() {
     let cases: &[(&str, &str, &[Expect])] = &[
-        ("vault", "issuers:\n  v: { kind: vault, address: https://vault:8200 }\n", &[(2, 14, "issuer kind `vault` is not supported by this build yet", "`kind: local`")]),
-        ("oauth2", "issuers:\n  idp: { kind: oauth2 }\n", &[(2, 16, "issuer kind `oauth2` is not supported by this build yet", "")]),
-        ("aws-sts", "issuers:\n  aws: { kind: aws-sts }\n", &[(2, 16, "issuer kind `aws-sts` is not supported by this build yet", "")]),
         ("unknown kind, close", "issuers:\n  l: { kind: lokal }\n", &[(2, 14, "unknown issuer kind `lokal`", "did you mean `local`?")]),
-        ("unknown kind, far", "issuers:\n  l: { kind: magic }\n", &[(2, 14, "unknown issuer kind `magic`", "only kind available in this build is `local`")]),
+        ("unknown kind, far", "issuers:\n  l: { kind: magic }\n", &[(2, 14, "unknown issuer kind `magic`", "kinds: vault, oauth2, aws-sts, local")]),
         ("no kind", "issuers:\n  l: { issuer: x }\n", &[(2, 3, "issuer `l` has no `kind`", "kind: local")]),
         ("null issuer", "issuers:\n  l:\n", &[(2, 3, "issuer `l` has no `kind`", "")]),
         ("unknown local key", "issuers:\n  l: { kind: local, algoritm: ES256 }\n", &[(2, 21, "unknown key `algoritm` in issuer `l`", "did you mean `algorithm`?")]),
@@ -648,11 +649,11 @@ fn issuer_and_credential_errors() {
     for (name, src, expected) in cases {
         check(name, src, expected);
     }
-    // A credential of an issuer kind this build lacks gets no extra noise for that kind's keys.
+    // A credential of a broken issuer gets no extra noise for that kind's keys.
     check(
         "vault credential",
-        "issuers:\n  vault: { kind: vault }\ncredentials:\n  gh: { issuer: vault, path: secret/x, field: token }\n",
-        &[(2, 18, "issuer kind `vault` is not supported by this build yet", "")],
+        "issuers:\n  vault: { kind: vault, address: https://vault:8200 }\ncredentials:\n  gh: { issuer: vault, scope: x }\n",
+        &[(2, 10, "issuer `vault` has no `auth`", "method: jwt")],
     );
 }
 
@@ -714,11 +715,14 @@ fn inject_errors() {
     // `inject: ` is on line 10, its value starts at column 13.
     let cases: &[(&str, &str, &[Expect])] = &[
         ("not a mapping", "Authorization", &[(10, 13, "`inject` of route `r` must be a mapping, found a string", "")]),
-        ("none of the kinds", "{ value: \"Bearer {token}\" }", &[(10, 13, "needs one of `header`, `basic` or `query`", "inject: { header: Authorization")]),
+        ("none of the kinds", "{ value: \"Bearer {token}\" }", &[(10, 13, "needs one of `header`, `basic`, `query` or `sigv4`", "inject: { header: Authorization")]),
         ("two kinds", "{ header: X-Key, query: key }", &[(10, 30, "has both `header` and `query`", "one way only")]),
         ("unknown key", "{ header: X-Key, valeu: \"{token}\" }", &[(10, 30, "unknown key `valeu`", "did you mean `value`?")]),
         ("value with query", "{ query: key, value: \"{token}\" }", &[(10, 27, "`value` applies only to `header`", "")]),
-        ("sigv4", "{ sigv4: { service: s3, region: us-east-1 } }", &[(10, 15, "`sigv4` is not supported by this build yet", "aws-sts")]),
+        ("sigv4 of a local credential", "{ sigv4: { service: s3, region: us-east-1 } }", &[(9, 17, "signs with SigV4, but credential `demo` does not come from an aws-sts issuer", "kind: aws-sts")]),
+        ("sigv4 without region", "{ sigv4: { service: s3 } }", &[(10, 22, "`sigv4` of `inject` of route `r` needs a `region`", "")]),
+        ("sigv4 bad service", "{ sigv4: { service: S3, region: us-east-1 } }", &[(10, 33, "`S3` is not an AWS service signing name", "lower-case")]),
+        ("sigv4 bad region", "{ sigv4: { service: s3, region: US } }", &[(10, 45, "not an AWS region", "us-east-1")]),
         ("header with space", "{ header: \"X Key\" }", &[(10, 23, "`X Key` is not a valid header name", "HTTP tokens")]),
         ("header with colon", "{ header: \"X-Key:\" }", &[(10, 23, "`X-Key:` is not a valid header name", "")]),
         ("connection", "{ header: Connection }", &[(10, 23, "`Connection` cannot carry a credential", "hop-by-hop")]),
@@ -785,8 +789,8 @@ fn credentials_of_broken_issuers_and_routes_of_broken_credentials_do_not_cascade
     // One error for the issuer; the credential and the route that use it are not blamed again.
     check(
         "cascade",
-        "issuers:\n  v: { kind: vault }\ncredentials:\n  c: { issuer: v }\nroutes:\n  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    credential: c\n    inject: { header: Authorization }\n",
-        &[(2, 14, "not supported by this build yet", "")],
+        "issuers:\n  v: { kind: vault, address: https://vault:8200 }\ncredentials:\n  c: { issuer: v }\nroutes:\n  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    credential: c\n    inject: { header: Authorization }\n",
+        &[(2, 6, "issuer `v` has no `auth`", "")],
     );
 }
 
@@ -861,4 +865,191 @@ fn crlf_line_endings_and_merge_keys() {
             (3, 3, "unknown key `<<` in `listen`", "merge keys"),
         ],
     );
+}
+
+const REMOTE: &str = "identity: { token_file: /var/run/secrets/sidekey/token }
+issuers:
+  bao:
+    kind: vault
+    address: https://vault.internal:8200/
+    namespace: /team-a/
+    auth: { method: jwt, role: agent }
+  k8s:
+    kind: vault
+    address: http://127.0.0.1:8200
+    auth: { method: kubernetes, mount: k8s-east, role: agent, token_file: /t }
+  ar:
+    kind: vault
+    address: https://vault.internal
+    auth: { method: approle, role_id_file: /r, secret_id_file: /s }
+  idp:
+    kind: oauth2
+    token_url: https://idp.internal/oauth2/token
+    grant: client_credentials
+    client_id: sidekey
+    client_secret_file: /secret
+    client_secret_auth: post
+  jwt-idp:
+    kind: oauth2
+    token_url: https://idp.internal/token
+    grant: client_credentials
+    client_id: sidekey
+    private_key_file: /key.pem
+    key_id: k1
+  exchange:
+    kind: oauth2
+    token_url: http://localhost:9000/token
+    grant: token_exchange
+    client_id: sidekey
+    actor_token_file: /actor
+  aws:
+    kind: aws-sts
+    role_arn: arn:aws:iam::123456789012:role/agent
+    region: us-east-1
+credentials:
+  gh: { issuer: bao, path: /secret/data/agents/github, field: token, ttl: 1m }
+  cert: { issuer: ar, path: pki/issue/agent, field: certificate, params: { common_name: a.internal, ttl: 10m, exclude_cn_from_sans: true } }
+  api: { issuer: idp, audience: https://api.internal, scope: \"read write\", resource: https://api.internal/ }
+  s3: { issuer: aws, ttl: 2h, session_policy_file: /p.json }
+routes:
+  - name: s3
+    hosts: [\"*.s3.us-east-1.amazonaws.com\"]
+    methods: [GET]
+    credential: s3
+    inject: { sigv4: { service: s3, region: us-east-1 } }
+";
+
+#[test]
+fn remote_issuers_parse_with_defaults() {
+    use crate::{ClientAuth, OAuth2Grant, VaultAuth, VaultJwtMethod};
+    let c = ok(REMOTE);
+    let kind = |name: &str| &c.issuers.iter().find(|i| i.name == name).unwrap().kind;
+    let IssuerKind::Vault(bao) = kind("bao") else {
+        panic!("vault expected")
+    };
+    assert_eq!(bao.address.url, "https://vault.internal:8200");
+    assert_eq!(bao.namespace.as_deref(), Some("team-a"));
+    assert_eq!(
+        bao.auth,
+        VaultAuth::Jwt {
+            method: VaultJwtMethod::Jwt,
+            mount: "jwt".into(),
+            role: "agent".into(),
+            token_file: PathBuf::from("/var/run/secrets/sidekey/token"),
+        }
+    );
+    let IssuerKind::Vault(k8s) = kind("k8s") else {
+        panic!("vault expected")
+    };
+    assert!(
+        matches!(&k8s.auth, VaultAuth::Jwt { method: VaultJwtMethod::Kubernetes, mount, token_file, .. }
+        if mount == "k8s-east" && token_file == &PathBuf::from("/t"))
+    );
+    let IssuerKind::Vault(ar) = kind("ar") else {
+        panic!("vault expected")
+    };
+    assert!(matches!(&ar.auth, VaultAuth::AppRole { mount, .. } if mount == "approle"));
+    let IssuerKind::OAuth2(idp) = kind("idp") else {
+        panic!("oauth2 expected")
+    };
+    assert_eq!(
+        idp.client_auth,
+        ClientAuth::SecretPost(PathBuf::from("/secret"))
+    );
+    assert_eq!(idp.grant, OAuth2Grant::ClientCredentials);
+    let IssuerKind::OAuth2(j) = kind("jwt-idp") else {
+        panic!("oauth2 expected")
+    };
+    assert_eq!(
+        j.client_auth,
+        ClientAuth::PrivateKeyJwt {
+            key_file: PathBuf::from("/key.pem"),
+            key_id: Some("k1".into())
+        }
+    );
+    let IssuerKind::OAuth2(x) = kind("exchange") else {
+        panic!("oauth2 expected")
+    };
+    assert_eq!(x.client_auth, ClientAuth::None);
+    assert_eq!(
+        x.grant,
+        OAuth2Grant::TokenExchange {
+            subject_token_file: PathBuf::from("/var/run/secrets/sidekey/token"),
+            actor_token_file: Some(PathBuf::from("/actor")),
+        }
+    );
+    let IssuerKind::AwsSts(aws) = kind("aws") else {
+        panic!("aws-sts expected")
+    };
+    assert_eq!(aws.endpoint.url, "https://sts.us-east-1.amazonaws.com");
+    assert_eq!(aws.session_name, "sidekey-{pod}");
+    let cred = |name: &str| c.credentials.iter().find(|x| x.name == name).unwrap();
+    assert_eq!(
+        cred("gh").path.as_deref(),
+        Some("secret/data/agents/github")
+    );
+    assert_eq!(cred("gh").ttl, Duration::from_secs(60));
+    assert_eq!(
+        cred("cert").params,
+        vec![
+            ("common_name".to_string(), "a.internal".to_string()),
+            ("ttl".to_string(), "10m".to_string()),
+            ("exclude_cn_from_sans".to_string(), "true".to_string()),
+        ]
+    );
+    assert_eq!(cred("api").scope.as_deref(), Some("read write"));
+    assert_eq!(cred("s3").ttl, Duration::from_secs(7200));
+    assert_eq!(
+        c.routes[0].inject,
+        Some(Inject::SigV4 {
+            service: "s3".into(),
+            region: "us-east-1".into()
+        })
+    );
+    let described = c.describe();
+    assert!(
+        described
+            .contains("kind vault, https://vault.internal:8200, auth jwt at auth/jwt, role agent"),
+        "{described}"
+    );
+    assert!(
+        described.contains("AWS SigV4 signature, service s3, region us-east-1"),
+        "{described}"
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn remote_issuer_errors() {
+    let cases: &[(&str, &str, &[Expect])] = &[
+        ("vault without anything", "issuers:\n  v: { kind: vault }\n", &[(2, 6, "issuer `v` has no `address`", "https://vault.internal:8200"), (2, 6, "issuer `v` has no `auth`", "")]),
+        ("plain http to a remote vault", "issuers:\n  v: { kind: vault, address: \"http://vault:8200\", auth: { method: approle, role_id_file: /r, secret_id_file: /s } }\n", &[(2, 30, "plain http:// to a host that is not loopback", "use https://")]),
+        ("not a url", "issuers:\n  v: { kind: vault, address: vault:8200, auth: { method: approle, role_id_file: /r, secret_id_file: /s } }\n", &[(2, 30, "must be an https:// URL", "")]),
+        ("userinfo in url", "issuers:\n  v: { kind: vault, address: \"https://u:p@vault\", auth: { method: approle, role_id_file: /r, secret_id_file: /s } }\n", &[(2, 30, "invalid host", "")]),
+        ("unknown auth method", "issuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: ldap } }\n", &[(2, 63, "unknown Vault auth method `ldap`", "jwt, kubernetes, approle")]),
+        ("auth method typo", "issuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: approel } }\n", &[(2, 63, "unknown Vault auth method `approel`", "did you mean `approle`?")]),
+        ("jwt without role", "identity: { token_file: /t }\nissuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: jwt } }\n", &[(3, 53, "has no `role`", "role: agent")]),
+        ("jwt without identity", "issuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }\n", &[(2, 53, "needs an identity token, and there is no `identity.token_file`", "identity:")]),
+        ("approle without secret id", "issuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: approle, role_id_file: /r } }\n", &[(2, 53, "has no `secret_id_file`", "")]),
+        ("approle with role", "issuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: approle, role: x, role_id_file: /r, secret_id_file: /s } }\n", &[(2, 72, "`role` does not apply to `method: approle`", "")]),
+        ("vault credential without path", "identity: { token_file: /t }\nissuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }\ncredentials:\n  c: { issuer: v, field: x }\n", &[(5, 3, "credential `c` has no `path`", "secret/data")]),
+        ("vault credential without field", "identity: { token_file: /t }\nissuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }\ncredentials:\n  c: { issuer: v, path: p }\n", &[(5, 3, "credential `c` has no `field`", "field: token")]),
+        ("key of another kind", "identity: { token_file: /t }\nissuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }\ncredentials:\n  c: { issuer: v, path: p, field: f, scope: x }\n", &[(5, 38, "`scope` does not apply to credential `c`: its issuer is a `vault` issuer", "path, field, params")]),
+        ("params not scalars", "identity: { token_file: /t }\nissuers:\n  v: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }\ncredentials:\n  c: { issuer: v, path: p, field: f, params: { a: [1] } }\n", &[(5, 51, "`params.a` of credential `c` must be a string, number or boolean", "")]),
+        ("oauth2 without anything", "issuers:\n  o: { kind: oauth2 }\n", &[(2, 6, "has no `token_url`", ""), (2, 6, "has no `grant`", ""), (2, 6, "has no `client_id`", "")]),
+        ("grant with dash", "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: token-exchange, client_id: c }\n", &[(2, 57, "unknown OAuth2 grant `token-exchange`", "did you mean `token_exchange`?")]),
+        ("secret and key", "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c, client_secret_file: /s, private_key_file: /k }\n", &[(2, 115, "has both `client_secret_file` and `private_key_file`", "keep one")]),
+        ("client credentials without a secret", "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c }\n", &[(2, 6, "uses client_credentials but has no client credential", "client_secret_file")]),
+        ("bad secret auth", "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c, client_secret_file: /s, client_secret_auth: jwt }\n", &[(2, 135, "unknown `client_secret_auth` `jwt`", "`post`")]),
+        ("actor token with client credentials", "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c, client_secret_file: /s, actor_token_file: /a }\n", &[(2, 115, "`actor_token_file` in issuer `o` applies to `grant: token_exchange` only", "")]),
+        ("exchange without identity", "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: token_exchange, client_id: c }\n", &[(2, 6, "needs an identity token", "subject_token_file")]),
+        ("aws without anything", "identity: { token_file: /t }\nissuers:\n  a: { kind: aws-sts }\n", &[(3, 6, "has no `role_arn`", ""), (3, 6, "has no `region`", "us-east-1")]),
+        ("aws bad arn", "identity: { token_file: /t }\nissuers:\n  a: { kind: aws-sts, role_arn: \"arn:aws:iam::1:role/x\", region: us-east-1 }\n", &[(3, 33, "is not an IAM role ARN", "arn:aws:iam::123456789012:role/agent")]),
+        ("aws bad session name", "identity: { token_file: /t }\nissuers:\n  a: { kind: aws-sts, role_arn: \"arn:aws:iam::123456789012:role/x\", region: us-east-1, session_name: \"a b\" }\n", &[(3, 102, "has characters AWS does not allow", "")]),
+        ("aws ttl too short", "identity: { token_file: /t }\nissuers:\n  a: { kind: aws-sts, role_arn: \"arn:aws:iam::123456789012:role/x\", region: us-east-1 }\ncredentials:\n  c: { issuer: a, ttl: 5m }\n", &[(5, 24, "`ttl` of credential `c` is 5m, out of range", "15m to 12h")]),
+        ("aws credential as a header", "identity: { token_file: /t }\nissuers:\n  a: { kind: aws-sts, role_arn: \"arn:aws:iam::123456789012:role/x\", region: us-east-1 }\ncredentials:\n  c: { issuer: a }\nroutes:\n  - name: r\n    hosts: [a.example.com]\n    methods: [GET]\n    credential: c\n    inject: { header: X-Key }\n", &[(11, 5, "attaches aws-sts credential `c` as a token", "sigv4")]),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
 }

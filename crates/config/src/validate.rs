@@ -2,7 +2,7 @@
 //! and audit. Routes are in [`crate::route`]. Each section falls back to its defaults after an
 //! error so that the rest of the file is still checked.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -36,11 +36,21 @@ const UPSTREAM_KEYS: &[&str] = &[
 ];
 const IDENTITY_KEYS: &[&str] = &["token_file"];
 const LOCAL_ISSUER_KEYS: &[&str] = &["kind", "issuer", "algorithm"];
-const CREDENTIAL_KEYS: &[&str] = &["issuer", "audience", "subject", "ttl", "eager"];
+const CREDENTIAL_KEYS: &[&str] = &[
+    "issuer",
+    "audience",
+    "subject",
+    "ttl",
+    "eager",
+    "path",
+    "field",
+    "params",
+    "scope",
+    "resource",
+    "session_policy_file",
+];
 const AUDIT_KEYS: &[&str] = &["file"];
 
-/// Issuer kinds that exist in the design but not yet in this build.
-const PLANNED_KINDS: &[&str] = &["vault", "oauth2", "aws-sts"];
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
 
 pub(crate) const DEFAULT_FORWARD: &str = "127.0.0.1:15080";
@@ -52,6 +62,10 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// AssumeRoleWithWebIdentity's DurationSeconds: 15 minutes to 12 hours, default 1 hour.
+const AWS_DEFAULT_TTL: Duration = Duration::from_secs(60 * 60);
+const AWS_MIN_TTL: Duration = Duration::from_secs(15 * 60);
+const AWS_MAX_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 const DEFAULT_LOCAL_ISS: &str = "sidekey-local";
 
 /// What a credential may refer to by issuer name. Names of issuers with errors are still
@@ -59,12 +73,48 @@ const DEFAULT_LOCAL_ISS: &str = "sidekey-local";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IssuerStatus {
     Local,
-    /// Unsupported or unknown kind, or otherwise invalid.
+    Vault,
+    OAuth2,
+    AwsSts,
+    /// Unknown kind, or otherwise invalid.
     Invalid,
 }
 
-/// Declared credentials, by name (including those with errors).
-pub(crate) type CredentialNames = BTreeSet<String>;
+impl IssuerStatus {
+    fn of(kind: &IssuerKind) -> IssuerStatus {
+        match kind {
+            IssuerKind::Local(_) => IssuerStatus::Local,
+            IssuerKind::Vault(_) => IssuerStatus::Vault,
+            IssuerKind::OAuth2(_) => IssuerStatus::OAuth2,
+            IssuerKind::AwsSts(_) => IssuerStatus::AwsSts,
+        }
+    }
+
+    fn kind_name(self) -> &'static str {
+        match self {
+            IssuerStatus::Local => "local",
+            IssuerStatus::Vault => "vault",
+            IssuerStatus::OAuth2 => "oauth2",
+            IssuerStatus::AwsSts => "aws-sts",
+            IssuerStatus::Invalid => "invalid",
+        }
+    }
+
+    /// The credential keys this kind of issuer takes, besides `issuer`, `ttl` and `eager`.
+    fn credential_keys(self) -> &'static [&'static str] {
+        match self {
+            IssuerStatus::Local => &["audience", "subject"],
+            IssuerStatus::Vault => &["path", "field", "params"],
+            IssuerStatus::OAuth2 => &["audience", "scope", "resource"],
+            IssuerStatus::AwsSts => &["session_policy_file"],
+            IssuerStatus::Invalid => CREDENTIAL_KEYS,
+        }
+    }
+}
+
+/// Declared credentials, by name (including those with errors), with the kind of their issuer
+/// (routes check that `inject: sigv4` goes with aws-sts credentials and only with them).
+pub(crate) type CredentialNames = BTreeMap<String, IssuerStatus>;
 
 /// A `host:port: ip:port` entry found anywhere in the file.
 pub(crate) struct ResolveEntry {
@@ -116,7 +166,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     }
     let mut issuer_names = BTreeMap::new();
     if let Some(n) = top.value("issuers") {
-        config.issuers = issuers(n, e, &mut issuer_names);
+        config.issuers = issuers(n, e, config.identity.as_ref(), &mut issuer_names);
     }
     let mut credential_names = CredentialNames::new();
     if let Some(n) = top.value("credentials") {
@@ -360,6 +410,7 @@ fn identity(node: &Node, e: &mut Errors) -> Option<IdentityConfig> {
 fn issuers(
     node: &Node,
     e: &mut Errors,
+    identity: Option<&IdentityConfig>,
     names: &mut BTreeMap<String, IssuerStatus>,
 ) -> Vec<IssuerConfig> {
     let mut out = Vec::new();
@@ -368,14 +419,11 @@ fn issuers(
     };
     for field in &f.entries {
         let name = check_name(e, field.key, "issuer");
-        let kind = issuer(field.name, field, e);
+        let kind = issuer(field.name, field, identity, e);
         names.insert(
             field.name.to_string(),
-            if kind.is_some() {
-                IssuerStatus::Local
-            } else {
-                IssuerStatus::Invalid
-            },
+            kind.as_ref()
+                .map_or(IssuerStatus::Invalid, IssuerStatus::of),
         );
         if let (Some(name), Some(kind)) = (name, kind) {
             out.push(IssuerConfig { name, kind });
@@ -384,9 +432,15 @@ fn issuers(
     out
 }
 
-fn issuer(name: &str, field: &Field<'_>, e: &mut Errors) -> Option<IssuerKind> {
+fn issuer(
+    name: &str,
+    field: &Field<'_>,
+    identity: Option<&IdentityConfig>,
+    e: &mut Errors,
+) -> Option<IssuerKind> {
     let what = format!("issuer `{name}`");
-    let missing_kind = "add `kind: local` (the built-in in-memory signer)";
+    let missing_kind =
+        "add `kind:` vault, oauth2 or aws-sts, or `kind: local` (the built-in in-memory signer)";
     if field.value.is_null() {
         e.error_hint(field.key.pos, format!("{what} has no `kind`"), missing_kind);
         return None;
@@ -399,18 +453,15 @@ fn issuer(name: &str, field: &Field<'_>, e: &mut Errors) -> Option<IssuerKind> {
     let kind = e.string(kind_node, &format!("`kind` of {what}"))?;
     match kind {
         "local" => {}
-        k if PLANNED_KINDS.contains(&k) => {
-            e.error_hint(
-                kind_node.pos,
-                format!("issuer kind `{k}` is not supported by this build yet"),
-                "use `kind: local` for now; vault, oauth2 and aws-sts issuers are planned",
-            );
-            return None;
+        "vault" => return crate::issuers::vault(&f, &what, identity, e).map(IssuerKind::Vault),
+        "oauth2" => return crate::issuers::oauth2(&f, &what, identity, e).map(IssuerKind::OAuth2),
+        "aws-sts" => {
+            return crate::issuers::aws_sts(&f, &what, identity, e).map(IssuerKind::AwsSts)
         }
         k => {
             let hint = match closest(k, ALL_KINDS) {
-                Some("local") => "did you mean `local`?".to_string(),
-                _ => "the only kind available in this build is `local`".to_string(),
+                Some(best) => format!("did you mean `{best}`?"),
+                None => "kinds: vault, oauth2, aws-sts, local".to_string(),
             };
             e.error_hint(kind_node.pos, format!("unknown issuer kind `{k}`"), hint);
             return None;
@@ -461,7 +512,18 @@ fn credentials(
         return out;
     };
     for field in &f.entries {
-        names.insert(field.name.to_string());
+        let status = match &field.value.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == "issuer"))
+                .and_then(|(_, v)| match &v.value {
+                    Value::Str(s) => issuers.get(s).copied(),
+                    _ => None,
+                })
+                .unwrap_or(IssuerStatus::Invalid),
+            _ => IssuerStatus::Invalid,
+        };
+        names.insert(field.name.to_string(), status);
         let name = check_name(e, field.key, "credential");
         let cred = credential(field.name, field.key.pos, field.value, e, issuers);
         if let (Some(name), Some(mut cred)) = (name, cred) {
@@ -505,10 +567,31 @@ fn credential(
     };
     let issuer = e.string(issuer_node, &format!("`issuer` of {what}"));
     let status = issuer.and_then(|i| issuers.get(i).copied());
-    // Keys of an issuer kind this build does not have (vault `path`, oauth2 `scope`, ...) are not
-    // reported: the issuer itself already is.
+    // Keys of an invalid issuer's credential are not checked against its kind: the issuer
+    // itself already has an error.
     if status != Some(IssuerStatus::Invalid) {
         e.unknown_keys(&f, &what, CREDENTIAL_KEYS);
+    }
+    if let Some(kind) = status.filter(|s| *s != IssuerStatus::Invalid) {
+        let allowed = kind.credential_keys();
+        for field in &f.entries {
+            let common = ["issuer", "ttl", "eager"].contains(&field.name);
+            if !common && CREDENTIAL_KEYS.contains(&field.name) && !allowed.contains(&field.name) {
+                e.error_hint(
+                    field.key.pos,
+                    format!(
+                        "`{}` does not apply to {what}: its issuer is a `{}` issuer",
+                        field.name,
+                        kind.kind_name()
+                    ),
+                    format!(
+                        "{} credentials take: {}, ttl, eager",
+                        kind.kind_name(),
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
     }
     if let (Some(i), None) = (issuer, status) {
         let known: Vec<&str> = issuers.keys().map(String::as_str).collect();
@@ -525,34 +608,87 @@ fn credential(
             hint,
         );
     }
+    let aws = status == Some(IssuerStatus::AwsSts);
     let mut cred = CredentialConfig {
         name: name.to_string(),
         issuer: issuer.unwrap_or_default().to_string(),
         audience: None,
         subject: None,
-        ttl: DEFAULT_TTL,
+        ttl: if aws { AWS_DEFAULT_TTL } else { DEFAULT_TTL },
         eager: false,
+        path: None,
+        field: None,
+        params: Vec::new(),
+        scope: None,
+        resource: None,
+        session_policy_file: None,
     };
-    if let Some(n) = f.value("audience") {
-        cred.audience = e
-            .nonempty_string(n, &format!("`audience` of {what}"))
-            .map(str::to_string);
+    let text = |e: &mut Errors, key: &str| -> Option<String> {
+        f.value(key).and_then(|n| {
+            e.nonempty_string(n, &format!("`{key}` of {what}"))
+                .map(str::to_string)
+        })
+    };
+    cred.audience = text(e, "audience");
+    cred.subject = text(e, "subject");
+    cred.scope = text(e, "scope");
+    cred.resource = text(e, "resource");
+    cred.field = text(e, "field");
+    cred.path = text(e, "path").map(|p| p.trim_matches('/').to_string());
+    cred.session_policy_file = f
+        .value("session_policy_file")
+        .and_then(|n| e.path(n, &format!("`session_policy_file` of {what}")));
+    if let Some(n) = f.value("params") {
+        if let Some(params) = e.map(n, &format!("`params` of {what}")) {
+            for p in &params.entries {
+                match &p.value.value {
+                    Value::Str(v) => cred.params.push((p.name.to_string(), v.clone())),
+                    Value::Int(v) => cred.params.push((p.name.to_string(), v.to_string())),
+                    Value::Bool(v) => cred.params.push((p.name.to_string(), v.to_string())),
+                    _ => e.wrong_type(
+                        p.value,
+                        &format!("`params.{}` of {what}", p.name),
+                        "a string, number or boolean",
+                    ),
+                }
+            }
+        }
     }
-    if let Some(n) = f.value("subject") {
-        cred.subject = e
-            .nonempty_string(n, &format!("`subject` of {what}"))
-            .map(str::to_string);
+    if status == Some(IssuerStatus::Vault) {
+        for key in ["path", "field"] {
+            if f.get(key).is_none() {
+                let hint = if key == "path" {
+                    "give the API path to read, e.g. path: secret/data/agents/github (KV v2) or database/creds/readonly"
+                } else {
+                    "name the field of the secret that is the credential, e.g. field: token"
+                };
+                e.error_hint(key_pos, format!("{what} has no `{key}`"), hint);
+            }
+        }
     }
     if let Some(n) = f.value("ttl") {
         if let Some(ttl) = e.duration(n, &format!("`ttl` of {what}")) {
-            if ttl < MIN_TTL || ttl > MAX_TTL {
+            let (min, max, hint) = if aws {
+                (
+                    AWS_MIN_TTL,
+                    AWS_MAX_TTL,
+                    "AWS STS sessions last from 15m to 12h; the default is 1h",
+                )
+            } else {
+                (
+                    MIN_TTL,
+                    MAX_TTL,
+                    "credential ttl goes from 10s to 24h; the default is 5m",
+                )
+            };
+            if ttl < min || ttl > max {
                 e.error_hint(
                     n.pos,
                     format!(
                         "`ttl` of {what} is {}, out of range",
                         humantime::format_duration(ttl)
                     ),
-                    "local credentials live from 10s to 24h; the default is 5m",
+                    hint,
                 );
             } else {
                 cred.ttl = ttl;
