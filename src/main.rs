@@ -13,8 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sidekey_admin::AdminState;
 use sidekey_audit::AuditWriter;
-use sidekey_config::{AuditConfig, Config, IssuerKind};
-use sidekey_credentials::{CredentialStore, Issuer, Jwk, LocalIssuer};
+use sidekey_config::{AuditConfig, Config};
+use sidekey_credentials::{CredentialStore, Issuer, Jwk};
 use sidekey_proxy::ProxyState;
 use sidekey_tls::CertificateAuthority;
 use tokio::net::TcpListener;
@@ -150,18 +150,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .context("cannot open the audit sink")?;
     let audit = audit_writer.log();
 
-    // Issuers and credentials.
+    // Issuers and credentials: keys generated or loaded, clients built; nothing fetched yet.
     let mut issuers = HashMap::new();
     let mut jwks: Vec<Jwk> = Vec::new();
     for issuer in &config.issuers {
-        let built = match &issuer.kind {
-            IssuerKind::Local(local) => {
-                let local = LocalIssuer::generate(local)
-                    .with_context(|| format!("issuer `{}`", issuer.name))?;
-                jwks.push(local.jwk().clone());
-                Issuer::Local(local)
-            }
-        };
+        let built = Issuer::build(issuer).with_context(|| format!("issuer `{}`", issuer.name))?;
+        if let Issuer::Local(local) = &built {
+            jwks.push(local.jwk().clone());
+        }
         issuers.insert(issuer.name.clone(), Arc::new(built));
     }
     let credentials = Arc::new(CredentialStore::new(
@@ -262,6 +258,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
     }
+    // Leases and issuer tokens are revoked once no request can use them any more.
+    credentials.shutdown().await;
     audit_writer.shutdown();
     Ok(())
 }

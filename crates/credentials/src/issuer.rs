@@ -1,17 +1,41 @@
 //! The issuers a credential can come from. One enum, so adding a kind is one variant and one
-//! match arm, and the hot path pays no dynamic dispatch.
+//! match arm, and the hot path pays no dynamic dispatch (issuers are only called off it).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Credential, LocalIssuer};
+use sidekey_config::{CredentialConfig, IssuerConfig, IssuerKind};
 
-/// Why an issuer could not produce a credential. Messages never contain secret material.
+use crate::oauth2::OAuth2Issuer;
+use crate::sts::StsIssuer;
+use crate::vault::VaultIssuer;
+use crate::{Credential, Lease, LocalIssuer};
+
+/// Why an issuer could not produce, renew or revoke a credential. Messages never contain
+/// secret material: no token, no request body, and only the parts of an issuer's answer that
+/// are documented to be error descriptions.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     #[error("signing failed: {0}")]
     Signing(String),
     #[error("issuer did not answer within {0:?}")]
     Timeout(Duration),
+    /// The identity token, client secret, key or policy file could not be read.
+    #[error("{0}")]
+    File(String),
+    /// Connection, TLS or protocol failure talking to the issuer.
+    #[error("cannot reach the issuer: {0}")]
+    Transport(String),
+    /// The issuer answered with an error status.
+    #[error("issuer refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+    /// The issuer answered, but not with what was expected.
+    #[error("unexpected answer from the issuer: {0}")]
+    Response(String),
+    /// A setting the issuer cannot work with (found at start).
+    #[error("{0}")]
+    Config(String),
     #[error("{0}")]
     Other(String),
 }
@@ -19,21 +43,123 @@ pub enum IssueError {
 /// A configured credential source.
 pub enum Issuer {
     Local(LocalIssuer),
+    Vault(VaultIssuer),
+    OAuth2(OAuth2Issuer),
+    AwsSts(StsIssuer),
 }
 
 /// What a credential is asked for: everything an issuer needs besides its own config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CredentialRequest {
+    /// The credential's name (for messages).
+    pub name: String,
     pub audience: Option<String>,
     pub subject: Option<String>,
     pub ttl: Duration,
+    pub path: Option<String>,
+    pub field: Option<String>,
+    pub params: Vec<(String, String)>,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+    /// The session policy document (read at start).
+    pub session_policy: Option<String>,
+}
+
+impl CredentialRequest {
+    /// From the config; reads the session policy file, so that a missing one stops the start.
+    pub fn from_config(c: &CredentialConfig) -> Result<Self, IssueError> {
+        let session_policy = match &c.session_policy_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    IssueError::File(format!(
+                        "cannot read session policy {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+                    IssueError::Config(format!(
+                        "session policy {} is not JSON: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(text)
+            }
+            None => None,
+        };
+        Ok(CredentialRequest {
+            name: c.name.clone(),
+            audience: c.audience.clone(),
+            subject: c.subject.clone(),
+            ttl: c.ttl,
+            path: c.path.clone(),
+            field: c.field.clone(),
+            params: c.params.clone(),
+            scope: c.scope.clone(),
+            resource: c.resource.clone(),
+            session_policy,
+        })
+    }
 }
 
 impl Issuer {
+    /// Builds the issuer for `config`: keys generated or loaded, HTTP clients ready. Nothing is
+    /// fetched yet.
+    pub fn build(config: &IssuerConfig) -> Result<Issuer, IssueError> {
+        Ok(match &config.kind {
+            IssuerKind::Local(c) => Issuer::Local(LocalIssuer::generate(c)?),
+            IssuerKind::Vault(c) => Issuer::Vault(VaultIssuer::new(&config.name, c)?),
+            IssuerKind::OAuth2(c) => Issuer::OAuth2(OAuth2Issuer::new(&config.name, c)?),
+            IssuerKind::AwsSts(c) => Issuer::AwsSts(StsIssuer::new(&config.name, c)?),
+        })
+    }
+
+    /// Builds every configured issuer, by name.
+    pub fn build_all(
+        configs: &[IssuerConfig],
+    ) -> Result<HashMap<String, Arc<Issuer>>, (String, IssueError)> {
+        let mut out = HashMap::new();
+        for c in configs {
+            let issuer = Issuer::build(c).map_err(|e| (c.name.clone(), e))?;
+            out.insert(c.name.clone(), Arc::new(issuer));
+        }
+        Ok(out)
+    }
+
     /// Fetches a new credential.
     pub async fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
         match self {
             Issuer::Local(local) => local.issue(request),
+            Issuer::Vault(vault) => vault.issue(request).await,
+            Issuer::OAuth2(oauth2) => oauth2.issue(request).await,
+            Issuer::AwsSts(sts) => sts.issue(request).await,
+        }
+    }
+
+    /// Extends a lease by `increment`; returns the lease's new remaining duration (which the
+    /// issuer may have capped).
+    pub async fn renew(&self, lease: &Lease, increment: Duration) -> Result<Duration, IssueError> {
+        match self {
+            Issuer::Vault(vault) => vault.renew(lease, increment).await,
+            _ => Err(IssueError::Other(format!(
+                "{} issuers have no leases to renew",
+                self.kind()
+            ))),
+        }
+    }
+
+    /// Revokes a lease (at shutdown).
+    pub async fn revoke(&self, lease: &Lease) -> Result<(), IssueError> {
+        match self {
+            Issuer::Vault(vault) => vault.revoke(lease).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives up what the issuer holds for itself (Vault: revokes its token). After the
+    /// credentials' leases are revoked, at shutdown.
+    pub async fn shutdown(&self) {
+        if let Issuer::Vault(vault) = self {
+            vault.shutdown().await;
         }
     }
 
@@ -41,6 +167,9 @@ impl Issuer {
     pub fn kind(&self) -> &'static str {
         match self {
             Issuer::Local(_) => "local",
+            Issuer::Vault(_) => "vault",
+            Issuer::OAuth2(_) => "oauth2",
+            Issuer::AwsSts(_) => "aws-sts",
         }
     }
 }

@@ -2,12 +2,19 @@
 //! value only ever exists in memory, in a [`Secret`] that wipes itself on drop and cannot be
 //! formatted; what the rest of sidekey sees is its [`CredentialId`].
 
+mod http;
 mod issuer;
 mod local;
+mod oauth2;
 mod secret;
 mod store;
+mod sts;
+mod vault;
 
 pub use issuer::{CredentialRequest, IssueError, Issuer};
 pub use local::{Jwk, LocalIssuer};
-pub use secret::{Credential, CredentialId, Secret};
+pub use oauth2::OAuth2Issuer;
+pub use secret::{Credential, CredentialId, CredentialValue, Lease, Secret};
 pub use store::{CredentialError, CredentialStatus, CredentialStore};
+pub use sts::StsIssuer;
+pub use vault::VaultIssuer;

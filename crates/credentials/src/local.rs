@@ -15,7 +15,7 @@ use serde::Serialize;
 use sidekey_config::{LocalAlgorithm, LocalIssuerConfig};
 
 use crate::issuer::{CredentialRequest, IssueError};
-use crate::{Credential, CredentialId, Secret};
+use crate::{Credential, Secret};
 
 /// One public key of a local issuer, as a JWK (RFC 7517 / RFC 8037).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -147,12 +147,12 @@ impl LocalIssuer {
         header.kid = Some(self.jwk.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.key)
             .map_err(|e| IssueError::Signing(e.to_string()))?;
-        Ok(Credential {
-            id: CredentialId(jti),
-            secret: Secret::new(token),
+        Ok(Credential::token(
+            jti,
+            Secret::new(token),
             issued_at,
-            expires_at: UNIX_EPOCH + Duration::from_secs(iat + ttl.as_secs()),
-        })
+            UNIX_EPOCH + Duration::from_secs(iat + ttl.as_secs()),
+        ))
     }
 }
 
@@ -166,6 +166,7 @@ mod tests {
             audience: Some("demo-api".into()),
             subject: Some("agent-7".into()),
             ttl: Duration::from_secs(300),
+            ..CredentialRequest::default()
         }
     }
 
@@ -192,14 +193,14 @@ mod tests {
             })
             .unwrap();
             let cred = issuer.issue(&request()).unwrap();
-            let claims = verify(&issuer, cred.secret.expose());
+            let claims = verify(&issuer, cred.token_value().unwrap().expose());
             assert_eq!(claims["jti"], cred.id.0.as_str());
             assert_eq!(claims["sub"], "agent-7");
             assert_eq!(claims["aud"], "demo-api");
             let exp = claims["exp"].as_u64().unwrap();
             let iat = claims["iat"].as_u64().unwrap();
             assert_eq!(exp - iat, 300);
-            let header = jsonwebtoken::decode_header(cred.secret.expose()).unwrap();
+            let header = jsonwebtoken::decode_header(cred.token_value().unwrap().expose()).unwrap();
             assert_eq!(header.kid.as_deref(), Some(issuer.jwk().kid.as_str()));
         }
     }
@@ -219,9 +220,11 @@ mod tests {
         let key = DecodingKey::from_ed_components(&b.jwk().x).unwrap();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&["demo-api"]);
-        assert!(
-            jsonwebtoken::decode::<serde_json::Value>(c1.secret.expose(), &key, &validation)
-                .is_err()
-        );
+        assert!(jsonwebtoken::decode::<serde_json::Value>(
+            c1.token_value().unwrap().expose(),
+            &key,
+            &validation
+        )
+        .is_err());
     }
 }

@@ -37,19 +37,77 @@ impl fmt::Display for CredentialId {
     }
 }
 
+/// What a credential is made of.
+#[derive(Debug)]
+pub enum CredentialValue {
+    /// A bearer token, API key or password: what `{token}` stands for in `inject`.
+    Token(Secret),
+    /// Temporary AWS keys, used to sign requests (SigV4), never sent as such.
+    Aws {
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Secret,
+    },
+}
+
+/// A lease the issuer can renew or revoke (Vault).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Not a secret: it is the credential's ID in the audit trail.
+    pub id: String,
+    pub renewable: bool,
+}
+
 /// One issued credential.
 #[derive(Debug)]
 pub struct Credential {
     pub id: CredentialId,
-    pub secret: Secret,
+    pub value: CredentialValue,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
+    pub lease: Option<Lease>,
 }
 
 impl Credential {
+    /// A token credential without a lease.
+    pub fn token(
+        id: impl Into<String>,
+        secret: Secret,
+        issued_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> Self {
+        Credential {
+            id: CredentialId(id.into()),
+            value: CredentialValue::Token(secret),
+            issued_at,
+            expires_at,
+            lease: None,
+        }
+    }
+
     /// True when `now` is at or past expiry.
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         now >= self.expires_at
+    }
+
+    /// The token, for credentials that are one.
+    pub fn token_value(&self) -> Option<&Secret> {
+        match &self.value {
+            CredentialValue::Token(s) => Some(s),
+            CredentialValue::Aws { .. } => None,
+        }
+    }
+
+    /// Every secret part, for scrubbing them out of what comes back from upstreams.
+    pub fn secrets(&self) -> Vec<&Secret> {
+        match &self.value {
+            CredentialValue::Token(s) => vec![s],
+            CredentialValue::Aws {
+                secret_access_key,
+                session_token,
+                ..
+            } => vec![secret_access_key, session_token],
+        }
     }
 }
 
@@ -61,14 +119,22 @@ mod tests {
     fn debug_never_shows_the_value() {
         let s = Secret::new("hunter2-canary".into());
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
-        let c = Credential {
-            id: CredentialId("id-1".into()),
-            secret: s,
-            issued_at: SystemTime::UNIX_EPOCH,
-            expires_at: SystemTime::UNIX_EPOCH,
-        };
+        let c = Credential::token("id-1", s, SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH);
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("id-1"));
+        let aws = Credential {
+            id: CredentialId("ASIAEXAMPLE".into()),
+            value: CredentialValue::Aws {
+                access_key_id: "ASIAEXAMPLE".into(),
+                secret_access_key: Secret::new("aws-secret-canary".into()),
+                session_token: Secret::new("aws-session-canary".into()),
+            },
+            issued_at: SystemTime::UNIX_EPOCH,
+            expires_at: SystemTime::UNIX_EPOCH,
+            lease: None,
+        };
+        let dbg = format!("{aws:?}");
+        assert!(!dbg.contains("canary"), "{dbg}");
     }
 }

@@ -1,23 +1,39 @@
 //! The credential store: one slot per configured credential, holding at most one live
-//! credential. A cache hit is a lock-free load; refresh happens ahead of expiry in the
-//! background; concurrent misses share one issuer call; an expired credential is never handed
-//! out.
+//! credential, with one lifecycle for every kind of issuer:
+//!
+//! - a cache hit is a lock-free load; a miss fetches, and concurrent misses share one issuer
+//!   call (single flight); after a failure, misses fail fast until the next attempt is due
+//!   (exponential backoff with jitter) instead of piling onto a struggling issuer;
+//! - once held, a background task keeps the credential fresh: at 60-70 % of its life it renews
+//!   the lease (where the issuer has one and will extend it) or fetches a new credential, so no
+//!   request ever waits for a refresh; failures are retried with backoff while the held
+//!   credential is still valid, and it keeps being served meanwhile;
+//! - a credential is never handed out past its expiry (minus a margin): when it runs out before
+//!   a replacement arrives it is dropped (`expired` event) and requests get 503;
+//! - at shutdown, leases are revoked, then the issuers' own tokens.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use rand::Rng;
 use sidekey_audit::{rfc3339, AuditLog, CredentialEvent, CredentialEventKind};
 use sidekey_config::CredentialConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::issuer::{CredentialRequest, Issuer};
 use crate::Credential;
 
 /// How long one issuer call may take before the request waiting on it gets a 503.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between failed attempts: doubles from MIN to MAX, with jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long revoking one lease at shutdown may take.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request could not get its credential (maps to 503 `credential_unavailable`).
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +55,52 @@ pub struct CredentialStatus {
     pub eager: bool,
 }
 
+/// The credential a slot holds, with its (possibly renewed) schedule.
 struct Held {
     credential: Arc<Credential>,
+    /// Current expiry: the credential's own, or later after lease renewals.
+    expires_at: SystemTime,
     refresh_at: SystemTime,
     /// Past this instant the credential is treated as expired (expiry minus a safety margin).
     usable_until: SystemTime,
+    /// The lease can be renewed further (false once the issuer stops extending it).
+    renewable: bool,
+    /// The lifetime it was issued with: what a renewal asks for.
+    lifetime: Duration,
+}
+
+impl Held {
+    fn new(credential: Arc<Credential>) -> Held {
+        let lifetime = credential
+            .expires_at
+            .duration_since(credential.issued_at)
+            .unwrap_or(Duration::ZERO);
+        let renewable = credential.lease.as_ref().is_some_and(|l| l.renewable);
+        let (refresh_at, usable_until) = schedule(credential.issued_at, credential.expires_at);
+        Held {
+            expires_at: credential.expires_at,
+            credential,
+            refresh_at,
+            usable_until,
+            renewable,
+            lifetime,
+        }
+    }
+}
+
+/// Refresh at 60-70 % of the remaining life (jittered, so that many pods do not refresh in
+/// lockstep); stop using it a little before expiry so that it never arrives expired upstream.
+fn schedule(from: SystemTime, expires_at: SystemTime) -> (SystemTime, SystemTime) {
+    let life = expires_at.duration_since(from).unwrap_or(Duration::ZERO);
+    let fraction = rand::rng().random_range(0.60..0.70);
+    let margin = (life / 10).min(Duration::from_secs(5));
+    (from + life.mul_f64(fraction), expires_at - margin)
+}
+
+struct Failure {
+    reason: String,
+    attempts: u32,
+    retry_at: Instant,
 }
 
 struct Slot {
@@ -54,14 +111,37 @@ struct Slot {
     eager: bool,
     current: ArcSwapOption<Held>,
     fetch_lock: tokio::sync::Mutex<()>,
-    refreshing: AtomicBool,
+    /// The last failed fetch, until one succeeds.
+    failure: StdMutex<Option<Failure>>,
+    /// A maintenance task is running for this slot.
+    maintained: AtomicBool,
     uses: AtomicU64,
+}
+
+impl Slot {
+    fn event(
+        &self,
+        event: CredentialEventKind,
+        id: Option<&str>,
+        expires_at: Option<SystemTime>,
+    ) -> CredentialEvent {
+        CredentialEvent {
+            event,
+            credential: self.name.clone(),
+            issuer: self.issuer_name.clone(),
+            credential_id: id.map(str::to_string),
+            expires_at: expires_at.map(rfc3339),
+            error: None,
+        }
+    }
 }
 
 /// Every configured credential, by name.
 pub struct CredentialStore {
     slots: HashMap<String, Arc<Slot>>,
     audit: AuditLog,
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl CredentialStore {
@@ -82,48 +162,44 @@ impl CredentialStore {
                         name: c.name.clone(),
                         reason: format!("issuer `{}` is not configured", c.issuer),
                     })?;
+            let request =
+                CredentialRequest::from_config(c).map_err(|e| CredentialError::Unavailable {
+                    name: c.name.clone(),
+                    reason: e.to_string(),
+                })?;
             slots.insert(
                 c.name.clone(),
                 Arc::new(Slot {
                     name: c.name.clone(),
                     issuer_name: c.issuer.clone(),
                     issuer,
-                    request: CredentialRequest {
-                        audience: c.audience.clone(),
-                        subject: c.subject.clone(),
-                        ttl: c.ttl,
-                    },
+                    request,
                     eager: c.eager,
                     current: ArcSwapOption::empty(),
                     fetch_lock: tokio::sync::Mutex::new(()),
-                    refreshing: AtomicBool::new(false),
+                    failure: StdMutex::new(None),
+                    maintained: AtomicBool::new(false),
                     uses: AtomicU64::new(0),
                 }),
             );
         }
-        Ok(CredentialStore { slots, audit })
+        Ok(CredentialStore {
+            slots,
+            audit,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
     }
 
-    /// The credential for `name`: from memory when held and not expired (refreshing it in the
-    /// background once past its refresh point), else fetched — one issuer call shared by all
-    /// concurrent callers.
+    /// The credential for `name`: from memory when held and usable, else fetched — one issuer
+    /// call shared by all concurrent callers.
     pub async fn get(&self, name: &str) -> Result<Arc<Credential>, CredentialError> {
         let slot = self
             .slots
             .get(name)
             .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
-        let now = SystemTime::now();
         if let Some(held) = slot.current.load().as_ref() {
-            if now < held.usable_until {
-                if now >= held.refresh_at && !slot.refreshing.swap(true, Ordering::AcqRel) {
-                    let slot = Arc::clone(slot);
-                    let audit = self.audit.clone();
-                    tokio::spawn(async move {
-                        let _guard = slot.fetch_lock.lock().await;
-                        let _ = fetch(&slot, &audit).await;
-                        slot.refreshing.store(false, Ordering::Release);
-                    });
-                }
+            if SystemTime::now() < held.usable_until {
                 slot.uses.fetch_add(1, Ordering::Relaxed);
                 return Ok(Arc::clone(&held.credential));
             }
@@ -163,7 +239,7 @@ impl CredentialStore {
                     name: s.name.clone(),
                     issuer: s.issuer_name.clone(),
                     credential_id: held.as_ref().map(|h| h.credential.id.0.clone()),
-                    expires_at: held.as_ref().map(|h| h.credential.expires_at),
+                    expires_at: held.as_ref().map(|h| h.expires_at),
                     uses: s.uses.load(Ordering::Relaxed),
                     eager: s.eager,
                 }
@@ -178,6 +254,56 @@ impl CredentialStore {
         self.slots.get(name).map(|s| s.issuer_name.as_str())
     }
 
+    /// Stops refreshing, revokes every held lease (audited as `revoked`), then lets each issuer
+    /// give up its own token. Bounded in time.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        for slot in self.slots.values() {
+            let Some(held) = slot.current.swap(None) else {
+                continue;
+            };
+            let Some(lease) = &held.credential.lease else {
+                continue;
+            };
+            let _guard = slot.fetch_lock.lock().await;
+            match tokio::time::timeout(REVOKE_TIMEOUT, slot.issuer.revoke(lease)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, "lease revoked");
+                    self.audit.credential(&slot.event(
+                        CredentialEventKind::Revoked,
+                        Some(&held.credential.id.0),
+                        None,
+                    ));
+                }
+                Ok(Err(e)) => self.revoke_failed(slot, &held, e.to_string()),
+                Err(_) => {
+                    self.revoke_failed(slot, &held, format!("no answer within {REVOKE_TIMEOUT:?}"))
+                }
+            }
+        }
+        let mut seen: Vec<*const Issuer> = Vec::new();
+        for slot in self.slots.values() {
+            let ptr = Arc::as_ptr(&slot.issuer);
+            if !seen.contains(&ptr) {
+                seen.push(ptr);
+                let _ = tokio::time::timeout(REVOKE_TIMEOUT, slot.issuer.shutdown()).await;
+            }
+        }
+    }
+
+    fn revoke_failed(&self, slot: &Slot, held: &Held, reason: String) {
+        tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, error = %reason, "lease revocation failed");
+        let mut event = slot.event(
+            CredentialEventKind::Failed,
+            Some(&held.credential.id.0),
+            None,
+        );
+        event.error = Some(format!("revocation failed: {reason}"));
+        self.audit.credential(&event);
+    }
+
     async fn fetch_shared(&self, slot: &Arc<Slot>) -> Result<Arc<Credential>, CredentialError> {
         let _guard = slot.fetch_lock.lock().await;
         // Someone else may have fetched while we waited for the lock.
@@ -186,12 +312,182 @@ impl CredentialStore {
                 return Ok(Arc::clone(&held.credential));
             }
         }
-        fetch(slot, &self.audit).await
+        // After a failure, fail fast until the next attempt is due.
+        if let Some(f) = slot.failure.lock().ok().as_deref().and_then(Option::as_ref) {
+            let now = Instant::now();
+            if now < f.retry_at {
+                return Err(CredentialError::Unavailable {
+                    name: slot.name.clone(),
+                    reason: format!(
+                        "{} (next attempt in {:.1}s)",
+                        f.reason,
+                        (f.retry_at - now).as_secs_f64()
+                    ),
+                });
+            }
+        }
+        match fetch(slot, &self.audit).await {
+            Ok(credential) => {
+                self.maintain(slot);
+                Ok(credential)
+            }
+            Err(reason) => {
+                if let Ok(mut f) = slot.failure.lock() {
+                    let attempts = f.as_ref().map_or(0, |f| f.attempts) + 1;
+                    *f = Some(Failure {
+                        reason: reason.clone(),
+                        attempts,
+                        retry_at: Instant::now() + backoff(attempts),
+                    });
+                }
+                Err(CredentialError::Unavailable {
+                    name: slot.name.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Starts the slot's maintenance task unless one runs.
+    fn maintain(&self, slot: &Arc<Slot>) {
+        if slot.maintained.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let slot = Arc::clone(slot);
+        let audit = self.audit.clone();
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            loop {
+                keep_fresh(&slot, &audit, &stop).await;
+                slot.maintained.store(false, Ordering::Release);
+                // A fetch may have stored a new credential just as the loop ended.
+                if stop.is_cancelled()
+                    || slot.current.load().is_none()
+                    || slot.maintained.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        });
     }
 }
 
-/// One issuer call; the caller holds `fetch_lock`. Stores and audits the result.
-async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, CredentialError> {
+/// The delay before attempt `attempts + 1`: 0.5 s doubling to 10 s, ±20 % jitter.
+fn backoff(attempts: u32) -> Duration {
+    let base = BACKOFF_MIN
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(10))
+        .min(BACKOFF_MAX);
+    base.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Keeps the slot's credential fresh until it is gone (expired) or sidekey stops.
+async fn keep_fresh(slot: &Arc<Slot>, audit: &AuditLog, stop: &CancellationToken) {
+    loop {
+        let Some(held) = slot.current.load_full() else {
+            return;
+        };
+        if !sleep_until(held.refresh_at, stop).await {
+            return;
+        }
+        let mut attempts = 0;
+        loop {
+            // A request may have replaced the credential meanwhile: start over with it.
+            match slot.current.load().as_ref() {
+                Some(now) if Arc::ptr_eq(now, &held) => {}
+                _ => break,
+            }
+            match refresh(slot, &held, audit).await {
+                Ok(()) => break,
+                Err(_) => {
+                    attempts += 1;
+                    let delay = backoff(attempts);
+                    if SystemTime::now() + delay >= held.usable_until {
+                        if !sleep_until(held.usable_until, stop).await {
+                            return;
+                        }
+                        if slot
+                            .current
+                            .compare_and_swap(&held, None::<Arc<Held>>)
+                            .as_ref()
+                            .is_some_and(|h| Arc::ptr_eq(h, &held))
+                        {
+                            tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, "credential expired before it could be replaced");
+                            audit.credential(&slot.event(
+                                CredentialEventKind::Expired,
+                                Some(&held.credential.id.0),
+                                Some(held.expires_at),
+                            ));
+                        }
+                        break;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at` (wall clock); false when sidekey is stopping.
+async fn sleep_until(at: SystemTime, stop: &CancellationToken) -> bool {
+    let wait = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Renews the held lease when the issuer will extend it, else fetches a new credential.
+async fn refresh(slot: &Slot, held: &Arc<Held>, audit: &AuditLog) -> Result<(), String> {
+    let _guard = slot.fetch_lock.lock().await;
+    if held.renewable {
+        if let Some(lease) = &held.credential.lease {
+            let asked = held.lifetime.max(Duration::from_secs(1));
+            let now = SystemTime::now();
+            match tokio::time::timeout(ISSUE_TIMEOUT, slot.issuer.renew(lease, asked)).await {
+                Ok(Ok(remaining)) => {
+                    let expires_at = now + remaining;
+                    if expires_at > held.expires_at + Duration::from_secs(1) {
+                        let (refresh_at, usable_until) = schedule(now, expires_at);
+                        slot.current.store(Some(Arc::new(Held {
+                            credential: Arc::clone(&held.credential),
+                            expires_at,
+                            refresh_at,
+                            usable_until,
+                            // Capped well short of what was asked: the max TTL is near; the
+                            // next refresh reads a new secret.
+                            renewable: remaining * 2 >= asked,
+                            lifetime: held.lifetime,
+                        })));
+                        tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, ttl = ?remaining, "lease renewed");
+                        audit.credential(&slot.event(
+                            CredentialEventKind::Renewed,
+                            Some(&held.credential.id.0),
+                            Some(expires_at),
+                        ));
+                        return Ok(());
+                    }
+                    tracing::info!(credential = %slot.name, credential_id = %held.credential.id, "lease not extended (max TTL reached); reading a new secret");
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(credential = %slot.name, credential_id = %held.credential.id, error = %e, "lease renewal failed; reading a new secret");
+                }
+                Err(_) => {
+                    tracing::info!(credential = %slot.name, credential_id = %held.credential.id, "lease renewal timed out; reading a new secret");
+                }
+            }
+        }
+    }
+    fetch(slot, audit).await.map(|_| ())
+}
+
+/// One issuer call; the caller holds `fetch_lock`. Stores and audits the result; the error is
+/// audited as `failed` and returned as text that is safe to show.
+async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, String> {
     let result = tokio::time::timeout(ISSUE_TIMEOUT, slot.issuer.issue(&slot.request)).await;
     let credential = match result {
         Ok(Ok(c)) => Arc::new(c),
@@ -204,51 +500,28 @@ async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, Credent
             ))
         }
     };
-    let lifetime = credential
-        .expires_at
-        .duration_since(credential.issued_at)
-        .unwrap_or(Duration::ZERO);
-    // Refresh at 60-70% of the lifetime (jittered so many pods do not refresh in lockstep);
-    // stop using it a little before expiry so it never arrives expired at the upstream.
-    let fraction = rand::rng().random_range(0.60..0.70);
-    let refresh_at = credential.issued_at + lifetime.mul_f64(fraction);
-    let margin = (lifetime / 10).min(Duration::from_secs(5));
-    let usable_until = credential.expires_at - margin;
-    let previous = slot.current.swap(Some(Arc::new(Held {
-        credential: Arc::clone(&credential),
-        refresh_at,
-        usable_until,
-    })));
-    audit.credential(&CredentialEvent {
-        event: if previous.is_some() {
-            CredentialEventKind::Refreshed
-        } else {
-            CredentialEventKind::Issued
-        },
-        credential: slot.name.clone(),
-        issuer: slot.issuer_name.clone(),
-        credential_id: Some(credential.id.0.clone()),
-        expires_at: Some(rfc3339(credential.expires_at)),
-        error: None,
-    });
+    let held = Arc::new(Held::new(Arc::clone(&credential)));
+    let expires_at = held.expires_at;
+    let previous = slot.current.swap(Some(held));
+    if let Ok(mut f) = slot.failure.lock() {
+        *f = None;
+    }
+    let kind = if previous.is_some() {
+        CredentialEventKind::Refreshed
+    } else {
+        CredentialEventKind::Issued
+    };
+    audit.credential(&slot.event(kind, Some(&credential.id.0), Some(expires_at)));
     tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %credential.id, "credential issued");
     Ok(credential)
 }
 
-fn failed(slot: &Slot, audit: &AuditLog, reason: String) -> CredentialError {
+fn failed(slot: &Slot, audit: &AuditLog, reason: String) -> String {
     tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, error = %reason, "credential fetch failed");
-    audit.credential(&CredentialEvent {
-        event: CredentialEventKind::Failed,
-        credential: slot.name.clone(),
-        issuer: slot.issuer_name.clone(),
-        credential_id: None,
-        expires_at: None,
-        error: Some(reason.clone()),
-    });
-    CredentialError::Unavailable {
-        name: slot.name.clone(),
-        reason,
-    }
+    let mut event = slot.event(CredentialEventKind::Failed, None, None);
+    event.error = Some(reason.clone());
+    audit.credential(&event);
+    reason
 }
 
 #[cfg(test)]
@@ -274,6 +547,12 @@ mod tests {
             subject: None,
             ttl,
             eager: true,
+            path: None,
+            field: None,
+            params: Vec::new(),
+            scope: None,
+            resource: None,
+            session_policy_file: None,
         }];
         (
             CredentialStore::new(&creds, &issuers, writer.log()).unwrap(),
@@ -327,23 +606,18 @@ mod tests {
 
     #[tokio::test]
     async fn refreshes_in_the_background_after_the_refresh_point() {
-        // 10 s lifetime: refresh point at 6-7 s. Pretend time passed by rewriting refresh_at.
+        // 10 s lifetime: refreshed by the maintenance task at 6-7 s, without any request.
         let (store, _w) = store(Duration::from_secs(10));
         let first = store.get("demo").await.unwrap();
-        let slot = store.slots.get("demo").unwrap();
-        let held = slot.current.load_full().unwrap();
-        slot.current.store(Some(Arc::new(Held {
-            credential: Arc::clone(&held.credential),
-            refresh_at: SystemTime::now() - Duration::from_secs(1),
-            usable_until: held.usable_until,
-        })));
-        // This call still gets the held credential immediately…
-        let during = store.get("demo").await.unwrap();
-        assert_eq!(during.id, first.id);
-        // …and a new one replaces it shortly after.
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if store.get("demo").await.unwrap().id != first.id {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(9) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let held = store.slots["demo"].current.load_full().unwrap();
+            if held.credential.id != first.id {
+                assert!(
+                    started.elapsed() >= Duration::from_secs(5),
+                    "refreshed too early"
+                );
                 return;
             }
         }
@@ -356,11 +630,9 @@ mod tests {
         let first = store.get("demo").await.unwrap();
         let slot = store.slots.get("demo").unwrap();
         let held = slot.current.load_full().unwrap();
-        slot.current.store(Some(Arc::new(Held {
-            credential: Arc::clone(&held.credential),
-            refresh_at: held.refresh_at,
-            usable_until: SystemTime::now() - Duration::from_millis(1),
-        })));
+        let mut stale = Held::new(Arc::clone(&held.credential));
+        stale.usable_until = SystemTime::now() - Duration::from_millis(1);
+        slot.current.store(Some(Arc::new(stale)));
         let next = store.get("demo").await.unwrap();
         assert_ne!(next.id, first.id);
     }

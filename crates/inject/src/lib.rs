@@ -11,6 +11,8 @@ use sidekey_config::Inject;
 use sidekey_credentials::Secret;
 use zeroize::Zeroizing;
 
+pub mod sigv4;
+
 /// Why a credential could not be attached. Never contains the value.
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -20,6 +22,9 @@ pub enum InjectError {
     InvalidHeaderName,
     #[error("the request URI cannot carry the credential as a query parameter")]
     InvalidUri,
+    /// A token route with AWS keys, or a SigV4 route with a token (the config forbids both).
+    #[error("the credential is of the wrong kind for this route ({0})")]
+    WrongKind(&'static str),
 }
 
 /// Headers that describe one connection, not the message: never forwarded.
@@ -83,6 +88,9 @@ pub fn inject(
             *uri = with_query_param(uri, param, secret.expose())?;
             Ok(())
         }
+        Inject::SigV4 { .. } => Err(InjectError::WrongKind(
+            "a SigV4 route signs with AWS keys, not a token",
+        )),
     }
 }
 
@@ -103,6 +111,7 @@ pub fn strip_injected(
         Inject::Query { param } => {
             *uri = replace_query_param(uri, param, None)?;
         }
+        Inject::SigV4 { .. } => sigv4::strip(headers),
     }
     Ok(())
 }

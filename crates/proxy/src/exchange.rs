@@ -3,7 +3,9 @@
 //! the exchange). Listeners only identify the target and call [`handle`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
@@ -11,11 +13,13 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sidekey_audit::Outcome;
-use sidekey_credentials::Credential;
+use sidekey_config::Inject;
+use sidekey_credentials::{Credential, CredentialValue};
+use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_policy::{Decision, DenyCode, RequestPath, Target};
 
 use crate::audit::PendingRecord;
-use crate::body::{Counted, Metered, ProxyBody};
+use crate::body::{empty, full, Counted, Metered, ProxyBody};
 use crate::error::{ErrorCode, Refusal};
 use crate::{ProxyState, RouteRuntime};
 
@@ -26,6 +30,9 @@ const TASK_HEADER: &str = "x-sidekey-task";
 /// sent, and for at most [`DRAIN_TIME`]: see [`drain`].
 const DRAIN_LIMIT: u64 = 4 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// The largest body read to sign its hash (SigV4 for services other than S3).
+const SIGNED_BODY_LIMIT: usize = 10 << 20;
 
 /// What the listener established about a request before policy sees it.
 pub struct Exchange {
@@ -213,18 +220,43 @@ pub async fn handle(
         }
     }
 
-    // rewrite
+    // rewrite (a SigV4 signature over the payload needs the whole body first)
+    let mut incoming = Some(body);
+    let mut buffered: Option<Bytes> = None;
+    if route.is_some_and(|r| signs_payload(r.inject.as_ref())) {
+        if let Some(body) = incoming.take() {
+            match read_to_sign(body).await {
+                Ok(bytes) => buffered = Some(bytes),
+                Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+            }
+        }
+    }
+    let payload = match &buffered {
+        Some(bytes) => Payload::Bytes(bytes),
+        None => Payload::Unsigned,
+    };
     if let Err(refusal) = rewrite(
         &mut parts,
         &exchange.target,
         &path_and_query,
         route,
         credential.as_deref(),
+        payload,
     ) {
-        drain(&parts, body).await;
+        if let Some(body) = incoming {
+            drain(&parts, body).await;
+        }
         return refuse(record, &exchange.request_id, refusal);
     }
-    let body = Counted::new(body, record.bytes_in_counter()).boxed_unsync();
+    let counter = record.bytes_in_counter();
+    let body = match (incoming, buffered) {
+        (Some(body), _) => Counted::new(body, counter).boxed_unsync(),
+        (None, Some(bytes)) => {
+            counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            full(bytes)
+        }
+        (None, None) => empty(),
+    };
 
     // forward
     let response = match state.upstream.send(Request::from_parts(parts, body)).await {
@@ -305,14 +337,16 @@ fn rewrite(
     path_and_query: &str,
     route: Option<&RouteRuntime>,
     credential: Option<&Credential>,
+    payload: Payload<'_>,
 ) -> Result<(), Refusal> {
-    let uri = format!(
-        "{}://{}:{}{}",
-        target.scheme.as_str(),
-        target.host.to_uri_host(),
-        target.port,
-        path_and_query
-    );
+    // The authority as the upstream sees it (Host / :authority): no default port, so that a
+    // signature over it matches what is sent.
+    let authority = if target.port == target.scheme.default_port() {
+        target.host.to_uri_host()
+    } else {
+        format!("{}:{}", target.host.to_uri_host(), target.port)
+    };
+    let uri = format!("{}://{authority}{path_and_query}", target.scheme.as_str(),);
     parts.uri = Uri::try_from(uri).map_err(|_| {
         Refusal::new(
             ErrorCode::RequestInvalid,
@@ -325,19 +359,88 @@ fn rewrite(
     parts.headers.remove(http::header::HOST);
     parts.headers.remove(TASK_HEADER);
     parts.extensions.clear();
-    if let Some(inject) = route.and_then(|r| r.inject.as_ref()) {
-        let result = match credential {
-            Some(credential) => sidekey_inject::inject(
+    let Some(inject) = route.and_then(|r| r.inject.as_ref()) else {
+        return Ok(());
+    };
+    let Some(credential) = credential else {
+        return sidekey_inject::strip_injected(&mut parts.headers, &mut parts.uri, inject)
+            .map_err(|e| Refusal::new(ErrorCode::RequestInvalid, e.to_string()));
+    };
+    match (inject, &credential.value) {
+        (
+            Inject::SigV4 { service, region },
+            CredentialValue::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            },
+        ) => {
+            let keys = AwsKeys {
+                access_key_id,
+                secret_access_key: secret_access_key.expose(),
+                session_token: Some(session_token.expose()),
+            };
+            let scope = SigningScope {
+                service,
+                region,
+                time: SystemTime::now(),
+            };
+            sigv4::sign(
+                &parts.method,
+                &authority,
+                &parts.uri.clone(),
                 &mut parts.headers,
-                &mut parts.uri,
-                inject,
-                &credential.secret,
-            ),
-            None => sidekey_inject::strip_injected(&mut parts.headers, &mut parts.uri, inject),
-        };
-        result.map_err(|e| Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()))?;
+                payload,
+                &keys,
+                &scope,
+            )
+            .map_err(|e| {
+                let code = match e {
+                    SigV4Error::InvalidKeys | SigV4Error::InvalidScope => {
+                        ErrorCode::CredentialUnavailable
+                    }
+                    _ => ErrorCode::RequestInvalid,
+                };
+                Refusal::new(code, format!("cannot sign the request: {e}"))
+            })
+        }
+        (_, CredentialValue::Token(secret)) => {
+            sidekey_inject::inject(&mut parts.headers, &mut parts.uri, inject, secret)
+                .map_err(|e| Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()))
+        }
+        (_, CredentialValue::Aws { .. }) => Err(Refusal::new(
+            ErrorCode::CredentialUnavailable,
+            "AWS keys can only sign requests (inject: sigv4)",
+        )),
     }
-    Ok(())
+}
+
+/// Whether the route signs a hash of the body (SigV4 for every service but S3, which takes
+/// UNSIGNED-PAYLOAD and lets the body stream).
+fn signs_payload(inject: Option<&Inject>) -> bool {
+    matches!(inject, Some(Inject::SigV4 { service, .. }) if !sigv4::is_s3(service))
+}
+
+/// Reads a body whose hash is to be signed, up to [`SIGNED_BODY_LIMIT`].
+async fn read_to_sign(body: Incoming) -> Result<Bytes, Refusal> {
+    match http_body_util::Limited::new(body, SIGNED_BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+            ErrorCode::RequestInvalid,
+            format!(
+                "the body is larger than {} MiB: a SigV4 signature over it cannot be made \
+                 (S3 streams bodies of any size)",
+                SIGNED_BODY_LIMIT >> 20
+            ),
+        )),
+        Err(_) => Err(Refusal::new(
+            ErrorCode::RequestInvalid,
+            "the request body ended abnormally",
+        )),
+    }
 }
 
 /// The upstream response on its way back: hop-by-hop headers dropped, any header echoing the
@@ -351,7 +454,9 @@ fn respond(
     let (mut parts, body) = response.into_parts();
     sidekey_inject::strip_hop_by_hop(&mut parts.headers);
     if let Some(credential) = credential {
-        scrub_headers(&mut parts.headers, credential.secret.expose().as_bytes());
+        for secret in credential.secrets() {
+            scrub_headers(&mut parts.headers, secret.expose().as_bytes());
+        }
     }
     if let Ok(id) = HeaderValue::from_str(request_id) {
         parts

@@ -1,0 +1,112 @@
+//! What every remote issuer shares: an HTTP client with sidekey's TLS settings, reading the
+//! files that hold identity tokens and client secrets, and turning issuer answers into errors
+//! that are safe to show.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::{IssueError, Secret};
+
+/// How long one HTTP exchange with an issuer may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Issuer answers larger than this are refused (they are a few kilobytes at most).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// A client for one issuer: certificates verified against the webpki roots plus `ca_file`
+/// (TLS 1.2+), redirects never followed (a redirect must not carry a client secret or token
+/// elsewhere), `HTTPS_PROXY`/`NO_PROXY` honoured for a corporate egress proxy.
+pub(crate) fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, IssueError> {
+    let extra: Vec<&Path> = ca_file.into_iter().collect();
+    let mut tls = sidekey_tls::upstream_client_config(&extra)
+        .map_err(|e| IssueError::Config(e.to_string()))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("sidekey/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| IssueError::Config(format!("cannot build the issuer's HTTP client: {e}")))
+}
+
+/// Reads a token or secret file (read at every use: the kubelet and secret managers rotate
+/// them), trimmed of surrounding whitespace. The error names the file, never its content.
+pub(crate) fn read_secret_file(path: &Path, what: &str) -> Result<Secret, IssueError> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+        IssueError::File(format!("cannot read the {what} {}: {e}", path.display()))
+    })?);
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| IssueError::File(format!("the {what} {} is not UTF-8", path.display())))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(IssueError::File(format!(
+            "the {what} {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(trimmed.to_string()))
+}
+
+/// Sends `request` and returns the status and body, bounded in size.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, zeroize::Zeroizing<Vec<u8>>), IssueError> {
+    let mut response = request.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    let mut body = zeroize::Zeroizing::new(Vec::new());
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(IssueError::Response(format!(
+                "answer larger than {MAX_ANSWER} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+/// A transport error, with its causes (reqwest's own message is terse), never a URL's query.
+pub(crate) fn transport(e: reqwest::Error) -> IssueError {
+    if e.is_timeout() {
+        return IssueError::Timeout(REQUEST_TIMEOUT);
+    }
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    IssueError::Transport(message)
+}
+
+/// A short, printable excerpt of an error answer that is not in a known format: control
+/// characters dropped, at most 200 characters. Only used for answers with an error status,
+/// which carry no credential.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    let cleaned = cleaned.trim();
+    if cleaned.is_empty() {
+        "(empty answer)".to_string()
+    } else {
+        cleaned.to_string()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

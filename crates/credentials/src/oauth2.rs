@@ -1,0 +1,323 @@
+//! `kind: oauth2` — an access token from an OAuth 2.0 token endpoint: the client credentials
+//! grant, or RFC 8693 token exchange of the pod's identity token. The client authenticates
+//! with a secret (basic or post) or a signed JWT assertion (RFC 7523 `private_key_jwt`).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use sidekey_config::{ClientAuth, OAuth2Grant, OAuth2IssuerConfig};
+
+use crate::http::{client, excerpt, read_secret_file, send, unix_now};
+use crate::issuer::{CredentialRequest, IssueError};
+use crate::{Credential, Secret};
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Lifetime of a client assertion.
+const ASSERTION_TTL: u64 = 60;
+
+pub struct OAuth2Issuer {
+    client: reqwest::Client,
+    token_url: String,
+    grant: OAuth2Grant,
+    client_id: String,
+    auth: Auth,
+}
+
+enum Auth {
+    Basic(PathBuf),
+    Post(PathBuf),
+    Assertion {
+        key: EncodingKey,
+        algorithm: Algorithm,
+        key_id: Option<String>,
+    },
+    None,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    jti: String,
+    iat: u64,
+    exp: u64,
+}
+
+impl OAuth2Issuer {
+    pub fn new(_name: &str, config: &OAuth2IssuerConfig) -> Result<Self, IssueError> {
+        let auth = match &config.client_auth {
+            ClientAuth::SecretBasic(p) => Auth::Basic(p.clone()),
+            ClientAuth::SecretPost(p) => Auth::Post(p.clone()),
+            ClientAuth::None => Auth::None,
+            ClientAuth::PrivateKeyJwt { key_file, key_id } => {
+                let pem = read_secret_file(key_file, "client private key")?;
+                let (key, algorithm) = signing_key(pem.expose().as_bytes()).ok_or_else(|| {
+                    IssueError::Config(format!(
+                        "{} is not an RSA, P-256 or Ed25519 private key in PEM",
+                        key_file.display()
+                    ))
+                })?;
+                Auth::Assertion {
+                    key,
+                    algorithm,
+                    key_id: key_id.clone(),
+                }
+            }
+        };
+        Ok(OAuth2Issuer {
+            client: client(config.ca_file.as_deref())?,
+            token_url: config.token_url.url.clone(),
+            grant: config.grant.clone(),
+            client_id: config.client_id.clone(),
+            auth,
+        })
+    }
+
+    pub async fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
+        // Every value that may be secret lives in a Secret until the form is encoded.
+        let mut secrets: Vec<(&str, Secret)> = Vec::new();
+        let mut form: Vec<(&str, String)> = Vec::new();
+        match &self.grant {
+            OAuth2Grant::ClientCredentials => {
+                form.push(("grant_type", "client_credentials".into()))
+            }
+            OAuth2Grant::TokenExchange {
+                subject_token_file,
+                actor_token_file,
+            } => {
+                form.push(("grant_type", TOKEN_EXCHANGE.into()));
+                secrets.push((
+                    "subject_token",
+                    read_secret_file(subject_token_file, "identity token")?,
+                ));
+                form.push(("subject_token_type", JWT_TOKEN_TYPE.into()));
+                if let Some(actor) = actor_token_file {
+                    secrets.push(("actor_token", read_secret_file(actor, "actor token")?));
+                    form.push(("actor_token_type", JWT_TOKEN_TYPE.into()));
+                }
+            }
+        }
+        if let Some(v) = &request.audience {
+            form.push(("audience", v.clone()));
+        }
+        if let Some(v) = &request.resource {
+            form.push(("resource", v.clone()));
+        }
+        if let Some(v) = &request.scope {
+            form.push(("scope", v.clone()));
+        }
+        let mut http = self.client.post(&self.token_url);
+        match &self.auth {
+            Auth::Basic(file) => {
+                let secret = read_secret_file(file, "client secret")?;
+                // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
+                let user = form_encode(&self.client_id);
+                let pass = zeroize::Zeroizing::new(form_encode(secret.expose()));
+                let joined = zeroize::Zeroizing::new(format!("{user}:{}", pass.as_str()));
+                let encoded = zeroize::Zeroizing::new(STANDARD.encode(joined.as_bytes()));
+                let mut value =
+                    reqwest::header::HeaderValue::from_str(&format!("Basic {}", encoded.as_str()))
+                        .map_err(|_| {
+                            IssueError::Config("client secret is not a valid header value".into())
+                        })?;
+                value.set_sensitive(true);
+                http = http.header(reqwest::header::AUTHORIZATION, value);
+            }
+            Auth::Post(file) => {
+                form.push(("client_id", self.client_id.clone()));
+                secrets.push(("client_secret", read_secret_file(file, "client secret")?));
+            }
+            Auth::Assertion {
+                key,
+                algorithm,
+                key_id,
+            } => {
+                let now = unix_now();
+                let claims = AssertionClaims {
+                    iss: &self.client_id,
+                    sub: &self.client_id,
+                    aud: &self.token_url,
+                    jti: uuid::Uuid::new_v4().to_string(),
+                    iat: now,
+                    exp: now + ASSERTION_TTL,
+                };
+                let mut header = Header::new(*algorithm);
+                header.kid = key_id.clone();
+                let assertion = jsonwebtoken::encode(&header, &claims, key)
+                    .map_err(|e| IssueError::Signing(e.to_string()))?;
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_assertion_type", JWT_BEARER_ASSERTION.into()));
+                secrets.push(("client_assertion", Secret::new(assertion)));
+            }
+            Auth::None => form.push(("client_id", self.client_id.clone())),
+        }
+        let mut body = zeroize::Zeroizing::new(String::new());
+        for (k, v) in form
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(secrets.iter().map(|(k, s)| (*k, s.expose())))
+        {
+            if !body.is_empty() {
+                body.push('&');
+            }
+            body.push_str(k);
+            body.push('=');
+            body.push_str(&form_encode(v));
+        }
+        let issued_at = SystemTime::now();
+        let (status, answer) = send(
+            http.header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body.as_bytes().to_vec()),
+        )
+        .await?;
+        if !(200..300).contains(&status) {
+            let message = match serde_json::from_slice::<ErrorAnswer>(&answer) {
+                Ok(e) => match e.error_description {
+                    Some(d) => format!("{}: {}", e.error, d),
+                    None => e.error,
+                },
+                Err(_) => excerpt(&answer),
+            };
+            return Err(IssueError::Refused { status, message });
+        }
+        let token: TokenAnswer = serde_json::from_slice(&answer)
+            .map_err(|e| IssueError::Response(format!("token endpoint answer: {e}")))?;
+        let claims = jwt_claims(&token.access_token);
+        let expires_at = match (token.expires_in, claims.as_ref().and_then(|c| c.exp)) {
+            (Some(s), _) => issued_at + Duration::from_secs(s),
+            (None, Some(exp)) => std::time::UNIX_EPOCH + Duration::from_secs(exp),
+            (None, None) => issued_at + request.ttl,
+        };
+        let id = match claims.and_then(|c| c.jti) {
+            Some(jti) => jti,
+            None => hash_id(&token.access_token),
+        };
+        Ok(Credential::token(
+            id,
+            Secret::new(token.access_token),
+            issued_at,
+            expires_at,
+        ))
+    }
+}
+
+/// Tries the PEM as RSA, EC (P-256) and Ed25519 in turn; the first that can sign wins.
+fn signing_key(pem: &[u8]) -> Option<(EncodingKey, Algorithm)> {
+    let candidates = [
+        (EncodingKey::from_rsa_pem(pem), Algorithm::RS256),
+        (EncodingKey::from_ec_pem(pem), Algorithm::ES256),
+        (EncodingKey::from_ed_pem(pem), Algorithm::EdDSA),
+    ];
+    candidates.into_iter().find_map(|(key, alg)| {
+        let key = key.ok()?;
+        jsonwebtoken::encode(&Header::new(alg), &serde_json::json!({ "probe": 1 }), &key)
+            .ok()
+            .map(|_| (key, alg))
+    })
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    jti: Option<String>,
+    exp: Option<u64>,
+}
+
+/// The claims of a JWT access token, read without verification (only for its ID and expiry;
+/// the upstream verifies it).
+fn jwt_claims(token: &str) -> Option<Claims> {
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `sha256:` and the first 12 hex digits of the token's SHA-256: enough to tell tokens apart
+/// in the audit trail, too short to be used for anything else.
+pub(crate) fn hash_id(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+/// application/x-www-form-urlencoded, as RFC 6749 asks.
+fn form_encode(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'*')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_');
+    percent_encoding::utf8_percent_encode(s, SET)
+        .to_string()
+        .replace("%20", "+")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_of_jwt_and_opaque_tokens() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"jti":"abc-123","exp":4102444800}"#);
+        let jwt = format!("eyJhbGciOiJIUzI1NiJ9.{payload}.sig");
+        let claims = jwt_claims(&jwt).unwrap();
+        assert_eq!(claims.jti.as_deref(), Some("abc-123"));
+        assert_eq!(claims.exp, Some(4102444800));
+        assert!(jwt_claims("opaque-token-value").is_none());
+        let id = hash_id("opaque-token-value");
+        assert!(id.starts_with("sha256:") && id.len() == 19, "{id}");
+        assert!(!id.contains("opaque"));
+        assert_ne!(hash_id("a"), hash_id("b"));
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(form_encode("read write"), "read+write");
+        assert_eq!(form_encode("a&b=c/d"), "a%26b%3Dc%2Fd");
+        assert_eq!(form_encode("x-y_z.*"), "x-y_z.*");
+    }
+
+    #[test]
+    fn signing_keys_of_each_type() {
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (_, alg) = signing_key(ec.serialize_pem().as_bytes()).unwrap();
+        assert_eq!(alg, Algorithm::ES256);
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let (_, alg) = signing_key(ed.serialize_pem().as_bytes()).unwrap();
+        assert_eq!(alg, Algorithm::EdDSA);
+        assert!(
+            signing_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .is_none()
+        );
+    }
+}

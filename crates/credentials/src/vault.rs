@@ -1,0 +1,489 @@
+//! `kind: vault` — HashiCorp Vault and OpenBao (same HTTP API).
+//!
+//! sidekey logs in (jwt, kubernetes or approle), keeps its token alive in the background
+//! (renewed while renewable, a new login otherwise) so that the leases it holds are not revoked
+//! with it, and reads secrets: KV v2 fields (ID `path@version`) and dynamic secrets with leases
+//! (ID = lease ID), which the store renews and, at shutdown, revokes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::Value;
+use sidekey_config::{VaultAuth, VaultIssuerConfig, VaultJwtMethod};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{client, excerpt, read_secret_file, send};
+use crate::issuer::{CredentialRequest, IssueError};
+use crate::{Credential, CredentialId, CredentialValue, Lease, Secret};
+
+/// Retry delays of the token keeper after a failed renewal or login.
+const KEEPER_RETRY_MIN: Duration = Duration::from_secs(1);
+const KEEPER_RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub struct VaultIssuer {
+    session: Arc<Session>,
+    keeper_started: std::sync::atomic::AtomicBool,
+    stop: CancellationToken,
+}
+
+/// What the background token keeper shares with the issuer.
+struct Session {
+    name: String,
+    client: reqwest::Client,
+    address: String,
+    namespace: Option<String>,
+    auth: VaultAuth,
+    /// The current token. The lock also makes concurrent logins one login.
+    token: Mutex<Option<Arc<Token>>>,
+}
+
+struct Token {
+    secret: Secret,
+    obtained: SystemTime,
+    lease: Duration,
+    renewable: bool,
+}
+
+impl Token {
+    /// Renew (or log in again) at two thirds of the token's life.
+    fn refresh_at(&self) -> SystemTime {
+        self.obtained + self.lease.mul_f64(2.0 / 3.0)
+    }
+
+    fn expires_at(&self) -> SystemTime {
+        self.obtained + self.lease
+    }
+
+    /// Tokens with a zero TTL (root tokens) never expire.
+    fn is_periodic_or_root(&self) -> bool {
+        self.lease.is_zero()
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthAnswer {
+    auth: AuthBody,
+}
+
+#[derive(Deserialize)]
+struct AuthBody {
+    client_token: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct SecretAnswer {
+    #[serde(default)]
+    lease_id: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct LeaseAnswer {
+    #[serde(default)]
+    lease_duration: u64,
+}
+
+impl VaultIssuer {
+    pub fn new(name: &str, config: &VaultIssuerConfig) -> Result<Self, IssueError> {
+        Ok(VaultIssuer {
+            session: Arc::new(Session {
+                name: name.to_string(),
+                client: client(config.ca_file.as_deref())?,
+                address: config.address.url.clone(),
+                namespace: config.namespace.clone(),
+                auth: config.auth.clone(),
+                token: Mutex::new(None),
+            }),
+            keeper_started: std::sync::atomic::AtomicBool::new(false),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Reads the credential's path: a KV v2 field, or a dynamic secret with a lease.
+    pub async fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
+        let path = request
+            .path
+            .as_deref()
+            .ok_or_else(|| IssueError::Config("vault credential has no path".into()))?;
+        let field = request
+            .field
+            .as_deref()
+            .ok_or_else(|| IssueError::Config("vault credential has no field".into()))?;
+        let token = self.token().await?;
+        let issued_at = SystemTime::now();
+        let (method, body) = if request.params.is_empty() {
+            (reqwest::Method::GET, None)
+        } else {
+            let map: serde_json::Map<String, Value> = request
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            (reqwest::Method::POST, Some(Value::Object(map)))
+        };
+        let answer: SecretAnswer = self
+            .session
+            .call(method, path, &token, body.as_ref())
+            .await?
+            .ok_or_else(|| IssueError::Response(format!("{path} returned no data")))?;
+        let data = answer
+            .data
+            .ok_or_else(|| IssueError::Response(format!("{path} has no data")))?;
+        // KV v2 wraps the fields in data.data and says which version it read.
+        let (fields, version) = match (data.get("data"), data.get("metadata")) {
+            (Some(Value::Object(inner)), Some(meta)) if meta.get("version").is_some() => (
+                Value::Object(inner.clone()),
+                meta.get("version").and_then(Value::as_u64),
+            ),
+            _ => (data, None),
+        };
+        let value = match fields.get(field) {
+            Some(Value::String(s)) => Secret::new(s.clone()),
+            Some(Value::Number(n)) => Secret::new(n.to_string()),
+            Some(_) => {
+                return Err(IssueError::Response(format!(
+                    "field `{field}` of {path} is not a string"
+                )))
+            }
+            None => {
+                let mut names: Vec<&str> = fields
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                names.sort_unstable();
+                return Err(IssueError::Response(format!(
+                    "{path} has no field `{field}` (fields: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        };
+        let mut expires_at;
+        let (id, lease) = if answer.lease_id.is_empty() {
+            // No lease (KV): read again every `ttl`, or as often as Vault suggests.
+            let every = if answer.lease_duration > 0 {
+                Duration::from_secs(answer.lease_duration).min(request.ttl)
+            } else {
+                request.ttl
+            };
+            expires_at = issued_at + every;
+            let id = match version {
+                Some(v) => format!("{path}@{v}"),
+                None => path.to_string(),
+            };
+            (id, None)
+        } else {
+            expires_at = issued_at + Duration::from_secs(answer.lease_duration);
+            let lease = Lease {
+                id: answer.lease_id.clone(),
+                renewable: answer.renewable,
+            };
+            (answer.lease_id, Some(lease))
+        };
+        // A lease dies with the token that created it: a token that cannot be renewed bounds
+        // the credential's life.
+        if !token.renewable && !token.is_periodic_or_root() {
+            expires_at = expires_at.min(token.expires_at());
+        }
+        Ok(Credential {
+            id: CredentialId(id),
+            value: CredentialValue::Token(value),
+            issued_at,
+            expires_at,
+            lease,
+        })
+    }
+
+    /// `sys/leases/renew`: the lease's new remaining duration.
+    pub async fn renew(&self, lease: &Lease, increment: Duration) -> Result<Duration, IssueError> {
+        let token = self.token().await?;
+        let body = serde_json::json!({ "lease_id": lease.id, "increment": increment.as_secs() });
+        let answer: LeaseAnswer = self
+            .session
+            .call(
+                reqwest::Method::PUT,
+                "sys/leases/renew",
+                &token,
+                Some(&body),
+            )
+            .await?
+            .ok_or_else(|| IssueError::Response("lease renewal returned nothing".into()))?;
+        Ok(Duration::from_secs(answer.lease_duration))
+    }
+
+    /// `sys/leases/revoke`.
+    pub async fn revoke(&self, lease: &Lease) -> Result<(), IssueError> {
+        let token = self.token().await?;
+        let body = serde_json::json!({ "lease_id": lease.id });
+        self.session
+            .call::<Value>(
+                reqwest::Method::PUT,
+                "sys/leases/revoke",
+                &token,
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stops the token keeper and revokes the token.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let token = self.session.token.lock().await.take();
+        if let Some(token) = token {
+            if token.is_periodic_or_root() {
+                return;
+            }
+            match self
+                .session
+                .call::<Value>(
+                    reqwest::Method::POST,
+                    "auth/token/revoke-self",
+                    &token,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => tracing::info!(issuer = %self.session.name, "vault token revoked"),
+                Err(e) => {
+                    tracing::warn!(issuer = %self.session.name, error = %e, "vault token revocation failed")
+                }
+            }
+        }
+    }
+
+    /// A valid token (logging in or renewing as needed), and the keeper started.
+    async fn token(&self) -> Result<Arc<Token>, IssueError> {
+        let token = self.session.current_token().await?;
+        if !self
+            .keeper_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(keep_alive(Arc::clone(&self.session), self.stop.clone()));
+        }
+        Ok(token)
+    }
+}
+
+/// Keeps the token alive: renews it at two thirds of its life while it is renewable, logs in
+/// again otherwise or when renewal fails. Retries with backoff on failure.
+async fn keep_alive(session: Arc<Session>, stop: CancellationToken) {
+    let mut retry = KEEPER_RETRY_MIN;
+    loop {
+        let wait = {
+            let held = session.token.lock().await.clone();
+            match held {
+                Some(t) if t.is_periodic_or_root() => return,
+                Some(t) => t
+                    .refresh_at()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+                None => Duration::ZERO,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match session.current_token().await {
+            Ok(_) => retry = KEEPER_RETRY_MIN,
+            Err(e) => {
+                tracing::warn!(issuer = %session.name, error = %e, retry_in = ?retry, "vault token renewal failed");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(KEEPER_RETRY_MAX);
+            }
+        }
+    }
+}
+
+impl Session {
+    /// The held token if it is before its refresh point; else renewed; else a new login.
+    async fn current_token(&self) -> Result<Arc<Token>, IssueError> {
+        let mut slot = self.token.lock().await;
+        let now = SystemTime::now();
+        if let Some(t) = slot.as_ref() {
+            if t.is_periodic_or_root() || now < t.refresh_at() {
+                return Ok(Arc::clone(t));
+            }
+            if t.renewable && now < t.expires_at() {
+                match self.renew_self(t).await {
+                    Ok(renewed) => {
+                        // A renewal that no longer extends the token (max TTL reached) is
+                        // followed by a new login at its refresh point.
+                        let renewed = Arc::new(renewed);
+                        *slot = Some(Arc::clone(&renewed));
+                        tracing::debug!(issuer = %self.name, "vault token renewed");
+                        return Ok(renewed);
+                    }
+                    Err(e) => {
+                        tracing::info!(issuer = %self.name, error = %e, "vault token renewal failed; logging in again");
+                    }
+                }
+            }
+        }
+        let token = Arc::new(self.login().await?);
+        tracing::info!(issuer = %self.name, ttl = ?token.lease, renewable = token.renewable, "logged in to vault");
+        *slot = Some(Arc::clone(&token));
+        Ok(token)
+    }
+
+    async fn login(&self) -> Result<Token, IssueError> {
+        let (mount, body) = match &self.auth {
+            VaultAuth::Jwt {
+                method,
+                mount,
+                role,
+                token_file,
+            } => {
+                let what = match method {
+                    VaultJwtMethod::Jwt => "identity token",
+                    VaultJwtMethod::Kubernetes => "service account token",
+                };
+                let jwt = read_secret_file(token_file, what)?;
+                (
+                    mount,
+                    serde_json::json!({ "role": role, "jwt": jwt.expose() }),
+                )
+            }
+            VaultAuth::AppRole {
+                mount,
+                role_id_file,
+                secret_id_file,
+            } => {
+                let role_id = read_secret_file(role_id_file, "AppRole role ID")?;
+                let secret_id = read_secret_file(secret_id_file, "AppRole secret ID")?;
+                (
+                    mount,
+                    serde_json::json!({ "role_id": role_id.expose(), "secret_id": secret_id.expose() }),
+                )
+            }
+        };
+        let body = zeroize::Zeroizing::new(body.to_string());
+        let path = format!("auth/{mount}/login");
+        let obtained = SystemTime::now();
+        let answer: AuthAnswer = self
+            .request(
+                reqwest::Method::POST,
+                &path,
+                None,
+                Some(body.as_bytes().to_vec()),
+            )
+            .await?
+            .ok_or_else(|| IssueError::Response(format!("{path} returned no token")))?;
+        Ok(token_from(answer.auth, obtained))
+    }
+
+    async fn renew_self(&self, token: &Token) -> Result<Token, IssueError> {
+        let obtained = SystemTime::now();
+        let answer: AuthAnswer = self
+            .call(
+                reqwest::Method::POST,
+                "auth/token/renew-self",
+                token,
+                Some(&Value::Object(Default::default())),
+            )
+            .await?
+            .ok_or_else(|| IssueError::Response("token renewal returned no token".into()))?;
+        let renewed = token_from(answer.auth, obtained);
+        if renewed.expires_at() <= token.expires_at() {
+            // Not extended: treat as not renewable so the keeper logs in at the refresh point.
+            return Ok(Token {
+                renewable: false,
+                ..renewed
+            });
+        }
+        Ok(renewed)
+    }
+
+    /// An authenticated API call.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &Token,
+        body: Option<&Value>,
+    ) -> Result<Option<T>, IssueError> {
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.request(method, path, Some(token), body).await
+    }
+
+    /// One request to `{address}/v1/{path}`. `Ok(None)` for 204 No Content.
+    async fn request<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&Token>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<T>, IssueError> {
+        let url = format!("{}/v1/{path}", self.address);
+        let mut request = self
+            .client
+            .request(method, &url)
+            .header("X-Vault-Request", "true");
+        if let Some(ns) = &self.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(token.secret.expose())
+                .map_err(|_| IssueError::Response("vault token is not a valid header".into()))?;
+            value.set_sensitive(true);
+            request = request.header("X-Vault-Token", value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let (status, answer) = send(request).await?;
+        if status == 204 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            return Err(IssueError::Refused {
+                status,
+                message: format!("{path}: {}", vault_errors(&answer)),
+            });
+        }
+        serde_json::from_slice(&answer)
+            .map(Some)
+            .map_err(|e| IssueError::Response(format!("{path}: not the JSON expected ({e})")))
+    }
+}
+
+fn token_from(auth: AuthBody, obtained: SystemTime) -> Token {
+    Token {
+        secret: Secret::new(auth.client_token),
+        obtained,
+        lease: Duration::from_secs(auth.lease_duration),
+        renewable: auth.renewable,
+    }
+}
+
+/// Vault's `{"errors": [...]}`, joined; otherwise an excerpt.
+fn vault_errors(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Errors {
+        errors: Vec<String>,
+    }
+    match serde_json::from_slice::<Errors>(body) {
+        Ok(e) if !e.errors.is_empty() => e.errors.join("; "),
+        Ok(_) => "no reason given".to_string(),
+        Err(_) => excerpt(body),
+    }
+}
