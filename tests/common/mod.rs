@@ -15,6 +15,10 @@
 pub mod ca;
 pub mod clients;
 pub mod identity;
+pub mod moto;
+pub mod oauth2;
+pub mod openbao;
+pub mod postgres;
 pub mod sidekey;
 pub mod upstream;
 
