@@ -56,6 +56,9 @@ pub struct Lease {
     /// Not a secret: it is the credential's ID in the audit trail.
     pub id: String,
     pub renewable: bool,
+    /// Accessor of the issuer token that created the lease (Vault revokes a lease with its
+    /// token). Not a secret: an accessor cannot be used as the token.
+    pub owner: Option<String>,
 }
 
 /// One issued credential.

@@ -5,6 +5,7 @@
 //! with it, and reads secrets: KV v2 fields (ID `path@version`) and dynamic secrets with leases
 //! (ID = lease ID), which the store renews and, at shutdown, revokes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -37,13 +38,22 @@ struct Session {
     auth: VaultAuth,
     /// The current token. The lock also makes concurrent logins one login.
     token: Mutex<Option<Arc<Token>>>,
+    /// Accessor → hard expiry of tokens (current or past) whose end is known: leases they
+    /// created cannot outlive them.
+    doomed: std::sync::Mutex<HashMap<String, SystemTime>>,
 }
 
 struct Token {
     secret: Secret,
+    accessor: String,
     obtained: SystemTime,
     lease: Duration,
     renewable: bool,
+    /// The TTL the login gave: what a renewal asks for.
+    ttl: Duration,
+    /// When the token dies for good: known once it cannot be renewed, or a renewal came back
+    /// capped by its max TTL. Every lease it created dies with it.
+    hard_expiry: Option<SystemTime>,
 }
 
 impl Token {
@@ -70,6 +80,8 @@ struct AuthAnswer {
 #[derive(Deserialize)]
 struct AuthBody {
     client_token: String,
+    #[serde(default)]
+    accessor: String,
     #[serde(default)]
     lease_duration: u64,
     #[serde(default)]
@@ -103,6 +115,7 @@ impl VaultIssuer {
                 namespace: config.namespace.clone(),
                 auth: config.auth.clone(),
                 token: Mutex::new(None),
+                doomed: std::sync::Mutex::new(HashMap::new()),
             }),
             keeper_started: std::sync::atomic::AtomicBool::new(false),
             stop: CancellationToken::new(),
@@ -190,14 +203,14 @@ impl VaultIssuer {
             let lease = Lease {
                 id: answer.lease_id.clone(),
                 renewable: answer.renewable,
+                owner: Some(token.accessor.clone()).filter(|a| !a.is_empty()),
             };
+            // A lease dies with the token that created it, whatever its own TTL says.
+            if let Some(end) = token.hard_expiry {
+                expires_at = expires_at.min(end);
+            }
             (answer.lease_id, Some(lease))
         };
-        // A lease dies with the token that created it: a token that cannot be renewed bounds
-        // the credential's life.
-        if !token.renewable && !token.is_periodic_or_root() {
-            expires_at = expires_at.min(token.expires_at());
-        }
         Ok(Credential {
             id: CredentialId(id),
             value: CredentialValue::Token(value),
@@ -211,6 +224,7 @@ impl VaultIssuer {
     pub async fn renew(&self, lease: &Lease, increment: Duration) -> Result<Duration, IssueError> {
         let token = self.token().await?;
         let body = serde_json::json!({ "lease_id": lease.id, "increment": increment.as_secs() });
+        let now = SystemTime::now();
         let answer: LeaseAnswer = self
             .session
             .call(
@@ -221,7 +235,17 @@ impl VaultIssuer {
             )
             .await?
             .ok_or_else(|| IssueError::Response("lease renewal returned nothing".into()))?;
-        Ok(Duration::from_secs(answer.lease_duration))
+        let mut remaining = Duration::from_secs(answer.lease_duration);
+        // The token that created the lease may end sooner: the lease goes with it, and the
+        // store reads a new secret (with the current token) before that.
+        if let Some(end) = lease
+            .owner
+            .as_ref()
+            .and_then(|owner| self.session.doomed_at(owner))
+        {
+            remaining = remaining.min(end.duration_since(now).unwrap_or(Duration::ZERO));
+        }
+        Ok(remaining)
     }
 
     /// `sys/leases/revoke`.
@@ -313,6 +337,20 @@ async fn keep_alive(session: Arc<Session>, stop: CancellationToken) {
 }
 
 impl Session {
+    /// When the token with this accessor ends for good, if known.
+    fn doomed_at(&self, accessor: &str) -> Option<SystemTime> {
+        self.doomed.lock().ok()?.get(accessor).copied()
+    }
+
+    /// Records a token's end (and forgets tokens long gone).
+    fn doom(&self, token: &Token) {
+        if let (Some(end), Ok(mut doomed)) = (token.hard_expiry, self.doomed.lock()) {
+            let now = SystemTime::now();
+            doomed.retain(|_, t| *t > now);
+            doomed.insert(token.accessor.clone(), end);
+        }
+    }
+
     /// The held token if it is before its refresh point; else renewed; else a new login.
     async fn current_token(&self) -> Result<Arc<Token>, IssueError> {
         let mut slot = self.token.lock().await;
@@ -324,8 +362,9 @@ impl Session {
             if t.renewable && now < t.expires_at() {
                 match self.renew_self(t).await {
                     Ok(renewed) => {
-                        // A renewal that no longer extends the token (max TTL reached) is
-                        // followed by a new login at its refresh point.
+                        // A capped renewal (max TTL reached) is followed by a new login at its
+                        // refresh point, well before the hard expiry.
+                        self.doom(&renewed);
                         let renewed = Arc::new(renewed);
                         *slot = Some(Arc::clone(&renewed));
                         tracing::debug!(issuer = %self.name, "vault token renewed");
@@ -338,6 +377,7 @@ impl Session {
             }
         }
         let token = Arc::new(self.login().await?);
+        self.doom(&token);
         tracing::info!(issuer = %self.name, ttl = ?token.lease, renewable = token.renewable, "logged in to vault");
         *slot = Some(Arc::clone(&token));
         Ok(token)
@@ -391,22 +431,24 @@ impl Session {
 
     async fn renew_self(&self, token: &Token) -> Result<Token, IssueError> {
         let obtained = SystemTime::now();
+        let asked = token.ttl.as_secs().max(1);
+        let body = serde_json::json!({ "increment": asked });
         let answer: AuthAnswer = self
             .call(
                 reqwest::Method::POST,
                 "auth/token/renew-self",
                 token,
-                Some(&Value::Object(Default::default())),
+                Some(&body),
             )
             .await?
             .ok_or_else(|| IssueError::Response("token renewal returned no token".into()))?;
-        let renewed = token_from(answer.auth, obtained);
-        if renewed.expires_at() <= token.expires_at() {
-            // Not extended: treat as not renewable so the keeper logs in at the refresh point.
-            return Ok(Token {
-                renewable: false,
-                ..renewed
-            });
+        let mut renewed = token_from(answer.auth, obtained);
+        renewed.ttl = token.ttl;
+        // Vault rounds; a renewal short of what was asked by more than that is capped by the
+        // token's max TTL: the token (and every lease it created) ends then.
+        if renewed.lease.as_secs() + 1 < asked || !renewed.renewable {
+            renewed.renewable = false;
+            renewed.hard_expiry = Some(renewed.expires_at());
         }
         Ok(renewed)
     }
@@ -467,11 +509,15 @@ impl Session {
 }
 
 fn token_from(auth: AuthBody, obtained: SystemTime) -> Token {
+    let lease = Duration::from_secs(auth.lease_duration);
     Token {
         secret: Secret::new(auth.client_token),
+        accessor: auth.accessor,
         obtained,
-        lease: Duration::from_secs(auth.lease_duration),
+        lease,
         renewable: auth.renewable,
+        ttl: lease,
+        hard_expiry: (!auth.renewable && !lease.is_zero()).then(|| obtained + lease),
     }
 }
 
