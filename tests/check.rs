@@ -227,6 +227,28 @@ fn quickstart_example_is_valid() {
 }
 
 #[test]
+fn every_example_config_is_valid() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo_root().join("examples")).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        seen += 1;
+        let out = run_check(&path);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{}:\nstdout: {}\nstderr: {}",
+            path.display(),
+            out.stdout,
+            out.stderr
+        );
+    }
+    assert!(seen >= 4, "quickstart, vault, oauth2 and aws-s3 examples");
+}
+
+#[test]
 fn check_of_a_missing_file_fails_clearly() {
     let out = run_check(Path::new("/nonexistent/sidekey.yaml"));
     assert_ne!(out.code, Some(0));

@@ -394,47 +394,9 @@ fn assert_body_clean(body: &str, secrets: &[&str]) {
 // ---------------------------------------------------------------------------------------------
 // Graceful shutdown (SIGTERM)
 
-/// The pid of `sk`'s process: the `sidekey` binary whose working directory is `sk.dir()`.
-fn sidekey_pid(sk: &Sidekey) -> u32 {
-    let dir = std::fs::canonicalize(sk.dir()).expect("sidekey dir");
-    let exe = std::fs::canonicalize(sidekey::sidekey_bin()).expect("sidekey binary");
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let p = PathBuf::from("/proc").join(pid.to_string());
-        let cwd = std::fs::read_link(p.join("cwd")).ok();
-        let bin = std::fs::read_link(p.join("exe")).ok();
-        if cwd.as_deref() == Some(dir.as_path()) && bin.as_deref() == Some(exe.as_path()) {
-            return pid;
-        }
-    }
-    panic!("no sidekey process running in {}", dir.display());
-}
-
-/// Sends SIGTERM to sidekey and waits (up to 20 s) for it to exit.
+/// Sends SIGTERM to sidekey and waits for it to exit.
 fn terminate(sk: &mut Sidekey) {
-    let pid = sidekey_pid(sk);
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sk.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "sidekey did not exit within 20 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Let the reader threads drain stdout/stderr.
-    std::thread::sleep(Duration::from_millis(200));
+    sk.terminate();
 }
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; returns whether it held.

@@ -163,9 +163,13 @@ impl Sidekey {
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
-        if let Ok(filter) = std::env::var("SIDEKEY_TEST_LOG") {
-            cmd.env("RUST_LOG", filter);
-        }
+        // sidekey's own crates log at debug level in tests, so that every test that checks the
+        // log for leaked secrets covers the most talkative level too.
+        let filter = std::env::var("SIDEKEY_TEST_LOG").unwrap_or_else(|_| {
+            "info,sidekey=debug,sidekey_proxy=debug,sidekey_credentials=debug,sidekey_tls=debug,sidekey_admin=debug"
+                .to_string()
+        });
+        cmd.env("SIDEKEY_LOG", filter);
         for var in PROXY_VARS {
             cmd.env_remove(var);
         }
@@ -387,6 +391,39 @@ impl Sidekey {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Sidekey {
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (graceful shutdown: drain, revoke leases and tokens) and waits up to 20 s
+    /// for the process to exit; the output read so far stays available.
+    pub fn terminate(&mut self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                Err(e) => panic!("wait for sidekey: {e}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sidekey did not exit within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Let the reader threads drain stdout and stderr.
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
