@@ -586,6 +586,138 @@ fn kv_v2_via_approle_login_with_role_and_secret_id_files() {
     assert_no_leak(&sk, &bao, &["ci-kv-secret-77d0", &secret_id]);
 }
 
+#[test]
+fn kv_v2_in_a_namespace_is_read_there_and_the_same_path_without_namespace_from_the_root() {
+    // The same KV path holds one value in the root namespace and another in `team-a`; only the
+    // issuer with `namespace: team-a` (X-Vault-Namespace) reaches the latter, and it logs in
+    // with an approle that exists only inside the namespace.
+    const NS: &str = "team-a";
+    let env = Env::new();
+    let bao = Bao::start(
+        r#"path "secret/data/agents/*" { capabilities = ["read"] }"#,
+        "1m",
+        "10m",
+    );
+    bao.bao.create_namespace_with_kv(NS);
+    let root_version = bao
+        .bao
+        .kv_put("agents/shared", json!({ "token": "root-kv-secret-5d21" }));
+    assert_eq!(root_version, 1);
+    let written = bao.bao.api_ok(
+        "POST",
+        &format!("{NS}/secret/data/agents/shared"),
+        Some(json!({ "data": { "token": "ns-kv-secret-a83f" } })),
+    );
+    assert_eq!(written["data"]["version"], 1, "{written}");
+    // Policy and approle inside the namespace (the root namespace has no approle at all).
+    bao.bao.api_ok(
+        "PUT",
+        &format!("{NS}/sys/policies/acl/agent-ns"),
+        Some(json!({ "policy": format!(
+            "{ISSUER_POLICY_BASE}\npath \"secret/data/agents/*\" {{ capabilities = [\"read\"] }}\n"
+        ) })),
+    );
+    bao.bao.api_ok(
+        "POST",
+        &format!("{NS}/sys/auth/approle"),
+        Some(json!({ "type": "approle" })),
+    );
+    bao.bao.api_ok(
+        "POST",
+        &format!("{NS}/auth/approle/role/sidekey"),
+        Some(json!({ "token_policies": ["agent-ns"], "token_ttl": "1m", "token_max_ttl": "10m" })),
+    );
+    let role_id = bao.bao.api_ok(
+        "GET",
+        &format!("{NS}/auth/approle/role/sidekey/role-id"),
+        None,
+    )["data"]["role_id"]
+        .as_str()
+        .expect("role_id")
+        .to_string();
+    let secret_id = bao.bao.api_ok(
+        "POST",
+        &format!("{NS}/auth/approle/role/sidekey/secret-id"),
+        Some(json!({})),
+    )["data"]["secret_id"]
+        .as_str()
+        .expect("secret_id")
+        .to_string();
+    assert_eq!(
+        bao.bao.api("GET", "sys/auth/approle", None).0,
+        400,
+        "approle is enabled only inside the namespace"
+    );
+
+    let files = tempfile::tempdir().unwrap();
+    let role_id_file = write_secret_file(files.path(), "role-id", &role_id);
+    let secret_id_file = write_secret_file(files.path(), "secret-id", &secret_id);
+    let issuers = format!(
+        "{JWT_ISSUER}  bao-ns:\n    kind: vault\n    address: \"{{bao}}\"\n    namespace: {NS}\n    \
+         auth:\n      method: approle\n      role_id_file: \"{}\"\n      secret_id_file: \"{}\"\n",
+        role_id_file.display(),
+        secret_id_file.display()
+    );
+    let credentials = "  in-ns:\n    issuer: bao-ns\n    path: secret/data/agents/shared\n    \
+                       field: token\n  in-root:\n    issuer: bao\n    \
+                       path: secret/data/agents/shared\n    field: token\n";
+    let yaml = vault_config(
+        &issuers,
+        credentials,
+        &[("ns", "in-ns"), ("root", "in-root")],
+    );
+    let mut sk = start_sidekey(&env, &bao, &yaml);
+
+    // With `namespace:`: the namespace's value.
+    get(&sk, "ns", "/echo/ns/1").assert_status(200);
+    assert_eq!(bearer_at(&env, "/echo/ns/1"), "ns-kv-secret-a83f");
+    let rec = record_for(&sk, "/echo/ns/1");
+    assert_eq!(rec["issuer"], "bao-ns", "{rec}");
+    assert_eq!(rec["credential"], "in-ns", "{rec}");
+    assert_eq!(rec["credential_id"], "secret/data/agents/shared@1", "{rec}");
+    let issued = wait_event(&sk, "in-ns", "issued", sidekey::AUDIT_TIMEOUT);
+    assert_eq!(issued[0]["issuer"], "bao-ns", "{}", issued[0]);
+    assert_eq!(
+        issued[0]["credential_id"], "secret/data/agents/shared@1",
+        "{}",
+        issued[0]
+    );
+    // Without it, same path: the root namespace's value.
+    get(&sk, "root", "/echo/root/1").assert_status(200);
+    assert_eq!(bearer_at(&env, "/echo/root/1"), "root-kv-secret-5d21");
+    let rec = record_for(&sk, "/echo/root/1");
+    assert_eq!(rec["issuer"], "bao", "{rec}");
+    assert_eq!(rec["credential_id"], "secret/data/agents/shared@1", "{rec}");
+
+    // The login happened inside the namespace, the other one in the root namespace.
+    let ns_tokens = bao.bao.tokens_in_namespace(NS, "auth/approle/login");
+    assert_eq!(
+        ns_tokens.len(),
+        1,
+        "one approle login in {NS}: {ns_tokens:#?}"
+    );
+    assert_eq!(bao.bao.tokens_from("auth/jwt/login").len(), 1);
+
+    let secrets = [
+        "ns-kv-secret-a83f",
+        "root-kv-secret-5d21",
+        secret_id.as_str(),
+    ];
+    assert_no_leak(&sk, &bao, &secrets);
+
+    // At shutdown the namespace's token is revoked too (revoke-self carries the namespace).
+    terminate(&mut sk);
+    assert!(
+        eventually(Duration::from_secs(3), || bao
+            .bao
+            .tokens_in_namespace(NS, "auth/approle/login")
+            .is_empty()),
+        "sidekey's namespace token outlived it: {:#?}",
+        bao.bao.tokens_in_namespace(NS, "auth/approle/login")
+    );
+    assert_no_leak(&sk, &bao, &secrets);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dynamic secrets with leases
 

@@ -13,7 +13,10 @@
 //! - the `default` policy allows `sys/leases/renew` and `sys/leases/lookup` but not
 //!   `sys/leases/revoke`: grant `update` on it (see [`ISSUER_POLICY_BASE`]) for a token to
 //!   revoke its own leases one by one;
-//! - `-dev` also binds a cluster listener on the API port + 1 (only logged if that fails).
+//! - `-dev` also binds a cluster listener on the API port + 1 (only logged if that fails);
+//! - namespaces work in `-dev` (`POST sys/namespaces/<name>`); inside one, the API is reached
+//!   with the `X-Vault-Namespace: <name>` header or the path prefix `/v1/<name>/…`, and mounts,
+//!   auth methods, policies and tokens are the namespace's own (the root token works in all).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -539,11 +542,49 @@ impl OpenBao {
         }
     }
 
+    /// Creates the namespace `name` and mounts KV v2 at `secret/` inside it (the dev server
+    /// only has one in the root namespace); returns once that engine takes writes. Reach it
+    /// with paths prefixed by `<name>/` (`<name>/secret/data/…`).
+    pub fn create_namespace_with_kv(&self, name: &str) {
+        self.api_ok("POST", &format!("sys/namespaces/{name}"), Some(json!({})));
+        self.api_ok(
+            "POST",
+            &format!("{name}/sys/mounts/secret"),
+            Some(json!({ "type": "kv", "options": { "version": "2" } })),
+        );
+        // As at start: a new KV v2 mount upgrades itself first, and a write meanwhile fails.
+        let deadline = Instant::now() + BAO_START_TIMEOUT;
+        loop {
+            let (status, v) = self.api("LIST", &format!("{name}/secret/metadata/"), None);
+            if status == 200 || status == 404 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "KV v2 in namespace {name} not ready: LIST answered {status}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `auth/token/lookup-accessor` of every live token whose login path is `path`
     /// (`auth/jwt/login`, `auth/approle/login`): each has `accessor`, `path`, `ttl`,
     /// `expire_time`, `policies`... (never the token itself).
     pub fn tokens_from(&self, path: &str) -> Vec<Value> {
-        let (status, v) = self.api("LIST", "auth/token/accessors", None);
+        self.tokens_in_namespace("", path)
+    }
+
+    /// [`OpenBao::tokens_from`] for the tokens of namespace `namespace` (`""`: the root one).
+    pub fn tokens_in_namespace(&self, namespace: &str, path: &str) -> Vec<Value> {
+        let ns = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{namespace}/")
+        };
+        let (status, v) = self.api("LIST", &format!("{ns}auth/token/accessors"), None);
+        if status == 404 {
+            return Vec::new(); // no token at all (a namespace's own)
+        }
         assert_eq!(status, 200, "list token accessors: {v}");
         v["data"]["keys"]
             .as_array()
@@ -554,7 +595,7 @@ impl OpenBao {
             .filter_map(|a| {
                 let (s, t) = self.api(
                     "POST",
-                    "auth/token/lookup-accessor",
+                    &format!("{ns}auth/token/lookup-accessor"),
                     Some(json!({ "accessor": a })),
                 );
                 (s == 200).then(|| t["data"].clone())
