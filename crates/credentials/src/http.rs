@@ -3,7 +3,7 @@
 //! that are safe to show.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::{IssueError, Secret};
 
@@ -16,12 +16,20 @@ const MAX_ANSWER: usize = 1 << 20;
 /// A client for one issuer: certificates verified against the webpki roots plus `ca_file`
 /// (TLS 1.2+), redirects never followed (a redirect must not carry a client secret or token
 /// elsewhere), `HTTPS_PROXY`/`NO_PROXY` honoured for a corporate egress proxy.
-pub(crate) fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, IssueError> {
+pub(crate) fn client(
+    ca_file: Option<&Path>,
+    endpoint: &str,
+) -> Result<reqwest::Client, IssueError> {
     let extra: Vec<&Path> = ca_file.into_iter().collect();
     let mut tls = sidekey_tls::upstream_client_config(&extra)
         .map_err(|e| IssueError::Config(e.to_string()))?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    // Plain http is only allowed to loopback: it must not go to a proxy in clear text.
+    if endpoint.starts_with("http://") {
+        builder = builder.no_proxy();
+    }
+    builder
         .tls_backend_preconfigured(tls)
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -90,7 +98,16 @@ pub(crate) fn transport(e: reqwest::Error) -> IssueError {
 /// characters dropped, at most 200 characters. Only used for answers with an error status,
 /// which carry no credential.
 pub(crate) fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+    excerpt_without(body, &[])
+}
+
+/// [`excerpt`] with every occurrence of `sent` (values sidekey sent: tokens, secrets) replaced,
+/// for error pages that echo the request.
+pub(crate) fn excerpt_without(body: &[u8], sent: &[&str]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for value in sent.iter().filter(|v| v.len() >= 4) {
+        text = text.replace(value, "[redacted]");
+    }
     let cleaned: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -102,6 +119,26 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     } else {
         cleaned.to_string()
     }
+}
+
+/// The longest lifetime an issuer may state; longer ones are refused as nonsense (and would
+/// overflow time arithmetic).
+const MAX_LIFETIME: u64 = 366 * 24 * 60 * 60;
+
+/// `from` plus `secs` seconds as an issuer stated them, refused when absurd.
+pub(crate) fn after(from: SystemTime, secs: u64, what: &str) -> Result<SystemTime, IssueError> {
+    if secs > MAX_LIFETIME {
+        return Err(IssueError::Response(format!(
+            "{what} of {secs} s is beyond a year"
+        )));
+    }
+    from.checked_add(Duration::from_secs(secs))
+        .ok_or_else(|| IssueError::Response(format!("{what} of {secs} s is out of range")))
+}
+
+/// A lease duration stated by an issuer, clamped to a year (time arithmetic stays in range).
+pub(crate) fn clamp_secs(secs: u64) -> Duration {
+    Duration::from_secs(secs.min(MAX_LIFETIME))
 }
 
 /// Seconds since the Unix epoch.

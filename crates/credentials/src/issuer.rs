@@ -27,9 +27,14 @@ pub enum IssueError {
     /// Connection, TLS or protocol failure talking to the issuer.
     #[error("cannot reach the issuer: {0}")]
     Transport(String),
-    /// The issuer answered with an error status.
+    /// The issuer answered with an error status. `code` is a short, standard error code
+    /// (OAuth2 `error`, STS `Code`); `message` the rest, for logs and audit only.
     #[error("issuer refused ({status}): {message}")]
-    Refused { status: u16, message: String },
+    Refused {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
     /// The issuer answered, but not with what was expected.
     #[error("unexpected answer from the issuer: {0}")]
     Response(String),
@@ -38,6 +43,25 @@ pub enum IssueError {
     Config(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl IssueError {
+    /// What the agent is told: the kind of failure and standard codes, never the issuer's free
+    /// text (an error page may echo what sidekey sent it). The full text goes to the log and
+    /// the audit trail.
+    pub fn public(&self) -> String {
+        match self {
+            IssueError::Refused {
+                status,
+                code: Some(code),
+                ..
+            } => format!("issuer refused ({status}): {code}"),
+            IssueError::Refused { status, .. } => format!("issuer refused ({status})"),
+            IssueError::Response(_) => "unexpected answer from the issuer".to_string(),
+            IssueError::Transport(_) => "cannot reach the issuer".to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A configured credential source.

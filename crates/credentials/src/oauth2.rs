@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use sidekey_config::{ClientAuth, OAuth2Grant, OAuth2IssuerConfig};
 
-use crate::http::{client, excerpt, read_secret_file, send, unix_now};
+use crate::http::{after, client, excerpt_without, read_secret_file, send, unix_now};
 use crate::issuer::{CredentialRequest, IssueError};
 use crate::{Credential, Secret};
 
@@ -43,8 +43,34 @@ enum Auth {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
-    #[serde(default)]
+    /// A number, or a numeric string (some providers send one).
+    #[serde(default, deserialize_with = "number_or_string")]
     expires_in: Option<u64>,
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<N>::deserialize(d)? {
+        None => Ok(None),
+        Some(N::Number(n)) => Ok(Some(n)),
+        Some(N::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("expires_in is not a number")),
+    }
+}
+
+/// An OAuth2 error code: short, `[a-z_]` (RFC 6749 §5.2), safe to show.
+fn is_error_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 #[derive(Deserialize)]
@@ -86,7 +112,7 @@ impl OAuth2Issuer {
             }
         };
         Ok(OAuth2Issuer {
-            client: client(config.ca_file.as_deref())?,
+            client: client(config.ca_file.as_deref(), &config.token_url.url)?,
             token_url: config.token_url.url.clone(),
             grant: config.grant.clone(),
             client_id: config.client_id.clone(),
@@ -128,6 +154,8 @@ impl OAuth2Issuer {
             form.push(("scope", v.clone()));
         }
         let mut http = self.client.post(&self.token_url);
+        // Sent in the Authorization header; kept to scrub it from error pages that echo it.
+        let mut basic_sent: Vec<Secret> = Vec::new();
         match &self.auth {
             Auth::Basic(file) => {
                 let secret = read_secret_file(file, "client secret")?;
@@ -136,6 +164,8 @@ impl OAuth2Issuer {
                 let pass = zeroize::Zeroizing::new(form_encode(secret.expose()));
                 let joined = zeroize::Zeroizing::new(format!("{user}:{}", pass.as_str()));
                 let encoded = zeroize::Zeroizing::new(STANDARD.encode(joined.as_bytes()));
+                basic_sent.push(Secret::new(encoded.to_string()));
+                basic_sent.push(secret);
                 let mut value =
                     reqwest::header::HeaderValue::from_str(&format!("Basic {}", encoded.as_str()))
                         .map_err(|_| {
@@ -196,21 +226,39 @@ impl OAuth2Issuer {
         )
         .await?;
         if !(200..300).contains(&status) {
-            let message = match serde_json::from_slice::<ErrorAnswer>(&answer) {
-                Ok(e) => match e.error_description {
-                    Some(d) => format!("{}: {}", e.error, d),
-                    None => e.error,
-                },
-                Err(_) => excerpt(&answer),
+            let sent: Vec<&str> = secrets
+                .iter()
+                .map(|(_, s)| s.expose())
+                .chain(basic_sent.iter().map(Secret::expose))
+                .collect();
+            let (code, message) = match serde_json::from_slice::<ErrorAnswer>(&answer) {
+                Ok(e) if is_error_code(&e.error) => {
+                    let message = match e.error_description {
+                        Some(d) => format!("{}: {}", e.error, excerpt_without(d.as_bytes(), &sent)),
+                        None => e.error.clone(),
+                    };
+                    (Some(e.error), message)
+                }
+                _ => (None, excerpt_without(&answer, &sent)),
             };
-            return Err(IssueError::Refused { status, message });
+            return Err(IssueError::Refused {
+                status,
+                code,
+                message,
+            });
         }
         let token: TokenAnswer = serde_json::from_slice(&answer)
             .map_err(|e| IssueError::Response(format!("token endpoint answer: {e}")))?;
         let claims = jwt_claims(&token.access_token);
         let expires_at = match (token.expires_in, claims.as_ref().and_then(|c| c.exp)) {
-            (Some(s), _) => issued_at + Duration::from_secs(s),
-            (None, Some(exp)) => std::time::UNIX_EPOCH + Duration::from_secs(exp),
+            (Some(s), _) => after(issued_at, s, "expires_in")?,
+            (None, Some(exp)) => {
+                let at = after(std::time::UNIX_EPOCH, exp, "exp")?;
+                if at > issued_at + Duration::from_secs(366 * 24 * 3600) {
+                    return Err(IssueError::Response("token `exp` is beyond a year".into()));
+                }
+                at
+            }
             (None, None) => issued_at + request.ttl,
         };
         let id = match claims.and_then(|c| c.jti) {

@@ -34,6 +34,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long revoking one lease at shutdown may take.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A credential with less usable life than this is refused as if the issuer had failed (it
+/// would expire in flight, and refreshing it would spin).
+const MIN_USABLE: Duration = Duration::from_secs(2);
 
 /// Why a request could not get its credential (maps to 503 `credential_unavailable`).
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +145,8 @@ pub struct CredentialStore {
     audit: AuditLog,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Set at shutdown: no new fetch, so that no lease is taken after revocation began.
+    closed: Arc<AtomicBool>,
 }
 
 impl CredentialStore {
@@ -188,6 +193,7 @@ impl CredentialStore {
             audit,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            closed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -257,17 +263,19 @@ impl CredentialStore {
     /// Stops refreshing, revokes every held lease (audited as `revoked`), then lets each issuer
     /// give up its own token. Bounded in time.
     pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         for slot in self.slots.values() {
+            // After the lock, no fetch is in flight and none starts (closed).
+            let _guard = slot.fetch_lock.lock().await;
             let Some(held) = slot.current.swap(None) else {
                 continue;
             };
             let Some(lease) = &held.credential.lease else {
                 continue;
             };
-            let _guard = slot.fetch_lock.lock().await;
             match tokio::time::timeout(REVOKE_TIMEOUT, slot.issuer.revoke(lease)).await {
                 Ok(Ok(())) => {
                     tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, "lease revoked");
@@ -304,59 +312,116 @@ impl CredentialStore {
         self.audit.credential(&event);
     }
 
+    /// Runs the shared fetch in its own task, so that an agent that goes away mid-fetch does
+    /// not cancel the issuer call the others wait for (nor lose its outcome).
     async fn fetch_shared(&self, slot: &Arc<Slot>) -> Result<Arc<Credential>, CredentialError> {
-        let _guard = slot.fetch_lock.lock().await;
-        // Someone else may have fetched while we waited for the lock.
-        if let Some(held) = slot.current.load().as_ref() {
-            if SystemTime::now() < held.usable_until {
-                return Ok(Arc::clone(&held.credential));
-            }
-        }
-        // After a failure, fail fast until the next attempt is due.
-        if let Some(f) = slot.failure.lock().ok().as_deref().and_then(Option::as_ref) {
-            let now = Instant::now();
-            if now < f.retry_at {
-                return Err(CredentialError::Unavailable {
-                    name: slot.name.clone(),
-                    reason: format!(
-                        "{} (next attempt in {:.1}s)",
-                        f.reason,
-                        (f.retry_at - now).as_secs_f64()
-                    ),
-                });
-            }
-        }
-        match fetch(slot, &self.audit).await {
-            Ok(credential) => {
-                self.maintain(slot);
-                Ok(credential)
-            }
-            Err(reason) => {
-                if let Ok(mut f) = slot.failure.lock() {
-                    let attempts = f.as_ref().map_or(0, |f| f.attempts) + 1;
-                    *f = Some(Failure {
-                        reason: reason.clone(),
-                        attempts,
-                        retry_at: Instant::now() + backoff(attempts),
-                    });
-                }
-                Err(CredentialError::Unavailable {
-                    name: slot.name.clone(),
-                    reason,
-                })
-            }
-        }
+        let task = {
+            let slot = Arc::clone(slot);
+            let audit = self.audit.clone();
+            let closed = Arc::clone(&self.closed);
+            let maintain = self.maintainer();
+            tokio::spawn(async move { fetch_shared(&slot, &audit, &closed, maintain).await })
+        };
+        task.await.unwrap_or_else(|e| {
+            Err(CredentialError::Unavailable {
+                name: slot.name.clone(),
+                reason: format!("credential fetch aborted: {e}"),
+            })
+        })
     }
 
+    /// What starts a slot's maintenance task, detached from `&self`.
+    fn maintainer(&self) -> Maintainer {
+        Maintainer {
+            audit: self.audit.clone(),
+            stop: self.stop.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
+/// Starts maintenance tasks (see [`Maintainer::maintain`]).
+struct Maintainer {
+    audit: AuditLog,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+async fn fetch_shared(
+    slot: &Arc<Slot>,
+    audit: &AuditLog,
+    closed: &AtomicBool,
+    maintainer: Maintainer,
+) -> Result<Arc<Credential>, CredentialError> {
+    let _guard = slot.fetch_lock.lock().await;
+    // Someone else may have fetched while we waited for the lock.
+    if let Some(held) = slot.current.load().as_ref() {
+        if SystemTime::now() < held.usable_until {
+            return Ok(Arc::clone(&held.credential));
+        }
+    }
+    if closed.load(Ordering::Acquire) {
+        return Err(CredentialError::Unavailable {
+            name: slot.name.clone(),
+            reason: "sidekey is shutting down".into(),
+        });
+    }
+    // After a failure, fail fast until the next attempt is due.
+    if let Some(f) = slot.failure.lock().ok().as_deref().and_then(Option::as_ref) {
+        let now = Instant::now();
+        if now < f.retry_at {
+            return Err(CredentialError::Unavailable {
+                name: slot.name.clone(),
+                reason: format!(
+                    "{} (next attempt in {:.1}s)",
+                    f.reason,
+                    (f.retry_at - now).as_secs_f64()
+                ),
+            });
+        }
+    }
+    match fetch(slot, audit).await {
+        Ok(credential) => {
+            maintainer.maintain(slot);
+            Ok(credential)
+        }
+        Err(reason) => {
+            if let Ok(mut f) = slot.failure.lock() {
+                let attempts = f.as_ref().map_or(0, |f| f.attempts) + 1;
+                *f = Some(Failure {
+                    reason: reason.clone(),
+                    attempts,
+                    retry_at: Instant::now() + backoff(attempts),
+                });
+            }
+            Err(CredentialError::Unavailable {
+                name: slot.name.clone(),
+                reason,
+            })
+        }
+    }
+}
+
+impl Maintainer {
     /// Starts the slot's maintenance task unless one runs.
-    fn maintain(&self, slot: &Arc<Slot>) {
+    fn maintain(self, slot: &Arc<Slot>) {
         if slot.maintained.swap(true, Ordering::AcqRel) {
             return;
         }
         let slot = Arc::clone(slot);
-        let audit = self.audit.clone();
-        let stop = self.stop.clone();
+        let audit = self.audit;
+        let stop = self.stop;
         self.tasks.spawn(async move {
+            // Cleared if the task unwinds, so that a later fetch starts a new one.
+            struct Unmark(Arc<Slot>);
+            impl Drop for Unmark {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.maintained.store(false, Ordering::Release);
+                    }
+                }
+            }
+            let _unmark = Unmark(Arc::clone(&slot));
             loop {
                 keep_fresh(&slot, &audit, &stop).await;
                 slot.maintained.store(false, Ordering::Release);
@@ -444,6 +509,11 @@ async fn sleep_until(at: SystemTime, stop: &CancellationToken) -> bool {
 /// Renews the held lease when the issuer will extend it, else fetches a new credential.
 async fn refresh(slot: &Slot, held: &Arc<Held>, audit: &AuditLog) -> Result<(), String> {
     let _guard = slot.fetch_lock.lock().await;
+    // A request may have replaced it while we waited for the lock.
+    match slot.current.load().as_ref() {
+        Some(now) if Arc::ptr_eq(now, held) => {}
+        _ => return Ok(()),
+    }
     if held.renewable {
         if let Some(lease) = &held.credential.lease {
             let asked = held.lifetime.max(Duration::from_secs(1));
@@ -491,16 +561,21 @@ async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, String>
     let result = tokio::time::timeout(ISSUE_TIMEOUT, slot.issuer.issue(&slot.request)).await;
     let credential = match result {
         Ok(Ok(c)) => Arc::new(c),
-        Ok(Err(e)) => return Err(failed(slot, audit, e.to_string())),
+        Ok(Err(e)) => return Err(failed(slot, audit, e.public(), e.to_string())),
         Err(_) => {
-            return Err(failed(
-                slot,
-                audit,
-                format!("issuer did not answer within {ISSUE_TIMEOUT:?}"),
-            ))
+            let reason = format!("issuer did not answer within {ISSUE_TIMEOUT:?}");
+            return Err(failed(slot, audit, reason.clone(), reason));
         }
     };
     let held = Arc::new(Held::new(Arc::clone(&credential)));
+    if held.usable_until < SystemTime::now() + MIN_USABLE {
+        let reason = format!(
+            "the issuer gave credential {} that expires at {}, too soon to use",
+            credential.id,
+            rfc3339(credential.expires_at)
+        );
+        return Err(failed(slot, audit, reason.clone(), reason));
+    }
     let expires_at = held.expires_at;
     let previous = slot.current.swap(Some(held));
     if let Ok(mut f) = slot.failure.lock() {
@@ -516,12 +591,13 @@ async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, String>
     Ok(credential)
 }
 
-fn failed(slot: &Slot, audit: &AuditLog, reason: String) -> String {
-    tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, error = %reason, "credential fetch failed");
+/// Logs and audits the full `detail`; returns `public`, what the agent is told.
+fn failed(slot: &Slot, audit: &AuditLog, public: String, detail: String) -> String {
+    tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, error = %detail, "credential fetch failed");
     let mut event = slot.event(CredentialEventKind::Failed, None, None);
-    event.error = Some(reason.clone());
+    event.error = Some(detail);
     audit.credential(&event);
-    reason
+    public
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use sidekey_config::AwsStsIssuerConfig;
 
-use crate::http::{client, excerpt, read_secret_file, send};
+use crate::http::{client, excerpt_without, read_secret_file, send};
 use crate::issuer::{CredentialRequest, IssueError};
 use crate::{Credential, CredentialId, CredentialValue, Secret};
 
@@ -22,7 +22,7 @@ pub struct StsIssuer {
 impl StsIssuer {
     pub fn new(_name: &str, config: &AwsStsIssuerConfig) -> Result<Self, IssueError> {
         Ok(StsIssuer {
-            client: client(None)?,
+            client: client(None, &config.endpoint.url)?,
             endpoint: format!("{}/", config.endpoint.url),
             role_arn: config.role_arn.clone(),
             session_name: session_name(&config.session_name, &pod_name()),
@@ -69,9 +69,11 @@ impl StsIssuer {
         let text = std::str::from_utf8(&answer)
             .map_err(|_| IssueError::Response("STS answer is not UTF-8".into()))?;
         if !(200..300).contains(&status) {
+            let (code, message) = sts_error(text, token.expose());
             return Err(IssueError::Refused {
                 status,
-                message: sts_error(text),
+                code,
+                message,
             });
         }
         parse_credentials(text, issued_at)
@@ -120,10 +122,11 @@ fn parse_credentials(xml: &str, issued_at: SystemTime) -> Result<Credential, Iss
     })
 }
 
-/// `Code: Message` of an STS `ErrorResponse`, else an excerpt.
-fn sts_error(xml: &str) -> String {
+/// The `Code` (when it looks like one) and `Code: Message` of an STS `ErrorResponse`, else an
+/// excerpt; `sent` (the identity token) is scrubbed out of the text.
+fn sts_error(xml: &str, sent: &str) -> (Option<String>, String) {
     let Ok(doc) = roxmltree::Document::parse(xml) else {
-        return excerpt(xml.as_bytes());
+        return (None, excerpt_without(xml.as_bytes(), &[sent]));
     };
     let text = |name: &str| {
         doc.descendants()
@@ -131,11 +134,15 @@ fn sts_error(xml: &str) -> String {
             .and_then(|n| n.text())
             .map(str::trim)
     };
-    match (text("Code"), text("Message")) {
+    let code = text("Code")
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
+        .map(str::to_string);
+    let message = match (text("Code"), text("Message")) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_string(),
-        _ => excerpt(xml.as_bytes()),
-    }
+        _ => xml.to_string(),
+    };
+    (code, excerpt_without(message.as_bytes(), &[sent]))
 }
 
 /// The pod's name: `SIDEKEY_POD_NAME` (the downward API), else the host name.
@@ -220,8 +227,9 @@ mod tests {
 
     #[test]
     fn errors_and_garbage() {
-        let e = sts_error("<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>bad token</Message></Error></ErrorResponse>");
-        assert_eq!(e, "InvalidIdentityToken: bad token");
+        let (code, e) = sts_error("<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>bad token eyJsent.token.x</Message></Error></ErrorResponse>", "eyJsent.token.x");
+        assert_eq!(code.as_deref(), Some("InvalidIdentityToken"));
+        assert_eq!(e, "InvalidIdentityToken: bad token [redacted]");
         assert!(parse_credentials("not xml", SystemTime::now()).is_err());
         assert!(parse_credentials("<a/>", SystemTime::now()).is_err());
         let expired = ANSWER.replace("2099", "2001");

@@ -15,7 +15,7 @@ use sidekey_config::{VaultAuth, VaultIssuerConfig, VaultJwtMethod};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{client, excerpt, read_secret_file, send};
+use crate::http::{clamp_secs, client, excerpt, read_secret_file, send};
 use crate::issuer::{CredentialRequest, IssueError};
 use crate::{Credential, CredentialId, CredentialValue, Lease, Secret};
 
@@ -110,7 +110,7 @@ impl VaultIssuer {
         Ok(VaultIssuer {
             session: Arc::new(Session {
                 name: name.to_string(),
-                client: client(config.ca_file.as_deref())?,
+                client: client(config.ca_file.as_deref(), &config.address.url)?,
                 address: config.address.url.clone(),
                 namespace: config.namespace.clone(),
                 auth: config.auth.clone(),
@@ -188,7 +188,7 @@ impl VaultIssuer {
         let (id, lease) = if answer.lease_id.is_empty() {
             // No lease (KV): read again every `ttl`, or as often as Vault suggests.
             let every = if answer.lease_duration > 0 {
-                Duration::from_secs(answer.lease_duration).min(request.ttl)
+                clamp_secs(answer.lease_duration).min(request.ttl)
             } else {
                 request.ttl
             };
@@ -199,7 +199,7 @@ impl VaultIssuer {
             };
             (id, None)
         } else {
-            expires_at = issued_at + Duration::from_secs(answer.lease_duration);
+            expires_at = issued_at + clamp_secs(answer.lease_duration);
             let lease = Lease {
                 id: answer.lease_id.clone(),
                 renewable: answer.renewable,
@@ -235,7 +235,7 @@ impl VaultIssuer {
             )
             .await?
             .ok_or_else(|| IssueError::Response("lease renewal returned nothing".into()))?;
-        let mut remaining = Duration::from_secs(answer.lease_duration);
+        let mut remaining = clamp_secs(answer.lease_duration);
         // The token that created the lease may end sooner: the lease goes with it, and the
         // store reads a new secret (with the current token) before that.
         if let Some(end) = lease
@@ -443,6 +443,10 @@ impl Session {
             .await?
             .ok_or_else(|| IssueError::Response("token renewal returned no token".into()))?;
         let mut renewed = token_from(answer.auth, obtained);
+        if renewed.lease.is_zero() {
+            // Only a root or periodic token has no TTL, and that is known at login.
+            return Err(IssueError::Response("token renewal gave no TTL".into()));
+        }
         renewed.ttl = token.ttl;
         // Vault rounds; a renewal short of what was asked by more than that is capped by the
         // token's max TTL: the token (and every lease it created) ends then.
@@ -499,6 +503,7 @@ impl Session {
         if !(200..300).contains(&status) {
             return Err(IssueError::Refused {
                 status,
+                code: None,
                 message: format!("{path}: {}", vault_errors(&answer)),
             });
         }
@@ -509,7 +514,7 @@ impl Session {
 }
 
 fn token_from(auth: AuthBody, obtained: SystemTime) -> Token {
-    let lease = Duration::from_secs(auth.lease_duration);
+    let lease = clamp_secs(auth.lease_duration);
     Token {
         secret: Secret::new(auth.client_token),
         accessor: auth.accessor,
