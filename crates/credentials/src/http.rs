@@ -121,6 +121,44 @@ pub(crate) fn excerpt_without(body: &[u8], sent: &[&str]) -> String {
     }
 }
 
+/// Characters left as they are by application/x-www-form-urlencoded (WHATWG URL, RFC 6749
+/// appendix B): alphanumerics and `*-._`; a space becomes `+`.
+const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
+/// One value, form-urlencoded.
+pub(crate) fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    push_form_encoded(&mut out, s);
+    out
+}
+
+/// `k=v&k=v…`, form-urlencoded straight into a buffer that is wiped on drop (the values are
+/// tokens and secrets; no unwiped copy is made on the way).
+pub(crate) fn form_body<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> zeroize::Zeroizing<String> {
+    let mut body = zeroize::Zeroizing::new(String::new());
+    for (k, v) in pairs {
+        if !body.is_empty() {
+            body.push('&');
+        }
+        push_form_encoded(&mut body, k);
+        body.push('=');
+        push_form_encoded(&mut body, v);
+    }
+    body
+}
+
+fn push_form_encoded(out: &mut String, s: &str) {
+    for chunk in percent_encoding::utf8_percent_encode(s, FORM) {
+        out.push_str(if chunk == "%20" { "+" } else { chunk });
+    }
+}
+
 /// The longest lifetime an issuer may state; longer ones are refused as nonsense (and would
 /// overflow time arithmetic).
 const MAX_LIFETIME: u64 = 366 * 24 * 60 * 60;

@@ -11,7 +11,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use sidekey_config::{ClientAuth, OAuth2Grant, OAuth2IssuerConfig};
 
-use crate::http::{after, client, excerpt_without, read_secret_file, send, unix_now};
+use crate::http::{
+    after, client, excerpt_without, form_body, form_encode, read_secret_file, send, unix_now,
+};
 use crate::issuer::{CredentialRequest, IssueError};
 use crate::{Credential, Secret};
 
@@ -202,19 +204,11 @@ impl OAuth2Issuer {
             }
             Auth::None => form.push(("client_id", self.client_id.clone())),
         }
-        let mut body = zeroize::Zeroizing::new(String::new());
-        for (k, v) in form
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .chain(secrets.iter().map(|(k, s)| (*k, s.expose())))
-        {
-            if !body.is_empty() {
-                body.push('&');
-            }
-            body.push_str(k);
-            body.push('=');
-            body.push_str(&form_encode(v));
-        }
+        let body = form_body(
+            form.iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .chain(secrets.iter().map(|(k, s)| (*k, s.expose()))),
+        );
         let issued_at = SystemTime::now();
         let (status, answer) = send(
             http.header(
@@ -316,18 +310,6 @@ pub(crate) fn hash_id(token: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("sha256:{hex}")
-}
-
-/// application/x-www-form-urlencoded, as RFC 6749 asks.
-fn form_encode(s: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'*')
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_');
-    percent_encoding::utf8_percent_encode(s, SET)
-        .to_string()
-        .replace("%20", "+")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use sidekey_config::AwsStsIssuerConfig;
 
-use crate::http::{client, excerpt_without, read_secret_file, send};
+use crate::http::{client, excerpt_without, form_body, read_secret_file, send};
 use crate::issuer::{CredentialRequest, IssueError};
 use crate::{Credential, CredentialId, CredentialValue, Secret};
 
@@ -49,12 +49,7 @@ impl StsIssuer {
         if let Some(policy) = &request.session_policy {
             form.push(("Policy", policy));
         }
-        let body = zeroize::Zeroizing::new(
-            form.iter()
-                .map(|(k, v)| format!("{k}={}", encode(v)))
-                .collect::<Vec<_>>()
-                .join("&"),
-        );
+        let body = form_body(form);
         let issued_at = SystemTime::now();
         let (status, answer) = send(
             self.client
@@ -179,16 +174,6 @@ fn session_name(template: &str, pod: &str) -> String {
     } else {
         cleaned
     }
-}
-
-/// Form encoding of a value (RFC 3986 unreserved characters kept).
-fn encode(s: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    percent_encoding::utf8_percent_encode(s, SET).to_string()
 }
 
 #[cfg(test)]
