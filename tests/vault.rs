@@ -868,6 +868,40 @@ fn leases_stay_valid_when_the_vault_token_reaches_its_max_ttl() {
 }
 
 #[test]
+fn a_long_lease_read_before_its_token_was_capped_is_replaced_before_the_token_ends() {
+    // The lease could live 40 s, but it dies with the token that read it, whose end (16 s)
+    // only becomes known when a renewal comes back capped, long after the lease was read and
+    // scheduled. sidekey must re-plan the lease then, not at its own refresh point (~26 s).
+    let env = Env::new();
+    let pg = Postgres::start();
+    let bao = Bao::start(DB_POLICY, "8s", "16s");
+    bao.bao.enable_database(&pg, "readonly", "40s", "1m");
+    let yaml = vault_config(JWT_ISSUER, DB_CREDENTIAL, &[("db", "db")]);
+    let sk = start_sidekey(&env, &bao, &yaml);
+
+    let samples = run_for(
+        &sk,
+        &env,
+        "db",
+        Duration::from_secs(24),
+        Duration::from_millis(250),
+        password_works(&pg),
+    );
+    assert_all_ok(&samples);
+    assert_ids_match_values(&sk, &samples);
+    let leases = assert_leases_valid_when_used(&sk, "db");
+    assert!(
+        leases.len() >= 2,
+        "the first lease died with the first token at 16 s: {leases:?}"
+    );
+    let failed = events(&sk, "db", Some("failed"));
+    assert!(failed.is_empty(), "no failed fetch on the way: {failed:#?}");
+    let passwords: Vec<String> = samples.iter().filter_map(|s| s.value.clone()).collect();
+    let secrets: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    assert_no_leak(&sk, &bao, &secrets);
+}
+
+#[test]
 fn pki_non_renewable_lease_is_replaced_before_expiry() {
     let env = Env::new();
     let bao = Bao::start(

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sidekey_config::{CredentialConfig, IssuerConfig, IssuerKind};
 
@@ -168,6 +168,24 @@ impl Issuer {
                 "{} issuers have no leases to renew",
                 self.kind()
             ))),
+        }
+    }
+
+    /// When `lease` must be given up whatever its own TTL says (Vault: the token that created
+    /// it ends then), if the issuer knows.
+    pub fn lease_end(&self, lease: &Lease) -> Option<SystemTime> {
+        match self {
+            Issuer::Vault(vault) => vault.lease_end(lease),
+            _ => None,
+        }
+    }
+
+    /// A receiver that changes whenever [`Issuer::lease_end`] may answer differently; `None`
+    /// for issuers whose leases never end early.
+    pub fn lease_ends(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Issuer::Vault(vault) => Some(vault.lease_ends()),
+            _ => None,
         }
     }
 

@@ -447,12 +447,24 @@ fn backoff(attempts: u32) -> Duration {
 
 /// Keeps the slot's credential fresh until it is gone (expired) or sidekey stops.
 async fn keep_fresh(slot: &Arc<Slot>, audit: &AuditLog, stop: &CancellationToken) {
+    let mut lease_ends = slot.issuer.lease_ends();
     loop {
-        let Some(held) = slot.current.load_full() else {
+        let Some(mut held) = slot.current.load_full() else {
             return;
         };
-        if !sleep_until(held.refresh_at, stop).await {
-            return;
+        if let Some(capped) = cap_to_lease_end(slot, &held) {
+            held = capped;
+        }
+        let wait = held
+            .refresh_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            // A lease's end became known (its Vault token's renewal came back capped): look
+            // again before the refresh point, which may now be too late.
+            () = lease_end_changed(&mut lease_ends) => continue,
         }
         let mut attempts = 0;
         loop {
@@ -493,6 +505,48 @@ async fn keep_fresh(slot: &Arc<Slot>, audit: &AuditLog, stop: &CancellationToken
             }
         }
     }
+}
+
+/// Resolves when the issuer's lease ends may have changed; never, for issuers without them.
+async fn lease_end_changed(receiver: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match receiver {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The issuer is gone (shutdown): nothing will change any more.
+                *receiver = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// When the issuer says the held lease ends before its own expiry (Vault: the token that
+/// created it was capped after the lease was read), shortens the schedule to that end and
+/// stops renewing, so that a new secret is read in time. Returns the capped slot content.
+fn cap_to_lease_end(slot: &Slot, held: &Arc<Held>) -> Option<Arc<Held>> {
+    let lease = held.credential.lease.as_ref()?;
+    let end = slot.issuer.lease_end(lease)?;
+    if end >= held.expires_at {
+        return None;
+    }
+    let (refresh_at, usable_until) = schedule(SystemTime::now(), end);
+    let capped = Arc::new(Held {
+        credential: Arc::clone(&held.credential),
+        expires_at: end,
+        refresh_at,
+        usable_until,
+        renewable: false,
+        lifetime: held.lifetime,
+    });
+    let previous = slot
+        .current
+        .compare_and_swap(held, Some(Arc::clone(&capped)));
+    if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, held)) {
+        return None;
+    }
+    tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, expires_at = %rfc3339(end), "lease capped at the end of the token that created it");
+    Some(capped)
 }
 
 /// Sleeps until `at` (wall clock); false when sidekey is stopping.

@@ -41,6 +41,9 @@ struct Session {
     /// Accessor → hard expiry of tokens (current or past) whose end is known: leases they
     /// created cannot outlive them.
     doomed: std::sync::Mutex<HashMap<String, SystemTime>>,
+    /// Bumped whenever a token's end becomes known or moves: the store then re-reads the end
+    /// of every lease it holds, so a lease read before the cap was known is capped too.
+    ends: tokio::sync::watch::Sender<u64>,
 }
 
 struct Token {
@@ -57,9 +60,16 @@ struct Token {
 }
 
 impl Token {
-    /// Renew (or log in again) at two thirds of the token's life.
+    /// Renew (or log in again) at two thirds of the token's life; a token whose end is known
+    /// is replaced at half its life, before the store (which refreshes leases it created at
+    /// 60-70 % of the time left) reads a new secret, so the new lease gets the new token.
     fn refresh_at(&self) -> SystemTime {
-        self.obtained + self.lease.mul_f64(2.0 / 3.0)
+        let fraction = if self.hard_expiry.is_some() {
+            0.5
+        } else {
+            2.0 / 3.0
+        };
+        self.obtained + self.lease.mul_f64(fraction)
     }
 
     fn expires_at(&self) -> SystemTime {
@@ -116,6 +126,7 @@ impl VaultIssuer {
                 auth: config.auth.clone(),
                 token: Mutex::new(None),
                 doomed: std::sync::Mutex::new(HashMap::new()),
+                ends: tokio::sync::watch::Sender::new(0),
             }),
             keeper_started: std::sync::atomic::AtomicBool::new(false),
             stop: CancellationToken::new(),
@@ -248,6 +259,19 @@ impl VaultIssuer {
         Ok(remaining)
     }
 
+    /// When `lease` ends for good because the token that created it does, if known.
+    pub fn lease_end(&self, lease: &Lease) -> Option<SystemTime> {
+        lease
+            .owner
+            .as_deref()
+            .and_then(|owner| self.session.doomed_at(owner))
+    }
+
+    /// Changes whenever [`VaultIssuer::lease_end`] may give a new answer.
+    pub fn lease_ends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.session.ends.subscribe()
+    }
+
     /// `sys/leases/revoke`.
     pub async fn revoke(&self, lease: &Lease) -> Result<(), IssueError> {
         let token = self.token().await?;
@@ -347,7 +371,10 @@ impl Session {
         if let (Some(end), Ok(mut doomed)) = (token.hard_expiry, self.doomed.lock()) {
             let now = SystemTime::now();
             doomed.retain(|_, t| *t > now);
-            doomed.insert(token.accessor.clone(), end);
+            if doomed.insert(token.accessor.clone(), end) != Some(end) {
+                drop(doomed);
+                self.ends.send_modify(|generation| *generation += 1);
+            }
         }
     }
 
