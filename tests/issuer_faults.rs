@@ -192,9 +192,11 @@ fn hanging_issuer_gives_a_bounded_503_to_every_waiter_with_one_call_and_others_k
 fn garbage_and_errors_from_the_issuer_are_clear_503s_and_nothing_panics() {
     let env = Env::new();
     // (status, content type, body, what the agent is told, what the log and audit say)
-    let cases: [(&str, &str, &str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str, &str, &str); 6] = [
         ("200 OK", "application/json", "not json", "unexpected answer from the issuer", "unexpected answer from the issuer: token endpoint answer"),
-        ("200 OK", "application/json", "{\"token_type\":1}", "unexpected answer from the issuer", "missing field `access_token`"),
+        ("200 OK", "application/json", "{\"token_type\":\"Bearer\"}", "unexpected answer from the issuer", "missing field `access_token`"),
+        // A sender-constrained token would fail upstream without its proof: refused up front.
+        ("200 OK", "application/json", "{\"access_token\":\"dpop-bound-token-7c1e\",\"token_type\":\"DPoP\",\"expires_in\":300}", "unexpected answer from the issuer", "token_type `DPoP` is not supported"),
         (
             "500 Internal Server Error",
             "text/html",

@@ -48,6 +48,25 @@ struct TokenAnswer {
     /// A number, or a numeric string (some providers send one).
     #[serde(default, deserialize_with = "number_or_string")]
     expires_in: Option<u64>,
+    /// `Bearer` (any case), or `N_A` for a token exchange that issued something other than an
+    /// access token (RFC 8693 §2.2.1). Some providers leave it out.
+    #[serde(default)]
+    token_type: Option<String>,
+}
+
+impl TokenAnswer {
+    /// Refuses tokens sidekey cannot use as a plain header value: a DPoP- or MAC-bound token
+    /// would fail upstream on every request without its proof.
+    fn check_type(&self) -> Result<(), IssueError> {
+        match self.token_type.as_deref() {
+            None => Ok(()),
+            Some(t) if t.eq_ignore_ascii_case("bearer") || t == "N_A" => Ok(()),
+            Some(other) => Err(IssueError::Response(format!(
+                "token_type `{}` is not supported: sidekey attaches bearer tokens",
+                other.chars().take(32).collect::<String>()
+            ))),
+        }
+    }
 }
 
 fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -243,6 +262,7 @@ impl OAuth2Issuer {
         }
         let token: TokenAnswer = serde_json::from_slice(&answer)
             .map_err(|e| IssueError::Response(format!("token endpoint answer: {e}")))?;
+        token.check_type()?;
         let claims = jwt_claims(&token.access_token);
         let expires_at = match (token.expires_in, claims.as_ref().and_then(|c| c.exp)) {
             (Some(s), _) => after(issued_at, s, "expires_in")?,

@@ -33,6 +33,8 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// The largest body read to sign its hash (SigV4 for services other than S3).
 const SIGNED_BODY_LIMIT: usize = 10 << 20;
+/// How long the agent gets to send a body that is to be signed.
+const SIGNED_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the listener established about a request before policy sees it.
 pub struct Exchange {
@@ -200,6 +202,19 @@ pub async fn handle(
         None => record.set_decision(Outcome::Tunnel),
     }
 
+    // A SigV4 signature over the payload needs the whole body: read it before the credential
+    // is fetched, so that keys are never held waiting on a slow agent.
+    let mut incoming = Some(body);
+    let mut buffered: Option<Bytes> = None;
+    if route.is_some_and(|r| signs_payload(r.inject.as_ref())) {
+        if let Some(body) = incoming.take() {
+            match read_to_sign(body).await {
+                Ok(bytes) => buffered = Some(bytes),
+                Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+            }
+        }
+    }
+
     // credential
     let credential = match route {
         Some(route) => match credential(&state, route).await {
@@ -208,7 +223,9 @@ pub async fn handle(
                 if let Some(name) = &route.credential {
                     record.set_credential(name, route.issuer.as_deref(), None);
                 }
-                drain(&parts, body).await;
+                if let Some(body) = incoming {
+                    drain(&parts, body).await;
+                }
                 return refuse(record, &exchange.request_id, refusal);
             }
         },
@@ -220,17 +237,7 @@ pub async fn handle(
         }
     }
 
-    // rewrite (a SigV4 signature over the payload needs the whole body first)
-    let mut incoming = Some(body);
-    let mut buffered: Option<Bytes> = None;
-    if route.is_some_and(|r| signs_payload(r.inject.as_ref())) {
-        if let Some(body) = incoming.take() {
-            match read_to_sign(body).await {
-                Ok(bytes) => buffered = Some(bytes),
-                Err(refusal) => return refuse(record, &exchange.request_id, refusal),
-            }
-        }
-    }
+    // rewrite
     let payload = match &buffered {
         Some(bytes) => Payload::Bytes(bytes),
         None => Payload::Unsigned,
@@ -421,12 +428,20 @@ fn signs_payload(inject: Option<&Inject>) -> bool {
     matches!(inject, Some(Inject::SigV4 { service, .. }) if !sigv4::is_s3(service))
 }
 
-/// Reads a body whose hash is to be signed, up to [`SIGNED_BODY_LIMIT`].
+/// Reads a body whose hash is to be signed, up to [`SIGNED_BODY_LIMIT`] and for at most
+/// [`SIGNED_BODY_TIMEOUT`].
 async fn read_to_sign(body: Incoming) -> Result<Bytes, Refusal> {
-    match http_body_util::Limited::new(body, SIGNED_BODY_LIMIT)
-        .collect()
-        .await
-    {
+    let read = http_body_util::Limited::new(body, SIGNED_BODY_LIMIT).collect();
+    let Ok(result) = tokio::time::timeout(SIGNED_BODY_TIMEOUT, read).await else {
+        return Err(Refusal::new(
+            ErrorCode::RequestInvalid,
+            format!(
+                "the body did not arrive within {SIGNED_BODY_TIMEOUT:?}: a SigV4 signature needs \
+                 all of it"
+            ),
+        ));
+    };
+    match result {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
             ErrorCode::RequestInvalid,
