@@ -422,6 +422,45 @@ fn write_secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
 // KV v2
 
 #[test]
+fn kubernetes_method_logs_in_at_its_own_mount_with_the_pod_token() {
+    // Vault's kubernetes method takes the same `{role, jwt}` login as the jwt method, at
+    // auth/kubernetes/login; OpenBao cannot review tokens without an API server, so its jwt
+    // method mounted at `kubernetes/` stands in for it and checks the pod token itself.
+    let env = Env::new();
+    let bao = Bao::start(
+        r#"path "secret/data/agents/*" { capabilities = ["read"] }"#,
+        "1m",
+        "10m",
+    );
+    bao.bao.enable_jwt_auth_at(
+        "kubernetes",
+        bao.identity.public_pem(),
+        ROLE,
+        AUDIENCE,
+        "1m",
+        "10m",
+        &["agent"],
+    );
+    bao.bao
+        .kv_put("agents/k8s", json!({ "token": "kv-via-k8s-auth-93d0" }));
+    let issuer = JWT_ISSUER.replace("method: jwt", "method: kubernetes");
+    let yaml = vault_config(
+        &issuer,
+        "  k8s:\n    issuer: bao\n    path: secret/data/agents/k8s\n    field: token\n",
+        &[("k8s", "k8s")],
+    );
+    let sk = start_sidekey(&env, &bao, &yaml);
+    get(&sk, "k8s", "/echo/k8s").assert_status(200);
+    assert_eq!(bearer_at(&env, "/echo/k8s"), "kv-via-k8s-auth-93d0");
+    let tokens = bao.bao.tokens_from("auth/kubernetes/login");
+    assert_eq!(tokens.len(), 1, "one login at auth/kubernetes: {tokens:#?}");
+    assert!(
+        bao.bao.tokens_from("auth/jwt/login").is_empty(),
+        "nothing at auth/jwt"
+    );
+}
+
+#[test]
 fn kv_v2_field_via_jwt_login_is_injected_and_read_again_after_ttl() {
     let env = Env::new();
     let bao = Bao::start(
