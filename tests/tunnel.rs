@@ -14,6 +14,12 @@ fn tunnel_config() -> String {
         "",
         "unmatched: tunnel",
     )
+    // The blind targets live on loopback, which only `allow_ranges` opens to tunnels.
+    .replacen(
+        "upstream:\n",
+        "upstream:\n  allow_ranges: [127.0.0.0/8]\n",
+        1,
+    )
 }
 
 #[test]

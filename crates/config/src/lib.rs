@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, Route, Scheme};
+use sidekey_policy::{
+    CanonicalHost, HostPattern, IpNet, MethodSet, PathGlob, Policy, Route, Scheme,
+};
 
 mod check;
 mod describe;
@@ -110,6 +112,12 @@ pub struct UpstreamConfig {
     pub extra_ca_files: Vec<PathBuf>,
     /// `host:port: addr:port` overrides (like curl --resolve), global and from routes merged.
     pub resolve: Vec<ResolveOverride>,
+    /// DNS servers (`ip:port`) to ask instead of the system resolver (`/etc/resolv.conf`,
+    /// `/etc/hosts`). Empty: the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    /// Non-public address ranges every upstream connection may reach (routes and unmatched
+    /// tunnels), on top of routes' `allow_private`.
+    pub allow_ranges: Vec<IpNet>,
     /// Default 5s.
     pub connect_timeout: Duration,
     /// Time to the response headers. Default 60s. Bodies stream without a time limit.

@@ -293,6 +293,8 @@ upstream:
   extra_ca_files: [/etc/sidekey/corp-ca.pem]
   resolve:
     api.internal.test:443: 127.0.0.1:8443
+  nameservers: ["10.0.0.2:53", "[fd00::53]:5353"]
+  allow_ranges: [10.20.0.0/16, "fd00:1234::/32", 192.168.7.9, 10.30.1.1/16]
   connect_timeout: 3s
   request_timeout: 2m
 identity:
@@ -346,6 +348,29 @@ fn full_example() {
     );
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
     assert_eq!(c.upstream.request_timeout, Duration::from_secs(120));
+    assert_eq!(
+        c.upstream.nameservers,
+        vec![
+            "10.0.0.2:53".parse().unwrap(),
+            "[fd00::53]:5353".parse().unwrap()
+        ]
+    );
+    let ranges: Vec<String> = c
+        .upstream
+        .allow_ranges
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    // A bare address is a one-address range; host bits are dropped.
+    assert_eq!(
+        ranges,
+        [
+            "10.20.0.0/16",
+            "fd00:1234::/32",
+            "192.168.7.9/32",
+            "10.30.0.0/16"
+        ]
+    );
     // The route repeats the global entry (same address: fine) and adds one.
     let resolve: Vec<_> = c
         .upstream
@@ -406,7 +431,7 @@ fn full_example() {
         MethodSet::List(vec!["GET".into(), "POST".into()])
     );
     assert_eq!(gh.credential.as_deref(), Some("github"));
-    assert_eq!(gh.line, 25);
+    assert_eq!(gh.line, 27);
     assert!(c.routes[1].allow_private);
     assert_eq!(c.routes[2].schemes, vec![Scheme::Http, Scheme::Https]);
     assert_eq!(c.routes[2].ports, vec![8080]);
@@ -643,6 +668,9 @@ fn issuer_and_credential_errors() {
         ("ttl bare number", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, ttl: 300 }\n", &[(4, 28, "bare number 300", "`300s`")]),
         ("eager yes", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, eager: yes }\n", &[(4, 30, "must be true or false, found a string", "write `true` without quotes")]),
         ("empty audience", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, audience: \"\" }\n", &[(4, 33, "`audience` of credential `c` must not be empty", "")]),
+        ("allow range not a range", "upstream: { allow_ranges: [10.0.0.0/33, corp] }\n", &[(1, 28, "`10.0.0.0/33` is not an address range", "CIDR"), (1, 41, "`corp` is not an address range", "")]),
+        ("allow range everything", "upstream: { allow_ranges: [0.0.0.0/0] }\n", &[(1, 28, "`0.0.0.0/0` is every address", "allow_private")]),
+        ("nameserver without port", "upstream: { nameservers: [10.0.0.2] }\n", &[(1, 27, "a name server in `upstream.nameservers`", "")]),
         ("connect timeout zero", "upstream: { connect_timeout: 0s }\n", &[(1, 30, "`upstream.connect_timeout` must be greater than zero", "")]),
         ("request timeout", "upstream: { request_timeout: [1] }\n", &[(1, 30, "`upstream.request_timeout` must be a duration, found a list", "")]),
     ];

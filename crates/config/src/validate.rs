@@ -3,10 +3,10 @@
 //! error so that the rest of the file is still checked.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use sidekey_policy::Authority;
+use sidekey_policy::{Authority, IpNet};
 
 use crate::check::{check_name, closest, parse_socket_addr, Errors, Field};
 use crate::yaml::{Node, Pos, Value};
@@ -31,6 +31,8 @@ const CA_KEYS: &[&str] = &["cert_out", "leaf_cache_size"];
 const UPSTREAM_KEYS: &[&str] = &[
     "extra_ca_files",
     "resolve",
+    "nameservers",
+    "allow_ranges",
     "connect_timeout",
     "request_timeout",
 ];
@@ -134,6 +136,8 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         upstream: UpstreamConfig {
             extra_ca_files: Vec::new(),
             resolve: Vec::new(),
+            nameservers: Vec::new(),
+            allow_ranges: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         },
@@ -300,6 +304,19 @@ fn upstream(node: &Node, e: &mut Errors, up: &mut UpstreamConfig, resolve: &mut 
     if let Some(n) = f.value("resolve") {
         resolve_map(n, "`upstream.resolve`", e, resolve);
     }
+    if let Some(n) = f.value("nameservers") {
+        if let Some(items) = e.list(n, "`upstream.nameservers`") {
+            up.nameservers = items
+                .iter()
+                .filter_map(|i| e.upstream_addr(i, "a name server in `upstream.nameservers`"))
+                .collect();
+        }
+    }
+    if let Some(n) = f.value("allow_ranges") {
+        if let Some(items) = e.list(n, "`upstream.allow_ranges`") {
+            up.allow_ranges = items.iter().filter_map(|i| allow_range(i, e)).collect();
+        }
+    }
     if let Some(n) = f.value("connect_timeout") {
         if let Some(d) = positive_duration(n, "`upstream.connect_timeout`", e) {
             up.connect_timeout = d;
@@ -308,6 +325,35 @@ fn upstream(node: &Node, e: &mut Errors, up: &mut UpstreamConfig, resolve: &mut 
     if let Some(n) = f.value("request_timeout") {
         if let Some(d) = positive_duration(n, "`upstream.request_timeout`", e) {
             up.request_timeout = d;
+        }
+    }
+}
+
+/// A CIDR range (or one address) of `upstream.allow_ranges`.
+fn allow_range(node: &Node, e: &mut Errors) -> Option<IpNet> {
+    let what = "a range in `upstream.allow_ranges`";
+    let s = e.string(node, what)?;
+    let parsed = s
+        .parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+    match parsed {
+        Ok(net) if net.prefix_len() == 0 => {
+            e.error_hint(
+                node.pos,
+                format!("{what}: `{s}` is every address"),
+                "name the networks sidekey may reach, e.g. 10.20.0.0/16; a route that needs \
+                 private addresses can say `allow_private: true` instead",
+            );
+            None
+        }
+        Ok(net) => Some(net.trunc()),
+        Err(_) => {
+            e.error_hint(
+                node.pos,
+                format!("{what}: `{s}` is not an address range"),
+                "write CIDR, e.g. 10.20.0.0/16 or fd00:1234::/32, or one address",
+            );
+            None
         }
     }
 }

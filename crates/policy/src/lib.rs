@@ -3,11 +3,13 @@
 //!
 //! Everything that says "yes" or "no" to egress lives here, so it can be tested exhaustively.
 
+pub mod address;
 pub mod glob;
 pub mod host;
 pub mod path;
 pub mod route;
 
+pub use address::{classify as classify_address, AddressClass, AddressGuard, IpNet};
 pub use glob::{GlobError, PathGlob};
 pub use host::{Authority, CanonicalHost, HostError, Scheme, Target};
 pub use path::{PathError, RequestPath};

@@ -12,6 +12,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     PathNotAllowed,
     TargetMismatch,
+    /// The SSRF guard: the upstream's address is not public and the route does not allow it.
+    AddressNotAllowed,
     CredentialUnavailable,
     UpstreamUnreachable,
     UpstreamTls,
@@ -25,6 +27,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PathNotAllowed => "path_not_allowed",
             ErrorCode::TargetMismatch => "target_mismatch",
+            ErrorCode::AddressNotAllowed => "address_not_allowed",
             ErrorCode::CredentialUnavailable => "credential_unavailable",
             ErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ErrorCode::UpstreamTls => "upstream_tls",
@@ -37,7 +40,8 @@ impl ErrorCode {
             ErrorCode::HostNotAllowed
             | ErrorCode::MethodNotAllowed
             | ErrorCode::PathNotAllowed
-            | ErrorCode::TargetMismatch => StatusCode::FORBIDDEN,
+            | ErrorCode::TargetMismatch
+            | ErrorCode::AddressNotAllowed => StatusCode::FORBIDDEN,
             ErrorCode::CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamUnreachable | ErrorCode::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestInvalid => StatusCode::BAD_REQUEST,

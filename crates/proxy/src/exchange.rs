@@ -266,7 +266,12 @@ pub async fn handle(
     };
 
     // forward
-    let response = match state.upstream.send(Request::from_parts(parts, body)).await {
+    let allow_private = route.is_some_and(|r| r.allow_private);
+    let response = match state
+        .upstream
+        .send(Request::from_parts(parts, body), allow_private)
+        .await
+    {
         Ok(response) => response,
         Err(refusal) => return refuse(record, &exchange.request_id, refusal),
     };

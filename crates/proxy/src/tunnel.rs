@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::PendingRecord;
 use crate::body::{empty, ProxyBody};
-use crate::error::{ErrorCode, Refusal};
+use crate::error::Refusal;
 use crate::exchange::Exchange;
 use crate::forward::LISTENER;
 use crate::ProxyState;
@@ -37,12 +37,7 @@ pub async fn open(
     {
         Ok(stream) => stream,
         Err(e) => {
-            return exchange.refuse(
-                &state,
-                "CONNECT",
-                "",
-                Refusal::new(ErrorCode::UpstreamUnreachable, e.to_string()),
-            )
+            return exchange.refuse(&state, "CONNECT", "", Refusal::new(e.code(), e.to_string()))
         }
     };
     let mut record = PendingRecord::new(

@@ -1,6 +1,7 @@
-//! Connections to upstreams: name resolution (with the config's `resolve` overrides), TCP with
-//! a connect timeout, TLS verified by hyper-rustls, HTTP/1.1 or HTTP/2 by ALPN, and a
-//! connection pool. Redirects are never followed: the client returns every response as is.
+//! Connections to upstreams: name resolution (the config's `resolve` overrides, then the
+//! system resolver or the configured name servers), the SSRF guard on the address about to be
+//! connected to, TCP with a connect timeout, TLS verified by hyper-rustls, HTTP/1.1 or HTTP/2 by
+//! ALPN, and connection pools. Redirects are never followed: every response is returned as is.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,11 +11,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::TokioResolver;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sidekey_config::UpstreamConfig;
+use sidekey_policy::{AddressClass, AddressGuard};
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
@@ -40,19 +46,83 @@ pub enum ConnectError {
         port: u16,
         reason: String,
     },
+    #[error(
+        "{host} is at {addr}, a {class} address: only a route with `allow_private: true` (or \
+         `upstream.allow_ranges`) may connect there"
+    )]
+    Forbidden {
+        host: String,
+        addr: IpAddr,
+        class: AddressClass,
+    },
     #[error("request URI has no host")]
     NoHost,
 }
 
-/// Resolves and connects, honouring `resolve` overrides.
+impl ConnectError {
+    /// The code the agent gets: the SSRF guard's refusal is a policy decision, the rest are
+    /// failures to reach the upstream.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ConnectError::Forbidden { .. } => ErrorCode::AddressNotAllowed,
+            _ => ErrorCode::UpstreamUnreachable,
+        }
+    }
+}
+
+/// Where names are looked up.
+#[derive(Clone)]
+enum Resolver {
+    /// getaddrinfo: /etc/hosts, /etc/resolv.conf (search domains, ndots), as every other
+    /// program in the pod sees them.
+    System,
+    /// The name servers of `upstream.nameservers`, asked directly.
+    Servers(Arc<TokioResolver>),
+}
+
+impl Resolver {
+    fn new(config: &UpstreamConfig) -> Resolver {
+        if config.nameservers.is_empty() {
+            return Resolver::System;
+        }
+        let mut servers = ResolverConfig::new();
+        for addr in &config.nameservers {
+            servers.add_name_server(NameServerConfig::new(*addr, Protocol::Udp));
+            servers.add_name_server(NameServerConfig::new(*addr, Protocol::Tcp));
+        }
+        let resolver =
+            TokioResolver::builder_with_config(servers, TokioConnectionProvider::default()).build();
+        Resolver::Servers(Arc::new(resolver))
+    }
+
+    async fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        match self {
+            Resolver::System => tokio::net::lookup_host((host, port))
+                .await
+                .map(|addrs| addrs.collect())
+                .map_err(|e| e.to_string()),
+            Resolver::Servers(resolver) => resolver
+                .lookup_ip(host)
+                .await
+                .map(|ips| ips.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Resolves and connects, honouring `resolve` overrides, and refuses addresses that are not
+/// public unless built for a route with `allow_private`.
 #[derive(Clone)]
 pub struct TcpConnector {
     overrides: Arc<HashMap<(String, u16), SocketAddr>>,
+    resolver: Resolver,
     connect_timeout: Duration,
+    guard: Arc<AddressGuard>,
+    allow_private: bool,
 }
 
 impl TcpConnector {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub fn new(config: &UpstreamConfig, allow_private: bool) -> Self {
         let overrides = config
             .resolve
             .iter()
@@ -60,16 +130,26 @@ impl TcpConnector {
             .collect();
         TcpConnector {
             overrides: Arc::new(overrides),
+            resolver: Resolver::new(config),
             connect_timeout: config.connect_timeout,
+            guard: Arc::new(AddressGuard::new(config.allow_ranges.clone())),
+            allow_private,
         }
     }
 
-    /// Connects to `host:port` (`host` canonical, IPv6 without brackets).
+    /// Connects to `host:port` (`host` canonical, IPv6 without brackets). Each address is
+    /// checked right before it is connected to — the address checked is the address used, so
+    /// a DNS answer that changes between lookups (rebinding) cannot slip past the guard.
     pub async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let addrs = self.resolve(host, port, deadline).await?;
         let mut last = None;
+        let mut forbidden = None;
         for addr in addrs {
+            if let Err(class) = self.guard.check(addr.ip(), self.allow_private) {
+                forbidden.get_or_insert((addr.ip(), class));
+                continue;
+            }
             match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
@@ -85,11 +165,18 @@ impl TcpConnector {
                 }
             }
         }
-        Err(ConnectError::Refused {
-            host: host.to_string(),
-            port,
-            reason: last.unwrap_or_else(|| "no address to try".into()),
-        })
+        match (last, forbidden) {
+            (None, Some((addr, class))) => Err(ConnectError::Forbidden {
+                host: host.to_string(),
+                addr,
+                class,
+            }),
+            (last, _) => Err(ConnectError::Refused {
+                host: host.to_string(),
+                port,
+                reason: last.unwrap_or_else(|| "no address to try".into()),
+            }),
+        }
     }
 
     async fn resolve(
@@ -104,13 +191,13 @@ impl TcpConnector {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let lookup = tokio::net::lookup_host((host, port));
-        let addrs: Vec<SocketAddr> = match tokio::time::timeout_at(deadline, lookup).await {
-            Ok(Ok(addrs)) => addrs.collect(),
-            Ok(Err(e)) => {
+        let addrs = match tokio::time::timeout_at(deadline, self.resolver.lookup(host, port)).await
+        {
+            Ok(Ok(addrs)) => addrs,
+            Ok(Err(reason)) => {
                 return Err(ConnectError::Resolve {
                     host: host.to_string(),
-                    reason: e.to_string(),
+                    reason,
                 })
             }
             Err(_) => {
@@ -161,43 +248,59 @@ impl tower_service::Service<Uri> for TcpConnector {
 
 type Connector = hyper_rustls::HttpsConnector<TcpConnector>;
 
-/// The pooled upstream client.
+/// The pooled upstream clients: one for routes limited to public addresses, one for routes
+/// with `allow_private` (separate pools, so a connection one may make is never lent to the
+/// other).
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, ProxyBody>,
+    public: Client<Connector, ProxyBody>,
+    private: Client<Connector, ProxyBody>,
     tcp: TcpConnector,
     request_timeout: Duration,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig, tls: rustls::ClientConfig) -> Self {
-        let tcp = TcpConnector::new(config);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp.clone());
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
+        let client = |tcp: TcpConnector| {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(tcp);
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(https)
+        };
+        let tcp = TcpConnector::new(config, false);
         Upstream {
-            client,
+            public: client(tcp.clone()),
+            private: client(TcpConnector::new(config, true)),
             tcp,
             request_timeout: config.request_timeout,
         }
     }
 
-    /// The raw TCP connector, for blind tunnels.
+    /// The raw TCP connector for blind tunnels (which no route names: public addresses only).
     pub fn tcp(&self) -> &TcpConnector {
         &self.tcp
     }
 
     /// Sends the request and waits (bounded by `request_timeout`) for the response head.
-    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, Refusal> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+    /// `allow_private`: the route may reach non-public addresses.
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+        allow_private: bool,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let client = if allow_private {
+            &self.private
+        } else {
+            &self.public
+        };
+        match tokio::time::timeout(self.request_timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(Refusal::new(
@@ -231,7 +334,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
             }
         }
         if let Some(connect) = e.downcast_ref::<ConnectError>() {
-            return Refusal::new(ErrorCode::UpstreamUnreachable, connect.to_string());
+            return Refusal::new(connect.code(), connect.to_string());
         }
         // hyper-rustls may carry the handshake failure as text only; rustls' own messages
         // name certificates and alerts.
