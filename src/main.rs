@@ -191,6 +191,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(sidekey_proxy::accept_loop(
             "forward",
             listener,
+            Arc::clone(&state.limits.connections),
             shutdown.clone(),
             tracker.clone(),
             move |stream| {
@@ -209,6 +210,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(sidekey_proxy::accept_loop(
             "routes",
             listener,
+            Arc::clone(&state.limits.connections),
             shutdown.clone(),
             tracker.clone(),
             move |stream| {

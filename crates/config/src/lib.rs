@@ -83,6 +83,42 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub unmatched: Unmatched,
     pub audit: AuditConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `limits:` — what one agent connection may cost sidekey. Every value has a safe default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Agent connections open at once, over all listeners; more are closed on accept.
+    /// Default 1024.
+    pub max_connections: usize,
+    /// Time to receive a whole request head (slowloris). Default 30s.
+    pub header_read_timeout: Duration,
+    /// Time for the agent's TLS handshake inside CONNECT. Default 10s.
+    pub handshake_timeout: Duration,
+    /// Request headers per request. Default 100.
+    pub max_headers: usize,
+    /// Bytes of a request head (request line + headers; HTTP/2: the header list). Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per agent connection. Default 100.
+    pub max_concurrent_streams: u32,
+    /// A blind tunnel or an HTTP/2 connection with no traffic either way is closed after
+    /// this. Default 5m.
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 100,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `listen:` — each listener can be turned off with `null`/`off`. Port 0 picks a free port.

@@ -12,7 +12,8 @@ use crate::check::{check_name, closest, parse_socket_addr, Errors, Field};
 use crate::yaml::{Node, Pos, Value};
 use crate::{
     AuditConfig, CaConfig, Config, CredentialConfig, IdentityConfig, IssuerConfig, IssuerKind,
-    Listen, LocalAlgorithm, LocalIssuerConfig, ResolveOverride, Unmatched, UpstreamConfig,
+    LimitsConfig, Listen, LocalAlgorithm, LocalIssuerConfig, ResolveOverride, Unmatched,
+    UpstreamConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -25,6 +26,16 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "unmatched",
     "audit",
+    "limits",
+];
+const LIMITS_KEYS: &[&str] = &[
+    "max_connections",
+    "header_read_timeout",
+    "handshake_timeout",
+    "max_headers",
+    "max_header_bytes",
+    "max_concurrent_streams",
+    "idle_timeout",
 ];
 const LISTEN_KEYS: &[&str] = &["forward", "routes", "admin"];
 const CA_KEYS: &[&str] = &["cert_out", "leaf_cache_size"];
@@ -147,6 +158,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         routes: Vec::new(),
         unmatched: Unmatched::Deny,
         audit: AuditConfig::Stdout,
+        limits: LimitsConfig::default(),
     };
     let Some(root) = root.filter(|r| !r.is_null()) else {
         return config;
@@ -184,6 +196,9 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     }
     if let Some(n) = top.value("audit") {
         config.audit = audit(n, e);
+    }
+    if let Some(n) = top.value("limits") {
+        config.limits = limits(n, e);
     }
     config.upstream.resolve = merge_resolve(resolve, e);
     config
@@ -287,6 +302,41 @@ fn ca(node: &Node, e: &mut Errors) -> CaConfig {
         }
     }
     ca
+}
+
+fn limits(node: &Node, e: &mut Errors) -> LimitsConfig {
+    let mut l = LimitsConfig::default();
+    let Some(f) = e.fields(node, "`limits`", LIMITS_KEYS) else {
+        return l;
+    };
+    let count = |key: &str, min: i64, max: i64, e: &mut Errors| {
+        f.value(key)
+            .and_then(|n| e.int_in(n, &format!("`limits.{key}`"), min, max))
+            .and_then(|v| usize::try_from(v).ok())
+    };
+    if let Some(v) = count("max_connections", 1, 1_000_000, e) {
+        l.max_connections = v;
+    }
+    if let Some(v) = count("max_headers", 8, 10_000, e) {
+        l.max_headers = v;
+    }
+    if let Some(v) = count("max_header_bytes", 1024, 16 << 20, e) {
+        l.max_header_bytes = v;
+    }
+    if let Some(v) = count("max_concurrent_streams", 1, 10_000, e) {
+        l.max_concurrent_streams = u32::try_from(v).unwrap_or(u32::MAX);
+    }
+    let duration = |key: &str, target: &mut Duration, e: &mut Errors| {
+        if let Some(n) = f.value(key) {
+            if let Some(d) = positive_duration(n, &format!("`limits.{key}`"), e) {
+                *target = d;
+            }
+        }
+    };
+    duration("header_read_timeout", &mut l.header_read_timeout, e);
+    duration("handshake_timeout", &mut l.handshake_timeout, e);
+    duration("idle_timeout", &mut l.idle_timeout, e);
+    l
 }
 
 fn upstream(node: &Node, e: &mut Errors, up: &mut UpstreamConfig, resolve: &mut Vec<ResolveEntry>) {

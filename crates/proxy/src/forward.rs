@@ -11,7 +11,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use sidekey_config::Unmatched;
 use sidekey_policy::{Authority, Scheme, Target};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,7 +24,7 @@ pub(crate) const LISTENER: &str = "forward";
 /// Serves one agent connection on the forward listener until it closes or shutdown.
 pub async fn serve_connection(
     state: Arc<ProxyState>,
-    stream: TcpStream,
+    stream: crate::AgentStream,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {

@@ -14,22 +14,27 @@ pub mod tunnel;
 mod upstream;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::rt::TokioExecutor;
 use sidekey_audit::AuditLog;
-use sidekey_config::{Config, Inject, Unmatched};
+use sidekey_config::{Config, Inject, LimitsConfig, Unmatched};
 use sidekey_credentials::CredentialStore;
 use sidekey_policy::{CanonicalHost, Policy, Scheme};
 use sidekey_tls::CertificateAuthority;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ErrorCode;
 pub use upstream::Upstream;
 
-/// Bounds on what a client may send before sidekey gives up on it.
+/// Bounds on what a client may send or hold before sidekey gives up on it (`limits:`).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Time to read a request head (slowloris).
@@ -38,22 +43,35 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Maximum number of request headers.
     pub max_headers: usize,
-    /// Read buffer bound for HTTP/1 request heads.
+    /// Read buffer bound for HTTP/1 request heads; HTTP/2 header list size.
     pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Blind tunnels and HTTP/2 connections with no traffic are closed after this.
+    pub idle_timeout: Duration,
+    /// One permit per open agent connection, over all listeners.
+    pub connections: Arc<Semaphore>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            header_read_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            max_headers: 100,
-            max_header_bytes: 64 * 1024,
-        }
+        Limits::new(&LimitsConfig::default())
     }
 }
 
 impl Limits {
+    pub fn new(config: &LimitsConfig) -> Self {
+        Limits {
+            header_read_timeout: config.header_read_timeout,
+            handshake_timeout: config.handshake_timeout,
+            max_headers: config.max_headers,
+            max_header_bytes: config.max_header_bytes,
+            max_concurrent_streams: config.max_concurrent_streams,
+            idle_timeout: config.idle_timeout,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+        }
+    }
+
     /// The HTTP/1 server settings every agent-facing listener uses.
     pub fn http1_builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -63,6 +81,70 @@ impl Limits {
             .max_headers(self.max_headers)
             .max_buf_size(self.max_header_bytes);
         builder
+    }
+
+    /// The HTTP/2 server settings for intercepted connections: bounded streams and header
+    /// lists, and the h2 crate's guards against rapid reset (CVE-2023-44487) and streams the
+    /// client keeps making the server reset; idle connections are pinged and closed.
+    pub fn http2_builder(&self) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(1024))
+            .keep_alive_interval(Some(self.idle_timeout))
+            .keep_alive_timeout(Duration::from_secs(20));
+        builder
+    }
+}
+
+/// An accepted agent connection, holding its place in `limits.max_connections` for as long
+/// as it is open — through CONNECT upgrades and tunnels, since the permit travels with the
+/// socket.
+pub struct AgentStream {
+    inner: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for AgentStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -143,30 +225,42 @@ impl ProxyState {
             upstream: Upstream::new(&config.upstream, upstream_tls),
             audit,
             unmatched: config.unmatched,
-            limits: Limits::default(),
+            limits: Limits::new(&config.limits),
         }
     }
 }
 
 /// Accepts connections until `shutdown`, handing each to `serve` on `tracker` (so shutdown can
-/// wait for them to drain).
+/// wait for them to drain). Past `limits.max_connections` open connections, a new one is
+/// closed at once: the agent sees a reset connection, and the ones already open keep working.
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
+    connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     serve: F,
 ) where
-    F: Fn(TcpStream) -> Fut,
+    F: Fn(AgentStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut refused: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                        refused += 1;
+                        // One line per 100 refusals: a flood must not become a log flood.
+                        if refused % 100 == 1 {
+                            tracing::warn!(listener = name, refused, "connection limit reached (limits.max_connections); closing new connections");
+                        }
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(serve(stream));
+                    tracker.spawn(serve(AgentStream { inner: stream, _permit: permit }));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

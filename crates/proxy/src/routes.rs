@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use sidekey_policy::{Scheme, Target};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::ProxyBody;
@@ -22,7 +21,7 @@ const LISTENER: &str = "routes";
 /// Serves one client connection on the route listener.
 pub async fn serve_connection(
     state: Arc<ProxyState>,
-    stream: TcpStream,
+    stream: crate::AgentStream,
     shutdown: CancellationToken,
 ) {
     let service = {

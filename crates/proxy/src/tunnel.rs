@@ -1,7 +1,9 @@
 //! Blind CONNECT tunnels for targets no route names, when `unmatched: tunnel`: bytes are
 //! copied both ways with no credential and no inspection; one audit record when it closes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -52,6 +54,7 @@ pub async fn open(
     record.set_decision(Outcome::Tunnel);
     record.set_status(200);
     let bytes_in = record.bytes_in_counter();
+    let idle_timeout = state.limits.idle_timeout;
     let on_upgrade = hyper::upgrade::on(&mut request);
     tracker.spawn(async move {
         let client = match on_upgrade.await {
@@ -66,25 +69,50 @@ pub async fn open(
         let (mut server_read, mut server_write) = server.into_split();
         let mut up = 0u64;
         let mut down = 0u64;
+        // Milliseconds since `opened` at the last byte either way: a tunnel quiet both ways
+        // for `idle_timeout` is closed, so idle tunnels cannot pile up.
+        let opened = tokio::time::Instant::now();
+        let last = AtomicU64::new(0);
         let copy = async {
             tokio::join!(
-                pump(&mut client_read, &mut server_write, &mut up),
-                pump(&mut server_read, &mut client_write, &mut down),
+                pump(&mut client_read, &mut server_write, &mut up, &last, opened),
+                pump(
+                    &mut server_read,
+                    &mut client_write,
+                    &mut down,
+                    &last,
+                    opened
+                ),
             )
+        };
+        let idle = async {
+            loop {
+                tokio::time::sleep((idle_timeout / 4).max(Duration::from_millis(100))).await;
+                let active = Duration::from_millis(last.load(Ordering::Relaxed));
+                if opened.elapsed().saturating_sub(active) >= idle_timeout {
+                    break;
+                }
+            }
         };
         let error = tokio::select! {
             _ = copy => None,
+            () = idle => Some("idle_timeout"),
             _ = shutdown.cancelled() => Some("shutdown"),
         };
-        bytes_in.store(up, std::sync::atomic::Ordering::Relaxed);
+        bytes_in.store(up, Ordering::Relaxed);
         record.finish_streamed(down, error);
     });
     Response::new(empty())
 }
 
-/// Copies until EOF or error, counting bytes; then half-closes the writer.
-async fn pump<R, W>(reader: &mut R, writer: &mut W, count: &mut u64)
-where
+/// Copies until EOF or error, counting bytes and noting activity; then half-closes the writer.
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    count: &mut u64,
+    last: &AtomicU64,
+    opened: tokio::time::Instant,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -97,6 +125,8 @@ where
                     break;
                 }
                 *count += n as u64;
+                let at = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last.store(at, Ordering::Relaxed);
             }
         }
     }

@@ -1,0 +1,171 @@
+//! `limits:`: one misbehaving client (slow heads, too many connections, idle tunnels, HTTP/2
+//! floods) is cut off while everybody else keeps being served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Waits until the server closes `stream` (EOF or reset); false if it is still open after
+/// `within`.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn plain_get(sk: &Sidekey, path: &str) -> CurlResult {
+    curl(&[
+        "-x",
+        &sk.proxy_url(),
+        "-m",
+        "10",
+        &format!("http://plain.test.local{path}"),
+    ])
+}
+
+#[test]
+fn a_slow_request_head_is_cut_off_and_others_are_served_meanwhile() {
+    let env = Env::new();
+    let sk = env.sidekey(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
+    let mut slow = TcpStream::connect(sk.forward).unwrap();
+    slow.write_all(b"GET http://plain.test.local/echo/slow HTTP/1.1\r\nHost: pla")
+        .unwrap();
+    plain_get(&sk, "/echo/meanwhile").assert_status(200);
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)),
+        "a head that never ends is dropped"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(env.upstream_http.requests_to("/echo/slow").is_empty());
+    plain_get(&sk, "/echo/after").assert_status(200);
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_and_the_open_ones_keep_working() {
+    let env = Env::new();
+    let sk = env.sidekey(&base_config(&[], "", "limits: { max_connections: 3 }"));
+    // Three idle connections take every place.
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(sk.forward).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(sk.forward).unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(3)),
+        "the fourth connection is closed at once"
+    );
+    // The held ones still work.
+    let first = &mut held[0];
+    first
+        .write_all(
+            b"GET http://plain.test.local/echo/held HTTP/1.1\r\nHost: plain.test.local\r\n\r\n",
+        )
+        .unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Closing one frees its place.
+    held.truncate(2);
+    std::thread::sleep(Duration::from_millis(300));
+    plain_get(&sk, "/echo/freed").assert_status(200);
+    let log = sk.stderr();
+    assert!(log.contains("connection limit reached"), "{log}");
+}
+
+#[test]
+fn an_idle_blind_tunnel_is_closed_after_idle_timeout() {
+    let env = Env::new();
+    let yaml = base_config(
+        &[("blind.test.local:443", "{upstream}")],
+        "",
+        "unmatched: tunnel\nlimits: { idle_timeout: 1s }",
+    )
+    .replacen(
+        "upstream:\n",
+        "upstream:\n  allow_ranges: [127.0.0.0/8]\n",
+        1,
+    );
+    let sk = env.sidekey(&yaml);
+    let mut tunnel = connect_tunnel(sk.forward, "blind.test.local:443")
+        .unwrap_or_else(|r| panic!("CONNECT refused: {}", r.status));
+    assert!(
+        closed_within(&mut tunnel, Duration::from_secs(6)),
+        "a tunnel with no traffic either way is closed"
+    );
+    let records = sk.expect_request_records(1);
+    assert_eq!(records[0]["error"], "idle_timeout", "{}", records[0]);
+}
+
+/// Runs tests/clients/h2flood.py against `sk`'s interception of api.test.local.
+fn h2flood(sk: &Sidekey, mode: &str, count: usize) -> serde_json::Value {
+    let mut cmd = Command::new(python_bin());
+    cmd.arg(clients_dir().join("h2flood.py"))
+        .args(["--proxy", &sk.forward.to_string()])
+        .args(["--ca", &sk.ca_pem().display().to_string()])
+        .args(["--host", "api.test.local", "--mode", mode])
+        .args(["--count", &count.to_string()]);
+    let out = output_with_timeout(cmd, Duration::from_secs(60));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "h2flood printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn http2_rapid_reset_and_continuation_floods_lose_their_connection_not_the_proxy() {
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+
+    let reset = h2flood(&sk, "rapid-reset", 5000);
+    let sent = reset["sent"].as_u64().unwrap_or(0);
+    assert!(
+        reset["closed"] == true || !reset["goaway"].is_null(),
+        "the flooding connection was stopped: {reset}"
+    );
+    assert!(sent < 5000, "stopped before the end of the flood: {reset}");
+    let reached = env.upstream.requests_to("/echo/flood").len();
+    assert!(
+        reached < 500,
+        "cancelled streams are not all forwarded ({reached} reached the upstream): {reset}"
+    );
+
+    let cont = h2flood(&sk, "continuation", 2000);
+    assert!(
+        cont["closed"] == true || !cont["goaway"].is_null(),
+        "an endless header block was stopped: {cont}"
+    );
+    assert!(
+        cont["sent"].as_u64().unwrap_or(u64::MAX) < 2000,
+        "stopped long before 32 MB of headers: {cont}"
+    );
+    assert!(env.upstream.requests_to("/echo/cont").is_empty());
+
+    // Everybody else is still served.
+    curl_via(&sk, &["--http2", "https://api.test.local/echo/after"]).assert_status(200);
+    assert!(!sk.stderr().contains("panicked"));
+}
