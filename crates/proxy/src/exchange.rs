@@ -17,9 +17,10 @@ use sidekey_config::Inject;
 use sidekey_credentials::{Credential, CredentialValue};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_policy::{Decision, DenyCode, RequestPath, Target};
+use zeroize::Zeroizing;
 
 use crate::audit::PendingRecord;
-use crate::body::{empty, full, Counted, Metered, ProxyBody};
+use crate::body::{empty, full, Counted, Metered, Needles, ProxyBody, Scrubbed};
 use crate::error::{ErrorCode, Refusal};
 use crate::{ProxyState, RouteRuntime};
 
@@ -248,6 +249,9 @@ pub async fn handle(
         }
         return refuse(record, &exchange.request_id, refusal);
     }
+    let needles = credential
+        .as_deref()
+        .map(|c| needles(c, route.and_then(|r| r.inject.as_ref()), &parts.headers));
     let counter = record.bytes_in_counter();
     let body = match (incoming, buffered) {
         (Some(body), _) => Counted::new(body, counter).boxed_unsync(),
@@ -265,12 +269,7 @@ pub async fn handle(
     };
 
     // respond
-    respond(
-        response,
-        record,
-        &exchange.request_id,
-        credential.as_deref(),
-    )
+    respond(response, record, &exchange.request_id, needles)
 }
 
 /// Policy: the first route allowing target, method and path; `Ok(None)` means an unrouted
@@ -443,19 +442,60 @@ async fn read_to_sign(body: Incoming) -> Result<Bytes, Refusal> {
     }
 }
 
+/// Every spelling of the credential just attached that must not come back to the agent: each
+/// secret raw and percent-encoded (query injection, an echoed URL), and the injected header
+/// value as sent (for Basic, the base64 of `user:token`, which contains no raw secret).
+fn needles(credential: &Credential, inject: Option<&Inject>, headers: &http::HeaderMap) -> Needles {
+    let mut out: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    for secret in credential.secrets() {
+        let raw = secret.expose().as_bytes();
+        out.push(Zeroizing::new(raw.to_vec()));
+        let encoded = percent_encoded(raw);
+        if encoded[..] != raw[..] {
+            out.push(encoded);
+        }
+    }
+    let header = match inject {
+        Some(Inject::Header { name, .. }) => HeaderName::from_bytes(name.as_bytes()).ok(),
+        Some(Inject::Basic { .. }) => Some(http::header::AUTHORIZATION),
+        _ => None,
+    };
+    if let Some(value) = header.and_then(|h| headers.get(h)) {
+        out.push(Zeroizing::new(value.as_bytes().to_vec()));
+    }
+    out.retain(|n| !n.is_empty());
+    Arc::new(out)
+}
+
+/// `bytes` with everything but RFC 3986 unreserved characters percent-encoded (upper-case hex),
+/// as the query injection writes it.
+fn percent_encoded(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len() * 3));
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
 /// The upstream response on its way back: hop-by-hop headers dropped, any header echoing the
-/// injected credential scrubbed, the body streamed through a meter that writes the audit record.
+/// injected credential replaced and every echo of it in the body masked (see [`Scrubbed`]), the
+/// body streamed through a meter that writes the audit record.
 fn respond(
     response: Response<Incoming>,
     mut record: PendingRecord,
     request_id: &str,
-    credential: Option<&Credential>,
+    needles: Option<Needles>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     sidekey_inject::strip_hop_by_hop(&mut parts.headers);
-    if let Some(credential) = credential {
-        for secret in credential.secrets() {
-            scrub_headers(&mut parts.headers, secret.expose().as_bytes());
+    if let Some(needles) = &needles {
+        for needle in needles.iter() {
+            scrub_headers(&mut parts.headers, needle);
         }
     }
     if let Ok(id) = HeaderValue::from_str(request_id) {
@@ -464,7 +504,13 @@ fn respond(
             .insert(HeaderName::from_static("x-sidekey-request-id"), id);
     }
     record.set_status(parts.status.as_u16());
-    Response::from_parts(parts, Metered::new(body, record).boxed_unsync())
+    let body = match needles {
+        Some(needles) if !needles.is_empty() => {
+            Metered::new(Scrubbed::new(body, needles), record).boxed_unsync()
+        }
+        _ => Metered::new(body, record).boxed_unsync(),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Replaces any response header value that contains the secret: an upstream reflecting the
