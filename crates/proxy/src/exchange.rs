@@ -299,7 +299,10 @@ fn decide<'s>(
         None => (&state.policy, 0),
     };
     match policy.decide(&exchange.target, parts.method.as_str(), &path) {
-        Decision::Allow { route } => Ok(state.routes.get(first + route)),
+        Decision::Allow { route } => {
+            check_method_overrides(policy, exchange, parts, path_and_query, &path, route)?;
+            Ok(state.routes.get(first + route))
+        }
         Decision::Deny(denial)
             if denial.code == DenyCode::HostNotAllowed
                 && exchange.may_pass_unmatched
@@ -309,6 +312,95 @@ fn decide<'s>(
         }
         Decision::Deny(denial) => Err(Refusal::new(denial.code.into(), denial.message)),
     }
+}
+
+/// Headers that server frameworks read as "the real method" of a request (Express
+/// method-override, Rails, Symfony, ASP.NET, Google APIs, …), and the query parameter some of them
+/// read too. An agent allowed GET could otherwise DELETE through them.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+const METHOD_OVERRIDE_PARAM: &str = "_method";
+
+/// A request naming another method in an override header or `_method` parameter is allowed
+/// only if the route that allowed it (the same route: its credential is the one attached)
+/// allows that method too, upper-cased as the frameworks upper-case it. A value that is not one
+/// method token is `request_invalid`: the upstream's reading of it cannot be predicted.
+fn check_method_overrides(
+    policy: &sidekey_policy::Policy,
+    exchange: &Exchange,
+    parts: &Parts,
+    path_and_query: &str,
+    path: &RequestPath,
+    route: usize,
+) -> Result<(), Refusal> {
+    let mut asked: Vec<(String, &str)> = Vec::new();
+    for name in METHOD_OVERRIDE_HEADERS {
+        for value in parts.headers.get_all(name) {
+            let text = value.to_str().map_err(|_| {
+                Refusal::new(ErrorCode::RequestInvalid, format!("{name} is not ASCII"))
+            })?;
+            asked.push((text.trim().to_string(), name));
+        }
+    }
+    if let Some((_, query)) = path_and_query.split_once('?') {
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(key).eq_ignore_ascii_case(METHOD_OVERRIDE_PARAM) {
+                asked.push((percent_decode(value), "the _method query parameter"));
+            }
+        }
+    }
+    for (method, source) in asked {
+        let valid = !method.is_empty()
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            return Err(Refusal::new(
+                ErrorCode::RequestInvalid,
+                format!("{source} must name one method"),
+            ));
+        }
+        let method = method.to_ascii_uppercase();
+        match policy.decide(&exchange.target, &method, path) {
+            Decision::Allow { route: r } if r == route => {}
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!(
+                        "{source} asks for {method}, which the route does not allow for {}:{}",
+                        exchange.target.host.to_uri_host(),
+                        exchange.target.port
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-decodes a query component (`+` as a space), lossily.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|&b| (b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) {
+                // Two hex digits: at most 0xff.
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The route's credential, from the store (a lookup on a hit; the issuer only on a miss).
