@@ -121,6 +121,13 @@ impl Upstream {
         Upstream::start(Some(config), label)
     }
 
+    /// HTTPS upstream that offers HTTP/1.1 only (ALPN), for requests sidekey must downgrade
+    /// from HTTP/2.
+    pub fn https_h1_only(ca: &TestCa, names: &[&str], label: &str) -> Upstream {
+        let config = ca.server_config(names, &[b"http/1.1"]);
+        Upstream::start(Some(config), label)
+    }
+
     /// Plain HTTP upstream (HTTP/1.1, and h2c with prior knowledge).
     pub fn http() -> Upstream {
         Upstream::start(None, "http")
