@@ -65,6 +65,22 @@ impl H2Case {
         }
     }
 
+    /// Replaces the `:authority` value (keeping the CONNECT and SNI).
+    pub fn with_authority(mut self, authority: &str) -> H2Case {
+        for (k, v) in &mut self.headers {
+            if k == ":authority" {
+                *v = authority.to_string();
+            }
+        }
+        self
+    }
+
+    /// TLS server name to send instead of the CONNECT host.
+    pub fn with_sni(mut self, sni: &str) -> H2Case {
+        self.sni = sni.to_string();
+        self
+    }
+
     /// DATA frames after the headers (END_STREAM on the last).
     pub fn data(mut self, frames: &[&str]) -> H2Case {
         self.data = frames.iter().map(|s| s.to_string()).collect();
