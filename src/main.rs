@@ -129,6 +129,31 @@ fn load(path: Option<&Path>) -> anyhow::Result<(String, String)> {
 }
 
 /// Diagnostics go to stderr; stdout is reserved for the audit trail.
+/// No core dumps: a crash must not write the credentials, the CA key or the issuer tokens held
+/// in memory to disk. RLIMIT_CORE 0 stops the kernel writing one; PR_SET_DUMPABLE 0 also stops
+/// core_pattern pipes (systemd-coredump, apport) and same-user ptrace / /proc/<pid>/mem reads.
+/// Failing to harden (a sandbox refusing the calls) is logged, not fatal. Secret pages are not
+/// mlock'ed: an unprivileged pod's RLIMIT_MEMLOCK is small, and swap is usually off on
+/// Kubernetes nodes (see docs/threat-model.md).
+fn harden_process() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{
+            set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit,
+        };
+        let no_core = Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        };
+        if let Err(e) = setrlimit(Resource::Core, no_core) {
+            tracing::warn!(error = %e, "cannot disable core dumps (RLIMIT_CORE)");
+        }
+        if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+            tracing::warn!(error = %e, "cannot mark the process non-dumpable (PR_SET_DUMPABLE)");
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIDEKEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -142,6 +167,7 @@ fn init_logging() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    harden_process();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let audit_writer = match &config.audit {
         AuditConfig::Stdout => AuditWriter::stdout(),

@@ -146,25 +146,32 @@ fn get(sk: &Sidekey, url: &str) -> CurlResult {
 }
 
 /// GET https://api.test.local<path> through sidekey, expecting 200; returns the bearer token the
-/// upstream received (read from the echo).
+/// upstream received.
 #[track_caller]
-fn api_token(sk: &Sidekey, path: &str) -> String {
+fn api_token(env: &Env, sk: &Sidekey, path: &str) -> String {
     let res = get(sk, &format!("https://api.test.local{path}"));
     res.assert_status(200);
-    echoed_bearer(&res)
+    echoed_bearer(env, &res)
 }
 
-/// The `Authorization: Bearer` value an `/echo` response says the upstream received.
+/// The `Authorization: Bearer` value the upstream received for the request an `/echo` response
+/// answers. Read from the upstream's record: sidekey masks the credential in the echo itself.
 #[track_caller]
-fn echoed_bearer(res: &CurlResult) -> String {
+fn echoed_bearer(env: &Env, res: &CurlResult) -> String {
     let body = res.json();
-    let auth = body["headers"]
-        .as_array()
-        .and_then(|h| {
-            h.iter()
-                .find(|kv| kv[0] == "authorization")
-                .and_then(|kv| kv[1].as_str())
-        })
+    let path = body["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an echo: {body}"));
+    let seen = env
+        .upstream
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("the upstream has no request for {path}"));
+    let auth = seen
+        .header("authorization")
+        .map(str::to_owned)
         .unwrap_or_else(|| panic!("the upstream got no Authorization: {body}"));
     auth.strip_prefix("Bearer ")
         .unwrap_or_else(|| panic!("not a bearer token: {auth}"))
@@ -289,14 +296,14 @@ fn client_credentials_case(
     let mut tokens: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
             .map(|i| {
-                let sk = &sk;
-                s.spawn(move || api_token(sk, &format!("/echo/first/{i}")))
+                let (sk, env) = (&sk, &env);
+                s.spawn(move || api_token(env, sk, &format!("/echo/first/{i}")))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for i in 0..4 {
-        tokens.push(api_token(&sk, &format!("/echo/then/{i}")));
+        tokens.push(api_token(&env, &sk, &format!("/echo/then/{i}")));
     }
     let distinct: BTreeSet<&String> = tokens.iter().collect();
     assert_eq!(distinct.len(), 1, "one token for all requests (cached)");
@@ -461,11 +468,11 @@ fn private_key_jwt_with_ed25519_and_rsa_keys() {
         &credentials,
         &route("rsa", "paths.test.local", "viarsa"),
     ));
-    let ed = api_token(&sk, "/echo/ed");
+    let ed = api_token(&env, &sk, "/echo/ed");
     assert_server_jwt(&server, &ed, PKJWT_CLIENT, &["ed-api"], None);
     let res = get(&sk, "https://paths.test.local/echo/rsa");
     res.assert_status(200);
-    let rsa = echoed_bearer(&res);
+    let rsa = echoed_bearer(&env, &res);
     assert_server_jwt(&server, &rsa, PKJWT_CLIENT, &["rsa-api"], None);
 
     let reqs = server.token_requests();
@@ -504,7 +511,7 @@ fn client_secret_basic_form_encodes_id_and_secret() {
         &api_credential(Some("demo-api"), None, None),
         "",
     ));
-    let token = api_token(&sk, "/echo/encoded");
+    let token = api_token(&env, &sk, "/echo/encoded");
     assert_server_jwt(&server, &token, BASIC_CLIENT, &["demo-api"], None);
     let req = server.stats()["last"].clone();
     assert_eq!(req["basic_secret_matches"], true, "{req}");
@@ -547,7 +554,7 @@ fn refreshes_ahead_of_expiry_and_never_sends_an_expired_token() {
             res.stderr,
             res.body_str()
         );
-        seen.push((path, echoed_bearer(&res), t0, t1));
+        seen.push((path, echoed_bearer(&env, &res), t0, t1));
         i += 1;
         std::thread::sleep(Duration::from_millis(150));
     }
@@ -657,7 +664,7 @@ fn token_exchange_uses_the_identity_token_and_picks_up_its_rotation() {
         "",
     ));
 
-    let first = api_token(&sk, "/echo/te/first");
+    let first = api_token(&env, &sk, "/echo/te/first");
     let payload = assert_server_jwt(
         &server,
         &first,
@@ -701,7 +708,7 @@ fn token_exchange_uses_the_identity_token_and_picks_up_its_rotation() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut i = 0;
     let rotated = loop {
-        let token = api_token(&sk, &format!("/echo/te/{i}"));
+        let token = api_token(&env, &sk, &format!("/echo/te/{i}"));
         i += 1;
         let sub = decode_jwt(&token).1["sub"].clone();
         if sub == "agent-8" {
@@ -753,7 +760,7 @@ fn token_exchange_with_an_actor_token_and_own_subject_token_file() {
         &api_credential(None, Some(API_RESOURCE), None),
         "",
     ));
-    let token = api_token(&sk, "/echo/actor");
+    let token = api_token(&env, &sk, "/echo/actor");
     let payload = assert_server_jwt(&server, &token, BASIC_CLIENT, &[API_RESOURCE], None);
     assert_eq!(payload["sub"], "agent-7", "{payload}");
     assert_eq!(payload["act"]["sub"], "orchestrator-1", "{payload}");
@@ -821,8 +828,8 @@ fn opaque_token_is_audited_by_a_hash_prefix() {
         &api_credential(None, Some("https://opaque.test.local/"), None),
         "",
     ));
-    let token = api_token(&sk, "/echo/opaque/1");
-    assert_eq!(api_token(&sk, "/echo/opaque/2"), token, "cached");
+    let token = api_token(&env, &sk, "/echo/opaque/1");
+    assert_eq!(api_token(&env, &sk, "/echo/opaque/2"), token, "cached");
     assert!(!token.contains('.'), "an opaque token, not a JWT: {token}");
     let resp = server.stats()["last"]["response"].clone();
     assert_eq!(resp["format"], "opaque", "{resp}");
@@ -860,10 +867,10 @@ fn cached_token_is_used_while_the_server_is_down() {
         &api_credential(Some("demo-api"), None, None),
         "",
     ));
-    let token = api_token(&sk, "/echo/up");
+    let token = api_token(&env, &sk, "/echo/up");
     server.stop();
     for i in 0..5 {
-        assert_eq!(api_token(&sk, &format!("/echo/down/{i}")), token);
+        assert_eq!(api_token(&env, &sk, &format!("/echo/down/{i}")), token);
     }
     let records = sk.expect_request_records(6);
     assert!(records
@@ -881,7 +888,7 @@ fn expired_token_with_the_server_down_is_503_then_recovers_when_it_is_back() {
         &api_credential(Some("demo-api"), None, None),
         "",
     ));
-    let token = api_token(&sk, "/echo/before");
+    let token = api_token(&env, &sk, "/echo/before");
     let exp = decode_jwt(&token).1["exp"].as_f64().unwrap();
     server.stop();
 
@@ -928,7 +935,7 @@ fn expired_token_with_the_server_down_is_503_then_recovers_when_it_is_back() {
         let res = get(&sk, &format!("https://api.test.local/echo/after/{i}"));
         i += 1;
         if res.status == 200 {
-            break echoed_bearer(&res);
+            break echoed_bearer(&env, &res);
         }
         res.expect_refusal(503, "credential_unavailable");
         assert!(

@@ -11,6 +11,9 @@
 //! - `/redirect?to=URL&status=302`: a redirect to URL;
 //! - `/status/<code>`: that status;
 //! - `/reflect-auth`: the request's Authorization header, in the body and in `x-reflected-auth`;
+//! - `/reflect-split?header=NAME&size=N&interval_ms=M`: header NAME (default authorization),
+//!   streamed in frames of N bytes (default 7), M ms apart (default 20), so that a reflected
+//!   value arrives cut across chunk boundaries;
 //! - `/bytes/<n>`: n bytes of `x`.
 //!
 //! Every response carries `x-test-upstream: <label>` so a test can tell which server answered.
@@ -115,6 +118,13 @@ impl Upstream {
     /// `x-test-upstream`.
     pub fn https_with_names(ca: &TestCa, names: &[&str], label: &str) -> Upstream {
         let config = ca.server_config(names, &[b"h2", b"http/1.1"]);
+        Upstream::start(Some(config), label)
+    }
+
+    /// HTTPS upstream that offers HTTP/1.1 only (ALPN), for requests sidekey must downgrade
+    /// from HTTP/2.
+    pub fn https_h1_only(ca: &TestCa, names: &[&str], label: &str) -> Upstream {
+        let config = ca.server_config(names, &[b"http/1.1"]);
         Upstream::start(Some(config), label)
     }
 
@@ -339,6 +349,8 @@ async fn handle(
         status(code)
     } else if route == "/reflect-auth" {
         reflect_auth(&recorded)
+    } else if route == "/reflect-split" {
+        reflect_split(&recorded, query)
     } else if let Some(n) = route.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         Response::builder()
@@ -493,4 +505,31 @@ fn reflect_auth(r: &Recorded) -> Response<Body> {
         builder = builder.header("x-reflected-auth", auth.clone());
     }
     builder.body(full(auth)).unwrap()
+}
+
+fn reflect_split(r: &Recorded, query: &str) -> Response<Body> {
+    let name = query_param(query, "header").unwrap_or_else(|| "authorization".to_string());
+    let size: usize = query_param(query, "size")
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(7);
+    let interval = Duration::from_millis(
+        query_param(query, "interval_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
+    let value = format!("reflected: {}\n", r.header(&name).unwrap_or(""));
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for piece in value.as_bytes().chunks(size) {
+            if tx.send(Bytes::copy_from_slice(piece)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/plain")
+        .body(ChannelBody(rx).boxed())
+        .unwrap()
 }

@@ -1,15 +1,18 @@
-//! Bodies pass through as streams, never buffered: these wrappers only count bytes and, for
-//! responses, write the request's audit record when the body ends (or the agent goes away).
+//! Bodies pass through as streams, never buffered: these wrappers only count bytes, mask a
+//! credential an upstream echoes back, and, for responses, write the request's audit record
+//! when the body ends (or the agent goes away).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+
+use zeroize::Zeroizing;
 
 use crate::audit::PendingRecord;
 
@@ -152,5 +155,235 @@ impl<B: Body> Drop for Metered<B> {
             Some("client_aborted")
         };
         self.finish(error);
+    }
+}
+
+/// What an upstream must not hand back to the agent: every spelling of the credential that was
+/// sent (raw, as the injected header value, percent-encoded). Wiped on drop.
+pub type Needles = Arc<Vec<Zeroizing<Vec<u8>>>>;
+
+/// The byte every byte of a masked credential is replaced with. Same length, so that
+/// Content-Length and any framing of the upstream's body stay true.
+const MASK: u8 = b'*';
+
+/// A response body with every occurrence of a needle masked, also when an occurrence is cut
+/// across frames: the longest tail of a frame that could begin a needle is held back until the
+/// next frame (or the end) decides. Only such a tail is ever held, so a stream (SSE) whose
+/// frames do not end in the first bytes of a credential is passed on without delay.
+pub struct Scrubbed<B> {
+    inner: B,
+    needles: Needles,
+    /// Bytes held back: a possible start of a needle.
+    held: BytesMut,
+    /// A trailers frame that arrived while bytes were held; sent after them.
+    trailers: Option<Frame<Bytes>>,
+    done: bool,
+}
+
+impl<B> Scrubbed<B> {
+    pub fn new(inner: B, needles: Needles) -> Self {
+        Scrubbed {
+            inner,
+            needles,
+            held: BytesMut::new(),
+            trailers: None,
+            done: false,
+        }
+    }
+
+    /// Masks what `held` contains of the needles, then splits off what can be sent now.
+    fn release(&mut self, at_end: bool) -> Bytes {
+        mask_all(&mut self.held, &self.needles);
+        let keep = if at_end {
+            0
+        } else {
+            partial_tail(&self.held, &self.needles)
+        };
+        let send = self.held.len() - keep;
+        self.held.split_to(send).freeze()
+    }
+}
+
+/// Replaces every occurrence of every needle in `buf` by [`MASK`] bytes.
+fn mask_all(buf: &mut [u8], needles: &[Zeroizing<Vec<u8>>]) {
+    for needle in needles.iter().filter(|n| !n.is_empty()) {
+        let n = needle.len();
+        let mut i = 0;
+        while i + n <= buf.len() {
+            if buf[i] == needle[0] && buf[i..i + n] == needle[..] {
+                buf[i..i + n].fill(MASK);
+                i += n;
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The length of the longest tail of `buf` that is a proper prefix of some needle.
+fn partial_tail(buf: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> usize {
+    let mut keep = 0;
+    for needle in needles.iter().filter(|n| !n.is_empty()) {
+        let longest = (needle.len() - 1).min(buf.len());
+        for start in buf.len() - longest..buf.len() {
+            let tail = &buf[start..];
+            if tail.len() > keep && needle.starts_with(tail) {
+                keep = tail.len();
+                break;
+            }
+        }
+    }
+    keep
+}
+
+impl<B> Body for Scrubbed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                if !this.held.is_empty() {
+                    let rest = this.release(true);
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+                return Poll::Ready(this.trailers.take().map(Ok));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.held.extend_from_slice(&data);
+                        let out = this.release(false);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        // All of it may start a credential: wait for more.
+                    }
+                    Err(other) => {
+                        // Trailers end the body: what is held goes first.
+                        this.trailers = Some(other);
+                        this.done = true;
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_empty() && self.trailers.is_none() && (self.done || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Masking keeps lengths: what is held plus what is still to come.
+        let mut hint = self.inner.size_hint();
+        let held = self.held.len() as u64;
+        hint.set_lower(hint.lower() + held);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
+    }
+}
+
+impl<B> Drop for Scrubbed<B> {
+    fn drop(&mut self) {
+        // The held bytes may be the start of a credential.
+        self.held.fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn needles(list: &[&str]) -> Needles {
+        Arc::new(
+            list.iter()
+                .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// A body that yields `frames` one by one.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// Runs `frames` through a scrubber; returns the frames it produced.
+    fn scrub(frames: &[&str], list: &[&str]) -> Vec<String> {
+        let body = Frames(
+            frames
+                .iter()
+                .map(|f| Bytes::copy_from_slice(f.as_bytes()))
+                .collect(),
+        );
+        let mut scrubbed = Scrubbed::new(body, needles(list));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            while let Some(frame) = scrubbed.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                out.push(String::from_utf8(data.to_vec()).unwrap());
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn masks_whole_and_split_occurrences_keeping_lengths() {
+        let cases: &[(&[&str], &[&str], &str)] = &[
+            (&["a secret here"], &["secret"], "a ****** here"),
+            (&["a sec", "ret here"], &["secret"], "a ****** here"),
+            (&["s", "e", "c", "r", "e", "t"], &["secret"], "******"),
+            (&["secretsecret"], &["secret"], "************"),
+            (&["sec"], &["secret"], "sec"),
+            (
+                &["data: 1\n\n", "data: 2\n\n"],
+                &["secret"],
+                "data: 1\n\ndata: 2\n\n",
+            ),
+            (
+                &["xx Basic c2Vj", "cmV0 yy"],
+                &["secret", "Basic c2VjcmV0"],
+                "xx ************** yy",
+            ),
+            (&["sesecret"], &["secret"], "se******"),
+        ];
+        for (frames, list, want) in cases {
+            let got = scrub(frames, list).concat();
+            assert_eq!(&got, want, "frames {frames:?} needles {list:?}");
+            let sent: usize = frames.iter().map(|f| f.len()).sum();
+            assert_eq!(got.len(), sent, "length kept for {frames:?}");
+        }
+    }
+
+    #[test]
+    fn frames_that_cannot_start_a_secret_are_not_held() {
+        // SSE events pass as they come: one frame out per frame in.
+        let out = scrub(&["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"], &["secret"]);
+        assert_eq!(out, ["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"]);
     }
 }

@@ -17,9 +17,10 @@ use sidekey_config::Inject;
 use sidekey_credentials::{Credential, CredentialValue};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_policy::{Decision, DenyCode, RequestPath, Target};
+use zeroize::Zeroizing;
 
 use crate::audit::PendingRecord;
-use crate::body::{empty, full, Counted, Metered, ProxyBody};
+use crate::body::{empty, full, Counted, Metered, Needles, ProxyBody, Scrubbed};
 use crate::error::{ErrorCode, Refusal};
 use crate::{ProxyState, RouteRuntime};
 
@@ -255,6 +256,9 @@ pub async fn handle(
         }
         return refuse(record, &exchange.request_id, refusal);
     }
+    let needles = credential
+        .as_deref()
+        .map(|c| needles(c, route.and_then(|r| r.inject.as_ref()), &parts.headers));
     let counter = record.bytes_in_counter();
     let body = match (incoming, buffered) {
         (Some(body), _) => Counted::new(body, counter).boxed_unsync(),
@@ -277,12 +281,7 @@ pub async fn handle(
     };
 
     // respond
-    respond(
-        response,
-        record,
-        &exchange.request_id,
-        credential.as_deref(),
-    )
+    respond(response, record, &exchange.request_id, needles)
 }
 
 /// Policy: the first route allowing target, method and path; `Ok(None)` means an unrouted
@@ -312,7 +311,10 @@ fn decide<'s>(
         None => (&state.policy, 0),
     };
     match policy.decide(&exchange.target, parts.method.as_str(), &path) {
-        Decision::Allow { route } => Ok(state.routes.get(first + route)),
+        Decision::Allow { route } => {
+            check_method_overrides(policy, exchange, parts, path_and_query, &path, route)?;
+            Ok(state.routes.get(first + route))
+        }
         Decision::Deny(denial)
             if denial.code == DenyCode::HostNotAllowed
                 && exchange.may_pass_unmatched
@@ -322,6 +324,95 @@ fn decide<'s>(
         }
         Decision::Deny(denial) => Err(Refusal::new(denial.code.into(), denial.message)),
     }
+}
+
+/// Headers that server frameworks read as "the real method" of a request (Express
+/// method-override, Rails, Symfony, ASP.NET, Google APIs, …), and the query parameter some of them
+/// read too. An agent allowed GET could otherwise DELETE through them.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+const METHOD_OVERRIDE_PARAM: &str = "_method";
+
+/// A request naming another method in an override header or `_method` parameter is allowed
+/// only if the route that allowed it (the same route: its credential is the one attached)
+/// allows that method too, upper-cased as the frameworks upper-case it. A value that is not one
+/// method token is `request_invalid`: the upstream's reading of it cannot be predicted.
+fn check_method_overrides(
+    policy: &sidekey_policy::Policy,
+    exchange: &Exchange,
+    parts: &Parts,
+    path_and_query: &str,
+    path: &RequestPath,
+    route: usize,
+) -> Result<(), Refusal> {
+    let mut asked: Vec<(String, &str)> = Vec::new();
+    for name in METHOD_OVERRIDE_HEADERS {
+        for value in parts.headers.get_all(name) {
+            let text = value.to_str().map_err(|_| {
+                Refusal::new(ErrorCode::RequestInvalid, format!("{name} is not ASCII"))
+            })?;
+            asked.push((text.trim().to_string(), name));
+        }
+    }
+    if let Some((_, query)) = path_and_query.split_once('?') {
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(key).eq_ignore_ascii_case(METHOD_OVERRIDE_PARAM) {
+                asked.push((percent_decode(value), "the _method query parameter"));
+            }
+        }
+    }
+    for (method, source) in asked {
+        let valid = !method.is_empty()
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            return Err(Refusal::new(
+                ErrorCode::RequestInvalid,
+                format!("{source} must name one method"),
+            ));
+        }
+        let method = method.to_ascii_uppercase();
+        match policy.decide(&exchange.target, &method, path) {
+            Decision::Allow { route: r } if r == route => {}
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!(
+                        "{source} asks for {method}, which the route does not allow for {}:{}",
+                        exchange.target.host.to_uri_host(),
+                        exchange.target.port
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-decodes a query component (`+` as a space), lossily.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|&b| (b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) {
+                // Two hex digits: at most 0xff.
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The route's credential, from the store (a lookup on a hit; the issuer only on a miss).
@@ -463,19 +554,60 @@ async fn read_to_sign(body: Incoming) -> Result<Bytes, Refusal> {
     }
 }
 
+/// Every spelling of the credential just attached that must not come back to the agent: each
+/// secret raw and percent-encoded (query injection, an echoed URL), and the injected header
+/// value as sent (for Basic, the base64 of `user:token`, which contains no raw secret).
+fn needles(credential: &Credential, inject: Option<&Inject>, headers: &http::HeaderMap) -> Needles {
+    let mut out: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    for secret in credential.secrets() {
+        let raw = secret.expose().as_bytes();
+        out.push(Zeroizing::new(raw.to_vec()));
+        let encoded = percent_encoded(raw);
+        if encoded[..] != raw[..] {
+            out.push(encoded);
+        }
+    }
+    let header = match inject {
+        Some(Inject::Header { name, .. }) => HeaderName::from_bytes(name.as_bytes()).ok(),
+        Some(Inject::Basic { .. }) => Some(http::header::AUTHORIZATION),
+        _ => None,
+    };
+    if let Some(value) = header.and_then(|h| headers.get(h)) {
+        out.push(Zeroizing::new(value.as_bytes().to_vec()));
+    }
+    out.retain(|n| !n.is_empty());
+    Arc::new(out)
+}
+
+/// `bytes` with everything but RFC 3986 unreserved characters percent-encoded (upper-case hex),
+/// as the query injection writes it.
+fn percent_encoded(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len() * 3));
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
 /// The upstream response on its way back: hop-by-hop headers dropped, any header echoing the
-/// injected credential scrubbed, the body streamed through a meter that writes the audit record.
+/// injected credential replaced and every echo of it in the body masked (see [`Scrubbed`]), the
+/// body streamed through a meter that writes the audit record.
 fn respond(
     response: Response<Incoming>,
     mut record: PendingRecord,
     request_id: &str,
-    credential: Option<&Credential>,
+    needles: Option<Needles>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     sidekey_inject::strip_hop_by_hop(&mut parts.headers);
-    if let Some(credential) = credential {
-        for secret in credential.secrets() {
-            scrub_headers(&mut parts.headers, secret.expose().as_bytes());
+    if let Some(needles) = &needles {
+        for needle in needles.iter() {
+            scrub_headers(&mut parts.headers, needle);
         }
     }
     if let Ok(id) = HeaderValue::from_str(request_id) {
@@ -484,7 +616,13 @@ fn respond(
             .insert(HeaderName::from_static("x-sidekey-request-id"), id);
     }
     record.set_status(parts.status.as_u16());
-    Response::from_parts(parts, Metered::new(body, record).boxed_unsync())
+    let body = match needles {
+        Some(needles) if !needles.is_empty() => {
+            Metered::new(Scrubbed::new(body, needles), record).boxed_unsync()
+        }
+        _ => Metered::new(body, record).boxed_unsync(),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Replaces any response header value that contains the secret: an upstream reflecting the

@@ -83,6 +83,17 @@ async fn connect(
         .authority()
         .map_or("", |a| a.as_str())
         .to_string();
+    // Only the authority-form (RFC 9110 §9.3.6): an absolute URL or a path would be a second
+    // description of the target, and one of them would have to be ignored.
+    let uri = request.uri();
+    if uri.scheme().is_some() || !uri.path().is_empty() || uri.query().is_some() {
+        let shown = uri.to_string();
+        let refusal = Refusal::new(
+            ErrorCode::RequestInvalid,
+            format!("CONNECT target `{shown}` must be host:port, with no scheme or path"),
+        );
+        return refuse_unidentified(&state, LISTENER, "CONNECT", &shown, refusal);
+    }
     let authority = match Authority::parse(&raw) {
         Ok(a) => a,
         Err(e) => {
