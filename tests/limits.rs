@@ -169,3 +169,70 @@ fn http2_rapid_reset_and_continuation_floods_lose_their_connection_not_the_proxy
     curl_via(&sk, &["--http2", "https://api.test.local/echo/after"]).assert_status(200);
     assert!(!sk.stderr().contains("panicked"));
 }
+
+#[test]
+fn a_route_with_max_request_body_refuses_larger_bodies_with_413() {
+    let env = Env::new();
+    let route = r#"  - name: small
+    hosts: [small.test.local]
+    methods: [POST]
+    credential: demo
+    inject: { header: Authorization, value: "Bearer {token}" }
+    allow_private: true
+    max_request_body: 1024
+"#;
+    let sk = env.sidekey(&base_config(
+        &[("small.test.local:443", "{upstream}")],
+        route,
+        "",
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 4000]).unwrap();
+    let big_arg = format!("@{}", big.display());
+
+    let ok = "y".repeat(1000);
+    curl_via(
+        &sk,
+        &["--data-binary", &ok, "https://small.test.local/echo/ok"],
+    )
+    .assert_status(200);
+
+    // Declared too large: refused before a credential is fetched or anything is sent.
+    let res = curl_via(
+        &sk,
+        &[
+            "--data-binary",
+            &big_arg,
+            "https://small.test.local/echo/declared",
+        ],
+    );
+    res.expect_refusal(413, "body_too_large");
+    assert!(env.upstream.requests_to("/echo/declared").is_empty());
+
+    // No length given: cut off once it passes the limit.
+    let res = curl_via(
+        &sk,
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &big_arg,
+            "https://small.test.local/echo/chunked",
+        ],
+    );
+    res.expect_refusal(413, "body_too_large");
+    assert!(
+        env.upstream
+            .requests_to("/echo/chunked")
+            .iter()
+            .all(|r| r.body_len <= 1024),
+        "no more than the limit was forwarded"
+    );
+    // Other routes are unaffected.
+    curl_via(
+        &sk,
+        &["--data-binary", &big_arg, "https://api.test.local/echo/big"],
+    )
+    .assert_status(200);
+}

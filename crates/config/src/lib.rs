@@ -358,6 +358,8 @@ pub struct RouteConfig {
     pub inject: Option<Inject>,
     /// Only this route may reach private/loopback addresses (enforced by the SSRF guard).
     pub allow_private: bool,
+    /// Largest request body (bytes) the route forwards; larger ones get 413. None: no limit.
+    pub max_request_body: Option<u64>,
     /// Line of the route in the file, for messages.
     pub line: usize,
 }

@@ -21,6 +21,7 @@ const ROUTE_KEYS: &[&str] = &[
     "credential",
     "inject",
     "allow_private",
+    "max_request_body",
     "resolve",
 ];
 
@@ -168,6 +169,11 @@ fn route(
             .unwrap_or(false);
     }
 
+    let max_request_body = f.value("max_request_body").and_then(|n| {
+        e.int_in(n, &format!("`max_request_body` of {what}"), 0, 1 << 40)
+            .and_then(|v| u64::try_from(v).ok())
+    });
+
     if let Some(n) = f.value("resolve") {
         let before = resolve.len();
         resolve_map(n, &format!("`resolve` of {what}"), e, resolve);
@@ -194,6 +200,7 @@ fn route(
         credential,
         inject,
         allow_private,
+        max_request_body,
         line: f.pos.line,
     })
 }

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     UpstreamUnreachable,
     UpstreamTls,
     RequestInvalid,
+    /// The body is larger than the route's `max_request_body`.
+    BodyTooLarge,
 }
 
 impl ErrorCode {
@@ -32,6 +34,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ErrorCode::UpstreamTls => "upstream_tls",
             ErrorCode::RequestInvalid => "request_invalid",
+            ErrorCode::BodyTooLarge => "body_too_large",
         }
     }
 
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamUnreachable | ErrorCode::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestInvalid => StatusCode::BAD_REQUEST,
+            ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }

@@ -203,6 +203,24 @@ pub async fn handle(
         None => record.set_decision(Outcome::Tunnel),
     }
 
+    // A body the route will not take is refused before anything else happens.
+    let max_body = route.and_then(|r| r.max_request_body);
+    if let Some(max) = max_body {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            let refusal = Refusal::new(
+                ErrorCode::BodyTooLarge,
+                format!("the body is larger than this route's max_request_body ({max} bytes)"),
+            );
+            drain(&parts, body).await;
+            return refuse(record, &exchange.request_id, refusal);
+        }
+    }
+
     // A SigV4 signature over the payload needs the whole body: read it before the credential
     // is fetched, so that keys are never held waiting on a slow agent.
     let mut incoming = Some(body);
@@ -261,7 +279,17 @@ pub async fn handle(
         .map(|c| needles(c, route.and_then(|r| r.inject.as_ref()), &parts.headers));
     let counter = record.bytes_in_counter();
     let body = match (incoming, buffered) {
-        (Some(body), _) => Counted::new(body, counter).boxed_unsync(),
+        (Some(body), _) => match max_body {
+            // A body without a length that grows past the limit is cut off; the failed
+            // forward is then reported as body_too_large.
+            // (Counted inside, so that the count shows the body went past the limit.)
+            Some(max) => http_body_util::Limited::new(
+                Counted::new(body, Arc::clone(&counter)),
+                usize::try_from(max).unwrap_or(usize::MAX),
+            )
+            .boxed_unsync(),
+            None => Counted::new(body, Arc::clone(&counter)).boxed_unsync(),
+        },
         (None, Some(bytes)) => {
             counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             full(bytes)
@@ -277,7 +305,20 @@ pub async fn handle(
         .await
     {
         Ok(response) => response,
-        Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+        Err(refusal) => {
+            // The forward failed because the body was cut off at the route's limit.
+            let over = max_body
+                .is_some_and(|max| counter.load(std::sync::atomic::Ordering::Relaxed) > max);
+            let refusal = if over {
+                Refusal::new(
+                    ErrorCode::BodyTooLarge,
+                    "the body grew larger than this route's max_request_body",
+                )
+            } else {
+                refusal
+            };
+            return refuse(record, &exchange.request_id, refusal);
+        }
     };
 
     // respond

@@ -156,6 +156,8 @@ pub struct RouteRuntime {
     pub issuer: Option<String>,
     pub inject: Option<Inject>,
     pub allow_private: bool,
+    /// Largest request body forwarded; None: no limit.
+    pub max_request_body: Option<u64>,
     /// `(host, port)` for the route listener: only routes naming exactly one exact host over
     /// HTTPS can be reached as `/r/<route>/`.
     pub base: Option<(CanonicalHost, u16)>,
@@ -197,6 +199,7 @@ impl ProxyState {
                     .map(str::to_string),
                 inject: r.inject.clone(),
                 allow_private: r.allow_private,
+                max_request_body: r.max_request_body,
                 base: match (r.hosts.as_slice(), r.schemes.contains(&Scheme::Https)) {
                     ([only], true) => only.exact().map(|h| {
                         let port = r
