@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use serde::Serialize;
 use serde_json::Value;
@@ -190,6 +190,12 @@ fn build(
     let mut warnings = Vec::new();
     let container = sidecar::container(options, settings);
 
+    // Removals first, at the indices of the pod as received (everything after only appends or
+    // inserts at the front).
+    if options.no_agent_token {
+        remove_default_token(spec, &mut ops);
+    }
+
     // The sidecar, first in line.
     match options.mode {
         SidecarMode::Native => ops.insert_first(raw, &["spec", "initContainers"], &container)?,
@@ -262,6 +268,55 @@ fn build(
     Ok((Patch(ops.0), warnings))
 }
 
+/// Where the ServiceAccount admission plugin mounts the default token.
+const DEFAULT_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission plugin runs before webhooks: by the time the pod reaches the
+/// injector, every container already mounts the default token (a `kube-api-access-*` projected
+/// volume) and `automountServiceAccountToken: false` alone would change nothing. So the volume
+/// and every mount of it (and of that path) are removed; only sidekey holds a token then.
+fn remove_default_token(spec: &PodSpec, ops: &mut Ops) {
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let is_default_token = |name: &str| {
+        volumes.iter().any(|v| {
+            v.name == name
+                && name.starts_with("kube-api-access-")
+                && v.projected.as_ref().is_some_and(|p| {
+                    p.sources
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|s| s.service_account_token.is_some())
+                })
+        })
+    };
+    let lists = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", spec.containers.as_slice()),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+            // Highest index first, so earlier removals do not shift later ones.
+            for (j, m) in mounts.iter().enumerate().rev() {
+                if is_default_token(&m.name)
+                    || m.mount_path.trim_end_matches('/') == DEFAULT_TOKEN_DIR
+                {
+                    ops.remove(&["spec", list, &i.to_string(), "volumeMounts", &j.to_string()]);
+                }
+            }
+        }
+    }
+    for (k, v) in volumes.iter().enumerate().rev() {
+        if is_default_token(&v.name) {
+            ops.remove(&["spec", "volumes", &k.to_string()]);
+        }
+    }
+}
+
 /// Variables of `wanted` the container does not set (either spelling of a proxy pair counts),
 /// and the names it sets itself (kept, reported).
 fn env_to_add(c: &Container, wanted: &[EnvVar]) -> (Vec<EnvVar>, Vec<String>) {
@@ -318,6 +373,12 @@ fn raw_at(raw: &Value, path: &[&str]) -> bool {
 struct Ops(Vec<PatchOperation>);
 
 impl Ops {
+    fn remove(&mut self, path: &[&str]) {
+        self.0.push(PatchOperation::Remove(RemoveOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+        }));
+    }
+
     fn set(&mut self, path: &[&str], value: Value) {
         self.0.push(PatchOperation::Add(AddOperation {
             path: PointerBuf::from_tokens(path.iter().copied()),
