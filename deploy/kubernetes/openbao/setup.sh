@@ -8,10 +8,15 @@
 # `server.authDelegator.enabled=true`).
 set -euo pipefail
 
-# 1. The Kubernetes auth method. Inside the cluster, OpenBao finds the API server and its CA by
-#    itself; from outside, add kubernetes_ca_cert=@ca.crt and a token_reviewer_jwt.
+# 1. The Kubernetes auth method. An OpenBao running in the cluster uses its own pod's CA file
+#    and token to call TokenReview; one running elsewhere needs KUBERNETES_HOST (the API server's
+#    URL), KUBERNETES_CA_CERT (a file with its CA) and a token_reviewer_jwt added below.
 bao auth enable kubernetes 2>/dev/null || true
-bao write auth/kubernetes/config kubernetes_host="https://kubernetes.default.svc:443"
+config=(kubernetes_host="${KUBERNETES_HOST:-https://kubernetes.default.svc:443}")
+if [[ -n "${KUBERNETES_CA_CERT:-}" ]]; then
+    config+=(kubernetes_ca_cert="@$KUBERNETES_CA_CERT")
+fi
+bao write auth/kubernetes/config "${config[@]}"
 
 # 2. What the agent may read.
 bao secrets enable -path=secret kv-v2 2>/dev/null || true
