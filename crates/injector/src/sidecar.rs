@@ -93,14 +93,11 @@ pub fn container(options: &PodOptions, settings: &Settings) -> Container {
         env: Some(vec![
             env("SIDEKEY_CONFIG", CONFIG_FILE),
             env("SIDEKEY_LOG", &options.log_level),
+            // The `{pod}` of an aws-sts session name (the host name would do too, but a pod's
+            // name is what an AWS CloudTrail reader can look up).
             EnvVar {
-                name: "POD_NAME".to_string(),
+                name: "SIDEKEY_POD_NAME".to_string(),
                 value_from: Some(field("metadata.name")),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "POD_NAMESPACE".to_string(),
-                value_from: Some(field("metadata.namespace")),
                 ..Default::default()
             },
         ]),
