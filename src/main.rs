@@ -21,6 +21,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod bundle;
+mod probe;
+
 /// The config `sidekey run` uses when given none: the quickstart, built in.
 const QUICKSTART: &str = include_str!("../examples/quickstart.yaml");
 
@@ -51,12 +54,47 @@ enum Command {
         /// Config file.
         file: PathBuf,
     },
+    /// Ask a running sidekey's admin listener whether it is ready (`/readyz`) or alive
+    /// (`/healthz`); exit 0 if so, 1 if not. For exec probes: the admin listener stays on
+    /// loopback, where kubelet's HTTP probes cannot reach it.
+    Probe {
+        /// `ready` or `live`.
+        #[arg(value_enum, default_value_t = ProbeKind::Ready)]
+        kind: ProbeKind,
+        /// Admin address. Default: `listen.admin` of the config, else 127.0.0.1:15090.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// The running sidekey's config, to find its admin address.
+        #[arg(long, short, env = "SIDEKEY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Timeout of one attempt.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Keep asking (every 200 ms) until the answer is yes or this much time has passed.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProbeKind {
+    /// GET /readyz: listeners serving and eager credentials held.
+    Ready,
+    /// GET /healthz: the process serves.
+    Live,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Probe {
+            kind,
+            admin,
+            config,
+            timeout,
+            wait,
+        } => probe::run(kind, admin, config.as_deref(), timeout, wait),
         Command::Run { config } => {
             init_logging();
             let (source, origin) = match load(config.as_deref()) {
@@ -197,6 +235,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(path) = &config.ca.cert_out {
         ca.write_cert(path)?;
         tracing::info!(path = %path.display(), "wrote the interception CA certificate");
+    }
+    if let Some(path) = &config.ca.bundle_out {
+        bundle::write(ca.cert_pem(), path)?;
     }
     let upstream_tls = sidekey_tls::upstream_client_config(&config.upstream.extra_ca_files)?;
     let state = Arc::new(ProxyState::new(

@@ -176,6 +176,13 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         Some(p) => writeln!(out, "ca: certificate written to {}", p.display())?,
         None => writeln!(out, "ca: certificate not written to a file")?,
     }
+    if let Some(p) = &c.ca.bundle_out {
+        writeln!(
+            out,
+            "  bundle (certificate + system roots) written to {}",
+            p.display()
+        )?;
+    }
     writeln!(out, "  leaf certificate cache: {}", c.ca.leaf_cache_size)?;
     writeln!(
         out,

@@ -137,6 +137,10 @@ pub struct Listen {
 pub struct CaConfig {
     /// Where the public certificate (PEM) is written for agents to trust. None: not written.
     pub cert_out: Option<PathBuf>,
+    /// Where sidekey's CA certificate followed by the system's trusted roots is written (for
+    /// `SSL_CERT_FILE`/`REQUESTS_CA_BUNDLE`, which replace rather than extend a client's trust:
+    /// hosts reached directly or tunnelled must still verify). None: not written.
+    pub bundle_out: Option<PathBuf>,
     /// Maximum leaf certificates kept in memory. Default 1024.
     pub leaf_cache_size: usize,
 }

@@ -113,6 +113,7 @@ fn defaults() {
     assert_eq!(c.listen.routes, Some(addr("127.0.0.1:15081")));
     assert_eq!(c.listen.admin, Some(addr("127.0.0.1:15090")));
     assert_eq!(c.ca.cert_out, None);
+    assert_eq!(c.ca.bundle_out, None);
     assert_eq!(c.ca.leaf_cache_size, 1024);
     assert!(c.upstream.extra_ca_files.is_empty());
     assert!(c.upstream.resolve.is_empty());
@@ -609,6 +610,9 @@ fn structure_errors() {
         ("identity without token file", "identity: {}\n", &[(1, 11, "`identity` has no `token_file`", "token_file:")]),
         ("extra ca files not a list", "upstream: { extra_ca_files: /a.pem }\n", &[(1, 29, "must be a list, found a string", "[/a.pem]")]),
         ("empty path", "ca: { cert_out: \"\" }\n", &[(1, 17, "`ca.cert_out` must not be empty", "")]),
+        ("empty bundle path", "ca: { bundle_out: \"\" }\n", &[(1, 19, "`ca.bundle_out` must not be empty", "")]),
+        ("bundle over the certificate", "ca: { cert_out: /a.pem, bundle_out: /a.pem }\n", &[(1, 37, "`ca.bundle_out` is the same file as `ca.cert_out`", "two files")]),
+        ("bundle path not a string", "ca: { bundle_out: [a] }\n", &[(1, 19, "must be", "")]),
         ("unmatched allow", "unmatched: allow\n", &[(1, 12, "found `allow`", "`tunnel`")]),
         ("unmatched null", "unmatched:\n", &[(1, 10, "`unmatched` must be `deny` or `tunnel`", "")]),
         ("audit syslog", "audit: syslog\n", &[(1, 8, "unknown audit sink `syslog`", "stdout")]),
@@ -1080,4 +1084,21 @@ fn remote_issuer_errors() {
     for (name, src, expected) in cases {
         check(name, src, expected);
     }
+}
+
+#[test]
+fn ca_bundle_out() {
+    let c = ok("ca:\n  cert_out: /run/sidekey/ca.pem\n  bundle_out: /run/sidekey/bundle.pem\n");
+    assert_eq!(c.ca.cert_out, Some(PathBuf::from("/run/sidekey/ca.pem")));
+    assert_eq!(
+        c.ca.bundle_out,
+        Some(PathBuf::from("/run/sidekey/bundle.pem"))
+    );
+    assert!(c
+        .describe()
+        .contains("bundle (certificate + system roots) written to /run/sidekey/bundle.pem"));
+    // Without cert_out too: the bundle alone is enough for most agents.
+    let c = ok("ca: { bundle_out: /run/b.pem }\n");
+    assert_eq!(c.ca.bundle_out, Some(PathBuf::from("/run/b.pem")));
+    assert_eq!(c.ca.cert_out, None);
 }

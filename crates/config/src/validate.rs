@@ -38,7 +38,7 @@ const LIMITS_KEYS: &[&str] = &[
     "idle_timeout",
 ];
 const LISTEN_KEYS: &[&str] = &["forward", "routes", "admin"];
-const CA_KEYS: &[&str] = &["cert_out", "leaf_cache_size"];
+const CA_KEYS: &[&str] = &["cert_out", "bundle_out", "leaf_cache_size"];
 const UPSTREAM_KEYS: &[&str] = &[
     "extra_ca_files",
     "resolve",
@@ -142,6 +142,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         listen: default_listen(),
         ca: CaConfig {
             cert_out: None,
+            bundle_out: None,
             leaf_cache_size: DEFAULT_LEAF_CACHE,
         },
         upstream: UpstreamConfig {
@@ -288,6 +289,7 @@ fn listen_addr(node: &Node, what: &str, e: &mut Errors) -> Option<Option<SocketA
 fn ca(node: &Node, e: &mut Errors) -> CaConfig {
     let mut ca = CaConfig {
         cert_out: None,
+        bundle_out: None,
         leaf_cache_size: DEFAULT_LEAF_CACHE,
     };
     let Some(f) = e.fields(node, "`ca`", CA_KEYS) else {
@@ -295,6 +297,16 @@ fn ca(node: &Node, e: &mut Errors) -> CaConfig {
     };
     if let Some(n) = f.value("cert_out") {
         ca.cert_out = e.path(n, "`ca.cert_out`");
+    }
+    if let Some(n) = f.value("bundle_out") {
+        ca.bundle_out = e.path(n, "`ca.bundle_out`");
+        if ca.bundle_out.is_some() && ca.bundle_out == ca.cert_out {
+            e.error_hint(
+                n.pos,
+                "`ca.bundle_out` is the same file as `ca.cert_out`",
+                "the bundle (CA + public roots) and the CA alone need two files",
+            );
+        }
     }
     if let Some(n) = f.value("leaf_cache_size") {
         if let Some(size) = e.int_in(n, "`ca.leaf_cache_size`", 1, 1_000_000) {
