@@ -332,7 +332,12 @@ fn the_running_process_cannot_dump_core() {
     )
     .unwrap();
     std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let mut child = std::process::Command::new(sidekey::sidekey_bin())
+    // The build's binary may sit where that user cannot reach (e.g. under /root/.cache): run
+    // a copy from the shared temp dir.
+    let bin = dir.path().join("sidekey");
+    std::fs::copy(sidekey::sidekey_bin(), &bin).expect("copy the sidekey binary");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(&bin)
         .args(["run", "--config"])
         .arg(&cfg)
         .current_dir(dir.path())
