@@ -263,9 +263,14 @@ class Target:
 
 
 def measure(proc, fn):
-    """Runs fn(), returning its result with the CPU the proxy spent meanwhile."""
+    """Runs fn(), returning its result with the CPU the proxy spent meanwhile; a run that fails
+    or hangs is reported as all errors rather than ending the whole benchmark."""
     before = proc.cpu_seconds() if proc else 0.0
-    result = fn()
+    try:
+        result = fn()
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        log(f"  run failed: {str(e)[:200]}")
+        result = {"requests": 0, "errors": 1, "rps": 0.0, "failed": True}
     if proc:
         result["cpu_s"] = proc.cpu_seconds() - before
     return result
@@ -311,14 +316,14 @@ def run_scenarios(targets, opts, results):
                 path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
                 res = measure(t.proc, lambda: wrk(t.plain, path, c, d))
                 record(f"plain_c{c}", t, res)
-                log(f"  {t.name:10} c={c:<3} {res['rps']:9.0f} req/s  p99 {res['p99_us']} us")
+                log(f"  {t.name:10} c={c:<3} {res['rps']:9.0f} req/s  p99 {res.get('p99_us')} us")
         # A fixed offered rate well under every proxy's limit except mitmproxy's: latency
         # without queueing. 10 connections each pausing 2 ms between requests.
         for t in order(plain):
             path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
             res = measure(t.proc, lambda: wrk(t.plain, path, 10, d, delay_ms=2))
             record("plain_rate", t, res)
-            log(f"  {t.name:10} fixed rate {res['rps']:7.0f} req/s  p99 {res['p99_us']} us")
+            log(f"  {t.name:10} fixed rate {res['rps']:7.0f} req/s  p99 {res.get('p99_us')} us")
 
         log(f"round {r + 1}/{rounds}: HTTPS (keep-alive, then a new connection per request)")
         for t in order(https):
@@ -347,10 +352,13 @@ def run_scenarios(targets, opts, results):
     log("streaming: SSE time to first byte")
     for t in plain:
         path = "/sse" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/sse"
-        res = load(["--connect", t.plain, "--host", PLAIN_AUTHORITY, "--uri", path,
-                    "--mode", "sse", "--count", str(opts.sse_count)])
+        res = measure(t.proc, lambda: load(["--connect", t.plain, "--host", PLAIN_AUTHORITY,
+                                            "--uri", path, "--mode", "sse",
+                                            "--count", str(opts.sse_count)], timeout=30))
+        if res.get("failed"):
+            continue
         record("sse", t, res)
-        log(f"  {t.name:10} ttfb p50 {res['p50_us']} us, stream {res['stream_total_p50_us']} us")
+        log(f"  {t.name:10} ttfb p50 {res.get('p50_us')} us, stream {res.get('stream_total_p50_us')} us")
 
     for key, per_target in raw.items():
         results[key] = {name: merge(runs) for name, runs in per_target.items()}

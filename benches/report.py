@@ -177,6 +177,8 @@ def write(results, dest):
     for n in names:
         r = (results.get("sse") or {}).get(n)
         if not r:
+            if n in (results.get("plain_c1") or {}):
+                rows.append([n, "no complete run within 30 s", "–", "–"])
             continue
         rows.append([n, ms(r.get("p50_us")), ms(r.get("max_us")), ms(r.get("stream_total_p50_us"))])
     add(table(["target", "first byte p50 ms", "first byte max ms", "whole stream p50 ms"], rows))
@@ -211,7 +213,7 @@ def write(results, dest):
     add("")
     notes = dest / "NOTES.md"
     if notes.exists():
-        add("See [NOTES.md](NOTES.md) for the profile behind each miss and what was changed.\n")
+        add("See [NOTES.md](NOTES.md) for the profile behind each miss and the proposed fixes.\n")
     add("![chart](results.png)\n")
 
     path = dest / "RESULTS.md"
