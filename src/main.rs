@@ -111,10 +111,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            // Default: one worker per core. SIDEKEY_WORKER_THREADS caps it, e.g. to match the
+            // CPU quota of a sidecar, or to compare with peers on one core in the benchmarks.
+            if let Some(n) = worker_threads() {
+                builder.worker_threads(n);
+            }
+            let runtime = match builder.build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     eprintln!("sidekey: cannot start the runtime: {e}");
@@ -129,6 +133,19 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `SIDEKEY_WORKER_THREADS`: a positive number of runtime worker threads; anything else is
+/// ignored (with a warning) and the default, one per core, is used.
+fn worker_threads() -> Option<usize> {
+    let raw = std::env::var("SIDEKEY_WORKER_THREADS").ok()?;
+    match raw.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            eprintln!("sidekey: ignoring SIDEKEY_WORKER_THREADS={raw:?}: not a positive number");
+            None
         }
     }
 }

@@ -1,0 +1,633 @@
+#!/usr/bin/env python3
+"""sidekey side by side with nginx, Envoy, squid and mitmproxy, on one machine.
+
+Run through `scripts/bench` (which installs the peers and builds the tools); this file starts
+the upstream and every proxy pinned to one core, checks that each one does the same work
+(the agent's dummy key replaced by a bearer token for api.bench.test, other hosts refused),
+runs the scenarios interleaved, and writes benches/RESULTS.md, benches/results.json and
+benches/results.png.
+
+CPU layout: every proxy on core PROXY_CPU (one worker / thread each); the load generators
+and the upstream on LOAD_CPU. On a 2-core machine the upstream shares the load generator's core,
+the same for every target, so the direct baseline is the cost of client + origin alone.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benches"
+PEERS = BENCH / "peers"
+
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+
+PORTS = {
+    "UP_HTTP": 18080,
+    "UP_TLS": 18443,
+    "SIDEKEY": 19001,
+    "SIDEKEY_ADMIN": 19091,
+    "SIDEKEY_TUNNEL": 19002,
+    "NGINX_HTTP": 19011,
+    "NGINX_TLS": 19012,
+    "ENVOY_HTTP": 19021,
+    "ENVOY_TLS": 19022,
+    "SQUID": 19031,
+    "MITM": 19041,
+}
+
+API = "api.bench.test"
+PLAIN_AUTHORITY = f"{API}:{PORTS['UP_HTTP']}"
+TLS_AUTHORITY = f"{API}:{PORTS['UP_TLS']}"
+TUNNEL_AUTHORITY = f"tunnel.bench.test:{PORTS['UP_TLS']}"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+class Proc:
+    """A process this harness started, pinned to a core; measured through /proc."""
+
+    def __init__(self, name, argv, cpu, env=None, cwd=None, stdout=None):
+        self.name = name
+        self.log = open(RUN / f"{name}.log", "w")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            ["taskset", "-c", cpu] + argv,
+            stdout=stdout or self.log,
+            stderr=subprocess.STDOUT if stdout is None else self.log,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def tree(self):
+        """This process and its descendants (nginx master + worker, squid kids)."""
+        pids, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+        return pids
+
+    def rss_kb(self):
+        total = 0
+        for pid in self.tree():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def cpu_seconds(self):
+        """user + system seconds of the whole tree (all threads)."""
+        ticks = 0
+        for pid in self.tree():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def stop(self):
+        if self.alive():
+            try:
+                os.killpg(self.pid, 15)
+                self.popen.wait(timeout=5)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.pid, 9)
+                except ProcessLookupError:
+                    pass
+
+
+STARTED = []
+
+
+def start(name, argv, cpu=PROXY_CPU, env=None, port=None, timeout=30, **kw):
+    proc = Proc(name, argv, cpu, env=env, **kw)
+    STARTED.append(proc)
+    if port:
+        wait_port(port, timeout, proc)
+    return proc
+
+
+def wait_port(port, timeout, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited; see {RUN / (proc.name + '.log')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def stop_all():
+    for proc in reversed(STARTED):
+        proc.stop()
+
+
+def render(template, dest, **extra):
+    text = (PEERS / template).read_text()
+    values = {k: str(v) for k, v in PORTS.items()}
+    values["RUN"] = str(RUN)
+    values.update(extra)
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    Path(dest).write_text(text)
+    return dest
+
+
+def sh(argv, **kw):
+    return subprocess.run(argv, capture_output=True, text=True, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks: every target must do the same work
+
+
+def curl(args):
+    out = sh(["curl", "-s", "-m", "10", "-H", "Authorization: Bearer agent-dummy-key",
+              "-w", "\n%{http_code}"] + args)
+    body, _, code = out.stdout.rpartition("\n")
+    return code, body
+
+
+def check_injection(name, args, token=None):
+    code, body = curl(args)
+    ok = code == "200" and body.startswith("Bearer ") and "agent-dummy" not in body
+    if token is not None:
+        ok = ok and body == f"Bearer {token}"
+    if not ok:
+        raise RuntimeError(f"{name}: injection check failed: {code} {body[:80]!r}")
+    return body[len("Bearer "):]
+
+
+def check_denied(name, args):
+    code, _ = curl(args)
+    if code != "403":
+        raise RuntimeError(f"{name}: other hosts must be refused (403), got {code}")
+
+
+# ---------------------------------------------------------------------------------------------
+# load generators
+
+
+WRK_SCRIPT = """
+wrk.method = "GET"
+wrk.path = "{path}"
+wrk.headers["Host"] = "{host}"
+wrk.headers["Authorization"] = "Bearer agent-dummy-key"
+wrk.headers["User-Agent"] = "sidekey-bench"
+{delay}
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{{"requests":%d,"errors":%d,"seconds":%.3f,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d}}\\n',
+    summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
+    summary.duration / 1e6, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+
+def wrk(addr, path, connections, seconds, delay_ms=None):
+    delay = f"function delay() return {delay_ms} end" if delay_ms else ""
+    script = RUN / f"wrk-{abs(hash((path, delay_ms)))}.lua"
+    script.write_text(WRK_SCRIPT.format(path=path, host=PLAIN_AUTHORITY, delay=delay))
+    out = sh(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+              "--timeout", "10s", "-s", str(script), f"http://{addr}"])
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if not line:
+        raise RuntimeError(f"wrk failed: {out.stdout[-400:]} {out.stderr[-400:]}")
+    result = json.loads(line[-1])
+    result["rps"] = result["requests"] / max(result["seconds"], 1e-9)
+    return result
+
+
+def load(args, timeout=120):
+    out = sh(["taskset", "-c", LOAD_CPU, str(LOADGEN)] + args, timeout=timeout)
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not line:
+        raise RuntimeError(f"bench-load {' '.join(args)}: {out.stderr[-400:]}")
+    return json.loads(line[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+class Target:
+    def __init__(self, name, proc, plain=None, https=None, https_kind=None, tunnel=None, h2=True):
+        self.name = name
+        self.proc = proc
+        self.plain = plain  # address for plain-HTTP forward (absolute-form), or None
+        self.https = https  # bench-load args to reach api.bench.test over TLS through it
+        self.https_kind = https_kind  # how: "direct", "CONNECT + interception", "TLS reverse proxy"
+        self.tunnel = tunnel  # bench-load args for a blind tunnel
+        self.h2 = h2
+
+
+def measure(proc, fn):
+    """Runs fn(), returning its result with the CPU the proxy spent meanwhile; a run that fails
+    or hangs is reported as all errors rather than ending the whole benchmark."""
+    before = proc.cpu_seconds() if proc else 0.0
+    try:
+        result = fn()
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        log(f"  run failed: {str(e)[:200]}")
+        result = {"requests": 0, "errors": 1, "rps": 0.0, "failed": True}
+    if proc:
+        result["cpu_s"] = proc.cpu_seconds() - before
+    return result
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def merge(runs):
+    """Median of each numeric field over rounds."""
+    if not runs:
+        return None
+    keys = set().union(*(r.keys() for r in runs))
+    return {k: median([r.get(k) for r in runs if isinstance(r.get(k), (int, float))]) for k in keys}
+
+
+def run_scenarios(targets, opts, results):
+    d = opts.seconds
+    rounds = opts.rounds
+    plain = [t for t in targets if t.plain]
+    https = [t for t in targets if t.https]
+    tunnels = [t for t in targets if t.tunnel]
+    h2 = [t for t in targets if t.https and t.h2]
+    raw = {}
+
+    def record(key, target, result):
+        raw.setdefault(key, {}).setdefault(target.name, []).append(result)
+
+    for r in range(rounds):
+        # Interleaved: every round visits every target, in a rotated order.
+        def order(ts):
+            k = r % max(len(ts), 1)
+            return ts[k:] + ts[:k]
+
+        log(f"round {r + 1}/{rounds}: plain HTTP forward with injection")
+        for c in (1, 16, 128):
+            for t in order(plain):
+                path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
+                res = measure(t.proc, lambda: wrk(t.plain, path, c, d))
+                record(f"plain_c{c}", t, res)
+                log(f"  {t.name:10} c={c:<3} {res['rps']:9.0f} req/s  p99 {res.get('p99_us')} us")
+        # A fixed offered rate well under every proxy's limit except mitmproxy's: latency
+        # without queueing. 10 connections each pausing 2 ms between requests.
+        for t in order(plain):
+            path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
+            res = measure(t.proc, lambda: wrk(t.plain, path, 10, d, delay_ms=2))
+            record("plain_rate", t, res)
+            log(f"  {t.name:10} fixed rate {res['rps']:7.0f} req/s  p99 {res.get('p99_us')} us")
+
+        log(f"round {r + 1}/{rounds}: HTTPS (keep-alive, then a new connection per request)")
+        for t in order(https):
+            res = measure(t.proc, lambda: load(t.https + ["--mode", "load", "-c", "16", "-d", str(d)]))
+            record("https_keepalive", t, res)
+            log(f"  {t.name:10} keep-alive {res['rps']:9.0f} req/s")
+            res = measure(t.proc, lambda: load(t.https + ["--mode", "handshake", "-c", "8", "-d", str(d)]))
+            record("https_handshake", t, res)
+            log(f"  {t.name:10} handshakes {res['rps']:9.0f} /s")
+
+        log(f"round {r + 1}/{rounds}: blind CONNECT tunnel")
+        for t in order(tunnels):
+            res = measure(t.proc, lambda: load(t.tunnel + ["--mode", "load", "-c", "16", "-d", str(d)]))
+            record("tunnel_keepalive", t, res)
+            res2 = measure(t.proc, lambda: load(t.tunnel + ["--mode", "handshake", "-c", "8", "-d", str(d)]))
+            record("tunnel_new", t, res2)
+            log(f"  {t.name:10} {res['rps']:9.0f} req/s in tunnels, {res2['rps']:7.0f} new tunnels/s")
+
+        log(f"round {r + 1}/{rounds}: HTTP/2, 4 connections x 32 streams")
+        for t in order(h2):
+            res = measure(t.proc, lambda: load(t.https + ["--h2", "--mode", "load", "-c", "4",
+                                                          "--streams", "32", "-d", str(d)]))
+            record("h2", t, res)
+            log(f"  {t.name:10} h2 {res['rps']:9.0f} req/s")
+
+    log("streaming: SSE time to first byte")
+    for t in plain:
+        path = "/sse" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/sse"
+        res = measure(t.proc, lambda: load(["--connect", t.plain, "--host", PLAIN_AUTHORITY,
+                                            "--uri", path, "--mode", "sse",
+                                            "--count", str(opts.sse_count)], timeout=30))
+        if res.get("failed"):
+            continue
+        record("sse", t, res)
+        log(f"  {t.name:10} ttfb p50 {res.get('p50_us')} us, stream {res.get('stream_total_p50_us')} us")
+
+    for key, per_target in raw.items():
+        results[key] = {name: merge(runs) for name, runs in per_target.items()}
+        results.setdefault("raw", {})[key] = per_target
+
+
+def idle_connections(targets, opts, results):
+    """RSS with N idle keep-alive connections (each made one request first)."""
+    out = {}
+    for t in targets:
+        if not t.plain or t.proc is None:
+            continue
+        base = t.proc.rss_kb()
+        path = f"http://{PLAIN_AUTHORITY}/"
+        gen = subprocess.Popen(
+            ["taskset", "-c", LOAD_CPU, str(LOADGEN), "--connect", t.plain, "--host",
+             PLAIN_AUTHORITY, "--uri", path, "--mode", "idle", "-c", str(opts.idle_conns),
+             "--hold", "120"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        opened, peak = 0, base
+        deadline = time.time() + opts.idle_timeout
+        line = ""
+        while time.time() < deadline:
+            # bench-load prints "ready N" once every connection is open (or failed).
+            import select
+            ready, _, _ = select.select([gen.stdout], [], [], 1.0)
+            peak = max(peak, t.proc.rss_kb())
+            if ready:
+                line = gen.stdout.readline()
+                break
+        if line.startswith("ready"):
+            opened = int(line.split()[1])
+            time.sleep(1.0)
+            peak = max(peak, t.proc.rss_kb())
+        else:
+            log(f"  {t.name}: could not open {opts.idle_conns} connections within {opts.idle_timeout}s")
+        try:
+            gen.stdin.close()
+            gen.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            gen.kill()
+        out[t.name] = {
+            "before_kb": base,
+            "with_idle_kb": peak,
+            "added_kb": peak - base,
+            "opened": opened,
+            "wanted": opts.idle_conns,
+            "per_conn_kb": (peak - base) / opened if opened else None,
+        }
+        log(f"  {t.name:10} {opened} idle connections: +{(peak - base) / 1024:.1f} MB")
+        time.sleep(2.0)
+    results["idle_conns"] = out
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def versions():
+    def first(argv, pattern=None):
+        try:
+            out = sh(argv)
+            text = (out.stdout + out.stderr).strip().splitlines()
+            for line in text:
+                if pattern is None or pattern in line:
+                    return line.strip()
+        except OSError:
+            pass
+        return "?"
+
+    rev = sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).stdout.strip()
+    dirty = sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    return {
+        "sidekey": f"{rev}{'+dirty' if dirty else ''} (release, SIDEKEY_WORKER_THREADS=1)",
+        "nginx": first(["nginx", "-v"]),
+        "envoy": first([str(VENV / "bin" / "envoy"), "--version"], "version"),
+        "squid": first(["squid", "-v"], "Version"),
+        "mitmproxy": first([str(VENV / "bin" / "mitmdump"), "--version"], "Mitmproxy"),
+        "wrk": first(["wrk", "-v"], "wrk"),
+        "kernel": platform.release(),
+    }
+
+
+def machine():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "memory": mem}
+
+
+def loadavg():
+    return open("/proc/loadavg").read().split()[0:3]
+
+
+def main():
+    global RUN, LOADGEN, UPSTREAM, SIDEKEY, VENV
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--venv", required=True)
+    p.add_argument("--bin-dir", required=True, help="where sidekey and the bench tools are")
+    p.add_argument("--no-write", action="store_true", help="do not overwrite benches/RESULTS.md")
+    opts = p.parse_args()
+    opts.seconds = 2 if opts.quick else 5
+    opts.rounds = 1 if opts.quick else 2
+    opts.sse_count = 3 if opts.quick else 10
+    opts.idle_conns = 1000 if opts.quick else 10000
+    opts.idle_timeout = 60 if opts.quick else 120
+
+    RUN = Path(opts.run_dir)
+    if RUN.exists():
+        shutil.rmtree(RUN)
+    (RUN / "nginx-tmp").mkdir(parents=True)
+    (RUN / "mitm").mkdir()
+    # squid drops privileges to its own user: it must be able to write here.
+    os.chmod(RUN, 0o777)
+    VENV = Path(opts.venv)
+    bins = Path(opts.bin_dir)
+    LOADGEN = bins / "bench-load"
+    UPSTREAM = bins / "bench-upstream"
+    SIDEKEY = bins / "sidekey"
+
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_start": loadavg(),
+        "quick": opts.quick,
+        "machine": machine(),
+        "versions": versions(),
+        "settings": {"seconds": opts.seconds, "rounds": opts.rounds,
+                     "idle_conns": opts.idle_conns},
+    }
+    log(f"load average at start: {' '.join(results['loadavg_start'])}")
+    try:
+        targets = setup()
+        results["https_kind"] = {t.name: t.https_kind for t in targets if t.https_kind}
+        # Idle: after start, before any request (sidekey has not minted its token yet).
+        results["idle_rss_kb"] = {t.name: t.proc.rss_kb() for t in targets if t.proc}
+        verify(targets, results)
+        run_scenarios(targets, opts, results)
+        results["after_load_rss_kb"] = {t.name: t.proc.rss_kb() for t in targets if t.proc}
+        log(f"memory: {opts.idle_conns} idle keep-alive connections")
+        idle_connections(targets, opts, results)
+    finally:
+        stop_all()
+    results["loadavg_end"] = loadavg()
+    (RUN / "results.json").write_text(json.dumps(results, indent=1))
+    sys.path.insert(0, str(BENCH))
+    import report
+    if opts.no_write:
+        md = report.write(results, RUN)
+        log(f"wrote {md} (benches/RESULTS.md left alone)")
+    else:
+        (BENCH / "results.json").write_text(json.dumps(results, indent=1))
+        md = report.write(results, BENCH)
+        log(f"wrote {md}")
+
+
+def setup():
+    log("starting the upstream, sidekey and the peers (proxies pinned to core 0)")
+    start("upstream", [str(UPSTREAM), "--http", f"127.0.0.1:{PORTS['UP_HTTP']}",
+                       "--https", f"127.0.0.1:{PORTS['UP_TLS']}", "--ca-out", str(RUN / "upstream-ca.pem"),
+                       "--peer-cert-out", str(RUN / "peer-cert.pem"), "--peer-key-out", str(RUN / "peer-key.pem")],
+          cpu=LOAD_CPU, port=PORTS["UP_TLS"])
+    for f in ("upstream-ca.pem", "peer-cert.pem", "peer-key.pem"):
+        os.chmod(RUN / f, 0o644)
+    (RUN / "hosts").write_text("127.0.0.1 api.bench.test tunnel.bench.test\n")
+
+    env = {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"}
+    sidekey = start("sidekey", [str(SIDEKEY), "run", "-c", render("sidekey.yaml", RUN / "sidekey.yaml")],
+                    env=env, port=PORTS["SIDEKEY"])
+    sidekey_tunnel = start("sidekey-tunnel",
+                           [str(SIDEKEY), "run", "-c", render("sidekey-tunnel.yaml", RUN / "sidekey-tunnel.yaml")],
+                           env=env, port=PORTS["SIDEKEY_TUNNEL"])
+    # The peers inject a token as long as the one sidekey mints, so the work is the same.
+    token = check_injection("sidekey", ["--proxy", f"http://127.0.0.1:{PORTS['SIDEKEY']}",
+                                        f"http://{PLAIN_AUTHORITY}/headers"])
+    peer_token = "".join(random.choice(string.ascii_letters + string.digits) for _ in token)
+    global PEER_TOKEN
+    PEER_TOKEN = peer_token
+
+    nginx = start("nginx", ["nginx", "-c", render("nginx.conf", RUN / "nginx.conf", TOKEN=peer_token),
+                            "-e", str(RUN / "nginx-error.log")], port=PORTS["NGINX_HTTP"])
+    envoy = start("envoy", [str(VENV / "bin" / "envoy"), "-c",
+                            render("envoy.yaml", RUN / "envoy.yaml", TOKEN=peer_token),
+                            "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warn"],
+                  port=PORTS["ENVOY_HTTP"], timeout=60)
+    squid = start("squid", ["squid", "-N", "-f", render("squid.conf", RUN / "squid.conf", TOKEN=peer_token)],
+                  port=PORTS["SQUID"], timeout=60)
+    addon = render("mitm_addon.py", RUN / "mitm_addon.py", TOKEN=peer_token)
+    mitm = start("mitmproxy", [str(VENV / "bin" / "mitmdump"), "--listen-host", "127.0.0.1",
+                               "-p", str(PORTS["MITM"]), "-q", "-s", str(addon),
+                               "--set", f"confdir={RUN / 'mitm'}",
+                               "--set", f"ssl_verify_upstream_trusted_ca={RUN / 'upstream-ca.pem'}",
+                               "--set", "stream_large_bodies=1"],
+                 port=PORTS["MITM"], timeout=60)
+
+    up_ca = str(RUN / "upstream-ca.pem")
+
+    def via_connect(port, ca):
+        return ["--connect", f"127.0.0.1:{port}", "--tunnel", TLS_AUTHORITY, "--tls", API,
+                "--ca", ca, "--host", TLS_AUTHORITY, "--uri", "/"]
+
+    def reverse(port):
+        return ["--connect", f"127.0.0.1:{port}", "--tls", API, "--ca", up_ca,
+                "--host", API, "--uri", "/"]
+
+    def tunnel(port):
+        return ["--connect", f"127.0.0.1:{port}", "--tunnel", TUNNEL_AUTHORITY, "--tls",
+                "tunnel.bench.test", "--ca", up_ca, "--host", TUNNEL_AUTHORITY, "--uri", "/"]
+
+    direct_https = ["--connect", f"127.0.0.1:{PORTS['UP_TLS']}", "--tls", API, "--ca", up_ca,
+                    "--host", TLS_AUTHORITY, "--uri", "/"]
+    direct_tunnel = ["--connect", f"127.0.0.1:{PORTS['UP_TLS']}", "--tls", "tunnel.bench.test",
+                     "--ca", up_ca, "--host", TUNNEL_AUTHORITY, "--uri", "/"]
+    return [
+        Target("direct", None, plain=f"127.0.0.1:{PORTS['UP_HTTP']}", https=direct_https,
+               https_kind="direct TLS to the upstream", tunnel=direct_tunnel),
+        Target("sidekey", sidekey, plain=f"127.0.0.1:{PORTS['SIDEKEY']}",
+               https=via_connect(PORTS["SIDEKEY"], str(RUN / "sidekey-ca.pem")),
+               https_kind="CONNECT + interception"),
+        Target("nginx", nginx, plain=f"127.0.0.1:{PORTS['NGINX_HTTP']}", https=reverse(PORTS["NGINX_TLS"]),
+               https_kind="TLS reverse proxy (no forward interception)"),
+        Target("envoy", envoy, plain=f"127.0.0.1:{PORTS['ENVOY_HTTP']}", https=reverse(PORTS["ENVOY_TLS"]),
+               https_kind="TLS reverse proxy (no forward interception)"),
+        Target("squid", squid, plain=f"127.0.0.1:{PORTS['SQUID']}", tunnel=tunnel(PORTS["SQUID"])),
+        Target("mitmproxy", mitm, plain=f"127.0.0.1:{PORTS['MITM']}",
+               https=via_connect(PORTS["MITM"], str(RUN / "mitm" / "mitmproxy-ca-cert.pem")),
+               https_kind="CONNECT + interception"),
+        Target("sidekey-tunnel", sidekey_tunnel, tunnel=tunnel(PORTS["SIDEKEY_TUNNEL"])),
+    ]
+
+
+def verify(targets, results):
+    """Each proxy injects a token of the same length and refuses other hosts."""
+    log("checking that every proxy does the same work")
+    checked = {}
+    for t in targets:
+        if t.proc is None or t.name == "sidekey-tunnel":
+            continue
+        token = None if t.name == "sidekey" else PEER_TOKEN
+        if t.plain:
+            check_injection(t.name, ["--proxy", f"http://{t.plain}", f"http://{PLAIN_AUTHORITY}/headers"], token)
+            check_denied(t.name, ["--proxy", f"http://{t.plain}", "http://other.bench.test:18080/"])
+        if t.https:
+            args = t.https
+            ca = args[args.index("--ca") + 1]
+            addr = args[args.index("--connect") + 1]
+            if "--tunnel" in args:
+                extra = ["--proxy", f"http://{addr}", "--cacert", ca, f"https://{TLS_AUTHORITY}/headers"]
+            else:
+                port = addr.rsplit(":", 1)[1]
+                extra = ["--resolve", f"{API}:{port}:127.0.0.1", "--cacert", ca,
+                         f"https://{API}:{port}/headers"]
+            check_injection(t.name + " https", extra, token)
+        checked[t.name] = "token injected, agent's key removed, other hosts 403"
+    results["verified"] = checked
+
+
+if __name__ == "__main__":
+    main()

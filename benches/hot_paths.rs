@@ -1,0 +1,160 @@
+//! Micro-benchmarks of the pure work sidekey does for every request: route matching (1, 100
+//! and 10k routes), host canonicalization, header injection, and a credential cache hit.
+//! Run with `scripts/bench --micro` (or `cargo bench --bench hot_paths`).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue, Uri};
+use sidekey_config::Inject;
+use sidekey_credentials::{CredentialStore, Issuer, Secret};
+use sidekey_policy::{
+    Authority, CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, RequestPath, Route, Scheme,
+    Target,
+};
+
+fn route(i: usize) -> Route {
+    Route {
+        name: format!("route-{i}"),
+        hosts: vec![HostPattern::parse(&format!("api{i}.example.com")).expect("host pattern")],
+        schemes: vec![Scheme::Https],
+        ports: vec![443],
+        methods: MethodSet::List(vec!["GET".into(), "POST".into()]),
+        paths: vec![PathGlob::parse("/v1/**").expect("glob")],
+    }
+}
+
+fn target(host: &str) -> Target {
+    Target {
+        scheme: Scheme::Https,
+        host: CanonicalHost::parse(host).expect("host"),
+        port: 443,
+    }
+}
+
+fn route_matching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_matching");
+    let path = RequestPath::parse("/v1/chat/completions").expect("path");
+    for n in [1usize, 100, 10_000] {
+        let policy = Policy::new((0..n).map(route).collect());
+        // The last route: a first-match scan visits every route before it.
+        let last = target(&format!("api{}.example.com", n - 1));
+        group.bench_with_input(BenchmarkId::new("allow_last", n), &n, |b, _| {
+            b.iter(|| policy.decide(black_box(&last), black_box("POST"), black_box(&path)))
+        });
+        let unknown = target("evil.example.net");
+        group.bench_with_input(BenchmarkId::new("deny_unknown_host", n), &n, |b, _| {
+            b.iter(|| policy.decide(black_box(&unknown), black_box("GET"), black_box(&path)))
+        });
+    }
+    group.finish();
+}
+
+fn host_canonicalization(c: &mut Criterion) {
+    let mut group = c.benchmark_group("host_canonicalization");
+    for (label, input) in [
+        ("ascii", "API.OpenAI.com."),
+        ("idn", "bücher.example"),
+        ("ipv4", "127.0.0.1"),
+        ("authority_with_port", "api.github.com:443"),
+    ] {
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                if input.contains(':') {
+                    Authority::parse(black_box(input)).map(|a| a.host).ok()
+                } else {
+                    CanonicalHost::parse(black_box(input)).ok()
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn header_injection(c: &mut Criterion) {
+    let config = sidekey_config::parse(CONFIG, "bench").expect("bench config");
+    let inject: Inject = config.routes[0].inject.clone().expect("inject");
+    // About the size of the JWT the local issuer mints.
+    let secret = Secret::new("e".repeat(480));
+    let mut base = HeaderMap::new();
+    base.insert("host", HeaderValue::from_static("api.openai.com"));
+    base.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer agent-dummy"),
+    );
+    base.insert("content-type", HeaderValue::from_static("application/json"));
+    base.insert("user-agent", HeaderValue::from_static("openai-python/1.0"));
+    base.insert("connection", HeaderValue::from_static("keep-alive"));
+    let uri: Uri = "https://api.openai.com/v1/chat/completions"
+        .parse()
+        .expect("uri");
+    c.bench_function("header_injection/strip_and_inject", |b| {
+        b.iter_batched_ref(
+            || (base.clone(), uri.clone()),
+            |(headers, uri)| {
+                sidekey_inject::strip_hop_by_hop(headers);
+                sidekey_inject::inject(headers, uri, &inject, &secret).expect("inject");
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn credential_cache_hit(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let config = sidekey_config::parse(CONFIG, "bench").expect("bench config");
+    let mut issuers = HashMap::new();
+    for issuer in &config.issuers {
+        issuers.insert(
+            issuer.name.clone(),
+            Arc::new(Issuer::build(issuer).expect("issuer")),
+        );
+    }
+    let audit = sidekey_audit::AuditWriter::spawn(Box::new(std::io::sink())).expect("audit");
+    let store =
+        CredentialStore::new(&config.credentials, &issuers, audit.log()).expect("credential store");
+    // The miss (minting) happens once here; every measured call is a hit.
+    runtime.block_on(store.get("bench")).expect("first fetch");
+    let mut cx = Context::from_waker(Waker::noop());
+    c.bench_function("credential_cache_hit", |b| {
+        b.iter(|| {
+            // A hit completes on its first poll: no await point, no issuer, no lock.
+            let mut get = std::pin::pin!(store.get(black_box("bench")));
+            match get.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(credential)) => credential,
+                _ => panic!("a cache hit must complete without waiting"),
+            }
+        })
+    });
+}
+
+const CONFIG: &str = r#"
+issuers:
+  local: { kind: local }
+credentials:
+  bench: { issuer: local, audience: bench-api, ttl: 1h }
+routes:
+  - name: openai
+    hosts: [api.openai.com]
+    methods: [GET, POST]
+    credential: bench
+    inject: { header: Authorization, value: "Bearer {token}" }
+"#;
+
+use std::future::Future;
+
+criterion_group!(
+    benches,
+    route_matching,
+    host_canonicalization,
+    header_injection,
+    credential_cache_hit
+);
+criterion_main!(benches);

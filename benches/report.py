@@ -1,0 +1,308 @@
+"""Turns the harness's results.json into RESULTS.md (tables, ratios, targets) and a PNG chart.
+
+`python3 benches/report.py benches/results.json` re-renders without re-running anything.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+PEERS = ["nginx", "envoy", "squid", "mitmproxy"]
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "–"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def ms(us):
+    return "–" if us is None else f"{us / 1000:.2f}"
+
+
+def ratio(a, b):
+    if not a or not b:
+        return None
+    return a / b
+
+
+def x(v):
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def get(results, key, name, field):
+    return ((results.get(key) or {}).get(name) or {}).get(field)
+
+
+def cpu_per_100k(results, key, name):
+    r = (results.get(key) or {}).get(name) or {}
+    if not r.get("cpu_s") or not r.get("requests"):
+        return None
+    return r["cpu_s"] / r["requests"] * 100_000
+
+
+def write(results, dest):
+    dest = Path(dest)
+    names = ["direct", "sidekey"] + PEERS
+    lines = []
+    add = lines.append
+    add("# sidekey benchmark results\n")
+    add("Written by `scripts/bench`" + (" --quick (short runs: indicative only)" if results.get("quick") else "")
+        + f" on {results['date']}. Reproduce with `scripts/bench` (full, about 15 minutes) or "
+        "`scripts/bench --quick`.\n")
+    m = results["machine"]
+    add(f"**Machine:** {m['cpu']}, {m['cores']} cores, {m['memory']}; kernel {results['versions']['kernel']}. "
+        f"**Load average** at start {' '.join(results['loadavg_start'])}, at end "
+        f"{' '.join(results.get('loadavg_end', ['?']))} (other work on the machine shows up as noise).\n")
+    v = results["versions"]
+    add("**Versions:** " + "; ".join(f"{k} {v[k]}" for k in ("sidekey", "nginx", "envoy", "squid", "mitmproxy", "wrk")) + ".\n")
+    s = results["settings"]
+    add("**Method.** Every proxy runs on core 0 with one worker (sidekey `SIDEKEY_WORKER_THREADS=1`, "
+        "nginx `worker_processes 1`, Envoy `--concurrency 1`, squid without SMP workers, mitmproxy is "
+        "one Python process); the load generator (wrk, or `bench-load` for TLS, tunnels, HTTP/2, SSE "
+        "and idle connections) and the upstream (`bench-upstream`, one thread) share core 1. Each "
+        "proxy does the same work: the agent's `Authorization: Bearer agent-dummy-key` is replaced "
+        "by a bearer token for `api.bench.test` (the peers' token is as long as the JWT sidekey "
+        "mints), any other host gets 403 — checked before the runs. Every proxy writes one log line "
+        "per request to a file (sidekey `audit: { file: … }`, the peers' access logs). "
+        f"Runs last {s['seconds']} s, {s['rounds']} round(s), targets interleaved in a rotated order "
+        "each round; figures are medians over rounds. *Added latency* is the proxy's percentile "
+        "minus the direct percentile at the same load. CPU is user+system of the proxy's processes "
+        "from /proc.\n")
+
+    # ---- plain HTTP
+    add("## Plain HTTP forward proxy with header injection (HTTP/1.1, keep-alive)\n")
+    rows = []
+    for n in names:
+        rps128 = get(results, "plain_c128", n, "rps")
+        rows.append([
+            n,
+            fmt(get(results, "plain_c1", n, "rps")),
+            fmt(get(results, "plain_c16", n, "rps")),
+            fmt(rps128),
+            x(ratio(rps128, get(results, "plain_c128", "direct", "rps"))),
+            x(ratio(get(results, "plain_c128", "sidekey", "rps"), rps128)) if n not in ("sidekey", "direct") else "",
+            fmt(cpu_per_100k(results, "plain_c128", n), 2),
+        ])
+    add(table(["target", "req/s c=1", "req/s c=16", "req/s c=128", "c=128 vs direct",
+               "sidekey ÷ this", "CPU s / 100k req"], rows))
+    add("")
+    add("Latency (ms): the target's p50 / p99 / p99.9, and in brackets what the proxy adds to direct.\n")
+    rows = []
+    for key, label in (("plain_c1", "c=1"), ("plain_c16", "c=16"), ("plain_c128", "c=128"),
+                       ("plain_rate", "fixed rate")):
+        for n in names:
+            r = (results.get(key) or {}).get(n)
+            if not r:
+                continue
+            d = (results.get(key) or {}).get("direct") or {}
+            cells = []
+            for p in ("p50_us", "p99_us", "p999_us"):
+                if n == "direct":
+                    cells.append(ms(r.get(p)))
+                else:
+                    added = None if r.get(p) is None or d.get(p) is None else r[p] - d[p]
+                    cells.append(f"{ms(r.get(p))} (+{ms(added)})")
+            rows.append([label, n, fmt(r.get("rps"))] + cells)
+    add(table(["load", "target", "req/s", "p50", "p99", "p99.9"], rows))
+    add("\n*Fixed rate*: 10 connections, each pausing 2 ms between requests (wrk `delay()`): "
+        "the same offered load for every target, below saturation for all but mitmproxy.\n")
+
+    # ---- HTTPS
+    add("## HTTPS with interception\n")
+    add("sidekey and mitmproxy intercept `CONNECT api.bench.test:18443` (TLS terminated with a "
+        "minted leaf, request re-encrypted to the upstream). nginx and Envoy cannot intercept a "
+        "forward CONNECT, so they are measured as TLS-terminating *reverse* proxies doing the same "
+        "TLS work on both sides (no CONNECT round trip). New connections are full handshakes (no "
+        "session resumption): one TCP connect (+ CONNECT), one TLS handshake, one request.\n")
+    rows = []
+    for n in names:
+        kind = (results.get("https_kind") or {}).get(n, "")
+        ka = get(results, "https_keepalive", n, "rps")
+        hs = get(results, "https_handshake", n, "rps")
+        if ka is None and hs is None:
+            continue
+        rows.append([
+            n, kind, fmt(ka), ms(get(results, "https_keepalive", n, "p99_us")),
+            x(ratio(get(results, "https_keepalive", "sidekey", "rps"), ka)) if n not in ("sidekey", "direct") else "",
+            fmt(hs), x(ratio(get(results, "https_handshake", "sidekey", "rps"), hs)) if n not in ("sidekey", "direct") else "",
+            fmt(cpu_per_100k(results, "https_keepalive", n), 2),
+        ])
+    add(table(["target", "how", "keep-alive req/s (c=16)", "p99 ms", "sidekey ÷ this",
+               "new connections/s (c=8)", "sidekey ÷ this", "CPU s / 100k req"], rows))
+    add("")
+
+    # ---- tunnel
+    add("## Blind CONNECT tunnel\n")
+    add("sidekey with `unmatched: tunnel` (no route names `tunnel.bench.test`) against squid; TLS "
+        "end to end between client and upstream.\n")
+    rows = []
+    for n in ("direct", "sidekey-tunnel", "squid"):
+        ka = get(results, "tunnel_keepalive", n, "rps")
+        if ka is None:
+            continue
+        rows.append([n, fmt(ka), ms(get(results, "tunnel_keepalive", n, "p99_us")),
+                     fmt(get(results, "tunnel_new", n, "rps")),
+                     fmt(cpu_per_100k(results, "tunnel_keepalive", n), 2)])
+    add(table(["target", "req/s in tunnels (c=16)", "p99 ms", "new tunnels/s (c=8)", "CPU s / 100k req"], rows))
+    add("")
+
+    # ---- h2
+    add("## HTTP/2 multiplexed (TLS, 4 connections × 32 streams)\n")
+    rows = []
+    for n in names:
+        r = (results.get("h2") or {}).get(n)
+        if not r:
+            continue
+        rows.append([n, fmt(r.get("rps")), ms(r.get("p50_us")), ms(r.get("p99_us")),
+                     x(ratio(get(results, "h2", "sidekey", "rps"), r.get("rps"))) if n not in ("sidekey", "direct") else "",
+                     fmt(cpu_per_100k(results, "h2", n), 2)])
+    add(table(["target", "req/s", "p50 ms", "p99 ms", "sidekey ÷ this", "CPU s / 100k req"], rows))
+    add("\nsidekey and mitmproxy through CONNECT; nginx and Envoy as TLS reverse proxies. squid "
+        "speaks HTTP/1.1 only.\n")
+
+    # ---- SSE
+    add("## Streaming: SSE time to first byte\n")
+    add("The upstream writes the first event at once and four more 100 ms apart; a proxy that "
+        "buffered the stream would show a first byte near the stream's end (~400 ms).\n")
+    rows = []
+    for n in names:
+        r = (results.get("sse") or {}).get(n)
+        if not r:
+            if n in (results.get("plain_c1") or {}):
+                rows.append([n, "no complete run within 30 s", "–", "–"])
+            continue
+        rows.append([n, ms(r.get("p50_us")), ms(r.get("max_us")), ms(r.get("stream_total_p50_us"))])
+    add(table(["target", "first byte p50 ms", "first byte max ms", "whole stream p50 ms"], rows))
+    add("")
+
+    # ---- memory
+    add("## Memory (RSS, all of the proxy's processes)\n")
+    idle = results.get("idle_rss_kb") or {}
+    after = results.get("after_load_rss_kb") or {}
+    conns = results.get("idle_conns") or {}
+    rows = []
+    for n in ["sidekey"] + PEERS + ["sidekey-tunnel"]:
+        c = conns.get(n) or {}
+        if n not in idle:
+            continue
+        rows.append([
+            n, fmt((idle.get(n) or 0) / 1024, 1), fmt((after.get(n) or 0) / 1024, 1),
+            f"{c.get('opened', '–')}/{c.get('wanted', '–')}" if c else "–",
+            fmt((c.get("with_idle_kb") or 0) / 1024, 1) if c else "–",
+            fmt((c.get("added_kb") or 0) / 1024, 1) if c else "–",
+            fmt(c.get("per_conn_kb"), 1) if c else "–",
+        ])
+    add(table(["proxy", "idle after start MB", "after the load runs MB", "idle conns open",
+               "with them MB", "added MB", "KB per connection"], rows))
+    add("\nIdle connections: plain HTTP keep-alive, one request each, then held open "
+        f"({results['settings']['idle_conns']} wanted); the proxy also holds its upstream side.\n")
+
+    # ---- targets
+    add("## Targets (DESIGN.md §8, issue 5)\n")
+    rows = targets(results)
+    add(table(["target", "measured", "met?"], rows))
+    add("")
+    notes = dest / "NOTES.md"
+    if notes.exists():
+        add("See [NOTES.md](NOTES.md) for the profile behind each miss and the proposed fixes.\n")
+    add("![chart](results.png)\n")
+
+    path = dest / "RESULTS.md"
+    path.write_text("\n".join(lines))
+    try:
+        chart(results, dest / "results.png")
+    except Exception as e:  # the table matters more than the picture
+        print(f"chart not drawn: {e}", file=sys.stderr)
+    return path
+
+
+def targets(results):
+    rows = []
+
+    def line(name, value, goal, text):
+        if value is None:
+            rows.append([name, "not measured", "–"])
+        else:
+            rows.append([name, text, "yes" if value >= goal else f"no ({value / goal:.0%} of the goal)"])
+
+    s128 = get(results, "plain_c128", "sidekey", "rps")
+    line("req/s per core ≥ nginx (plain HTTP, c=128)", ratio(s128, get(results, "plain_c128", "nginx", "rps")), 1.0,
+         f"{x(ratio(s128, get(results, 'plain_c128', 'nginx', 'rps')))} nginx")
+    line("req/s per core ≥ 1.5× Envoy (plain HTTP, c=128)", ratio(s128, get(results, "plain_c128", "envoy", "rps")), 1.5,
+         f"{x(ratio(s128, get(results, 'plain_c128', 'envoy', 'rps')))} Envoy")
+    # p99 added latency ≤ 1.2× nginx's, at the fixed rate and at c=16.
+    for key, label in (("plain_rate", "fixed rate"), ("plain_c16", "c=16")):
+        d = get(results, key, "direct", "p99_us")
+        s = get(results, key, "sidekey", "p99_us")
+        n = get(results, key, "nginx", "p99_us")
+        if None in (d, s, n):
+            rows.append([f"p99 added ≤ 1.2× nginx ({label})", "not measured", "–"])
+            continue
+        sa, na = max(s - d, 1), max(n - d, 1)
+        rows.append([f"p99 added latency ≤ 1.2× nginx's ({label})",
+                     f"sidekey +{ms(sa)} ms, nginx +{ms(na)} ms ({sa / na:.2f}×)",
+                     "yes" if sa <= 1.2 * na else f"no ({sa / na:.2f}× vs 1.2×)"])
+    hk = ratio(get(results, "https_keepalive", "sidekey", "rps"), get(results, "https_keepalive", "mitmproxy", "rps"))
+    line("intercepted HTTPS req/s ≥ 20× mitmproxy (keep-alive)", hk, 20.0, f"{x(hk)} mitmproxy")
+    idle = (results.get("idle_rss_kb") or {}).get("sidekey")
+    if idle is not None:
+        mb = idle / 1024
+        rows.append(["idle RSS ≤ 8 MB", f"{mb:.1f} MB", "yes" if mb <= 8 else f"no ({mb / 8:.2f}× the goal)"])
+    c = (results.get("idle_conns") or {}).get("sidekey")
+    if c and c.get("opened"):
+        mb = c["added_kb"] / 1024
+        scaled = mb * 10000 / c["opened"]
+        rows.append([f"10k idle connections add ≤ 64 MB",
+                     f"+{mb:.1f} MB for {c['opened']} ({scaled:.1f} MB per 10k)",
+                     "yes" if scaled <= 64 and c["opened"] == c["wanted"] else f"no ({scaled / 64:.2f}× the goal)"])
+    return rows
+
+
+def chart(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["direct", "sidekey", "nginx", "envoy", "squid", "mitmproxy"]
+    panels = [
+        ("plain HTTP req/s (c=128)", "plain_c128", names),
+        ("plain HTTP p99 ms (fixed rate)", "plain_rate", names),
+        ("HTTPS keep-alive req/s", "https_keepalive", ["direct", "sidekey", "nginx", "envoy", "mitmproxy"]),
+        ("HTTP/2 req/s", "h2", ["direct", "sidekey", "nginx", "envoy", "mitmproxy"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(20, 4.2))
+    colors = {"direct": "#999999", "sidekey": "#2b7bba", "nginx": "#4daf4a", "envoy": "#984ea3",
+              "squid": "#ff7f00", "mitmproxy": "#e41a1c", "sidekey-tunnel": "#2b7bba"}
+    for ax, (title, key, ns) in zip(axes, panels):
+        field = "p99_us" if "p99" in title else "rps"
+        vals = [get(results, key, n, field) or 0 for n in ns]
+        if field == "p99_us":
+            vals = [v / 1000 for v in vals]
+        ax.bar(ns, vals, color=[colors[n] for n in ns])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    ax = axes[-1]
+    idle = results.get("idle_rss_kb") or {}
+    ns = [n for n in ["sidekey", "nginx", "envoy", "squid", "mitmproxy"] if n in idle]
+    ax.bar(ns, [idle[n] / 1024 for n in ns], color=[colors[n] for n in ns])
+    ax.set_title("idle RSS MB", fontsize=10)
+    ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.suptitle(f"sidekey vs peers, one core each — {results['date']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results.json")
+    print(write(json.loads(src.read_text()), src.parent))
