@@ -16,6 +16,8 @@ pub enum ErrorCode {
     UpstreamUnreachable,
     UpstreamTls,
     RequestInvalid,
+    /// The agent asks for more than a configured rate allows (e.g. fresh TLS server names).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -29,6 +31,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ErrorCode::UpstreamTls => "upstream_tls",
             ErrorCode::RequestInvalid => "request_invalid",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -41,6 +44,7 @@ impl ErrorCode {
             ErrorCode::CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamUnreachable | ErrorCode::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestInvalid => StatusCode::BAD_REQUEST,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
