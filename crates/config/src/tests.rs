@@ -291,8 +291,6 @@ listen:
 ca:
   cert_out: /var/run/sidekey/ca.pem
   leaf_cache_size: 256
-  leaf_mint_rate: 5
-  leaf_mint_burst: 20
 upstream:
   extra_ca_files: [/etc/sidekey/corp-ca.pem]
   resolve:
@@ -344,8 +342,6 @@ fn full_example() {
         Some(PathBuf::from("/var/run/sidekey/ca.pem"))
     );
     assert_eq!(c.ca.leaf_cache_size, 256);
-    assert_eq!(c.ca.leaf_mint_rate, 5);
-    assert_eq!(c.ca.leaf_mint_burst, 20);
     assert_eq!(
         c.upstream.extra_ca_files,
         vec![PathBuf::from("/etc/sidekey/corp-ca.pem")]
@@ -1060,4 +1056,12 @@ fn remote_issuer_errors() {
     for (name, src, expected) in cases {
         check(name, src, expected);
     }
+}
+
+#[test]
+fn leaf_mint_limits() {
+    let c = ok("ca: { leaf_mint_rate: 5, leaf_mint_burst: 20 }\n");
+    assert_eq!(c.ca.leaf_mint_rate, 5);
+    assert_eq!(c.ca.leaf_mint_burst, 20);
+    assert_eq!(c.ca.leaf_cache_size, 1024);
 }
