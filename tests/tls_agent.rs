@@ -268,6 +268,7 @@ fn fresh_names_under_a_wildcard_are_rate_limited() {
 
     let mut minted = Vec::new();
     let mut refused = 0;
+    let started = std::time::Instant::now();
     for i in 0..40 {
         let authority = format!("n{i}.wild.test.local:443");
         match connect_tunnel(sk.forward, &authority) {
@@ -281,10 +282,12 @@ fn fresh_names_under_a_wildcard_are_rate_limited() {
         }
     }
     // The burst of 5, plus whatever the bucket refilled (1/s) while the loop ran.
+    let refilled = started.elapsed().as_secs() as usize + 1;
     assert!(
-        (5..=8).contains(&minted.len()),
-        "{} minted, {refused} refused",
-        minted.len()
+        (5..=5 + refilled).contains(&minted.len()),
+        "{} minted, {refused} refused in {:?}",
+        minted.len(),
+        started.elapsed()
     );
     // Leaves already minted are served from the cache; hosts a route lists exactly never
     // wait for the budget; the proxy keeps serving.
