@@ -16,7 +16,7 @@ use sidekey_audit::AuditWriter;
 use sidekey_config::{AuditConfig, Config};
 use sidekey_credentials::{CredentialStore, Issuer, Jwk};
 use sidekey_proxy::ProxyState;
-use sidekey_tls::CertificateAuthority;
+use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -247,8 +247,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         audit.clone(),
     )?);
 
-    // Interception CA: key in memory, public certificate out for agents.
-    let ca = Arc::new(CertificateAuthority::generate(config.ca.leaf_cache_size)?);
+    // Interception CA: key in memory, public certificate out for agents, name-constrained to
+    // the intercepted routes' hosts. (A reload that changes those hosts must build a new CA
+    // from the new scope and rewrite cert_out.)
+    let ca = Arc::new(CertificateAuthority::generate(
+        InterceptScope::from_policy(&config.policy()),
+        LeafLimits {
+            cache_size: config.ca.leaf_cache_size,
+            mint_rate: config.ca.leaf_mint_rate,
+            mint_burst: config.ca.leaf_mint_burst,
+        },
+    )?);
     if let Some(path) = &config.ca.cert_out {
         ca.write_cert(path)?;
         tracing::info!(path = %path.display(), "wrote the interception CA certificate");

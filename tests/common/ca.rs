@@ -87,6 +87,16 @@ impl TestCa {
     /// Issues a server certificate for `names`: DNS names, wildcards (`*.test.local`) or IP
     /// literals (which become IP SANs).
     pub fn issue(&self, names: &[&str]) -> ServerCert {
+        self.issue_with(names, |_| {})
+    }
+
+    /// Like [`TestCa::issue`], with `adjust` applied to the parameters before signing (to make
+    /// e.g. an expired certificate).
+    pub fn issue_with(
+        &self,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> ServerCert {
         let key = KeyPair::generate().expect("generate leaf key");
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -97,6 +107,7 @@ impl TestCa {
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         ServerCert {
             cert_der: cert.der().clone(),

@@ -128,6 +128,11 @@ impl Upstream {
         Upstream::start(Some(config), label)
     }
 
+    /// HTTPS upstream presenting whatever `config` presents (e.g. a broken certificate).
+    pub fn https_with_config(config: Arc<rustls::ServerConfig>, label: &str) -> Upstream {
+        Upstream::start(Some(config), label)
+    }
+
     /// Plain HTTP upstream (HTTP/1.1, and h2c with prior knowledge).
     pub fn http() -> Upstream {
         Upstream::start(None, "http")

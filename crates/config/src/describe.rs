@@ -186,6 +186,11 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(out, "  leaf certificate cache: {}", c.ca.leaf_cache_size)?;
     writeln!(
         out,
+        "  new leaves under wildcard routes: {}/s, burst {}",
+        c.ca.leaf_mint_rate, c.ca.leaf_mint_burst
+    )?;
+    writeln!(
+        out,
         "upstream: connect timeout {}, response headers timeout {}",
         humantime::format_duration(c.upstream.connect_timeout),
         humantime::format_duration(c.upstream.request_timeout)

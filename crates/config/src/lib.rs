@@ -143,6 +143,11 @@ pub struct CaConfig {
     pub bundle_out: Option<PathBuf>,
     /// Maximum leaf certificates kept in memory. Default 1024.
     pub leaf_cache_size: usize,
+    /// New leaves per second (sustained) for names no route lists exactly, i.e. names under
+    /// wildcard routes. Default 10.
+    pub leaf_mint_rate: u32,
+    /// New leaves at once (burst) for such names. Default 50.
+    pub leaf_mint_burst: u32,
 }
 
 /// `upstream:` — how sidekey connects to upstream servers.

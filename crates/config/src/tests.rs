@@ -115,6 +115,8 @@ fn defaults() {
     assert_eq!(c.ca.cert_out, None);
     assert_eq!(c.ca.bundle_out, None);
     assert_eq!(c.ca.leaf_cache_size, 1024);
+    assert_eq!(c.ca.leaf_mint_rate, 10);
+    assert_eq!(c.ca.leaf_mint_burst, 50);
     assert!(c.upstream.extra_ca_files.is_empty());
     assert!(c.upstream.resolve.is_empty());
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
@@ -607,6 +609,8 @@ fn structure_errors() {
         ("second document", "routes: []\n---\nroutes: []\n", &[(3, 1, "a second YAML document", "")]),
         ("leaf cache size zero", "ca: { leaf_cache_size: 0 }\n", &[(1, 24, "`ca.leaf_cache_size` 0 is out of range", "1 to")]),
         ("leaf cache size string", "ca: { leaf_cache_size: many }\n", &[(1, 24, "must be an integer, found a string", "")]),
+        ("leaf mint rate zero", "ca: { leaf_mint_rate: 0 }\n", &[(1, 23, "`ca.leaf_mint_rate` 0 is out of range", "1 to")]),
+        ("leaf mint burst too big", "ca: { leaf_mint_burst: 1000000 }\n", &[(1, 24, "`ca.leaf_mint_burst` 1000000 is out of range", "1 to")]),
         ("identity without token file", "identity: {}\n", &[(1, 11, "`identity` has no `token_file`", "token_file:")]),
         ("extra ca files not a list", "upstream: { extra_ca_files: /a.pem }\n", &[(1, 29, "must be a list, found a string", "[/a.pem]")]),
         ("empty path", "ca: { cert_out: \"\" }\n", &[(1, 17, "`ca.cert_out` must not be empty", "")]),
@@ -1101,4 +1105,12 @@ fn ca_bundle_out() {
     let c = ok("ca: { bundle_out: /run/b.pem }\n");
     assert_eq!(c.ca.bundle_out, Some(PathBuf::from("/run/b.pem")));
     assert_eq!(c.ca.cert_out, None);
+}
+
+#[test]
+fn leaf_mint_limits() {
+    let c = ok("ca: { leaf_mint_rate: 5, leaf_mint_burst: 20 }\n");
+    assert_eq!(c.ca.leaf_mint_rate, 5);
+    assert_eq!(c.ca.leaf_mint_burst, 20);
+    assert_eq!(c.ca.leaf_cache_size, 1024);
 }

@@ -38,7 +38,13 @@ const LIMITS_KEYS: &[&str] = &[
     "idle_timeout",
 ];
 const LISTEN_KEYS: &[&str] = &["forward", "routes", "admin"];
-const CA_KEYS: &[&str] = &["cert_out", "bundle_out", "leaf_cache_size"];
+const CA_KEYS: &[&str] = &[
+    "cert_out",
+    "bundle_out",
+    "leaf_cache_size",
+    "leaf_mint_rate",
+    "leaf_mint_burst",
+];
 const UPSTREAM_KEYS: &[&str] = &[
     "extra_ca_files",
     "resolve",
@@ -70,6 +76,8 @@ pub(crate) const DEFAULT_FORWARD: &str = "127.0.0.1:15080";
 pub(crate) const DEFAULT_ROUTES: &str = "127.0.0.1:15081";
 pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:15090";
 const DEFAULT_LEAF_CACHE: usize = 1024;
+const DEFAULT_LEAF_MINT_RATE: u32 = 10;
+const DEFAULT_LEAF_MINT_BURST: u32 = 50;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
@@ -144,6 +152,8 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
             cert_out: None,
             bundle_out: None,
             leaf_cache_size: DEFAULT_LEAF_CACHE,
+            leaf_mint_rate: DEFAULT_LEAF_MINT_RATE,
+            leaf_mint_burst: DEFAULT_LEAF_MINT_BURST,
         },
         upstream: UpstreamConfig {
             extra_ca_files: Vec::new(),
@@ -291,6 +301,8 @@ fn ca(node: &Node, e: &mut Errors) -> CaConfig {
         cert_out: None,
         bundle_out: None,
         leaf_cache_size: DEFAULT_LEAF_CACHE,
+        leaf_mint_rate: DEFAULT_LEAF_MINT_RATE,
+        leaf_mint_burst: DEFAULT_LEAF_MINT_BURST,
     };
     let Some(f) = e.fields(node, "`ca`", CA_KEYS) else {
         return ca;
@@ -311,6 +323,16 @@ fn ca(node: &Node, e: &mut Errors) -> CaConfig {
     if let Some(n) = f.value("leaf_cache_size") {
         if let Some(size) = e.int_in(n, "`ca.leaf_cache_size`", 1, 1_000_000) {
             ca.leaf_cache_size = usize::try_from(size).unwrap_or(DEFAULT_LEAF_CACHE);
+        }
+    }
+    if let Some(n) = f.value("leaf_mint_rate") {
+        if let Some(rate) = e.int_in(n, "`ca.leaf_mint_rate`", 1, 10_000) {
+            ca.leaf_mint_rate = u32::try_from(rate).unwrap_or(DEFAULT_LEAF_MINT_RATE);
+        }
+    }
+    if let Some(n) = f.value("leaf_mint_burst") {
+        if let Some(burst) = e.int_in(n, "`ca.leaf_mint_burst`", 1, 100_000) {
+            ca.leaf_mint_burst = u32::try_from(burst).unwrap_or(DEFAULT_LEAF_MINT_BURST);
         }
     }
     ca

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     RequestInvalid,
     /// The body is larger than the route's `max_request_body`.
     BodyTooLarge,
+    /// The agent asks for more than a configured rate allows (e.g. fresh TLS server names).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTls => "upstream_tls",
             ErrorCode::RequestInvalid => "request_invalid",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnreachable | ErrorCode::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestInvalid => StatusCode::BAD_REQUEST,
             ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

@@ -117,10 +117,17 @@ async fn connect(
         port,
     };
     if state.policy.names_target(&target) {
+        let leaf = match intercept::leaf_for(&state, &target) {
+            Ok(leaf) => leaf,
+            Err(refusal) => {
+                return Exchange::new(LISTENER, target).refuse(&state, "CONNECT", "", refusal)
+            }
+        };
         let on_upgrade = hyper::upgrade::on(&mut request);
         tracker.spawn(intercept::run(
             Arc::clone(&state),
             target,
+            leaf,
             on_upgrade,
             shutdown,
             tracker.clone(),

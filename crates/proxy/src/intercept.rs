@@ -1,9 +1,17 @@
 //! TLS interception inside a CONNECT tunnel. The agent's TLS is terminated with a leaf minted
 //! for the CONNECT host; SNI must name that same host, and every request inside must name it
-//! in Host/:authority. HTTP/2 or HTTP/1.1 toward the agent, as ALPN decides.
+//! in Host/:authority. HTTP/2 or HTTP/1.1 toward the agent, as ALPN decides; TLS 1.2 or 1.3.
+//!
+//! SNI policy: the CONNECT authority is the target. A ClientHello without SNI is accepted only
+//! when that target is an IP literal (clients send no SNI for IPs; TLS forbids IPs in SNI, and
+//! rustls reads an IP there as no SNI). For a DNS target, a missing or different SNI is a
+//! `target_mismatch`: the handshake completes so that every request inside gets a readable 403.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+
+use rustls::ServerConfig;
+use sidekey_tls::TlsError;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -28,10 +36,31 @@ struct Tunnel {
     sni_mismatch: Option<String>,
 }
 
-/// Completes the CONNECT upgrade, the TLS handshake, and serves HTTP inside the tunnel.
+/// The leaf certificate for the CONNECT target, fetched before the CONNECT is answered so that a
+/// refusal (mint budget spent, host outside the CA's scope) is still a readable HTTP response.
+pub fn leaf_for(state: &ProxyState, target: &Target) -> Result<Arc<ServerConfig>, Refusal> {
+    state.ca.server_config(&target.host).map_err(|e| match e {
+        TlsError::MintRateExceeded { .. } => {
+            tracing::warn!(target = %target, "leaf mint budget spent; CONNECT refused");
+            Refusal::new(ErrorCode::RateLimited, e.to_string())
+        }
+        TlsError::OutOfScope(_) => Refusal::new(ErrorCode::HostNotAllowed, e.to_string()),
+        other => {
+            tracing::error!(target = %target, error = %other, "cannot mint a leaf certificate");
+            Refusal::new(
+                ErrorCode::UpstreamTls,
+                format!("sidekey could not make a certificate for {}", target.host),
+            )
+        }
+    })
+}
+
+/// Completes the CONNECT upgrade, the TLS handshake with `config` (from [`leaf_for`]), and
+/// serves HTTP inside the tunnel.
 pub async fn run(
     state: Arc<ProxyState>,
     target: Target,
+    config: Arc<ServerConfig>,
     on_upgrade: OnUpgrade,
     shutdown: CancellationToken,
     _tracker: TaskTracker,
@@ -66,13 +95,6 @@ pub async fn run(
         // Clients send no SNI for IP literals; for a DNS name, a missing SNI is a mismatch.
         None if target.host.ip().is_some() => None,
         None => Some(String::new()),
-    };
-    let config = match state.ca.server_config(&target.host.to_string()) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(target = %target, error = %e, "cannot mint a leaf certificate");
-            return;
-        }
     };
     let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
@@ -137,20 +159,21 @@ async fn inner(
 ) -> Response<ProxyBody> {
     let exchange = Exchange::new(LISTENER, tunnel.target.clone());
     let refusal = match &tunnel.sni_mismatch {
-        Some(sni) => {
-            let shown = if sni.is_empty() {
-                "(none)"
-            } else {
-                sni.as_str()
-            };
-            Some(Refusal::new(
-                ErrorCode::TargetMismatch,
-                format!(
-                    "TLS server name {shown} does not match the CONNECT target {}",
-                    tunnel.target.host
-                ),
-            ))
-        }
+        Some(sni) if sni.is_empty() => Some(Refusal::new(
+            ErrorCode::TargetMismatch,
+            format!(
+                "the TLS ClientHello named no server (no SNI, or an IP address, which SNI cannot \
+                 carry); it must name the CONNECT target {}",
+                tunnel.target.host
+            ),
+        )),
+        Some(sni) => Some(Refusal::new(
+            ErrorCode::TargetMismatch,
+            format!(
+                "TLS server name {sni} does not match the CONNECT target {}",
+                tunnel.target.host
+            ),
+        )),
         None => exchange::check_host_header(&request, &tunnel.target, true).err(),
     };
     if let Some(refusal) = refusal {

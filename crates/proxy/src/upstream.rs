@@ -311,39 +311,17 @@ impl Upstream {
     }
 }
 
-/// Maps a client error to `upstream_tls` (any TLS failure, e.g. an untrusted or expired
-/// certificate) or `upstream_unreachable`, with a message built from known parts only.
+/// Maps a client error to `upstream_tls` (any TLS failure: untrusted, expired or misnamed
+/// certificate, no common TLS version) or `upstream_unreachable`, with a message built from
+/// typed parts only: never a URI (a query could carry an injected credential).
 fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(e) = source {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Refusal::new(
-                ErrorCode::UpstreamTls,
-                format!("upstream TLS failed: {tls}"),
-            );
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return Refusal::new(
-                    ErrorCode::UpstreamTls,
-                    format!("upstream TLS failed: {tls}"),
-                );
-            }
+        if let Some(tls) = rustls_error_in(e) {
+            return tls_refusal(tls);
         }
         if let Some(connect) = e.downcast_ref::<ConnectError>() {
             return Refusal::new(connect.code(), connect.to_string());
-        }
-        // hyper-rustls may carry the handshake failure as text only; rustls' own messages
-        // name certificates and alerts.
-        let text = e.to_string();
-        if text.contains("invalid peer certificate") || text.contains("received fatal alert") {
-            return Refusal::new(
-                ErrorCode::UpstreamTls,
-                format!("upstream TLS failed: {text}"),
-            );
         }
         source = e.source();
     }
@@ -353,4 +331,158 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
         "the upstream connection failed"
     };
     Refusal::new(ErrorCode::UpstreamUnreachable, what)
+}
+
+/// The rustls error `e` is or wraps. tokio-rustls reports a failed handshake as
+/// `io::Error(InvalidData, rustls::Error)` and hyper-rustls wraps that in another `io::Error`;
+/// `io::Error::source` skips the wrapped error itself, so the wrappers are opened here.
+fn rustls_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = e;
+    for _ in 0..8 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = current.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+    None
+}
+
+/// `upstream_tls` with what the agent's operator needs to fix it.
+fn tls_refusal(error: &rustls::Error) -> Refusal {
+    Refusal::new(
+        ErrorCode::UpstreamTls,
+        format!("upstream TLS failed: {}", describe_tls_error(error)),
+    )
+}
+
+/// A precise, URI-free description of a rustls failure toward an upstream.
+fn describe_tls_error(error: &rustls::Error) -> String {
+    use rustls::{AlertDescription, CertificateError, Error, PeerIncompatible};
+    match error {
+        Error::InvalidCertificate(cert) => match cert {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate not valid yet".into()
+            }
+            CertificateError::NotValidForName => "certificate not valid for name".into(),
+            CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            } => {
+                let names = presented_names(presented);
+                format!(
+                    "certificate not valid for name {} (it names: {names})",
+                    expected.to_str()
+                )
+            }
+            CertificateError::UnknownIssuer => "unknown issuer: the certificate is self-signed \
+                 or from a CA that is neither a public root nor in upstream.extra_ca_files"
+                .into(),
+            CertificateError::BadSignature => "certificate has a bad signature".into(),
+            CertificateError::Revoked => "certificate revoked".into(),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "certificate is not valid for TLS server authentication".into()
+            }
+            CertificateError::BadEncoding => "certificate is malformed".into(),
+            other => format!("certificate rejected: {other}"),
+        },
+        Error::PeerIncompatible(PeerIncompatible::ServerDoesNotSupportTls12Or13)
+        | Error::AlertReceived(AlertDescription::ProtocolVersion) => {
+            "the upstream does not speak TLS 1.2 or 1.3 (older versions are refused)".into()
+        }
+        Error::AlertReceived(alert) => {
+            format!("the upstream aborted the handshake (alert: {alert:?})")
+        }
+        Error::NoCertificatesPresented => "the upstream presented no certificate".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The DNS names and IP addresses a certificate presented, from rustls-webpki's `Debug` forms
+/// (`DnsName("a.example")`, `IpAddress(10.0.0.1)`); other kinds (URIs…) are left out, and a
+/// long list is cut short.
+fn presented_names(presented: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let names: Vec<&str> = presented
+        .iter()
+        .filter_map(|p| {
+            p.strip_prefix("DnsName(\"")
+                .and_then(|n| n.strip_suffix("\")"))
+                .or_else(|| p.strip_prefix("IpAddress(")?.strip_suffix(')'))
+        })
+        .collect();
+    match names.len() {
+        0 => "no DNS name or IP address".into(),
+        n if n > SHOWN => format!("{}, and {} more", names[..SHOWN].join(", "), n - SHOWN),
+        _ => names.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription, CertificateError, Error, PeerIncompatible};
+
+    #[test]
+    fn tls_errors_are_described_precisely() {
+        let cases: Vec<(Error, &str)> =
+            vec![
+            (CertificateError::Expired.into(), "certificate expired"),
+            (CertificateError::NotValidYet.into(), "certificate not valid yet"),
+            (CertificateError::UnknownIssuer.into(), "unknown issuer"),
+            (CertificateError::NotValidForName.into(), "certificate not valid for name"),
+            (
+                CertificateError::NotValidForNameContext {
+                    expected: rustls::pki_types::ServerName::try_from("api.example").unwrap(),
+                    presented: vec![
+                        "DnsName(\"other.example\")".into(),
+                        "IpAddress(10.0.0.1)".into(),
+                        "UniformResourceIdentifier(\"https://x/?token=1\")".into(),
+                    ],
+                }
+                .into(),
+                "certificate not valid for name api.example (it names: other.example, 10.0.0.1)",
+            ),
+            (
+                Error::PeerIncompatible(PeerIncompatible::ServerDoesNotSupportTls12Or13),
+                "does not speak TLS 1.2 or 1.3",
+            ),
+            (
+                Error::AlertReceived(AlertDescription::ProtocolVersion),
+                "does not speak TLS 1.2 or 1.3",
+            ),
+            (
+                Error::AlertReceived(AlertDescription::HandshakeFailure),
+                "aborted the handshake (alert: HandshakeFailure)",
+            ),
+        ];
+        for (error, expected) in cases {
+            let refusal = tls_refusal(&error);
+            assert_eq!(refusal.code, ErrorCode::UpstreamTls);
+            assert!(
+                refusal.message.contains(expected),
+                "{error:?}: {:?}",
+                refusal.message
+            );
+            assert!(!refusal.message.contains("token"), "{}", refusal.message);
+        }
+        let many: Vec<String> = (0..20)
+            .map(|i| format!("DnsName(\"n{i}.example\")"))
+            .collect();
+        assert!(presented_names(&many).ends_with("n7.example, and 12 more"));
+    }
+
+    #[test]
+    fn wrapped_rustls_errors_are_found() {
+        let tls = Error::InvalidCertificate(CertificateError::Expired);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let outer = std::io::Error::other(inner);
+        assert!(matches!(
+            rustls_error_in(&outer),
+            Some(Error::InvalidCertificate(CertificateError::Expired))
+        ));
+        assert!(rustls_error_in(&std::io::Error::other("plain")).is_none());
+    }
 }

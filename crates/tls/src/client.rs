@@ -53,7 +53,11 @@ mod tests {
     fn extra_ca_files_are_loaded_or_refused_clearly() {
         let dir = std::env::temp_dir().join(format!("sidekey-tls-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ca = crate::CertificateAuthority::generate(4).unwrap();
+        let ca = crate::CertificateAuthority::generate(
+            crate::InterceptScope::default(),
+            crate::LeafLimits::default(),
+        )
+        .unwrap();
         let good = dir.join("good.pem");
         std::fs::write(&good, ca.cert_pem()).unwrap();
         assert!(upstream_client_config(&[&good]).is_ok());
