@@ -236,3 +236,24 @@ fn a_route_with_max_request_body_refuses_larger_bodies_with_413() {
     )
     .assert_status(200);
 }
+
+#[test]
+fn an_idle_http1_keep_alive_connection_is_closed_after_header_read_timeout() {
+    let env = Env::new();
+    let sk = env.sidekey(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
+    let mut conn = TcpStream::connect(sk.forward).unwrap();
+    conn.write_all(
+        b"GET http://plain.test.local/echo/ka HTTP/1.1\r\nHost: plain.test.local\r\n\r\n",
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Kept alive, then nothing more: the wait for the next head is bounded too.
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(6)),
+        "an idle keep-alive connection is closed"
+    );
+}
