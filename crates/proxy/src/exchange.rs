@@ -206,11 +206,8 @@ pub async fn handle(
     // A body the route will not take is refused before anything else happens.
     let max_body = route.and_then(|r| r.max_request_body);
     if let Some(max) = max_body {
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        // hyper knows a declared length (HTTP/1 Content-Length, HTTP/2 content-length).
+        let declared = http_body::Body::size_hint(&body).exact();
         if declared.is_some_and(|len| len > max) {
             let refusal = Refusal::new(
                 ErrorCode::BodyTooLarge,
