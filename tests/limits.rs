@@ -97,16 +97,11 @@ fn connections_past_the_limit_are_closed_and_the_open_ones_keep_working() {
 #[test]
 fn an_idle_blind_tunnel_is_closed_after_idle_timeout() {
     let env = Env::new();
-    let yaml = base_config(
+    let yaml = allow_loopback_ranges(&base_config(
         &[("blind.test.local:443", "{upstream}")],
         "",
         "unmatched: tunnel\nlimits: { idle_timeout: 1s }",
-    )
-    .replacen(
-        "upstream:\n",
-        "upstream:\n  allow_ranges: [127.0.0.0/8]\n",
-        1,
-    );
+    ));
     let sk = env.sidekey(&yaml);
     let mut tunnel = connect_tunnel(sk.forward, "blind.test.local:443")
         .unwrap_or_else(|r| panic!("CONNECT refused: {}", r.status));

@@ -130,11 +130,7 @@ fn unmatched_tunnels_never_reach_metadata_loopback_or_private_addresses() {
     assert_eq!(env.upstream_http.connections(), 0);
 
     // `upstream.allow_ranges` opens exactly the ranges it names, to tunnels as well.
-    let yaml = yaml.replacen(
-        "upstream:\n",
-        "upstream:\n  allow_ranges: [127.0.0.0/8]\n",
-        1,
-    );
+    let yaml = allow_loopback_ranges(&yaml);
     let sk = env.sidekey(&yaml);
     let res = curl(&[
         "-x",

@@ -6,20 +6,15 @@ mod common;
 use common::*;
 
 fn tunnel_config() -> String {
-    base_config(
+    // The blind targets live on loopback, which only `allow_ranges` opens to tunnels.
+    allow_loopback_ranges(&base_config(
         &[
             ("blind.test.local:443", "{upstream}"),
             ("blindplain.test.local:80", "{upstream_http}"),
         ],
         "",
         "unmatched: tunnel",
-    )
-    // The blind targets live on loopback, which only `allow_ranges` opens to tunnels.
-    .replacen(
-        "upstream:\n",
-        "upstream:\n  allow_ranges: [127.0.0.0/8]\n",
-        1,
-    )
+    ))
 }
 
 #[test]

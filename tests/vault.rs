@@ -866,44 +866,78 @@ fn database_lease_is_renewed_replaced_at_max_ttl_and_revoked_at_shutdown() {
     assert_no_leak(&sk, &bao, &secrets);
 }
 
+/// Database leases (default TTL `lease_ttl`, max 1m) read with a token that renews every 8 s
+/// but cannot live past 16 s, used every 250 ms for `run`: every request succeeds with a lease
+/// that is valid when used, and the first lease (dead with the first token) was replaced.
+struct CappedTokenRun {
+    sk: Sidekey,
+    bao: Bao,
+    samples: Vec<Sample>,
+    started: u64,
+    _pg: Postgres,
+    _env: Env,
+}
+
+impl CappedTokenRun {
+    fn run(lease_ttl: &str, run: Duration) -> CappedTokenRun {
+        let env = Env::new();
+        let pg = Postgres::start();
+        let bao = Bao::start(DB_POLICY, "8s", "16s");
+        bao.bao.enable_database(&pg, "readonly", lease_ttl, "1m");
+        let yaml = vault_config(JWT_ISSUER, DB_CREDENTIAL, &[("db", "db")]);
+        let sk = start_sidekey(&env, &bao, &yaml);
+        let started = now_unix();
+        let samples = run_for(
+            &sk,
+            &env,
+            "db",
+            run,
+            Duration::from_millis(250),
+            password_works(&pg),
+        );
+        assert_all_ok(&samples);
+        assert_ids_match_values(&sk, &samples);
+        let leases = assert_leases_valid_when_used(&sk, "db");
+        assert!(
+            leases.len() >= 2,
+            "the first lease died with the first token at 16 s: {leases:?}"
+        );
+        CappedTokenRun {
+            sk,
+            bao,
+            samples,
+            started,
+            _pg: pg,
+            _env: env,
+        }
+    }
+
+    /// No password sidekey injected shows up in its output or OpenBao's.
+    fn assert_no_leak(&self) {
+        let passwords: Vec<String> = self
+            .samples
+            .iter()
+            .filter_map(|s| s.value.clone())
+            .collect();
+        let secrets: Vec<&str> = passwords.iter().map(String::as_str).collect();
+        assert_no_leak(&self.sk, &self.bao, &secrets);
+    }
+}
+
 #[test]
 fn leases_stay_valid_when_the_vault_token_reaches_its_max_ttl() {
     // OpenBao revokes every lease with the token that created it. The token here cannot live
     // past 16 s while the lease could live a minute: sidekey must log in again and get a new
     // lease before the old token (and with it the old lease) goes.
-    let env = Env::new();
-    let pg = Postgres::start();
-    let bao = Bao::start(DB_POLICY, "8s", "16s");
-    bao.bao.enable_database(&pg, "readonly", "6s", "1m");
-    let yaml = vault_config(JWT_ISSUER, DB_CREDENTIAL, &[("db", "db")]);
-    let sk = start_sidekey(&env, &bao, &yaml);
-    let started = now_unix();
-
-    let samples = run_for(
-        &sk,
-        &env,
-        "db",
-        Duration::from_secs(26),
-        Duration::from_millis(250),
-        password_works(&pg),
-    );
-    assert_all_ok(&samples);
-    assert_ids_match_values(&sk, &samples);
-    let leases = assert_leases_valid_when_used(&sk, "db");
-    assert!(
-        leases.len() >= 2,
-        "the first lease died with the first token at 16 s: {leases:?}"
-    );
-    let tokens = bao.bao.tokens_from("auth/jwt/login");
+    let run = CappedTokenRun::run("6s", Duration::from_secs(26));
+    let tokens = run.bao.bao.tokens_from("auth/jwt/login");
     assert!(
         tokens
             .iter()
-            .any(|t| t["creation_time"].as_u64().unwrap_or(0) >= started + 8),
+            .any(|t| t["creation_time"].as_u64().unwrap_or(0) >= run.started + 8),
         "sidekey logged in again: {tokens:#?}"
     );
-    let passwords: Vec<String> = samples.iter().filter_map(|s| s.value.clone()).collect();
-    let secrets: Vec<&str> = passwords.iter().map(String::as_str).collect();
-    assert_no_leak(&sk, &bao, &secrets);
+    run.assert_no_leak();
 }
 
 #[test]
@@ -911,33 +945,10 @@ fn a_long_lease_read_before_its_token_was_capped_is_replaced_before_the_token_en
     // The lease could live 40 s, but it dies with the token that read it, whose end (16 s)
     // only becomes known when a renewal comes back capped, long after the lease was read and
     // scheduled. sidekey must re-plan the lease then, not at its own refresh point (~26 s).
-    let env = Env::new();
-    let pg = Postgres::start();
-    let bao = Bao::start(DB_POLICY, "8s", "16s");
-    bao.bao.enable_database(&pg, "readonly", "40s", "1m");
-    let yaml = vault_config(JWT_ISSUER, DB_CREDENTIAL, &[("db", "db")]);
-    let sk = start_sidekey(&env, &bao, &yaml);
-
-    let samples = run_for(
-        &sk,
-        &env,
-        "db",
-        Duration::from_secs(24),
-        Duration::from_millis(250),
-        password_works(&pg),
-    );
-    assert_all_ok(&samples);
-    assert_ids_match_values(&sk, &samples);
-    let leases = assert_leases_valid_when_used(&sk, "db");
-    assert!(
-        leases.len() >= 2,
-        "the first lease died with the first token at 16 s: {leases:?}"
-    );
-    let failed = events(&sk, "db", Some("failed"));
+    let run = CappedTokenRun::run("40s", Duration::from_secs(24));
+    let failed = events(&run.sk, "db", Some("failed"));
     assert!(failed.is_empty(), "no failed fetch on the way: {failed:#?}");
-    let passwords: Vec<String> = samples.iter().filter_map(|s| s.value.clone()).collect();
-    let secrets: Vec<&str> = passwords.iter().map(String::as_str).collect();
-    assert_no_leak(&sk, &bao, &secrets);
+    run.assert_no_leak();
 }
 
 #[test]

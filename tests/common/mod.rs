@@ -139,6 +139,16 @@ routes:
     )
 }
 
+/// `yaml` (a [`base_config`]) with `upstream.allow_ranges: [127.0.0.0/8]`: the test upstreams
+/// live on loopback, which the SSRF guard opens to blind tunnels (no route) only this way.
+pub fn allow_loopback_ranges(yaml: &str) -> String {
+    yaml.replacen(
+        "upstream:\n",
+        "upstream:\n  allow_ranges: [127.0.0.0/8]\n",
+        1,
+    )
+}
+
 /// [`base_config`] with nothing added.
 pub fn default_config() -> String {
     base_config(&[], "", "")
