@@ -275,9 +275,14 @@ impl Upstream {
                 .build(https)
         };
         let tcp = TcpConnector::new(config, false);
+        // Same overrides and resolver (and its cache); only the guard's allowance differs.
+        let private = TcpConnector {
+            allow_private: true,
+            ..tcp.clone()
+        };
         Upstream {
             public: client(tcp.clone()),
-            private: client(TcpConnector::new(config, true)),
+            private: client(private),
             tcp,
             request_timeout: config.request_timeout,
         }
