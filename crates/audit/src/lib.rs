@@ -1,14 +1,16 @@
 //! The audit trail: one JSON line per request (allowed, denied or tunnelled) and one per
-//! credential event. Records are serialized on the caller's thread and written by a dedicated
-//! writer thread, so a slow sink never blocks the request path. Audit is separate from
+//! credential event. Records are serialized on the caller's thread into one shared batch and
+//! written by a dedicated writer thread in batches (at most [`BATCH_WINDOW`] late), so a slow
+//! sink never blocks the request path and a busy proxy pays one write per batch, not per record. Audit is separate from
 //! diagnostic logs (those go to stderr through `tracing`) and never carries a credential value.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -88,15 +90,49 @@ struct Line<'a, T: Serialize> {
     record: &'a T,
 }
 
-enum Message {
-    Line(Vec<u8>),
-    Flush(mpsc::Sender<()>),
+/// How long the writer lets records gather after the first one of a batch before it writes
+/// them. Under load this turns one wake-up and one `write` per record into one per window;
+/// a reader of the trail sees a record at most this late. A flush (and shutdown) writes at once.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// A batch this large is written without waiting for the window to end.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Records serialized by producers, waiting for the writer thread. One mutex-guarded buffer
+/// keeps the trail in the order records were finished, which a hash chain will need.
+struct Batch {
+    /// Serialized lines, each ending in `\n`.
+    buf: Vec<u8>,
+    /// Records appended since start; `written` catches up with it.
+    appended: u64,
+    /// Records written to the sink and flushed.
+    written: u64,
+    /// A caller waits in [`AuditLog::flush`]: write now, do not wait for the window.
+    flush_wanted: bool,
+    /// The writer has been asked to stop once the buffer is written.
+    closed: bool,
+}
+
+struct Shared {
+    batch: Mutex<Batch>,
+    /// Wakes the writer: a batch was started, grew past [`BATCH_BYTES`], or a flush is wanted.
+    to_writer: Condvar,
+    /// Wakes flushers: `written` moved.
+    to_flushers: Condvar,
+}
+
+impl Shared {
+    /// The batch, even if a thread panicked holding it (its bytes are still whole lines:
+    /// producers append a complete line in one call).
+    fn lock(&self) -> MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A handle to the audit writer. Cheap to clone; every clone writes to the same sink.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
 }
 
 /// Owns the writer thread; [`AuditWriter::shutdown`] flushes what was written so far.
@@ -126,12 +162,25 @@ impl AuditWriter {
 
     /// Audit into any writer (tests, sockets).
     pub fn spawn(sink: Box<dyn Write + Send>) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Message>();
-        let thread = std::thread::Builder::new()
-            .name("sidekey-audit".into())
-            .spawn(move || write_loop(sink, rx))?;
+        let shared = Arc::new(Shared {
+            batch: Mutex::new(Batch {
+                buf: Vec::with_capacity(BATCH_BYTES),
+                appended: 0,
+                written: 0,
+                flush_wanted: false,
+                closed: false,
+            }),
+            to_writer: Condvar::new(),
+            to_flushers: Condvar::new(),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("sidekey-audit".into())
+                .spawn(move || write_loop(sink, &shared))?
+        };
         Ok(AuditWriter {
-            log: AuditLog { tx },
+            log: AuditLog { shared },
             thread: Some(thread),
         })
     }
@@ -146,43 +195,65 @@ impl AuditWriter {
         self.log.flush();
     }
 
-    /// Flushes and stops the writer once every handle is gone (or right away if flushed).
+    /// Writes everything recorded so far, then stops the writer. Records sent after this are
+    /// dropped with an error in the diagnostic log.
     pub fn shutdown(mut self) {
-        self.log.flush();
-        // Dropping our sender lets the thread exit once other handles are dropped; we do not
-        // wait for those (tasks may still hold clones), only for the flush above.
-        drop(self.thread.take());
+        self.log.shared.lock().closed = true;
+        self.log.shared.to_writer.notify_one();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("audit writer thread panicked");
+            }
+        }
     }
 }
 
-fn write_loop(sink: Box<dyn Write + Send>, rx: mpsc::Receiver<Message>) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, sink);
+fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
+    let mut out = sink;
+    let mut spare: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     let mut failed = false;
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Message::Line(bytes) => {
-                    if let Err(e) = out.write_all(&bytes) {
-                        if !failed {
-                            tracing::error!(error = %e, "audit sink write failed");
-                            failed = true;
-                        }
-                    }
+    loop {
+        let (lines, upto, last) = {
+            let mut batch = shared.lock();
+            // Sleep until a batch starts (no wake-ups while idle).
+            while batch.buf.is_empty() && !batch.flush_wanted && !batch.closed {
+                batch = shared
+                    .to_writer
+                    .wait(batch)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            // Let the batch gather for one window, unless someone needs it now.
+            let deadline = Instant::now() + BATCH_WINDOW;
+            while !batch.flush_wanted && !batch.closed && batch.buf.len() < BATCH_BYTES {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
                 }
-                Message::Flush(ack) => {
-                    let _ = out.flush();
-                    let _ = ack.send(());
+                batch = shared
+                    .to_writer
+                    .wait_timeout(batch, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            batch.flush_wanted = false;
+            std::mem::swap(&mut batch.buf, &mut spare);
+            (std::mem::take(&mut spare), batch.appended, batch.closed)
+        };
+        let mut lines = lines;
+        if !lines.is_empty() {
+            if let Err(e) = out.write_all(&lines).and_then(|()| out.flush()) {
+                if !failed {
+                    tracing::error!(error = %e, "audit sink write failed");
+                    failed = true;
                 }
             }
-            next = rx.try_recv().ok();
         }
-        // Nothing queued: flush so a reader sees complete lines promptly.
-        if let Err(e) = out.flush() {
-            if !failed {
-                tracing::error!(error = %e, "audit sink flush failed");
-                failed = true;
-            }
+        lines.clear();
+        spare = lines;
+        shared.lock().written = upto;
+        shared.to_flushers.notify_all();
+        if last {
+            return;
         }
     }
 }
@@ -200,9 +271,26 @@ impl AuditLog {
 
     /// Waits (bounded) until everything sent so far is written.
     pub fn flush(&self) {
-        let (ack_tx, ack_rx) = mpsc::channel();
-        if self.tx.send(Message::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(std::time::Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut batch = self.shared.lock();
+        let target = batch.appended;
+        if batch.written >= target || batch.closed {
+            return;
+        }
+        batch.flush_wanted = true;
+        self.shared.to_writer.notify_one();
+        while batch.written < target {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!("audit flush timed out; the sink is slow");
+                return;
+            }
+            batch = self
+                .shared
+                .to_flushers
+                .wait_timeout(batch, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -212,16 +300,40 @@ impl AuditLog {
             kind,
             record,
         };
-        match serde_json::to_vec(&line) {
-            Ok(mut bytes) => {
-                bytes.push(b'\n');
-                if self.tx.send(Message::Line(bytes)).is_err() {
-                    tracing::error!("audit writer is gone; record dropped");
-                }
+        // Serialize outside the lock, into this thread's reusable buffer.
+        LINE.with_borrow_mut(|bytes| {
+            bytes.clear();
+            if let Err(e) = serde_json::to_writer(&mut *bytes, &line) {
+                tracing::error!(error = %e, "audit record could not be serialized");
+                return;
             }
-            Err(e) => tracing::error!(error = %e, "audit record could not be serialized"),
-        }
+            bytes.push(b'\n');
+            let wake = {
+                let mut batch = self.shared.lock();
+                if batch.closed {
+                    drop(batch);
+                    tracing::error!("audit writer is gone; record dropped");
+                    return;
+                }
+                let was_empty = batch.buf.is_empty();
+                let was_small = batch.buf.len() < BATCH_BYTES;
+                batch.buf.extend_from_slice(bytes);
+                batch.appended += 1;
+                was_empty || (was_small && batch.buf.len() >= BATCH_BYTES)
+            };
+            if wake {
+                self.shared.to_writer.notify_one();
+            }
+            // Do not let one huge record keep a huge buffer alive on this thread.
+            if bytes.capacity() > 64 * 1024 {
+                *bytes = Vec::with_capacity(1024);
+            }
+        });
     }
+}
+
+thread_local! {
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -343,5 +455,83 @@ mod tests {
         assert_eq!(lines[1]["code"], "path_not_allowed");
         assert_eq!(lines[1]["port"], 443);
         assert!(lines[1]["ts"].as_str().unwrap().ends_with('Z'));
+    }
+
+    fn event(id: usize) -> CredentialEvent {
+        CredentialEvent {
+            event: CredentialEventKind::Renewed,
+            credential: "demo".into(),
+            issuer: "local".into(),
+            credential_id: Some(format!("id-{id}")),
+            expires_at: None,
+            error: None,
+        }
+    }
+
+    fn lines(buf: &Shared) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn records_from_many_threads_arrive_whole_and_in_each_threads_order() {
+        let buf = Shared::default();
+        let writer = AuditWriter::spawn(Box::new(buf.clone())).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = writer.log();
+                std::thread::spawn(move || {
+                    for i in 0..2000 {
+                        log.credential(&event(t * 10_000 + i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        writer.flush();
+        let ids: Vec<usize> = lines(&buf)
+            .iter()
+            .map(|l| l["credential_id"].as_str().unwrap()[3..].parse().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 8000);
+        for t in 0..4 {
+            let mine: Vec<usize> = ids.iter().copied().filter(|i| i / 10_000 == t).collect();
+            let want: Vec<usize> = (0..2000).map(|i| t * 10_000 + i).collect();
+            assert_eq!(mine, want, "thread {t}");
+        }
+    }
+
+    #[test]
+    fn a_record_is_written_without_a_flush_within_the_batch_window() {
+        let buf = Shared::default();
+        let writer = AuditWriter::spawn(Box::new(buf.clone())).unwrap();
+        writer.log().credential(&event(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines(&buf).is_empty() {
+            assert!(Instant::now() < deadline, "the record was never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(lines(&buf).len(), 1);
+        drop(writer);
+    }
+
+    #[test]
+    fn shutdown_writes_everything_recorded_before_it_and_drops_what_comes_after() {
+        let buf = Shared::default();
+        let writer = AuditWriter::spawn(Box::new(buf.clone())).unwrap();
+        let log = writer.log();
+        for i in 0..100 {
+            log.credential(&event(i));
+        }
+        writer.shutdown();
+        assert_eq!(lines(&buf).len(), 100);
+        log.credential(&event(100));
+        log.flush();
+        std::thread::sleep(BATCH_WINDOW * 2);
+        assert_eq!(lines(&buf).len(), 100);
     }
 }
