@@ -577,3 +577,27 @@ fn large_uploads_and_downloads_pass_intact() {
     res.assert_status(200);
     assert_eq!(res.body.len(), 8_000_000);
 }
+
+/// Upstream connections are pooled per host for reuse, up to `upstream.max_idle_per_host`.
+#[test]
+fn upstream_connections_are_reused_up_to_max_idle_per_host() {
+    for (setting, want) in [("", 1), ("  max_idle_per_host: 0\n", 3)] {
+        let env = Env::new();
+        let yaml = default_config().replacen("upstream:\n", &format!("upstream:\n{setting}"), 1);
+        let sk = env.sidekey(&yaml);
+        for i in 0..3 {
+            let res = curl(&[
+                "-x",
+                &sk.proxy_url(),
+                &format!("http://plain.test.local/echo/pool{i}"),
+            ]);
+            res.assert_status(200);
+        }
+        assert_eq!(env.upstream_http.requests().len(), 3);
+        assert_eq!(
+            env.upstream_http.connections(),
+            want,
+            "upstream connections with {setting:?}"
+        );
+    }
+}

@@ -191,9 +191,10 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
     )?;
     writeln!(
         out,
-        "upstream: connect timeout {}, response headers timeout {}",
+        "upstream: connect timeout {}, response headers timeout {}, up to {} idle connections per host",
         humantime::format_duration(c.upstream.connect_timeout),
-        humantime::format_duration(c.upstream.request_timeout)
+        humantime::format_duration(c.upstream.request_timeout),
+        c.upstream.max_idle_per_host
     )?;
     for f in &c.upstream.extra_ca_files {
         writeln!(out, "  extra CA file {}", f.display())?;

@@ -167,6 +167,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time to the response headers. Default 60s. Bodies stream without a time limit.
     pub request_timeout: Duration,
+    /// Idle upstream connections kept per host for reuse (default 256); busier moments open
+    /// more, and those close once their request is done. 0: no reuse.
+    pub max_idle_per_host: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -120,6 +120,7 @@ fn defaults() {
     assert!(c.upstream.extra_ca_files.is_empty());
     assert!(c.upstream.resolve.is_empty());
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.upstream.max_idle_per_host, 256);
     assert_eq!(c.upstream.request_timeout, Duration::from_secs(60));
     assert_eq!(c.identity, None);
     assert!(c.issuers.is_empty());
@@ -300,6 +301,7 @@ upstream:
   allow_ranges: [10.20.0.0/16, "fd00:1234::/32", 192.168.7.9, 10.30.1.1/16]
   connect_timeout: 3s
   request_timeout: 2m
+  max_idle_per_host: 16
 identity:
   token_file: /var/run/secrets/sidekey/token
 issuers:
@@ -351,6 +353,7 @@ fn full_example() {
     );
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
     assert_eq!(c.upstream.request_timeout, Duration::from_secs(120));
+    assert_eq!(c.upstream.max_idle_per_host, 16);
     assert_eq!(
         c.upstream.nameservers,
         vec![
@@ -434,7 +437,7 @@ fn full_example() {
         MethodSet::List(vec!["GET".into(), "POST".into()])
     );
     assert_eq!(gh.credential.as_deref(), Some("github"));
-    assert_eq!(gh.line, 27);
+    assert_eq!(gh.line, 28);
     assert!(c.routes[1].allow_private);
     assert_eq!(c.routes[2].schemes, vec![Scheme::Http, Scheme::Https]);
     assert_eq!(c.routes[2].ports, vec![8080]);
@@ -679,6 +682,7 @@ fn issuer_and_credential_errors() {
         ("allow range not a range", "upstream: { allow_ranges: [10.0.0.0/33, corp] }\n", &[(1, 28, "`10.0.0.0/33` is not an address range", "CIDR"), (1, 41, "`corp` is not an address range", "")]),
         ("allow range everything", "upstream: { allow_ranges: [0.0.0.0/0] }\n", &[(1, 28, "`0.0.0.0/0` is every address", "allow_private")]),
         ("nameserver without port", "upstream: { nameservers: [10.0.0.2] }\n", &[(1, 27, "a name server in `upstream.nameservers`", "")]),
+        ("idle pool negative", "upstream: { max_idle_per_host: -1 }\n", &[(1, 32, "`upstream.max_idle_per_host` -1 is out of range", "use a value from 0 to 100000")]),
         ("connect timeout zero", "upstream: { connect_timeout: 0s }\n", &[(1, 30, "`upstream.connect_timeout` must be greater than zero", "")]),
         ("request timeout", "upstream: { request_timeout: [1] }\n", &[(1, 30, "`upstream.request_timeout` must be a duration, found a list", "")]),
     ];

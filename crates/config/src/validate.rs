@@ -52,6 +52,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "allow_ranges",
     "connect_timeout",
     "request_timeout",
+    "max_idle_per_host",
 ];
 const IDENTITY_KEYS: &[&str] = &["token_file"];
 const LOCAL_ISSUER_KEYS: &[&str] = &["kind", "issuer", "algorithm"];
@@ -80,6 +81,7 @@ const DEFAULT_LEAF_MINT_RATE: u32 = 10;
 const DEFAULT_LEAF_MINT_BURST: u32 = 50;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_IDLE_PER_HOST: usize = 256;
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -162,6 +164,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
             allow_ranges: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
         },
         identity: None,
         issuers: Vec::new(),
@@ -409,6 +412,11 @@ fn upstream(node: &Node, e: &mut Errors, up: &mut UpstreamConfig, resolve: &mut 
     if let Some(n) = f.value("request_timeout") {
         if let Some(d) = positive_duration(n, "`upstream.request_timeout`", e) {
             up.request_timeout = d;
+        }
+    }
+    if let Some(n) = f.value("max_idle_per_host") {
+        if let Some(count) = e.int_in(n, "`upstream.max_idle_per_host`", 0, 100_000) {
+            up.max_idle_per_host = usize::try_from(count).unwrap_or(DEFAULT_MAX_IDLE_PER_HOST);
         }
     }
 }

@@ -272,6 +272,7 @@ impl Upstream {
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(config.max_idle_per_host)
                 .build(https)
         };
         let tcp = TcpConnector::new(config, false);
