@@ -93,17 +93,22 @@ class Proc:
                 pass
         return pids
 
-    def rss_kb(self):
+    def rss_kb(self, field="VmRSS:"):
         total = 0
         for pid in self.tree():
             try:
                 with open(f"/proc/{pid}/status") as f:
                     for line in f:
-                        if line.startswith("VmRSS:"):
+                        if line.startswith(field):
                             total += int(line.split()[1])
             except OSError:
                 pass
         return total
+
+    def anon_kb(self):
+        """Resident anonymous memory (heap, stacks): what the process itself allocated, as
+        opposed to file pages of its executable and libraries, which are shared and clean."""
+        return self.rss_kb("RssAnon:")
 
     def cpu_seconds(self):
         """user + system seconds of the whole tree (all threads)."""
@@ -508,6 +513,7 @@ def main():
         results["https_kind"] = {t.name: t.https_kind for t in targets if t.https_kind}
         # Idle: after start, before any request (sidekey has not minted its token yet).
         results["idle_rss_kb"] = {t.name: t.proc.rss_kb() for t in targets if t.proc}
+        results["idle_anon_kb"] = {t.name: t.proc.anon_kb() for t in targets if t.proc}
         verify(targets, results)
         run_scenarios(targets, opts, results)
         results["after_load_rss_kb"] = {t.name: t.proc.rss_kb() for t in targets if t.proc}
