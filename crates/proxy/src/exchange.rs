@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::PendingRecord;
 use crate::body::{empty, full, Counted, Metered, Needles, ProxyBody, Scrubbed};
+use crate::decode;
 use crate::error::{ErrorCode, Refusal};
 use crate::{ProxyState, RouteRuntime};
 
@@ -500,6 +501,14 @@ fn rewrite(
     parts.headers.remove(http::header::HOST);
     parts.headers.remove(TASK_HEADER);
     parts.extensions.clear();
+    if credential.is_some() {
+        // A compressed body could carry the credential past the mask (see `respond`): ask for
+        // none. An upstream that compresses anyway is decoded before the mask.
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     let Some(inject) = route.and_then(|r| r.inject.as_ref()) else {
         return Ok(());
     };
@@ -634,7 +643,10 @@ fn percent_encoded(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
 
 /// The upstream response on its way back: hop-by-hop headers dropped, any header echoing the
 /// injected credential replaced and every echo of it in the body masked (see [`Scrubbed`]), the
-/// body streamed through a meter that writes the audit record.
+/// body streamed through a meter that writes the audit record. A credentialed response the
+/// upstream compressed (although sidekey asked for identity) is decoded first, so that the mask
+/// sees what the agent would see; one coded in a way sidekey cannot decode is refused
+/// (`upstream_encoding`) and its body never passed on.
 fn respond(
     response: Response<Incoming>,
     mut record: PendingRecord,
@@ -642,7 +654,29 @@ fn respond(
     needles: Option<Needles>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
+    let mut codings = Vec::new();
+    if needles.is_some() && !http_body::Body::is_end_stream(&body) {
+        // Transfer codings are read before the hop-by-hop headers go.
+        match decode::applied_codings(&parts.headers) {
+            Ok(list) => codings = list,
+            Err(e) => {
+                return refuse(
+                    record,
+                    request_id,
+                    Refusal::new(ErrorCode::UpstreamEncoding, e.to_string()),
+                );
+            }
+        }
+    }
     sidekey_inject::strip_hop_by_hop(&mut parts.headers);
+    if needles.is_some() {
+        // What the agent gets is decoded (or had nothing to decode): no coding to undo, and a
+        // length that no longer holds.
+        if !codings.is_empty() || parts.headers.contains_key(http::header::CONTENT_ENCODING) {
+            parts.headers.remove(http::header::CONTENT_ENCODING);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+    }
     if let Some(needles) = &needles {
         for needle in needles.iter() {
             scrub_headers(&mut parts.headers, needle);
@@ -655,6 +689,11 @@ fn respond(
     }
     record.set_status(parts.status.as_u16());
     let body = match needles {
+        Some(needles) if !codings.is_empty() => Metered::new(
+            Scrubbed::new(decode::decoded(body, &codings), needles),
+            record,
+        )
+        .boxed_unsync(),
         Some(needles) if !needles.is_empty() => {
             Metered::new(Scrubbed::new(body, needles), record).boxed_unsync()
         }

@@ -5,6 +5,7 @@
 
 mod audit;
 mod body;
+mod decode;
 mod error;
 pub mod exchange;
 pub mod forward;
