@@ -69,7 +69,12 @@ pub struct Recorded {
     pub version: String,
     /// Lower-case names, in the order received.
     pub headers: Vec<(String, String)>,
+    /// Body bytes received (up to where it broke off, if it did).
     pub body_len: usize,
+    /// The body arrived to its end (false: the connection or stream broke off mid-body).
+    pub body_complete: bool,
+    /// The first 64 KiB of the body, as text (lossy).
+    pub body_head: String,
 }
 
 impl Recorded {
@@ -312,11 +317,23 @@ async fn handle(
     sni: Option<String>,
     state: Arc<State>,
 ) -> Result<Response<Body>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body_len = match body.collect().await {
-        Ok(c) => c.to_bytes().len(),
-        Err(_) => 0,
-    };
+    let (parts, mut body) = req.into_parts();
+    let (mut body_len, mut body_complete, mut head) = (0, true, Vec::new());
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    body_len += data.len();
+                    let room = (64usize << 10).saturating_sub(head.len());
+                    head.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Err(_) => {
+                body_complete = false;
+                break;
+            }
+        }
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -346,6 +363,8 @@ async fn handle(
             })
             .collect(),
         body_len,
+        body_complete,
+        body_head: String::from_utf8_lossy(&head).into_owned(),
     };
     state.requests.lock().unwrap().push(recorded.clone());
 

@@ -8,6 +8,7 @@ mod body;
 mod decode;
 mod error;
 pub mod exchange;
+mod form;
 pub mod forward;
 pub mod intercept;
 pub mod routes;
