@@ -248,27 +248,8 @@ pub async fn handle(
     let mut incoming = Some(body);
     let mut buffered: Option<Bytes> = None;
     if let (FormCheck::UrlEncoded { limit }, Some(check)) = (&form, &check) {
-        let too_large = Refusal::new(
-            ErrorCode::BodyTooLarge,
-            format!(
-                "this route does not allow every method, so a url-encoded POST body is read \
-                 whole to check it for a `_method` field before it is sent: at most {limit} bytes"
-            ),
-        );
         if let Some(body) = incoming.take() {
-            if http_body::Body::size_hint(&body)
-                .exact()
-                .is_some_and(|len| len > *limit)
-            {
-                drain(&parts, body).await;
-                return refuse(record, &exchange.request_id, too_large);
-            }
-            let read = match read_whole(body, *limit, FORM_BODY_TIMEOUT).await {
-                Ok(bytes) => check_form_body(&form, &bytes, check).map(|()| bytes),
-                Err(ReadError::TooLarge) => Err(too_large),
-                Err(e) => Err(e.refusal("the form body")),
-            };
-            match read {
+            match read_urlencoded_form(&parts, body, *limit, check).await {
                 Ok(bytes) => buffered = Some(bytes),
                 Err(refusal) => return refuse(record, &exchange.request_id, refusal),
             }
@@ -369,19 +350,16 @@ pub async fn handle(
 
     // forward
     let allow_private = route.is_some_and(|r| r.allow_private);
-    let response = match state
+    let sent = state
         .upstream
         .send(Request::from_parts(parts, body), allow_private)
-        .await
-    {
+        .await;
+    if let Some(refusal) = verdict.get() {
         // A `_method` field the route does not allow stopped the body before its end: the
         // upstream got an incomplete request, which it does not act on.
-        Ok(_) | Err(_) if verdict.get().is_some() => {
-            let refusal = verdict.get().cloned().unwrap_or_else(|| {
-                Refusal::new(ErrorCode::MethodNotAllowed, "the body was refused")
-            });
-            return refuse(record, &exchange.request_id, refusal);
-        }
+        return refuse(record, &exchange.request_id, refusal.clone());
+    }
+    let response = match sent {
         Ok(response) => response,
         Err(refusal) => {
             // The forward failed because the body was cut off at the route's limit.
@@ -606,6 +584,40 @@ fn override_check(
             "the _method field of the body",
         )
     })
+}
+
+/// Reads a url-encoded POST body whole (at most `limit` bytes) and checks its `_method` fields;
+/// returns it, to be forwarded as it came.
+async fn read_urlencoded_form(
+    parts: &Parts,
+    body: Incoming,
+    limit: u64,
+    check: &form::OverrideCheck,
+) -> Result<Bytes, Refusal> {
+    let too_large = Refusal::new(
+        ErrorCode::BodyTooLarge,
+        format!(
+            "this route does not allow every method, so a url-encoded POST body is read whole \
+             to check it for a `_method` field before it is sent: at most {limit} bytes"
+        ),
+    );
+    if http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|len| len > limit)
+    {
+        drain(parts, body).await;
+        return Err(too_large);
+    }
+    match read_whole(body, limit, FORM_BODY_TIMEOUT).await {
+        Ok(bytes) => {
+            for value in form::urlencoded_overrides(&bytes) {
+                check(&value)?;
+            }
+            Ok(bytes)
+        }
+        Err(ReadError::TooLarge) => Err(too_large),
+        Err(e) => Err(e.refusal("the form body")),
+    }
 }
 
 /// Checks a whole body (url-encoded, or multipart that was read whole to be signed) for
