@@ -3,12 +3,16 @@
 //! Proxy-Authorization (never forwarded), by asking an allowed upstream to reflect the injected
 //! header in its body or headers (scrubbed), and by following redirects to other hosts (passed
 //! back to the agent, never followed by sidekey, and no credential goes with the agent's next
-//! request unless that host's own route says so).
+//! request unless that host's own route says so). An upstream that compresses a reflection
+//! although sidekey asked for `identity` has it decoded and masked; a coding sidekey cannot
+//! decode is refused (`upstream_encoding`) without passing the body on.
 
 mod common;
 
-use std::io::Write;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::raw::{h2_raw, H2Case};
 use common::*;
@@ -379,4 +383,275 @@ fn redirects_to_other_hosts_carry_no_credential() {
         paths.iter().all(|p| p.starts_with("/redirect")),
         "{paths:?}"
     );
+}
+
+/// [`default_config`] plus `nocred`: https://nocred.test.local, GET, no credential.
+fn coded_config(extra_resolve: &[(&str, &str)], extra_routes: &str) -> String {
+    let mut resolve = vec![("nocred.test.local:443", "{upstream}")];
+    resolve.extend_from_slice(extra_resolve);
+    let routes = format!(
+        r#"  - name: nocred
+    hosts: [nocred.test.local]
+    methods: [GET]
+    allow_private: true
+{extra_routes}"#
+    );
+    base_config(&resolve, &routes, "")
+}
+
+#[test]
+fn a_compressed_reflection_is_decoded_and_masked() {
+    let env = Env::new();
+    let sk = env.sidekey(&coded_config(&[], ""));
+    // (case, curl arguments, plain-http upstream?)
+    let mut cases: Vec<(String, Vec<String>, bool)> = Vec::new();
+    for coding in ["gzip", "x-gzip", "br", "deflate", "zstd", "gzip, br"] {
+        let q = coding.replace(", ", "%2C%20");
+        for version in ["--http1.1", "--http2"] {
+            cases.push((
+                format!("{coding} {version}"),
+                vec![
+                    version.into(),
+                    format!("https://api.test.local/reflect-coded?coding={q}"),
+                ],
+                false,
+            ));
+        }
+        cases.push((
+            format!("{coding} plain http"),
+            vec![format!("http://plain.test.local/reflect-coded?coding={q}")],
+            true,
+        ));
+    }
+    for (name, args, http) in &cases {
+        // The agent asks for compression, as browsers and SDKs do.
+        let mut all = vec!["-H", "Accept-Encoding: gzip, deflate, br, zstd"];
+        all.extend(args.iter().map(String::as_str));
+        let res = curl_via(&sk, &all);
+        res.assert_status(200);
+        assert!(res.header("x-test-upstream").is_some(), "{name}");
+        let secrets = received_secrets(&env, *http, "/reflect-coded");
+        assert_absent(name, &curl_text(&res), &secrets);
+        // What an agent gets by undoing whatever coding the response still names.
+        let mut plain = res.body.clone();
+        if let Some(list) = res.header("content-encoding") {
+            for coding in list.rsplit(',').map(str::trim) {
+                plain = upstream::decode(if coding == "x-gzip" { "gzip" } else { coding }, &plain);
+            }
+        }
+        assert_absent(name, &String::from_utf8_lossy(&plain), &secrets);
+        // The agent got the decoded text, masked, with no coding left to undo.
+        assert_eq!(res.header("content-encoding"), None, "{name}: {res:#?}");
+        let body = res.body_str();
+        assert!(
+            body.starts_with("reflected: Bearer ***"),
+            "{name}: not the decoded, masked reflection: {body:?}"
+        );
+        // The upstream was asked for no compression at all.
+        let up = if *http {
+            &env.upstream_http
+        } else {
+            &env.upstream
+        };
+        let seen = up.requests_to("/reflect-coded").pop().unwrap();
+        assert_eq!(
+            seen.header_all("accept-encoding"),
+            ["identity"],
+            "{name}: {:?}",
+            seen.headers
+        );
+    }
+}
+
+#[test]
+fn a_coding_sidekey_cannot_decode_is_refused_and_nothing_passes() {
+    let env = Env::new();
+    let sk = env.sidekey(&coded_config(&[], ""));
+    // The upstream sends the reflection as plain text under these labels: a pass-through would
+    // put the credential in front of the agent.
+    for coding in [
+        "compress",
+        "x-made-up",
+        "gzip, compress",
+        "gzip,gzip,gzip,gzip,gzip",
+    ] {
+        let q = coding.replace(' ', "%20").replace(',', "%2C");
+        for version in ["--http1.1", "--http2"] {
+            let name = format!("{coding} {version}");
+            let res = curl_via(
+                &sk,
+                &[
+                    version,
+                    "-H",
+                    "Accept-Encoding: gzip",
+                    &format!("https://api.test.local/reflect-coded?coding={q}"),
+                ],
+            );
+            let body = res.expect_refusal(502, "upstream_encoding");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("cannot decode") || m.contains("more than")),
+                "{name}: {body}"
+            );
+            assert!(res.header("x-test-upstream").is_none(), "{name}");
+            let secrets = received_secrets(&env, false, "/reflect-coded");
+            assert_absent(&name, &curl_text(&res), &secrets);
+        }
+    }
+    let records = sk.wait_audit(
+        |r| r["code"] == "upstream_encoding",
+        8,
+        Duration::from_secs(10),
+    );
+    assert!(records.iter().all(|r| r["status"] == 502), "{records:?}");
+}
+
+/// A plain-HTTP upstream that reflects each request's Authorization under
+/// `Transfer-Encoding: gzip, chunked` (a transfer coding hyper does not undo), and records the
+/// request heads it got.
+fn transfer_coding_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&heads);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let auth = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("authorization").then(|| v.trim())
+                })
+                .unwrap_or("")
+                .to_string();
+            seen.lock().unwrap().push(head);
+            let coded =
+                upstream::encode_blocking("gzip", format!("reflected: {auth}\n").as_bytes());
+            let mut response = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\nx-test-upstream: te\r\n\r\n".to_vec();
+            response.extend(format!("{:x}\r\n", coded.len()).as_bytes());
+            response.extend(&coded);
+            response.extend(b"\r\n0\r\n\r\n");
+            let _ = stream.write_all(&response);
+        }
+    });
+    (addr, heads)
+}
+
+#[test]
+fn a_transfer_coding_other_than_chunked_is_decoded_and_masked_too() {
+    let env = Env::new();
+    let (te, heads) = transfer_coding_upstream();
+    let route = r#"  - name: te
+    hosts: [te.test.local]
+    schemes: [http]
+    methods: [GET]
+    credential: demo
+    inject: { header: Authorization, value: "Bearer {token}" }
+    allow_private: true
+"#;
+    let sk = env.sidekey_with(
+        &coded_config(&[("te.test.local:80", "{te}")], route),
+        &[("te", te.to_string())],
+    );
+    let res = curl_via(&sk, &["http://te.test.local/reflect"]);
+    res.assert_status(200);
+    assert_eq!(res.header("x-test-upstream"), Some("te"));
+    let head = heads
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the upstream got the request");
+    let auth = head
+        .lines()
+        .find_map(|l| l.strip_prefix("authorization: "))
+        .expect("a credential was attached")
+        .to_string();
+    let token = auth.strip_prefix("Bearer ").unwrap().to_string();
+    assert_absent("transfer coding", &curl_text(&res), &[auth, token]);
+    assert!(
+        res.body_str().starts_with("reflected: Bearer ***"),
+        "{:?}",
+        res.body_str()
+    );
+}
+
+#[test]
+fn a_compressed_event_stream_is_decoded_as_it_streams() {
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let tunnel = connect_tunnel(sk.forward, "api.test.local:443").expect("CONNECT");
+    let mut tls = tls_handshake(tunnel, API, Trust::Ca(sk.ca_pem())).expect("TLS");
+    tls.write_all(
+        b"GET /sse-coded?coding=gzip&n=2&interval_ms=3000 HTTP/1.1\r\nHost: api.test.local\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut first_event = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("reading the stream: {e}"),
+        }
+        let text = String::from_utf8_lossy(&got);
+        if first_event.is_none() && text.contains("data: 0\n\n") {
+            first_event = Some(started.elapsed());
+        }
+        if text.contains("data: 1\n\n") {
+            break;
+        }
+    }
+    let done = started.elapsed();
+    let text = String::from_utf8_lossy(&got).to_string();
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{text}");
+    assert!(!head.contains("content-encoding"), "decoded: {text}");
+    let first = first_event.unwrap_or_else(|| panic!("event 0 never arrived decoded: {text:?}"));
+    // The second event is sent 3 s after the first: the first came through on its own.
+    assert!(
+        done.saturating_sub(first) > Duration::from_millis(2000),
+        "the first event arrived at {first:?}, with the second at {done:?}: buffered"
+    );
+}
+
+#[test]
+fn routes_without_a_credential_keep_the_agents_accept_encoding_and_the_coded_body() {
+    let env = Env::new();
+    let sk = env.sidekey(&coded_config(&[], ""));
+    for coding in ["gzip", "br"] {
+        let res = curl_via(
+            &sk,
+            &[
+                "-H",
+                "Accept-Encoding: gzip, br",
+                "-H",
+                "Authorization: Bearer agent-own-value",
+                &format!("https://nocred.test.local/reflect-coded?coding={coding}"),
+            ],
+        );
+        res.assert_status(200);
+        assert_eq!(res.header("content-encoding"), Some(coding), "{res:#?}");
+        // The body is the upstream's, still coded.
+        let plain = upstream::decode(coding, &res.body);
+        assert_eq!(
+            String::from_utf8_lossy(&plain),
+            "reflected: Bearer agent-own-value\n"
+        );
+        let seen = env.upstream.requests_to("/reflect-coded").pop().unwrap();
+        assert_eq!(seen.header_all("accept-encoding"), ["gzip, br"], "{coding}");
+    }
 }

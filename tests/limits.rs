@@ -252,3 +252,133 @@ fn an_idle_http1_keep_alive_connection_is_closed_after_header_read_timeout() {
         "an idle keep-alive connection is closed"
     );
 }
+
+/// The largest of the kernel's TCP buffer sizes (`tcp_rmem` or `tcp_wmem`, third field): what
+/// autotuning may grow one socket's buffer to.
+fn tcp_buffer_max(which: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/{which}")).unwrap();
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/sys/net/ipv4/{which}: {text:?}"))
+}
+
+/// A running ACK flood (tests/clients/h2flood.py `ping-flood` / `settings-flood`): its report
+/// arrives once writes have blocked (or it gave up), and its connection stays open, unread,
+/// until [`AckFlood::stop`].
+struct AckFlood {
+    child: std::process::Child,
+    report: std::sync::mpsc::Receiver<String>,
+}
+
+impl AckFlood {
+    fn start(sk: &Sidekey, mode: &str, max_bytes: u64) -> AckFlood {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new(python_bin())
+            .arg(clients_dir().join("h2flood.py"))
+            .args(["--proxy", &sk.forward.to_string()])
+            .args(["--ca", &sk.ca_pem().display().to_string()])
+            .args(["--host", "api.test.local", "--mode", mode])
+            .args(["--max-bytes", &max_bytes.to_string()])
+            .args(["--block-seconds", "3"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn h2flood.py");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, report) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        AckFlood { child, report }
+    }
+
+    /// Closes the flooder's stdin (it then exits, closing its connection) and waits for it.
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AckFlood {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http2_ping_and_settings_floods_meet_backpressure_and_cost_no_memory() {
+    // h2 keeps one PING ACK and one SETTINGS ACK pending, and reads no further frame until it
+    // has written that ACK (h2 0.4 proto/ping_pong.rs, settings.rs, Connection::poll_ready): a
+    // client that floods PINGs or SETTINGS and never reads fills the socket buffers with ACKs,
+    // then sidekey stops reading, then the client's writes block. Unbounded queueing of ACKs
+    // would let the flood run on and show in sidekey's memory instead.
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    curl_via(&sk, &["--http2", "https://api.test.local/echo/warm"]).assert_status(200);
+    // What the four socket buffers between the flooder and sidekey can hold at most: sidekey's
+    // two autotuned to the kernel's maxima, the flooder's two as it set them (reported).
+    let kernel = tcp_buffer_max("tcp_rmem") + tcp_buffer_max("tcp_wmem");
+    let give_up = kernel + (24 << 20);
+    for mode in ["ping-flood", "settings-flood"] {
+        let rss_before = sk.memory_kib("VmRSS");
+        let flood = AckFlood::start(&sk, mode, give_up);
+        // Everybody else is served while the flood runs.
+        let mut served = 0;
+        let report = loop {
+            match flood.report.try_recv() {
+                Ok(line) => break line,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(e) => panic!("{mode}: the flooder died: {e}"),
+            }
+            let res = curl_via(
+                &sk,
+                &["--http2", "-m", "10", "https://api.test.local/echo/during"],
+            );
+            res.assert_status(200);
+            served += 1;
+            assert!(served < 200, "{mode}: the flood did not end");
+        };
+        let report: serde_json::Value = serde_json::from_str(&report)
+            .unwrap_or_else(|e| panic!("{mode}: h2flood.py printed no JSON ({e}): {report:?}"));
+        let sent = report["sent_bytes"].as_u64().unwrap_or(u64::MAX);
+        let bound = kernel
+            + report["sndbuf"].as_u64().unwrap_or(0)
+            + report["rcvbuf"].as_u64().unwrap_or(0)
+            + (4 << 20);
+        // (b) sidekey's memory did not grow with the flood.
+        let rss_during = sk.memory_kib("VmRSS");
+        let grown = rss_during.saturating_sub(rss_before);
+        assert!(
+            grown < 4 << 10,
+            "{mode}: sidekey's resident set grew by {grown} KiB while {sent} bytes of frames \
+             waited for ACKs: {report}"
+        );
+        // (a) Backpressure, after a bounded amount.
+        assert!(
+            report["blocked"] == true,
+            "{mode}: the flooder's writes never blocked: {report}"
+        );
+        assert!(
+            sent < bound,
+            "{mode}: {sent} bytes of frames were taken before writes blocked (bound {bound}): {report}"
+        );
+        // (c) Still served, with the flooding connection held open and unread.
+        curl_via(
+            &sk,
+            &["--http2", "-m", "10", "https://api.test.local/echo/after"],
+        )
+        .assert_status(200);
+        eprintln!(
+            "{mode}: {report}; {served} requests served during the flood; RSS {rss_before} -> \
+             {rss_during} KiB"
+        );
+        flood.stop();
+    }
+    assert!(!sk.stderr().contains("panicked"));
+}

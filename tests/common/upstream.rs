@@ -15,6 +15,13 @@
 //!   streamed in frames of N bytes (default 7), M ms apart (default 20), so that a reflected
 //!   value arrives cut across chunk boundaries;
 //! - `/bytes/<n>`: n bytes of `x`.
+//! - `/reflect-coded?coding=C`: `reflected: <Authorization>\n` coded with C (`gzip`, `x-gzip`,
+//!   `deflate`, `br`, `zstd`, or a list such as `gzip, br`, applied in that order) and sent with
+//!   `Content-Encoding: C` whatever the request's Accept-Encoding said; for any other coding
+//!   (`compress`, made-up ones) the text is sent as is, under that Content-Encoding;
+//! - `/sse-coded?coding=C&n=N&interval_ms=M`: like `/sse`, each event coded with C
+//!   (`gzip`, `deflate`, `br` or `zstd`) and flushed on its own, as a compressing SSE server
+//!   does.
 //!
 //! Every response carries `x-test-upstream: <label>` so a test can tell which server answered.
 
@@ -62,7 +69,12 @@ pub struct Recorded {
     pub version: String,
     /// Lower-case names, in the order received.
     pub headers: Vec<(String, String)>,
+    /// Body bytes received (up to where it broke off, if it did).
     pub body_len: usize,
+    /// The body arrived to its end (false: the connection or stream broke off mid-body).
+    pub body_complete: bool,
+    /// The first 64 KiB of the body, as text (lossy).
+    pub body_head: String,
 }
 
 impl Recorded {
@@ -305,11 +317,23 @@ async fn handle(
     sni: Option<String>,
     state: Arc<State>,
 ) -> Result<Response<Body>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body_len = match body.collect().await {
-        Ok(c) => c.to_bytes().len(),
-        Err(_) => 0,
-    };
+    let (parts, mut body) = req.into_parts();
+    let (mut body_len, mut body_complete, mut head) = (0, true, Vec::new());
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    body_len += data.len();
+                    let room = (64usize << 10).saturating_sub(head.len());
+                    head.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Err(_) => {
+                body_complete = false;
+                break;
+            }
+        }
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -339,6 +363,8 @@ async fn handle(
             })
             .collect(),
         body_len,
+        body_complete,
+        body_head: String::from_utf8_lossy(&head).into_owned(),
     };
     state.requests.lock().unwrap().push(recorded.clone());
 
@@ -356,6 +382,10 @@ async fn handle(
         reflect_auth(&recorded)
     } else if route == "/reflect-split" {
         reflect_split(&recorded, query)
+    } else if route == "/reflect-coded" {
+        reflect_coded(&recorded, query).await
+    } else if route == "/sse-coded" {
+        sse_coded(query)
     } else if let Some(n) = route.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         Response::builder()
@@ -535,6 +565,151 @@ fn reflect_split(r: &Recorded, query: &str) -> Response<Body> {
     });
     Response::builder()
         .header("content-type", "text/plain")
+        .body(ChannelBody(rx).boxed())
+        .unwrap()
+}
+
+/// A streaming compressor for one content coding, flushed per write.
+enum Compressor {
+    Gzip(async_compression::tokio::write::GzipEncoder<Vec<u8>>),
+    Deflate(async_compression::tokio::write::ZlibEncoder<Vec<u8>>),
+    Brotli(Box<async_compression::tokio::write::BrotliEncoder<Vec<u8>>>),
+    Zstd(async_compression::tokio::write::ZstdEncoder<Vec<u8>>),
+}
+
+impl Compressor {
+    fn new(coding: &str) -> Option<Compressor> {
+        use async_compression::tokio::write::*;
+        Some(match coding.trim().to_ascii_lowercase().as_str() {
+            "gzip" | "x-gzip" => Compressor::Gzip(GzipEncoder::new(Vec::new())),
+            "deflate" => Compressor::Deflate(ZlibEncoder::new(Vec::new())),
+            "br" => Compressor::Brotli(Box::new(BrotliEncoder::new(Vec::new()))),
+            "zstd" => Compressor::Zstd(ZstdEncoder::new(Vec::new())),
+            _ => return None,
+        })
+    }
+
+    /// Compresses `data`, flushes, and returns what the compressor has produced so far.
+    async fn write_flush(&mut self, data: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncWriteExt;
+        macro_rules! go {
+            ($e:expr) => {{
+                $e.write_all(data).await.unwrap();
+                $e.flush().await.unwrap();
+                std::mem::take($e.get_mut())
+            }};
+        }
+        match self {
+            Compressor::Gzip(e) => go!(e),
+            Compressor::Deflate(e) => go!(e),
+            Compressor::Brotli(e) => go!(e),
+            Compressor::Zstd(e) => go!(e),
+        }
+    }
+
+    /// Ends the stream; returns the last bytes.
+    async fn finish(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncWriteExt;
+        macro_rules! go {
+            ($e:expr) => {{
+                $e.shutdown().await.unwrap();
+                std::mem::take($e.get_mut())
+            }};
+        }
+        match self {
+            Compressor::Gzip(e) => go!(e),
+            Compressor::Deflate(e) => go!(e),
+            Compressor::Brotli(e) => go!(e),
+            Compressor::Zstd(e) => go!(e),
+        }
+    }
+}
+
+/// `data` coded with each coding of the comma-separated `codings` in turn; unknown codings
+/// leave it as it is.
+pub async fn encode(codings: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = data.to_vec();
+    for coding in codings.split(',') {
+        if let Some(mut c) = Compressor::new(coding) {
+            let mut coded = c.write_flush(&out).await;
+            coded.extend(c.finish().await);
+            out = coded;
+        }
+    }
+    out
+}
+
+/// [`encode`] outside a runtime.
+pub fn encode_blocking(codings: &str, data: &[u8]) -> Vec<u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(encode(codings, data))
+}
+
+/// `data` with `coding` (one of gzip, deflate, br, zstd) undone, for tests that check what an
+/// agent would get by decompressing a body itself.
+pub fn decode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use async_compression::tokio::bufread::*;
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        match coding {
+            "gzip" => GzipDecoder::new(data).read_to_end(&mut out).await,
+            "deflate" => ZlibDecoder::new(data).read_to_end(&mut out).await,
+            "br" => BrotliDecoder::new(data).read_to_end(&mut out).await,
+            "zstd" => ZstdDecoder::new(data).read_to_end(&mut out).await,
+            other => panic!("no decoder for {other}"),
+        }
+        .unwrap_or_else(|e| panic!("{coding} body does not decode: {e}"));
+        out
+    })
+}
+
+async fn reflect_coded(r: &Recorded, query: &str) -> Response<Body> {
+    let coding = query_param(query, "coding").unwrap_or_else(|| "gzip".to_string());
+    let text = format!("reflected: {}\n", r.header("authorization").unwrap_or(""));
+    Response::builder()
+        .header("content-type", "text/plain")
+        .header("content-encoding", coding.as_str())
+        .body(full(encode(&coding, text.as_bytes()).await))
+        .unwrap()
+}
+
+fn sse_coded(query: &str) -> Response<Body> {
+    let coding = query_param(query, "coding").unwrap_or_else(|| "gzip".to_string());
+    let n: usize = query_param(query, "n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let interval = Duration::from_millis(
+        query_param(query, "interval_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200),
+    );
+    let mut compressor =
+        Compressor::new(&coding).unwrap_or_else(|| panic!("/sse-coded: no coding {coding}"));
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..n {
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            let event = compressor
+                .write_flush(format!("data: {i}\n\n").as_bytes())
+                .await;
+            if tx.send(Bytes::from(event)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Bytes::from(compressor.finish().await)).await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("content-encoding", coding.as_str())
+        .header("cache-control", "no-cache")
         .body(ChannelBody(rx).boxed())
         .unwrap()
 }

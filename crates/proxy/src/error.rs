@@ -17,6 +17,9 @@ pub enum ErrorCode {
     CredentialUnavailable,
     UpstreamUnreachable,
     UpstreamTls,
+    /// The upstream coded a credentialed response in a way sidekey cannot decode, so the
+    /// credential mask could not see into it: the body is not passed on.
+    UpstreamEncoding,
     RequestInvalid,
     /// The body is larger than the route's `max_request_body`.
     BodyTooLarge,
@@ -35,6 +38,7 @@ impl ErrorCode {
             ErrorCode::CredentialUnavailable => "credential_unavailable",
             ErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ErrorCode::UpstreamTls => "upstream_tls",
+            ErrorCode::UpstreamEncoding => "upstream_encoding",
             ErrorCode::RequestInvalid => "request_invalid",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::RateLimited => "rate_limited",
@@ -49,7 +53,9 @@ impl ErrorCode {
             | ErrorCode::TargetMismatch
             | ErrorCode::AddressNotAllowed => StatusCode::FORBIDDEN,
             ErrorCode::CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::UpstreamUnreachable | ErrorCode::UpstreamTls => StatusCode::BAD_GATEWAY,
+            ErrorCode::UpstreamUnreachable
+            | ErrorCode::UpstreamTls
+            | ErrorCode::UpstreamEncoding => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestInvalid => StatusCode::BAD_REQUEST,
             ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -21,7 +21,9 @@ use zeroize::Zeroizing;
 
 use crate::audit::PendingRecord;
 use crate::body::{empty, full, Counted, Metered, Needles, ProxyBody, Scrubbed};
+use crate::decode;
 use crate::error::{ErrorCode, Refusal};
+use crate::form;
 use crate::{ProxyState, RouteRuntime};
 
 /// The agent's task ID travels in this header; it is recorded and never forwarded.
@@ -36,6 +38,12 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 const SIGNED_BODY_LIMIT: usize = 10 << 20;
 /// How long the agent gets to send a body that is to be signed.
 const SIGNED_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest url-encoded POST body read whole to be checked for a `_method` field, on routes
+/// that do not allow every method (smaller if the route's `max_request_body` is).
+const FORM_BODY_LIMIT: u64 = 64 << 10;
+/// How long the agent gets to send such a body.
+const FORM_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the listener established about a request before policy sees it.
 pub struct Exchange {
@@ -188,13 +196,14 @@ pub async fn handle(
     record.set_task_id(task_id(&parts));
 
     // decide
-    let route = match decide(&state, &exchange, &parts, &path_and_query) {
-        Ok(route) => route,
+    let allowed = match decide(&state, &exchange, &parts, &path_and_query) {
+        Ok(allowed) => allowed,
         Err(refusal) => {
             drain(&parts, body).await;
             return refuse(record, &exchange.request_id, refusal);
         }
     };
+    let route = allowed.as_ref().map(|a| a.route);
     match route {
         Some(route) => {
             record.set_route(&route.name);
@@ -218,13 +227,48 @@ pub async fn handle(
         }
     }
 
-    // A SigV4 signature over the payload needs the whole body: read it before the credential
-    // is fetched, so that keys are never held waiting on a slow agent.
+    // A `_method` field in a POST form body is checked like the query parameter, before the
+    // upstream can act on the request: a url-encoded body is read whole here, a multipart one
+    // is scanned as it streams (below).
+    let form = match &allowed {
+        Some(allowed) => form_check(&state, &exchange, &parts, allowed),
+        None => Ok(FormCheck::None),
+    };
+    let form = match form {
+        Ok(form) => form,
+        Err(refusal) => {
+            drain(&parts, body).await;
+            return refuse(record, &exchange.request_id, refusal);
+        }
+    };
+    let check = match (&form, &allowed) {
+        (FormCheck::None, _) | (_, None) => None,
+        (_, Some(allowed)) => Some(override_check(&state, &exchange, allowed)),
+    };
     let mut incoming = Some(body);
     let mut buffered: Option<Bytes> = None;
+    if let (FormCheck::UrlEncoded { limit }, Some(check)) = (&form, &check) {
+        if let Some(body) = incoming.take() {
+            match read_urlencoded_form(&parts, body, *limit, check).await {
+                Ok(bytes) => buffered = Some(bytes),
+                Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+            }
+        }
+    }
+
+    // A SigV4 signature over the payload needs the whole body: read it before the credential
+    // is fetched, so that keys are never held waiting on a slow agent.
     if route.is_some_and(|r| signs_payload(r.inject.as_ref())) {
         if let Some(body) = incoming.take() {
-            match read_to_sign(body).await {
+            let read = match read_to_sign(body).await {
+                // A multipart body read whole is checked whole.
+                Ok(bytes) => match &check {
+                    Some(check) => check_form_body(&form, &bytes, check).map(|()| bytes),
+                    None => Ok(bytes),
+                },
+                Err(refusal) => Err(refusal),
+            };
+            match read {
                 Ok(bytes) => buffered = Some(bytes),
                 Err(refusal) => return refuse(record, &exchange.request_id, refusal),
             }
@@ -275,18 +319,28 @@ pub async fn handle(
         .as_deref()
         .map(|c| needles(c, route.and_then(|r| r.inject.as_ref()), &parts.headers));
     let counter = record.bytes_in_counter();
+    let verdict = form::Verdict::default();
     let body = match (incoming, buffered) {
-        (Some(body), _) => match max_body {
-            // A body without a length that grows past the limit is cut off; the failed
-            // forward is then reported as body_too_large.
-            // (Counted inside, so that the count shows the body went past the limit.)
-            Some(max) => http_body_util::Limited::new(
-                Counted::new(body, Arc::clone(&counter)),
-                usize::try_from(max).unwrap_or(usize::MAX),
-            )
-            .boxed_unsync(),
-            None => Counted::new(body, Arc::clone(&counter)).boxed_unsync(),
-        },
+        (Some(body), _) => {
+            let body = match max_body {
+                // A body without a length that grows past the limit is cut off; the failed
+                // forward is then reported as body_too_large.
+                // (Counted inside, so that the count shows the body went past the limit.)
+                Some(max) => http_body_util::Limited::new(
+                    Counted::new(body, Arc::clone(&counter)),
+                    usize::try_from(max).unwrap_or(usize::MAX),
+                )
+                .boxed_unsync(),
+                None => Counted::new(body, Arc::clone(&counter)).boxed_unsync(),
+            };
+            match (&form, check) {
+                (FormCheck::Multipart { boundary }, Some(check)) => {
+                    form::MultipartGuard::new(body, boundary, check, Arc::clone(&verdict))
+                        .boxed_unsync()
+                }
+                _ => body,
+            }
+        }
         (None, Some(bytes)) => {
             counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             full(bytes)
@@ -296,11 +350,16 @@ pub async fn handle(
 
     // forward
     let allow_private = route.is_some_and(|r| r.allow_private);
-    let response = match state
+    let sent = state
         .upstream
         .send(Request::from_parts(parts, body), allow_private)
-        .await
-    {
+        .await;
+    if let Some(refusal) = verdict.get() {
+        // A `_method` field the route does not allow stopped the body before its end: the
+        // upstream got an incomplete request, which it does not act on.
+        return refuse(record, &exchange.request_id, refusal.clone());
+    }
+    let response = match sent {
         Ok(response) => response,
         Err(refusal) => {
             // The forward failed because the body was cut off at the route's limit.
@@ -322,6 +381,14 @@ pub async fn handle(
     respond(response, record, &exchange.request_id, needles)
 }
 
+/// What policy allowed: the route, where it is in the policy that decided, and the path as
+/// checked (a method named in the body is checked later against the same three).
+struct Allowed<'s> {
+    route: &'s RouteRuntime,
+    index: usize,
+    path: RequestPath,
+}
+
 /// Policy: the first route allowing target, method and path; `Ok(None)` means an unrouted
 /// target passing without a credential.
 fn decide<'s>(
@@ -329,7 +396,7 @@ fn decide<'s>(
     exchange: &Exchange,
     parts: &Parts,
     path_and_query: &str,
-) -> Result<Option<&'s RouteRuntime>, Refusal> {
+) -> Result<Option<Allowed<'s>>, Refusal> {
     let raw_path = path_and_query
         .split_once('?')
         .map_or(path_and_query, |(p, _)| p);
@@ -351,7 +418,11 @@ fn decide<'s>(
     match policy.decide(&exchange.target, parts.method.as_str(), &path) {
         Decision::Allow { route } => {
             check_method_overrides(policy, exchange, parts, path_and_query, &path, route)?;
-            Ok(state.routes.get(first + route))
+            Ok(state.routes.get(first + route).map(|runtime| Allowed {
+                route: runtime,
+                index: route,
+                path,
+            }))
         }
         Decision::Deny(denial)
             if denial.code == DenyCode::HostNotAllowed
@@ -365,19 +436,18 @@ fn decide<'s>(
 }
 
 /// Headers that server frameworks read as "the real method" of a request (Express
-/// method-override, Rails, Symfony, ASP.NET, Google APIs, …), and the query parameter some of them
-/// read too. An agent allowed GET could otherwise DELETE through them.
+/// method-override, Rails, Symfony, ASP.NET, Google APIs, …). An agent allowed GET could
+/// otherwise DELETE through them. The `_method` field is found by [`form`]: here in the query,
+/// and in POST bodies through [`form_check`].
 const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
 ];
-const METHOD_OVERRIDE_PARAM: &str = "_method";
 
-/// A request naming another method in an override header or `_method` parameter is allowed
-/// only if the route that allowed it (the same route: its credential is the one attached)
-/// allows that method too, upper-cased as the frameworks upper-case it. A value that is not one
-/// method token is `request_invalid`: the upstream's reading of it cannot be predicted.
+/// A request naming another method in an override header or `_method` query parameter is
+/// allowed only if the route that allowed it (the same route: its credential is the one
+/// attached) allows that method too (see [`check_override`]).
 fn check_method_overrides(
     policy: &sidekey_policy::Policy,
     exchange: &Exchange,
@@ -396,61 +466,180 @@ fn check_method_overrides(
         }
     }
     if let Some((_, query)) = path_and_query.split_once('?') {
-        for pair in query.split('&') {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if percent_decode(key).eq_ignore_ascii_case(METHOD_OVERRIDE_PARAM) {
-                asked.push((percent_decode(value), "the _method query parameter"));
-            }
+        for value in form::urlencoded_overrides(query.as_bytes()) {
+            asked.push((value, "the _method query parameter"));
         }
     }
     for (method, source) in asked {
-        let valid = !method.is_empty()
-            && method
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !valid {
-            return Err(Refusal::new(
-                ErrorCode::RequestInvalid,
-                format!("{source} must name one method"),
-            ));
-        }
-        let method = method.to_ascii_uppercase();
-        match policy.decide(&exchange.target, &method, path) {
-            Decision::Allow { route: r } if r == route => {}
-            _ => {
-                return Err(Refusal::new(
-                    ErrorCode::MethodNotAllowed,
-                    format!(
-                        "{source} asks for {method}, which the route does not allow for {}:{}",
-                        exchange.target.host.to_uri_host(),
-                        exchange.target.port
-                    ),
-                ))
-            }
-        }
+        check_override(policy, &exchange.target, path, route, &method, source)?;
     }
     Ok(())
 }
 
-/// Percent-decodes a query component (`+` as a space), lossily.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |i: usize| bytes.get(i).and_then(|&b| (b as char).to_digit(16));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) {
-                // Two hex digits: at most 0xff.
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
+/// One overriding method: allowed if the same route allows it, upper-cased as the frameworks
+/// upper-case it. A value that is not one method token is `request_invalid`: the upstream's
+/// reading of it cannot be predicted.
+fn check_override(
+    policy: &sidekey_policy::Policy,
+    target: &Target,
+    path: &RequestPath,
+    route: usize,
+    method: &str,
+    source: &str,
+) -> Result<(), Refusal> {
+    let valid = !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return Err(Refusal::new(
+            ErrorCode::RequestInvalid,
+            format!("{source} must name one method"),
+        ));
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let method = method.to_ascii_uppercase();
+    match policy.decide(target, &method, path) {
+        Decision::Allow { route: r } if r == route => Ok(()),
+        _ => Err(Refusal::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "{source} asks for {method}, which the route does not allow for {}:{}",
+                target.host.to_uri_host(),
+                target.port
+            ),
+        )),
+    }
+}
+
+/// How a POST body is checked for a `_method` field before the upstream can act on it.
+enum FormCheck {
+    /// Nothing to check: not a POST, not a form, or the route allows every method.
+    None,
+    /// A url-encoded body, read whole (at most `limit` bytes) and checked before it is sent.
+    UrlEncoded { limit: u64 },
+    /// A multipart body, scanned as it streams ([`form::MultipartGuard`]).
+    Multipart { boundary: String },
+}
+
+/// Frameworks honour `_method` in the body of a POST only (Rack, Laravel, Symfony). A route
+/// that allows every method has nothing to protect.
+fn form_check(
+    state: &ProxyState,
+    exchange: &Exchange,
+    parts: &Parts,
+    allowed: &Allowed<'_>,
+) -> Result<FormCheck, Refusal> {
+    if parts.method != http::Method::POST {
+        return Ok(FormCheck::None);
+    }
+    let any_method = override_policy(state, exchange)
+        .routes()
+        .get(allowed.index)
+        .is_some_and(|r| r.methods == sidekey_policy::MethodSet::Any);
+    if any_method {
+        return Ok(FormCheck::None);
+    }
+    Ok(match form::form_kind(parts)? {
+        None => FormCheck::None,
+        Some(form::FormKind::UrlEncoded) => FormCheck::UrlEncoded {
+            limit: allowed
+                .route
+                .max_request_body
+                .map_or(FORM_BODY_LIMIT, |max| max.min(FORM_BODY_LIMIT)),
+        },
+        Some(form::FormKind::Multipart { boundary }) => FormCheck::Multipart { boundary },
+    })
+}
+
+/// The policy that decided the exchange (the route listener's one-route policy, or the whole).
+fn override_policy<'s>(state: &'s ProxyState, exchange: &Exchange) -> &'s sidekey_policy::Policy {
+    exchange
+        .only_route
+        .and_then(|i| state.route_policies.get(i))
+        .unwrap_or(&state.policy)
+}
+
+/// The check of a `_method` value found in the body of this exchange, owned so that a body
+/// scanned as it streams can carry it.
+fn override_check(
+    state: &Arc<ProxyState>,
+    exchange: &Exchange,
+    allowed: &Allowed<'_>,
+) -> form::OverrideCheck {
+    let state = Arc::clone(state);
+    let only_route = exchange.only_route;
+    let target = exchange.target.clone();
+    let path = allowed.path.clone();
+    let route = allowed.index;
+    Arc::new(move |value: &str| {
+        let policy = only_route
+            .and_then(|i| state.route_policies.get(i))
+            .unwrap_or(&state.policy);
+        check_override(
+            policy,
+            &target,
+            &path,
+            route,
+            value,
+            "the _method field of the body",
+        )
+    })
+}
+
+/// Reads a url-encoded POST body whole (at most `limit` bytes) and checks its `_method` fields;
+/// returns it, to be forwarded as it came.
+async fn read_urlencoded_form(
+    parts: &Parts,
+    body: Incoming,
+    limit: u64,
+    check: &form::OverrideCheck,
+) -> Result<Bytes, Refusal> {
+    let too_large = Refusal::new(
+        ErrorCode::BodyTooLarge,
+        format!(
+            "this route does not allow every method, so a url-encoded POST body is read whole \
+             to check it for a `_method` field before it is sent: at most {limit} bytes"
+        ),
+    );
+    if http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|len| len > limit)
+    {
+        drain(parts, body).await;
+        return Err(too_large);
+    }
+    match read_whole(body, limit, FORM_BODY_TIMEOUT).await {
+        Ok(bytes) => {
+            for value in form::urlencoded_overrides(&bytes) {
+                check(&value)?;
+            }
+            Ok(bytes)
+        }
+        Err(ReadError::TooLarge) => Err(too_large),
+        Err(e) => Err(e.refusal("the form body")),
+    }
+}
+
+/// Checks a whole body (url-encoded, or multipart that was read whole to be signed) for
+/// `_method` fields.
+fn check_form_body(
+    kind: &FormCheck,
+    bytes: &[u8],
+    check: &form::OverrideCheck,
+) -> Result<(), Refusal> {
+    let values = match kind {
+        FormCheck::None => return Ok(()),
+        FormCheck::UrlEncoded { .. } => form::urlencoded_overrides(bytes),
+        FormCheck::Multipart { boundary } => {
+            let mut scanner = form::MultipartScanner::new(boundary);
+            let scanned = scanner.feed(bytes).and_then(|mut values| {
+                values.extend(scanner.finish()?);
+                Ok(values)
+            });
+            scanned.map_err(|e| Refusal::new(ErrorCode::RequestInvalid, e.to_string()))?
+        }
+    };
+    values.iter().try_for_each(|value| check(value))
 }
 
 /// The route's credential, from the store (a lookup on a hit; the issuer only on a miss).
@@ -500,6 +689,14 @@ fn rewrite(
     parts.headers.remove(http::header::HOST);
     parts.headers.remove(TASK_HEADER);
     parts.extensions.clear();
+    if credential.is_some() {
+        // A compressed body could carry the credential past the mask (see `respond`): ask for
+        // none. An upstream that compresses anyway is decoded before the mask.
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     let Some(inject) = route.and_then(|r| r.inject.as_ref()) else {
         return Ok(());
     };
@@ -565,19 +762,9 @@ fn signs_payload(inject: Option<&Inject>) -> bool {
 /// Reads a body whose hash is to be signed, up to [`SIGNED_BODY_LIMIT`] and for at most
 /// [`SIGNED_BODY_TIMEOUT`].
 async fn read_to_sign(body: Incoming) -> Result<Bytes, Refusal> {
-    let read = http_body_util::Limited::new(body, SIGNED_BODY_LIMIT).collect();
-    let Ok(result) = tokio::time::timeout(SIGNED_BODY_TIMEOUT, read).await else {
-        return Err(Refusal::new(
-            ErrorCode::RequestInvalid,
-            format!(
-                "the body did not arrive within {SIGNED_BODY_TIMEOUT:?}: a SigV4 signature needs \
-                 all of it"
-            ),
-        ));
-    };
-    match result {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+    match read_whole(body, SIGNED_BODY_LIMIT as u64, SIGNED_BODY_TIMEOUT).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadError::TooLarge) => Err(Refusal::new(
             ErrorCode::RequestInvalid,
             format!(
                 "the body is larger than {} MiB: a SigV4 signature over it cannot be made \
@@ -585,10 +772,44 @@ async fn read_to_sign(body: Incoming) -> Result<Bytes, Refusal> {
                 SIGNED_BODY_LIMIT >> 20
             ),
         )),
-        Err(_) => Err(Refusal::new(
-            ErrorCode::RequestInvalid,
-            "the request body ended abnormally",
-        )),
+        Err(e) => Err(e.refusal("a SigV4 signature")),
+    }
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadError {
+    TooLarge,
+    TimedOut(Duration),
+    Failed,
+}
+
+impl ReadError {
+    /// The refusal for anything but [`ReadError::TooLarge`]; `needs` says what needed the
+    /// whole body.
+    fn refusal(self, needs: &str) -> Refusal {
+        match self {
+            ReadError::TimedOut(time) => Refusal::new(
+                ErrorCode::RequestInvalid,
+                format!("the body did not arrive within {time:?}: {needs} needs all of it"),
+            ),
+            ReadError::TooLarge | ReadError::Failed => Refusal::new(
+                ErrorCode::RequestInvalid,
+                "the request body ended abnormally",
+            ),
+        }
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes within `time`.
+async fn read_whole(body: Incoming, limit: u64, time: Duration) -> Result<Bytes, ReadError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(time, read).await {
+        Err(_) => Err(ReadError::TimedOut(time)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
+        Ok(Err(_)) => Err(ReadError::Failed),
     }
 }
 
@@ -634,7 +855,10 @@ fn percent_encoded(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
 
 /// The upstream response on its way back: hop-by-hop headers dropped, any header echoing the
 /// injected credential replaced and every echo of it in the body masked (see [`Scrubbed`]), the
-/// body streamed through a meter that writes the audit record.
+/// body streamed through a meter that writes the audit record. A credentialed response the
+/// upstream compressed (although sidekey asked for identity) is decoded first, so that the mask
+/// sees what the agent would see; one coded in a way sidekey cannot decode is refused
+/// (`upstream_encoding`) and its body never passed on.
 fn respond(
     response: Response<Incoming>,
     mut record: PendingRecord,
@@ -642,7 +866,29 @@ fn respond(
     needles: Option<Needles>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
+    let mut codings = Vec::new();
+    if needles.is_some() && !http_body::Body::is_end_stream(&body) {
+        // Transfer codings are read before the hop-by-hop headers go.
+        match decode::applied_codings(&parts.headers) {
+            Ok(list) => codings = list,
+            Err(e) => {
+                return refuse(
+                    record,
+                    request_id,
+                    Refusal::new(ErrorCode::UpstreamEncoding, e.to_string()),
+                );
+            }
+        }
+    }
     sidekey_inject::strip_hop_by_hop(&mut parts.headers);
+    if needles.is_some() {
+        // What the agent gets is decoded (or had nothing to decode): no coding to undo, and a
+        // length that no longer holds.
+        if !codings.is_empty() || parts.headers.contains_key(http::header::CONTENT_ENCODING) {
+            parts.headers.remove(http::header::CONTENT_ENCODING);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+    }
     if let Some(needles) = &needles {
         for needle in needles.iter() {
             scrub_headers(&mut parts.headers, needle);
@@ -655,6 +901,11 @@ fn respond(
     }
     record.set_status(parts.status.as_u16());
     let body = match needles {
+        Some(needles) if !codings.is_empty() => Metered::new(
+            Scrubbed::new(decode::decoded(body, &codings), needles),
+            record,
+        )
+        .boxed_unsync(),
         Some(needles) if !needles.is_empty() => {
             Metered::new(Scrubbed::new(body, needles), record).boxed_unsync()
         }

@@ -5,8 +5,10 @@
 
 mod audit;
 mod body;
+mod decode;
 mod error;
 pub mod exchange;
+mod form;
 pub mod forward;
 pub mod intercept;
 pub mod routes;
