@@ -236,6 +236,21 @@ fn partial_tail(buf: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> usize {
     keep
 }
 
+/// Replaces every header (or trailer) value that contains a needle: an upstream reflecting the
+/// credential there must not hand it to the agent.
+pub(crate) fn scrub_headers(headers: &mut http::HeaderMap, needles: &[Zeroizing<Vec<u8>>]) {
+    for value in headers.values_mut() {
+        let bytes = value.as_bytes();
+        let reflects = needles
+            .iter()
+            .filter(|n| !n.is_empty())
+            .any(|n| bytes.windows(n.len()).any(|w| w == &n[..]));
+        if reflects {
+            *value = http::HeaderValue::from_static("[redacted by sidekey]");
+        }
+    }
+}
+
 impl<B> Body for Scrubbed<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -268,7 +283,15 @@ where
                         // All of it may start a credential: wait for more.
                     }
                     Err(other) => {
-                        // Trailers end the body: what is held goes first.
+                        // Trailers end the body: what is held goes first. They are headers
+                        // the upstream wrote: scrubbed like the response's.
+                        let other = match other.into_trailers() {
+                            Ok(mut trailers) => {
+                                scrub_headers(&mut trailers, &this.needles);
+                                Frame::trailers(trailers)
+                            }
+                            Err(other) => other,
+                        };
                         this.trailers = Some(other);
                         this.done = true;
                     }
@@ -385,5 +408,52 @@ mod tests {
         // SSE events pass as they come: one frame out per frame in.
         let out = scrub(&["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"], &["secret"]);
         assert_eq!(out, ["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"]);
+    }
+
+    #[test]
+    fn header_and_trailer_values_reflecting_a_needle_are_replaced() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-echo",
+            http::HeaderValue::from_static("Bearer s3cr3t-token"),
+        );
+        h.insert("x-encoded", http::HeaderValue::from_static("a%2Bb"));
+        h.insert("x-other", http::HeaderValue::from_static("fine"));
+        scrub_headers(&mut h, &needles(&["s3cr3t-token", "a%2Bb"]));
+        assert_eq!(h["x-echo"], "[redacted by sidekey]");
+        assert_eq!(h["x-encoded"], "[redacted by sidekey]");
+        assert_eq!(h["x-other"], "fine");
+    }
+
+    /// A body of `data` then a trailers frame.
+    struct WithTrailers(Option<Bytes>, Option<http::HeaderMap>);
+    impl Body for WithTrailers {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if let Some(data) = self.0.take() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Poll::Ready(self.1.take().map(|t| Ok(Frame::trailers(t))))
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_reflecting_the_credential_are_scrubbed() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-echo", http::HeaderValue::from_static("tok-123"));
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body = WithTrailers(Some(Bytes::from_static(b"body tok-")), Some(trailers));
+        let collected = Scrubbed::new(body, needles(&["tok-123"]))
+            .collect()
+            .await
+            .unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["x-echo"], "[redacted by sidekey]");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"body tok-");
     }
 }
