@@ -678,7 +678,9 @@ mod tests {
                 boundary: b.to_string(),
             }))
         };
-        let cases: &[(Option<&str>, Result<Option<FormKind>, ()>)] = &[
+        /// A Content-Type, and the form kind it gives (Err: refused).
+        type Case<'a> = (Option<&'a str>, Result<Option<FormKind>, ()>);
+        let cases: &[Case] = &[
             (None, Ok(Some(FormKind::UrlEncoded))),
             (Some(""), Ok(Some(FormKind::UrlEncoded))),
             (
