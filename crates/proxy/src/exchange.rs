@@ -24,6 +24,7 @@ use crate::body::{empty, full, scrub_headers, Counted, Metered, Needles, ProxyBo
 use crate::decode;
 use crate::error::{ErrorCode, Refusal};
 use crate::form;
+use crate::form::FieldScanner;
 use crate::{ProxyState, RouteRuntime};
 
 /// The agent's task ID travels in this header; it is recorded and never forwarded.
@@ -245,13 +246,18 @@ pub async fn handle(
         (FormCheck::None, _) | (_, None) => None,
         (_, Some(allowed)) => Some(override_check(&state, &exchange, allowed)),
     };
+    // A url-encoded body that says it is small is read whole: the upstream then sees nothing of
+    // a refused request. Any other (large, or of unknown length) is scanned as it streams.
+    let declared = http_body::Body::size_hint(&body).exact();
     let mut incoming = Some(body);
     let mut buffered: Option<Bytes> = None;
     if let (FormCheck::UrlEncoded { limit }, Some(check)) = (&form, &check) {
-        if let Some(body) = incoming.take() {
-            match read_urlencoded_form(&parts, body, *limit, check).await {
-                Ok(bytes) => buffered = Some(bytes),
-                Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+        if declared.is_some_and(|len| len <= *limit) {
+            if let Some(body) = incoming.take() {
+                match read_urlencoded_form(body, *limit, check).await {
+                    Ok(bytes) => buffered = Some(bytes),
+                    Err(refusal) => return refuse(record, &exchange.request_id, refusal),
+                }
             }
         }
     }
@@ -333,10 +339,16 @@ pub async fn handle(
                 .boxed_unsync(),
                 None => Counted::new(body, Arc::clone(&counter)).boxed_unsync(),
             };
-            match (&form, check) {
-                (FormCheck::Multipart { boundary }, Some(check)) => {
-                    form::MultipartGuard::new(body, boundary, check, Arc::clone(&verdict))
-                        .boxed_unsync()
+            let scanner: Option<Box<dyn form::FieldScanner>> = match &form {
+                FormCheck::Multipart { boundary } => {
+                    Some(Box::new(form::MultipartScanner::new(boundary)))
+                }
+                FormCheck::UrlEncoded { .. } => Some(Box::new(form::UrlEncodedScanner::default())),
+                FormCheck::None => None,
+            };
+            match (scanner, check) {
+                (Some(scanner), Some(check)) => {
+                    form::FormGuard::new(body, scanner, check, Arc::clone(&verdict)).boxed_unsync()
                 }
                 _ => body,
             }
@@ -515,9 +527,10 @@ fn check_override(
 enum FormCheck {
     /// Nothing to check: not a POST, not a form, or the route allows every method.
     None,
-    /// A url-encoded body, read whole (at most `limit` bytes) and checked before it is sent.
+    /// A url-encoded body: read whole and checked before it is sent if it declares a length of at
+    /// most `limit` bytes, else scanned as it streams ([`form::FormGuard`]).
     UrlEncoded { limit: u64 },
-    /// A multipart body, scanned as it streams ([`form::MultipartGuard`]).
+    /// A multipart body, scanned as it streams ([`form::FormGuard`]).
     Multipart { boundary: String },
 }
 
@@ -586,28 +599,17 @@ fn override_check(
     })
 }
 
-/// Reads a url-encoded POST body whole (at most `limit` bytes) and checks its `_method` fields;
-/// returns it, to be forwarded as it came.
+/// Reads a url-encoded POST body that declared at most `limit` bytes whole and checks its
+/// `_method` fields; returns it, to be forwarded as it came.
 async fn read_urlencoded_form(
-    parts: &Parts,
     body: Incoming,
     limit: u64,
     check: &form::OverrideCheck,
 ) -> Result<Bytes, Refusal> {
     let too_large = Refusal::new(
         ErrorCode::BodyTooLarge,
-        format!(
-            "this route does not allow every method, so a url-encoded POST body is read whole \
-             to check it for a `_method` field before it is sent: at most {limit} bytes"
-        ),
+        format!("the form body is longer than the {limit} bytes it declared"),
     );
-    if http_body::Body::size_hint(&body)
-        .exact()
-        .is_some_and(|len| len > limit)
-    {
-        drain(parts, body).await;
-        return Err(too_large);
-    }
     match read_whole(body, limit, FORM_BODY_TIMEOUT).await {
         Ok(bytes) => {
             for value in form::urlencoded_overrides(&bytes) {

@@ -1,9 +1,11 @@
 //! Method overrides carried in POST bodies. Rails/Rack, Laravel and Symfony run a POST as the
 //! method named by a `_method` form field, read from `application/x-www-form-urlencoded` and
 //! `multipart/*` bodies (Rack also reads a POST with no Content-Type as a form). This module finds
-//! those fields: a url-encoded body is small and read whole ([`urlencoded_overrides`]); a
-//! multipart body may be a large upload, so it is scanned as it streams ([`MultipartScanner`],
-//! [`MultipartGuard`]) and cut off before its end if a field asks for a method the route does not
+//! those fields. A url-encoded body that declares a small length is read whole before anything is
+//! sent ([`urlencoded_overrides`]); any other form body — a multipart upload, a large or chunked
+//! url-encoded one (often not a form at all: curl's `-d` and a POST without Content-Type are
+//! read as forms) — is scanned as it streams ([`UrlEncodedScanner`], [`MultipartScanner`],
+//! [`FormGuard`]) and cut off before its end if a field asks for a method the route does not
 //! allow — a request whose body never ends is never acted on by these frameworks.
 //!
 //! Where the frameworks read a body differently, the scanner refuses it (`request_invalid`)
@@ -202,6 +204,149 @@ enum State {
     Epilogue,
 }
 
+/// A form body's `_method` finder, fed the body in pieces as it streams.
+pub trait FieldScanner: Send {
+    /// Scans the next piece; returns the values of `_method` fields it completes.
+    fn feed(&mut self, data: &[u8]) -> Result<Vec<String>, ScanError>;
+    /// The body ended; returns the values of fields still open.
+    fn finish(&mut self) -> Result<Vec<String>, ScanError>;
+}
+
+/// The raw bytes of a field name kept to decide whether it is `_method`: the first 8 decoded
+/// bytes (`_method` and the one after it, which must be `[` or nothing) after leading
+/// whitespace, at most 3 raw bytes each. What comes later cannot change the answer.
+const NAME_WINDOW: usize = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// In a field name (before `=`).
+    Name,
+    /// In the value of a `_method` field.
+    Value,
+    /// In the value of any other field: skipped to the next separator.
+    Skip,
+}
+
+/// Finds the `_method` fields of a url-encoded body fed to it in pieces, with the same reading
+/// as [`urlencoded_overrides`], keeping at most [`NAME_WINDOW`] bytes of a name and
+/// [`MAX_VALUE`] of a `_method` value (encoded, three times that). A large body (a file sent as a
+/// form, or data mislabelled as one) streams through.
+pub struct UrlEncodedScanner {
+    field: Field,
+    /// The name so far, raw, past its leading whitespace once `started`.
+    name: Vec<u8>,
+    /// A byte of the name that is not leading whitespace has been seen.
+    started: bool,
+    /// The raw value of a `_method` field.
+    value: Vec<u8>,
+}
+
+impl Default for UrlEncodedScanner {
+    fn default() -> Self {
+        UrlEncodedScanner {
+            field: Field::Name,
+            name: Vec::with_capacity(NAME_WINDOW),
+            started: false,
+            value: Vec::new(),
+        }
+    }
+}
+
+impl UrlEncodedScanner {
+    /// Drops leading whitespace (` `, `+`, tab, `%20`, `%09`) from the name as it arrives, as
+    /// [`is_override_name`] ignores it; waits on an incomplete `%2`/`%0`.
+    fn strip_leading(&mut self) {
+        while !self.started {
+            match self.name.as_slice() {
+                [b' ' | b'+' | b'\t', ..] => {
+                    self.name.remove(0);
+                }
+                [b'%', b'2', b'0', ..] | [b'%', b'0', b'9', ..] => {
+                    self.name.drain(..3);
+                }
+                [] | [b'%'] | [b'%', b'2' | b'0'] => return,
+                _ => self.started = true,
+            }
+        }
+    }
+
+    fn is_override(&self) -> bool {
+        is_override_name(&percent_decode(&self.name))
+    }
+
+    /// A separator (or the end) closes the field; a bare `_method` name counts as an empty value.
+    fn close(&mut self, found: &mut Vec<String>) {
+        match self.field {
+            Field::Name if self.is_override() => found.push(String::new()),
+            Field::Value => found.push(percent_decode(&self.value)),
+            _ => {}
+        }
+        self.field = Field::Name;
+        self.name.clear();
+        self.started = false;
+        self.value.clear();
+    }
+}
+
+impl FieldScanner for UrlEncodedScanner {
+    fn feed(&mut self, data: &[u8]) -> Result<Vec<String>, ScanError> {
+        let mut found = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            match self.field {
+                Field::Skip => match memchr::memchr2(b'&', b';', rest) {
+                    Some(i) => {
+                        rest = &rest[i + 1..];
+                        self.close(&mut found);
+                    }
+                    None => break,
+                },
+                Field::Name => {
+                    let b = rest[0];
+                    rest = &rest[1..];
+                    match b {
+                        b'&' | b';' => self.close(&mut found),
+                        b'=' => {
+                            self.field = if self.is_override() {
+                                Field::Value
+                            } else {
+                                Field::Skip
+                            };
+                        }
+                        _ if self.name.len() < NAME_WINDOW => {
+                            self.name.push(b);
+                            self.strip_leading();
+                        }
+                        _ => {}
+                    }
+                }
+                Field::Value => {
+                    let end = memchr::memchr2(b'&', b';', rest).unwrap_or(rest.len());
+                    if self.value.len() + end > 3 * MAX_VALUE {
+                        return Err(ScanError::ValueTooLong);
+                    }
+                    self.value.extend_from_slice(&rest[..end]);
+                    if end < rest.len() {
+                        self.close(&mut found);
+                        rest = &rest[end + 1..];
+                    } else {
+                        rest = &[];
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn finish(&mut self) -> Result<Vec<String>, ScanError> {
+        let mut found = Vec::new();
+        if self.field != Field::Name || !self.name.is_empty() {
+            self.close(&mut found);
+        }
+        Ok(found)
+    }
+}
+
 /// Finds the `_method` fields of a multipart body fed to it in pieces, keeping only a bounded
 /// amount of it: a boundary's length while skipping content, one part's headers, one `_method`
 /// value.
@@ -224,9 +369,11 @@ impl MultipartScanner {
             buf: b"\r\n".to_vec(),
         }
     }
+}
 
+impl FieldScanner for MultipartScanner {
     /// Scans the next piece of the body; returns the values of `_method` fields it completes.
-    pub fn feed(&mut self, data: &[u8]) -> Result<Vec<String>, ScanError> {
+    fn feed(&mut self, data: &[u8]) -> Result<Vec<String>, ScanError> {
         self.buf.extend_from_slice(data);
         let mut found = Vec::new();
         let consumed = self.run(&mut found)?;
@@ -236,7 +383,7 @@ impl MultipartScanner {
 
     /// The body ended: a `_method` value still open counts as given (a lenient parser may take
     /// it); returns it, if any.
-    pub fn finish(&mut self) -> Result<Vec<String>, ScanError> {
+    fn finish(&mut self) -> Result<Vec<String>, ScanError> {
         let rest = std::mem::take(&mut self.buf);
         Ok(match self.state {
             State::Value => {
@@ -248,7 +395,9 @@ impl MultipartScanner {
             _ => Vec::new(),
         })
     }
+}
 
+impl MultipartScanner {
     /// Runs the state machine over `buf`; returns how many bytes it is done with.
     fn run(&mut self, found: &mut Vec<String>) -> Result<usize, ScanError> {
         let needle_len = self.delimiter.needle().len();
@@ -442,7 +591,7 @@ fn param_value(rest: &[u8]) -> String {
 /// Decides a `_method` value: Ok if the route that allowed the request allows it too.
 pub type OverrideCheck = Arc<dyn Fn(&str) -> Result<(), Refusal> + Send + Sync>;
 
-/// The refusal a [`MultipartGuard`] made, read by the exchange once the forward has failed.
+/// The refusal a [`FormGuard`] made, read by the exchange once the forward has failed.
 pub type Verdict = Arc<OnceLock<Refusal>>;
 
 /// The request body stopped because a field asked for a method the route does not allow.
@@ -460,14 +609,14 @@ enum Guard {
     Failed,
 }
 
-/// A multipart request body on its way upstream, scanned for `_method` fields as it streams.
+/// A form request body on its way upstream, scanned for `_method` fields as it streams.
 /// The last data frame is held back until the next one (or the end) shows the scan of it is
 /// complete, so the upstream never receives a whole body with a refused field in it: at a
 /// refusal, the body fails instead (hyper then aborts the upstream request), and the refusal is
 /// left in the [`Verdict`] for the exchange to answer with.
-pub struct MultipartGuard<B> {
+pub struct FormGuard<B> {
     inner: B,
-    scanner: MultipartScanner,
+    scanner: Box<dyn FieldScanner>,
     check: OverrideCheck,
     verdict: Verdict,
     held: Option<Bytes>,
@@ -476,11 +625,16 @@ pub struct MultipartGuard<B> {
     guard: Guard,
 }
 
-impl<B> MultipartGuard<B> {
-    pub fn new(inner: B, boundary: &str, check: OverrideCheck, verdict: Verdict) -> Self {
-        MultipartGuard {
+impl<B> FormGuard<B> {
+    pub fn new(
+        inner: B,
+        scanner: Box<dyn FieldScanner>,
+        check: OverrideCheck,
+        verdict: Verdict,
+    ) -> Self {
+        FormGuard {
             inner,
-            scanner: MultipartScanner::new(boundary),
+            scanner,
             check,
             verdict,
             held: None,
@@ -518,7 +672,7 @@ impl<B> MultipartGuard<B> {
     }
 }
 
-impl<B> Body for MultipartGuard<B>
+impl<B> Body for FormGuard<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -637,6 +791,72 @@ mod tests {
         ] {
             assert!(!is_override_name(name), "{name:?}");
         }
+    }
+
+    #[test]
+    fn the_streaming_urlencoded_scanner_reads_fields_as_the_whole_body_reading_does() {
+        let bodies = [
+            "_method=DELETE",
+            "a=1&_method=put&b=2",
+            "%5Fmethod=delete",
+            "%5fMETHOD=PATCH",
+            "a=1;_method=DELETE",
+            "_method=GET&_method=DELETE",
+            "_method=DEL%45TE",
+            "_method",
+            "x=1&_method",
+            ".method=DELETE",
+            "+method=DELETE",
+            "%20%09+ _method=PUT",
+            "%2_method=PUT",
+            "%_method=PUT",
+            "_method[]=PUT&_method[x]=GET",
+            "_methodx=PUT&__method=PUT",
+            "method=DELETE&x_method=PUT",
+            "a=%5Fmethod&b=_method%3DDELETE",
+            "_method=%26DELETE",
+            "_method%3DDELETE=x",
+            "{\"json\": \"no form at all, _method=DELETE inside a value\"}",
+            "&&;=&_method==DELETE",
+            "",
+        ];
+        for body in bodies {
+            let want = urlencoded_overrides(body.as_bytes());
+            // Every way of cutting the body in two, and byte by byte.
+            for cut in 0..=body.len() {
+                let mut scanner = UrlEncodedScanner::default();
+                let mut got = scanner.feed(&body.as_bytes()[..cut]).unwrap();
+                got.extend(scanner.feed(&body.as_bytes()[cut..]).unwrap());
+                got.extend(scanner.finish().unwrap());
+                assert_eq!(got, want, "{body:?} cut at {cut}");
+            }
+            let mut scanner = UrlEncodedScanner::default();
+            let mut got = Vec::new();
+            for b in body.as_bytes() {
+                got.extend(scanner.feed(std::slice::from_ref(b)).unwrap());
+            }
+            got.extend(scanner.finish().unwrap());
+            assert_eq!(got, want, "{body:?} byte by byte");
+        }
+    }
+
+    #[test]
+    fn the_streaming_urlencoded_scanner_keeps_little_of_a_large_body() {
+        let mut scanner = UrlEncodedScanner::default();
+        let filler = vec![b'a'; 1 << 20];
+        assert!(scanner.feed(&filler).unwrap().is_empty());
+        assert!(scanner.name.len() <= NAME_WINDOW);
+        assert!(scanner.feed(b"=").unwrap().is_empty());
+        assert!(scanner.feed(&filler).unwrap().is_empty());
+        assert_eq!(scanner.feed(b"&_method=DELETE&").unwrap(), ["DELETE"]);
+        // A `_method` value longer than any method is refused, not kept.
+        let mut scanner = UrlEncodedScanner::default();
+        assert_eq!(
+            scanner
+                .feed(b"_method=")
+                .and_then(|_| scanner.feed(&filler)),
+            Err(ScanError::ValueTooLong)
+        );
     }
 
     #[test]
