@@ -2,6 +2,8 @@
 //! globs; a request is allowed by the first route that matches all of them, and denied otherwise
 //! with the most specific reason.
 
+use std::collections::HashMap;
+
 use crate::{CanonicalHost, HostError, PathGlob, RequestPath, Scheme, Target};
 
 /// Why a host pattern was refused.
@@ -215,15 +217,55 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// Routes in match order.
+/// Routes in match order, indexed by host so that a decision looks at the routes that can name
+/// the target only (a lookup per label of the host, not a scan of every route).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     routes: Vec<Route>,
+    /// Exact host → indices of the routes naming it, ascending.
+    exact: HashMap<CanonicalHost, Vec<usize>>,
+    /// Wildcard suffix (`.example.com`) → indices of the routes naming `*.example.com`, ascending.
+    suffixes: HashMap<String, Vec<usize>>,
 }
 
 impl Policy {
     pub fn new(routes: Vec<Route>) -> Self {
-        Policy { routes }
+        let mut exact: HashMap<CanonicalHost, Vec<usize>> = HashMap::new();
+        let mut suffixes: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, route) in routes.iter().enumerate() {
+            for host in &route.hosts {
+                let list = match host {
+                    HostPattern::Exact(h) => exact.entry(h.clone()).or_default(),
+                    HostPattern::Suffix(s) => suffixes.entry(s.clone()).or_default(),
+                };
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        Policy {
+            routes,
+            exact,
+            suffixes,
+        }
+    }
+
+    /// Indices of the routes that may name `host`, ascending, without duplicates: those naming
+    /// it exactly and those with a wildcard over one of its parent domains. (Scheme and port are
+    /// left to [`Route::names_target`].)
+    fn candidates(&self, host: &CanonicalHost) -> Vec<usize> {
+        let mut out: Vec<usize> = self.exact.get(host).cloned().unwrap_or_default();
+        if let CanonicalHost::Domain(domain) = host {
+            // Every proper parent: "a.b.example.com" → ".b.example.com", ".example.com", ".com".
+            for (at, _) in domain.match_indices('.') {
+                if let Some(list) = self.suffixes.get(&domain[at..]) {
+                    out.extend_from_slice(list);
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -236,12 +278,18 @@ impl Policy {
     /// that name it (for PathNotAllowed: those that also allow the method); the path in a
     /// message is the raw path as sent (without query).
     pub fn decide(&self, target: &Target, method: &str, path: &RequestPath) -> Decision {
-        let naming = || self.routes.iter().filter(|r| r.names_target(target));
-        if let Some(route) = self
-            .routes
-            .iter()
-            .position(|r| r.names_target(target) && r.methods.allows(method) && r.allows_path(path))
-        {
+        let candidates = self.candidates(&target.host);
+        let naming = || {
+            candidates
+                .iter()
+                .filter_map(|&i| self.routes.get(i))
+                .filter(|r| r.names_target(target))
+        };
+        if let Some(&route) = candidates.iter().find(|&&i| {
+            self.routes.get(i).is_some_and(|r| {
+                r.names_target(target) && r.methods.allows(method) && r.allows_path(path)
+            })
+        }) {
             return Decision::Allow { route };
         }
         let where_ = format!("{}:{}", target.host.to_uri_host(), target.port);
@@ -273,7 +321,10 @@ impl Policy {
 
     /// True when some route names the target (CONNECT to it is intercepted, not tunnelled).
     pub fn names_target(&self, target: &Target) -> bool {
-        self.routes.iter().any(|r| r.names_target(target))
+        self.candidates(&target.host)
+            .iter()
+            .filter_map(|&i| self.routes.get(i))
+            .any(|r| r.names_target(target))
     }
 
     /// Index of the route with this name.
@@ -762,6 +813,70 @@ mod tests {
         ];
         for (code, s) in codes {
             assert_eq!(code.as_str(), s);
+        }
+    }
+
+    /// The indexed decision is the first-match decision of a plain scan over every route.
+    #[test]
+    fn the_host_index_decides_as_a_scan_of_every_route_would() {
+        let routes = vec![
+            route("a", &["api.example.com"], methods(&["GET"]), &["/v1/**"]),
+            route("b", &["*.example.com"], methods(&["GET", "POST"]), &[]),
+            route(
+                "c",
+                &["api.example.com", "*.deep.example.com"],
+                MethodSet::Any,
+                &[],
+            ),
+            route(
+                "d",
+                &["*.example.com", "other.test"],
+                methods(&["DELETE"]),
+                &[],
+            ),
+            route("e", &["10.0.0.1", "[::1]"], methods(&["GET"]), &[]),
+            route("f", &["x.y.deep.example.com"], methods(&["PUT"]), &["/p"]),
+        ];
+        let policy = Policy::new(routes.clone());
+        let scan = |t: &Target, m: &str, p: &RequestPath| {
+            routes
+                .iter()
+                .position(|r| r.names_target(t) && r.methods.allows(m) && r.allows_path(p))
+        };
+        let hosts = [
+            "api.example.com",
+            "example.com",
+            "a.example.com",
+            "a.b.example.com",
+            "deep.example.com",
+            "x.deep.example.com",
+            "x.y.deep.example.com",
+            "other.test",
+            "evilexample.com",
+            "api.example.com.evil",
+            "10.0.0.1",
+            "::1",
+            "10.0.0.2",
+        ];
+        for host in hosts {
+            for port in [443, 8443] {
+                let t = target(Scheme::Https, host, port);
+                for m in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+                    for p in ["/", "/v1/x", "/p"] {
+                        let path = RequestPath::parse(p).unwrap();
+                        let got = match policy.decide(&t, m, &path) {
+                            Decision::Allow { route } => Some(route),
+                            Decision::Deny(_) => None,
+                        };
+                        assert_eq!(got, scan(&t, m, &path), "{host}:{port} {m} {p}");
+                    }
+                }
+                assert_eq!(
+                    policy.names_target(&t),
+                    routes.iter().any(|r| r.names_target(&t)),
+                    "{host}:{port}"
+                );
+            }
         }
     }
 }
