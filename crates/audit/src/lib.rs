@@ -1,8 +1,9 @@
 //! The audit trail: one JSON line per request (allowed, denied or tunnelled) and one per
 //! credential event. Records are serialized on the caller's thread into one shared batch and
-//! written by a dedicated writer thread in batches (at most [`BATCH_WINDOW`] late), so a slow
-//! sink never blocks the request path and a busy proxy pays one write per batch, not per record. Audit is separate from
-//! diagnostic logs (those go to stderr through `tracing`) and never carries a credential value.
+//! written by a dedicated writer thread: at once when it is idle, in batches at most
+//! [`BATCH_WINDOW`] late under load. A slow sink never blocks the request path, and a busy proxy
+//! pays one write per batch, not per record. Audit is separate from diagnostic logs (those go to
+//! stderr through `tracing`) and never carries a credential value.
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;
@@ -90,9 +91,10 @@ struct Line<'a, T: Serialize> {
     record: &'a T,
 }
 
-/// How long the writer lets records gather after the first one of a batch before it writes
-/// them. Under load this turns one wake-up and one `write` per record into one per window;
-/// a reader of the trail sees a record at most this late. A flush (and shutdown) writes at once.
+/// After each write the writer rests this long, letting the next records gather. A record that
+/// finds the writer idle is written at once; under load this turns one wake-up and one `write`
+/// per record into one per window, and a record is at most this late. A flush (and shutdown)
+/// writes at once.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// A batch this large is written without waiting for the window to end.
@@ -111,6 +113,8 @@ struct Batch {
     flush_wanted: bool,
     /// The writer has been asked to stop once the buffer is written.
     closed: bool,
+    /// The writer is resting after a write: producers need not wake it for a new batch.
+    resting: bool,
 }
 
 struct Shared {
@@ -169,6 +173,7 @@ impl AuditWriter {
                 written: 0,
                 flush_wanted: false,
                 closed: false,
+                resting: false,
             }),
             to_writer: Condvar::new(),
             to_flushers: Condvar::new(),
@@ -215,25 +220,12 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
     loop {
         let (lines, upto, last) = {
             let mut batch = shared.lock();
-            // Sleep until a batch starts (no wake-ups while idle).
+            // Sleep until a record comes (no wake-ups while idle); it is written at once.
             while batch.buf.is_empty() && !batch.flush_wanted && !batch.closed {
                 batch = shared
                     .to_writer
                     .wait(batch)
                     .unwrap_or_else(PoisonError::into_inner);
-            }
-            // Let the batch gather for one window, unless someone needs it now.
-            let deadline = Instant::now() + BATCH_WINDOW;
-            while !batch.flush_wanted && !batch.closed && batch.buf.len() < BATCH_BYTES {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                batch = shared
-                    .to_writer
-                    .wait_timeout(batch, deadline - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
             }
             batch.flush_wanted = false;
             std::mem::swap(&mut batch.buf, &mut spare);
@@ -250,11 +242,27 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
         }
         lines.clear();
         spare = lines;
-        shared.lock().written = upto;
+        let mut batch = shared.lock();
+        batch.written = upto;
         shared.to_flushers.notify_all();
         if last {
             return;
         }
+        // Rest for one window while the next batch gathers, unless someone needs it now.
+        batch.resting = true;
+        let deadline = Instant::now() + BATCH_WINDOW;
+        while !batch.flush_wanted && !batch.closed && batch.buf.len() < BATCH_BYTES {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            batch = shared
+                .to_writer
+                .wait_timeout(batch, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        batch.resting = false;
     }
 }
 
@@ -319,7 +327,7 @@ impl AuditLog {
                 let was_small = batch.buf.len() < BATCH_BYTES;
                 batch.buf.extend_from_slice(bytes);
                 batch.appended += 1;
-                was_empty || (was_small && batch.buf.len() >= BATCH_BYTES)
+                (was_empty && !batch.resting) || (was_small && batch.buf.len() >= BATCH_BYTES)
             };
             if wake {
                 self.shared.to_writer.notify_one();
