@@ -217,6 +217,9 @@ pub enum Decision {
     Deny(Denial),
 }
 
+/// Policies with at most this many routes are decided by a scan: cheaper than the index lookup.
+const SCAN_UP_TO: usize = 16;
+
 /// Routes in match order, indexed by host so that a decision looks at the routes that can name
 /// the target only (a lookup per label of the host, not a scan of every route).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -278,14 +281,29 @@ impl Policy {
     /// that name it (for PathNotAllowed: those that also allow the method); the path in a
     /// message is the raw path as sent (without query).
     pub fn decide(&self, target: &Target, method: &str, path: &RequestPath) -> Decision {
+        if self.routes.len() <= SCAN_UP_TO {
+            return self.decide_among(target, method, path, 0..self.routes.len());
+        }
         let candidates = self.candidates(&target.host);
+        self.decide_among(target, method, path, candidates.iter().copied())
+    }
+
+    /// [`Policy::decide`] over the routes at `indices` (ascending; every route that can name
+    /// the target among them).
+    fn decide_among(
+        &self,
+        target: &Target,
+        method: &str,
+        path: &RequestPath,
+        indices: impl Iterator<Item = usize> + Clone,
+    ) -> Decision {
         let naming = || {
-            candidates
-                .iter()
-                .filter_map(|&i| self.routes.get(i))
+            indices
+                .clone()
+                .filter_map(|i| self.routes.get(i))
                 .filter(|r| r.names_target(target))
         };
-        if let Some(&route) = candidates.iter().find(|&&i| {
+        if let Some(route) = indices.clone().find(|&i| {
             self.routes.get(i).is_some_and(|r| {
                 r.names_target(target) && r.methods.allows(method) && r.allows_path(path)
             })
@@ -819,7 +837,8 @@ mod tests {
     /// The indexed decision is the first-match decision of a plain scan over every route.
     #[test]
     fn the_host_index_decides_as_a_scan_of_every_route_would() {
-        let routes = vec![
+        // Small (scanned) and large (indexed) policies: the same routes first, then fillers.
+        let small = vec![
             route("a", &["api.example.com"], methods(&["GET"]), &["/v1/**"]),
             route("b", &["*.example.com"], methods(&["GET", "POST"]), &[]),
             route(
@@ -837,7 +856,23 @@ mod tests {
             route("e", &["10.0.0.1", "[::1]"], methods(&["GET"]), &[]),
             route("f", &["x.y.deep.example.com"], methods(&["PUT"]), &["/p"]),
         ];
-        let policy = Policy::new(routes.clone());
+        let mut large = small.clone();
+        for i in 0..SCAN_UP_TO {
+            large.push(route(
+                &format!("filler{i}"),
+                &[&format!("f{i}.example.com")],
+                MethodSet::Any,
+                &[],
+            ));
+        }
+        large.push(route("late", &["*.example.com"], MethodSet::Any, &[]));
+        for routes in [small, large] {
+            check_index_against_scan(&routes);
+        }
+    }
+
+    fn check_index_against_scan(routes: &[Route]) {
+        let policy = Policy::new(routes.to_vec());
         let scan = |t: &Target, m: &str, p: &RequestPath| {
             routes
                 .iter()
@@ -851,6 +886,7 @@ mod tests {
             "deep.example.com",
             "x.deep.example.com",
             "x.y.deep.example.com",
+            "f3.example.com",
             "other.test",
             "evilexample.com",
             "api.example.com.evil",
