@@ -479,7 +479,7 @@ def main():
     p.add_argument("--bin-dir", required=True, help="where sidekey and the bench tools are")
     p.add_argument("--no-write", action="store_true", help="do not overwrite benches/RESULTS.md")
     opts = p.parse_args()
-    opts.seconds = 2 if opts.quick else 5
+    opts.seconds = 2 if opts.quick else 4
     opts.rounds = 1 if opts.quick else 2
     opts.sse_count = 3 if opts.quick else 10
     opts.idle_conns = 1000 if opts.quick else 10000
