@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -219,14 +219,12 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
     let mut failed = false;
     loop {
         let (lines, upto, last) = {
-            let mut batch = shared.lock();
+            let batch = shared.lock();
             // Sleep until a record comes (no wake-ups while idle); it is written at once.
-            while batch.buf.is_empty() && !batch.flush_wanted && !batch.closed {
-                batch = shared
-                    .to_writer
-                    .wait(batch)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
+            let mut batch = shared
+                .to_writer
+                .wait_while(batch, |b| b.buf.is_empty() && !b.flush_wanted && !b.closed)
+                .unwrap_or_else(PoisonError::into_inner);
             batch.flush_wanted = false;
             std::mem::swap(&mut batch.buf, &mut spare);
             (std::mem::take(&mut spare), batch.appended, batch.closed)
@@ -250,18 +248,12 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
         }
         // Rest for one window while the next batch gathers, unless someone needs it now.
         batch.resting = true;
-        let deadline = Instant::now() + BATCH_WINDOW;
-        while !batch.flush_wanted && !batch.closed && batch.buf.len() < BATCH_BYTES {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            batch = shared
-                .to_writer
-                .wait_timeout(batch, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let (mut batch, _) = shared
+            .to_writer
+            .wait_timeout_while(batch, BATCH_WINDOW, |b| {
+                !b.flush_wanted && !b.closed && b.buf.len() < BATCH_BYTES
+            })
+            .unwrap_or_else(PoisonError::into_inner);
         batch.resting = false;
     }
 }
@@ -279,7 +271,6 @@ impl AuditLog {
 
     /// Waits (bounded) until everything sent so far is written.
     pub fn flush(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
         let mut batch = self.shared.lock();
         let target = batch.appended;
         if batch.written >= target || batch.closed {
@@ -287,18 +278,13 @@ impl AuditLog {
         }
         batch.flush_wanted = true;
         self.shared.to_writer.notify_one();
-        while batch.written < target {
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::warn!("audit flush timed out; the sink is slow");
-                return;
-            }
-            batch = self
-                .shared
-                .to_flushers
-                .wait_timeout(batch, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        let (_batch, waited) = self
+            .shared
+            .to_flushers
+            .wait_timeout_while(batch, Duration::from_secs(5), |b| b.written < target)
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out() {
+            tracing::warn!("audit flush timed out; the sink is slow");
         }
     }
 
@@ -382,6 +368,7 @@ pub fn redact_query(path_and_query: &str) -> String {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
