@@ -213,11 +213,11 @@ pub async fn handle(
         None => record.set_decision(Outcome::Tunnel),
     }
 
+    // hyper knows a declared length (HTTP/1 Content-Length, HTTP/2 content-length).
+    let declared = http_body::Body::size_hint(&body).exact();
     // A body the route will not take is refused before anything else happens.
     let max_body = route.and_then(|r| r.max_request_body);
     if let Some(max) = max_body {
-        // hyper knows a declared length (HTTP/1 Content-Length, HTTP/2 content-length).
-        let declared = http_body::Body::size_hint(&body).exact();
         if declared.is_some_and(|len| len > max) {
             let refusal = Refusal::new(
                 ErrorCode::BodyTooLarge,
@@ -229,8 +229,8 @@ pub async fn handle(
     }
 
     // A `_method` field in a POST form body is checked like the query parameter, before the
-    // upstream can act on the request: a url-encoded body is read whole here, a multipart one
-    // is scanned as it streams (below).
+    // upstream can act on the request: a small url-encoded body is read whole here, any other
+    // form body is scanned as it streams (below).
     let form = match &allowed {
         Some(allowed) => form_check(&state, &exchange, &parts, allowed),
         None => Ok(FormCheck::None),
@@ -248,7 +248,6 @@ pub async fn handle(
     };
     // A url-encoded body that says it is small is read whole: the upstream then sees nothing of
     // a refused request. Any other (large, or of unknown length) is scanned as it streams.
-    let declared = http_body::Body::size_hint(&body).exact();
     let mut incoming = Some(body);
     let mut buffered: Option<Bytes> = None;
     if let (FormCheck::UrlEncoded { limit }, Some(check)) = (&form, &check) {
