@@ -73,7 +73,7 @@ pub enum Issuer {
 }
 
 /// What a credential is asked for: everything an issuer needs besides its own config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CredentialRequest {
     /// The credential's name (for messages).
     pub name: String,

@@ -15,6 +15,6 @@ pub use issuer::{CredentialRequest, IssueError, Issuer};
 pub use local::{Jwk, LocalIssuer};
 pub use oauth2::OAuth2Issuer;
 pub use secret::{Credential, CredentialId, CredentialValue, Lease, Secret};
-pub use store::{CredentialError, CredentialStatus, CredentialStore};
+pub use store::{CredentialChanges, CredentialError, CredentialStatus, CredentialStore, Retired};
 pub use sts::StsIssuer;
 pub use vault::VaultIssuer;

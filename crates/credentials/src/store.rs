@@ -11,6 +11,12 @@
 //! - a credential is never handed out past its expiry (minus a margin): when it runs out before
 //!   a replacement arrives it is dropped (`expired` event) and requests get 503;
 //! - at shutdown, leases are revoked, then the issuers' own tokens.
+//!
+//! A config reload builds the next generation of the store with [`CredentialStore::successor`]:
+//! a credential whose config, request and issuer are unchanged keeps its slot (and the value
+//! it holds); one removed or changed is retired — no new fetch, its maintenance stopped, its
+//! lease revoked once the requests using it are done — and the issuers no longer configured
+//! give up their own tokens after that.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +40,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long revoking one lease at shutdown may take.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a retired credential's in-flight requests get before its lease is revoked anyway.
+const RETIRE_DRAIN: Duration = Duration::from_secs(10);
 /// A credential with less usable life than this is refused as if the issuer had failed (it
 /// would expire in flight, and refreshing it would spin).
 const MIN_USABLE: Duration = Duration::from_secs(2);
@@ -110,8 +118,13 @@ struct Slot {
     name: String,
     issuer_name: String,
     issuer: Arc<Issuer>,
+    /// What it was built from: a reload keeps the slot only if this is unchanged.
+    config: CredentialConfig,
     request: CredentialRequest,
     eager: bool,
+    /// Cancelled when the slot is retired by a reload, or at shutdown (a child of the store's
+    /// token): stops its maintenance and any new fetch.
+    stop: CancellationToken,
     current: ArcSwapOption<Held>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// The last failed fetch, until one succeeds.
@@ -122,6 +135,42 @@ struct Slot {
 }
 
 impl Slot {
+    /// An empty slot for `config`; `issuers` must contain the issuer it names (the config
+    /// validator guarantees it; a missing one is reported here too).
+    fn build(
+        config: &CredentialConfig,
+        issuers: &HashMap<String, Arc<Issuer>>,
+        core: &Core,
+    ) -> Result<Slot, CredentialError> {
+        let issuer =
+            issuers
+                .get(&config.issuer)
+                .cloned()
+                .ok_or_else(|| CredentialError::Unavailable {
+                    name: config.name.clone(),
+                    reason: format!("issuer `{}` is not configured", config.issuer),
+                })?;
+        let request =
+            CredentialRequest::from_config(config).map_err(|e| CredentialError::Unavailable {
+                name: config.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Slot {
+            name: config.name.clone(),
+            issuer_name: config.issuer.clone(),
+            issuer,
+            config: config.clone(),
+            request,
+            eager: config.eager,
+            stop: core.stop.child_token(),
+            current: ArcSwapOption::empty(),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            failure: StdMutex::new(None),
+            maintained: AtomicBool::new(false),
+            uses: AtomicU64::new(0),
+        })
+    }
+
     fn event(
         &self,
         event: CredentialEventKind,
@@ -139,14 +188,37 @@ impl Slot {
     }
 }
 
-/// Every configured credential, by name.
-pub struct CredentialStore {
-    slots: HashMap<String, Arc<Slot>>,
+/// What every generation of the store shares.
+struct Core {
     audit: AuditLog,
+    /// Cancelled at shutdown; each slot's token is a child of it.
     stop: CancellationToken,
+    /// Maintenance and retirement tasks, waited for at shutdown.
     tasks: TaskTracker,
     /// Set at shutdown: no new fetch, so that no lease is taken after revocation began.
     closed: Arc<AtomicBool>,
+}
+
+/// Every configured credential, by name: one generation per loaded config.
+pub struct CredentialStore {
+    slots: HashMap<String, Arc<Slot>>,
+    core: Arc<Core>,
+}
+
+/// The slots and issuers a reload left behind, to be retired with [`Retired::retire`].
+#[must_use = "retired credentials keep their leases until retire() runs"]
+pub struct Retired {
+    slots: Vec<Arc<Slot>>,
+    issuers: Vec<Arc<Issuer>>,
+    core: Arc<Core>,
+}
+
+/// What a reload changed in the credentials, by name (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
 }
 
 impl CredentialStore {
@@ -157,44 +229,86 @@ impl CredentialStore {
         issuers: &HashMap<String, Arc<Issuer>>,
         audit: AuditLog,
     ) -> Result<Self, CredentialError> {
-        let mut slots = HashMap::new();
-        for c in credentials {
-            let issuer =
-                issuers
-                    .get(&c.issuer)
-                    .cloned()
-                    .ok_or_else(|| CredentialError::Unavailable {
-                        name: c.name.clone(),
-                        reason: format!("issuer `{}` is not configured", c.issuer),
-                    })?;
-            let request =
-                CredentialRequest::from_config(c).map_err(|e| CredentialError::Unavailable {
-                    name: c.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            slots.insert(
-                c.name.clone(),
-                Arc::new(Slot {
-                    name: c.name.clone(),
-                    issuer_name: c.issuer.clone(),
-                    issuer,
-                    request,
-                    eager: c.eager,
-                    current: ArcSwapOption::empty(),
-                    fetch_lock: tokio::sync::Mutex::new(()),
-                    failure: StdMutex::new(None),
-                    maintained: AtomicBool::new(false),
-                    uses: AtomicU64::new(0),
-                }),
-            );
-        }
-        Ok(CredentialStore {
-            slots,
+        let core = Arc::new(Core {
             audit,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             closed: Arc::new(AtomicBool::new(false)),
-        })
+        });
+        let mut slots = HashMap::new();
+        for c in credentials {
+            slots.insert(c.name.clone(), Arc::new(Slot::build(c, issuers, &core)?));
+        }
+        Ok(CredentialStore { slots, core })
+    }
+
+    /// The next generation, for a reloaded config: slots whose config, request and issuer
+    /// (the same `Arc`, i.e. an unchanged issuer config) are unchanged are carried over with
+    /// what they hold; the others are new and empty. Fails, changing nothing, when a request
+    /// cannot be built (an unreadable session policy file). The old generation keeps working
+    /// for requests that began under it until [`Retired::retire`] runs.
+    pub fn successor(
+        &self,
+        credentials: &[CredentialConfig],
+        issuers: &HashMap<String, Arc<Issuer>>,
+    ) -> Result<(CredentialStore, Retired, CredentialChanges), CredentialError> {
+        let mut slots = HashMap::new();
+        let mut changes = CredentialChanges::default();
+        for c in credentials {
+            let fresh = Slot::build(c, issuers, &self.core)?;
+            let slot = match self.slots.get(&c.name) {
+                Some(old)
+                    if old.config == fresh.config
+                        && old.request == fresh.request
+                        && Arc::ptr_eq(&old.issuer, &fresh.issuer) =>
+                {
+                    Arc::clone(old)
+                }
+                Some(_) => {
+                    changes.changed.push(c.name.clone());
+                    Arc::new(fresh)
+                }
+                None => {
+                    changes.added.push(c.name.clone());
+                    Arc::new(fresh)
+                }
+            };
+            slots.insert(c.name.clone(), slot);
+        }
+        let retired_slots: Vec<Arc<Slot>> = self
+            .slots
+            .values()
+            .filter(|old| !slots.values().any(|new| Arc::ptr_eq(old, new)))
+            .cloned()
+            .collect();
+        changes.removed = self
+            .slots
+            .keys()
+            .filter(|name| !slots.contains_key(*name))
+            .cloned()
+            .collect();
+        let mut retired_issuers: Vec<Arc<Issuer>> = Vec::new();
+        for slot in &retired_slots {
+            let kept = issuers.values().any(|i| Arc::ptr_eq(i, &slot.issuer));
+            if !kept && !retired_issuers.iter().any(|i| Arc::ptr_eq(i, &slot.issuer)) {
+                retired_issuers.push(Arc::clone(&slot.issuer));
+            }
+        }
+        changes.added.sort();
+        changes.removed.sort();
+        changes.changed.sort();
+        Ok((
+            CredentialStore {
+                slots,
+                core: Arc::clone(&self.core),
+            },
+            Retired {
+                slots: retired_slots,
+                issuers: retired_issuers,
+                core: Arc::clone(&self.core),
+            },
+            changes,
+        ))
     }
 
     /// The credential for `name`: from memory when held and usable, else fetched — one issuer
@@ -261,55 +375,25 @@ impl CredentialStore {
     }
 
     /// Stops refreshing, revokes every held lease (audited as `revoked`), then lets each issuer
-    /// give up its own token. Bounded in time.
+    /// give up its own token. Waits for credentials retired by reloads to be revoked too.
+    /// Bounded in time.
     pub async fn shutdown(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.core.closed.store(true, Ordering::Release);
+        self.core.stop.cancel();
+        self.core.tasks.close();
+        self.core.tasks.wait().await;
         for slot in self.slots.values() {
-            // After the lock, no fetch is in flight and none starts (closed).
-            let _guard = slot.fetch_lock.lock().await;
-            let Some(held) = slot.current.swap(None) else {
-                continue;
-            };
-            let Some(lease) = &held.credential.lease else {
-                continue;
-            };
-            match tokio::time::timeout(REVOKE_TIMEOUT, slot.issuer.revoke(lease)).await {
-                Ok(Ok(())) => {
-                    tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, "lease revoked");
-                    self.audit.credential(&slot.event(
-                        CredentialEventKind::Revoked,
-                        Some(&held.credential.id.0),
-                        None,
-                    ));
-                }
-                Ok(Err(e)) => self.revoke_failed(slot, &held, e.to_string()),
-                Err(_) => {
-                    self.revoke_failed(slot, &held, format!("no answer within {REVOKE_TIMEOUT:?}"))
-                }
+            revoke_held(slot, &self.core.audit).await;
+        }
+        let mut issuers: Vec<&Arc<Issuer>> = Vec::new();
+        for slot in self.slots.values() {
+            if !issuers.iter().any(|i| Arc::ptr_eq(i, &slot.issuer)) {
+                issuers.push(&slot.issuer);
             }
         }
-        let mut seen: Vec<*const Issuer> = Vec::new();
-        for slot in self.slots.values() {
-            let ptr = Arc::as_ptr(&slot.issuer);
-            if !seen.contains(&ptr) {
-                seen.push(ptr);
-                let _ = tokio::time::timeout(REVOKE_TIMEOUT, slot.issuer.shutdown()).await;
-            }
+        for issuer in issuers {
+            let _ = tokio::time::timeout(REVOKE_TIMEOUT, issuer.shutdown()).await;
         }
-    }
-
-    fn revoke_failed(&self, slot: &Slot, held: &Held, reason: String) {
-        tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, error = %reason, "lease revocation failed");
-        let mut event = slot.event(
-            CredentialEventKind::Failed,
-            Some(&held.credential.id.0),
-            None,
-        );
-        event.error = Some(format!("revocation failed: {reason}"));
-        self.audit.credential(&event);
     }
 
     /// Runs the shared fetch in its own task, so that an agent that goes away mid-fetch does
@@ -317,10 +401,8 @@ impl CredentialStore {
     async fn fetch_shared(&self, slot: &Arc<Slot>) -> Result<Arc<Credential>, CredentialError> {
         let task = {
             let slot = Arc::clone(slot);
-            let audit = self.audit.clone();
-            let closed = Arc::clone(&self.closed);
-            let maintain = self.maintainer();
-            tokio::spawn(async move { fetch_shared(&slot, &audit, &closed, maintain).await })
+            let core = Arc::clone(&self.core);
+            tokio::spawn(async move { fetch_shared(&slot, &core).await })
         };
         task.await.unwrap_or_else(|e| {
             Err(CredentialError::Unavailable {
@@ -329,29 +411,92 @@ impl CredentialStore {
             })
         })
     }
+}
 
-    /// What starts a slot's maintenance task, detached from `&self`.
-    fn maintainer(&self) -> Maintainer {
-        Maintainer {
-            audit: self.audit.clone(),
-            stop: self.stop.clone(),
-            tasks: self.tasks.clone(),
+impl Retired {
+    /// Nothing to retire.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.issuers.is_empty()
+    }
+
+    /// Retires the slots in the background (on the store's task tracker, so that shutdown
+    /// waits for it): no new fetch or refresh; once the requests using a held credential are
+    /// done (at most [`RETIRE_DRAIN`], less at shutdown) its lease is revoked and audited;
+    /// then the issuers no longer configured give up their own tokens.
+    pub fn retire(self) {
+        if self.is_empty() {
+            return;
         }
+        for slot in &self.slots {
+            slot.stop.cancel();
+        }
+        let tasks = self.core.tasks.clone();
+        tasks.spawn(async move {
+            let deadline = tokio::time::Instant::now() + RETIRE_DRAIN;
+            // A held credential's only other owners are requests that took it before the
+            // reload: wait for them to finish with it.
+            let in_use = |slots: &[Arc<Slot>]| {
+                slots.iter().any(|s| {
+                    s.current
+                        .load()
+                        .as_ref()
+                        .is_some_and(|h| Arc::strong_count(&h.credential) > 1)
+                })
+            };
+            while in_use(&self.slots) && tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    () = self.core.stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            for slot in &self.slots {
+                revoke_held(slot, &self.core.audit).await;
+                tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, "credential retired by a config reload");
+            }
+            for issuer in &self.issuers {
+                let _ = tokio::time::timeout(REVOKE_TIMEOUT, issuer.shutdown()).await;
+            }
+        });
     }
 }
 
-/// Starts maintenance tasks (see [`Maintainer::maintain`]).
-struct Maintainer {
-    audit: AuditLog,
-    stop: CancellationToken,
-    tasks: TaskTracker,
+/// Drops what the slot holds and revokes its lease, if it has one (audited `revoked`, or
+/// `failed` when the issuer says no). The slot's token is cancelled, so no fetch follows.
+async fn revoke_held(slot: &Slot, audit: &AuditLog) {
+    // After the lock, no fetch is in flight, and none starts (stopped).
+    let _guard = slot.fetch_lock.lock().await;
+    let Some(held) = slot.current.swap(None) else {
+        return;
+    };
+    let Some(lease) = &held.credential.lease else {
+        return;
+    };
+    let failure = match tokio::time::timeout(REVOKE_TIMEOUT, slot.issuer.revoke(lease)).await {
+        Ok(Ok(())) => {
+            tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, "lease revoked");
+            audit.credential(&slot.event(
+                CredentialEventKind::Revoked,
+                Some(&held.credential.id.0),
+                None,
+            ));
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {REVOKE_TIMEOUT:?}"),
+    };
+    tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, error = %failure, "lease revocation failed");
+    let mut event = slot.event(
+        CredentialEventKind::Failed,
+        Some(&held.credential.id.0),
+        None,
+    );
+    event.error = Some(format!("revocation failed: {failure}"));
+    audit.credential(&event);
 }
 
 async fn fetch_shared(
     slot: &Arc<Slot>,
-    audit: &AuditLog,
-    closed: &AtomicBool,
-    maintainer: Maintainer,
+    core: &Arc<Core>,
 ) -> Result<Arc<Credential>, CredentialError> {
     let _guard = slot.fetch_lock.lock().await;
     // Someone else may have fetched while we waited for the lock.
@@ -360,10 +505,16 @@ async fn fetch_shared(
             return Ok(Arc::clone(&held.credential));
         }
     }
-    if closed.load(Ordering::Acquire) {
+    if core.closed.load(Ordering::Acquire) {
         return Err(CredentialError::Unavailable {
             name: slot.name.clone(),
             reason: "sidekey is shutting down".into(),
+        });
+    }
+    if slot.stop.is_cancelled() {
+        return Err(CredentialError::Unavailable {
+            name: slot.name.clone(),
+            reason: "the credential was removed or changed by a config reload".into(),
         });
     }
     // After a failure, fail fast until the next attempt is due.
@@ -380,9 +531,9 @@ async fn fetch_shared(
             });
         }
     }
-    match fetch(slot, audit).await {
+    match fetch(slot, &core.audit).await {
         Ok(credential) => {
-            maintainer.maintain(slot);
+            maintain(slot, core);
             Ok(credential)
         }
         Err(reason) => {
@@ -402,39 +553,37 @@ async fn fetch_shared(
     }
 }
 
-impl Maintainer {
-    /// Starts the slot's maintenance task unless one runs.
-    fn maintain(self, slot: &Arc<Slot>) {
-        if slot.maintained.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let slot = Arc::clone(slot);
-        let audit = self.audit;
-        let stop = self.stop;
-        self.tasks.spawn(async move {
-            // Cleared if the task unwinds, so that a later fetch starts a new one.
-            struct Unmark(Arc<Slot>);
-            impl Drop for Unmark {
-                fn drop(&mut self) {
-                    if std::thread::panicking() {
-                        self.0.maintained.store(false, Ordering::Release);
-                    }
-                }
-            }
-            let _unmark = Unmark(Arc::clone(&slot));
-            loop {
-                keep_fresh(&slot, &audit, &stop).await;
-                slot.maintained.store(false, Ordering::Release);
-                // A fetch may have stored a new credential just as the loop ended.
-                if stop.is_cancelled()
-                    || slot.current.load().is_none()
-                    || slot.maintained.swap(true, Ordering::AcqRel)
-                {
-                    return;
-                }
-            }
-        });
+/// Starts the slot's maintenance task unless one runs. It stops with the slot's token.
+fn maintain(slot: &Arc<Slot>, core: &Core) {
+    if slot.maintained.swap(true, Ordering::AcqRel) {
+        return;
     }
+    let slot = Arc::clone(slot);
+    let audit = core.audit.clone();
+    let stop = slot.stop.clone();
+    core.tasks.spawn(async move {
+        // Cleared if the task unwinds, so that a later fetch starts a new one.
+        struct Unmark(Arc<Slot>);
+        impl Drop for Unmark {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.maintained.store(false, Ordering::Release);
+                }
+            }
+        }
+        let _unmark = Unmark(Arc::clone(&slot));
+        loop {
+            keep_fresh(&slot, &audit, &stop).await;
+            slot.maintained.store(false, Ordering::Release);
+            // A fetch may have stored a new credential just as the loop ended.
+            if stop.is_cancelled()
+                || slot.current.load().is_none()
+                || slot.maintained.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+        }
+    });
 }
 
 /// The delay before attempt `attempts + 1`: 0.5 s doubling to 10 s, ±20 % jitter.
@@ -661,8 +810,7 @@ mod tests {
     use sidekey_audit::AuditWriter;
     use sidekey_config::{LocalAlgorithm, LocalIssuerConfig};
 
-    fn store(ttl: Duration) -> (CredentialStore, AuditWriter) {
-        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+    fn local_issuers() -> HashMap<String, Arc<Issuer>> {
         let issuer = LocalIssuer::generate(&LocalIssuerConfig {
             issuer: "sidekey-local".into(),
             algorithm: LocalAlgorithm::EdDsa,
@@ -670,10 +818,14 @@ mod tests {
         .unwrap();
         let mut issuers = HashMap::new();
         issuers.insert("local".to_string(), Arc::new(Issuer::Local(issuer)));
-        let creds = vec![CredentialConfig {
-            name: "demo".into(),
+        issuers
+    }
+
+    fn credential(name: &str, audience: &str, ttl: Duration) -> CredentialConfig {
+        CredentialConfig {
+            name: name.into(),
             issuer: "local".into(),
-            audience: Some("a".into()),
+            audience: Some(audience.into()),
             subject: None,
             ttl,
             eager: true,
@@ -683,11 +835,88 @@ mod tests {
             scope: None,
             resource: None,
             session_policy_file: None,
-        }];
+        }
+    }
+
+    fn store(ttl: Duration) -> (CredentialStore, AuditWriter) {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let creds = vec![credential("demo", "a", ttl)];
         (
-            CredentialStore::new(&creds, &issuers, writer.log()).unwrap(),
+            CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap(),
             writer,
         )
+    }
+
+    #[tokio::test]
+    async fn a_successor_keeps_unchanged_credentials_and_retires_the_others() {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let issuers = local_issuers();
+        let ttl = Duration::from_secs(300);
+        let first = vec![
+            credential("kept", "a", ttl),
+            credential("changed", "a", ttl),
+            credential("removed", "a", ttl),
+        ];
+        let old = CredentialStore::new(&first, &issuers, writer.log()).unwrap();
+        let kept = old.get("kept").await.unwrap();
+        let changed = old.get("changed").await.unwrap();
+        let removed = old.get("removed").await.unwrap();
+
+        let second = vec![
+            credential("kept", "a", ttl),
+            credential("changed", "b", ttl),
+            credential("added", "a", ttl),
+        ];
+        let (new, retired, changes) = old.successor(&second, &issuers).unwrap();
+        assert_eq!(
+            changes,
+            CredentialChanges {
+                added: vec!["added".into()],
+                removed: vec!["removed".into()],
+                changed: vec!["changed".into()],
+            }
+        );
+        // The unchanged credential is carried over with its value.
+        assert_eq!(new.get("kept").await.unwrap().id, kept.id);
+        // The changed one is fetched anew, for the new audience.
+        let fresh = new.get("changed").await.unwrap();
+        assert_ne!(fresh.id, changed.id);
+        assert!(matches!(
+            new.get("removed").await,
+            Err(CredentialError::Unknown(_))
+        ));
+        assert!(new.get("added").await.is_ok());
+
+        // Retiring stops the old slots: the old generation no longer fetches for them once
+        // what they held is gone.
+        drop((changed, removed));
+        retired.retire();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for name in ["changed", "removed"] {
+            match old.get(name).await {
+                Err(CredentialError::Unavailable { reason, .. }) => {
+                    assert!(reason.contains("config reload"), "{reason}")
+                }
+                other => panic!("{name}: {:?}", other.map(|c| c.id.clone())),
+            }
+        }
+        // The kept slot is shared by both generations and unaffected.
+        assert_eq!(old.get("kept").await.unwrap().id, kept.id);
+    }
+
+    #[tokio::test]
+    async fn a_changed_issuer_replaces_its_credentials() {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let ttl = Duration::from_secs(300);
+        let creds = vec![credential("demo", "a", ttl)];
+        let old = CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap();
+        let before = old.get("demo").await.unwrap();
+        // Same config, but a rebuilt issuer (its config changed): a new slot.
+        let (new, retired, changes) = old.successor(&creds, &local_issuers()).unwrap();
+        assert_eq!(changes.changed, vec!["demo".to_string()]);
+        assert_eq!(retired.slots.len(), 1);
+        assert_eq!(retired.issuers.len(), 1, "the old issuer is given up");
+        assert_ne!(new.get("demo").await.unwrap().id, before.id);
     }
 
     #[tokio::test]
