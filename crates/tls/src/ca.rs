@@ -60,13 +60,36 @@ struct CachedLeaf {
     minted: Instant,
 }
 
+/// The CA's key pair, shared between the certificates a reload re-issues.
+#[derive(Clone)]
+struct SharedKey(Arc<KeyPair>);
+
+impl rcgen::PublicKeyData for SharedKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        rcgen::PublicKeyData::algorithm(&*self.0)
+    }
+}
+
+impl rcgen::SigningKey for SharedKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0.sign(msg)
+    }
+}
+
 /// The in-memory interception CA and its leaf cache.
 pub struct CertificateAuthority {
     scope: InterceptScope,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, SharedKey>,
+    /// What the certificate was made from; a reload that keeps the scope reuses it.
+    params: CertificateParams,
+    ca_key: SharedKey,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
-    leaf_key: KeyPair,
+    leaf_key: Arc<KeyPair>,
     leaf_signing_key: Arc<dyn rustls::sign::SigningKey>,
     cache: Mutex<LruCache<CanonicalHost, CachedLeaf>>,
     budget: Mutex<MintBudget>,
@@ -74,43 +97,76 @@ pub struct CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// A fresh CA (ECDSA P-256), name-constrained to `scope`, and a leaf key. Called again with
-    /// the new scope when the intercepted hosts change: the constraints are part of the signed
-    /// certificate, so a different host list is a different CA.
+    /// A fresh CA (ECDSA P-256), name-constrained to `scope`, and a leaf key.
     pub fn generate(scope: InterceptScope, limits: LeafLimits) -> Result<Self, TlsError> {
-        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(
-            DnType::CommonName,
-            "sidekey interception CA (pod-local, in-memory key)",
-        );
-        dn.push(DnType::OrganizationName, "sidekey");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        // rcgen marks the extension critical (RFC 5280 §4.2.1.10: "MUST be critical").
-        params.name_constraints = Some(scope.name_constraints());
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + CA_VALIDITY;
-        params.serial_number = Some(random_serial());
-        let cert = params.self_signed(&ca_key)?;
-        let cert_pem = cert.pem();
-        let cert_der = cert.der().clone();
-        let issuer = Issuer::new(params, ca_key);
-
-        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let ca_key = SharedKey(Arc::new(KeyPair::generate_for(
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )?));
+        let leaf_key = Arc::new(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?);
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let leaf_signing_key = provider().key_provider.load_private_key(der)?;
-        let cap = NonZeroUsize::new(limits.cache_size).unwrap_or(NonZeroUsize::MIN);
-        Ok(CertificateAuthority {
+        let (params, cert_der, cert_pem) = ca_certificate(&scope, &ca_key)?;
+        Ok(CertificateAuthority::assemble(
             scope,
-            issuer,
+            params,
+            ca_key,
+            cert_der,
+            cert_pem,
+            leaf_key,
+            leaf_signing_key,
+            limits,
+        ))
+    }
+
+    /// The CA for a reloaded config, with the same key pairs and subject. When `scope`
+    /// differs, the certificate is re-issued with the new name constraints (the constraints
+    /// are part of the signed certificate): agents that trust the old certificate keep
+    /// reaching the hosts both scopes share, since leaves chain to either by subject and key;
+    /// a new host needs the new certificate. When it does not, the certificate is kept. The
+    /// leaf cache and mint budget start afresh with `limits`.
+    pub fn reconfigured(
+        &self,
+        scope: InterceptScope,
+        limits: LeafLimits,
+    ) -> Result<Self, TlsError> {
+        let (params, cert_der, cert_pem) = if scope == self.scope {
+            (
+                self.params.clone(),
+                self.cert_der.clone(),
+                self.cert_pem.clone(),
+            )
+        } else {
+            ca_certificate(&scope, &self.ca_key)?
+        };
+        Ok(CertificateAuthority::assemble(
+            scope,
+            params,
+            self.ca_key.clone(),
+            cert_der,
+            cert_pem,
+            Arc::clone(&self.leaf_key),
+            Arc::clone(&self.leaf_signing_key),
+            limits,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        scope: InterceptScope,
+        params: CertificateParams,
+        ca_key: SharedKey,
+        cert_der: CertificateDer<'static>,
+        cert_pem: String,
+        leaf_key: Arc<KeyPair>,
+        leaf_signing_key: Arc<dyn rustls::sign::SigningKey>,
+        limits: LeafLimits,
+    ) -> Self {
+        let cap = NonZeroUsize::new(limits.cache_size).unwrap_or(NonZeroUsize::MIN);
+        CertificateAuthority {
+            scope,
+            issuer: Issuer::new(params.clone(), ca_key.clone()),
+            params,
+            ca_key,
             cert_der,
             cert_pem,
             leaf_key,
@@ -118,7 +174,12 @@ impl CertificateAuthority {
             cache: Mutex::new(LruCache::new(cap)),
             budget: Mutex::new(MintBudget::new(limits, Instant::now())),
             limits,
-        })
+        }
+    }
+
+    /// The bounds on the leaf cache and minting.
+    pub fn limits(&self) -> LeafLimits {
+        self.limits
     }
 
     /// The CA certificate, PEM.
@@ -233,7 +294,7 @@ impl CertificateAuthority {
         params.not_before = now - BACKDATE;
         params.not_after = now + LEAF_VALIDITY;
         params.serial_number = Some(random_serial());
-        Ok(params.signed_by(&self.leaf_key, &self.issuer)?)
+        Ok(params.signed_by(&*self.leaf_key, &self.issuer)?)
     }
 
     fn server_config_for(&self, leaf: CertificateDer<'static>) -> Result<ServerConfig, TlsError> {
@@ -279,6 +340,36 @@ impl MintBudget {
             false
         }
     }
+}
+
+/// A self-signed CA certificate for `key`, name-constrained to `scope`. The subject is fixed,
+/// so that every certificate of one key is the same issuer to a verifier.
+fn ca_certificate(
+    scope: &InterceptScope,
+    key: &SharedKey,
+) -> Result<(CertificateParams, CertificateDer<'static>, String), TlsError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        "sidekey interception CA (pod-local, in-memory key)",
+    );
+    dn.push(DnType::OrganizationName, "sidekey");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    // rcgen marks the extension critical (RFC 5280 §4.2.1.10: "MUST be critical").
+    params.name_constraints = Some(scope.name_constraints());
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + CA_VALIDITY;
+    params.serial_number = Some(random_serial());
+    let cert = params.self_signed(key)?;
+    Ok((params, cert.der().clone(), cert.pem()))
 }
 
 fn random_serial() -> SerialNumber {
@@ -459,6 +550,67 @@ mod tests {
             assert!(text.contains("subtree violation"), "{name}: {text}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn scope_of(hosts: &[&str]) -> InterceptScope {
+        let patterns: Vec<HostPattern> = hosts
+            .iter()
+            .map(|h| HostPattern::parse(h).unwrap())
+            .collect();
+        InterceptScope::from_patterns(&patterns)
+    }
+
+    /// A reload that changes the hosts re-issues the certificate with the new constraints and
+    /// the same key and subject: leaves from the new CA chain to the old certificate for the
+    /// hosts both share (agents that loaded it keep working), the new host needs the new one.
+    #[test]
+    fn a_new_scope_reissues_the_certificate_with_the_same_key() {
+        let old = ca_for(&["kept.example", "gone.example"], limits(8));
+        let new = old
+            .reconfigured(scope_of(&["kept.example", "new.example"]), limits(8))
+            .unwrap();
+        assert_ne!(old.cert_der(), new.cert_der());
+        let spki = |ca: &CertificateAuthority| {
+            let (_, cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
+            (
+                cert.public_key().raw.to_vec(),
+                cert.subject().to_string(),
+                cert.tbs_certificate.serial.clone(),
+            )
+        };
+        let (old_key, old_subject, old_serial) = spki(&old);
+        let (new_key, new_subject, new_serial) = spki(&new);
+        assert_eq!(old_key, new_key, "same key pair");
+        assert_eq!(old_subject, new_subject, "same subject");
+        assert_ne!(old_serial, new_serial, "a new certificate");
+
+        let leaf = new.sign_leaf(&host("kept.example")).unwrap();
+        webpki_verify(&old, leaf.der(), "kept.example").expect("old anchor, shared host");
+        webpki_verify(&new, leaf.der(), "kept.example").expect("new anchor, shared host");
+        let leaf = new.sign_leaf(&host("new.example")).unwrap();
+        webpki_verify(&new, leaf.der(), "new.example").expect("new anchor, new host");
+        let err = webpki_verify(&old, leaf.der(), "new.example").expect_err("old anchor");
+        assert!(
+            format!("{err:?}").contains("NameConstraintViolation"),
+            "{err:?}"
+        );
+        assert!(matches!(
+            new.server_config(&host("gone.example")),
+            Err(TlsError::OutOfScope(_))
+        ));
+    }
+
+    #[test]
+    fn the_same_scope_keeps_the_certificate() {
+        let old = ca_for(&["a.example"], limits(8));
+        old.server_config(&host("a.example")).unwrap();
+        let new = old
+            .reconfigured(scope_of(&["a.example"]), limits(2))
+            .unwrap();
+        assert_eq!(old.cert_der(), new.cert_der());
+        assert_eq!(old.cert_pem(), new.cert_pem());
+        assert_eq!(new.limits().cache_size, 2);
+        assert_eq!(new.cached_leaves(), 0, "the leaf cache starts afresh");
     }
 
     #[test]
