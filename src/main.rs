@@ -1,7 +1,6 @@
 //! The `sidekey` binary: reads the config, builds the runtime pieces from it, and runs the
 //! listeners until SIGTERM/SIGINT. `sidekey check` validates a config and prints its policy.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,18 +10,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sidekey_admin::AdminState;
+use runtime::{Runtime, Source};
 use sidekey_audit::AuditWriter;
 use sidekey_config::{AuditConfig, Config};
-use sidekey_credentials::{CredentialStore, Issuer, Jwk};
-use sidekey_proxy::ProxyState;
-use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod bundle;
 mod probe;
+mod runtime;
 
 /// The config `sidekey run` uses when given none: the quickstart, built in.
 const QUICKSTART: &str = include_str!("../examples/quickstart.yaml");
@@ -48,6 +45,10 @@ enum Command {
         /// Config file. Without one, the built-in quickstart config is used.
         #[arg(long, short, env = "SIDEKEY_CONFIG")]
         config: Option<PathBuf>,
+        /// How often the config file is checked for changes (a reload when its bytes differ,
+        /// e.g. a Kubernetes ConfigMap update); 0s: never. SIGHUP reloads at any time.
+        #[arg(long, env = "SIDEKEY_CONFIG_POLL", default_value = "5s", value_parser = humantime::parse_duration)]
+        config_poll: Duration,
     },
     /// Validate a config file and print the effective policy (routes in match order).
     Check {
@@ -95,16 +96,19 @@ fn main() -> ExitCode {
             timeout,
             wait,
         } => probe::run(kind, admin, config.as_deref(), timeout, wait),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            config_poll,
+        } => {
             init_logging();
-            let (source, origin) = match load(config.as_deref()) {
+            let (text, source) = match load(config.as_deref()) {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     eprintln!("sidekey: {e:#}");
                     return ExitCode::from(2);
                 }
             };
-            let config = match sidekey_config::parse(&source, &origin) {
+            let config = match sidekey_config::parse(&text, &source.origin()) {
                 Ok(config) => config,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -125,7 +129,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            match runtime.block_on(run(source, text, config, config_poll)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -172,14 +176,14 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
-fn load(path: Option<&Path>) -> anyhow::Result<(String, String)> {
+fn load(path: Option<&Path>) -> anyhow::Result<(String, Source)> {
     match path {
         Some(path) => {
-            let source = std::fs::read_to_string(path)
+            let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            Ok((source, path.display().to_string()))
+            Ok((text, Source::File(path.to_path_buf())))
         }
-        None => Ok((QUICKSTART.to_string(), "<built-in quickstart>".to_string())),
+        None => Ok((QUICKSTART.to_string(), Source::BuiltIn)),
     }
 }
 
@@ -221,7 +225,7 @@ fn init_logging() {
         .init();
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(source: Source, text: String, config: Config, poll: Duration) -> anyhow::Result<()> {
     harden_process();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let audit_writer = match &config.audit {
@@ -229,67 +233,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
         AuditConfig::File(path) => AuditWriter::file(path),
     }
     .context("cannot open the audit sink")?;
-    let audit = audit_writer.log();
-
-    // Issuers and credentials: keys generated or loaded, clients built; nothing fetched yet.
-    let mut issuers = HashMap::new();
-    let mut jwks: Vec<Jwk> = Vec::new();
-    for issuer in &config.issuers {
-        let built = Issuer::build(issuer).with_context(|| format!("issuer `{}`", issuer.name))?;
-        if let Issuer::Local(local) = &built {
-            jwks.push(local.jwk().clone());
-        }
-        issuers.insert(issuer.name.clone(), Arc::new(built));
-    }
-    let credentials = Arc::new(CredentialStore::new(
-        &config.credentials,
-        &issuers,
-        audit.clone(),
-    )?);
-
-    // Interception CA: key in memory, public certificate out for agents, name-constrained to
-    // the intercepted routes' hosts. (A reload that changes those hosts must build a new CA
-    // from the new scope and rewrite cert_out.)
-    let ca = Arc::new(CertificateAuthority::generate(
-        InterceptScope::from_policy(&config.policy()),
-        LeafLimits {
-            cache_size: config.ca.leaf_cache_size,
-            mint_rate: config.ca.leaf_mint_rate,
-            mint_burst: config.ca.leaf_mint_burst,
-        },
-    )?);
-    if let Some(path) = &config.ca.cert_out {
-        ca.write_cert(path)?;
-        tracing::info!(path = %path.display(), "wrote the interception CA certificate");
-    }
-    if let Some(path) = &config.ca.bundle_out {
-        bundle::write(ca.cert_pem(), path)?;
-    }
-    let upstream_tls = sidekey_tls::upstream_client_config(&config.upstream.extra_ca_files)?;
-    let state = Arc::new(ProxyState::new(
-        &config,
-        Arc::clone(&credentials),
-        ca,
-        upstream_tls,
-        audit.clone(),
-    ));
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let admin = Arc::new(AdminState::new(Arc::clone(&credentials), &jwks));
+    let mut runtime = Runtime::start(source, &text, config, audit_writer.log(), shutdown.clone())?;
+    let listen = runtime.config().listen.clone();
 
-    if let Some(addr) = config.listen.forward {
+    if let Some(addr) = listen.forward {
         let listener = bind("forward", addr).await?;
-        let (state, token, conns) = (Arc::clone(&state), shutdown.clone(), tracker.clone());
+        let (shared, token, conns) = (
+            Arc::clone(&runtime.shared),
+            shutdown.clone(),
+            tracker.clone(),
+        );
         tracker.spawn(sidekey_proxy::accept_loop(
             "forward",
             listener,
-            Arc::clone(&state.limits.connections),
+            runtime.connections.permits(),
             shutdown.clone(),
             tracker.clone(),
             move |stream| {
                 sidekey_proxy::forward::serve_connection(
-                    Arc::clone(&state),
+                    Arc::clone(&shared),
                     stream,
                     token.clone(),
                     conns.clone(),
@@ -297,53 +262,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
             },
         ));
     }
-    if let Some(addr) = config.listen.routes {
+    if let Some(addr) = listen.routes {
         let listener = bind("routes", addr).await?;
-        let (state, token) = (Arc::clone(&state), shutdown.clone());
+        let (shared, token) = (Arc::clone(&runtime.shared), shutdown.clone());
         tracker.spawn(sidekey_proxy::accept_loop(
             "routes",
             listener,
-            Arc::clone(&state.limits.connections),
+            runtime.connections.permits(),
             shutdown.clone(),
             tracker.clone(),
             move |stream| {
-                sidekey_proxy::routes::serve_connection(Arc::clone(&state), stream, token.clone())
+                sidekey_proxy::routes::serve_connection(Arc::clone(&shared), stream, token.clone())
             },
         ));
     }
-    if let Some(addr) = config.listen.admin {
+    if let Some(addr) = listen.admin {
         let listener = bind("admin", addr).await?;
         tokio::spawn(sidekey_admin::serve(
             listener,
-            Arc::clone(&admin),
+            Arc::clone(&runtime.admin),
             shutdown.clone(),
         ));
     }
-    admin.serving.store(true, Ordering::Release);
+    runtime.admin.serving.store(true, Ordering::Release);
 
-    // Eager credentials: readiness waits for them; a failure is retried with backoff.
-    {
-        let credentials = Arc::clone(&credentials);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(500);
-            loop {
-                match credentials.fetch_eager().await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?delay, "eager credential fetch failed")
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        });
-    }
-
-    wait_for_signal().await;
+    serve_until_stopped(&mut runtime, poll).await;
     tracing::info!("shutting down: draining connections");
     shutdown.cancel();
     tracker.close();
@@ -354,7 +297,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
     }
     // Leases and issuer tokens are revoked once no request can use them any more.
-    credentials.shutdown().await;
+    runtime.credentials().shutdown().await;
     audit_writer.shutdown();
     Ok(())
 }
@@ -368,24 +311,45 @@ async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<TcpListene
     Ok(listener)
 }
 
-async fn wait_for_signal() {
+/// Runs until SIGTERM or SIGINT, reloading the config on SIGHUP and, every `poll` (unless
+/// zero), when the file's bytes changed.
+async fn serve_until_stopped(runtime: &mut Runtime, poll: Duration) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
+        let (mut term, mut hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(hup)) => (term, hup),
+            _ => {
+                tracing::warn!("cannot listen for SIGTERM/SIGHUP; stopping on Ctrl-C only, no reload on SIGHUP");
                 let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        let mut ticks = (!poll.is_zero()).then(|| {
+            let mut ticks = tokio::time::interval(poll);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => runtime.reload_now(),
+                _ = async {
+                    match ticks.as_mut() {
+                        Some(t) => t.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => runtime.reload_if_changed(),
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = poll;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

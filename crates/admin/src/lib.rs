@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -22,26 +23,32 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminState {
     /// Set once every listener is bound and serving.
     pub serving: AtomicBool,
-    pub credentials: Arc<CredentialStore>,
-    /// JWKS body, rendered once at start (keys never change while running).
-    jwks: Bytes,
+    /// The current generation of the credential store (replaced by a config reload).
+    credentials: ArcSwap<CredentialStore>,
+    /// JWKS body, rendered when the local issuers change (at start and at reloads).
+    jwks: ArcSwap<Bytes>,
 }
 
 impl AdminState {
     pub fn new(credentials: Arc<CredentialStore>, keys: &[Jwk]) -> Self {
-        let jwks = serde_json::json!({ "keys": keys }).to_string();
         AdminState {
             serving: AtomicBool::new(false),
-            credentials,
-            jwks: Bytes::from(jwks),
+            credentials: ArcSwap::new(credentials),
+            jwks: ArcSwap::from_pointee(render_jwks(keys)),
         }
+    }
+
+    /// After a config reload: the new credential store and the local issuers' keys.
+    pub fn update(&self, credentials: Arc<CredentialStore>, keys: &[Jwk]) {
+        self.credentials.store(credentials);
+        self.jwks.store(Arc::new(render_jwks(keys)));
     }
 
     fn ready(&self) -> Result<(), &'static str> {
         if !self.serving.load(Ordering::Acquire) {
             return Err("listeners are not serving yet");
         }
-        if !self.credentials.ready() {
+        if !self.credentials.load().ready() {
             return Err("eager credentials are not held yet");
         }
         Ok(())
@@ -97,7 +104,7 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
             ),
         },
         "/.well-known/jwks.json" => {
-            let mut response = Response::new(Full::new(state.jwks.clone()));
+            let mut response = Response::new(Full::new(Bytes::clone(&state.jwks.load())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/jwk-set+json"),
@@ -106,6 +113,11 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The JWKS document for `keys`.
+fn render_jwks(keys: &[Jwk]) -> Bytes {
+    Bytes::from(serde_json::json!({ "keys": keys }).to_string())
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

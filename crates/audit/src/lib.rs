@@ -1,5 +1,6 @@
-//! The audit trail: one JSON line per request (allowed, denied or tunnelled) and one per
-//! credential event. Records are serialized on the caller's thread into one shared batch and
+//! The audit trail: one JSON line per request (allowed, denied or tunnelled), one per
+//! credential event, and one per config load (at start, and per reload, applied or rejected),
+//! so that the trail says which policy was in force when. Records are serialized on the caller's thread into one shared batch and
 //! written by a dedicated writer thread: at once when it is idle, in batches at most
 //! [`BATCH_WINDOW`] late under load. A slow sink never blocks the request path, and a busy proxy
 //! pays one write per batch, not per record. Audit is separate from diagnostic logs (those go to
@@ -80,6 +81,48 @@ pub struct CredentialEvent {
     pub expires_at: Option<String>,
     /// Why it failed, for `failed`; never contains a secret.
     pub error: Option<String>,
+}
+
+/// What happened to a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigEventKind {
+    /// At start.
+    Loaded,
+    /// A reload was applied.
+    Reloaded,
+    /// A reload was refused; the running config stays.
+    Rejected,
+}
+
+/// One config load. `sha256` is of the file's bytes, so the policy in force can be matched to
+/// a file in version control.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigEvent {
+    pub event: ConfigEventKind,
+    pub file: String,
+    pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ConfigChanges>,
+    /// For `rejected`: every reason, `line:column: error: message` for file errors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// What a reload changed, by name (each list sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConfigChanges {
+    pub routes_added: Vec<String>,
+    pub routes_removed: Vec<String>,
+    pub routes_changed: Vec<String>,
+    pub credentials_added: Vec<String>,
+    pub credentials_removed: Vec<String>,
+    pub credentials_changed: Vec<String>,
+    pub issuers_added: Vec<String>,
+    pub issuers_removed: Vec<String>,
+    pub issuers_changed: Vec<String>,
+    /// `reissued` (the intercepted hosts changed: new name constraints, same key) or `kept`.
+    pub ca: &'static str,
 }
 
 #[derive(Serialize)]
@@ -267,6 +310,11 @@ impl AuditLog {
     /// Records one credential event.
     pub fn credential(&self, event: &CredentialEvent) {
         self.send("credential", event);
+    }
+
+    /// Records one config load.
+    pub fn config(&self, event: &ConfigEvent) {
+        self.send("config", event);
     }
 
     /// Waits (bounded) until everything sent so far is written.

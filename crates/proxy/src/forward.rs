@@ -17,29 +17,29 @@ use tokio_util::task::TaskTracker;
 use crate::body::{empty, ProxyBody};
 use crate::error::{ErrorCode, Refusal};
 use crate::exchange::{self, refuse_unidentified, Exchange};
-use crate::{intercept, tunnel, ProxyState};
+use crate::{intercept, tunnel, ProxyState, SharedState};
 
 pub(crate) const LISTENER: &str = "forward";
 
 /// Serves one agent connection on the forward listener until it closes or shutdown.
+/// Each request is decided under the config current when it arrives.
 pub async fn serve_connection(
-    state: Arc<ProxyState>,
+    shared: Arc<SharedState>,
     stream: crate::AgentStream,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let limits = shared.load().limits.clone();
     let service = {
-        let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         service_fn(move |request| {
-            let state = Arc::clone(&state);
+            let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             let tracker = tracker.clone();
-            async move { Ok::<_, Infallible>(dispatch(state, request, shutdown, tracker).await) }
+            async move { Ok::<_, Infallible>(dispatch(shared, request, shutdown, tracker).await) }
         })
     };
-    let connection = state
-        .limits
+    let connection = limits
         .http1_builder()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -58,26 +58,27 @@ pub async fn serve_connection(
 }
 
 async fn dispatch(
-    state: Arc<ProxyState>,
+    shared: Arc<SharedState>,
     request: Request<Incoming>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> Response<ProxyBody> {
     if request.method() == Method::CONNECT {
-        connect(state, request, shutdown, tracker).await
+        connect(shared, request, shutdown, tracker).await
     } else {
-        absolute_form(state, request).await
+        absolute_form(shared.load(), request).await
     }
 }
 
 /// `CONNECT host:port`: intercept when a route names the target, tunnel blindly when
 /// `unmatched: tunnel`, refuse otherwise.
 async fn connect(
-    state: Arc<ProxyState>,
+    shared: Arc<SharedState>,
     mut request: Request<Incoming>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> Response<ProxyBody> {
+    let state = shared.load();
     let raw = request
         .uri()
         .authority()
@@ -125,7 +126,8 @@ async fn connect(
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
         tracker.spawn(intercept::run(
-            Arc::clone(&state),
+            Arc::clone(&shared),
+            state.limits.clone(),
             target,
             leaf,
             on_upgrade,
@@ -135,7 +137,7 @@ async fn connect(
         return Response::new(empty());
     }
     if state.unmatched == Unmatched::Tunnel {
-        return tunnel::open(state, target, request, shutdown, &tracker).await;
+        return tunnel::open(&shared, state, target, request, shutdown, &tracker).await;
     }
     let message = format!("{}:{} is not in any route", target.host, target.port);
     Exchange::new(LISTENER, target).refuse(

@@ -27,7 +27,7 @@ use crate::body::ProxyBody;
 use crate::error::{ErrorCode, Refusal};
 use crate::exchange::{self, Exchange};
 use crate::forward::LISTENER;
-use crate::ProxyState;
+use crate::{Limits, ProxyState, SharedState};
 
 /// What the tunnel established, shared by the requests inside it.
 struct Tunnel {
@@ -57,8 +57,11 @@ pub fn leaf_for(state: &ProxyState, target: &Target) -> Result<Arc<ServerConfig>
 
 /// Completes the CONNECT upgrade, the TLS handshake with `config` (from [`leaf_for`]), and
 /// serves HTTP inside the tunnel.
+/// Each request inside is decided under the config current when it arrives; `limits` are the
+/// connection's, from the config current at CONNECT.
 pub async fn run(
-    state: Arc<ProxyState>,
+    shared: Arc<SharedState>,
+    limits: Limits,
     target: Target,
     config: Arc<ServerConfig>,
     on_upgrade: OnUpgrade,
@@ -72,7 +75,7 @@ pub async fn run(
             return;
         }
     };
-    let timeout = state.limits.handshake_timeout;
+    let timeout = limits.handshake_timeout;
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
     let start = match tokio::time::timeout(timeout, acceptor).await {
@@ -113,17 +116,14 @@ pub async fn run(
         target,
         sni_mismatch,
     });
-    let service = {
-        let state = Arc::clone(&state);
-        service_fn(move |request| {
-            let state = Arc::clone(&state);
-            let tunnel = Arc::clone(&tunnel);
-            async move { Ok::<_, Infallible>(inner(state, tunnel, request).await) }
-        })
-    };
+    let service = service_fn(move |request| {
+        let state = shared.load();
+        let tunnel = Arc::clone(&tunnel);
+        async move { Ok::<_, Infallible>(inner(state, tunnel, request).await) }
+    });
     let io = TokioIo::new(tls);
     if h2 {
-        let connection = state.limits.http2_builder().serve_connection(io, service);
+        let connection = limits.http2_builder().serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => log_end(result),
@@ -133,7 +133,7 @@ pub async fn run(
             }
         }
     } else {
-        let connection = state.limits.http1_builder().serve_connection(io, service);
+        let connection = limits.http1_builder().serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => log_end(result),

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use sidekey_audit::AuditLog;
 use sidekey_config::{Config, Inject, LimitsConfig, Unmatched};
@@ -51,8 +52,6 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Blind tunnels and HTTP/2 connections with no traffic are closed after this.
     pub idle_timeout: Duration,
-    /// One permit per open agent connection, over all listeners.
-    pub connections: Arc<Semaphore>,
 }
 
 impl Default for Limits {
@@ -70,7 +69,6 @@ impl Limits {
             max_header_bytes: config.max_header_bytes,
             max_concurrent_streams: config.max_concurrent_streams,
             idle_timeout: config.idle_timeout,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
         }
     }
 
@@ -99,6 +97,97 @@ impl Limits {
             .keep_alive_interval(Some(self.idle_timeout))
             .keep_alive_timeout(Duration::from_secs(20));
         builder
+    }
+}
+
+/// `limits.max_connections`: one permit per open agent connection, over all listeners, shared
+/// by every config generation so that a reload can resize it without forgetting the
+/// connections already open.
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: std::sync::Mutex<usize>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            max: std::sync::Mutex::new(max),
+        }
+    }
+
+    /// What the accept loops draw on.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+
+    /// The current maximum.
+    pub fn max(&self) -> usize {
+        *self
+            .max
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets a new maximum. Raising it frees permits at once. Lowering it takes back the free
+    /// permits at once and the rest as open connections close (none is cut): until then, new
+    /// connections are refused.
+    pub fn resize(&self, new_max: usize) {
+        let mut max = self
+            .max
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if new_max > *max {
+            self.permits.add_permits(new_max - *max);
+        } else if new_max < *max {
+            let excess = *max - new_max;
+            let taken = self.permits.forget_permits(excess);
+            if taken < excess {
+                let owed = u32::try_from(excess - taken).unwrap_or(u32::MAX);
+                let permits = Arc::clone(&self.permits);
+                tokio::spawn(async move {
+                    if let Ok(p) = permits.acquire_many_owned(owed).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *max = new_max;
+    }
+}
+
+/// The current [`ProxyState`], replaced whole by a config reload. Each request loads it when
+/// it arrives and keeps that generation to its end, so a request is decided under one config
+/// — the one current when it came, even on a connection opened before the reload.
+pub struct SharedState {
+    current: ArcSwap<ProxyState>,
+    reloads: tokio::sync::watch::Sender<u64>,
+}
+
+impl SharedState {
+    pub fn new(state: ProxyState) -> Self {
+        SharedState {
+            current: ArcSwap::from_pointee(state),
+            reloads: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// The current generation.
+    pub fn load(&self) -> Arc<ProxyState> {
+        self.current.load_full()
+    }
+
+    /// Makes `state` current for new requests; returns the previous generation.
+    pub fn replace(&self, state: ProxyState) -> Arc<ProxyState> {
+        let previous = self.current.swap(Arc::new(state));
+        self.reloads.send_modify(|n| *n += 1);
+        previous
+    }
+
+    /// Changes every time [`SharedState::replace`] runs: long-lived connections whose
+    /// admission depended on the config (blind tunnels) check it again.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 }
 
@@ -185,7 +274,7 @@ impl ProxyState {
         config: &Config,
         credentials: Arc<CredentialStore>,
         ca: Arc<CertificateAuthority>,
-        upstream_tls: rustls::ClientConfig,
+        upstream: Upstream,
         audit: AuditLog,
     ) -> Self {
         let routes = config
@@ -227,7 +316,7 @@ impl ProxyState {
             routes,
             credentials,
             ca,
-            upstream: Upstream::new(&config.upstream, upstream_tls),
+            upstream,
             audit,
             unmatched: config.unmatched,
             limits: Limits::new(&config.limits),

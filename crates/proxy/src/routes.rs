@@ -14,25 +14,23 @@ use tokio_util::sync::CancellationToken;
 use crate::body::ProxyBody;
 use crate::error::{ErrorCode, Refusal};
 use crate::exchange::{self, refuse_unidentified, Exchange};
-use crate::ProxyState;
+use crate::{ProxyState, SharedState};
 
 const LISTENER: &str = "routes";
 
 /// Serves one client connection on the route listener.
+/// Each request is decided under the config current when it arrives.
 pub async fn serve_connection(
-    state: Arc<ProxyState>,
+    shared: Arc<SharedState>,
     stream: crate::AgentStream,
     shutdown: CancellationToken,
 ) {
-    let service = {
-        let state = Arc::clone(&state);
-        service_fn(move |request| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(route(state, request).await) }
-        })
-    };
-    let connection = state
-        .limits
+    let limits = shared.load().limits.clone();
+    let service = service_fn(move |request| {
+        let state = shared.load();
+        async move { Ok::<_, Infallible>(route(state, request).await) }
+    });
+    let connection = limits
         .http1_builder()
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);

@@ -9,6 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sidekey_audit::Outcome;
+use sidekey_config::Unmatched;
 use sidekey_policy::Target;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -19,11 +20,14 @@ use crate::body::{empty, ProxyBody};
 use crate::error::Refusal;
 use crate::exchange::Exchange;
 use crate::forward::LISTENER;
-use crate::ProxyState;
+use crate::{ProxyState, SharedState};
 
 /// Connects to the target first (so a failure is a readable 502, not a dead tunnel), then
-/// answers 200 and copies bytes until either side closes or shutdown.
+/// answers 200 and copies bytes until either side closes, shutdown, or a config reload after
+/// which the target would no longer be tunnelled blindly (`unmatched` no longer `tunnel`, or
+/// a route now names it).
 pub async fn open(
+    shared: &Arc<SharedState>,
     state: Arc<ProxyState>,
     target: Target,
     mut request: Request<Incoming>,
@@ -55,6 +59,9 @@ pub async fn open(
     record.set_status(200);
     let bytes_in = record.bytes_in_counter();
     let idle_timeout = state.limits.idle_timeout;
+    let mut reloads = shared.reloads();
+    let shared = Arc::clone(shared);
+    let target = exchange.target.clone();
     let on_upgrade = hyper::upgrade::on(&mut request);
     tracker.spawn(async move {
         let client = match on_upgrade.await {
@@ -94,15 +101,29 @@ pub async fn open(
                 }
             }
         };
+        let revoked = async {
+            while reloads.changed().await.is_ok() {
+                if !tunnelled_blindly(&shared.load(), &target) {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
         let error = tokio::select! {
             _ = copy => None,
             () = idle => Some("idle_timeout"),
+            () = revoked => Some("config_reloaded"),
             _ = shutdown.cancelled() => Some("shutdown"),
         };
         bytes_in.store(up, Ordering::Relaxed);
         record.finish_streamed(down, error);
     });
     Response::new(empty())
+}
+
+/// Whether `state` would open a blind tunnel to `target`.
+pub(crate) fn tunnelled_blindly(state: &ProxyState, target: &Target) -> bool {
+    state.unmatched == Unmatched::Tunnel && !state.policy.names_target(target)
 }
 
 /// Copies until EOF or error, counting bytes and noting activity; then half-closes the writer.

@@ -1,0 +1,538 @@
+//! The running pieces built from a config — issuers, credential store, interception CA,
+//! upstream client, proxy state — and their replacement when the config is reloaded.
+//!
+//! A reload is all or nothing. The new file is parsed and validated in full, every piece that
+//! can fail is built, and only then is anything swapped in; a file that fails, or that changes
+//! something only a restart can change (listen addresses, the audit sink), is rejected with
+//! every reason and the running config stays. What is unchanged is kept: credentials and what
+//! they hold, issuers (and their sessions), the upstream connection pools, the interception CA
+//! certificate.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sidekey_admin::AdminState;
+use sidekey_audit::{AuditLog, ConfigChanges, ConfigEvent, ConfigEventKind};
+use sidekey_config::{Config, ConfigErrors};
+use sidekey_credentials::{CredentialStore, Issuer, Jwk};
+use sidekey_proxy::{ConnectionLimit, ProxyState, SharedState, Upstream};
+use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
+use tokio_util::sync::CancellationToken;
+
+use crate::bundle;
+
+/// Where the config came from.
+pub enum Source {
+    File(PathBuf),
+    /// The built-in quickstart (`sidekey run` with no `--config`): nothing to reload.
+    BuiltIn,
+}
+
+impl Source {
+    pub fn origin(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::BuiltIn => "<built-in quickstart>".to_string(),
+        }
+    }
+}
+
+/// Why a reload was refused. The running config is unchanged in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    #[error("{}", .0.join("\n"))]
+    NeedsRestart(Vec<String>),
+    #[error("{0:#}")]
+    Build(anyhow::Error),
+}
+
+impl ReloadError {
+    /// One line per reason, for the audit record.
+    fn reasons(&self) -> Vec<String> {
+        match self {
+            ReloadError::Invalid(errors) => errors
+                .errors
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}:{}:{}: error: {}",
+                        errors.origin, e.line, e.column, e.message
+                    )
+                })
+                .collect(),
+            ReloadError::NeedsRestart(reasons) => reasons.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Everything built from the current config.
+pub struct Runtime {
+    source: Source,
+    config: Config,
+    /// The bytes of the file last read, applied or rejected: polling reloads when they change.
+    last_read: Vec<u8>,
+    issuers: HashMap<String, Arc<Issuer>>,
+    credentials: Arc<CredentialStore>,
+    ca: Arc<CertificateAuthority>,
+    upstream: Upstream,
+    /// Contents of `upstream.extra_ca_files` when the upstream client was built.
+    upstream_cas: Vec<Vec<u8>>,
+    audit: AuditLog,
+    pub shared: Arc<SharedState>,
+    pub connections: ConnectionLimit,
+    pub admin: Arc<AdminState>,
+    shutdown: CancellationToken,
+    /// Stops the eager-fetch loop of the current credential store generation.
+    eager: CancellationToken,
+}
+
+impl Runtime {
+    /// Builds everything from `config` (already validated from `text`); nothing is fetched
+    /// yet. Records the load in the audit trail.
+    pub fn start(
+        source: Source,
+        text: &str,
+        config: Config,
+        audit: AuditLog,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Runtime> {
+        let issuers = build_issuers(&config, &HashMap::new(), None)?;
+        let credentials = Arc::new(CredentialStore::new(
+            &config.credentials,
+            &issuers,
+            audit.clone(),
+        )?);
+        // Interception CA: key in memory, public certificate out for agents, name-constrained
+        // to the intercepted routes' hosts.
+        let ca = Arc::new(CertificateAuthority::generate(
+            InterceptScope::from_policy(&config.policy()),
+            leaf_limits(&config),
+        )?);
+        write_ca_files(&config, &ca)?;
+        let upstream_cas = read_upstream_cas(&config)?;
+        let upstream = build_upstream(&config)?;
+        let state = ProxyState::new(
+            &config,
+            Arc::clone(&credentials),
+            Arc::clone(&ca),
+            upstream.clone(),
+            audit.clone(),
+        );
+        let admin = Arc::new(AdminState::new(
+            Arc::clone(&credentials),
+            &local_keys(&issuers),
+        ));
+        let runtime = Runtime {
+            connections: ConnectionLimit::new(config.limits.max_connections),
+            last_read: text.as_bytes().to_vec(),
+            eager: shutdown.child_token(),
+            source,
+            config,
+            issuers,
+            credentials,
+            ca,
+            upstream,
+            upstream_cas,
+            shared: Arc::new(SharedState::new(state)),
+            admin,
+            audit,
+            shutdown,
+        };
+        runtime.record(ConfigEventKind::Loaded, text.as_bytes(), None, Vec::new());
+        runtime.fetch_eager();
+        Ok(runtime)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current credential store generation (for shutdown).
+    pub fn credentials(&self) -> &Arc<CredentialStore> {
+        &self.credentials
+    }
+
+    /// SIGHUP: reads the file and reloads it, changed or not.
+    pub fn reload_now(&mut self) {
+        let Source::File(path) = &self.source else {
+            tracing::warn!(
+                "SIGHUP: running the built-in quickstart config; there is no file to reload"
+            );
+            return;
+        };
+        let path = path.clone();
+        match std::fs::read(&path) {
+            Ok(bytes) => self.reload(bytes),
+            Err(source) => self.rejected(
+                &[],
+                ReloadError::Read {
+                    path: path.display().to_string(),
+                    source,
+                },
+            ),
+        }
+    }
+
+    /// Polling: reloads when the file's bytes differ from the last ones read. A file that
+    /// cannot be read (being replaced) is tried again at the next poll.
+    pub fn reload_if_changed(&mut self) {
+        let Source::File(path) = &self.source else {
+            return;
+        };
+        match std::fs::read(path) {
+            Ok(bytes) if bytes != self.last_read => self.reload(bytes),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "config poll: cannot read the file")
+            }
+        }
+    }
+
+    fn reload(&mut self, bytes: Vec<u8>) {
+        self.last_read.clone_from(&bytes);
+        match self.apply(&bytes) {
+            Ok(changes) => {
+                tracing::info!(
+                    file = %self.source.origin(),
+                    sha256 = %sha256_hex(&bytes),
+                    "config reloaded: {}",
+                    summary(&changes)
+                );
+                self.record(ConfigEventKind::Reloaded, &bytes, Some(changes), Vec::new());
+            }
+            Err(e) => self.rejected(&bytes, e),
+        }
+    }
+
+    fn rejected(&self, bytes: &[u8], error: ReloadError) {
+        tracing::error!(
+            file = %self.source.origin(),
+            "config reload failed; keeping the running config:\n{error}"
+        );
+        self.record(ConfigEventKind::Rejected, bytes, None, error.reasons());
+    }
+
+    /// Validates and builds everything for `bytes`, then swaps it in. On error, nothing has
+    /// changed (except, rarely, a CA file that could not be written back: see
+    /// [`write_ca_files`]).
+    fn apply(&mut self, bytes: &[u8]) -> Result<ConfigChanges, ReloadError> {
+        let origin = self.source.origin();
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            ReloadError::Invalid(ConfigErrors {
+                origin: origin.clone(),
+                errors: vec![sidekey_config::ConfigError {
+                    line: 1,
+                    column: 1,
+                    message: format!("the file is not UTF-8 text: {e}"),
+                    hint: None,
+                }],
+            })
+        })?;
+        let config = sidekey_config::parse(text, &origin).map_err(ReloadError::Invalid)?;
+        let restart = needs_restart(&self.config, &config);
+        if !restart.is_empty() {
+            return Err(ReloadError::NeedsRestart(restart));
+        }
+
+        // Build every new piece; any failure leaves the running config as it is.
+        let issuers = build_issuers(&config, &self.issuers, Some(&self.config))
+            .map_err(ReloadError::Build)?;
+        let (credentials, retired, credential_changes) = self
+            .credentials
+            .successor(&config.credentials, &issuers)
+            .map_err(|e| ReloadError::Build(e.into()))?;
+        let upstream_cas = read_upstream_cas(&config).map_err(ReloadError::Build)?;
+        let upstream =
+            if config.upstream == self.config.upstream && upstream_cas == self.upstream_cas {
+                self.upstream.clone()
+            } else {
+                build_upstream(&config).map_err(ReloadError::Build)?
+            };
+        let scope = InterceptScope::from_policy(&config.policy());
+        let limits = leaf_limits(&config);
+        let ca = if scope == *self.ca.scope() && limits == self.ca.limits() {
+            Arc::clone(&self.ca)
+        } else {
+            Arc::new(
+                self.ca
+                    .reconfigured(scope, limits)
+                    .map_err(|e| ReloadError::Build(e.into()))?,
+            )
+        };
+        let ca_reissued = ca.cert_der() != self.ca.cert_der();
+        if ca_reissued
+            || config.ca.cert_out != self.config.ca.cert_out
+            || config.ca.bundle_out != self.config.ca.bundle_out
+        {
+            if let Err(e) = write_ca_files(&config, &ca) {
+                // Put back what agents had, as far as possible.
+                let _ = write_ca_files(&self.config, &self.ca);
+                return Err(ReloadError::Build(e));
+            }
+        }
+
+        // Swap: new requests see the new config from here on.
+        let credentials = Arc::new(credentials);
+        let state = ProxyState::new(
+            &config,
+            Arc::clone(&credentials),
+            Arc::clone(&ca),
+            upstream.clone(),
+            self.audit.clone(),
+        );
+        self.shared.replace(state);
+        self.admin
+            .update(Arc::clone(&credentials), &local_keys(&issuers));
+        self.connections.resize(config.limits.max_connections);
+        retired.retire();
+
+        let mut changes = ConfigChanges {
+            credentials_added: credential_changes.added,
+            credentials_removed: credential_changes.removed,
+            credentials_changed: credential_changes.changed,
+            ca: if ca_reissued { "reissued" } else { "kept" },
+            ..ConfigChanges::default()
+        };
+        (
+            changes.routes_added,
+            changes.routes_removed,
+            changes.routes_changed,
+        ) = diff(&self.config.routes, &config.routes, |r| &r.name);
+        (
+            changes.issuers_added,
+            changes.issuers_removed,
+            changes.issuers_changed,
+        ) = diff(&self.config.issuers, &config.issuers, |i| &i.name);
+
+        self.config = config;
+        self.issuers = issuers;
+        self.credentials = credentials;
+        self.ca = ca;
+        self.upstream = upstream;
+        self.upstream_cas = upstream_cas;
+        self.eager.cancel();
+        self.eager = self.shutdown.child_token();
+        self.fetch_eager();
+        Ok(changes)
+    }
+
+    /// Fetches the eager credentials of the current generation in the background, retrying
+    /// with backoff; readiness waits for them.
+    fn fetch_eager(&self) {
+        let credentials = Arc::clone(&self.credentials);
+        let stop = self.eager.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match credentials.fetch_eager().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "eager credential fetch failed")
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    fn record(
+        &self,
+        event: ConfigEventKind,
+        bytes: &[u8],
+        changes: Option<ConfigChanges>,
+        errors: Vec<String>,
+    ) {
+        self.audit.config(&ConfigEvent {
+            event,
+            file: self.source.origin(),
+            sha256: sha256_hex(bytes),
+            changes,
+            errors,
+        });
+    }
+}
+
+/// The issuers for `config`: those whose config is unchanged from `previous` are kept (with
+/// their keys, sessions and tokens), the others built.
+fn build_issuers(
+    config: &Config,
+    running: &HashMap<String, Arc<Issuer>>,
+    previous: Option<&Config>,
+) -> anyhow::Result<HashMap<String, Arc<Issuer>>> {
+    let mut out = HashMap::new();
+    for issuer in &config.issuers {
+        let unchanged = previous
+            .and_then(|p| p.issuers.iter().find(|i| i.name == issuer.name))
+            .is_some_and(|old| old == issuer);
+        let built = match running.get(&issuer.name) {
+            Some(kept) if unchanged => Arc::clone(kept),
+            _ => Arc::new(
+                Issuer::build(issuer).with_context(|| format!("issuer `{}`", issuer.name))?,
+            ),
+        };
+        out.insert(issuer.name.clone(), built);
+    }
+    Ok(out)
+}
+
+/// The public keys of the local issuers, for the admin JWKS.
+fn local_keys(issuers: &HashMap<String, Arc<Issuer>>) -> Vec<Jwk> {
+    let mut keys: Vec<(&String, Jwk)> = issuers
+        .iter()
+        .filter_map(|(name, issuer)| match issuer.as_ref() {
+            Issuer::Local(local) => Some((name, local.jwk().clone())),
+            _ => None,
+        })
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    keys.into_iter().map(|(_, key)| key).collect()
+}
+
+fn leaf_limits(config: &Config) -> LeafLimits {
+    LeafLimits {
+        cache_size: config.ca.leaf_cache_size,
+        mint_rate: config.ca.leaf_mint_rate,
+        mint_burst: config.ca.leaf_mint_burst,
+    }
+}
+
+fn build_upstream(config: &Config) -> anyhow::Result<Upstream> {
+    let tls = sidekey_tls::upstream_client_config(&config.upstream.extra_ca_files)?;
+    Ok(Upstream::new(&config.upstream, tls))
+}
+
+/// What the upstream client trusts besides the webpki roots: a reload that changes the files'
+/// contents (a rotated CA) rebuilds it.
+fn read_upstream_cas(config: &Config) -> anyhow::Result<Vec<Vec<u8>>> {
+    config
+        .upstream
+        .extra_ca_files
+        .iter()
+        .map(|path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display())))
+        .collect()
+}
+
+/// Writes `ca.cert_out` and `ca.bundle_out` (each atomically).
+fn write_ca_files(config: &Config, ca: &CertificateAuthority) -> anyhow::Result<()> {
+    if let Some(path) = &config.ca.cert_out {
+        ca.write_cert(path)?;
+        tracing::info!(path = %path.display(), "wrote the interception CA certificate");
+    }
+    if let Some(path) = &config.ca.bundle_out {
+        bundle::write(ca.cert_pem(), path)?;
+    }
+    Ok(())
+}
+
+/// What differs between `old` and `new` that a running sidekey cannot change: the listeners
+/// (agents and probes were pointed at them) and the audit sink.
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let show = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+    for (key, a, b) in [
+        ("listen.forward", old.listen.forward, new.listen.forward),
+        ("listen.routes", old.listen.routes, new.listen.routes),
+        ("listen.admin", old.listen.admin, new.listen.admin),
+    ] {
+        if a != b {
+            out.push(format!(
+                "{key} changed ({} -> {}): this needs a restart",
+                show(a),
+                show(b)
+            ));
+        }
+    }
+    if old.audit != new.audit {
+        out.push("audit changed: the audit sink needs a restart".to_string());
+    }
+    out
+}
+
+/// Names added, removed and changed between two lists of named entries, each sorted.
+fn diff<T: PartialEq>(
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &String,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let old_names: BTreeSet<&String> = old.iter().map(&name).collect();
+    let new_names: BTreeSet<&String> = new.iter().map(&name).collect();
+    let added = new_names
+        .difference(&old_names)
+        .map(|n| (*n).clone())
+        .collect();
+    let removed = old_names
+        .difference(&new_names)
+        .map(|n| (*n).clone())
+        .collect();
+    let mut changed: Vec<String> = new
+        .iter()
+        .filter(|n| old.iter().any(|o| name(o) == name(n) && o != *n))
+        .map(|n| name(n).clone())
+        .collect();
+    changed.sort();
+    (added, removed, changed)
+}
+
+/// `routes +a -b ~c; credentials …; CA kept`, for the log line.
+fn summary(changes: &ConfigChanges) -> String {
+    let mut out = String::new();
+    for (what, added, removed, changed) in [
+        (
+            "routes",
+            &changes.routes_added,
+            &changes.routes_removed,
+            &changes.routes_changed,
+        ),
+        (
+            "credentials",
+            &changes.credentials_added,
+            &changes.credentials_removed,
+            &changes.credentials_changed,
+        ),
+        (
+            "issuers",
+            &changes.issuers_added,
+            &changes.issuers_removed,
+            &changes.issuers_changed,
+        ),
+    ] {
+        let _ = write!(out, "{what}");
+        if added.is_empty() && removed.is_empty() && changed.is_empty() {
+            out.push_str(" unchanged");
+        }
+        for (sign, names) in [("+", added), ("-", removed), ("~", changed)] {
+            for n in names {
+                let _ = write!(out, " {sign}{n}");
+            }
+        }
+        out.push_str("; ");
+    }
+    let _ = write!(out, "CA {}", changes.ca);
+    out
+}
+
+/// Hex SHA-256 of the config file, for the audit record.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
