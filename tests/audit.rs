@@ -238,7 +238,10 @@ fn stdout_carries_only_audit_json() {
     );
     for r in sk.audit() {
         assert!(
-            matches!(r["type"].as_str(), Some("request") | Some("credential")),
+            matches!(
+                r["type"].as_str(),
+                Some("request") | Some("credential") | Some("config")
+            ),
             "unknown record type: {r}"
         );
     }
