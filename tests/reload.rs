@@ -8,7 +8,9 @@
 //!   a restart); the running config keeps serving;
 //! - requests are decided under the config current when they arrive, on keep-alive
 //!   connections and inside intercepted tunnels opened before the reload; requests in flight
-//!   finish.
+//!   finish; blind tunnels the new config would not open are closed, the others stay;
+//! - the interception CA is re-issued (same key and subject, new name constraints, files
+//!   rewritten) when the intercepted hosts change, and kept byte for byte otherwise.
 //!
 //! Every test but the polling one runs with `SIDEKEY_CONFIG_POLL=0s`, so only SIGHUP reloads.
 
@@ -34,8 +36,14 @@ const RESOLVE: &[(&str, &str)] = &[
     ("freshplain.test.local:80", "{upstream_http}"),
 ];
 
+/// An HTTPS host no route names at start.
+const FRESH: &str = "fresh.test.local";
 /// A plain-HTTP host no route names at start.
 const FRESH_PLAIN: &str = "freshplain.test.local";
+/// Blind tunnel targets (`unmatched: tunnel`).
+const BLIND: &str = "blind.test.local";
+const BLIND2: &str = "blind2.test.local";
+
 /// The poll interval variable; see [`start`].
 const POLL: &str = "SIDEKEY_CONFIG_POLL";
 
@@ -448,6 +456,192 @@ fn a_request_in_flight_during_a_reload_finishes_under_its_config() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Blind tunnels
+
+#[test]
+fn blind_tunnels_are_closed_when_unmatched_becomes_deny() {
+    let env = Env::new();
+    let sk = start(&env, &tunnel_config(""));
+    let mut tunnel = blind_tunnel(&sk, &env, BLIND);
+    assert_eq!(
+        exchange(&mut tunnel, "GET", "/echo/blind/1", BLIND).status,
+        200
+    );
+
+    let record = reload_ok(&sk, &allow_loopback_ranges(&config("", "")), &env.vars());
+    assert_changes(&record, &[], "kept");
+    tunnel.sock.set_read_timeout(Some(SHORT)).unwrap();
+    assert!(
+        closed_within(&mut tunnel, Duration::from_secs(5)),
+        "the tunnel to {BLIND} is closed: `unmatched` is `deny` now"
+    );
+    connect_tunnel(sk.forward, &format!("{BLIND}:443"))
+        .expect_err("a new CONNECT is refused")
+        .expect_refusal(403, "host_not_allowed");
+    curl_via(&sk, &["https://api.test.local/echo/routed"]).assert_status(200);
+}
+
+#[test]
+fn a_blind_tunnel_to_a_host_a_route_now_names_is_closed_and_others_stay_open() {
+    let env = Env::new();
+    let sk = start(&env, &tunnel_config(""));
+    let mut named = blind_tunnel(&sk, &env, BLIND);
+    let mut other = blind_tunnel(&sk, &env, BLIND2);
+    assert_eq!(
+        exchange(&mut named, "GET", "/echo/blind/1", BLIND).status,
+        200
+    );
+    assert_eq!(
+        exchange(&mut other, "GET", "/echo/blind2/1", BLIND2).status,
+        200
+    );
+
+    let record = reload_ok(
+        &sk,
+        &tunnel_config(&https_route("blind", BLIND)),
+        &env.vars(),
+    );
+    assert_changes(&record, &[("routes_added", &["blind"])], "reissued");
+    named.sock.set_read_timeout(Some(SHORT)).unwrap();
+    assert!(
+        closed_within(&mut named, Duration::from_secs(5)),
+        "the blind tunnel to {BLIND} is closed: a route names it now"
+    );
+    // Had the reload closed the other tunnel too, it would be closed by now: it is still open,
+    // and works.
+    std::thread::sleep(Duration::from_millis(500));
+    let res = exchange(&mut other, "GET", "/echo/blind2/2", BLIND2);
+    assert_eq!(res.status, 200, "{}", res.body_str());
+    let seen = env.upstream.requests_to("/echo/blind2/2");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].header("authorization"), None, "still blind");
+
+    // The host is intercepted now, with the route's credential.
+    curl_via(&sk, &[&format!("https://{BLIND}/echo/routed")]).assert_status(200);
+    let token = bearer_at(&env.upstream, "/echo/routed");
+    assert_local_jwt(&token, "demo-api");
+    assert_no_token_in_logs(&sk, &[&token]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The interception CA
+
+#[test]
+fn new_intercepted_hosts_reissue_the_ca_with_the_same_key_and_new_name_constraints() {
+    let env = Env::new();
+    let header = "listen: { forward: 127.0.0.1:0, routes: 127.0.0.1:0, admin: 127.0.0.1:0 }\n\
+                  ca: { cert_out: \"{dir}/ca.pem\", bundle_out: \"{dir}/bundle.pem\" }\n";
+    let sk = Sidekey::start_raw_with_env(
+        &format!("{header}{}", config("", "")),
+        &env.vars(),
+        &[(POLL, "0s")],
+    );
+    let bundle = sk.dir().join("bundle.pem");
+    let old_ca = std::fs::read_to_string(sk.ca_pem()).expect("read CA");
+    let old_bundle = std::fs::read_to_string(&bundle).expect("read bundle");
+    let old_permitted = permitted_names(sk.ca_pem());
+    assert!(
+        old_permitted.contains(&"DNS:other.test.local".to_string())
+            && !old_permitted.contains(&format!("DNS:{FRESH}")),
+        "{old_permitted:#?}"
+    );
+    let old_key = openssl_x509(sk.ca_pem(), &["-pubkey"]);
+    let old_subject = openssl_x509(sk.ca_pem(), &["-subject"]);
+
+    // `fresh` added, `other` removed.
+    let yaml = format!(
+        "{header}{}",
+        drop_route(&config(&https_route("fresh", FRESH), ""), "other")
+    );
+    let record = sk.reload_raw(&yaml, &env.vars());
+    check_reloaded(&sk, &record);
+    assert_changes(
+        &record,
+        &[("routes_added", &["fresh"]), ("routes_removed", &["other"])],
+        "reissued",
+    );
+
+    let new_ca = std::fs::read_to_string(sk.ca_pem()).expect("read CA");
+    assert_ne!(new_ca, old_ca, "ca.cert_out was rewritten");
+    assert_eq!(
+        openssl_x509(sk.ca_pem(), &["-pubkey"]),
+        old_key,
+        "same key pair"
+    );
+    assert_eq!(
+        openssl_x509(sk.ca_pem(), &["-subject"]),
+        old_subject,
+        "same subject"
+    );
+    let permitted = permitted_names(sk.ca_pem());
+    for name in [format!("DNS:{FRESH}"), format!("DNS:{API}")] {
+        assert!(
+            permitted.contains(&name),
+            "{name} permitted: {permitted:#?}"
+        );
+    }
+    assert!(
+        !permitted.contains(&"DNS:other.test.local".to_string()),
+        "the removed route's host is no longer permitted: {permitted:#?}"
+    );
+    let new_bundle = std::fs::read_to_string(&bundle).expect("read bundle");
+    assert_ne!(new_bundle, old_bundle, "ca.bundle_out was rewritten");
+    assert_eq!(
+        pem_certs(&new_bundle).first(),
+        pem_certs(&new_ca).first(),
+        "the bundle starts with the new CA certificate"
+    );
+
+    // Clients trusting the new certificate reach the new host, intercepted, with the
+    // credential.
+    curl_via(&sk, &[&format!("https://{FRESH}/echo/fresh")]).assert_status(200);
+    let seen = env.upstream.requests_to("/echo/fresh");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].sni.as_deref(), Some(FRESH));
+    let token = seen[0].bearer().expect("the credential was injected");
+    assert_local_jwt(token, "demo-api");
+    // The removed host is refused, as any unrouted host.
+    expect_https_refusal(
+        &sk,
+        &["https://other.test.local/echo/removed"],
+        "other.test.local:443",
+        403,
+        "host_not_allowed",
+    );
+    assert!(env.upstream.requests_to("/echo/removed").is_empty());
+    assert_no_token_in_logs(&sk, &[token]);
+}
+
+#[test]
+fn clients_trusting_the_ca_certificate_from_before_a_reload_still_connect() {
+    let env = Env::new();
+    let sk = start(&env, &config("", ""));
+    let old_ca = sk.dir().join("old-ca.pem");
+    std::fs::copy(sk.ca_pem(), &old_ca).expect("copy the CA certificate away");
+
+    let record = reload_ok(&sk, &config(&https_route("fresh", FRESH), ""), &env.vars());
+    assert_changes(&record, &[("routes_added", &["fresh"])], "reissued");
+    assert_ne!(
+        std::fs::read(sk.ca_pem()).unwrap(),
+        std::fs::read(&old_ca).unwrap(),
+        "the CA certificate was re-issued"
+    );
+
+    // An agent that read the CA certificate before the reload, to a host it could reach then.
+    let res = curl(&[
+        "-x",
+        &sk.proxy_url(),
+        "--cacert",
+        &old_ca.display().to_string(),
+        "https://api.test.local/echo/old-anchor",
+    ]);
+    res.assert_status(200);
+    let token = bearer_at(&env.upstream, "/echo/old-anchor");
+    assert_local_jwt(&token, "demo-api");
+    assert_no_token_in_logs(&sk, &[&token]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers: configs
 
 /// `paths:` of the `scoped` route of [`base_config`], and another value for it.
@@ -471,6 +665,12 @@ impl ReplaceOnce for str {
 /// [`base_config`] with every host of [`RESOLVE`] resolved.
 fn config(extra_routes: &str, extra_top: &str) -> String {
     base_config(RESOLVE, extra_routes, extra_top)
+}
+
+/// [`config`] with `unmatched: tunnel` (and loopback open to tunnels, where the upstreams
+/// live).
+fn tunnel_config(extra_routes: &str) -> String {
+    allow_loopback_ranges(&config(extra_routes, "unmatched: tunnel"))
 }
 
 /// An HTTPS route `name` for `host`, GET/POST, credential `credential` as a bearer token.
@@ -690,6 +890,9 @@ fn assert_no_token_in_logs(sk: &Sidekey, tokens: &[&str]) {
 // ---------------------------------------------------------------------------------------------
 // Helpers: clients and certificates
 
+/// Read timeout while waiting for a close.
+const SHORT: Duration = Duration::from_millis(200);
+
 /// `curl -x <forward> http://<host><path>`.
 fn plain_get(sk: &Sidekey, host: &str, path: &str) -> CurlResult {
     curl(&["-x", &sk.proxy_url(), &format!("http://{host}{path}")])
@@ -736,6 +939,52 @@ fn intercepted(sk: &Sidekey, host: &str) -> TlsStream {
         .unwrap_or_else(|r| panic!("CONNECT {host}: {} {}", r.status, r.body_str()));
     tls_handshake(tcp, host, Trust::Ca(sk.ca_pem()))
         .unwrap_or_else(|e| panic!("TLS with sidekey for {host}: {e}"))
+}
+
+/// A blind CONNECT tunnel to `host:443`: TLS with the upstream itself, trusting only the test
+/// CA that signed its certificate.
+fn blind_tunnel(sk: &Sidekey, env: &Env, host: &str) -> TlsStream {
+    let tcp = connect_tunnel(sk.forward, &format!("{host}:443"))
+        .unwrap_or_else(|r| panic!("CONNECT {host}: {} {}", r.status, r.body_str()));
+    tls_handshake(tcp, host, Trust::Ca(env.ca.pem_path()))
+        .unwrap_or_else(|e| panic!("TLS with the upstream through the tunnel to {host}: {e}"))
+}
+
+/// `openssl x509 -in <cert> -noout <args>`.
+fn openssl_x509(cert: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .arg("x509")
+        .arg("-in")
+        .arg(cert)
+        .arg("-noout")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl x509 {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The permitted subtrees of the certificate's Name Constraints (`DNS:api.test.local`,
+/// `IP:127.0.0.1/255.255.255.255`), as OpenSSL prints them.
+fn permitted_names(cert: &Path) -> Vec<String> {
+    let text = openssl_x509(cert, &["-text"]);
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("X509v3 Name Constraints"))
+        .skip(1);
+    let mut names = Vec::new();
+    let mut permitted = false;
+    for line in lines {
+        match line {
+            "Permitted:" => permitted = true,
+            "Excluded:" => permitted = false,
+            l if l.starts_with("X509v3") || l.starts_with("Signature Algorithm") => break,
+            l if permitted && !l.is_empty() => names.push(l.to_string()),
+            _ => {}
+        }
+    }
+    names
 }
 
 /// SHA-256 of a file, lower-case hex (`sha256sum`).
