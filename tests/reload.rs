@@ -10,17 +10,24 @@
 //!   connections and inside intercepted tunnels opened before the reload; requests in flight
 //!   finish; blind tunnels the new config would not open are closed, the others stay;
 //! - the interception CA is re-issued (same key and subject, new name constraints, files
-//!   rewritten) when the intercepted hosts change, and kept byte for byte otherwise.
+//!   rewritten) when the intercepted hosts change, and kept byte for byte otherwise;
+//! - credentials: unchanged ones keep their value, changed ones are replaced, removed ones are
+//!   retired (a Vault database lease is revoked);
+//! - `limits.max_connections` follows the reloaded value.
 //!
 //! Every test but the polling one runs with `SIDEKEY_CONFIG_POLL=0s`, so only SIGHUP reloads.
+//! The Vault test needs `scripts/peers/openbao` (run by `scripts/install-test-deps`).
 
 mod common;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::openbao::{OpenBao, ISSUER_POLICY_BASE};
+use common::postgres::Postgres;
 use common::sidekey::{AUDIT_TIMEOUT, RELOAD_TIMEOUT};
 use common::*;
 use serde_json::Value;
@@ -642,6 +649,225 @@ fn clients_trusting_the_ca_certificate_from_before_a_reload_still_connect() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Credentials
+
+#[test]
+fn an_unchanged_credential_keeps_its_token_across_a_reload() {
+    let env = Env::new();
+    let sk = start(&env, &config("", ""));
+    curl_via(&sk, &["https://api.test.local/echo/before"]).assert_status(200);
+    let before = bearer_at(&env.upstream, "/echo/before");
+    let jti_before = assert_local_jwt(&before, "demo-api")["jti"].clone();
+
+    let yaml = config("", "").replace_once(SCOPED_PATHS, SCOPED_V2);
+    let record = reload_ok(&sk, &yaml, &env.vars());
+    assert_changes(&record, &[("routes_changed", &["scoped"])], "kept");
+
+    curl_via(&sk, &["https://api.test.local/echo/after"]).assert_status(200);
+    let after = bearer_at(&env.upstream, "/echo/after");
+    let jti_after = assert_local_jwt(&after, "demo-api")["jti"].clone();
+    assert_eq!(jti_after, jti_before, "the held token is kept");
+    assert_eq!(after, before, "the held token is kept");
+    let ids: Vec<Value> = ["/echo/before", "/echo/after"]
+        .iter()
+        .map(|p| request_record(&sk, p)["credential_id"].clone())
+        .collect();
+    assert_eq!(ids[0], jti_before, "credential_id is the jti: {ids:?}");
+    assert_eq!(ids[1], jti_before, "credential_id is the jti: {ids:?}");
+    assert_no_token_in_logs(&sk, &[&before]);
+}
+
+#[test]
+fn a_changed_credential_is_replaced_with_a_token_for_its_new_config() {
+    let env = Env::new();
+    let sk = start(&env, &config("", ""));
+    curl_via(&sk, &["https://api.test.local/echo/before"]).assert_status(200);
+    let before = bearer_at(&env.upstream, "/echo/before");
+    let jti_before = assert_local_jwt(&before, "demo-api")["jti"].clone();
+
+    let yaml = config("", "").replace_once("audience: demo-api,", "audience: demo-api-v2,");
+    let record = reload_ok(&sk, &yaml, &env.vars());
+    // Whether the routes that use `demo` count as changed is left open.
+    let expected: [(&str, &[&str]); 8] = [
+        ("credentials_changed", &["demo"]),
+        ("credentials_added", &[]),
+        ("credentials_removed", &[]),
+        ("routes_added", &[]),
+        ("routes_removed", &[]),
+        ("issuers_added", &[]),
+        ("issuers_removed", &[]),
+        ("issuers_changed", &[]),
+    ];
+    for (key, want) in expected {
+        assert_eq!(change_list(&record, key), want, "{key}: {record}");
+    }
+    assert_eq!(record["changes"]["ca"], "kept", "{record}");
+
+    curl_via(&sk, &["https://api.test.local/echo/after"]).assert_status(200);
+    let after = bearer_at(&env.upstream, "/echo/after");
+    let jti_after = assert_local_jwt(&after, "demo-api-v2")["jti"].clone();
+    assert_ne!(jti_after, jti_before, "a new token: {after}");
+    assert_eq!(
+        request_record(&sk, "/echo/after")["credential_id"],
+        jti_after,
+        "the request record names the new token"
+    );
+    // Every route using the credential gets the new one.
+    plain_get(&sk, PLAIN, "/echo/plain-after").assert_status(200);
+    let plain = bearer_at(&env.upstream_http, "/echo/plain-after");
+    assert_local_jwt(&plain, "demo-api-v2");
+    assert_no_token_in_logs(&sk, &[&before, &after, &plain]);
+}
+
+/// The audience OpenBao's jwt role is bound to.
+const BAO_AUDIENCE: &str = "sidekey-reload-test";
+/// What sidekey's OpenBao token may read besides [`ISSUER_POLICY_BASE`].
+const DB_POLICY: &str = r#"path "database/creds/readonly" { capabilities = ["read"] }"#;
+/// `issuers.bao`: OpenBao at `{bao}`, jwt login with the identity token.
+const BAO_ISSUER: &str = "  bao:
+    kind: vault
+    address: \"{bao}\"
+    auth:
+      method: jwt
+      role: agent
+";
+/// `credentials.db`: a PostgreSQL password from a database lease.
+const DB_CREDENTIAL: &str = "  db:
+    issuer: bao
+    path: database/creds/readonly
+    field: password
+";
+/// `identity:` (top level), for the jwt login.
+const IDENTITY: &str = "identity:\n  token_file: \"{identity_token}\"";
+
+#[test]
+fn a_removed_vault_credential_has_its_lease_revoked() {
+    let env = Env::new();
+    let pg = Postgres::start();
+    let bao = OpenBao::start();
+    let identity = Identity::new("agent-7", BAO_AUDIENCE);
+    bao.write_policy("agent", &format!("{ISSUER_POLICY_BASE}\n{DB_POLICY}"));
+    bao.enable_jwt_auth(
+        identity.public_pem(),
+        "agent",
+        BAO_AUDIENCE,
+        "5m",
+        "30m",
+        &["agent"],
+    );
+    // Long TTLs: a lease that goes away in this test was revoked, not expired.
+    bao.enable_database(&pg, "readonly", "5m", "30m");
+    let mut vars = env.vars();
+    vars.push(("bao", bao.address()));
+    vars.push((
+        "identity_token",
+        identity.token_file().display().to_string(),
+    ));
+
+    let with_db = add_credential(
+        &add_issuer(
+            &config(&https_route_with("db", "db.test.local", "db"), IDENTITY),
+            BAO_ISSUER,
+        ),
+        DB_CREDENTIAL,
+    );
+    let without_db = add_issuer(&config("", IDENTITY), BAO_ISSUER);
+    let sk = Sidekey::start_with_env(&with_db, &vars, &[(POLL, "0s")]);
+
+    curl_via(&sk, &["https://db.test.local/echo/db/1"]).assert_status(200);
+    let password = bearer_at(&env.upstream, "/echo/db/1");
+    let lease = request_record(&sk, "/echo/db/1")["credential_id"]
+        .as_str()
+        .expect("credential_id")
+        .to_string();
+    assert!(
+        lease.starts_with("database/creds/readonly/"),
+        "the credential ID is the lease ID: {lease}"
+    );
+    assert!(bao.lease_exists(&lease), "lease {lease} is live");
+    let user = pg
+        .user_for_password(&password)
+        .expect("the injected password logs in");
+
+    let record = reload_ok(&sk, &without_db, &vars);
+    assert_changes(
+        &record,
+        &[
+            ("routes_removed", &["db"]),
+            ("credentials_removed", &["db"]),
+        ],
+        "reissued",
+    );
+    let revoked = sk.wait_audit(
+        |r| r["type"] == "credential" && r["event"] == "revoked" && r["credential"] == "db",
+        1,
+        Duration::from_secs(15),
+    );
+    assert_eq!(revoked[0]["credential_id"], lease.as_str(), "{revoked:#?}");
+    assert!(
+        eventually(Duration::from_secs(15), || !bao.lease_exists(&lease)),
+        "lease {lease} outlived its credential"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !pg.role_exists(&user)),
+        "Postgres role {user} outlived its lease"
+    );
+
+    expect_https_refusal(
+        &sk,
+        &["https://db.test.local/echo/db/2"],
+        "db.test.local:443",
+        403,
+        "host_not_allowed",
+    );
+    curl_via(&sk, &["https://api.test.local/echo/still"]).assert_status(200);
+    assert_no_token_in_logs(&sk, &[&password]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+
+#[test]
+fn max_connections_follows_the_reloaded_limit() {
+    let env = Env::new();
+    let limit = |n: usize| config("", &format!("limits: {{ max_connections: {n} }}"));
+    let sk = start(&env, &limit(4));
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| connect(sk.forward).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_served(&sk, "/echo/third-of-4");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let record = reload_ok(&sk, &limit(2), &env.vars());
+    assert_changes(&record, &[], "kept");
+    let mut third = connect(sk.forward).expect("connect");
+    third.set_read_timeout(Some(SHORT)).unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(3)),
+        "a third connection is closed at once under max_connections: 2"
+    );
+    // The two held ones were not closed, and work.
+    let res = exchange(
+        &mut held[0],
+        "GET",
+        &format!("http://{PLAIN}/echo/held"),
+        PLAIN,
+    );
+    assert_eq!(res.status, 200, "{}", res.body_str());
+
+    let record = reload_ok(&sk, &limit(4), &env.vars());
+    assert_changes(&record, &[], "kept");
+    assert_served(&sk, "/echo/third-of-4-again");
+    assert_eq!(
+        env.upstream_http
+            .requests_to("/echo/third-of-4-again")
+            .len(),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers: configs
 
 /// `paths:` of the `scoped` route of [`base_config`], and another value for it.
@@ -876,6 +1102,16 @@ fn assert_changes(record: &Value, expected: &[(&str, &[&str])], ca: &str) {
     assert_eq!(record["changes"]["ca"], ca, "changes.ca: {record}");
 }
 
+/// The request record of `path` (waits for it).
+fn request_record(sk: &Sidekey, path: &str) -> Value {
+    sk.wait_audit(
+        |r| r["type"] == "request" && r["path"] == path,
+        1,
+        AUDIT_TIMEOUT,
+    )
+    .remove(0)
+}
+
 /// None of `tokens` is in sidekey's stderr or audit.
 #[track_caller]
 fn assert_no_token_in_logs(sk: &Sidekey, tokens: &[&str]) {
@@ -948,6 +1184,14 @@ fn blind_tunnel(sk: &Sidekey, env: &Env, host: &str) -> TlsStream {
         .unwrap_or_else(|r| panic!("CONNECT {host}: {} {}", r.status, r.body_str()));
     tls_handshake(tcp, host, Trust::Ca(env.ca.pem_path()))
         .unwrap_or_else(|e| panic!("TLS with the upstream through the tunnel to {host}: {e}"))
+}
+
+/// A new connection to the forward listener is served: a plain GET of `path` gets 200.
+#[track_caller]
+fn assert_served(sk: &Sidekey, path: &str) {
+    let mut conn = connect(sk.forward).expect("connect");
+    let res = exchange(&mut conn, "GET", &format!("http://{PLAIN}{path}"), PLAIN);
+    assert_eq!(res.status, 200, "{}", res.body_str());
 }
 
 /// `openssl x509 -in <cert> -noout <args>`.
