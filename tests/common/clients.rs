@@ -823,6 +823,39 @@ pub fn closed_port_addr() -> SocketAddr {
     addr
 }
 
+/// Polls `cond` every 100 ms until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the peer closes `stream` (EOF, or a read error other than a timeout), throwing
+/// away whatever it sends meanwhile; false if it is still open after `within`. Give the socket
+/// a short read timeout first (e.g. 200 ms): each read may overrun `within` by that much.
+pub fn closed_within(stream: &mut impl Read, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
 /// Decodes standard (`url_safe == false`) or URL-safe base64, padded or not.
 pub fn base64_decode(s: &str, url_safe: bool) -> Option<Vec<u8>> {
     let (c62, c63) = if url_safe { (b'-', b'_') } else { (b'+', b'/') };

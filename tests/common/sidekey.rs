@@ -5,6 +5,10 @@
 //! listener=<name> addr=<ip:port>` lines on stderr, waits for `/readyz` and the CA file, and
 //! collects stdout (audit JSON, one object per line) and stderr on background threads. The
 //! child is killed on drop; if the test is panicking, its stderr and audit are printed first.
+//!
+//! Config reload: [`Sidekey::rewrite_config`] replaces the file (same header, atomically),
+//! [`Sidekey::reload`] also sends SIGHUP and returns the `"type": "config"` audit record that
+//! reports the outcome.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -23,6 +27,8 @@ use super::clients::http_get;
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default wait for audit records.
 pub const AUDIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reload may take to report its outcome (the `config` audit record).
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Path of the built binary under test.
 pub fn sidekey_bin() -> &'static str {
@@ -58,6 +64,9 @@ pub struct Sidekey {
     dir: tempfile::TempDir,
     shared: Arc<Shared>,
     config_path: PathBuf,
+    /// What the harness wrote before the test's YAML (`listen:` and `ca:`); empty for
+    /// [`Sidekey::start_raw`]. [`Sidekey::rewrite_config`] writes it again.
+    header: String,
     ca_pem: PathBuf,
     pub forward: SocketAddr,
     pub routes: SocketAddr,
@@ -98,44 +107,62 @@ impl Sidekey {
     /// Starts sidekey with `yaml` (placeholders from `vars` and `{dir}` replaced) after the
     /// harness's `listen:` and `ca:` sections.
     pub fn start(yaml: &str, vars: &[(&str, String)]) -> Sidekey {
-        Sidekey::start_inner(yaml, vars, true)
+        Sidekey::start_inner(yaml, vars, true, &[])
     }
 
     /// Like [`Sidekey::start`] but the YAML is used as is (after substitution): it must set
     /// `listen:` (three listeners) and `ca.cert_out: {dir}/ca.pem` itself.
     pub fn start_raw(yaml: &str, vars: &[(&str, String)]) -> Sidekey {
-        Sidekey::start_inner(yaml, vars, false)
+        Sidekey::start_inner(yaml, vars, false, &[])
     }
 
-    fn start_inner(yaml: &str, vars: &[(&str, String)], prepend: bool) -> Sidekey {
+    /// Like [`Sidekey::start`], with extra environment variables for the process (e.g.
+    /// `("SIDEKEY_CONFIG_POLL", "0s")`).
+    pub fn start_with_env(yaml: &str, vars: &[(&str, String)], env: &[(&str, &str)]) -> Sidekey {
+        Sidekey::start_inner(yaml, vars, true, env)
+    }
+
+    /// Like [`Sidekey::start_raw`], with extra environment variables for the process.
+    pub fn start_raw_with_env(
+        yaml: &str,
+        vars: &[(&str, String)],
+        env: &[(&str, &str)],
+    ) -> Sidekey {
+        Sidekey::start_inner(yaml, vars, false, env)
+    }
+
+    fn start_inner(
+        yaml: &str,
+        vars: &[(&str, String)],
+        prepend: bool,
+        env: &[(&str, &str)],
+    ) -> Sidekey {
         let dir = tempfile::Builder::new()
             .prefix("sidekey-test-")
             .tempdir()
             .expect("tempdir");
-        let dir_str = dir.path().display().to_string();
         let ca_pem = dir.path().join("ca.pem");
-        let mut all_vars: Vec<(&str, String)> = vars.to_vec();
-        all_vars.push(("dir", dir_str.clone()));
-        let body = substitute(yaml, &all_vars);
-        let config = if prepend {
+        let header = if prepend {
             format!(
                 "# written by tests/common/sidekey.rs\n\
                  listen: {{ forward: 127.0.0.1:0, routes: 127.0.0.1:0, admin: 127.0.0.1:0 }}\n\
-                 ca: {{ cert_out: \"{}\" }}\n{body}",
+                 ca: {{ cert_out: \"{}\" }}\n",
                 ca_pem.display()
             )
         } else {
-            body
+            String::new()
         };
         let config_path = dir.path().join("sidekey.yaml");
+        let config = config_text(&header, dir.path(), yaml, vars);
         std::fs::write(&config_path, &config).expect("write config");
 
         let mut cmd = Command::new(sidekey_bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
-            .current_dir(dir.path());
-        Sidekey::spawn(cmd, dir, config_path, ca_pem, &config)
+            .current_dir(dir.path())
+            .envs(env.iter().copied());
+        Sidekey::spawn(cmd, dir, config_path, header, ca_pem, &config)
     }
 
     /// Starts `sidekey run` with no `--config` (the embedded quickstart), in a temp dir, and
@@ -148,13 +175,21 @@ impl Sidekey {
             .expect("tempdir");
         let mut cmd = Command::new(sidekey_bin());
         cmd.arg("run").current_dir(dir.path());
-        Sidekey::spawn(cmd, dir, PathBuf::new(), ca_pem, "(embedded quickstart)")
+        Sidekey::spawn(
+            cmd,
+            dir,
+            PathBuf::new(),
+            String::new(),
+            ca_pem,
+            "(embedded quickstart)",
+        )
     }
 
     fn spawn(
         mut cmd: Command,
         dir: tempfile::TempDir,
         config_path: PathBuf,
+        header: String,
         ca_pem: PathBuf,
         config_text: &str,
     ) -> Sidekey {
@@ -188,6 +223,7 @@ impl Sidekey {
             dir,
             shared,
             config_path,
+            header,
             ca_pem,
             forward: "0.0.0.0:0".parse().unwrap(),
             routes: "0.0.0.0:0".parse().unwrap(),
@@ -437,6 +473,143 @@ impl Sidekey {
         // Let the reader threads drain stdout and stderr.
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Config reload.
+impl Sidekey {
+    /// Replaces the config file with `yaml` (placeholders from `vars` and `{dir}` replaced)
+    /// after the same `listen:`/`ca:` header the harness wrote at start (none after
+    /// [`Sidekey::start_raw`]). Atomic: a temp file in the same directory, renamed over it.
+    pub fn rewrite_config(&self, yaml: &str, vars: &[(&str, String)]) {
+        self.write_config(&config_text(&self.header, self.dir(), yaml, vars));
+    }
+
+    /// Like [`Sidekey::rewrite_config`] with no header: `yaml` is the whole file (after
+    /// substitution), `listen:` and `ca:` included.
+    pub fn rewrite_config_raw(&self, yaml: &str, vars: &[(&str, String)]) {
+        self.write_config(&config_text("", self.dir(), yaml, vars));
+    }
+
+    fn write_config(&self, text: &str) {
+        let tmp = self.config_path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text).expect("write new config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename new config over the old one");
+    }
+
+    /// Sends SIGHUP (reload the config file).
+    pub fn sighup(&self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {pid}");
+    }
+
+    /// [`Sidekey::rewrite_config`], SIGHUP, and the `config` audit record that reports the
+    /// outcome (`"event"`: `"reloaded"` or `"rejected"`).
+    pub fn reload(&self, yaml: &str, vars: &[(&str, String)]) -> Value {
+        let seen = self.config_records_before_change();
+        self.rewrite_config(yaml, vars);
+        self.sighup();
+        self.wait_config_record(seen + 1, RELOAD_TIMEOUT)
+    }
+
+    /// [`Sidekey::reload`] of a whole file (see [`Sidekey::rewrite_config_raw`]).
+    pub fn reload_raw(&self, yaml: &str, vars: &[(&str, String)]) -> Value {
+        let seen = self.config_records_before_change();
+        self.rewrite_config_raw(yaml, vars);
+        self.sighup();
+        self.wait_config_record(seen + 1, RELOAD_TIMEOUT)
+    }
+
+    /// How many config records there are before a change: at least the `loaded` one of the
+    /// start, even if the audit writer has not delivered it yet.
+    fn config_records_before_change(&self) -> usize {
+        self.config_records().len().max(1)
+    }
+
+    /// Audit records with `"type": "config"` (`loaded`, `reloaded`, `rejected`), in order.
+    pub fn config_records(&self) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["type"] == "config")
+            .collect()
+    }
+
+    /// Waits for the `n`-th (1-based) config record and returns it. Fails at once if sidekey's
+    /// stdout closes first (it exited, e.g. killed by a SIGHUP it does not handle).
+    pub fn wait_config_record(&self, n: usize, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut out = self.shared.out.lock().unwrap();
+        loop {
+            let mut records = out.audit.iter().filter(|r| r["type"] == "config");
+            if let Some(record) = records.nth(n - 1) {
+                return record.clone();
+            }
+            let now = Instant::now();
+            if out.stdout_closed || now >= deadline {
+                let why = if out.stdout_closed {
+                    "sidekey exited (its stdout closed): killed by a SIGHUP it does not handle?"
+                        .to_string()
+                } else {
+                    format!("none within {timeout:?}")
+                };
+                let all: Vec<String> = out.audit.iter().map(|v| v.to_string()).collect();
+                drop(out);
+                panic!(
+                    "expected config record #{n} (`\"type\": \"config\"`): {why}\n--- audit ---\n{}\n--- stderr ---\n{}",
+                    all.join("\n"),
+                    self.stderr()
+                );
+            }
+            out = self
+                .shared
+                .changed
+                .wait_timeout(out, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Waits until at least `n` stderr lines satisfy `pred`; returns those lines.
+    pub fn wait_stderr(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = self.shared.out.lock().unwrap();
+        loop {
+            let found: Vec<String> = out.stderr.iter().filter(|l| pred(l)).cloned().collect();
+            let now = Instant::now();
+            if found.len() >= n {
+                return found;
+            }
+            if now >= deadline {
+                let all = out.stderr.join("\n");
+                drop(out);
+                panic!(
+                    "expected {n} matching stderr lines within {timeout:?}, found {}\n--- stderr ---\n{all}",
+                    found.len()
+                );
+            }
+            out = self
+                .shared
+                .changed
+                .wait_timeout(out, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+}
+
+/// A config file's text: `header`, then `yaml` with `{dir}` and `vars` substituted.
+fn config_text(header: &str, dir: &Path, yaml: &str, vars: &[(&str, String)]) -> String {
+    let mut all_vars: Vec<(&str, String)> = vars.to_vec();
+    all_vars.push(("dir", dir.display().to_string()));
+    format!("{header}{}", substitute(yaml, &all_vars))
 }
 
 impl Drop for Sidekey {
