@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sidekey_admin::AdminState;
 use sidekey_audit::{AuditLog, ConfigChanges, ConfigEvent, ConfigEventKind};
-use sidekey_config::{Config, ConfigErrors};
+use sidekey_config::{Config, ConfigErrors, RouteConfig};
 use sidekey_credentials::{CredentialStore, Issuer, Jwk};
 use sidekey_proxy::{ConnectionLimit, ProxyState, SharedState, Upstream};
 use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
@@ -309,12 +309,22 @@ impl Runtime {
             changes.routes_added,
             changes.routes_removed,
             changes.routes_changed,
-        ) = diff(&self.config.routes, &config.routes, |r| &r.name);
+        ) = diff(
+            &self.config.routes,
+            &config.routes,
+            |r| &r.name,
+            RouteConfig::same_rule,
+        );
         (
             changes.issuers_added,
             changes.issuers_removed,
             changes.issuers_changed,
-        ) = diff(&self.config.issuers, &config.issuers, |i| &i.name);
+        ) = diff(
+            &self.config.issuers,
+            &config.issuers,
+            |i| &i.name,
+            PartialEq::eq,
+        );
 
         self.config = config;
         self.issuers = issuers;
@@ -465,10 +475,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
 }
 
 /// Names added, removed and changed between two lists of named entries, each sorted.
-fn diff<T: PartialEq>(
+fn diff<T>(
     old: &[T],
     new: &[T],
     name: impl Fn(&T) -> &String,
+    same: impl Fn(&T, &T) -> bool,
 ) -> (Vec<String>, Vec<String>, Vec<String>) {
     let old_names: BTreeSet<&String> = old.iter().map(&name).collect();
     let new_names: BTreeSet<&String> = new.iter().map(&name).collect();
@@ -482,7 +493,7 @@ fn diff<T: PartialEq>(
         .collect();
     let mut changed: Vec<String> = new
         .iter()
-        .filter(|n| old.iter().any(|o| name(o) == name(n) && o != *n))
+        .filter(|n| old.iter().any(|o| name(o) == name(n) && !same(o, n)))
         .map(|n| name(n).clone())
         .collect();
     changed.sort();

@@ -376,6 +376,16 @@ pub struct RouteConfig {
     pub line: usize,
 }
 
+impl RouteConfig {
+    /// The same rule, wherever it sits in the file (`line` aside).
+    pub fn same_rule(&self, other: &RouteConfig) -> bool {
+        RouteConfig {
+            line: other.line,
+            ..self.clone()
+        } == *other
+    }
+}
+
 /// How a credential is attached. Whatever the agent sent under the same header/parameter is
 /// removed first.
 #[derive(Debug, Clone, PartialEq, Eq)]
