@@ -398,20 +398,6 @@ fn terminate(sk: &mut Sidekey) {
     sk.terminate();
 }
 
-/// Polls `cond` every 100 ms until it holds or `timeout` passes; returns whether it held.
-fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn write_secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).expect("write secret file");

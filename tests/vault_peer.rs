@@ -34,20 +34,6 @@ fn curl_jwt_login(bao: &OpenBao, role: &str, jwt: &str) -> (u16, Value) {
     (res.status, res.json())
 }
 
-/// Polls `cond` every 100 ms until it holds or `timeout` passes; returns whether it held.
-fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn openbao_starts_and_a_jwt_login_with_the_identity_token_reads_kv_v2() {
     let bao = OpenBao::start();
