@@ -150,7 +150,12 @@ impl Runtime {
             audit,
             shutdown,
         };
-        runtime.record(ConfigEventKind::Loaded, text.as_bytes(), None, Vec::new());
+        runtime.record(
+            ConfigEventKind::Loaded,
+            Some(text.as_bytes()),
+            None,
+            Vec::new(),
+        );
         runtime.fetch_eager();
         Ok(runtime)
     }
@@ -176,7 +181,7 @@ impl Runtime {
         match std::fs::read(&path) {
             Ok(bytes) => self.reload(bytes),
             Err(source) => self.rejected(
-                &[],
+                None,
                 ReloadError::Read {
                     path: path.display().to_string(),
                     source,
@@ -210,13 +215,18 @@ impl Runtime {
                     "config reloaded: {}",
                     summary(&changes)
                 );
-                self.record(ConfigEventKind::Reloaded, &bytes, Some(changes), Vec::new());
+                self.record(
+                    ConfigEventKind::Reloaded,
+                    Some(&bytes),
+                    Some(changes),
+                    Vec::new(),
+                );
             }
-            Err(e) => self.rejected(&bytes, e),
+            Err(e) => self.rejected(Some(&bytes), e),
         }
     }
 
-    fn rejected(&self, bytes: &[u8], error: ReloadError) {
+    fn rejected(&self, bytes: Option<&[u8]>, error: ReloadError) {
         tracing::error!(
             file = %self.source.origin(),
             "config reload failed; keeping the running config:\n{error}"
@@ -364,14 +374,14 @@ impl Runtime {
     fn record(
         &self,
         event: ConfigEventKind,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
         changes: Option<ConfigChanges>,
         errors: Vec<String>,
     ) {
         self.audit.config(&ConfigEvent {
             event,
             file: self.source.origin(),
-            sha256: sha256_hex(bytes),
+            sha256: bytes.map(sha256_hex),
             changes,
             errors,
         });

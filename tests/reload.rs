@@ -254,6 +254,35 @@ fn an_invalid_file_is_rejected_with_every_error_and_the_running_config_keeps_ser
 }
 
 #[test]
+fn a_file_that_cannot_be_read_is_rejected_and_the_running_config_stays() {
+    let env = Env::new();
+    let sk = start(&env, &config("", ""));
+    let text = std::fs::read_to_string(sk.config_path()).unwrap();
+    let seen = sk.config_records().len();
+    std::fs::remove_file(sk.config_path()).unwrap();
+    sk.sighup();
+    let record = sk.wait_config_record(seen + 1, RELOAD_TIMEOUT);
+    assert_eq!(record["event"], "rejected", "{record}");
+    assert!(
+        record.get("sha256").is_none(),
+        "no bytes, no digest: {record}"
+    );
+    let errors = record["errors"].to_string();
+    assert!(
+        errors.contains("cannot read") && errors.contains(&sk.config_path().display().to_string()),
+        "{record}"
+    );
+    curl_via(&sk, &["https://api.test.local/echo/without-a-file"]).assert_status(200);
+
+    // Put back, changed: SIGHUP applies it.
+    std::fs::write(sk.config_path(), text.replace_once(SCOPED_PATHS, SCOPED_V2)).unwrap();
+    sk.sighup();
+    let record = sk.wait_config_record(seen + 2, RELOAD_TIMEOUT);
+    check_reloaded(&sk, &record);
+    assert_changes(&record, &[("routes_changed", &["scoped"])], "kept");
+}
+
+#[test]
 fn listen_and_audit_changes_are_rejected_as_needing_a_restart() {
     let env = Env::new();
     let sk = start(&env, &config("", ""));

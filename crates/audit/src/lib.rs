@@ -96,12 +96,13 @@ pub enum ConfigEventKind {
 }
 
 /// One config load. `sha256` is of the file's bytes, so the policy in force can be matched to
-/// a file in version control.
+/// a file in version control; absent when the file could not be read.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConfigEvent {
     pub event: ConfigEventKind,
     pub file: String,
-    pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<ConfigChanges>,
     /// For `rejected`: every reason, `line:column: error: message` for file errors.
