@@ -226,6 +226,7 @@ fn init_logging() {
 }
 
 async fn run(source: Source, text: String, config: Config, poll: Duration) -> anyhow::Result<()> {
+    let signals = Signals::install();
     harden_process();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let audit_writer = match &config.audit {
@@ -286,7 +287,7 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
     }
     runtime.admin.serving.store(true, Ordering::Release);
 
-    serve_until_stopped(&mut runtime, poll).await;
+    serve_until_stopped(&mut runtime, poll, signals).await;
     tracing::info!("shutting down: draining connections");
     shutdown.cancel();
     tracker.close();
@@ -311,45 +312,69 @@ async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<TcpListene
     Ok(listener)
 }
 
+/// SIGTERM and SIGHUP, listened for from the start of `run`: SIGHUP's default action ends the
+/// process, so one sent while sidekey starts (an operator, a config tool) must already be ours.
+struct Signals {
+    #[cfg(unix)]
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                _ => {
+                    tracing::warn!("cannot listen for SIGTERM/SIGHUP; stopping on Ctrl-C only, no reload on SIGHUP");
+                    None
+                }
+            };
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, reloading the config on SIGHUP and, every `poll` (unless
 /// zero), when the file's bytes changed.
-async fn serve_until_stopped(runtime: &mut Runtime, poll: Duration) {
+async fn serve_until_stopped(runtime: &mut Runtime, poll: Duration, signals: Signals) {
+    let mut ticks = (!poll.is_zero()).then(|| {
+        let mut ticks = tokio::time::interval(poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut hup) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(term), Ok(hup)) => (term, hup),
-            _ => {
-                tracing::warn!("cannot listen for SIGTERM/SIGHUP; stopping on Ctrl-C only, no reload on SIGHUP");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    let Some((mut term, mut hup)) = signals.unix
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    #[cfg(not(unix))]
+    let _ = signals;
+    loop {
+        let tick = async {
+            match ticks.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
             }
         };
-        let mut ticks = (!poll.is_zero()).then(|| {
-            let mut ticks = tokio::time::interval(poll);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks
-        });
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => runtime.reload_now(),
-                _ = async {
-                    match ticks.as_mut() {
-                        Some(t) => t.tick().await,
-                        None => std::future::pending().await,
-                    }
-                } => runtime.reload_if_changed(),
-            }
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => runtime.reload_now(),
+            _ = tick => runtime.reload_if_changed(),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = poll;
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = tick => runtime.reload_if_changed(),
+        }
     }
 }
