@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use regex::Regex;
@@ -51,6 +51,13 @@ struct Output {
     listening: HashMap<String, SocketAddr>,
     stdout_closed: bool,
     stderr_closed: bool,
+}
+
+impl Output {
+    fn audit_lines(&self) -> String {
+        let lines: Vec<String> = self.audit.iter().map(Value::to_string).collect();
+        lines.join("\n")
+    }
 }
 
 struct Shared {
@@ -373,30 +380,43 @@ impl Sidekey {
         n: usize,
         timeout: Duration,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut out = self.shared.out.lock().unwrap();
-        loop {
+        self.wait_output(timeout, |out| {
             let found: Vec<Value> = out.audit.iter().filter(|r| pred(r)).cloned().collect();
-            if found.len() >= n {
-                return found;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let all: Vec<String> = out.audit.iter().map(|v| v.to_string()).collect();
-                drop(out);
-                panic!(
-                    "expected {n} matching audit records within {timeout:?}, found {}\n--- audit ---\n{}\n--- stderr ---\n{}",
-                    found.len(),
-                    all.join("\n"),
-                    self.stderr()
-                );
-            }
-            out = self
-                .shared
-                .changed
-                .wait_timeout(out, deadline - now)
-                .unwrap()
-                .0;
+            (found.len() >= n).then_some(found)
+        })
+        .unwrap_or_else(|(why, out)| {
+            let found = out.audit.iter().filter(|r| pred(r)).count();
+            panic!(
+                "expected {n} matching audit records, found {found}: {why}\n--- audit ---\n{}\n--- stderr ---\n{}",
+                out.audit_lines(),
+                out.stderr.join("\n")
+            )
+        })
+    }
+
+    /// Waits until `found` gives a value for the output collected so far; fails with the
+    /// reason and the output if `timeout` passes first, or if sidekey exits (both its stdout
+    /// and stderr closed: nothing more will come).
+    fn wait_output<T>(
+        &self,
+        timeout: Duration,
+        mut found: impl FnMut(&Output) -> Option<T>,
+    ) -> Result<T, (String, MutexGuard<'_, Output>)> {
+        let out = self.shared.out.lock().unwrap();
+        let (out, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(out, timeout, |out| {
+                found(out).is_none() && !(out.stdout_closed && out.stderr_closed)
+            })
+            .unwrap();
+        match found(&out) {
+            Some(value) => Ok(value),
+            None if out.stdout_closed && out.stderr_closed => Err((
+                "sidekey exited (its stdout and stderr closed)".to_string(),
+                out,
+            )),
+            None => Err((format!("nothing more within {timeout:?}"), out)),
         }
     }
 
@@ -537,39 +557,20 @@ impl Sidekey {
             .collect()
     }
 
-    /// Waits for the `n`-th (1-based) config record and returns it. Fails at once if sidekey's
-    /// stdout closes first (it exited, e.g. killed by a SIGHUP it does not handle).
+    /// Waits for the `n`-th (1-based) config record and returns it. Fails at once if sidekey
+    /// exits first (e.g. killed by a SIGHUP it does not handle).
     pub fn wait_config_record(&self, n: usize, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut out = self.shared.out.lock().unwrap();
-        loop {
+        self.wait_output(timeout, |out| {
             let mut records = out.audit.iter().filter(|r| r["type"] == "config");
-            if let Some(record) = records.nth(n - 1) {
-                return record.clone();
-            }
-            let now = Instant::now();
-            if out.stdout_closed || now >= deadline {
-                let why = if out.stdout_closed {
-                    "sidekey exited (its stdout closed): killed by a SIGHUP it does not handle?"
-                        .to_string()
-                } else {
-                    format!("none within {timeout:?}")
-                };
-                let all: Vec<String> = out.audit.iter().map(|v| v.to_string()).collect();
-                drop(out);
-                panic!(
-                    "expected config record #{n} (`\"type\": \"config\"`): {why}\n--- audit ---\n{}\n--- stderr ---\n{}",
-                    all.join("\n"),
-                    self.stderr()
-                );
-            }
-            out = self
-                .shared
-                .changed
-                .wait_timeout(out, deadline - now)
-                .unwrap()
-                .0;
-        }
+            records.nth(n - 1).cloned()
+        })
+        .unwrap_or_else(|(why, out)| {
+            panic!(
+                "expected config record #{n} (`\"type\": \"config\"`): {why}\n--- audit ---\n{}\n--- stderr ---\n{}",
+                out.audit_lines(),
+                out.stderr.join("\n")
+            )
+        })
     }
 
     /// Waits until at least `n` stderr lines satisfy `pred`; returns those lines.
@@ -579,29 +580,17 @@ impl Sidekey {
         n: usize,
         timeout: Duration,
     ) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut out = self.shared.out.lock().unwrap();
-        loop {
+        self.wait_output(timeout, |out| {
             let found: Vec<String> = out.stderr.iter().filter(|l| pred(l)).cloned().collect();
-            let now = Instant::now();
-            if found.len() >= n {
-                return found;
-            }
-            if now >= deadline {
-                let all = out.stderr.join("\n");
-                drop(out);
-                panic!(
-                    "expected {n} matching stderr lines within {timeout:?}, found {}\n--- stderr ---\n{all}",
-                    found.len()
-                );
-            }
-            out = self
-                .shared
-                .changed
-                .wait_timeout(out, deadline - now)
-                .unwrap()
-                .0;
-        }
+            (found.len() >= n).then_some(found)
+        })
+        .unwrap_or_else(|(why, out)| {
+            let found = out.stderr.iter().filter(|l| pred(l)).count();
+            panic!(
+                "expected {n} matching stderr lines, found {found}: {why}\n--- stderr ---\n{}",
+                out.stderr.join("\n")
+            )
+        })
     }
 }
 
