@@ -80,17 +80,29 @@ impl rcgen::SigningKey for SharedKey {
     }
 }
 
+/// The key pairs, kept for the life of the process (re-issued certificates reuse them).
+#[derive(Clone)]
+struct Keys {
+    ca: SharedKey,
+    leaf: Arc<KeyPair>,
+    /// `leaf`, loaded for rustls.
+    leaf_signing: Arc<dyn rustls::sign::SigningKey>,
+}
+
+/// One CA certificate and what it was made from.
+#[derive(Clone)]
+struct CaCert {
+    params: CertificateParams,
+    der: CertificateDer<'static>,
+    pem: String,
+}
+
 /// The in-memory interception CA and its leaf cache.
 pub struct CertificateAuthority {
     scope: InterceptScope,
+    keys: Keys,
+    cert: CaCert,
     issuer: Issuer<'static, SharedKey>,
-    /// What the certificate was made from; a reload that keeps the scope reuses it.
-    params: CertificateParams,
-    ca_key: SharedKey,
-    cert_der: CertificateDer<'static>,
-    cert_pem: String,
-    leaf_key: Arc<KeyPair>,
-    leaf_signing_key: Arc<dyn rustls::sign::SigningKey>,
     cache: Mutex<LruCache<CanonicalHost, CachedLeaf>>,
     budget: Mutex<MintBudget>,
     limits: LeafLimits,
@@ -99,23 +111,19 @@ pub struct CertificateAuthority {
 impl CertificateAuthority {
     /// A fresh CA (ECDSA P-256), name-constrained to `scope`, and a leaf key.
     pub fn generate(scope: InterceptScope, limits: LeafLimits) -> Result<Self, TlsError> {
-        let ca_key = SharedKey(Arc::new(KeyPair::generate_for(
+        let ca = SharedKey(Arc::new(KeyPair::generate_for(
             &rcgen::PKCS_ECDSA_P256_SHA256,
         )?));
-        let leaf_key = Arc::new(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?);
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let leaf_signing_key = provider().key_provider.load_private_key(der)?;
-        let (params, cert_der, cert_pem) = ca_certificate(&scope, &ca_key)?;
-        Ok(CertificateAuthority::assemble(
-            scope,
-            params,
-            ca_key,
-            cert_der,
-            cert_pem,
-            leaf_key,
-            leaf_signing_key,
-            limits,
-        ))
+        let leaf = Arc::new(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?);
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.serialize_der()));
+        let leaf_signing = provider().key_provider.load_private_key(der)?;
+        let keys = Keys {
+            ca,
+            leaf,
+            leaf_signing,
+        };
+        let cert = ca_certificate(&scope, &keys.ca)?;
+        Ok(CertificateAuthority::assemble(scope, keys, cert, limits))
     }
 
     /// The CA for a reloaded config, with the same key pairs and subject. When `scope`
@@ -129,48 +137,26 @@ impl CertificateAuthority {
         scope: InterceptScope,
         limits: LeafLimits,
     ) -> Result<Self, TlsError> {
-        let (params, cert_der, cert_pem) = if scope == self.scope {
-            (
-                self.params.clone(),
-                self.cert_der.clone(),
-                self.cert_pem.clone(),
-            )
+        let cert = if scope == self.scope {
+            self.cert.clone()
         } else {
-            ca_certificate(&scope, &self.ca_key)?
+            ca_certificate(&scope, &self.keys.ca)?
         };
         Ok(CertificateAuthority::assemble(
             scope,
-            params,
-            self.ca_key.clone(),
-            cert_der,
-            cert_pem,
-            Arc::clone(&self.leaf_key),
-            Arc::clone(&self.leaf_signing_key),
+            self.keys.clone(),
+            cert,
             limits,
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        scope: InterceptScope,
-        params: CertificateParams,
-        ca_key: SharedKey,
-        cert_der: CertificateDer<'static>,
-        cert_pem: String,
-        leaf_key: Arc<KeyPair>,
-        leaf_signing_key: Arc<dyn rustls::sign::SigningKey>,
-        limits: LeafLimits,
-    ) -> Self {
+    fn assemble(scope: InterceptScope, keys: Keys, cert: CaCert, limits: LeafLimits) -> Self {
         let cap = NonZeroUsize::new(limits.cache_size).unwrap_or(NonZeroUsize::MIN);
         CertificateAuthority {
             scope,
-            issuer: Issuer::new(params.clone(), ca_key.clone()),
-            params,
-            ca_key,
-            cert_der,
-            cert_pem,
-            leaf_key,
-            leaf_signing_key,
+            issuer: Issuer::new(cert.params.clone(), keys.ca.clone()),
+            keys,
+            cert,
             cache: Mutex::new(LruCache::new(cap)),
             budget: Mutex::new(MintBudget::new(limits, Instant::now())),
             limits,
@@ -184,12 +170,12 @@ impl CertificateAuthority {
 
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+        &self.cert.pem
     }
 
     /// The CA certificate, DER.
     pub fn cert_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
+        &self.cert.der
     }
 
     /// The hosts this CA may issue for.
@@ -208,7 +194,7 @@ impl CertificateAuthority {
             std::fs::create_dir_all(parent).map_err(wrap)?;
         }
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, self.cert_pem.as_bytes()).map_err(wrap)?;
+        std::fs::write(&tmp, self.cert.pem.as_bytes()).map_err(wrap)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -294,12 +280,15 @@ impl CertificateAuthority {
         params.not_before = now - BACKDATE;
         params.not_after = now + LEAF_VALIDITY;
         params.serial_number = Some(random_serial());
-        Ok(params.signed_by(&*self.leaf_key, &self.issuer)?)
+        Ok(params.signed_by(&*self.keys.leaf, &self.issuer)?)
     }
 
     fn server_config_for(&self, leaf: CertificateDer<'static>) -> Result<ServerConfig, TlsError> {
-        let chain = vec![leaf, self.cert_der.clone()];
-        let certified = Arc::new(CertifiedKey::new(chain, Arc::clone(&self.leaf_signing_key)));
+        let chain = vec![leaf, self.cert.der.clone()];
+        let certified = Arc::new(CertifiedKey::new(
+            chain,
+            Arc::clone(&self.keys.leaf_signing),
+        ));
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
@@ -344,10 +333,7 @@ impl MintBudget {
 
 /// A self-signed CA certificate for `key`, name-constrained to `scope`. The subject is fixed,
 /// so that every certificate of one key is the same issuer to a verifier.
-fn ca_certificate(
-    scope: &InterceptScope,
-    key: &SharedKey,
-) -> Result<(CertificateParams, CertificateDer<'static>, String), TlsError> {
+fn ca_certificate(scope: &InterceptScope, key: &SharedKey) -> Result<CaCert, TlsError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(
@@ -369,7 +355,11 @@ fn ca_certificate(
     params.not_after = now + CA_VALIDITY;
     params.serial_number = Some(random_serial());
     let cert = params.self_signed(key)?;
-    Ok((params, cert.der().clone(), cert.pem()))
+    Ok(CaCert {
+        der: cert.der().clone(),
+        pem: cert.pem(),
+        params,
+    })
 }
 
 fn random_serial() -> SerialNumber {
