@@ -99,8 +99,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds everything from `config` (already validated from `text`); nothing is fetched
-    /// yet. Records the load in the audit trail.
+    /// Builds everything from `config` (already validated from `text`), records the load in
+    /// the audit trail, and starts fetching the eager credentials in the background.
     pub fn start(
         source: Source,
         text: &str,
@@ -552,7 +552,7 @@ fn summary(changes: &ConfigChanges) -> String {
 }
 
 /// Hex SHA-256 of the config file, for the audit record.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     let mut out = String::with_capacity(64);
     for b in digest.as_ref() {

@@ -1,10 +1,11 @@
 //! The audit trail: one JSON line per request (allowed, denied or tunnelled), one per
 //! credential event, and one per config load (at start, and per reload, applied or rejected),
-//! so that the trail says which policy was in force when. Records are serialized on the caller's thread into one shared batch and
-//! written by a dedicated writer thread: at once when it is idle, in batches at most
-//! [`BATCH_WINDOW`] late under load. A slow sink never blocks the request path, and a busy proxy
-//! pays one write per batch, not per record. Audit is separate from diagnostic logs (those go to
-//! stderr through `tracing`) and never carries a credential value.
+//! so that the trail says which policy was in force when. Records are serialized on the
+//! caller's thread into one shared batch and written by a dedicated writer thread: at once when
+//! it is idle, in batches at most [`BATCH_WINDOW`] late under load. A slow sink never blocks
+//! the request path, and a busy proxy pays one write per batch, not per record. Audit is
+//! separate from diagnostic logs (those go to stderr through `tracing`) and never carries a
+//! credential value.
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;

@@ -289,9 +289,8 @@ impl CredentialStore {
             .collect();
         let mut retired_issuers: Vec<Arc<Issuer>> = Vec::new();
         for slot in &retired_slots {
-            let kept = issuers.values().any(|i| Arc::ptr_eq(i, &slot.issuer));
-            if !kept && !retired_issuers.iter().any(|i| Arc::ptr_eq(i, &slot.issuer)) {
-                retired_issuers.push(Arc::clone(&slot.issuer));
+            if !issuers.values().any(|i| Arc::ptr_eq(i, &slot.issuer)) {
+                push_once(&mut retired_issuers, &slot.issuer);
             }
         }
         changes.added.sort();
@@ -385,11 +384,9 @@ impl CredentialStore {
         for slot in self.slots.values() {
             revoke_held(slot, &self.core.audit).await;
         }
-        let mut issuers: Vec<&Arc<Issuer>> = Vec::new();
+        let mut issuers: Vec<Arc<Issuer>> = Vec::new();
         for slot in self.slots.values() {
-            if !issuers.iter().any(|i| Arc::ptr_eq(i, &slot.issuer)) {
-                issuers.push(&slot.issuer);
-            }
+            push_once(&mut issuers, &slot.issuer);
         }
         for issuer in issuers {
             let _ = tokio::time::timeout(REVOKE_TIMEOUT, issuer.shutdown()).await;
@@ -415,7 +412,7 @@ impl CredentialStore {
 
 impl Retired {
     /// Nothing to retire.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.slots.is_empty() && self.issuers.is_empty()
     }
 
@@ -457,6 +454,14 @@ impl Retired {
                 let _ = tokio::time::timeout(REVOKE_TIMEOUT, issuer.shutdown()).await;
             }
         });
+    }
+}
+
+/// Adds `issuer` to `list` unless it is there already (the same `Arc`: several credentials
+/// share one issuer).
+fn push_once(list: &mut Vec<Arc<Issuer>>, issuer: &Arc<Issuer>) {
+    if !list.iter().any(|i| Arc::ptr_eq(i, issuer)) {
+        list.push(Arc::clone(issuer));
     }
 }
 

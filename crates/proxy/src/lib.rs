@@ -121,14 +121,6 @@ impl ConnectionLimit {
         Arc::clone(&self.permits)
     }
 
-    /// The current maximum.
-    pub fn max(&self) -> usize {
-        *self
-            .max
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Sets a new maximum. Raising it frees permits at once. Lowering it takes back the free
     /// permits at once and the rest as open connections close (none is cut): until then, new
     /// connections are refused.
@@ -177,11 +169,10 @@ impl SharedState {
         self.current.load_full()
     }
 
-    /// Makes `state` current for new requests; returns the previous generation.
-    pub fn replace(&self, state: ProxyState) -> Arc<ProxyState> {
-        let previous = self.current.swap(Arc::new(state));
+    /// Makes `state` current for new requests; requests already running keep theirs.
+    pub fn replace(&self, state: ProxyState) {
+        self.current.store(Arc::new(state));
         self.reloads.send_modify(|n| *n += 1);
-        previous
     }
 
     /// Changes every time [`SharedState::replace`] runs: long-lived connections whose
