@@ -24,6 +24,8 @@ fn route(i: usize) -> Route {
         ports: vec![443],
         methods: MethodSet::List(vec!["GET".into(), "POST".into()]),
         paths: vec![PathGlob::parse("/v1/**").expect("glob")],
+        max_request_body: None,
+        signs_body: false,
     }
 }
 

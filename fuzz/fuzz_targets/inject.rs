@@ -9,7 +9,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 use libfuzzer_sys::fuzz_target;
 use sidekey_config::{Inject, Template};
-use sidekey_credentials::Secret;
+use sidekey_secret::Secret;
 use sidekey_inject::{inject, strip_hop_by_hop, strip_injected};
 
 #[derive(Arbitrary, Debug)]

@@ -402,6 +402,21 @@ pub enum Inject {
     SigV4 { service: String, region: String },
 }
 
+impl Inject {
+    /// Whether attaching the credential needs a hash of the whole body: SigV4 for every service
+    /// but S3's, which sign `UNSIGNED-PAYLOAD` so that bodies of any size stream.
+    pub fn signs_body(&self) -> bool {
+        matches!(self, Inject::SigV4 { service, .. } if !is_s3_service(service))
+    }
+}
+
+/// Whether a SigV4 `service` follows S3's signing rules (path signed as sent,
+/// `x-amz-content-sha256` always sent, `UNSIGNED-PAYLOAD`): `s3`, `s3-object-lambda`,
+/// `s3-outposts`.
+pub fn is_s3_service(service: &str) -> bool {
+    matches!(service, "s3" | "s3-object-lambda" | "s3-outposts")
+}
+
 /// A header value template with exactly one `{token}` placeholder, e.g. "Bearer {token}".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -409,14 +424,9 @@ pub struct Template {
     pub suffix: String,
 }
 
-/// `unmatched:` — what happens to targets no route names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Unmatched {
-    #[default]
-    Deny,
-    /// Blind tunnel / plain forward with no credential, still audited.
-    Tunnel,
-}
+/// `unmatched:` — what happens to targets no route names (a policy rule, defined with the
+/// policy).
+pub use sidekey_policy::Unmatched;
 
 /// `audit:` — where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -439,9 +449,12 @@ impl Config {
                     ports: r.ports.clone(),
                     methods: r.methods.clone(),
                     paths: r.paths.clone(),
+                    max_request_body: r.max_request_body,
+                    signs_body: r.inject.as_ref().is_some_and(Inject::signs_body),
                 })
                 .collect(),
         )
+        .with_unmatched(self.unmatched)
     }
 
     /// Human-readable effective policy for `sidekey check`: listeners, unmatched mode, then

@@ -193,14 +193,16 @@ mod tests {
             })
             .unwrap();
             let cred = issuer.issue(&request()).unwrap();
-            let claims = verify(&issuer, cred.token_value().unwrap().expose());
+            let claims = verify(&issuer, &cred.token_value().unwrap().with(str::to_string));
             assert_eq!(claims["jti"], cred.id.0.as_str());
             assert_eq!(claims["sub"], "agent-7");
             assert_eq!(claims["aud"], "demo-api");
             let exp = claims["exp"].as_u64().unwrap();
             let iat = claims["iat"].as_u64().unwrap();
             assert_eq!(exp - iat, 300);
-            let header = jsonwebtoken::decode_header(cred.token_value().unwrap().expose()).unwrap();
+            let header =
+                jsonwebtoken::decode_header(cred.token_value().unwrap().with(str::to_string))
+                    .unwrap();
             assert_eq!(header.kid.as_deref(), Some(issuer.jwk().kid.as_str()));
         }
     }
@@ -221,7 +223,7 @@ mod tests {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&["demo-api"]);
         assert!(jsonwebtoken::decode::<serde_json::Value>(
-            c1.token_value().unwrap().expose(),
+            &c1.token_value().unwrap().with(str::to_string),
             &key,
             &validation
         )

@@ -119,12 +119,13 @@ impl OAuth2Issuer {
             ClientAuth::None => Auth::None,
             ClientAuth::PrivateKeyJwt { key_file, key_id } => {
                 let pem = read_secret_file(key_file, "client private key")?;
-                let (key, algorithm) = signing_key(pem.expose().as_bytes()).ok_or_else(|| {
-                    IssueError::Config(format!(
-                        "{} is not an RSA, P-256 or Ed25519 private key in PEM",
-                        key_file.display()
-                    ))
-                })?;
+                let (key, algorithm) =
+                    pem.with(|pem| signing_key(pem.as_bytes())).ok_or_else(|| {
+                        IssueError::Config(format!(
+                            "{} is not an RSA, P-256 or Ed25519 private key in PEM",
+                            key_file.display()
+                        ))
+                    })?;
                 Auth::Assertion {
                     key,
                     algorithm,
@@ -182,7 +183,7 @@ impl OAuth2Issuer {
                 let secret = read_secret_file(file, "client secret")?;
                 // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
                 let user = form_encode(&self.client_id);
-                let pass = zeroize::Zeroizing::new(form_encode(secret.expose()));
+                let pass = zeroize::Zeroizing::new(secret.with(form_encode));
                 let joined = zeroize::Zeroizing::new(format!("{user}:{}", pass.as_str()));
                 let encoded = zeroize::Zeroizing::new(STANDARD.encode(joined.as_bytes()));
                 basic_sent.push(Secret::new(encoded.to_string()));
@@ -223,11 +224,14 @@ impl OAuth2Issuer {
             }
             Auth::None => form.push(("client_id", self.client_id.clone())),
         }
-        let body = form_body(
-            form.iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .chain(secrets.iter().map(|(k, s)| (*k, s.expose()))),
-        );
+        let secret_refs: Vec<&Secret> = secrets.iter().map(|(_, s)| s).collect();
+        let body = Secret::with_all(&secret_refs, |values| {
+            form_body(
+                form.iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .chain(secrets.iter().map(|(k, _)| *k).zip(values.iter().copied())),
+            )
+        });
         let issued_at = SystemTime::now();
         let (status, answer) = send(
             http.header(
@@ -239,21 +243,25 @@ impl OAuth2Issuer {
         )
         .await?;
         if !(200..300).contains(&status) {
-            let sent: Vec<&str> = secrets
+            let sent: Vec<&Secret> = secret_refs
                 .iter()
-                .map(|(_, s)| s.expose())
-                .chain(basic_sent.iter().map(Secret::expose))
+                .copied()
+                .chain(basic_sent.iter())
                 .collect();
-            let (code, message) = match serde_json::from_slice::<ErrorAnswer>(&answer) {
-                Ok(e) if is_error_code(&e.error) => {
-                    let message = match e.error_description {
-                        Some(d) => format!("{}: {}", e.error, excerpt_without(d.as_bytes(), &sent)),
-                        None => e.error.clone(),
-                    };
-                    (Some(e.error), message)
+            let (code, message) = Secret::with_all(&sent, |sent| {
+                match serde_json::from_slice::<ErrorAnswer>(&answer) {
+                    Ok(e) if is_error_code(&e.error) => {
+                        let message = match e.error_description {
+                            Some(d) => {
+                                format!("{}: {}", e.error, excerpt_without(d.as_bytes(), sent))
+                            }
+                            None => e.error.clone(),
+                        };
+                        (Some(e.error), message)
+                    }
+                    _ => (None, excerpt_without(&answer, sent)),
                 }
-                _ => (None, excerpt_without(&answer, &sent)),
-            };
+            });
             return Err(IssueError::Refused {
                 status,
                 code,

@@ -1,30 +1,10 @@
-//! Secret values and the credentials that carry them.
+//! The credentials issuers hand out: an ID for the audit trail, and the values, each a
+//! [`Secret`] (see `sidekey-secret`).
 
 use std::fmt;
 use std::time::SystemTime;
 
-use zeroize::Zeroizing;
-
-/// A credential value. Wiped from memory on drop; `Debug` shows only that it is redacted and
-/// there is no `Display`, so it cannot end up in a log line or an error by accident.
-pub struct Secret(Zeroizing<String>);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(Zeroizing::new(value))
-    }
-
-    /// The value, for the one place that attaches it to a request.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use sidekey_secret::Secret;
 
 /// The issuer's identifier of one credential (JWT `jti`, lease ID, access key ID…): what the
 /// audit trail records instead of the value.

@@ -38,18 +38,20 @@ impl StsIssuer {
     pub async fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
         let token = read_secret_file(&self.token_file, "identity token")?;
         let duration = request.ttl.as_secs().to_string();
-        let mut form: Vec<(&str, &str)> = vec![
-            ("Action", "AssumeRoleWithWebIdentity"),
-            ("Version", "2011-06-15"),
-            ("RoleArn", &self.role_arn),
-            ("RoleSessionName", &self.session_name),
-            ("DurationSeconds", &duration),
-            ("WebIdentityToken", token.expose()),
-        ];
-        if let Some(policy) = &request.session_policy {
-            form.push(("Policy", policy));
-        }
-        let body = form_body(form);
+        let body = token.with(|token| {
+            let mut form: Vec<(&str, &str)> = vec![
+                ("Action", "AssumeRoleWithWebIdentity"),
+                ("Version", "2011-06-15"),
+                ("RoleArn", &self.role_arn),
+                ("RoleSessionName", &self.session_name),
+                ("DurationSeconds", &duration),
+                ("WebIdentityToken", token),
+            ];
+            if let Some(policy) = &request.session_policy {
+                form.push(("Policy", policy));
+            }
+            form_body(form)
+        });
         let issued_at = SystemTime::now();
         let (status, answer) = send(
             self.client
@@ -64,7 +66,7 @@ impl StsIssuer {
         let text = std::str::from_utf8(&answer)
             .map_err(|_| IssueError::Response("STS answer is not UTF-8".into()))?;
         if !(200..300).contains(&status) {
-            let (code, message) = sts_error(text, token.expose());
+            let (code, message) = token.with(|token| sts_error(text, token));
             return Err(IssueError::Refused {
                 status,
                 code,
@@ -205,8 +207,8 @@ mod tests {
             panic!("aws keys expected")
         };
         assert_eq!(access_key_id, "ASIAEXAMPLE1234");
-        assert_eq!(secret_access_key.expose(), "secret-canary");
-        assert_eq!(session_token.expose(), "session-canary");
+        assert_eq!(secret_access_key.with(str::to_string), "secret-canary");
+        assert_eq!(session_token.with(str::to_string), "session-canary");
         assert!(c.expires_at > SystemTime::now() + Duration::from_secs(3600));
     }
 

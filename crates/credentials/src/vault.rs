@@ -423,10 +423,8 @@ impl Session {
                     VaultJwtMethod::Kubernetes => "service account token",
                 };
                 let jwt = read_secret_file(token_file, what)?;
-                (
-                    mount,
-                    serde_json::json!({ "role": role, "jwt": jwt.expose() }),
-                )
+                let body = jwt.with(|jwt| login_body(&JwtLogin { role, jwt }))?;
+                (mount, body)
             }
             VaultAuth::AppRole {
                 mount,
@@ -435,22 +433,19 @@ impl Session {
             } => {
                 let role_id = read_secret_file(role_id_file, "AppRole role ID")?;
                 let secret_id = read_secret_file(secret_id_file, "AppRole secret ID")?;
-                (
-                    mount,
-                    serde_json::json!({ "role_id": role_id.expose(), "secret_id": secret_id.expose() }),
-                )
+                let body = Secret::with_all(&[&role_id, &secret_id], |ids| {
+                    login_body(&AppRoleLogin {
+                        role_id: ids[0],
+                        secret_id: ids[1],
+                    })
+                })?;
+                (mount, body)
             }
         };
-        let body = zeroize::Zeroizing::new(body.to_string());
         let path = format!("auth/{mount}/login");
         let obtained = SystemTime::now();
         let answer: AuthAnswer = self
-            .request(
-                reqwest::Method::POST,
-                &path,
-                None,
-                Some(body.as_bytes().to_vec()),
-            )
+            .request(reqwest::Method::POST, &path, None, Some(body.to_vec()))
             .await?
             .ok_or_else(|| IssueError::Response(format!("{path} returned no token")))?;
         Ok(token_from(answer.auth, obtained))
@@ -513,7 +508,9 @@ impl Session {
             request = request.header("X-Vault-Namespace", ns);
         }
         if let Some(token) = token {
-            let mut value = reqwest::header::HeaderValue::from_str(token.secret.expose())
+            let mut value = token
+                .secret
+                .with(reqwest::header::HeaderValue::from_str)
                 .map_err(|_| IssueError::Response("vault token is not a valid header".into()))?;
             value.set_sensitive(true);
             request = request.header("X-Vault-Token", value);
@@ -538,6 +535,29 @@ impl Session {
             .map(Some)
             .map_err(|e| IssueError::Response(format!("{path}: not the JSON expected ({e})")))
     }
+}
+
+/// `auth/jwt/login` (and `auth/kubernetes/login`) body.
+#[derive(serde::Serialize)]
+struct JwtLogin<'a> {
+    role: &'a str,
+    jwt: &'a str,
+}
+
+/// `auth/approle/login` body.
+#[derive(serde::Serialize)]
+struct AppRoleLogin<'a> {
+    role_id: &'a str,
+    secret_id: &'a str,
+}
+
+/// A login body serialized straight into a buffer that is wiped on drop (no intermediate JSON
+/// value holding a copy of the secret).
+fn login_body<T: serde::Serialize>(body: &T) -> Result<zeroize::Zeroizing<Vec<u8>>, IssueError> {
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(256));
+    serde_json::to_writer(&mut *out, body)
+        .map_err(|e| IssueError::Config(format!("cannot encode the login request: {e}")))?;
+    Ok(out)
 }
 
 fn token_from(auth: AuthBody, obtained: SystemTime) -> Token {

@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sidekey_config::Inject;
-use sidekey_credentials::Secret;
+use sidekey_secret::Secret;
 use zeroize::Zeroizing;
 
 pub mod sigv4;
@@ -71,21 +71,21 @@ pub fn inject(
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| InjectError::InvalidHeaderName)?;
             let mut text = Zeroizing::new(String::with_capacity(
-                value.prefix.len() + secret.expose().len() + value.suffix.len(),
+                value.prefix.len() + secret.len() + value.suffix.len(),
             ));
             text.push_str(&value.prefix);
-            text.push_str(secret.expose());
+            secret.with(|s| text.push_str(s));
             text.push_str(&value.suffix);
             set_sensitive(headers, name, &text)
         }
         Inject::Basic { username } => {
-            let plain = Zeroizing::new(format!("{username}:{}", secret.expose()));
+            let plain = secret.with(|s| Zeroizing::new(format!("{username}:{s}")));
             let mut text = Zeroizing::new(String::from("Basic "));
             STANDARD.encode_string(plain.as_bytes(), &mut text);
             set_sensitive(headers, header::AUTHORIZATION, &text)
         }
         Inject::Query { param } => {
-            *uri = with_query_param(uri, param, secret.expose())?;
+            *uri = secret.with(|s| with_query_param(uri, param, s))?;
             Ok(())
         }
         Inject::SigV4 { .. } => Err(InjectError::WrongKind(

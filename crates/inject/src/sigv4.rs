@@ -37,13 +37,21 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
+use sidekey_secret::Secret;
 
 /// The temporary keys an `aws-sts` credential holds.
 pub struct AwsKeys<'a> {
     pub access_key_id: &'a str,
-    pub secret_access_key: &'a str,
+    pub secret_access_key: &'a Secret,
     /// `SessionToken` of STS credentials; sent as `x-amz-security-token` and signed.
-    pub session_token: Option<&'a str>,
+    pub session_token: Option<&'a Secret>,
+}
+
+/// [`AwsKeys`] with the secrets read, for the time of one signature.
+struct KeyValues<'a> {
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    session_token: Option<&'a str>,
 }
 
 /// What the signature says about the body.
@@ -143,7 +151,7 @@ pub fn strip(headers: &mut HeaderMap) {
 /// Whether `service` follows S3's signing rules (path signed as sent, `x-amz-content-sha256`
 /// always sent): `s3`, `s3-object-lambda`, `s3-outposts`.
 pub fn is_s3(service: &str) -> bool {
-    matches!(service, "s3" | "s3-object-lambda" | "s3-outposts")
+    sidekey_config::is_s3_service(service)
 }
 
 /// Signs the request as it will be sent upstream, in place.
@@ -163,6 +171,28 @@ pub fn sign(
     headers: &mut HeaderMap,
     payload: Payload<'_>,
     keys: &AwsKeys<'_>,
+    scope: &SigningScope<'_>,
+) -> Result<(), SigV4Error> {
+    let mut secrets = vec![keys.secret_access_key];
+    secrets.extend(keys.session_token);
+    Secret::with_all(&secrets, |values| {
+        let values = KeyValues {
+            access_key_id: keys.access_key_id,
+            secret_access_key: values[0],
+            session_token: values.get(1).copied(),
+        };
+        sign_values(method, host, uri, headers, payload, &values, scope)
+    })
+}
+
+/// [`sign`] with the secret values in hand.
+fn sign_values(
+    method: &Method,
+    host: &str,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    payload: Payload<'_>,
+    keys: &KeyValues<'_>,
     scope: &SigningScope<'_>,
 ) -> Result<(), SigV4Error> {
     let agent_hash = headers
@@ -306,7 +336,7 @@ mod tests {
     }
 
     /// Keys of AWS's Signature Version 4 test suite.
-    const SUITE_KEYS: AwsKeys<'static> = AwsKeys {
+    const SUITE_KEYS: KeyValues<'static> = KeyValues {
         access_key_id: "AKIDEXAMPLE",
         secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
         session_token: None,
@@ -324,9 +354,9 @@ mod tests {
         method: &str,
         uri: &str,
         headers: &mut HeaderMap,
-        keys: &AwsKeys<'_>,
+        keys: &KeyValues<'_>,
     ) -> Result<(), SigV4Error> {
-        sign(
+        sign_values(
             &method.parse().unwrap(),
             "example.amazonaws.com",
             &uri.parse().unwrap(),
@@ -404,7 +434,7 @@ mod tests {
     fn aws_test_suite_session_token() {
         // get-vanilla-with-session-token
         let token = "6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267";
-        let keys = AwsKeys {
+        let keys = KeyValues {
             session_token: Some(token),
             ..SUITE_KEYS
         };
@@ -430,13 +460,13 @@ mod tests {
     fn s3_documentation_get_object_example() {
         let mut h = HeaderMap::new();
         h.insert("range", HeaderValue::from_static("bytes=0-9"));
-        sign(
+        sign_values(
             &Method::GET,
             "examplebucket.s3.amazonaws.com",
             &"/test.txt".parse().unwrap(),
             &mut h,
             Payload::Bytes(b""),
-            &AwsKeys {
+            &KeyValues {
                 access_key_id: "AKIAIOSFODNN7EXAMPLE",
                 secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
                 session_token: None,
@@ -468,14 +498,14 @@ mod tests {
         }
     }
 
-    const STS_KEYS: AwsKeys<'static> = AwsKeys {
+    const STS_KEYS: KeyValues<'static> = KeyValues {
         access_key_id: "ASIAEXAMPLEEXAMPLE01",
         secret_access_key: "s3cr3t-canary/abcdefghijklmnopqrstuvw",
         session_token: Some("FwoGZXIvYXdzEXAMPLEtoken-canary"),
     };
 
     fn sign_s3(uri: &str, h: &mut HeaderMap, payload: Payload<'_>) -> Result<(), SigV4Error> {
-        sign(
+        sign_values(
             &Method::PUT,
             "bucket.s3.us-east-1.amazonaws.com",
             &uri.parse().unwrap(),
@@ -536,11 +566,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("AWS4 dummy"));
         h.insert("x-amz-security-token", HeaderValue::from_static("dummy"));
-        let bad = AwsKeys {
+        let bad = KeyValues {
             access_key_id: "",
             ..STS_KEYS
         };
-        let err = sign(
+        let err = sign_values(
             &Method::GET,
             "bucket.s3.us-east-1.amazonaws.com",
             &"/k".parse().unwrap(),
@@ -576,7 +606,7 @@ mod tests {
             time: suite_time(),
         };
         let sign_sts = |h: &mut HeaderMap, payload| {
-            sign(
+            sign_values(
                 &Method::POST,
                 "sts.us-east-1.amazonaws.com",
                 &"/".parse().unwrap(),
@@ -709,7 +739,7 @@ mod tests {
         for (k, v) in headers {
             h.append(*k, HeaderValue::from_static(v));
         }
-        sign(
+        sign_values(
             &Method::GET,
             "example.amazonaws.com",
             &uri.parse().unwrap(),
@@ -812,7 +842,7 @@ mod tests {
     #[test]
     fn host_argument_is_what_is_signed() {
         let sig = |host: &str, h: &mut HeaderMap| {
-            sign(
+            sign_values(
                 &Method::GET,
                 host,
                 &"/".parse().unwrap(),
@@ -844,7 +874,7 @@ mod tests {
             region: "us-east-1/../x",
             time: suite_time(),
         };
-        let err = sign(
+        let err = sign_values(
             &Method::GET,
             "b.s3.amazonaws.com",
             &"/".parse().unwrap(),
@@ -856,11 +886,11 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, SigV4Error::InvalidScope), "{err}");
 
-        let bad_token = AwsKeys {
+        let bad_token = KeyValues {
             session_token: Some("tok\r\nX-Evil: canary"),
             ..STS_KEYS
         };
-        let err = sign(
+        let err = sign_values(
             &Method::GET,
             "b.s3.amazonaws.com",
             &"/".parse().unwrap(),

@@ -352,7 +352,8 @@ fn parse_port(s: &str) -> Result<u16, HostError> {
     s.parse::<u16>().map_err(|_| bad())
 }
 
-/// Where a request goes: decided once, from one source (see DESIGN.md §1).
+/// Where a request goes: decided once, from one source (the CONNECT authority, the absolute
+/// URI, or the route), and every other naming of it must agree ([`crate::decide`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub scheme: Scheme,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::{CanonicalHost, HostError, PathGlob, RequestPath, Scheme, Target};
+use crate::{CanonicalHost, ErrorCode, HostError, PathGlob, Refusal, RequestPath, Scheme, Target};
 
 /// Why a host pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,6 +161,11 @@ pub struct Route {
     pub methods: MethodSet,
     /// Empty means every path.
     pub paths: Vec<PathGlob>,
+    /// The largest request body forwarded (`max_request_body`); None: no limit.
+    pub max_request_body: Option<u64>,
+    /// The route's injection signs a hash of the body (SigV4 for every service but S3), so the
+    /// body is read whole before the credential is attached (see [`crate::BodyPlan`]).
+    pub signs_body: bool,
 }
 
 impl Route {
@@ -176,45 +181,46 @@ impl Route {
     pub fn allows_path(&self, path: &RequestPath) -> bool {
         self.paths.is_empty() || self.paths.iter().any(|g| g.matches(path.decoded()))
     }
-}
 
-/// The stable deny codes of DESIGN.md §4 that the policy can produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyCode {
-    HostNotAllowed,
-    MethodNotAllowed,
-    PathNotAllowed,
-}
-
-impl DenyCode {
-    /// "host_not_allowed", "method_not_allowed", "path_not_allowed".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyCode::HostNotAllowed => "host_not_allowed",
-            DenyCode::MethodNotAllowed => "method_not_allowed",
-            DenyCode::PathNotAllowed => "path_not_allowed",
-        }
+    /// Where `/r/<route>/` on the route listener goes: only a route naming exactly one exact
+    /// host and HTTPS has one (its first port, or 443).
+    pub fn base(&self) -> Option<Target> {
+        let ([HostPattern::Exact(host)], true) =
+            (self.hosts.as_slice(), self.schemes.contains(&Scheme::Https))
+        else {
+            return None;
+        };
+        Some(Target {
+            scheme: Scheme::Https,
+            host: host.clone(),
+            port: self
+                .ports
+                .first()
+                .copied()
+                .unwrap_or(Scheme::Https.default_port()),
+        })
     }
 }
 
-/// A refusal with its reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    pub code: DenyCode,
-    /// Human-readable, safe to return to the agent, e.g. "evil.example:443 is not in any route",
-    /// "POST is not allowed for api.github.com:443 (routes: github)", "/admin is not allowed for
-    /// api.github.com:443 (routes: github)".
-    pub message: String,
+/// What happens to a target no route names (`unmatched:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unmatched {
+    /// Refused with `host_not_allowed` (the default).
+    #[default]
+    Deny,
+    /// Passed without a credential and without inspection: CONNECT becomes a blind tunnel,
+    /// plain HTTP is forwarded as is. Audited as `tunnel`.
+    Tunnel,
 }
 
 /// The outcome of [`Policy::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Index of the first matching route in [`Policy::routes`].
-    Allow {
-        route: usize,
-    },
-    Deny(Denial),
+    Allow { route: usize },
+    /// `host_not_allowed`, `method_not_allowed` or `path_not_allowed`, with the most specific
+    /// reason.
+    Deny(Refusal),
 }
 
 /// Policies with at most this many routes are decided by a scan: cheaper than the index lookup.
@@ -225,6 +231,7 @@ const SCAN_UP_TO: usize = 16;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     routes: Vec<Route>,
+    unmatched: Unmatched,
     /// Exact host → indices of the routes naming it, ascending.
     exact: HashMap<CanonicalHost, Vec<usize>>,
     /// Wildcard suffix (`.example.com`) → indices of the routes naming `*.example.com`, ascending.
@@ -248,9 +255,20 @@ impl Policy {
         }
         Policy {
             routes,
+            unmatched: Unmatched::Deny,
             exact,
             suffixes,
         }
+    }
+
+    /// The same routes, with `unmatched` deciding what happens to targets none of them names.
+    pub fn with_unmatched(mut self, unmatched: Unmatched) -> Self {
+        self.unmatched = unmatched;
+        self
+    }
+
+    pub fn unmatched(&self) -> Unmatched {
+        self.unmatched
     }
 
     /// Indices of the routes that may name `host`, ascending, without duplicates: those naming
@@ -288,9 +306,9 @@ impl Policy {
         self.decide_among(target, method, path, candidates.iter().copied())
     }
 
-    /// [`Policy::decide`] over the routes at `indices` (ascending; every route that can name
-    /// the target among them).
-    fn decide_among(
+    /// [`Policy::decide`] among the routes at `indices` only (ascending; every route that can
+    /// name the target among them). The route listener decides among its one route.
+    pub(crate) fn decide_among(
         &self,
         target: &Target,
         method: &str,
@@ -312,29 +330,29 @@ impl Policy {
         }
         let where_ = format!("{}:{}", target.host.to_uri_host(), target.port);
         if naming().next().is_none() {
-            return Decision::Deny(Denial {
-                code: DenyCode::HostNotAllowed,
-                message: format!("{where_} is not in any route"),
-            });
+            return Decision::Deny(Refusal::new(
+                ErrorCode::HostNotAllowed,
+                format!("{where_} is not in any route"),
+            ));
         }
         if !naming().any(|r| r.methods.allows(method)) {
-            return Decision::Deny(Denial {
-                code: DenyCode::MethodNotAllowed,
-                message: format!(
+            return Decision::Deny(Refusal::new(
+                ErrorCode::MethodNotAllowed,
+                format!(
                     "{} is not allowed for {where_} (routes: {})",
                     printable_method(method),
                     route_names(naming())
                 ),
-            });
+            ));
         }
-        Decision::Deny(Denial {
-            code: DenyCode::PathNotAllowed,
-            message: format!(
+        Decision::Deny(Refusal::new(
+            ErrorCode::PathNotAllowed,
+            format!(
                 "{} is not allowed for {where_} (routes: {})",
                 path.raw(),
                 route_names(naming().filter(|r| r.methods.allows(method)))
             ),
-        })
+        ))
     }
 
     /// True when some route names the target (CONNECT to it is intercepted, not tunnelled).
@@ -604,6 +622,8 @@ mod tests {
             ports: vec![443],
             methods,
             paths: paths.iter().map(|p| PathGlob::parse(p).unwrap()).collect(),
+            max_request_body: None,
+            signs_body: false,
         }
     }
 
@@ -693,12 +713,12 @@ mod tests {
             route("everything", &["api.openai.com"], MethodSet::Any, &[]),
             plain,
         ]);
-        use DenyCode::*;
+        use ErrorCode::*;
         let https = Scheme::Https;
         let allow = |route: usize| Ok(route);
-        let deny = |code: DenyCode, message: &str| Err((code, message.to_string()));
+        let deny = |code: ErrorCode, message: &str| Err((code, message.to_string()));
         // (scheme, host, port, method, path, want)
-        type Want = Result<usize, (DenyCode, String)>;
+        type Want = Result<usize, (ErrorCode, String)>;
         let cases: Vec<(Scheme, &str, u16, &str, &str, Want)> = vec![
             (https, "api.github.com", 443, "GET", "/repos/acme/widgets", allow(0)),
             (https, "API.github.com.", 443, "GET", "/repos/acme", allow(0)),
@@ -795,7 +815,7 @@ mod tests {
             let got = policy.decide(&t, method, &path);
             let want = match want {
                 Ok(route) => Decision::Allow { route },
-                Err((code, message)) => Decision::Deny(Denial { code, message }),
+                Err((code, message)) => Decision::Deny(Refusal { code, message }),
             };
             assert_eq!(got, want, "{method} {t}{raw_path}");
         }
@@ -805,7 +825,7 @@ mod tests {
                 "GET",
                 &RequestPath::parse("/").unwrap()
             ),
-            Decision::Deny(Denial {
+            Decision::Deny(Refusal {
                 code: HostNotAllowed,
                 message: "api.github.com:443 is not in any route".to_string(),
             })
@@ -813,7 +833,7 @@ mod tests {
     }
 
     #[test]
-    fn policy_lookups_and_codes() {
+    fn policy_lookups() {
         let policy = Policy::new(vec![
             route("a", &["a.example.com"], MethodSet::Any, &[]),
             route("b", &["*.example.com"], MethodSet::Any, &[]),
@@ -824,14 +844,6 @@ mod tests {
         assert_eq!(policy.routes().len(), 2);
         assert!(policy.names_target(&target(Scheme::Https, "x.example.com", 443)));
         assert!(!policy.names_target(&target(Scheme::Https, "example.com", 443)));
-        let codes = [
-            (DenyCode::HostNotAllowed, "host_not_allowed"),
-            (DenyCode::MethodNotAllowed, "method_not_allowed"),
-            (DenyCode::PathNotAllowed, "path_not_allowed"),
-        ];
-        for (code, s) in codes {
-            assert_eq!(code.as_str(), s);
-        }
     }
 
     /// The indexed decision is the first-match decision of a plain scan over every route.

@@ -1,21 +1,28 @@
-//! Building the one audit record of a request as the exchange progresses, and writing it
-//! exactly once, whichever way the exchange ends.
+//! The one audit record of a request, built as the exchange progresses and written exactly
+//! once, whichever way the exchange ends: by [`PendingRecord::finish`] for a refusal, by
+//! [`Metered`] when a response body ends, or when either is dropped first (the agent went
+//! away: `client_aborted`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use sidekey_audit::{redact_query, AuditLog, Outcome, RequestRecord};
-use sidekey_policy::Target;
-
-use crate::error::ErrorCode;
+use sidekey_body::count::BodyMeter;
+use sidekey_body::BoxError;
+use sidekey_policy::{ErrorCode, Target};
 
 /// A request's audit record, not yet written.
 pub struct PendingRecord {
     log: AuditLog,
     record: RequestRecord,
     started: Instant,
-    bytes_in: Arc<AtomicU64>,
+    /// The request body's bytes (and whether it broke off).
+    meter: Arc<BodyMeter>,
+    written: bool,
 }
 
 impl PendingRecord {
@@ -74,13 +81,14 @@ impl PendingRecord {
                 error: None,
             },
             started,
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            meter: BodyMeter::new(),
+            written: false,
         }
     }
 
-    /// The counter the request body adds to.
-    pub fn bytes_in_counter(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.bytes_in)
+    /// What the request body adds its bytes to.
+    pub fn meter(&self) -> Arc<BodyMeter> {
+        Arc::clone(&self.meter)
     }
 
     pub fn set_route(&mut self, route: &str) {
@@ -105,26 +113,131 @@ impl PendingRecord {
         self.record.status = Some(status);
     }
 
-    /// Writes the record of a request refused or failed before any upstream response. The
-    /// decision stays what policy said: a request allowed by a route that then failed upstream
-    /// is `allow` with the failure's code.
-    pub fn finish_refused(mut self, code: ErrorCode, body_len: u64) {
+    /// Marks the request refused (or failed before any upstream response) with `code`, its
+    /// answer `body_len` bytes long. The decision stays what policy said: a request allowed by
+    /// a route that then failed upstream is `allow` with the failure's code.
+    pub fn set_refused(&mut self, code: ErrorCode, body_len: u64) {
         self.record.code = Some(code.as_str());
-        self.record.status = Some(code.status().as_u16());
+        self.record.status = Some(code.status());
         self.record.bytes_out = body_len;
+    }
+
+    /// Writes the record as it stands.
+    pub fn finish(mut self) {
         self.write();
     }
 
-    /// Writes the record of a forwarded request once its response body ended.
+    /// Writes the record of a forwarded request or tunnel once its response has ended.
     pub fn finish_streamed(mut self, bytes_out: u64, error: Option<&'static str>) {
         self.record.bytes_out = bytes_out;
         self.record.error = error;
         self.write();
     }
 
+    /// Drops the record unwritten: what it would say is in other records (a tunnel's requests).
+    pub fn discard(mut self) {
+        self.written = true;
+    }
+
     fn write(&mut self) {
-        self.record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        if self.written {
+            return;
+        }
+        self.written = true;
+        self.record.bytes_in = self.meter.bytes();
         self.record.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         self.log.request(&self.record);
+    }
+}
+
+impl Drop for PendingRecord {
+    /// A record nobody finished: the exchange was dropped on its way (the agent closed the
+    /// connection or reset the stream while sidekey waited on an issuer or the upstream).
+    fn drop(&mut self) {
+        if !self.written {
+            self.record.error.get_or_insert("client_aborted");
+            self.write();
+        }
+    }
+}
+
+/// The response body on its way to the agent: counts bytes and finishes the audit record
+/// exactly once — at end of stream, on an upstream error, or when dropped early.
+pub struct Metered<B: Body> {
+    inner: B,
+    bytes: u64,
+    record: Option<PendingRecord>,
+}
+
+impl<B: Body> Metered<B> {
+    pub fn new(inner: B, record: PendingRecord) -> Self {
+        Metered {
+            inner,
+            bytes: 0,
+            record: Some(record),
+        }
+    }
+
+    fn finish(&mut self, error: Option<&'static str>) {
+        if let Some(record) = self.record.take() {
+            record.finish_streamed(self.bytes, error);
+        }
+    }
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(Some("upstream_body_error"));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for Metered<B> {
+    fn drop(&mut self) {
+        // Dropped before the end: the agent went away mid-stream. Bodies hyper never polls
+        // (HEAD, 304, empty) are already at their end and count as complete.
+        let error = if self.inner.is_end_stream() {
+            None
+        } else {
+            Some("client_aborted")
+        };
+        self.finish(error);
     }
 }

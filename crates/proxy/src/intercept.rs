@@ -1,40 +1,36 @@
-//! TLS interception inside a CONNECT tunnel. The agent's TLS is terminated with a leaf minted
-//! for the CONNECT host; SNI must name that same host, and every request inside must name it
-//! in Host/:authority. HTTP/2 or HTTP/1.1 toward the agent, as ALPN decides; TLS 1.2 or 1.3.
+//! TLS interception inside a CONNECT tunnel that policy decided to intercept. The agent's TLS
+//! is terminated with a leaf minted for the CONNECT host; HTTP/2 or HTTP/1.1 toward the agent
+//! as ALPN decides, TLS 1.2 or 1.3. Each request inside is an exchange of its own, decided under
+//! the config current when it arrives, with the CONNECT target as its target and the TLS server
+//! name the agent sent ([`sidekey_policy::check_sni`]): a mismatch is answered per request
+//! (`target_mismatch`), so the handshake completes and the agent gets a readable 403.
 //!
-//! SNI policy: the CONNECT authority is the target. A ClientHello without SNI is accepted only
-//! when that target is an IP literal (clients send no SNI for IPs; TLS forbids IPs in SNI, and
-//! rustls reads an IP there as no SNI). For a DNS target, a missing or different SNI is a
-//! `target_mismatch`: the handshake completes so that every request inside gets a readable 403.
+//! A tunnel is recorded through the requests made in it. One that carries no request — the
+//! upgrade failed, the handshake failed or timed out (usually: the agent does not trust
+//! sidekey's CA), or the agent closed it first — is one `CONNECT` record saying why.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use rustls::ServerConfig;
-use sidekey_tls::TlsError;
+use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use sidekey_policy::{CanonicalHost, Target};
+use rustls::ServerConfig;
+use sidekey_audit::Outcome;
+use sidekey_body::ProxyBody;
+use sidekey_policy::{check_sni, ErrorCode, Identified, Refusal, Sni, Target};
+use sidekey_tls::TlsError;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::body::ProxyBody;
-use crate::error::{ErrorCode, Refusal};
-use crate::exchange::{self, Exchange};
+use crate::audit::PendingRecord;
+use crate::exchange::{self, new_request_id, Exchange};
 use crate::forward::LISTENER;
-use crate::{Limits, ProxyState, SharedState};
-
-/// What the tunnel established, shared by the requests inside it.
-struct Tunnel {
-    target: Target,
-    /// The SNI the agent sent, when it does not name the CONNECT host.
-    sni_mismatch: Option<String>,
-}
+use crate::{ProxyState, SharedState};
 
 /// The leaf certificate for the CONNECT target, fetched before the CONNECT is answered so that a
 /// refusal (mint budget spent, host outside the CA's scope) is still a readable HTTP response.
@@ -56,22 +52,35 @@ pub fn leaf_for(state: &ProxyState, target: &Target) -> Result<Arc<ServerConfig>
 }
 
 /// Completes the CONNECT upgrade, the TLS handshake with `config` (from [`leaf_for`]), and
-/// serves HTTP inside the tunnel.
-/// Each request inside is decided under the config current when it arrives; `limits` are the
-/// connection's, from the config current at CONNECT.
+/// serves HTTP inside the tunnel. The connection's limits are those of the config current at
+/// CONNECT.
 pub async fn run(
     shared: Arc<SharedState>,
-    limits: Limits,
     target: Target,
     config: Arc<ServerConfig>,
     on_upgrade: OnUpgrade,
     shutdown: CancellationToken,
-    _tracker: TaskTracker,
 ) {
+    let state = shared.load();
+    let limits = state.limits.clone();
+    let mut record = PendingRecord::new(
+        state.audit.clone(),
+        &new_request_id(),
+        LISTENER,
+        "CONNECT",
+        &target,
+        "",
+        Instant::now(),
+    );
+    record.set_decision(Outcome::Allow);
+    record.set_status(200);
+    drop(state);
+
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::debug!(error = %e, "CONNECT upgrade failed");
+            record.finish_streamed(0, Some("client_aborted"));
             return;
         }
     };
@@ -82,45 +91,42 @@ pub async fn run(
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             tracing::info!(target = %target, error = %e, "agent TLS ClientHello rejected");
+            record.finish_streamed(0, Some("tls_handshake_failed"));
             return;
         }
         Err(_) => {
             tracing::info!(target = %target, "agent sent no TLS ClientHello in time");
+            record.finish_streamed(0, Some("tls_handshake_timeout"));
             return;
         }
     };
-    let sni = start.client_hello().server_name().map(str::to_string);
-    let sni_mismatch = match &sni {
-        Some(name) => match CanonicalHost::parse(name) {
-            Ok(host) if host == target.host => None,
-            _ => Some(name.clone()),
-        },
-        // Clients send no SNI for IP literals; for a DNS name, a missing SNI is a mismatch.
-        None if target.host.ip().is_some() => None,
-        None => Some(String::new()),
-    };
+    let sni = check_sni(&target, start.client_hello().server_name());
     let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // Usually the agent does not trust sidekey's CA (see ca.cert_out).
             tracing::info!(target = %target, error = %e, "agent TLS handshake failed");
+            record.finish_streamed(0, Some("tls_handshake_failed"));
             return;
         }
         Err(_) => {
             tracing::info!(target = %target, "agent TLS handshake timed out");
+            record.finish_streamed(0, Some("tls_handshake_timeout"));
             return;
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let tunnel = Arc::new(Tunnel {
-        target,
-        sni_mismatch,
-    });
-    let service = service_fn(move |request| {
-        let state = shared.load();
-        let tunnel = Arc::clone(&tunnel);
-        async move { Ok::<_, Infallible>(inner(state, tunnel, request).await) }
-    });
+    let served = Arc::new(AtomicBool::new(false));
+    let tunnel = Arc::new(Tunnel { target, sni });
+    let service = {
+        let served = Arc::clone(&served);
+        service_fn(move |request| {
+            served.store(true, Ordering::Relaxed);
+            let state = shared.load();
+            let tunnel = Arc::clone(&tunnel);
+            async move { Ok::<_, Infallible>(inner(state, &tunnel, request).await) }
+        })
+    };
     let io = TokioIo::new(tls);
     if h2 {
         let connection = limits.http2_builder().serve_connection(io, service);
@@ -143,6 +149,18 @@ pub async fn run(
             }
         }
     }
+    if !served.load(Ordering::Relaxed) {
+        record.finish_streamed(0, Some("no_request"));
+    } else {
+        // The requests have their records; the tunnel needs none of its own.
+        record.discard();
+    }
+}
+
+/// What the tunnel established, shared by the requests inside it.
+struct Tunnel {
+    target: Target,
+    sni: Sni,
 }
 
 fn log_end(result: Result<(), hyper::Error>) {
@@ -151,35 +169,15 @@ fn log_end(result: Result<(), hyper::Error>) {
     }
 }
 
-/// One request inside the tunnel: the target is the CONNECT target, if SNI and Host agree.
+/// One request inside the tunnel.
 async fn inner(
     state: Arc<ProxyState>,
-    tunnel: Arc<Tunnel>,
+    tunnel: &Tunnel,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let exchange = Exchange::new(LISTENER, tunnel.target.clone());
-    let refusal = match &tunnel.sni_mismatch {
-        Some(sni) if sni.is_empty() => Some(Refusal::new(
-            ErrorCode::TargetMismatch,
-            format!(
-                "the TLS ClientHello named no server (no SNI, or an IP address, which SNI cannot \
-                 carry); it must name the CONNECT target {}",
-                tunnel.target.host
-            ),
-        )),
-        Some(sni) => Some(Refusal::new(
-            ErrorCode::TargetMismatch,
-            format!(
-                "TLS server name {sni} does not match the CONNECT target {}",
-                tunnel.target.host
-            ),
-        )),
-        None => exchange::check_host_header(&request, &tunnel.target, true).err(),
-    };
-    if let Some(refusal) = refusal {
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let response = exchange.refuse(&state, request.method().as_str(), path, refusal);
-        return exchange::drained(request, response).await;
-    }
+    let exchange = Exchange::new(Identified::Intercepted {
+        target: tunnel.target.clone(),
+        sni: tunnel.sni.clone(),
+    });
     exchange::handle(state, exchange, request).await
 }

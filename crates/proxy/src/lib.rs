@@ -1,14 +1,13 @@
-//! sidekey's data plane. A request enters through a listener ([`forward`] for HTTP_PROXY
-//! clients, with CONNECT interception in [`intercept`] and blind tunnels in [`tunnel`];
-//! [`routes`] for `/r/<route>/…` base URLs), which identifies its target; [`exchange`] then runs
-//! the phases: decide → credential → rewrite → forward → respond → audit.
+//! sidekey's data plane: listeners, the exchange, upstream connections. A request enters
+//! through a listener — [`forward`] for HTTP_PROXY clients (CONNECT interception in
+//! [`intercept`], blind tunnels in [`tunnel`]), [`routes`] for `/r/<route>/…` base URLs — which
+//! identifies its target; [`exchange`] then runs the phases: decide → body → credential →
+//! rewrite → forward → respond → audit. Every decision is policy's (`sidekey-policy`); bodies
+//! stream through `sidekey-body`'s wrappers.
 
 mod audit;
-mod body;
-mod decode;
 mod error;
 pub mod exchange;
-mod form;
 pub mod forward;
 pub mod intercept;
 pub mod routes;
@@ -24,9 +23,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use sidekey_audit::AuditLog;
-use sidekey_config::{Config, Inject, LimitsConfig, Unmatched};
+use sidekey_config::{Config, Inject, LimitsConfig};
 use sidekey_credentials::CredentialStore;
-use sidekey_policy::{CanonicalHost, Policy, Scheme};
+use sidekey_policy::Policy;
 use sidekey_tls::CertificateAuthority;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,44 +33,24 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use error::ErrorCode;
+pub use error::refusal_response;
+pub use sidekey_policy::ErrorCode;
 pub use upstream::Upstream;
 
-/// Bounds on what a client may send or hold before sidekey gives up on it (`limits:`).
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Time to read a request head (slowloris).
-    pub header_read_timeout: Duration,
-    /// Time for the agent to finish a TLS handshake inside CONNECT.
-    pub handshake_timeout: Duration,
-    /// Maximum number of request headers.
-    pub max_headers: usize,
-    /// Read buffer bound for HTTP/1 request heads; HTTP/2 header list size.
-    pub max_header_bytes: usize,
-    /// Concurrent streams per HTTP/2 connection.
-    pub max_concurrent_streams: u32,
-    /// Blind tunnels and HTTP/2 connections with no traffic are closed after this.
-    pub idle_timeout: Duration,
-}
+/// Bounds on what a client may send or hold before sidekey gives up on it (`limits:`), with
+/// the HTTP server settings they make.
+#[derive(Debug, Clone, Default)]
+pub struct Limits(pub LimitsConfig);
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits::new(&LimitsConfig::default())
+impl std::ops::Deref for Limits {
+    type Target = LimitsConfig;
+
+    fn deref(&self) -> &LimitsConfig {
+        &self.0
     }
 }
 
 impl Limits {
-    pub fn new(config: &LimitsConfig) -> Self {
-        Limits {
-            header_read_timeout: config.header_read_timeout,
-            handshake_timeout: config.handshake_timeout,
-            max_headers: config.max_headers,
-            max_header_bytes: config.max_header_bytes,
-            max_concurrent_streams: config.max_concurrent_streams,
-            idle_timeout: config.idle_timeout,
-        }
-    }
-
     /// The HTTP/1 server settings every agent-facing listener uses.
     pub fn http1_builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -230,7 +209,8 @@ impl AsyncWrite for AgentStream {
     }
 }
 
-/// What the data plane needs of a route besides its policy.
+/// What the data plane needs of a route besides its policy: which credential, from which
+/// issuer, attached how, and whether the SSRF guard lets it reach private addresses.
 #[derive(Debug, Clone)]
 pub struct RouteRuntime {
     pub name: String,
@@ -238,25 +218,18 @@ pub struct RouteRuntime {
     pub issuer: Option<String>,
     pub inject: Option<Inject>,
     pub allow_private: bool,
-    /// Largest request body forwarded; None: no limit.
-    pub max_request_body: Option<u64>,
-    /// `(host, port)` for the route listener: only routes naming exactly one exact host over
-    /// HTTPS can be reached as `/r/<route>/`.
-    pub base: Option<(CanonicalHost, u16)>,
 }
 
-/// Everything shared by the listeners.
+/// One config generation: everything the listeners and exchanges use.
 pub struct ProxyState {
+    /// Every decision (routes, `unmatched`, body rules).
     pub policy: Policy,
-    /// One single-route policy per route, for the route listener (which addresses one route).
-    pub route_policies: Vec<Policy>,
     /// Index-aligned with `policy.routes()`.
     pub routes: Vec<RouteRuntime>,
     pub credentials: Arc<CredentialStore>,
     pub ca: Arc<CertificateAuthority>,
     pub upstream: Upstream,
     pub audit: AuditLog,
-    pub unmatched: Unmatched,
     pub limits: Limits,
 }
 
@@ -281,36 +254,16 @@ impl ProxyState {
                     .map(str::to_string),
                 inject: r.inject.clone(),
                 allow_private: r.allow_private,
-                max_request_body: r.max_request_body,
-                base: match (r.hosts.as_slice(), r.schemes.contains(&Scheme::Https)) {
-                    ([only], true) => only.exact().map(|h| {
-                        let port = r
-                            .ports
-                            .first()
-                            .copied()
-                            .unwrap_or(Scheme::Https.default_port());
-                        (h.clone(), port)
-                    }),
-                    _ => None,
-                },
             })
             .collect();
-        let policy = config.policy();
-        let route_policies = policy
-            .routes()
-            .iter()
-            .map(|r| Policy::new(vec![r.clone()]))
-            .collect();
         ProxyState {
-            policy,
-            route_policies,
+            policy: config.policy(),
             routes,
             credentials,
             ca,
             upstream,
             audit,
-            unmatched: config.unmatched,
-            limits: Limits::new(&config.limits),
+            limits: Limits(config.limits.clone()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The route listener: `/r/<route>/<path>` goes to `https://<the route's host>/<path>`, for
-//! clients that cannot use a proxy or trust a CA. Only the named route applies.
+//! clients that cannot use a proxy or trust a CA. Only the named route applies
+//! ([`sidekey_policy::route_target`], [`sidekey_policy::Identified::Route`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,23 +9,22 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sidekey_policy::{Scheme, Target};
+use sidekey_body::ProxyBody;
+use sidekey_policy::{route_target, ErrorCode, Refusal};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::ProxyBody;
-use crate::error::{ErrorCode, Refusal};
-use crate::exchange::{self, refuse_unidentified, Exchange};
+use crate::exchange::{self, Exchange, Session};
 use crate::{ProxyState, SharedState};
 
 const LISTENER: &str = "routes";
 
 /// Serves one client connection on the route listener.
 /// Each request is decided under the config current when it arrives.
-pub async fn serve_connection(
-    shared: Arc<SharedState>,
-    stream: crate::AgentStream,
-    shutdown: CancellationToken,
-) {
+pub async fn serve_connection<IO>(shared: Arc<SharedState>, stream: IO, shutdown: CancellationToken)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = shared.load().limits.clone();
     let service = service_fn(move |request| {
         let state = shared.load();
@@ -48,64 +48,34 @@ pub async fn serve_connection(
 }
 
 async fn route(state: Arc<ProxyState>, mut request: Request<Incoming>) -> Response<ProxyBody> {
-    let method = request.method().as_str().to_string();
-    let path = request.uri().path().to_string();
-    let Some(rest) = path.strip_prefix("/r/") else {
-        let refusal = Refusal::new(
-            ErrorCode::RequestInvalid,
-            "the route listener serves /r/<route>/<path>",
-        );
-        return exchange::drained(
-            request,
-            refuse_unidentified(&state, LISTENER, &method, "", refusal),
-        )
-        .await;
+    // identify
+    let address = match route_target(&state.policy, request.uri().path()) {
+        Ok(address) => address,
+        Err(refusal) => {
+            // Recorded under the route name the agent asked for, if it named one.
+            let path = request.uri().path();
+            let name = path
+                .strip_prefix("/r/")
+                .map_or("", |rest| rest.split('/').next().unwrap_or(rest))
+                .to_string();
+            let session =
+                Session::unidentified(&state, LISTENER, request.method(), request.headers(), &name);
+            return session.refuse(refusal, Some(request.into_body())).await;
+        }
     };
-    let (name, tail) = match rest.split_once('/') {
-        Some((name, tail)) => (name, format!("/{tail}")),
-        None => (rest, "/".to_string()),
-    };
-    let Some(index) = state.policy.route_index(name) else {
-        let refusal = Refusal::new(
-            ErrorCode::HostNotAllowed,
-            format!("no route is named `{name}`"),
-        );
-        return exchange::drained(
-            request,
-            refuse_unidentified(&state, LISTENER, &method, name, refusal),
-        )
-        .await;
-    };
-    let Some((host, port)) = state.routes[index].base.clone() else {
-        let refusal = Refusal::new(
-            ErrorCode::HostNotAllowed,
-            format!("route `{name}` names several hosts or a wildcard; reach it through the forward listener"),
-        );
-        return exchange::drained(
-            request,
-            refuse_unidentified(&state, LISTENER, &method, name, refusal),
-        )
-        .await;
-    };
-    let mut exchange = Exchange::new(
-        LISTENER,
-        Target {
-            scheme: Scheme::Https,
-            host,
-            port,
-        },
-    );
-    exchange.only_route = Some(index);
     let path_and_query = match request.uri().query() {
-        Some(query) => format!("{tail}?{query}"),
-        None => tail,
+        Some(query) => format!("{}?{query}", address.path),
+        None => address.path,
     };
+    let exchange = Exchange::new(address.identified);
     match Uri::try_from(path_and_query.as_str()) {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => {
+            // Cut from a URI that parsed, so this does not happen; refused all the same.
             let refusal = Refusal::new(ErrorCode::RequestInvalid, "request path is invalid");
-            let response = exchange.refuse(&state, &method, &path_and_query, refusal);
-            return exchange::drained(request, response).await;
+            let session =
+                Session::unidentified(&state, LISTENER, request.method(), request.headers(), "");
+            return session.refuse(refusal, Some(request.into_body())).await;
         }
     }
     // The Host header names this listener, not the upstream: it is replaced, not checked.

@@ -1,24 +1,24 @@
-//! Blind CONNECT tunnels for targets no route names, when `unmatched: tunnel`: bytes are
-//! copied both ways with no credential and no inspection; one audit record when it closes.
+//! Blind CONNECT tunnels, for targets no route names when `unmatched: tunnel`
+//! ([`sidekey_policy::ConnectDecision::Tunnel`]): bytes are copied both ways with no credential
+//! and no inspection; one audit record when it closes. A reload after which policy would no
+//! longer tunnel the target closes it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sidekey_audit::Outcome;
-use sidekey_config::Unmatched;
-use sidekey_policy::Target;
+use sidekey_body::{empty, ProxyBody};
+use sidekey_policy::{ConnectDecision, Refusal, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::PendingRecord;
-use crate::body::{empty, ProxyBody};
-use crate::error::Refusal;
-use crate::exchange::Exchange;
+use crate::exchange::{new_request_id, Session};
 use crate::forward::LISTENER;
 use crate::{ProxyState, SharedState};
 
@@ -34,34 +34,35 @@ pub async fn open(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Response<ProxyBody> {
-    let exchange = Exchange::new(LISTENER, target);
+    let started = Instant::now();
     let server = match state
         .upstream
         .tcp()
-        .connect(&exchange.target.host.to_string(), exchange.target.port)
+        .connect(&target.host.to_string(), target.port)
         .await
     {
         Ok(stream) => stream,
         Err(e) => {
-            return exchange.refuse(&state, "CONNECT", "", Refusal::new(e.code(), e.to_string()))
+            return Session::connect(&state, &target, started)
+                .refuse(Refusal::new(e.code(), e.to_string()), None::<Incoming>)
+                .await
         }
     };
     let mut record = PendingRecord::new(
         state.audit.clone(),
-        &exchange.request_id,
+        &new_request_id(),
         LISTENER,
         "CONNECT",
-        &exchange.target,
+        &target,
         "",
-        exchange.started,
+        started,
     );
     record.set_decision(Outcome::Tunnel);
     record.set_status(200);
-    let bytes_in = record.bytes_in_counter();
+    let bytes_in = record.meter();
     let idle_timeout = state.limits.idle_timeout;
     let mut reloads = shared.reloads();
     let shared = Arc::clone(shared);
-    let target = exchange.target.clone();
     let on_upgrade = hyper::upgrade::on(&mut request);
     tracker.spawn(async move {
         let client = match on_upgrade.await {
@@ -115,15 +116,15 @@ pub async fn open(
             () = revoked => Some("config_reloaded"),
             _ = shutdown.cancelled() => Some("shutdown"),
         };
-        bytes_in.store(up, Ordering::Relaxed);
+        bytes_in.add(up);
         record.finish_streamed(down, error);
     });
     Response::new(empty())
 }
 
 /// Whether `state` would open a blind tunnel to `target`.
-pub(crate) fn tunnelled_blindly(state: &ProxyState, target: &Target) -> bool {
-    state.unmatched == Unmatched::Tunnel && !state.policy.names_target(target)
+fn tunnelled_blindly(state: &ProxyState, target: &Target) -> bool {
+    state.policy.decide_connect(target) == ConnectDecision::Tunnel
 }
 
 /// Copies until EOF or error, counting bytes and noting activity; then half-closes the writer.

@@ -23,8 +23,8 @@ use sidekey_config::UpstreamConfig;
 use sidekey_policy::{AddressClass, AddressGuard};
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
-use crate::error::{ErrorCode, Refusal};
+use sidekey_body::ProxyBody;
+use sidekey_policy::{ErrorCode, Refusal};
 
 /// Why a TCP connection to an upstream could not be made. The message names host and port
 /// only: never a URI (a query could carry an injected credential).

@@ -234,6 +234,8 @@ mod tests {
             ports: vec![scheme.default_port()],
             methods: MethodSet::Any,
             paths: vec![],
+            max_request_body: None,
+            signs_body: false,
         };
         let policy = Policy::new(vec![
             route("tls", "api.example.com", Scheme::Https),

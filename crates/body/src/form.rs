@@ -1,12 +1,12 @@
-//! Method overrides carried in POST bodies. Rails/Rack, Laravel and Symfony run a POST as the
-//! method named by a `_method` form field, read from `application/x-www-form-urlencoded` and
-//! `multipart/*` bodies (Rack also reads a POST with no Content-Type as a form). This module finds
-//! those fields. A url-encoded body that declares a small length is read whole before anything is
-//! sent ([`urlencoded_overrides`]); any other form body — a multipart upload, a large or chunked
-//! url-encoded one (often not a form at all: curl's `-d` and a POST without Content-Type are
-//! read as forms) — is scanned as it streams ([`UrlEncodedScanner`], [`MultipartScanner`],
-//! [`FormGuard`]) and cut off before its end if a field asks for a method the route does not
-//! allow — a request whose body never ends is never acted on by these frameworks.
+//! `_method` fields in POST form bodies that stream: Rails/Rack, Laravel and Symfony run a POST
+//! as the method named by such a field. Policy decides which bodies to scan
+//! ([`sidekey_policy::FormScan`]) and whether a value found is allowed
+//! ([`sidekey_policy::Policy::check_method_field`]); a url-encoded body that declares a small
+//! length is read whole and checked before anything is sent. Here: scanners that find the
+//! fields of a body fed in pieces ([`UrlEncodedScanner`], [`MultipartScanner`]) keeping only a
+//! bounded part of it, and [`FormGuard`], which holds the last piece back until the scan has
+//! seen the end, and cuts the body off before its end if a field asks for a method the route
+//! does not allow — a request whose body never ends is never acted on by these frameworks.
 //!
 //! Where the frameworks read a body differently, the scanner refuses it (`request_invalid`)
 //! rather than pick a reading: a boundary line not preceded by CRLF (PHP also splits on a bare
@@ -20,154 +20,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
 use memchr::memmem;
+use sidekey_policy::form::{is_override_name, percent_decode, urlencoded_overrides};
+use sidekey_policy::{ErrorCode, FormScan, Refusal};
 
-use crate::body::BoxError;
-use crate::error::{ErrorCode, Refusal};
+use crate::BoxError;
 
 /// The largest `_method` value kept while scanning; a longer one names no method.
 const MAX_VALUE: usize = 1024;
 /// The largest header block of one multipart part.
 const MAX_PART_HEADERS: usize = 16 * 1024;
-/// The longest boundary accepted (RFC 2046 allows 70 characters; some clients use a few more).
-const MAX_BOUNDARY: usize = 200;
 /// After a refused field, at most this much of the rest of the agent's body is read (and
-/// dropped) within [`DRAIN_TIME`], so that it gets to read the refusal (see `exchange::drain`).
+/// dropped) within [`DRAIN_TIME`], so that it gets to read the refusal (an HTTP/2 stream
+/// answered before its body ends is reset, and some clients then report the reset instead).
 const DRAIN_LIMIT: u64 = 4 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-/// True when a form field named `name` (already percent-decoded where the format encodes names)
-/// is read as the method override by some framework: `_method` in any letter case, with PHP's
-/// readings of a name (leading spaces dropped; `.` and space read as `_`) and with any `[...]`
-/// suffix (an array under `_method`, which no framework should honour, refused all the same).
-pub fn is_override_name(name: &str) -> bool {
-    let name = name.trim_start_matches([' ', '\t']);
-    let base = name.split('[').next().unwrap_or(name);
-    base.len() == 7
-        && base
-            .bytes()
-            .zip(b"_method")
-            .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*b == b'_' && matches!(a, b'.' | b' ')))
-}
-
-/// The values of every `_method` field of a query string or url-encoded body (`&` and `;`
-/// separate fields, as in Rack 2), percent-decoded with `+` as a space.
-pub fn urlencoded_overrides(text: &[u8]) -> Vec<String> {
-    text.split(|&b| b == b'&' || b == b';')
-        .filter_map(|pair| {
-            let (key, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &b""[..]),
-            };
-            is_override_name(&percent_decode(key)).then(|| percent_decode(value))
-        })
-        .collect()
-}
-
-/// Percent-decodes a form component (`+` as a space), lossily.
-pub fn percent_decode(bytes: &[u8]) -> String {
-    let hex = |i: usize| bytes.get(i).and_then(|&b| (b as char).to_digit(16));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) {
-                // Two hex digits: at most 0xff.
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// How a POST body can carry form fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FormKind {
-    /// `application/x-www-form-urlencoded`, or no Content-Type at all (Rack reads that as a
-    /// form too).
-    UrlEncoded,
-    /// `multipart/*` with this boundary.
-    Multipart { boundary: String },
-}
-
-/// The form kind of a POST's body, or None for bodies no framework reads `_method` from
-/// (JSON, binary types…). A body whose form reading is ambiguous is refused.
-pub fn form_kind(parts: &Parts) -> Result<Option<FormKind>, Refusal> {
-    let invalid = |message: &str| Refusal::new(ErrorCode::RequestInvalid, message);
-    let mut types = parts.headers.get_all(http::header::CONTENT_TYPE).iter();
-    let content_type = match (types.next(), types.next()) {
-        (None, _) => None,
-        (Some(value), None) => Some(
-            value
-                .to_str()
-                .map_err(|_| invalid("Content-Type is not ASCII"))?,
-        ),
-        (Some(_), Some(_)) => return Err(invalid("more than one Content-Type header")),
-    };
-    let (media, params) = match content_type.map(str::trim) {
-        None | Some("") => ("", ""),
-        // As Rack reads it: the media type ends at the first `;` or `,`.
-        Some(text) => match text.find([';', ',']) {
-            Some(i) => (text[..i].trim(), &text[i + 1..]),
-            None => (text, ""),
-        },
-    };
-    let media = media.to_ascii_lowercase();
-    let kind = if media.is_empty() || media == "application/x-www-form-urlencoded" {
-        FormKind::UrlEncoded
-    } else if media.starts_with("multipart/") {
-        let boundary = boundary_param(params).ok_or_else(|| {
-            invalid("a multipart body needs a boundary parameter of 1 to 200 characters")
-        })?;
-        FormKind::Multipart { boundary }
-    } else {
-        return Ok(None);
-    };
-    let coded = parts
-        .headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
-    if coded {
-        return Err(invalid(
-            "a form body with a Content-Encoding cannot be checked for a `_method` field on this \
-             route",
-        ));
-    }
-    Ok(Some(kind))
-}
-
-/// The `boundary` parameter of a multipart Content-Type (after the media type), unquoted.
-/// None unless it is the only `boundary` anywhere in the parameters (PHP and Rack both take the
-/// first `boundary=` they find, even inside another parameter's name) and holds no `;`, `,` or
-/// `"` (Rack ends a boundary at those even inside quotes, PHP does not).
-fn boundary_param(params: &str) -> Option<String> {
-    let lower = params.to_ascii_lowercase();
-    let at = lower.find("boundary")?;
-    if lower[at + 8..].contains("boundary") {
-        return None;
-    }
-    let before = lower[..at].trim_end_matches([' ', '\t']);
-    if !(before.is_empty() || before.ends_with(';')) {
-        return None;
-    }
-    let rest = params[at + 8..].trim_start_matches([' ', '\t']);
-    let rest = rest.strip_prefix('=')?.trim_start_matches([' ', '\t']);
-    let value = match rest.strip_prefix('"') {
-        Some(quoted) => quoted.split_once('"')?.0,
-        None => rest.split([';', ' ', '\t']).next().unwrap_or(""),
-    };
-    let clean = !value.is_empty()
-        && value.len() <= MAX_BOUNDARY
-        && !value.contains([';', ',', '"', '\r', '\n']);
-    clean.then(|| value.to_string())
-}
 
 /// Why a multipart body cannot be read one way only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -588,6 +456,30 @@ fn param_value(rest: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The streaming scanner for a body policy said to scan; None for [`FormScan::None`].
+pub fn scanner_for(form: &FormScan) -> Option<Box<dyn FieldScanner>> {
+    match form {
+        FormScan::None => None,
+        FormScan::UrlEncoded => Some(Box::new(UrlEncodedScanner::default())),
+        FormScan::Multipart { boundary } => Some(Box::new(MultipartScanner::new(boundary))),
+    }
+}
+
+/// The `_method` values of a form body read whole (a small url-encoded form, or a body read
+/// to be signed).
+pub fn fields_of_whole(form: &FormScan, bytes: &[u8]) -> Result<Vec<String>, ScanError> {
+    match form {
+        FormScan::None => Ok(Vec::new()),
+        FormScan::UrlEncoded => Ok(urlencoded_overrides(bytes)),
+        FormScan::Multipart { boundary } => {
+            let mut scanner = MultipartScanner::new(boundary);
+            let mut values = scanner.feed(bytes)?;
+            values.extend(scanner.finish()?);
+            Ok(values)
+        }
+    }
+}
+
 /// Decides a `_method` value: Ok if the route that allowed the request allows it too.
 pub type OverrideCheck = Arc<dyn Fn(&str) -> Result<(), Refusal> + Send + Sync>;
 
@@ -772,28 +664,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn override_names_in_every_reading() {
-        for name in [
-            "_method",
-            "_METHOD",
-            "_Method",
-            " _method",
-            ".method",
-            "_method[]",
-            "_method[x]",
-            "_method[",
-        ] {
-            assert!(is_override_name(name), "{name:?}");
-        }
-        // PHP drops leading spaces before it reads the others as `_`: " method" is "method".
-        for name in [
-            "method", " method", "__method", "_methods", "x_method", "_meth", "", "_method_",
-        ] {
-            assert!(!is_override_name(name), "{name:?}");
-        }
-    }
-
-    #[test]
     fn the_streaming_urlencoded_scanner_reads_fields_as_the_whole_body_reading_does() {
         let bodies = [
             "_method=DELETE",
@@ -856,95 +726,6 @@ mod tests {
                 .feed(b"_method=")
                 .and_then(|_| scanner.feed(&filler)),
             Err(ScanError::ValueTooLong)
-        );
-    }
-
-    #[test]
-    fn urlencoded_fields_are_found_in_every_spelling() {
-        let cases: &[(&str, &[&str])] = &[
-            ("_method=DELETE", &["DELETE"]),
-            ("a=1&_method=put&b=2", &["put"]),
-            ("%5Fmethod=delete", &["delete"]),
-            ("%5fMETHOD=PATCH", &["PATCH"]),
-            ("a=1;_method=DELETE", &["DELETE"]),
-            ("_method=GET&_method=DELETE", &["GET", "DELETE"]),
-            ("_method=DEL%45TE", &["DELETE"]),
-            ("_method", &[""]),
-            (".method=DELETE", &["DELETE"]),
-            ("+method=DELETE", &[]),
-            ("method=DELETE&x_method=PUT", &[]),
-            ("", &[]),
-        ];
-        for (body, want) in cases {
-            assert_eq!(urlencoded_overrides(body.as_bytes()), *want, "{body}");
-        }
-    }
-
-    fn parts(content_type: Option<&str>, encoding: Option<&str>) -> Parts {
-        let mut builder = http::Request::post("http://x/");
-        if let Some(t) = content_type {
-            builder = builder.header("content-type", t);
-        }
-        if let Some(e) = encoding {
-            builder = builder.header("content-encoding", e);
-        }
-        builder.body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn form_kinds() {
-        let multipart = |b: &str| {
-            Ok(Some(FormKind::Multipart {
-                boundary: b.to_string(),
-            }))
-        };
-        /// A Content-Type, and the form kind it gives (Err: refused).
-        type Case<'a> = (Option<&'a str>, Result<Option<FormKind>, ()>);
-        let cases: &[Case] = &[
-            (None, Ok(Some(FormKind::UrlEncoded))),
-            (Some(""), Ok(Some(FormKind::UrlEncoded))),
-            (
-                Some("application/x-www-form-urlencoded"),
-                Ok(Some(FormKind::UrlEncoded)),
-            ),
-            (
-                Some("Application/X-WWW-Form-Urlencoded; charset=utf-8"),
-                Ok(Some(FormKind::UrlEncoded)),
-            ),
-            (
-                Some("application/x-www-form-urlencoded, text/plain"),
-                Ok(Some(FormKind::UrlEncoded)),
-            ),
-            (Some("multipart/form-data; boundary=abc"), multipart("abc")),
-            (
-                Some("multipart/form-data; charset=utf-8; BOUNDARY=\"a b:c\""),
-                multipart("a b:c"),
-            ),
-            (Some("multipart/form-data; boundary=\"a;b\""), Err(())),
-            (Some("multipart/form-data; boundary=a,b"), Err(())),
-            (
-                Some("multipart/form-data; xboundary=a; boundary=b"),
-                Err(()),
-            ),
-            (Some("multipart/form-data; boundary=a; boundary=b"), Err(())),
-            (Some("multipart/mixed; boundary=x"), multipart("x")),
-            (Some("multipart/form-data"), Err(())),
-            (Some("multipart/form-data; boundary="), Err(())),
-            (Some("application/json"), Ok(None)),
-            (Some("application/octet-stream"), Ok(None)),
-        ];
-        for (content_type, want) in cases {
-            let got = form_kind(&parts(*content_type, None)).map_err(|_| ());
-            assert_eq!(&got, want, "{content_type:?}");
-        }
-        assert!(form_kind(&parts(None, Some("gzip"))).is_err());
-        assert_eq!(
-            form_kind(&parts(None, Some("identity"))).ok(),
-            Some(Some(FormKind::UrlEncoded))
-        );
-        assert_eq!(
-            form_kind(&parts(Some("application/json"), Some("gzip"))).ok(),
-            Some(None)
         );
     }
 

@@ -1,5 +1,5 @@
 //! Response bodies an upstream compressed, decoded as they stream, so that the credential mask
-//! ([`crate::body::Scrubbed`]) sees the bytes the agent would see after decompressing them.
+//! ([`crate::mask::Scrubbed`]) sees the bytes the agent would see after decompressing them.
 //!
 //! sidekey asks for `Accept-Encoding: identity` on every request it attaches a credential to;
 //! this is for upstreams that compress anyway. Nothing is buffered: each decoder holds only its
@@ -17,7 +17,7 @@ use http::header::{HeaderMap, CONTENT_ENCODING, TRANSFER_ENCODING};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncBufRead, AsyncRead, BufReader, ReadBuf};
 
-use crate::body::BoxError;
+use crate::BoxError;
 
 /// At most this many codings are decoded, one inside the other; a longer list is refused.
 const MAX_CODINGS: usize = 4;

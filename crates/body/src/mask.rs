@@ -1,166 +1,79 @@
-//! Bodies pass through as streams, never buffered: these wrappers only count bytes, mask a
-//! credential an upstream echoes back, and, for responses, write the request's audit record
-//! when the body ends (or the agent goes away).
+//! Every echo of the credential an upstream hands back is masked before the agent sees it:
+//! response header and trailer values that contain it are replaced, and each occurrence in a
+//! body is overwritten with `*` (same length, so framing and streaming hold), also when it is
+//! cut across frames. What to look for — the [`Needles`] — is every spelling of the credential
+//! that was sent.
 
+use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-
+use sidekey_secret::Secret;
 use zeroize::Zeroizing;
 
-use crate::audit::PendingRecord;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Every body sidekey sends, to the agent or upstream.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-/// Counts data bytes into a shared counter (the request body, read by the audit record).
-pub struct Counted<B> {
-    inner: B,
-    count: Arc<AtomicU64>,
-}
-
-impl<B> Counted<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Counted { inner, count }
-    }
-}
-
-impl<B> Body for Counted<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The response body on its way to the agent: counts bytes and finishes the audit record
-/// exactly once — at end of stream, on an upstream error, or when dropped early.
-pub struct Metered<B: Body> {
-    inner: B,
-    bytes: u64,
-    record: Option<PendingRecord>,
-}
-
-impl<B: Body> Metered<B> {
-    pub fn new(inner: B, record: PendingRecord) -> Self {
-        Metered {
-            inner,
-            bytes: 0,
-            record: Some(record),
-        }
-    }
-
-    fn finish(&mut self, error: Option<&'static str>) {
-        if let Some(record) = self.record.take() {
-            record.finish_streamed(self.bytes, error);
-        }
-    }
-}
-
-impl<B> Body for Metered<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-                if this.inner.is_end_stream() {
-                    this.finish(None);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.finish(Some("upstream_body_error"));
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                this.finish(None);
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B: Body> Drop for Metered<B> {
-    fn drop(&mut self) {
-        // Dropped before the end: the agent went away mid-stream. Bodies hyper never polls
-        // (HEAD, 304, empty) are already at their end and count as complete.
-        let error = if self.inner.is_end_stream() {
-            None
-        } else {
-            Some("client_aborted")
-        };
-        self.finish(error);
-    }
-}
+use crate::BoxError;
 
 /// What an upstream must not hand back to the agent: every spelling of the credential that was
-/// sent (raw, as the injected header value, percent-encoded). Wiped on drop.
-pub type Needles = Arc<Vec<Zeroizing<Vec<u8>>>>;
+/// sent (each secret raw and percent-encoded, and the injected header value as sent). Wiped on
+/// drop; `Debug` shows only how many there are. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Needles(Arc<Vec<Zeroizing<Vec<u8>>>>);
+
+impl Needles {
+    /// The needles of a credential made of `secrets`, attached as `sent_header` (the injected
+    /// header's value as it went out, if the route injects a header: for Basic, the base64 of
+    /// `user:token`, which contains no raw secret).
+    pub fn for_credential(secrets: &[&Secret], sent_header: Option<&[u8]>) -> Needles {
+        let mut out: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        for secret in secrets {
+            secret.with(|raw| {
+                let raw = raw.as_bytes();
+                out.push(Zeroizing::new(raw.to_vec()));
+                let encoded = percent_encoded(raw);
+                if encoded[..] != raw[..] {
+                    out.push(encoded);
+                }
+            });
+        }
+        if let Some(value) = sent_header {
+            out.push(Zeroizing::new(value.to_vec()));
+        }
+        out.retain(|n| !n.is_empty());
+        Needles(Arc::new(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(|n| n.as_slice())
+    }
+}
+
+impl fmt::Debug for Needles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Needles(<{} redacted>)", self.0.len())
+    }
+}
+
+/// `bytes` with everything but RFC 3986 unreserved characters percent-encoded (upper-case hex),
+/// as the query injection writes it.
+fn percent_encoded(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len() * 3));
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
 
 /// The byte every byte of a masked credential is replaced with. Same length, so that
 /// Content-Length and any framing of the upstream's body stay true.
@@ -205,8 +118,8 @@ impl<B> Scrubbed<B> {
 }
 
 /// Replaces every occurrence of every needle in `buf` by [`MASK`] bytes.
-fn mask_all(buf: &mut [u8], needles: &[Zeroizing<Vec<u8>>]) {
-    for needle in needles.iter().filter(|n| !n.is_empty()) {
+fn mask_all(buf: &mut [u8], needles: &Needles) {
+    for needle in needles.iter() {
         let n = needle.len();
         let mut i = 0;
         while i + n <= buf.len() {
@@ -221,9 +134,9 @@ fn mask_all(buf: &mut [u8], needles: &[Zeroizing<Vec<u8>>]) {
 }
 
 /// The length of the longest tail of `buf` that is a proper prefix of some needle.
-fn partial_tail(buf: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> usize {
+fn partial_tail(buf: &[u8], needles: &Needles) -> usize {
     let mut keep = 0;
-    for needle in needles.iter().filter(|n| !n.is_empty()) {
+    for needle in needles.iter() {
         let longest = (needle.len() - 1).min(buf.len());
         for start in buf.len() - longest..buf.len() {
             let tail = &buf[start..];
@@ -238,13 +151,12 @@ fn partial_tail(buf: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> usize {
 
 /// Replaces every header (or trailer) value that contains a needle: an upstream reflecting the
 /// credential there must not hand it to the agent.
-pub(crate) fn scrub_headers(headers: &mut http::HeaderMap, needles: &[Zeroizing<Vec<u8>>]) {
+pub fn scrub_headers(headers: &mut http::HeaderMap, needles: &Needles) {
     for value in headers.values_mut() {
         let bytes = value.as_bytes();
         let reflects = needles
             .iter()
-            .filter(|n| !n.is_empty())
-            .any(|n| bytes.windows(n.len()).any(|w| w == &n[..]));
+            .any(|n| bytes.windows(n.len()).any(|w| w == n));
         if reflects {
             *value = http::HeaderValue::from_static("[redacted by sidekey]");
         }
@@ -332,11 +244,25 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn needles(list: &[&str]) -> Needles {
-        Arc::new(
+        Needles(Arc::new(
             list.iter()
                 .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
                 .collect(),
-        )
+        ))
+    }
+
+    #[test]
+    fn needles_are_every_spelling_sent_and_never_printed() {
+        let token = Secret::new("a+b/c=".into());
+        let plain = Secret::new("plain".into());
+        let n = Needles::for_credential(&[&token, &plain], Some(b"Bearer a+b/c="));
+        let all: Vec<&[u8]> = n.iter().collect();
+        assert_eq!(
+            all,
+            [&b"a+b/c="[..], b"a%2Bb%2Fc%3D", b"plain", b"Bearer a+b/c="]
+        );
+        assert_eq!(format!("{n:?}"), "Needles(<4 redacted>)");
+        assert!(Needles::for_credential(&[], None).is_empty());
     }
 
     /// A body that yields `frames` one by one.
