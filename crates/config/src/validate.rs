@@ -9,6 +9,7 @@ use std::time::Duration;
 use sidekey_policy::{Authority, IpNet};
 
 use crate::check::{check_name, closest, parse_socket_addr, Errors, Field};
+use crate::sections;
 use crate::yaml::{Node, Pos, Value};
 use crate::{
     AuditConfig, CaConfig, Config, CredentialConfig, IdentityConfig, IssuerConfig, IssuerKind,
@@ -28,23 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "limits",
 ];
-const LIMITS_KEYS: &[&str] = &[
-    "max_connections",
-    "header_read_timeout",
-    "handshake_timeout",
-    "max_headers",
-    "max_header_bytes",
-    "max_concurrent_streams",
-    "idle_timeout",
-];
 const LISTEN_KEYS: &[&str] = &["forward", "routes", "admin"];
-const CA_KEYS: &[&str] = &[
-    "cert_out",
-    "bundle_out",
-    "leaf_cache_size",
-    "leaf_mint_rate",
-    "leaf_mint_burst",
-];
 const UPSTREAM_KEYS: &[&str] = &[
     "extra_ca_files",
     "resolve",
@@ -76,9 +61,6 @@ const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
 pub(crate) const DEFAULT_FORWARD: &str = "127.0.0.1:15080";
 pub(crate) const DEFAULT_ROUTES: &str = "127.0.0.1:15081";
 pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:15090";
-const DEFAULT_LEAF_CACHE: usize = 1024;
-const DEFAULT_LEAF_MINT_RATE: u32 = 10;
-const DEFAULT_LEAF_MINT_BURST: u32 = 50;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_IDLE_PER_HOST: usize = 256;
@@ -150,13 +132,7 @@ pub(crate) struct ResolveEntry {
 pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     let mut config = Config {
         listen: default_listen(),
-        ca: CaConfig {
-            cert_out: None,
-            bundle_out: None,
-            leaf_cache_size: DEFAULT_LEAF_CACHE,
-            leaf_mint_rate: DEFAULT_LEAF_MINT_RATE,
-            leaf_mint_burst: DEFAULT_LEAF_MINT_BURST,
-        },
+        ca: CaConfig::default(),
         upstream: UpstreamConfig {
             extra_ca_files: Vec::new(),
             resolve: Vec::new(),
@@ -186,7 +162,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         config.listen = listen(n, e);
     }
     if let Some(n) = top.value("ca") {
-        config.ca = ca(n, e);
+        config.ca = sections::ca(n, e);
     }
     if let Some(n) = top.value("upstream") {
         upstream(n, e, &mut config.upstream, &mut resolve);
@@ -212,7 +188,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         config.audit = audit(n, e);
     }
     if let Some(n) = top.value("limits") {
-        config.limits = limits(n, e);
+        config.limits = sections::limits(n, e);
     }
     config.upstream.resolve = merge_resolve(resolve, e);
     config
@@ -297,83 +273,6 @@ fn listen_addr(node: &Node, what: &str, e: &mut Errors) -> Option<Option<SocketA
             None
         }
     }
-}
-
-fn ca(node: &Node, e: &mut Errors) -> CaConfig {
-    let mut ca = CaConfig {
-        cert_out: None,
-        bundle_out: None,
-        leaf_cache_size: DEFAULT_LEAF_CACHE,
-        leaf_mint_rate: DEFAULT_LEAF_MINT_RATE,
-        leaf_mint_burst: DEFAULT_LEAF_MINT_BURST,
-    };
-    let Some(f) = e.fields(node, "`ca`", CA_KEYS) else {
-        return ca;
-    };
-    if let Some(n) = f.value("cert_out") {
-        ca.cert_out = e.path(n, "`ca.cert_out`");
-    }
-    if let Some(n) = f.value("bundle_out") {
-        ca.bundle_out = e.path(n, "`ca.bundle_out`");
-        if ca.bundle_out.is_some() && ca.bundle_out == ca.cert_out {
-            e.error_hint(
-                n.pos,
-                "`ca.bundle_out` is the same file as `ca.cert_out`",
-                "the bundle (CA + public roots) and the CA alone need two files",
-            );
-        }
-    }
-    if let Some(n) = f.value("leaf_cache_size") {
-        if let Some(size) = e.int_in(n, "`ca.leaf_cache_size`", 1, 1_000_000) {
-            ca.leaf_cache_size = usize::try_from(size).unwrap_or(DEFAULT_LEAF_CACHE);
-        }
-    }
-    if let Some(n) = f.value("leaf_mint_rate") {
-        if let Some(rate) = e.int_in(n, "`ca.leaf_mint_rate`", 1, 10_000) {
-            ca.leaf_mint_rate = u32::try_from(rate).unwrap_or(DEFAULT_LEAF_MINT_RATE);
-        }
-    }
-    if let Some(n) = f.value("leaf_mint_burst") {
-        if let Some(burst) = e.int_in(n, "`ca.leaf_mint_burst`", 1, 100_000) {
-            ca.leaf_mint_burst = u32::try_from(burst).unwrap_or(DEFAULT_LEAF_MINT_BURST);
-        }
-    }
-    ca
-}
-
-fn limits(node: &Node, e: &mut Errors) -> LimitsConfig {
-    let mut l = LimitsConfig::default();
-    let Some(f) = e.fields(node, "`limits`", LIMITS_KEYS) else {
-        return l;
-    };
-    let count = |key: &str, min: i64, max: i64, e: &mut Errors| {
-        f.value(key)
-            .and_then(|n| e.int_in(n, &format!("`limits.{key}`"), min, max))
-            .and_then(|v| usize::try_from(v).ok())
-    };
-    if let Some(v) = count("max_connections", 1, 1_000_000, e) {
-        l.max_connections = v;
-    }
-    if let Some(v) = count("max_headers", 8, 10_000, e) {
-        l.max_headers = v;
-    }
-    if let Some(v) = count("max_header_bytes", 1024, 16 << 20, e) {
-        l.max_header_bytes = v;
-    }
-    if let Some(v) = count("max_concurrent_streams", 1, 10_000, e) {
-        l.max_concurrent_streams = u32::try_from(v).unwrap_or(u32::MAX);
-    }
-    let duration = |key: &str, target: &mut Duration, e: &mut Errors| {
-        if let Some(n) = f.value(key) {
-            if let Some(d) = positive_duration(n, &format!("`limits.{key}`"), e) {
-                *target = d;
-            }
-        }
-    };
-    duration("header_read_timeout", &mut l.header_read_timeout, e);
-    duration("handshake_timeout", &mut l.handshake_timeout, e);
-    duration("idle_timeout", &mut l.idle_timeout, e);
-    l
 }
 
 fn upstream(node: &Node, e: &mut Errors, up: &mut UpstreamConfig, resolve: &mut Vec<ResolveEntry>) {
