@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sidekey_policy::{
-    CanonicalHost, HostPattern, IpNet, MethodSet, PathGlob, Policy, Route, Scheme,
-};
+use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, Route, Scheme};
 
 mod check;
 mod describe;
@@ -25,7 +23,7 @@ mod yaml;
 mod tests;
 
 pub use parse::parse;
-pub use sections::{CaConfig, LimitsConfig};
+pub use sections::{CaConfig, LimitsConfig, Listen, UpstreamConfig};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,39 +85,6 @@ pub struct Config {
     pub unmatched: Unmatched,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
-}
-
-/// `listen:` — each listener can be turned off with `null`/`off`. Port 0 picks a free port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listen {
-    /// Default 127.0.0.1:15080.
-    pub forward: Option<SocketAddr>,
-    /// Default 127.0.0.1:15081.
-    pub routes: Option<SocketAddr>,
-    /// Default 127.0.0.1:15090.
-    pub admin: Option<SocketAddr>,
-}
-
-/// `upstream:` — how sidekey connects to upstream servers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamConfig {
-    /// PEM files trusted in addition to the webpki roots.
-    pub extra_ca_files: Vec<PathBuf>,
-    /// `host:port: addr:port` overrides (like curl --resolve), global and from routes merged.
-    pub resolve: Vec<ResolveOverride>,
-    /// DNS servers (`ip:port`) to ask instead of the system resolver (`/etc/resolv.conf`,
-    /// `/etc/hosts`). Empty: the system resolver.
-    pub nameservers: Vec<SocketAddr>,
-    /// Non-public address ranges every upstream connection may reach (routes and unmatched
-    /// tunnels), on top of routes' `allow_private`.
-    pub allow_ranges: Vec<IpNet>,
-    /// Default 5s.
-    pub connect_timeout: Duration,
-    /// Time to the response headers. Default 60s. Bodies stream without a time limit.
-    pub request_timeout: Duration,
-    /// Idle upstream connections kept per host for reuse (default 256); busier moments open
-    /// more, and those close once their request is done. 0: no reuse.
-    pub max_idle_per_host: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

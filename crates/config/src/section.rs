@@ -1,15 +1,18 @@
-//! How a flat section (`ca`, `limits`) is declared: with [`section!`], one entry per field giving
-//! its doc, type, default and [`Rule`]. The macro derives the struct, its `Default`, the known keys
-//! (for the unknown-key hint) and the reader, so adding a field is one edit and the keys cannot
-//! drift from the reader. A rule reports every problem with line, column and hint, and a field
-//! with an error keeps its default so the rest is still checked.
+//! How a flat section (`listen`, `ca`, `upstream`, `limits`) is declared: with
+//! [`section!`], one entry per field giving its doc, type, default and [`Rule`]. The macro derives
+//! the struct, its `Default`, the known keys (for the unknown-key hint) and the reader, so adding a
+//! field is one edit and the keys cannot drift from the reader. A rule reports every problem with
+//! line, column and hint, and a field with an error keeps its default so the rest is still checked.
 
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::check::{Errors, Field};
-use crate::yaml::Node;
+use sidekey_policy::IpNet;
+
+use crate::check::{parse_socket_addr, Errors, Field, Fields};
+use crate::yaml::{Node, Value};
 
 /// Declares a flat section. Each field is one entry: doc comment (required), name, type,
 /// default, and the [`Rule`] that reads and checks its value:
@@ -100,6 +103,8 @@ pub(crate) trait Section: Default {
 pub(crate) struct Read<'a, S> {
     /// Defaults, overridden by every value read without error.
     pub value: S,
+    /// The section's mapping; None when it was not one (reported).
+    pub fields: Option<Fields<'a>>,
     /// The entries that set a field without error, in file order, for cross-field checks.
     pub valid: Vec<Field<'a>>,
 }
@@ -111,6 +116,7 @@ pub(crate) fn read<'a, S: Section>(node: &'a Node, e: &mut Errors) -> Read<'a, S
     let Some(fields) = e.fields(node, &format!("`{}`", S::NAME), S::KEYS) else {
         return Read {
             value,
+            fields: None,
             valid: Vec::new(),
         };
     };
@@ -120,7 +126,11 @@ pub(crate) fn read<'a, S: Section>(node: &'a Node, e: &mut Errors) -> Read<'a, S
         .filter(|field| value.read_field(field, e))
         .cloned()
         .collect();
-    Read { value, valid }
+    Read {
+        value,
+        fields: Some(fields),
+        valid,
+    }
 }
 
 /// The reader of one field, used by [`section!`]: sets `slot` and returns true when the value
@@ -199,5 +209,117 @@ impl Rule<PathBuf> for Path {
 impl Rule<Option<PathBuf>> for Path {
     fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<Option<PathBuf>> {
         e.path(node, what).map(Some)
+    }
+}
+
+/// A list whose items are read with the rule `R`; an item in messages is "`{0}` in `section.key`",
+/// e.g. `List("a file", Path)`. All items are checked; a list with an error keeps its default.
+pub(crate) struct List<R>(pub &'static str, pub R);
+
+impl<T, R: Rule<T>> Rule<Vec<T>> for List<R> {
+    fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<Vec<T>> {
+        let items = e.list(node, what)?;
+        let item_what = format!("{} in {what}", self.0);
+        let read: Vec<Option<T>> = items
+            .iter()
+            .map(|item| self.1.read(item, &item_what, e))
+            .collect();
+        read.into_iter().collect()
+    }
+}
+
+/// An upstream `ip:port` (port 0 is refused: nothing listens there).
+pub(crate) struct UpstreamAddr;
+
+impl Rule<SocketAddr> for UpstreamAddr {
+    fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<SocketAddr> {
+        e.upstream_addr(node, what)
+    }
+}
+
+/// A CIDR range or one address that is not every address (`0.0.0.0/0`, `::/0`).
+pub(crate) struct AllowRange;
+
+impl Rule<IpNet> for AllowRange {
+    fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<IpNet> {
+        let s = e.string(node, what)?;
+        let parsed = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) if net.prefix_len() == 0 => {
+                e.error_hint(
+                    node.pos,
+                    format!("{what}: `{s}` is every address"),
+                    "name the networks sidekey may reach, e.g. 10.20.0.0/16; a route that needs \
+                     private addresses can say `allow_private: true` instead",
+                );
+                None
+            }
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                e.error_hint(
+                    node.pos,
+                    format!("{what}: `{s}` is not an address range"),
+                    "write CIDR, e.g. 10.20.0.0/16 or fd00:1234::/32, or one address",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A listener's `ip:port` (port 0 picks a free port), or `off`/null for none.
+pub(crate) struct Listener;
+
+impl Rule<Option<SocketAddr>> for Listener {
+    const NULL_IS_VALUE: bool = true;
+
+    fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<Option<SocketAddr>> {
+        match &node.value {
+            Value::Null => Some(None),
+            Value::Str(s) if s == "off" => Some(None),
+            Value::Str(s) => match parse_socket_addr(s, true) {
+                Ok(addr) => Some(Some(addr)),
+                Err((message, hint)) => {
+                    e.error_hint(node.pos, format!("{what}: {message}"), hint);
+                    None
+                }
+            },
+            Value::Int(port) => {
+                e.error_hint(
+                    node.pos,
+                    format!("{what} must be an ip:port address, found the bare number {port}"),
+                    format!("write 127.0.0.1:{port} to listen on loopback"),
+                );
+                None
+            }
+            Value::Bool(false) => {
+                e.error_hint(
+                    node.pos,
+                    format!("{what} must be an ip:port address, `off` or null"),
+                    "write `off` to turn the listener off",
+                );
+                None
+            }
+            _ => {
+                e.error_hint(
+                    node.pos,
+                    format!("{what} must be an ip:port address, found {}", node.kind()),
+                    "e.g. 127.0.0.1:15080; `off` or null turns the listener off",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A field the section's own code reads, next to its declaration (e.g. `upstream.resolve`, merged
+/// with the routes' entries). Its key is known; the generic reader leaves it alone.
+pub(crate) struct Explicit;
+
+impl<T> Rule<T> for Explicit {
+    fn read(&self, _: &Node, _: &str, _: &mut Errors) -> Option<T> {
+        None
     }
 }

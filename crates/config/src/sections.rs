@@ -1,12 +1,62 @@
 //! The flat sections, each declared once with [`section!`] (see [`crate::section`]), followed by
 //! its reader: the generated one, plus the checks that span fields or sections, written out.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sidekey_policy::IpNet;
+
 use crate::check::Errors;
-use crate::section::{self, section, Int, Path, Positive};
+use crate::section::{
+    self, section, AllowRange, Explicit, Int, List, Listener, Path, Positive, Rule, UpstreamAddr,
+};
+use crate::validate::{resolve_map, ResolveEntry};
 use crate::yaml::Node;
+use crate::ResolveOverride;
+
+section! {
+    /// `listen:` — each listener can be turned off with `null`/`off`. Port 0 picks a free port.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Listen as "listen" {
+        /// Default 127.0.0.1:15080.
+        pub forward: Option<SocketAddr> = loopback(15080), Listener;
+        /// Default 127.0.0.1:15081.
+        pub routes: Option<SocketAddr> = loopback(15081), Listener;
+        /// Default 127.0.0.1:15090.
+        pub admin: Option<SocketAddr> = loopback(15090), Listener;
+    }
+}
+
+const fn loopback(port: u16) -> Option<SocketAddr> {
+    Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)))
+}
+
+pub(crate) fn listen(node: &Node, e: &mut Errors) -> Listen {
+    let read = section::read::<Listen>(node, e);
+    // Two listeners on one address, except port 0 (each gets a free port of its own). Every
+    // field of `listen` is a listener, and one read without error reads again without one.
+    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
+    for field in &read.valid {
+        let Some(Some(addr)) = Listener.read(field.value, "", &mut Errors::default()) else {
+            continue;
+        };
+        if addr.port() != 0 {
+            if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
+                e.error_hint(
+                    field.value.pos,
+                    format!(
+                        "`listen.{}` uses {addr}, the same address as `listen.{other}`",
+                        field.name
+                    ),
+                    "give each listener its own port",
+                );
+            }
+        }
+        seen.push((field.name, addr));
+    }
+    read.value
+}
 
 section! {
     /// `ca:` — the interception CA. Its key never leaves memory.
@@ -41,6 +91,43 @@ pub(crate) fn ca(node: &Node, e: &mut Errors) -> CaConfig {
         }
     }
     ca
+}
+
+section! {
+    /// `upstream:` — how sidekey connects to upstream servers.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct UpstreamConfig as "upstream" {
+        /// PEM files trusted in addition to the webpki roots.
+        pub extra_ca_files: Vec<PathBuf> = Vec::new(), List("a file", Path);
+        /// `host:port: addr:port` overrides (like curl --resolve), global and from routes merged.
+        pub resolve: Vec<ResolveOverride> = Vec::new(), Explicit;
+        /// DNS servers (`ip:port`) to ask instead of the system resolver (`/etc/resolv.conf`,
+        /// `/etc/hosts`). Empty: the system resolver.
+        pub nameservers: Vec<SocketAddr> = Vec::new(), List("a name server", UpstreamAddr);
+        /// Non-public address ranges every upstream connection may reach (routes and unmatched
+        /// tunnels), on top of routes' `allow_private`.
+        pub allow_ranges: Vec<IpNet> = Vec::new(), List("a range", AllowRange);
+        /// Default 5s.
+        pub connect_timeout: Duration = Duration::from_secs(5), Positive;
+        /// Time to the response headers. Default 60s. Bodies stream without a time limit.
+        pub request_timeout: Duration = Duration::from_secs(60), Positive;
+        /// Idle upstream connections kept per host for reuse; busier moments open more, and
+        /// those close once their request is done. 0: no reuse. Default 256.
+        pub max_idle_per_host: usize = 256, Int(0..=100_000);
+    }
+}
+
+/// `upstream:`; its `resolve` entries go to `resolve`, to be merged with the routes' ones.
+pub(crate) fn upstream(
+    node: &Node,
+    e: &mut Errors,
+    resolve: &mut Vec<ResolveEntry>,
+) -> UpstreamConfig {
+    let read = section::read::<UpstreamConfig>(node, e);
+    if let Some(n) = read.fields.as_ref().and_then(|f| f.value("resolve")) {
+        resolve_map(n, "`upstream.resolve`", e, resolve);
+    }
+    read.value
 }
 
 section! {

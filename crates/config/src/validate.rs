@@ -1,14 +1,14 @@
-//! The top-level sections: listeners, CA, upstream, identity, issuers, credentials, `unmatched`
-//! and audit. Routes are in [`crate::route`]. Each section falls back to its defaults after an
-//! error so that the rest of the file is still checked.
+//! The whole document, and the sections that are not flat: identity, issuers, credentials,
+//! `unmatched` and audit. The flat ones (listen, CA, upstream, limits) are in [`crate::sections`],
+//! routes in [`crate::route`]. Each section falls back to its defaults after an error so that
+//! the rest of the file is still checked.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use sidekey_policy::{Authority, IpNet};
+use sidekey_policy::Authority;
 
-use crate::check::{check_name, closest, parse_socket_addr, Errors, Field};
+use crate::check::{check_name, closest, Errors, Field};
 use crate::sections;
 use crate::yaml::{Node, Pos, Value};
 use crate::{
@@ -29,16 +29,6 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "limits",
 ];
-const LISTEN_KEYS: &[&str] = &["forward", "routes", "admin"];
-const UPSTREAM_KEYS: &[&str] = &[
-    "extra_ca_files",
-    "resolve",
-    "nameservers",
-    "allow_ranges",
-    "connect_timeout",
-    "request_timeout",
-    "max_idle_per_host",
-];
 const IDENTITY_KEYS: &[&str] = &["token_file"];
 const LOCAL_ISSUER_KEYS: &[&str] = &["kind", "issuer", "algorithm"];
 const CREDENTIAL_KEYS: &[&str] = &[
@@ -58,12 +48,6 @@ const AUDIT_KEYS: &[&str] = &["file"];
 
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
 
-pub(crate) const DEFAULT_FORWARD: &str = "127.0.0.1:15080";
-pub(crate) const DEFAULT_ROUTES: &str = "127.0.0.1:15081";
-pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:15090";
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_MAX_IDLE_PER_HOST: usize = 256;
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -131,17 +115,9 @@ pub(crate) struct ResolveEntry {
 /// The whole document.
 pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     let mut config = Config {
-        listen: default_listen(),
+        listen: Listen::default(),
         ca: CaConfig::default(),
-        upstream: UpstreamConfig {
-            extra_ca_files: Vec::new(),
-            resolve: Vec::new(),
-            nameservers: Vec::new(),
-            allow_ranges: Vec::new(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
-        },
+        upstream: UpstreamConfig::default(),
         identity: None,
         issuers: Vec::new(),
         credentials: Vec::new(),
@@ -159,13 +135,13 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
 
     let mut resolve = Vec::new();
     if let Some(n) = top.value("listen") {
-        config.listen = listen(n, e);
+        config.listen = sections::listen(n, e);
     }
     if let Some(n) = top.value("ca") {
         config.ca = sections::ca(n, e);
     }
     if let Some(n) = top.value("upstream") {
-        upstream(n, e, &mut config.upstream, &mut resolve);
+        config.upstream = sections::upstream(n, e, &mut resolve);
     }
     if let Some(n) = top.value("identity") {
         config.identity = identity(n, e);
@@ -192,174 +168,6 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     }
     config.upstream.resolve = merge_resolve(resolve, e);
     config
-}
-
-fn default_listen() -> Listen {
-    Listen {
-        forward: DEFAULT_FORWARD.parse().ok(),
-        routes: DEFAULT_ROUTES.parse().ok(),
-        admin: DEFAULT_ADMIN.parse().ok(),
-    }
-}
-
-fn listen(node: &Node, e: &mut Errors) -> Listen {
-    let mut listen = default_listen();
-    let Some(f) = e.fields(node, "`listen`", LISTEN_KEYS) else {
-        return listen;
-    };
-    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
-    for field in &f.entries {
-        let slot = match field.name {
-            "forward" => &mut listen.forward,
-            "routes" => &mut listen.routes,
-            "admin" => &mut listen.admin,
-            _ => continue,
-        };
-        let addr = listen_addr(field.value, &format!("`listen.{}`", field.name), e);
-        *slot = addr.unwrap_or(None);
-        if let Some(Some(addr)) = addr {
-            if addr.port() != 0 {
-                if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
-                    e.error_hint(
-                        field.value.pos,
-                        format!(
-                            "`listen.{}` uses {addr}, the same address as `listen.{other}`",
-                            field.name
-                        ),
-                        "give each listener its own port",
-                    );
-                }
-            }
-            seen.push((field.name, addr));
-        }
-    }
-    listen
-}
-
-/// `Some(None)` for a disabled listener, `None` after an error.
-fn listen_addr(node: &Node, what: &str, e: &mut Errors) -> Option<Option<SocketAddr>> {
-    match &node.value {
-        Value::Null => Some(None),
-        Value::Str(s) if s == "off" => Some(None),
-        Value::Str(s) => match parse_socket_addr(s, true) {
-            Ok(addr) => Some(Some(addr)),
-            Err((message, hint)) => {
-                e.error_hint(node.pos, format!("{what}: {message}"), hint);
-                None
-            }
-        },
-        Value::Int(port) => {
-            e.error_hint(
-                node.pos,
-                format!("{what} must be an ip:port address, found the bare number {port}"),
-                format!("write 127.0.0.1:{port} to listen on loopback"),
-            );
-            None
-        }
-        Value::Bool(false) => {
-            e.error_hint(
-                node.pos,
-                format!("{what} must be an ip:port address, `off` or null"),
-                "write `off` to turn the listener off",
-            );
-            None
-        }
-        _ => {
-            e.error_hint(
-                node.pos,
-                format!("{what} must be an ip:port address, found {}", node.kind()),
-                "e.g. 127.0.0.1:15080; `off` or null turns the listener off",
-            );
-            None
-        }
-    }
-}
-
-fn upstream(node: &Node, e: &mut Errors, up: &mut UpstreamConfig, resolve: &mut Vec<ResolveEntry>) {
-    let Some(f) = e.fields(node, "`upstream`", UPSTREAM_KEYS) else {
-        return;
-    };
-    if let Some(n) = f.value("extra_ca_files") {
-        if let Some(items) = e.list(n, "`upstream.extra_ca_files`") {
-            up.extra_ca_files = items
-                .iter()
-                .filter_map(|i| e.path(i, "a file in `upstream.extra_ca_files`"))
-                .collect();
-        }
-    }
-    if let Some(n) = f.value("resolve") {
-        resolve_map(n, "`upstream.resolve`", e, resolve);
-    }
-    if let Some(n) = f.value("nameservers") {
-        if let Some(items) = e.list(n, "`upstream.nameservers`") {
-            up.nameservers = items
-                .iter()
-                .filter_map(|i| e.upstream_addr(i, "a name server in `upstream.nameservers`"))
-                .collect();
-        }
-    }
-    if let Some(n) = f.value("allow_ranges") {
-        if let Some(items) = e.list(n, "`upstream.allow_ranges`") {
-            up.allow_ranges = items.iter().filter_map(|i| allow_range(i, e)).collect();
-        }
-    }
-    if let Some(n) = f.value("connect_timeout") {
-        if let Some(d) = positive_duration(n, "`upstream.connect_timeout`", e) {
-            up.connect_timeout = d;
-        }
-    }
-    if let Some(n) = f.value("request_timeout") {
-        if let Some(d) = positive_duration(n, "`upstream.request_timeout`", e) {
-            up.request_timeout = d;
-        }
-    }
-    if let Some(n) = f.value("max_idle_per_host") {
-        if let Some(count) = e.int_in(n, "`upstream.max_idle_per_host`", 0, 100_000) {
-            up.max_idle_per_host = usize::try_from(count).unwrap_or(DEFAULT_MAX_IDLE_PER_HOST);
-        }
-    }
-}
-
-/// A CIDR range (or one address) of `upstream.allow_ranges`.
-fn allow_range(node: &Node, e: &mut Errors) -> Option<IpNet> {
-    let what = "a range in `upstream.allow_ranges`";
-    let s = e.string(node, what)?;
-    let parsed = s
-        .parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
-    match parsed {
-        Ok(net) if net.prefix_len() == 0 => {
-            e.error_hint(
-                node.pos,
-                format!("{what}: `{s}` is every address"),
-                "name the networks sidekey may reach, e.g. 10.20.0.0/16; a route that needs \
-                 private addresses can say `allow_private: true` instead",
-            );
-            None
-        }
-        Ok(net) => Some(net.trunc()),
-        Err(_) => {
-            e.error_hint(
-                node.pos,
-                format!("{what}: `{s}` is not an address range"),
-                "write CIDR, e.g. 10.20.0.0/16 or fd00:1234::/32, or one address",
-            );
-            None
-        }
-    }
-}
-
-fn positive_duration(node: &Node, what: &str, e: &mut Errors) -> Option<Duration> {
-    let d = e.duration(node, what)?;
-    if d.is_zero() {
-        e.error_hint(
-            node.pos,
-            format!("{what} must be greater than zero"),
-            "e.g. `5s`",
-        );
-        return None;
-    }
-    Some(d)
 }
 
 /// `host:port: ip:port` entries, from `upstream.resolve` or a route's `resolve`.
