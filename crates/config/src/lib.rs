@@ -23,7 +23,7 @@ mod yaml;
 mod tests;
 
 pub use parse::parse;
-pub use sections::{CaConfig, LimitsConfig, Listen, UpstreamConfig};
+pub use sections::{AuditConfig, CaConfig, LimitsConfig, Listen, UpstreamConfig};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,14 +331,6 @@ pub enum Unmatched {
     Deny,
     /// Blind tunnel / plain forward with no credential, still audited.
     Tunnel,
-}
-
-/// `audit:` — where audit lines go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum AuditConfig {
-    #[default]
-    Stdout,
-    File(PathBuf),
 }
 
 impl Config {

@@ -1,4 +1,4 @@
-//! How a flat section (`listen`, `ca`, `upstream`, `limits`) is declared: with
+//! How a flat section (`listen`, `ca`, `upstream`, `limits`, `audit`'s mapping) is declared: with
 //! [`section!`], one entry per field giving its doc, type, default and [`Rule`]. The macro derives
 //! the struct, its `Default`, the known keys (for the unknown-key hint) and the reader, so adding a
 //! field is one edit and the keys cannot drift from the reader. A rule reports every problem with

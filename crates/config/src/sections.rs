@@ -12,7 +12,7 @@ use crate::section::{
     self, section, AllowRange, Explicit, Int, List, Listener, Path, Positive, Rule, UpstreamAddr,
 };
 use crate::validate::{resolve_map, ResolveEntry};
-use crate::yaml::Node;
+use crate::yaml::{Node, Value};
 use crate::ResolveOverride;
 
 section! {
@@ -156,4 +156,60 @@ section! {
 
 pub(crate) fn limits(node: &Node, e: &mut Errors) -> LimitsConfig {
     section::read::<LimitsConfig>(node, e).value
+}
+
+/// `audit:` — where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuditConfig {
+    #[default]
+    Stdout,
+    File(PathBuf),
+}
+
+section! {
+    /// `audit: { file: … }`, the mapping form of [`AuditConfig::File`].
+    #[derive(Debug, PartialEq, Eq)]
+    struct AuditFile as "audit" {
+        /// The file audit lines are appended to. Required.
+        file: Option<PathBuf> = None, Path;
+    }
+}
+
+/// `audit:` — `stdout`, or a mapping declared by [`AuditFile`].
+pub(crate) fn audit(node: &Node, e: &mut Errors) -> AuditConfig {
+    const HINT: &str = "use `stdout` (the default) or `{ file: /path/to/audit.log }`";
+    match &node.value {
+        Value::Str(s) if s == "stdout" => AuditConfig::Stdout,
+        Value::Str(s) => {
+            e.error_hint(node.pos, format!("unknown audit sink `{s}`"), HINT);
+            AuditConfig::Stdout
+        }
+        Value::Map(_) => {
+            let read = section::read::<AuditFile>(node, e);
+            let Some(f) = read.fields else {
+                return AuditConfig::Stdout;
+            };
+            if let Some(path) = read.value.file {
+                return AuditConfig::File(path);
+            }
+            match f.get("file") {
+                // A bad path, reported by its rule.
+                Some(n) if !n.is_null() => {}
+                Some(_) => e.error_hint(f.pos, "`audit.file` is empty", HINT),
+                None => e.error_hint(f.pos, "`audit` has no `file`", HINT),
+            }
+            AuditConfig::Stdout
+        }
+        _ => {
+            e.error_hint(
+                node.pos,
+                format!(
+                    "`audit` must be `stdout` or a mapping, found {}",
+                    node.kind()
+                ),
+                HINT,
+            );
+            AuditConfig::Stdout
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The whole document, and the sections that are not flat: identity, issuers, credentials,
-//! `unmatched` and audit. The flat ones (listen, CA, upstream, limits) are in [`crate::sections`],
+//! The whole document, and the sections that are not flat: identity, issuers, credentials and
+//! `unmatched`. The flat ones (listen, CA, upstream, limits, audit) are in [`crate::sections`],
 //! routes in [`crate::route`]. Each section falls back to its defaults after an error so that
 //! the rest of the file is still checked.
 
@@ -44,8 +44,6 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "resource",
     "session_policy_file",
 ];
-const AUDIT_KEYS: &[&str] = &["file"];
-
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
 
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
@@ -161,7 +159,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         config.unmatched = unmatched(n, e);
     }
     if let Some(n) = top.value("audit") {
-        config.audit = audit(n, e);
+        config.audit = sections::audit(n, e);
     }
     if let Some(n) = top.value("limits") {
         config.limits = sections::limits(n, e);
@@ -569,46 +567,6 @@ fn unmatched(node: &Node, e: &mut Errors) -> Unmatched {
                 "`deny` (the default) refuses hosts no route names; `tunnel` lets them through without a credential",
             );
             Unmatched::Deny
-        }
-    }
-}
-
-fn audit(node: &Node, e: &mut Errors) -> AuditConfig {
-    const HINT: &str = "use `stdout` (the default) or `{ file: /path/to/audit.log }`";
-    match &node.value {
-        Value::Str(s) if s == "stdout" => AuditConfig::Stdout,
-        Value::Str(s) => {
-            e.error_hint(node.pos, format!("unknown audit sink `{s}`"), HINT);
-            AuditConfig::Stdout
-        }
-        Value::Map(_) => {
-            let Some(f) = e.fields(node, "`audit`", AUDIT_KEYS) else {
-                return AuditConfig::Stdout;
-            };
-            match f.value("file") {
-                Some(n) => e
-                    .path(n, "`audit.file`")
-                    .map_or(AuditConfig::Stdout, AuditConfig::File),
-                None => {
-                    let message = match f.get("file") {
-                        Some(_) => "`audit.file` is empty",
-                        None => "`audit` has no `file`",
-                    };
-                    e.error_hint(f.pos, message, HINT);
-                    AuditConfig::Stdout
-                }
-            }
-        }
-        _ => {
-            e.error_hint(
-                node.pos,
-                format!(
-                    "`audit` must be `stdout` or a mapping, found {}",
-                    node.kind()
-                ),
-                HINT,
-            );
-            AuditConfig::Stdout
         }
     }
 }
