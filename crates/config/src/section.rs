@@ -61,6 +61,8 @@ macro_rules! section {
         impl $crate::section::Section for $name {
             const NAME: &'static str = $key;
             const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+            #[cfg(test)]
+            const DOCS: &'static [&'static str] = &[$(concat!($($doc, "\n"),+)),*];
 
             fn read_field(
                 &mut self,
@@ -80,6 +82,27 @@ macro_rules! section {
                     _ => false,
                 }
             }
+
+            #[cfg(test)]
+            #[allow(clippy::needless_update)] // a section of one field
+            fn samples() -> Vec<(&'static str, String, Self)> {
+                let mut out = Vec::new();
+                $(
+                    for (value, yaml) in
+                        <_ as $crate::section::Rule<$ty>>::samples(&$rule)
+                    {
+                        out.push((
+                            stringify!($field),
+                            yaml,
+                            $name {
+                                $field: value,
+                                ..Self::default()
+                            },
+                        ));
+                    }
+                )*
+                out
+            }
         }
     };
 }
@@ -92,11 +115,19 @@ pub(crate) trait Section: Default {
     const NAME: &'static str;
     /// Every key it takes, in declaration order.
     const KEYS: &'static [&'static str];
+    /// The doc comment of each key, in the order of `KEYS`.
+    #[cfg(test)]
+    const DOCS: &'static [&'static str];
 
     /// Reads one `key: value` of the section's mapping into its field. False if the key is not
     /// one of the section's, its value is null (for most rules: the default), or it has an error
     /// (reported; the field keeps its value).
     fn read_field(&mut self, field: &Field<'_>, e: &mut Errors) -> bool;
+
+    /// For each key and each sample of its rule: the YAML value, and the default section with
+    /// that one field set to it.
+    #[cfg(test)]
+    fn samples() -> Vec<(&'static str, String, Self)>;
 }
 
 /// A section read from the file.
@@ -163,6 +194,11 @@ pub(crate) trait Rule<T> {
     /// The value of `node`, or None after reporting what is wrong with it. `what` names the field
     /// in messages, e.g. `` `limits.max_headers` ``.
     fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<T>;
+
+    /// Valid values, each with how it is written in YAML, for the tests that read every key
+    /// back. Two for rules where one may happen to be the default.
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(T, String)>;
 }
 
 /// An integer in a range, e.g. `Int(1..=1_000_000)`, read into any integer type the range fits.
@@ -176,6 +212,18 @@ impl<T: TryFrom<i64>> Rule<T> for Int {
             e.error(node.pos, format!("{what} {n} is out of range"));
             None
         })
+    }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(T, String)> {
+        // Both ends, so that a range that does not fit the field's type fails the tests.
+        [*self.0.end(), *self.0.start()]
+            .into_iter()
+            .map(|n| match T::try_from(n) {
+                Ok(v) => (v, n.to_string()),
+                Err(_) => panic!("{n}, in {:?}, does not fit the field's type", self.0),
+            })
+            .collect()
     }
 }
 
@@ -195,6 +243,14 @@ impl Rule<Duration> for Positive {
         }
         Some(d)
     }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(Duration, String)> {
+        vec![
+            (Duration::from_secs(1234), "1234s".into()),
+            (Duration::from_millis(1500), "1s 500ms".into()),
+        ]
+    }
 }
 
 /// A file path (a non-empty string). For an `Option<PathBuf>` field, None is "not given".
@@ -204,11 +260,27 @@ impl Rule<PathBuf> for Path {
     fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<PathBuf> {
         e.path(node, what)
     }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(PathBuf, String)> {
+        vec![(
+            PathBuf::from("/run/sidekey/sample.pem"),
+            "/run/sidekey/sample.pem".into(),
+        )]
+    }
 }
 
 impl Rule<Option<PathBuf>> for Path {
     fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<Option<PathBuf>> {
         e.path(node, what).map(Some)
+    }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(Option<PathBuf>, String)> {
+        <Path as Rule<PathBuf>>::samples(self)
+            .into_iter()
+            .map(|(p, yaml)| (Some(p), yaml))
+            .collect()
     }
 }
 
@@ -226,6 +298,14 @@ impl<T, R: Rule<T>> Rule<Vec<T>> for List<R> {
             .collect();
         read.into_iter().collect()
     }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(Vec<T>, String)> {
+        let items = self.1.samples();
+        let yaml: Vec<&str> = items.iter().map(|(_, y)| y.as_str()).collect();
+        let yaml = format!("[{}]", yaml.join(", "));
+        vec![(items.into_iter().map(|(v, _)| v).collect(), yaml)]
+    }
 }
 
 /// An upstream `ip:port` (port 0 is refused: nothing listens there).
@@ -234,6 +314,14 @@ pub(crate) struct UpstreamAddr;
 impl Rule<SocketAddr> for UpstreamAddr {
     fn read(&self, node: &Node, what: &str, e: &mut Errors) -> Option<SocketAddr> {
         e.upstream_addr(node, what)
+    }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(SocketAddr, String)> {
+        vec![(
+            SocketAddr::from(([10, 0, 0, 2], 53)),
+            "\"10.0.0.2:53\"".into(),
+        )]
     }
 }
 
@@ -265,6 +353,14 @@ impl Rule<IpNet> for AllowRange {
                 );
                 None
             }
+        }
+    }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(IpNet, String)> {
+        match "10.20.0.0/16".parse() {
+            Ok(net) => vec![(net, "10.20.0.0/16".into())],
+            Err(_) => Vec::new(),
         }
     }
 }
@@ -312,6 +408,17 @@ impl Rule<Option<SocketAddr>> for Listener {
             }
         }
     }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(Option<SocketAddr>, String)> {
+        vec![
+            (
+                Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+                "127.0.0.1:1".into(),
+            ),
+            (None, "off".into()),
+        ]
+    }
 }
 
 /// A field the section's own code reads, next to its declaration (e.g. `upstream.resolve`, merged
@@ -321,5 +428,10 @@ pub(crate) struct Explicit;
 impl<T> Rule<T> for Explicit {
     fn read(&self, _: &Node, _: &str, _: &mut Errors) -> Option<T> {
         None
+    }
+
+    #[cfg(test)]
+    fn samples(&self) -> Vec<(T, String)> {
+        Vec::new()
     }
 }

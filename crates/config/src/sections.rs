@@ -213,3 +213,262 @@ pub(crate) fn audit(node: &Node, e: &mut Errors) -> AuditConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+    use std::time::Duration;
+
+    use super::{AuditFile, CaConfig, LimitsConfig, Listen, UpstreamConfig};
+    use crate::check::Errors;
+    use crate::section::{self, section, Int, Positive, Section};
+    use crate::yaml::{self, Node, Value};
+    use crate::ConfigError;
+
+    /// Fields read by their section's own code, not by a rule: they have no samples.
+    const EXPLICIT: &[(&str, &str)] = &[("upstream", "resolve")];
+
+    /// `src` loaded as YAML, and the section `S` read from it, with every error.
+    fn read<S: Section>(src: &str) -> (S, Vec<ConfigError>) {
+        let mut errors = Vec::new();
+        let node = match yaml::load(src, &mut errors) {
+            Ok(Some(node)) => node,
+            other => panic!("{src:?} does not load: {other:?}"),
+        };
+        let value = read_node(&node, &mut errors);
+        errors.sort_by_key(|e| (e.line, e.column));
+        (value, errors)
+    }
+
+    fn read_node<S: Section>(node: &Node, errors: &mut Vec<ConfigError>) -> S {
+        let mut e = Errors::default();
+        let value = section::read::<S>(node, &mut e).value;
+        errors.append(&mut e.list);
+        value
+    }
+
+    /// Adding a field is one entry: name, type, default, rule and doc. The keys, the default
+    /// and the reader follow.
+    #[test]
+    fn a_section_is_declared_in_one_place() {
+        section! {
+            /// A section for this test.
+            #[derive(Debug, PartialEq, Eq)]
+            struct Demo as "demo" {
+                /// Attempts after the first. Default 3.
+                retries: u8 = 3, Int(0..=10);
+                /// Wait between attempts. Default 1s.
+                backoff: Duration = Duration::from_secs(1), Positive;
+            }
+        }
+        assert_eq!(Demo::KEYS, ["retries", "backoff"]);
+        assert_eq!(
+            Demo::default(),
+            Demo {
+                retries: 3,
+                backoff: Duration::from_secs(1)
+            }
+        );
+        let (demo, errors) = read::<Demo>("retries: 5\nbackoff: 250ms\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(demo.retries, 5);
+        assert_eq!(demo.backoff, Duration::from_millis(250));
+
+        // Every error at once, located and with a hint; a field with an error keeps its default
+        // and the others are still read.
+        let (demo, errors) = read::<Demo>("retries: 11\nbackof: 2s\nbackoff: 0s\n");
+        let got: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let hint = e.hint.as_deref().unwrap_or("");
+                format!("{}:{}: {} (hint: {hint})", e.line, e.column, e.message)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "1:10: `demo.retries` 11 is out of range (hint: use a value from 0 to 10)",
+                "2:1: unknown key `backof` in `demo` (hint: did you mean `backoff`?)",
+                "3:10: `demo.backoff` must be greater than zero (hint: e.g. `5s`)",
+            ]
+        );
+        assert_eq!(demo, Demo::default());
+        let (demo, errors) = read::<Demo>("retries: 7\nbackoff: soon\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(demo.retries, 7);
+        assert_eq!(demo.backoff, Duration::from_secs(1));
+    }
+
+    /// Every key a section lists is read into its own field (so the known keys and the reader
+    /// cannot drift apart), and what it reads is what was written.
+    fn every_key_reads_back<S: Section + PartialEq + Debug>() {
+        let samples = S::samples();
+        for &key in S::KEYS {
+            let explicit = EXPLICIT.contains(&(S::NAME, key));
+            let mine: Vec<_> = samples.iter().filter(|(k, ..)| *k == key).collect();
+            assert_eq!(
+                mine.is_empty(),
+                explicit,
+                "`{}.{key}`: samples of a field read by a rule, none for one read explicitly",
+                S::NAME
+            );
+            if explicit {
+                continue;
+            }
+            assert!(
+                mine.iter().any(|(.., expected)| *expected != S::default()),
+                "`{}.{key}`: every sample is the default, so reading it proves nothing",
+                S::NAME
+            );
+            for (_, yaml, expected) in mine {
+                let (got, errors) = read::<S>(&format!("{key}: {yaml}\n"));
+                assert!(errors.is_empty(), "`{}.{key}: {yaml}`: {errors:?}", S::NAME);
+                assert_eq!(&got, expected, "`{}.{key}: {yaml}`", S::NAME);
+            }
+        }
+        assert!(samples.iter().all(|(k, ..)| S::KEYS.contains(k)));
+    }
+
+    #[test]
+    fn every_key_of_every_section_reads_back() {
+        every_key_reads_back::<Listen>();
+        every_key_reads_back::<CaConfig>();
+        every_key_reads_back::<UpstreamConfig>();
+        every_key_reads_back::<LimitsConfig>();
+        every_key_reads_back::<AuditFile>();
+        // The explicit one, through the whole pipeline.
+        let c = crate::parse(
+            "upstream:\n  resolve: { \"a.test:443\": \"127.0.0.1:1\" }\n",
+            "t",
+        );
+        assert_eq!(c.map(|c| c.upstream.resolve.len()), Ok(1));
+    }
+
+    /// `Default X.` in a field's doc, X as written in the file.
+    fn documented_default(doc: &str) -> Option<&str> {
+        let (_, rest) = doc.split_once("Default ")?;
+        let word = rest.split_whitespace().next()?;
+        Some(word.trim_end_matches(['.', ',', ';']))
+    }
+
+    /// The one-entry mapping `key: value`.
+    fn entry(key: &Node, value: &Node) -> Node {
+        Node {
+            pos: key.pos,
+            value: Value::Map(vec![(key.clone(), value.clone())]),
+        }
+    }
+
+    /// Each `Default X.` in a field's doc reads as the default; how many there are.
+    fn docs_state_the_defaults<S: Section + PartialEq + Debug>() -> usize {
+        assert_eq!(S::DOCS.len(), S::KEYS.len());
+        let mut stated = 0;
+        for (key, doc) in S::KEYS.iter().zip(S::DOCS) {
+            let Some(default) = documented_default(doc) else {
+                continue;
+            };
+            let (got, errors) = read::<S>(&format!("{key}: {default}\n"));
+            assert!(errors.is_empty(), "`{}.{key}`: {errors:?}", S::NAME);
+            assert_eq!(
+                got,
+                S::default(),
+                "`{}.{key}`: the doc says `Default {default}`",
+                S::NAME
+            );
+            stated += 1;
+        }
+        stated
+    }
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        // At least one each, so that a change in how docs say it cannot make this vacuous.
+        assert!(docs_state_the_defaults::<Listen>() > 0);
+        assert!(docs_state_the_defaults::<CaConfig>() > 0);
+        assert!(docs_state_the_defaults::<UpstreamConfig>() > 0);
+        assert!(docs_state_the_defaults::<LimitsConfig>() > 0);
+        docs_state_the_defaults::<AuditFile>();
+    }
+
+    /// README.md's config block names every key of the section, and shows its default where its
+    /// doc states one (elsewhere, e.g. `ca.cert_out`, an example).
+    fn readme_shows<S: Section + PartialEq + Debug>(root: &Node) {
+        let Value::Map(top) = &root.value else {
+            panic!("README's config block is not a mapping");
+        };
+        let section = top
+            .iter()
+            .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == S::NAME))
+            .map(|(_, v)| v);
+        let Some(Node {
+            value: Value::Map(entries),
+            ..
+        }) = section
+        else {
+            panic!("README's config block has no `{}:` mapping", S::NAME);
+        };
+        let mut keys: Vec<&str> = Vec::new();
+        for (k, v) in entries {
+            let Value::Str(key) = &k.value else {
+                panic!("a key of `{}` in README is not a string", S::NAME);
+            };
+            keys.push(key);
+            let i = S::KEYS.iter().position(|known| known == key);
+            let Some(doc) = i.and_then(|i| S::DOCS.get(i)) else {
+                panic!("README shows `{}.{key}`, which is not a key", S::NAME);
+            };
+            let mut errors = Vec::new();
+            let got: S = read_node(&entry(k, v), &mut errors);
+            assert!(
+                errors.is_empty(),
+                "README's `{}.{key}`: {errors:?}",
+                S::NAME
+            );
+            if documented_default(doc).is_some() {
+                assert_eq!(
+                    got,
+                    S::default(),
+                    "README.md:{}: `{}.{key}` is not the default",
+                    v.pos.line,
+                    S::NAME,
+                );
+            }
+        }
+        for key in S::KEYS {
+            assert!(
+                keys.contains(key),
+                "README's config block does not show `{}.{key}`",
+                S::NAME
+            );
+        }
+    }
+
+    #[test]
+    fn readme_shows_every_key_and_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // The ```yaml block with a `limits:` section.
+        let block = readme
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(b, _)| b))
+            .find(|b| b.lines().any(|l| l.starts_with("limits:")))
+            .unwrap_or_else(|| panic!("{path} has no ```yaml block with `limits:`"));
+        // Preceded by as many empty lines as README has before it: positions are README's.
+        let before = readme
+            .find(block)
+            .map_or(0, |at| readme[..at].matches('\n').count());
+        let block = format!("{}{block}", "\n".repeat(before));
+        if let Err(e) = crate::parse(&block, "README.md") {
+            panic!("README's config block is not valid:\n{e}");
+        }
+        let mut errors = Vec::new();
+        let Ok(Some(root)) = yaml::load(&block, &mut errors) else {
+            panic!("README's config block does not load");
+        };
+        readme_shows::<Listen>(&root);
+        readme_shows::<CaConfig>(&root);
+        readme_shows::<UpstreamConfig>(&root);
+        readme_shows::<LimitsConfig>(&root);
+    }
+}
