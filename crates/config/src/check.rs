@@ -293,6 +293,7 @@ pub(crate) struct Fields<'a> {
     pub entries: Vec<Field<'a>>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Field<'a> {
     pub name: &'a str,
     pub key: &'a Node,

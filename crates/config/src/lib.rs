@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sidekey_policy::{
-    CanonicalHost, HostPattern, IpNet, MethodSet, PathGlob, Policy, Route, Scheme,
-};
+use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, Route, Scheme};
 
 mod check;
 mod describe;
@@ -16,6 +14,8 @@ mod inject;
 mod issuers;
 mod parse;
 mod route;
+mod section;
+mod sections;
 mod validate;
 mod yaml;
 
@@ -23,6 +23,7 @@ mod yaml;
 mod tests;
 
 pub use parse::parse;
+pub use sections::{AuditConfig, CaConfig, LimitsConfig, Listen, UpstreamConfig};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,92 +85,6 @@ pub struct Config {
     pub unmatched: Unmatched,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
-}
-
-/// `limits:` — what one agent connection may cost sidekey. Every value has a safe default.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitsConfig {
-    /// Agent connections open at once, over all listeners; more are closed on accept.
-    /// Default 1024.
-    pub max_connections: usize,
-    /// Time to receive a whole request head (slowloris). Default 30s.
-    pub header_read_timeout: Duration,
-    /// Time for the agent's TLS handshake inside CONNECT. Default 10s.
-    pub handshake_timeout: Duration,
-    /// Request headers per request. Default 100.
-    pub max_headers: usize,
-    /// Bytes of a request head (request line + headers; HTTP/2: the header list). Default 64 KiB.
-    pub max_header_bytes: usize,
-    /// Concurrent HTTP/2 streams per agent connection. Default 100.
-    pub max_concurrent_streams: u32,
-    /// A blind tunnel or an HTTP/2 connection with no traffic either way is closed after
-    /// this. Default 5m.
-    pub idle_timeout: Duration,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_connections: 1024,
-            header_read_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            max_headers: 100,
-            max_header_bytes: 64 * 1024,
-            max_concurrent_streams: 100,
-            idle_timeout: Duration::from_secs(300),
-        }
-    }
-}
-
-/// `listen:` — each listener can be turned off with `null`/`off`. Port 0 picks a free port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listen {
-    /// Default 127.0.0.1:15080.
-    pub forward: Option<SocketAddr>,
-    /// Default 127.0.0.1:15081.
-    pub routes: Option<SocketAddr>,
-    /// Default 127.0.0.1:15090.
-    pub admin: Option<SocketAddr>,
-}
-
-/// `ca:` — the interception CA. Its key never leaves memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaConfig {
-    /// Where the public certificate (PEM) is written for agents to trust. None: not written.
-    pub cert_out: Option<PathBuf>,
-    /// Where sidekey's CA certificate followed by the system's trusted roots is written (for
-    /// `SSL_CERT_FILE`/`REQUESTS_CA_BUNDLE`, which replace rather than extend a client's trust:
-    /// hosts reached directly or tunnelled must still verify). None: not written.
-    pub bundle_out: Option<PathBuf>,
-    /// Maximum leaf certificates kept in memory. Default 1024.
-    pub leaf_cache_size: usize,
-    /// New leaves per second (sustained) for names no route lists exactly, i.e. names under
-    /// wildcard routes. Default 10.
-    pub leaf_mint_rate: u32,
-    /// New leaves at once (burst) for such names. Default 50.
-    pub leaf_mint_burst: u32,
-}
-
-/// `upstream:` — how sidekey connects to upstream servers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamConfig {
-    /// PEM files trusted in addition to the webpki roots.
-    pub extra_ca_files: Vec<PathBuf>,
-    /// `host:port: addr:port` overrides (like curl --resolve), global and from routes merged.
-    pub resolve: Vec<ResolveOverride>,
-    /// DNS servers (`ip:port`) to ask instead of the system resolver (`/etc/resolv.conf`,
-    /// `/etc/hosts`). Empty: the system resolver.
-    pub nameservers: Vec<SocketAddr>,
-    /// Non-public address ranges every upstream connection may reach (routes and unmatched
-    /// tunnels), on top of routes' `allow_private`.
-    pub allow_ranges: Vec<IpNet>,
-    /// Default 5s.
-    pub connect_timeout: Duration,
-    /// Time to the response headers. Default 60s. Bodies stream without a time limit.
-    pub request_timeout: Duration,
-    /// Idle upstream connections kept per host for reuse (default 256); busier moments open
-    /// more, and those close once their request is done. 0: no reuse.
-    pub max_idle_per_host: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,14 +342,6 @@ pub struct Template {
 /// `unmatched:` — what happens to targets no route names (a policy rule, defined with the
 /// policy).
 pub use sidekey_policy::Unmatched;
-
-/// `audit:` — where audit lines go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum AuditConfig {
-    #[default]
-    Stdout,
-    File(PathBuf),
-}
 
 impl Config {
     /// The decision core's view of the routes, in match order.

@@ -1,14 +1,15 @@
-//! The top-level sections: listeners, CA, upstream, identity, issuers, credentials, `unmatched`
-//! and audit. Routes are in [`crate::route`]. Each section falls back to its defaults after an
-//! error so that the rest of the file is still checked.
+//! The whole document, and the sections that are not flat: identity, issuers, credentials and
+//! `unmatched`. The flat ones (listen, CA, upstream, limits, audit) are in [`crate::sections`],
+//! routes in [`crate::route`]. Each section falls back to its defaults after an error so that
+//! the rest of the file is still checked.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use sidekey_policy::{Authority, IpNet};
+use sidekey_policy::Authority;
 
-use crate::check::{check_name, closest, parse_socket_addr, Errors, Field};
+use crate::check::{check_name, closest, Errors, Field};
+use crate::sections;
 use crate::yaml::{Node, Pos, Value};
 use crate::{
     AuditConfig, CaConfig, Config, CredentialConfig, IdentityConfig, IssuerConfig, IssuerKind,
@@ -28,32 +29,6 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "limits",
 ];
-const LIMITS_KEYS: &[&str] = &[
-    "max_connections",
-    "header_read_timeout",
-    "handshake_timeout",
-    "max_headers",
-    "max_header_bytes",
-    "max_concurrent_streams",
-    "idle_timeout",
-];
-const LISTEN_KEYS: &[&str] = &["forward", "routes", "admin"];
-const CA_KEYS: &[&str] = &[
-    "cert_out",
-    "bundle_out",
-    "leaf_cache_size",
-    "leaf_mint_rate",
-    "leaf_mint_burst",
-];
-const UPSTREAM_KEYS: &[&str] = &[
-    "extra_ca_files",
-    "resolve",
-    "nameservers",
-    "allow_ranges",
-    "connect_timeout",
-    "request_timeout",
-    "max_idle_per_host",
-];
 const IDENTITY_KEYS: &[&str] = &["token_file"];
 const LOCAL_ISSUER_KEYS: &[&str] = &["kind", "issuer", "algorithm"];
 const CREDENTIAL_KEYS: &[&str] = &[
@@ -69,19 +44,8 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "resource",
     "session_policy_file",
 ];
-const AUDIT_KEYS: &[&str] = &["file"];
-
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
 
-pub(crate) const DEFAULT_FORWARD: &str = "127.0.0.1:15080";
-pub(crate) const DEFAULT_ROUTES: &str = "127.0.0.1:15081";
-pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:15090";
-const DEFAULT_LEAF_CACHE: usize = 1024;
-const DEFAULT_LEAF_MINT_RATE: u32 = 10;
-const DEFAULT_LEAF_MINT_BURST: u32 = 50;
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_MAX_IDLE_PER_HOST: usize = 256;
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -149,23 +113,9 @@ pub(crate) struct ResolveEntry {
 /// The whole document.
 pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     let mut config = Config {
-        listen: default_listen(),
-        ca: CaConfig {
-            cert_out: None,
-            bundle_out: None,
-            leaf_cache_size: DEFAULT_LEAF_CACHE,
-            leaf_mint_rate: DEFAULT_LEAF_MINT_RATE,
-            leaf_mint_burst: DEFAULT_LEAF_MINT_BURST,
-        },
-        upstream: UpstreamConfig {
-            extra_ca_files: Vec::new(),
-            resolve: Vec::new(),
-            nameservers: Vec::new(),
-            allow_ranges: Vec::new(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
-        },
+        listen: Listen::default(),
+        ca: CaConfig::default(),
+        upstream: UpstreamConfig::default(),
         identity: None,
         issuers: Vec::new(),
         credentials: Vec::new(),
@@ -183,13 +133,13 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
 
     let mut resolve = Vec::new();
     if let Some(n) = top.value("listen") {
-        config.listen = listen(n, e);
+        config.listen = sections::listen(n, e);
     }
     if let Some(n) = top.value("ca") {
-        config.ca = ca(n, e);
+        config.ca = sections::ca(n, e);
     }
     if let Some(n) = top.value("upstream") {
-        upstream(n, e, &mut config.upstream, &mut resolve);
+        config.upstream = sections::upstream(n, e, &mut resolve);
     }
     if let Some(n) = top.value("identity") {
         config.identity = identity(n, e);
@@ -209,258 +159,13 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         config.unmatched = unmatched(n, e);
     }
     if let Some(n) = top.value("audit") {
-        config.audit = audit(n, e);
+        config.audit = sections::audit(n, e);
     }
     if let Some(n) = top.value("limits") {
-        config.limits = limits(n, e);
+        config.limits = sections::limits(n, e);
     }
     config.upstream.resolve = merge_resolve(resolve, e);
     config
-}
-
-fn default_listen() -> Listen {
-    Listen {
-        forward: DEFAULT_FORWARD.parse().ok(),
-        routes: DEFAULT_ROUTES.parse().ok(),
-        admin: DEFAULT_ADMIN.parse().ok(),
-    }
-}
-
-fn listen(node: &Node, e: &mut Errors) -> Listen {
-    let mut listen = default_listen();
-    let Some(f) = e.fields(node, "`listen`", LISTEN_KEYS) else {
-        return listen;
-    };
-    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
-    for field in &f.entries {
-        let slot = match field.name {
-            "forward" => &mut listen.forward,
-            "routes" => &mut listen.routes,
-            "admin" => &mut listen.admin,
-            _ => continue,
-        };
-        let addr = listen_addr(field.value, &format!("`listen.{}`", field.name), e);
-        *slot = addr.unwrap_or(None);
-        if let Some(Some(addr)) = addr {
-            if addr.port() != 0 {
-                if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
-                    e.error_hint(
-                        field.value.pos,
-                        format!(
-                            "`listen.{}` uses {addr}, the same address as `listen.{other}`",
-                            field.name
-                        ),
-                        "give each listener its own port",
-                    );
-                }
-            }
-            seen.push((field.name, addr));
-        }
-    }
-    listen
-}
-
-/// `Some(None)` for a disabled listener, `None` after an error.
-fn listen_addr(node: &Node, what: &str, e: &mut Errors) -> Option<Option<SocketAddr>> {
-    match &node.value {
-        Value::Null => Some(None),
-        Value::Str(s) if s == "off" => Some(None),
-        Value::Str(s) => match parse_socket_addr(s, true) {
-            Ok(addr) => Some(Some(addr)),
-            Err((message, hint)) => {
-                e.error_hint(node.pos, format!("{what}: {message}"), hint);
-                None
-            }
-        },
-        Value::Int(port) => {
-            e.error_hint(
-                node.pos,
-                format!("{what} must be an ip:port address, found the bare number {port}"),
-                format!("write 127.0.0.1:{port} to listen on loopback"),
-            );
-            None
-        }
-        Value::Bool(false) => {
-            e.error_hint(
-                node.pos,
-                format!("{what} must be an ip:port address, `off` or null"),
-                "write `off` to turn the listener off",
-            );
-            None
-        }
-        _ => {
-            e.error_hint(
-                node.pos,
-                format!("{what} must be an ip:port address, found {}", node.kind()),
-                "e.g. 127.0.0.1:15080; `off` or null turns the listener off",
-            );
-            None
-        }
-    }
-}
-
-fn ca(node: &Node, e: &mut Errors) -> CaConfig {
-    let mut ca = CaConfig {
-        cert_out: None,
-        bundle_out: None,
-        leaf_cache_size: DEFAULT_LEAF_CACHE,
-        leaf_mint_rate: DEFAULT_LEAF_MINT_RATE,
-        leaf_mint_burst: DEFAULT_LEAF_MINT_BURST,
-    };
-    let Some(f) = e.fields(node, "`ca`", CA_KEYS) else {
-        return ca;
-    };
-    if let Some(n) = f.value("cert_out") {
-        ca.cert_out = e.path(n, "`ca.cert_out`");
-    }
-    if let Some(n) = f.value("bundle_out") {
-        ca.bundle_out = e.path(n, "`ca.bundle_out`");
-        if ca.bundle_out.is_some() && ca.bundle_out == ca.cert_out {
-            e.error_hint(
-                n.pos,
-                "`ca.bundle_out` is the same file as `ca.cert_out`",
-                "the bundle (CA + public roots) and the CA alone need two files",
-            );
-        }
-    }
-    if let Some(n) = f.value("leaf_cache_size") {
-        if let Some(size) = e.int_in(n, "`ca.leaf_cache_size`", 1, 1_000_000) {
-            ca.leaf_cache_size = usize::try_from(size).unwrap_or(DEFAULT_LEAF_CACHE);
-        }
-    }
-    if let Some(n) = f.value("leaf_mint_rate") {
-        if let Some(rate) = e.int_in(n, "`ca.leaf_mint_rate`", 1, 10_000) {
-            ca.leaf_mint_rate = u32::try_from(rate).unwrap_or(DEFAULT_LEAF_MINT_RATE);
-        }
-    }
-    if let Some(n) = f.value("leaf_mint_burst") {
-        if let Some(burst) = e.int_in(n, "`ca.leaf_mint_burst`", 1, 100_000) {
-            ca.leaf_mint_burst = u32::try_from(burst).unwrap_or(DEFAULT_LEAF_MINT_BURST);
-        }
-    }
-    ca
-}
-
-fn limits(node: &Node, e: &mut Errors) -> LimitsConfig {
-    let mut l = LimitsConfig::default();
-    let Some(f) = e.fields(node, "`limits`", LIMITS_KEYS) else {
-        return l;
-    };
-    let count = |key: &str, min: i64, max: i64, e: &mut Errors| {
-        f.value(key)
-            .and_then(|n| e.int_in(n, &format!("`limits.{key}`"), min, max))
-            .and_then(|v| usize::try_from(v).ok())
-    };
-    if let Some(v) = count("max_connections", 1, 1_000_000, e) {
-        l.max_connections = v;
-    }
-    if let Some(v) = count("max_headers", 8, 10_000, e) {
-        l.max_headers = v;
-    }
-    if let Some(v) = count("max_header_bytes", 1024, 16 << 20, e) {
-        l.max_header_bytes = v;
-    }
-    if let Some(v) = count("max_concurrent_streams", 1, 10_000, e) {
-        l.max_concurrent_streams = u32::try_from(v).unwrap_or(u32::MAX);
-    }
-    let duration = |key: &str, target: &mut Duration, e: &mut Errors| {
-        if let Some(n) = f.value(key) {
-            if let Some(d) = positive_duration(n, &format!("`limits.{key}`"), e) {
-                *target = d;
-            }
-        }
-    };
-    duration("header_read_timeout", &mut l.header_read_timeout, e);
-    duration("handshake_timeout", &mut l.handshake_timeout, e);
-    duration("idle_timeout", &mut l.idle_timeout, e);
-    l
-}
-
-fn upstream(node: &Node, e: &mut Errors, up: &mut UpstreamConfig, resolve: &mut Vec<ResolveEntry>) {
-    let Some(f) = e.fields(node, "`upstream`", UPSTREAM_KEYS) else {
-        return;
-    };
-    if let Some(n) = f.value("extra_ca_files") {
-        if let Some(items) = e.list(n, "`upstream.extra_ca_files`") {
-            up.extra_ca_files = items
-                .iter()
-                .filter_map(|i| e.path(i, "a file in `upstream.extra_ca_files`"))
-                .collect();
-        }
-    }
-    if let Some(n) = f.value("resolve") {
-        resolve_map(n, "`upstream.resolve`", e, resolve);
-    }
-    if let Some(n) = f.value("nameservers") {
-        if let Some(items) = e.list(n, "`upstream.nameservers`") {
-            up.nameservers = items
-                .iter()
-                .filter_map(|i| e.upstream_addr(i, "a name server in `upstream.nameservers`"))
-                .collect();
-        }
-    }
-    if let Some(n) = f.value("allow_ranges") {
-        if let Some(items) = e.list(n, "`upstream.allow_ranges`") {
-            up.allow_ranges = items.iter().filter_map(|i| allow_range(i, e)).collect();
-        }
-    }
-    if let Some(n) = f.value("connect_timeout") {
-        if let Some(d) = positive_duration(n, "`upstream.connect_timeout`", e) {
-            up.connect_timeout = d;
-        }
-    }
-    if let Some(n) = f.value("request_timeout") {
-        if let Some(d) = positive_duration(n, "`upstream.request_timeout`", e) {
-            up.request_timeout = d;
-        }
-    }
-    if let Some(n) = f.value("max_idle_per_host") {
-        if let Some(count) = e.int_in(n, "`upstream.max_idle_per_host`", 0, 100_000) {
-            up.max_idle_per_host = usize::try_from(count).unwrap_or(DEFAULT_MAX_IDLE_PER_HOST);
-        }
-    }
-}
-
-/// A CIDR range (or one address) of `upstream.allow_ranges`.
-fn allow_range(node: &Node, e: &mut Errors) -> Option<IpNet> {
-    let what = "a range in `upstream.allow_ranges`";
-    let s = e.string(node, what)?;
-    let parsed = s
-        .parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
-    match parsed {
-        Ok(net) if net.prefix_len() == 0 => {
-            e.error_hint(
-                node.pos,
-                format!("{what}: `{s}` is every address"),
-                "name the networks sidekey may reach, e.g. 10.20.0.0/16; a route that needs \
-                 private addresses can say `allow_private: true` instead",
-            );
-            None
-        }
-        Ok(net) => Some(net.trunc()),
-        Err(_) => {
-            e.error_hint(
-                node.pos,
-                format!("{what}: `{s}` is not an address range"),
-                "write CIDR, e.g. 10.20.0.0/16 or fd00:1234::/32, or one address",
-            );
-            None
-        }
-    }
-}
-
-fn positive_duration(node: &Node, what: &str, e: &mut Errors) -> Option<Duration> {
-    let d = e.duration(node, what)?;
-    if d.is_zero() {
-        e.error_hint(
-            node.pos,
-            format!("{what} must be greater than zero"),
-            "e.g. `5s`",
-        );
-        return None;
-    }
-    Some(d)
 }
 
 /// `host:port: ip:port` entries, from `upstream.resolve` or a route's `resolve`.
@@ -862,46 +567,6 @@ fn unmatched(node: &Node, e: &mut Errors) -> Unmatched {
                 "`deny` (the default) refuses hosts no route names; `tunnel` lets them through without a credential",
             );
             Unmatched::Deny
-        }
-    }
-}
-
-fn audit(node: &Node, e: &mut Errors) -> AuditConfig {
-    const HINT: &str = "use `stdout` (the default) or `{ file: /path/to/audit.log }`";
-    match &node.value {
-        Value::Str(s) if s == "stdout" => AuditConfig::Stdout,
-        Value::Str(s) => {
-            e.error_hint(node.pos, format!("unknown audit sink `{s}`"), HINT);
-            AuditConfig::Stdout
-        }
-        Value::Map(_) => {
-            let Some(f) = e.fields(node, "`audit`", AUDIT_KEYS) else {
-                return AuditConfig::Stdout;
-            };
-            match f.value("file") {
-                Some(n) => e
-                    .path(n, "`audit.file`")
-                    .map_or(AuditConfig::Stdout, AuditConfig::File),
-                None => {
-                    let message = match f.get("file") {
-                        Some(_) => "`audit.file` is empty",
-                        None => "`audit` has no `file`",
-                    };
-                    e.error_hint(f.pos, message, HINT);
-                    AuditConfig::Stdout
-                }
-            }
-        }
-        _ => {
-            e.error_hint(
-                node.pos,
-                format!(
-                    "`audit` must be `stdout` or a mapping, found {}",
-                    node.kind()
-                ),
-                HINT,
-            );
-            AuditConfig::Stdout
         }
     }
 }
