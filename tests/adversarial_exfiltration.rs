@@ -7,15 +7,13 @@
 //! although sidekey asked for `identity` has it decoded and masked; a coding sidekey cannot
 //! decode is refused (`upstream_encoding`) without passing the body on.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::raw::{h2_raw, H2Case};
-use common::*;
+use crate::common::raw::{h2_raw, H2Case};
+use crate::common::*;
 
 /// Every spelling of `secret` an echo could carry it in, for "never seen" assertions.
 fn forms(secret: &str) -> Vec<String> {

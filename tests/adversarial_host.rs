@@ -5,13 +5,11 @@
 //! reach `evil.test.local` (a recording upstream), nor any upstream for a refused request.
 //! (tests/target_identity.rs covers the spellings that must be *accepted* as the same host.)
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::raw::{h2_raw, H2Case};
-use common::*;
+use crate::common::raw::{h2_raw, H2Case};
+use crate::common::*;
 
 fn config() -> String {
     base_config(

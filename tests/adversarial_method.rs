@@ -4,13 +4,11 @@
 //! lower-case), CONNECT inside an intercepted tunnel, and protocol upgrades that would turn an
 //! allowed request into an unchecked channel.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::raw::{h2_raw, H2Case};
-use common::*;
+use crate::common::raw::{h2_raw, H2Case};
+use crate::common::*;
 
 /// One raw HTTP/1.1 request inside an intercepted tunnel to `host`.
 fn in_tunnel(sk: &Sidekey, host: &str, request: &str) -> RawResponse {

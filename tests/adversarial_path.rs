@@ -6,13 +6,11 @@
 //! tests/denials.rs covers the basic dot-segment and %2f cases through curl; these go over raw
 //! HTTP/1.1 in the tunnel, raw HTTP/2 `:path`, and the route listener.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::raw::{h2_raw, H2Case};
-use common::*;
+use crate::common::raw::{h2_raw, H2Case};
+use crate::common::*;
 
 /// (case, path, refused with this code; None = allowed)
 const CASES: &[(&str, &str, Option<&str>)] = &[

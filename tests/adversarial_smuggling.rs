@@ -9,13 +9,11 @@
 //! through `tests/clients/h2raw.py` with header validation off, to an upstream that only speaks
 //! HTTP/1.1, so that sidekey must downgrade them.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::raw::{h2_raw, request_lines, H2Case, RawUpstream};
-use common::*;
+use crate::common::raw::{h2_raw, request_lines, H2Case, RawUpstream};
+use crate::common::*;
 
 const RAW_HOST: &str = "raw.test.local";
 const H1_HOST: &str = "h1.test.local";

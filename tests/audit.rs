@@ -2,11 +2,9 @@
 //! the upstream actually received (the JWT's `jti`), credential events, redacted queries, and
 //! never the credential itself.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
+use crate::common::*;
 use regex::Regex;
 use serde_json::Value;
 

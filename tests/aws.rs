@@ -7,13 +7,11 @@
 //! start (`eager: true`), then the budget is set to zero, so every request the tests send
 //! afterwards is verified, and each test shows moto rejecting a bad signature at that point.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::moto::*;
-use common::sidekey::substitute;
-use common::*;
+use crate::common::moto::*;
+use crate::common::sidekey::substitute;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const BUCKET: &str = "agent-bucket";

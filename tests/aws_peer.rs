@@ -2,12 +2,10 @@
 //! hands out temporary keys for a web identity, and once the no-auth budget is spent moto
 //! really checks SigV4 signatures — the premise of every test in tests/aws.rs.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::moto::*;
-use common::*;
+use crate::common::moto::*;
+use crate::common::*;
 use serde_json::json;
 
 const BUCKET: &str = "peer-bucket";

@@ -1,13 +1,11 @@
 //! `sidekey check FILE`: the effective policy for a good file; every error with
 //! `FILE:LINE:COL: error:` and a hint for a bad one. `sidekey run` refuses a bad file the same way.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::Path;
 
-use common::sidekey::{repo_root, run_sidekey, substitute};
-use common::*;
+use crate::common::sidekey::{repo_root, run_sidekey, substitute};
+use crate::common::*;
 use regex::Regex;
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {

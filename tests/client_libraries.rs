@@ -2,11 +2,9 @@
 //! Python requests and httpx (HTTPS_PROXY + REQUESTS_CA_BUNDLE / SSL_CERT_FILE) and Node's
 //! undici (ProxyAgent). Each gets the credential injected and sees refusals it can act on.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn via(sk: &Sidekey, req: Req) -> Req {
     req.via(&sk.proxy_url(), sk.ca_pem())

@@ -1,11 +1,9 @@
 //! Every refusal an agent can get (DESIGN.md §4): the stable code in a JSON body and in
 //! `x-sidekey-error`, the right status, and nothing reaching the upstream it was refused for.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn connect_to_an_unrouted_host_is_refused_on_the_connect() {

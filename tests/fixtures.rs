@@ -2,11 +2,9 @@
 //! clients (curl, Python, Node) the way the other tests rely on, and the harness's helpers
 //! parse what they should. If these fail, the failures elsewhere say nothing about sidekey.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn resolve_arg(host: &str, up: &Upstream) -> String {
     format!("{host}:{}:127.0.0.1", up.addr().port())
@@ -273,7 +271,7 @@ fn helpers_decode_base64_and_jwt_and_strip_yaml_keys() {
     let yaml =
         "listen:\n  forward: 1\nca: { cert_out: x }\n# c\nroutes:\n  - name: a\nunmatched: deny\n";
     assert_eq!(
-        common::sidekey::strip_top_level_keys(yaml, &["listen", "ca"]),
+        crate::common::sidekey::strip_top_level_keys(yaml, &["listen", "ca"]),
         "# c\nroutes:\n  - name: a\nunmatched: deny\n"
     );
     assert_eq!(upstream::percent_decode("a%2Fb+c%zz"), "a/b c%zz");

@@ -2,11 +2,9 @@
 //! absolute-form plain HTTP, the credential attached on the way, responses passed back as the
 //! upstream sent them (redirects not followed, SSE streamed).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn connect_interception_injects_a_local_jwt_and_drops_agent_auth() {

@@ -5,14 +5,12 @@
 //! response and refusal the agent got — is searched for them in raw, base64, base64url,
 //! URL-encoded and hex form. Also: the running process cannot dump core.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::raw::{h2_raw, H2Case};
-use common::*;
+use crate::common::raw::{h2_raw, H2Case};
+use crate::common::*;
 
 fn config() -> String {
     base_config(

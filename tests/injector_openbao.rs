@@ -5,12 +5,10 @@
 //! TokenReview, which this machine cannot run; the vault issuer's login is covered with the jwt
 //! method in tests/vault_peer.rs, which sends the same request shape.)
 
-mod common;
-
 use std::process::Command;
 
-use common::openbao::{bao_bin, OpenBao, ROOT_TOKEN};
-use common::sidekey::repo_root;
+use crate::common::openbao::{bao_bin, OpenBao, ROOT_TOKEN};
+use crate::common::sidekey::repo_root;
 
 #[test]
 fn setup_script_configures_the_kubernetes_role() {
@@ -24,7 +22,7 @@ fn setup_script_configures_the_kubernetes_role() {
     let home = tempfile::tempdir().unwrap();
     // This OpenBao is not in a cluster: it is given the API server's address and CA, as the
     // script says for an OpenBao outside the cluster.
-    let api_ca = common::TestCa::new("test kube-apiserver CA");
+    let api_ca = crate::common::TestCa::new("test kube-apiserver CA");
     let script = repo_root().join("deploy/kubernetes/openbao/setup.sh");
     for run in 0..2 {
         // Twice: the script can be run again.

@@ -5,18 +5,16 @@
 //! - `ca.bundle_out`: sidekey's CA followed by the system roots, for SSL_CERT_FILE and
 //!   REQUESTS_CA_BUNDLE, usable by a real client both through sidekey and directly.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn probe(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(common::sidekey::sidekey_bin());
+    let mut cmd = Command::new(crate::common::sidekey::sidekey_bin());
     cmd.arg("probe").args(args).env_remove("SIDEKEY_CONFIG");
     for (k, v) in env {
         cmd.env(k, v);
@@ -132,7 +130,7 @@ fn run_until_written(
     file: &Path,
     env: &[(&str, &Path)],
 ) -> (std::process::Child, String) {
-    let mut cmd = Command::new(common::sidekey::sidekey_bin());
+    let mut cmd = Command::new(crate::common::sidekey::sidekey_bin());
     cmd.args(["run", "--config"])
         .arg(config)
         .stdin(Stdio::null())

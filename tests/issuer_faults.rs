@@ -3,15 +3,13 @@
 //! back are tested against the real servers in tests/oauth2.rs and tests/vault.rs.) The stand-ins
 //! here are raw TCP servers, as small as the fault they play.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A "token endpoint" that accepts connections, reads what it is sent and never answers.
 struct Hanging {

@@ -1,14 +1,12 @@
 //! `limits:`: one misbehaving client (slow heads, too many connections, idle tunnels, HTTP/2
 //! floods) is cut off while everybody else keeps being served.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Waits until the server closes `stream` (EOF or reset); false if it is still open after
 /// `within`.

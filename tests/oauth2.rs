@@ -3,14 +3,12 @@
 //! of expiry, RFC 8693 token exchange, opaque tokens, the token endpoint failing, and no secret
 //! ever showing up in logs, audit or refusals.
 
-mod common;
-
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::oauth2::*;
-use common::*;
+use crate::common::oauth2::*;
+use crate::common::*;
 use regex::Regex;
 use serde_json::Value;
 

@@ -2,12 +2,10 @@
 //! driven with curl: they pin down exactly what the server accepts and answers, so a failing
 //! oauth2 issuer test points at sidekey, not at the peer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::oauth2::*;
-use common::*;
+use crate::common::oauth2::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// `curl -X POST <token_url> <args>`: (status, JSON body).

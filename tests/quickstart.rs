@@ -2,12 +2,10 @@
 //! httpbin.org pinned (upstream.resolve) to a local HTTPS server whose CA sidekey is told to
 //! trust; and `sidekey run` with no --config, which uses the embedded quickstart.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::sidekey::{repo_root, strip_top_level_keys};
-use common::*;
+use crate::common::sidekey::{repo_root, strip_top_level_keys};
+use crate::common::*;
 use regex::Regex;
 
 fn quickstart() -> String {

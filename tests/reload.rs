@@ -18,18 +18,16 @@
 //! Every test but the polling one runs with `SIDEKEY_CONFIG_POLL=0s`, so only SIGHUP reloads.
 //! The Vault test needs `scripts/peers/openbao` (run by `scripts/install-test-deps`).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::openbao::{OpenBao, ISSUER_POLICY_BASE};
-use common::postgres::Postgres;
-use common::sidekey::{AUDIT_TIMEOUT, RELOAD_TIMEOUT};
-use common::*;
+use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
+use crate::common::postgres::Postgres;
+use crate::common::sidekey::{AUDIT_TIMEOUT, RELOAD_TIMEOUT};
+use crate::common::*;
 use serde_json::Value;
 
 /// Hosts the tests add by reload, blind tunnel targets, and the Vault route's host: all

@@ -1,11 +1,9 @@
 //! The route listener: `http://<routes>/r/<route>/<path>` forwarded over HTTPS to the route's
 //! host, for clients that cannot use a proxy or trust a CA.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn route_listener_forwards_over_https_with_injection() {

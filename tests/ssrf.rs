@@ -5,10 +5,8 @@
 //! that change between lookups (rebinding) cannot get past it. Names are resolved by a DNS
 //! server the test controls (`upstream.nameservers`).
 
-mod common;
-
-use common::dns::DnsServer;
-use common::*;
+use crate::common::dns::DnsServer;
+use crate::common::*;
 
 /// Refused by the guard: status, code, and the message names the class of address.
 #[track_caller]

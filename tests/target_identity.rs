@@ -2,11 +2,9 @@
 //! literals parsed strictly — and ports, so that no spelling of a target slips past the routes
 //! or gets another route's credential.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn identity_config() -> String {
     base_config(

@@ -4,12 +4,10 @@
 //! IP, a different name); and fresh names under a wildcard route cannot make sidekey mint
 //! leaves without bound.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// `openssl x509 -text` of sidekey's CA certificate.

@@ -3,14 +3,12 @@
 //! 502 `upstream_tls` whose message says what is wrong (and never echoes the URI), and no
 //! request (so no credential) reaches them.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use common::ca::{crypto_provider, ServerCert};
-use common::*;
+use crate::common::ca::{crypto_provider, ServerCert};
+use crate::common::*;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A rustls server config presenting `cert` (and its CA, like a real server would).

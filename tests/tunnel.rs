@@ -1,9 +1,7 @@
 //! `unmatched: tunnel`: hosts no route names pass as blind tunnels (or plain forwards) with no
 //! credential, still audited; routed hosts are still intercepted and injected.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn tunnel_config() -> String {
     // The blind targets live on loopback, which only `allow_ranges` opens to tunnels.

@@ -8,15 +8,13 @@
 //!
 //! Needs `scripts/peers/openbao` (run by `scripts/install-test-deps`).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::openbao::{OpenBao, ISSUER_POLICY_BASE};
-use common::postgres::Postgres;
-use common::*;
+use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
+use crate::common::postgres::Postgres;
+use crate::common::*;
 use regex::Regex;
 use serde_json::{json, Value};
 

@@ -2,13 +2,11 @@
 //! `tests/common/postgres.rs`): they prove the setup `tests/vault.rs` relies on is right, with
 //! no sidekey involved. Needs `scripts/peers/openbao` (run by `scripts/install-test-deps`).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::openbao::{OpenBao, ISSUER_POLICY_BASE};
-use common::postgres::Postgres;
-use common::*;
+use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
+use crate::common::postgres::Postgres;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const AUDIENCE: &str = "sidekey-vault-test";

@@ -74,11 +74,6 @@ impl TestCa {
         &self.cert_pem
     }
 
-    /// The CA certificate (DER).
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
-    }
-
     /// Directory the CA's files live in (removed when the CA is dropped).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -384,7 +384,6 @@ pub struct ClientResult {
     pub t_end: f64,
     /// The client library's error, if the request failed.
     pub error: Option<String>,
-    pub raw: Value,
 }
 
 impl ClientResult {
@@ -422,7 +421,6 @@ impl ClientResult {
                 .unwrap_or_default(),
             t_end: raw["t_end"].as_f64().unwrap_or(0.0),
             error: s(&raw["error"]),
-            raw,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Shared fixtures for sidekey's integration tests, in one place: every `tests/*.rs` file has
-//! `mod common;`.
+//! Shared fixtures for sidekey's integration tests, in one place: `tests/main.rs` declares
+//! `mod common;` once, and every test module uses `crate::common::...`.
 //!
 //! - [`ca::TestCa`]: a test CA that signs the upstreams' certificates;
 //! - [`upstream::Upstream`]: real HTTPS (h1 + h2) and HTTP servers that echo, stream SSE,
@@ -9,8 +9,6 @@
 //!
 //! [`Env`] bundles a CA and the two upstreams and starts sidekey with the placeholders
 //! `{test_ca}`, `{upstream}`, `{upstream_http}` (and `{dir}`) filled in.
-
-#![allow(dead_code)]
 
 pub mod ca;
 pub mod clients;
@@ -24,14 +22,10 @@ pub mod raw;
 pub mod sidekey;
 pub mod upstream;
 
-#[allow(unused_imports)]
 pub use ca::TestCa;
 pub use clients::*;
-#[allow(unused_imports)]
 pub use identity::Identity;
-#[allow(unused_imports)]
 pub use sidekey::{run_check, Sidekey};
-#[allow(unused_imports)]
 pub use upstream::{Recorded, Upstream};
 
 /// A test CA, an HTTPS upstream whose certificate it signed, and a plain HTTP upstream.

@@ -70,8 +70,6 @@ use super::sidekey::PROXY_VARS;
 
 /// The region every test uses.
 pub const REGION: &str = "us-east-1";
-/// moto's default account.
-pub const ACCOUNT_ID: &str = "123456789012";
 /// The role [`Moto::create_role`] creates and the issuer assumes.
 pub const ROLE_NAME: &str = "agent";
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/agent";
@@ -305,27 +303,17 @@ impl Moto {
         }
     }
 
-    /// The plain-HTTP address of moto_server.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `http://127.0.0.1:port`: for setup, the moto API and the issuer's `endpoint:`.
     pub fn http_endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// The TLS front (certificate for [`TLS_NAMES`], signed by [`Moto::ca`]).
+    /// The TLS front (certificate for [`TLS_NAMES`], signed by the CA of [`Moto::ca_pem`]).
     pub fn tls_addr(&self) -> SocketAddr {
         self.tls_addr
     }
 
-    /// The CA that signed the TLS front's certificate.
-    pub fn ca(&self) -> &TestCa {
-        &self.ca
-    }
-
-    /// PEM file of [`Moto::ca`], for `upstream.extra_ca_files` and clients.
+    /// PEM file of the CA that signed the TLS front's certificate, for `upstream.extra_ca_files` and clients.
     pub fn ca_pem(&self) -> &Path {
         self.ca.pem_path()
     }

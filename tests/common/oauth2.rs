@@ -409,11 +409,6 @@ impl OAuth2Server {
         format!("{}/token", self.issuer())
     }
 
-    /// `http://127.0.0.1:port/jwks`.
-    pub fn jwks_url(&self) -> String {
-        format!("{}/jwks", self.issuer())
-    }
-
     /// The JWKS document (fetched from the running server).
     pub fn jwks(&self) -> String {
         self.get_json("/jwks").to_string()

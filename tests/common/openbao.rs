@@ -203,11 +203,6 @@ impl OpenBao {
         format!("http://{}", self.addr)
     }
 
-    /// The listening socket address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Everything the server printed so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().join("\n")

@@ -162,11 +162,6 @@ impl Postgres {
         (out.status.success(), text)
     }
 
-    /// The TCP port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// A connection URL template for OpenBao's `postgresql-database-plugin`.
     pub fn vault_connection_url(&self) -> String {
         format!(

@@ -92,6 +92,8 @@ impl H2Case {
 #[derive(Clone, Debug)]
 pub struct H2Result {
     pub name: String,
+    /// Shown in failure messages (through `Debug`), like `error`.
+    #[allow(dead_code, reason = "read through Debug, in failure messages")]
     pub connect_status: Option<u16>,
     pub status: Option<u16>,
     pub headers: Vec<(String, String)>,
@@ -101,6 +103,8 @@ pub struct H2Result {
     /// GOAWAY error code, if the connection was ended.
     pub goaway: Option<u64>,
     pub closed: bool,
+    /// What the Python client reported (a timeout, its own protocol error, the connection's).
+    #[allow(dead_code, reason = "read through Debug, in failure messages")]
     pub error: Option<String>,
 }
 
@@ -233,15 +237,6 @@ impl RawUpstream {
     /// The bytes received on each connection so far (connections still open included).
     pub fn connections(&self) -> Vec<Vec<u8>> {
         self.conns.lock().unwrap().clone()
-    }
-
-    /// Everything received, as text (lossy), for searching.
-    pub fn all_text(&self) -> String {
-        self.connections()
-            .iter()
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join("\n--- next connection ---\n")
     }
 }
 

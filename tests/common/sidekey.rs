@@ -322,11 +322,6 @@ impl Sidekey {
         format!("http://{}", self.routes)
     }
 
-    /// `http://127.0.0.1:port` of the admin listener.
-    pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin)
-    }
-
     /// Path of sidekey's interception CA certificate (PEM), for clients to trust.
     pub fn ca_pem(&self) -> &Path {
         &self.ca_pem

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use ca::TestCa;
 use common::*;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 /// The name the API server dials: `<service>.<namespace>.svc`.
@@ -89,7 +91,9 @@ impl Injector {
 
     fn client(&self, ca: &TestCa) -> reqwest::Client {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.cert_der().clone()).unwrap();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
         let mut tls = rustls::ClientConfig::builder_with_provider(ca::crypto_provider())
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -1,0 +1,37 @@
+//! sidekey's integration tests, as one test binary (`integration`): each file of `tests/` is a
+//! module here, and [`common`] (the harness: test CA, upstreams, the sidekey process, clients,
+//! issuer peers) is compiled once for all of them. nextest still runs every test in its own
+//! process (`cargo nextest run --test integration forward::` runs one file's tests).
+
+mod common;
+
+mod adversarial_exfiltration;
+mod adversarial_host;
+mod adversarial_method;
+mod adversarial_path;
+mod adversarial_smuggling;
+mod audit;
+mod aws;
+mod aws_peer;
+mod check;
+mod client_libraries;
+mod denials;
+mod fixtures;
+mod forward;
+mod hygiene;
+mod injector_openbao;
+mod injector_sidecar;
+mod issuer_faults;
+mod limits;
+mod oauth2;
+mod oauth2_peer;
+mod quickstart;
+mod reload;
+mod route_listener;
+mod ssrf;
+mod target_identity;
+mod tls_agent;
+mod tls_upstream;
+mod tunnel;
+mod vault;
+mod vault_peer;
