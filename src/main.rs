@@ -10,16 +10,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use runtime::{Runtime, Source};
+use sidekey::runtime::{Runtime, Source};
 use sidekey_audit::AuditWriter;
 use sidekey_config::{AuditConfig, Config};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-mod bundle;
 mod probe;
-mod runtime;
 
 /// The config `sidekey run` uses when given none: the quickstart, built in.
 const QUICKSTART: &str = include_str!("../examples/quickstart.yaml");

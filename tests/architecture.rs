@@ -40,7 +40,13 @@ impl Graph {
         let run = |offline: bool| {
             let mut command = Command::new(&cargo);
             command
-                .args(["metadata", "--format-version", "1", "--filter-platform", host])
+                .args([
+                    "metadata",
+                    "--format-version",
+                    "1",
+                    "--filter-platform",
+                    host,
+                ])
                 .current_dir(env!("CARGO_MANIFEST_DIR"));
             if offline {
                 command.arg("--offline");
@@ -65,7 +71,10 @@ impl Graph {
             tail.split('@').next().unwrap_or(tail).to_string()
         };
         let mut deps: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for node in metadata["resolve"]["nodes"].as_array().expect("resolve nodes") {
+        for node in metadata["resolve"]["nodes"]
+            .as_array()
+            .expect("resolve nodes")
+        {
             let name = name_of(node["id"].as_str().expect("node id"));
             let entry = deps.entry(name).or_default();
             for dep in node["deps"].as_array().expect("deps") {
@@ -136,11 +145,26 @@ fn sidekey_crates_depend_one_way() {
     let graph = Graph::load();
     // (crate, crates it must never link)
     let rules: &[(&str, &[&str])] = &[
-        ("sidekey-policy", &["sidekey-config", "sidekey-credentials", "sidekey-proxy"]),
-        ("sidekey-config", &["sidekey-credentials", "sidekey-proxy", "sidekey-tls"]),
-        ("sidekey-credentials", &["sidekey-proxy", "sidekey-body", "sidekey-admin"]),
-        ("sidekey-inject", &["sidekey-credentials", "sidekey-proxy", "reqwest"]),
-        ("sidekey-body", &["sidekey-credentials", "sidekey-proxy", "sidekey-config"]),
+        (
+            "sidekey-policy",
+            &["sidekey-config", "sidekey-credentials", "sidekey-proxy"],
+        ),
+        (
+            "sidekey-config",
+            &["sidekey-credentials", "sidekey-proxy", "sidekey-tls"],
+        ),
+        (
+            "sidekey-credentials",
+            &["sidekey-proxy", "sidekey-body", "sidekey-admin"],
+        ),
+        (
+            "sidekey-inject",
+            &["sidekey-credentials", "sidekey-proxy", "reqwest"],
+        ),
+        (
+            "sidekey-body",
+            &["sidekey-credentials", "sidekey-proxy", "sidekey-config"],
+        ),
         ("sidekey-audit", &["sidekey-proxy", "sidekey-credentials"]),
         ("sidekey-tls", &["sidekey-proxy", "sidekey-credentials"]),
     ];

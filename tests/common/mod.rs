@@ -14,6 +14,7 @@ pub mod ca;
 pub mod clients;
 pub mod dns;
 pub mod identity;
+pub mod inprocess;
 pub mod moto;
 pub mod oauth2;
 pub mod openbao;
