@@ -477,3 +477,141 @@ fn an_exchange_the_agent_abandons_is_recorded_as_aborted() {
         ],
     );
 }
+
+/// The route listener: `/r/<route>/…` reaches the route's one host; anything else is refused
+/// and recorded under the name asked for.
+#[test]
+fn the_route_listener_identifies_by_route_name() {
+    let env = Env::new();
+    let sk = InProcess::start(&env, &default_config());
+    // (request, status, host recorded, code)
+    let cases: &[(&str, u16, &str, &str)] = &[
+        (
+            "GET /r/api/echo/r?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            200,
+            "api.test.local",
+            "",
+        ),
+        (
+            "GET /r/scoped/echo/v2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            403,
+            "paths.test.local",
+            "path_not_allowed",
+        ),
+        (
+            "GET /r/nope/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            403,
+            "nope",
+            "host_not_allowed",
+        ),
+        (
+            "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            400,
+            "",
+            "request_invalid",
+        ),
+        (
+            "GET /r/plain/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            403,
+            "plain",
+            "host_not_allowed",
+        ),
+    ];
+    for (i, (raw, status, host, code)) in cases.iter().enumerate() {
+        let answer = sk.routes_raw(raw.as_bytes(), QUIET);
+        assert_eq!(
+            status_of(&answer),
+            Some(*status),
+            "case {i}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let records = sk.audit.expect_requests(i + 1);
+        let code: Value = if code.is_empty() {
+            Value::Null
+        } else {
+            (*code).into()
+        };
+        assert_record(
+            &records[i],
+            &[
+                ("listener", "routes".into()),
+                ("host", (*host).into()),
+                ("code", code),
+            ],
+        );
+    }
+    let seen = env.upstream.only_request();
+    assert_eq!(seen.path, "/echo/r?q=1");
+    assert!(seen.bearer().is_some());
+}
+
+/// `unmatched: tunnel`: a CONNECT no route names becomes a blind tunnel, bytes pass both
+/// ways uninspected, and its one record is written when it closes.
+#[test]
+fn a_blind_tunnel_copies_bytes_and_is_recorded_when_it_closes() {
+    let env = Env::new();
+    let yaml = crate::common::allow_loopback_ranges(&base_config(
+        &[("blind.test.local:443", "{upstream}")],
+        "",
+        "unmatched: tunnel\n",
+    ));
+    let sk = InProcess::start(&env, &yaml);
+    let mut conn = sk.forward_connection();
+    let reply = sk.rt.block_on(async {
+        conn.write_all(
+            b"CONNECT blind.test.local:443 HTTP/1.1\r\nHost: blind.test.local:443\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let reply = read_head(&mut conn).await;
+        // What goes through is not HTTP to sidekey: a TLS ClientHello for the upstream, which
+        // answers with its own certificate (not sidekey's).
+        let pem = std::fs::read(env.ca.pem_path()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("blind.test.local").unwrap();
+        let mut tls = connector
+            .connect(name, conn)
+            .await
+            .expect("TLS with the upstream itself");
+        tls.write_all(
+            b"GET /echo/blind HTTP/1.1\r\nHost: blind.test.local\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(QUIET, tls.read_to_end(&mut answer)).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        reply
+    });
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = env.upstream.only_request();
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "a blind tunnel carries no credential"
+    );
+    let record = sk.audit.expect_requests(1).remove(0);
+    assert_record(
+        &record,
+        &[
+            ("method", "CONNECT".into()),
+            ("decision", "tunnel".into()),
+            ("route", Value::Null),
+        ],
+    );
+    assert!(
+        record["bytes_in"].as_u64().unwrap() > 0 && record["bytes_out"].as_u64().unwrap() > 0,
+        "{record}"
+    );
+}

@@ -191,6 +191,28 @@ impl InProcess {
         client
     }
 
+    /// A connection to the route listener over an in-memory pipe: the client's end.
+    pub fn routes_connection(&self) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let shared = Arc::clone(&self.runtime().shared);
+        self.rt.spawn(sidekey_proxy::routes::serve_connection(
+            shared,
+            server,
+            self.shutdown.clone(),
+        ));
+        client
+    }
+
+    /// Writes `bytes` to a fresh route-listener connection and reads one response (as
+    /// [`InProcess::forward_raw`] does).
+    pub fn routes_raw(&self, bytes: &[u8], wait: Duration) -> Vec<u8> {
+        let mut client = self.routes_connection();
+        self.rt.block_on(async move {
+            client.write_all(bytes).await.expect("write to sidekey");
+            read_response(&mut client, wait).await
+        })
+    }
+
     /// Writes `bytes` to a fresh forward-listener connection, then reads one response: its
     /// head and a body of its Content-Length (or, chunked, to the last chunk; or to EOF). An
     /// empty result: sidekey closed the connection without an answer, or said nothing for
