@@ -213,7 +213,7 @@ def write(results, dest):
         "running the same binary.\n")
 
     # ---- targets
-    add("## Targets (DESIGN.md §8, issue 5)\n")
+    add("## Targets (issue 5)\n")
     rows = targets(results)
     add(table(["target", "measured", "met?"], rows))
     add("")

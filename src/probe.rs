@@ -1,7 +1,8 @@
 //! `sidekey probe [ready|live]`: one GET to the admin listener's `/readyz` or `/healthz`, exit 0
 //! on 200 and 1 otherwise. Kubernetes exec probes and the legacy sidecar's `postStart` hook use
-//! it, because the admin listener stays on loopback (DESIGN.md §6) where kubelet's HTTP probes
-//! cannot reach it. Plain blocking std I/O: no runtime to start on every probe.
+//! it, because the admin listener stays on loopback (docs/architecture.md, "Listeners") where
+//! kubelet's HTTP probes cannot reach it. Plain blocking std I/O: no runtime to start on every
+//! probe.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};

@@ -1,9 +1,10 @@
 //! Adversarial: host confusion. The target is decided once, from one source, and every other
-//! source must agree (DESIGN.md §1); hosts are compared in one canonical form and anything
-//! ambiguous is refused. Each payload here tries to make sidekey route by one host while the
-//! request names, or would be read by a URL parser as, another — and the credential must never
-//! reach `evil.test.local` (a recording upstream), nor any upstream for a refused request.
-//! (tests/target_identity.rs covers the spellings that must be *accepted* as the same host.)
+//! source must agree (docs/architecture.md, "Decisions, in order"); hosts are compared in one
+//! canonical form and anything ambiguous is refused. Each payload here tries to make sidekey
+//! route by one host while the request names, or would be read by a URL parser as, another — and
+//! the credential must never reach `evil.test.local` (a recording upstream), nor any upstream
+//! for a refused request. (tests/target_identity.rs covers the spellings that must be *accepted*
+//! as the same host.)
 
 use std::io::Write;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Every refusal an agent can get (DESIGN.md §4): the stable code in a JSON body and in
+//! Every refusal an agent can get (docs/architecture.md, "Error codes"): the stable code in a JSON body and in
 //! `x-sidekey-error`, the right status, and nothing reaching the upstream it was refused for.
 
 use std::time::Duration;
@@ -459,7 +459,7 @@ fn route_listener_refusals_use_the_same_codes() {
 #[test]
 fn refusal_of_a_request_with_a_large_body_is_readable() {
     // sidekey refuses before reading the body; the agent must still get the 403, not a reset
-    // stream or connection, over HTTP/1.1 and HTTP/2 alike (DESIGN.md §4). Over HTTP/2 an
+    // stream or connection, over HTTP/1.1 and HTTP/2 alike (docs/architecture.md, "Error codes"). Over HTTP/2 an
     // early response followed by RST_STREAM(NO_ERROR) is allowed by RFC 9113 §8.1, but the
     // curl of Debian 12 (7.88) then fails with error 92 instead of showing the 403: the
     // refusal must reach agents using it too.

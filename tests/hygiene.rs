@@ -1,5 +1,5 @@
-//! Secret hygiene (DESIGN.md: nothing secret is ever logged, put in a metric, or returned to the
-//! agent). One sidekey is driven through allowed, denied, failing and reflecting traffic on every
+//! Secret hygiene (docs/threat-model.md: nothing secret is ever logged, put in a metric, or
+//! returned to the agent). One sidekey is driven through allowed, denied, failing and reflecting traffic on every
 //! listener; the credentials actually injected are captured at the upstreams, and every byte
 //! sidekey wrote — stdout (audit), stderr (logs, at debug level), every admin endpoint, every
 //! response and refusal the agent got — is searched for them in raw, base64, base64url,

@@ -414,6 +414,23 @@ fn an_intercepted_connect_without_a_request_is_one_record() {
         &record,
         &[("method", "CONNECT".into()), ("error", "no_request".into())],
     );
+
+    // The agent closes the tunnel before a ClientHello.
+    let mut conn = sk.forward_connection();
+    sk.rt.block_on(async {
+        conn.write_all(connect).await.unwrap();
+        read_head(&mut conn).await;
+        conn.shutdown().await.unwrap();
+        read_until_quiet(&mut conn, QUIET).await;
+    });
+    let record = sk.audit.expect_requests(4).remove(3);
+    assert_record(
+        &record,
+        &[
+            ("method", "CONNECT".into()),
+            ("error", "client_aborted".into()),
+        ],
+    );
     assert!(env.upstream.requests().is_empty());
 }
 

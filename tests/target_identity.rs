@@ -1,6 +1,6 @@
-//! Target identity (DESIGN.md §1): one canonical form for hosts — case, trailing dot, IDNA, IP
-//! literals parsed strictly — and ports, so that no spelling of a target slips past the routes
-//! or gets another route's credential.
+//! Target identity (docs/architecture.md, "Decisions, in order"): one canonical form for hosts —
+//! case, trailing dot, IDNA, IP literals parsed strictly — and ports, so that no spelling of a
+//! target slips past the routes or gets another route's credential.
 
 use std::time::Duration;
 

@@ -76,7 +76,7 @@ pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
 // ---------------------------------------------------------------------------------------------
 // Refusals
 
-/// Checks a refusal as DESIGN.md §4 describes it: status, `x-sidekey-error: code`, a JSON body
+/// Checks a refusal as docs/architecture.md ("Error codes") describes it: status, `x-sidekey-error: code`, a JSON body
 /// `{"error": code, "message": .., "request_id": ..}`. Returns the body.
 pub fn check_refusal(
     what: &str,

@@ -46,7 +46,7 @@ pub struct RequestRecord {
     /// Path with query values replaced by `REDACTED` (see [`redact_query`]).
     pub path: String,
     pub decision: Outcome,
-    /// The error code of DESIGN.md §4 when refused or failed.
+    /// The error code (docs/architecture.md, "Error codes") when refused or failed.
     pub code: Option<&'static str>,
     /// Status sent to the agent.
     pub status: Option<u16>,

@@ -60,7 +60,7 @@ fn route(
             e.error_hint(
                 f.pos,
                 format!("route #{number} has no `name`"),
-                "add `name: <name>`; it appears in /r/<name>/ URLs, audit records and metrics",
+                "add `name: <name>`; it appears in /r/<name>/ URLs and audit records",
             );
             None
         }
@@ -279,9 +279,7 @@ fn schemes(node: &Node, what: &str, e: &mut Errors) -> Option<Vec<Scheme>> {
             ok = false;
             let hint = match closest(s, &["http", "https"]) {
                 Some(best) => format!("did you mean `{best}`?"),
-                None => {
-                    "sidekey forwards `http` and `https` (WebSockets ride on these)".to_string()
-                }
+                None => "sidekey forwards `http` and `https`".to_string(),
             };
             e.error_hint(item.pos, format!("{what}: unknown scheme `{s}`"), hint);
             continue;

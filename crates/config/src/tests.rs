@@ -285,7 +285,7 @@ audit: { file: /var/log/sidekey/audit.jsonl }
     assert_eq!(ok("audit: stdout\n").audit, AuditConfig::Stdout);
 }
 
-const FULL: &str = r#"# Like DESIGN.md §2, with local issuers only.
+const FULL: &str = r#"# Like README's config block, with local issuers only.
 listen:
   forward: 127.0.0.1:15080
   routes: 127.0.0.1:15081

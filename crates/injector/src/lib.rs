@@ -1,5 +1,5 @@
 //! `sidekey-injector`: the Kubernetes mutating admission webhook that adds sidekey to agent
-//! pods (DESIGN.md §7). A pod comes in as an AdmissionReview v1, [`inject::plan`] decides what
+//! pods (docs/kubernetes.md). A pod comes in as an AdmissionReview v1, [`inject::plan`] decides what
 //! to do with it (a pure function: pod + settings → JSON patch, skip with a reason, or refusal
 //! of a bad annotation), and [`server`] answers over HTTPS with certificates it reloads when
 //! cert-manager or the chart rotate them.

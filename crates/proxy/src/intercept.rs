@@ -89,6 +89,11 @@ pub async fn run(
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
     let start = match tokio::time::timeout(timeout, acceptor).await {
         Ok(Ok(start)) => start,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(target = %target, "agent closed the tunnel before a ClientHello");
+            record.finish_streamed(0, Some("client_aborted"));
+            return;
+        }
         Ok(Err(e)) => {
             tracing::info!(target = %target, error = %e, "agent TLS ClientHello rejected");
             record.finish_streamed(0, Some("tls_handshake_failed"));
