@@ -23,7 +23,7 @@ use sidekey_audit::Outcome;
 use sidekey_body::count::{BodyMeter, Counted};
 use sidekey_body::form::{self, FormGuard, OverrideCheck, Verdict};
 use sidekey_body::mask::{scrub_headers, Needles, Scrubbed};
-use sidekey_body::{decode, empty, full, BoxError, ProxyBody};
+use sidekey_body::{decode, full, BoxError, ProxyBody};
 use sidekey_config::Inject;
 use sidekey_credentials::{Credential, CredentialValue};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
@@ -392,7 +392,6 @@ impl Outgoing {
     ) -> Outgoing {
         let verdict = Verdict::default();
         let body = match body {
-            AgentRequestBody::Whole(bytes) if bytes.is_empty() => empty(),
             AgentRequestBody::Whole(bytes) => {
                 meter.add(bytes.len() as u64);
                 full(bytes)
