@@ -632,3 +632,87 @@ fn a_blind_tunnel_copies_bytes_and_is_recorded_when_it_closes() {
         "{record}"
     );
 }
+
+/// A head the HTTP layer cannot parse never becomes an exchange — hyper answers a bare 400,
+/// 414 or 431 (or nothing, to an HTTP/2 preface) and closes — but it is still one record.
+#[test]
+fn an_unparsable_head_is_answered_by_hyper_and_still_recorded() {
+    let env = Env::new();
+    // Heads up to 128 KiB: room for a URI longer than hyper takes (64 KiB).
+    let sk = InProcess::start(
+        &env,
+        &base_config(&[], "", "limits:\n  max_header_bytes: 131072\n"),
+    );
+    let long_uri = format!(
+        "GET http://plain.test.local/{} HTTP/1.1\r\nHost: plain.test.local\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let big_head = format!(
+        "GET http://plain.test.local/ HTTP/1.1\r\nHost: plain.test.local\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(140_000)
+    );
+    let cases: Vec<(String, Option<u16>)> = vec![
+        (
+            "GET http://plain.test.local/ HTTP/1.1\r\nthis is not a header\r\n\r\n".into(),
+            Some(400),
+        ),
+        (
+            "G@T http://plain.test.local/ HTTP/1.1\r\n\r\n".into(),
+            Some(400),
+        ),
+        (big_head, Some(431)),
+        (long_uri, Some(414)),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".into(), None),
+    ];
+    for (i, (raw, status)) in cases.iter().enumerate() {
+        let answer = sk.forward_raw(raw.as_bytes(), QUIET);
+        assert_eq!(
+            status_of(&answer),
+            *status,
+            "case {i}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let records = sk.audit.expect_requests(i + 1);
+        let status: Value = status.map_or(Value::Null, Value::from);
+        assert_record(
+            &records[i],
+            &[
+                ("code", "request_invalid".into()),
+                ("status", status),
+                ("error", "unparsed_request".into()),
+            ],
+        );
+    }
+    assert!(env.upstream_http.requests().is_empty());
+}
+
+/// `limits.max_header_bytes` bounds the request head exactly, whatever its value (hyper's read
+/// buffer alone is a soft bound, and refuses to be set below 8 KiB).
+#[test]
+fn max_header_bytes_is_exact_even_when_small() {
+    let env = Env::new();
+    let sk = InProcess::start(
+        &env,
+        &base_config(&[], "", "limits:\n  max_header_bytes: 1024\n"),
+    );
+    let head = |pad: usize| {
+        format!(
+            "GET http://plain.test.local/echo/h HTTP/1.1\r\nHost: plain.test.local\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "p".repeat(pad)
+        )
+    };
+    let small = head(100);
+    assert_eq!(
+        status_of(&sk.forward_raw(small.as_bytes(), QUIET)),
+        Some(200)
+    );
+    let large = head(1100);
+    let answer = sk.forward_raw(large.as_bytes(), QUIET);
+    assert_eq!(
+        status_of(&answer),
+        Some(431),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(env.upstream_http.requests().len(), 1);
+}

@@ -208,7 +208,7 @@ impl InProcess {
     pub fn routes_raw(&self, bytes: &[u8], wait: Duration) -> Vec<u8> {
         let mut client = self.routes_connection();
         self.rt.block_on(async move {
-            client.write_all(bytes).await.expect("write to sidekey");
+            let _ = client.write_all(bytes).await;
             read_response(&mut client, wait).await
         })
     }
@@ -220,7 +220,9 @@ impl InProcess {
     pub fn forward_raw(&self, bytes: &[u8], wait: Duration) -> Vec<u8> {
         let mut client = self.forward_connection();
         self.rt.block_on(async move {
-            client.write_all(bytes).await.expect("write to sidekey");
+            // sidekey may answer and close before it has read everything (a head too large):
+            // what it answered is still there to read.
+            let _ = client.write_all(bytes).await;
             read_response(&mut client, wait).await
         })
     }

@@ -113,6 +113,11 @@ impl PendingRecord {
         self.record.status = Some(status);
     }
 
+    /// The status sent, or None when nothing was.
+    pub fn set_status_opt(&mut self, status: Option<u16>) {
+        self.record.status = status;
+    }
+
     /// Marks the request refused (or failed before any upstream response) with `code`, its
     /// answer `body_len` bytes long. The decision stays what policy said: a request allowed by
     /// a route that then failed upstream is `allow` with the failure's code.

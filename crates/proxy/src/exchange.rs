@@ -636,6 +636,60 @@ impl Session {
     }
 }
 
+/// Records a request head the HTTP layer could not parse. hyper answers those itself — a bare
+/// `400`, `414` or `431` with no body, or nothing for an HTTP/2 preface on an HTTP/1 connection —
+/// and closes the connection, so no exchange ever starts; the audit trail still gets one record
+/// (`request_invalid`, `"error": "unparsed_request"`), with the target when the connection had
+/// one (inside an intercepted tunnel). Other connection errors are not requests and leave none.
+/// Returns whether it wrote a record.
+pub(crate) fn record_unparsed(
+    state: &ProxyState,
+    listener: &'static str,
+    target: Option<&Target>,
+    error: &hyper::Error,
+) -> bool {
+    if !error.is_parse() {
+        return false;
+    }
+    let status = if error.is_parse_version_h2() {
+        None
+    } else if error.is_parse_too_large() {
+        // hyper tells a long URI from a large head only by its message.
+        Some(if error.to_string().contains("URI") {
+            414
+        } else {
+            431
+        })
+    } else {
+        Some(400)
+    };
+    let request_id = new_request_id();
+    let mut record = match target {
+        Some(target) => PendingRecord::new(
+            state.audit.clone(),
+            &request_id,
+            listener,
+            "",
+            target,
+            "",
+            Instant::now(),
+        ),
+        None => PendingRecord::with_target_text(
+            state.audit.clone(),
+            &request_id,
+            listener,
+            "",
+            ("", String::new(), 0),
+            "",
+            Instant::now(),
+        ),
+    };
+    record.set_refused(ErrorCode::RequestInvalid, 0);
+    record.set_status_opt(status);
+    record.finish_streamed(0, Some("unparsed_request"));
+    true
+}
+
 /// Reads and discards the body of a request being refused, up to [`DRAIN_LIMIT`] bytes and
 /// [`DRAIN_TIME`], so that a client still uploading gets to read the refusal: an HTTP/2 stream
 /// answered before its body ends is reset (RST_STREAM), and some clients (curl 7.88) then

@@ -33,6 +33,7 @@ pub async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.load().limits.clone();
+    let shared_state = Arc::clone(&shared);
     let service = {
         let shutdown = shutdown.clone();
         service_fn(move |request| {
@@ -51,6 +52,7 @@ pub async fn serve_connection<IO>(
         result = connection.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "forward connection ended with an error");
+                exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
             }
         }
         _ = shutdown.cancelled() => {

@@ -122,6 +122,8 @@ pub async fn run(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let served = Arc::new(AtomicBool::new(false));
+    // For a request head that does not parse: recorded under the tunnel's target.
+    let unparsed = (Arc::clone(&shared), target.clone());
     let tunnel = Arc::new(Tunnel { target, sni });
     let service = {
         let served = Arc::clone(&served);
@@ -147,7 +149,14 @@ pub async fn run(
         let connection = limits.http1_builder().serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
-            result = connection.as_mut() => log_end(result),
+            result = connection.as_mut() => {
+                if let Err(e) = &result {
+                    if exchange::record_unparsed(&unparsed.0.load(), LISTENER, Some(&unparsed.1), e) {
+                        served.store(true, Ordering::Relaxed);
+                    }
+                }
+                log_end(result);
+            }
             _ = shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
                 let _ = connection.await;

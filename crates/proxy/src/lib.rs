@@ -37,6 +37,9 @@ pub use error::refusal_response;
 pub use sidekey_policy::ErrorCode;
 pub use upstream::Upstream;
 
+/// hyper's smallest HTTP/1 read buffer (it panics below it).
+const MIN_READ_BUFFER: usize = 8192;
+
 /// Bounds on what a client may send or hold before sidekey gives up on it (`limits:`), with
 /// the HTTP server settings they make.
 #[derive(Debug, Clone, Default)]
@@ -51,14 +54,17 @@ impl std::ops::Deref for Limits {
 }
 
 impl Limits {
-    /// The HTTP/1 server settings every agent-facing listener uses.
+    /// The HTTP/1 server settings every agent-facing listener uses. `max_header_bytes` bounds the
+    /// head exactly (`max_header_size`, checked on the parsed head); the read buffer, which hyper
+    /// will not set below 8 KiB, only bounds memory.
     pub fn http1_builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .max_headers(self.max_headers)
-            .max_buf_size(self.max_header_bytes);
+            .max_header_size(self.max_header_bytes)
+            .max_buf_size(self.max_header_bytes.max(MIN_READ_BUFFER));
         builder
     }
 

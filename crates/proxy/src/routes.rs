@@ -26,6 +26,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.load().limits.clone();
+    let shared_state = Arc::clone(&shared);
     let service = service_fn(move |request| {
         let state = shared.load();
         async move { Ok::<_, Infallible>(route(state, request).await) }
@@ -38,6 +39,7 @@ where
         result = connection.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "route connection ended with an error");
+                exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
             }
         }
         _ = shutdown.cancelled() => {
