@@ -40,6 +40,27 @@ fn status_of(raw: &[u8]) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// A record's `code`: the code, or null for none ("").
+fn code_or_null(code: &str) -> Value {
+    if code.is_empty() {
+        Value::Null
+    } else {
+        code.into()
+    }
+}
+
+/// A TLS client that trusts the certificates of `pem`.
+fn tls_client(pem: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 /// Asserts `fields` of an audit record.
 #[track_caller]
 fn assert_record(record: &Value, fields: &[(&str, Value)]) {
@@ -274,11 +295,7 @@ fn every_refusal_on_the_forward_listener_has_one_record() {
             String::from_utf8_lossy(&answer)
         );
         let records = sk.audit.expect_requests(i + 1);
-        let code: Value = if code.is_empty() {
-            Value::Null
-        } else {
-            (*code).into()
-        };
+        let code = code_or_null(code);
         assert_record(
             &records[i],
             &[
@@ -392,14 +409,7 @@ fn an_intercepted_connect_without_a_request_is_one_record() {
     sk.rt.block_on(async {
         conn.write_all(connect).await.unwrap();
         read_head(&mut conn).await;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = tls_client(ca.as_bytes());
         let name = rustls::pki_types::ServerName::try_from("api.test.local").unwrap();
         let mut tls = connector
             .connect(name, conn)
@@ -543,11 +553,7 @@ fn the_route_listener_identifies_by_route_name() {
             String::from_utf8_lossy(&answer)
         );
         let records = sk.audit.expect_requests(i + 1);
-        let code: Value = if code.is_empty() {
-            Value::Null
-        } else {
-            (*code).into()
-        };
+        let code = code_or_null(code);
         assert_record(
             &records[i],
             &[
@@ -583,15 +589,7 @@ fn a_blind_tunnel_copies_bytes_and_is_recorded_when_it_closes() {
         let reply = read_head(&mut conn).await;
         // What goes through is not HTTP to sidekey: a TLS ClientHello for the upstream, which
         // answers with its own certificate (not sidekey's).
-        let pem = std::fs::read(env.ca.pem_path()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = tls_client(&std::fs::read(env.ca.pem_path()).unwrap());
         let name = rustls::pki_types::ServerName::try_from("blind.test.local").unwrap();
         let mut tls = connector
             .connect(name, conn)

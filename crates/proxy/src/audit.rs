@@ -46,6 +46,24 @@ impl PendingRecord {
         )
     }
 
+    /// The record of a CONNECT to `target` on the forward listener, with a fresh request ID.
+    pub fn connect(log: AuditLog, target: &Target, started: Instant) -> Self {
+        Self::new(
+            log,
+            &crate::exchange::new_request_id(),
+            crate::forward::LISTENER,
+            "CONNECT",
+            target,
+            "",
+            started,
+        )
+    }
+
+    /// The request ID this record carries.
+    pub fn request_id(&self) -> &str {
+        &self.record.request_id
+    }
+
     /// For requests refused before their target could be identified: the target as the
     /// agent wrote it (scheme, host text, port).
     pub fn with_target_text(

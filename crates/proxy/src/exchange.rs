@@ -528,19 +528,10 @@ impl Session {
     /// Starts the record of a CONNECT whose target is known but which is refused (leaf mint
     /// budget spent, a blind tunnel's upstream unreachable...).
     pub(crate) fn connect(state: &ProxyState, target: &Target, started: Instant) -> Session {
-        let request_id = new_request_id();
-        let record = PendingRecord::new(
-            state.audit.clone(),
-            &request_id,
-            "forward",
-            "CONNECT",
-            target,
-            "",
-            started,
-        );
+        let record = PendingRecord::connect(state.audit.clone(), target, started);
         Session {
+            request_id: record.request_id().to_string(),
             record,
-            request_id,
             expects_continue: false,
         }
     }

@@ -28,7 +28,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::PendingRecord;
-use crate::exchange::{self, new_request_id, Exchange};
+use crate::exchange::{self, Exchange};
 use crate::forward::LISTENER;
 use crate::{ProxyState, SharedState};
 
@@ -63,15 +63,7 @@ pub async fn run(
 ) {
     let state = shared.load();
     let limits = state.limits.clone();
-    let mut record = PendingRecord::new(
-        state.audit.clone(),
-        &new_request_id(),
-        LISTENER,
-        "CONNECT",
-        &target,
-        "",
-        Instant::now(),
-    );
+    let mut record = PendingRecord::connect(state.audit.clone(), &target, Instant::now());
     record.set_decision(Outcome::Allow);
     record.set_status(200);
     drop(state);

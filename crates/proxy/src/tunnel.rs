@@ -18,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::PendingRecord;
-use crate::exchange::{new_request_id, Session};
-use crate::forward::LISTENER;
+use crate::exchange::Session;
 use crate::{ProxyState, SharedState};
 
 /// Connects to the target first (so a failure is a readable 502, not a dead tunnel), then
@@ -48,15 +47,7 @@ pub async fn open(
                 .await
         }
     };
-    let mut record = PendingRecord::new(
-        state.audit.clone(),
-        &new_request_id(),
-        LISTENER,
-        "CONNECT",
-        &target,
-        "",
-        started,
-    );
+    let mut record = PendingRecord::connect(state.audit.clone(), &target, started);
     record.set_decision(Outcome::Tunnel);
     record.set_status(200);
     let bytes_in = record.meter();
