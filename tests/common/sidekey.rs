@@ -415,10 +415,39 @@ impl Sidekey {
         }
     }
 
+    /// Waits until sidekey has written at least `n` request records, i.e. finished `n`
+    /// exchanges: a request's record is written when its exchange ends, after anything sidekey
+    /// forwarded for it (a refusal's before the refusal is sent). Returns every request record.
+    pub fn wait_request_records(&self, n: usize) -> Vec<Value> {
+        self.wait_audit(|r| r["type"] == "request", n, AUDIT_TIMEOUT)
+    }
+
+    /// Waits for the request record of each of `ids` (the `x-sidekey-request-id` of sidekey's
+    /// responses: `RawResponse::request_id`, `H2Result::request_id`):
+    /// those exchanges are over on sidekey's side, as for [`Sidekey::wait_request_records`].
+    /// Returns the records, in the order of `ids`.
+    pub fn wait_records_of(&self, ids: &[String]) -> Vec<Value> {
+        let wanted = |r: &Value| {
+            r["type"] == "request" && ids.iter().any(|id| r["request_id"] == id.as_str())
+        };
+        let found = self.wait_audit(wanted, ids.len(), AUDIT_TIMEOUT);
+        ids.iter()
+            .map(|id| {
+                found
+                    .iter()
+                    .find(|r| r["request_id"] == id.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no record of request {id}"))
+            })
+            .collect()
+    }
+
     /// Waits for `n` request records, then for the log to settle, and asserts there are
     /// exactly `n` (one audit line per request, not more). Returns them in order.
     pub fn expect_request_records(&self, n: usize) -> Vec<Value> {
-        self.wait_audit(|r| r["type"] == "request", n, AUDIT_TIMEOUT);
+        self.wait_request_records(n);
+        // Not an event wait: no event says that no further record is coming; a duplicate
+        // record would be written at once, well within this.
         std::thread::sleep(Duration::from_millis(300));
         let records = self.request_records();
         assert_eq!(
