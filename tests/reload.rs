@@ -541,9 +541,9 @@ fn a_blind_tunnel_to_a_host_a_route_now_names_is_closed_and_others_stay_open() {
         closed_within(&mut named, Duration::from_secs(5)),
         "the blind tunnel to {BLIND} is closed: a route names it now"
     );
-    // Had the reload closed the other tunnel too, it would be closed by now: it is still open,
-    // and works.
-    std::thread::sleep(Duration::from_millis(500));
+    // The reload has reached the tunnels (the named one is closed). The other one is still open
+    // and works: its task checks the reload each time it runs, so it relays this exchange only
+    // if the reload left it open.
     let res = exchange(&mut other, "GET", "/echo/blind2/2", BLIND2);
     assert_eq!(res.status, 200, "{}", res.body_str());
     let seen = env.upstream.requests_to("/echo/blind2/2");
@@ -862,9 +862,10 @@ fn max_connections_follows_the_reloaded_limit() {
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| connect(sk.forward).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    sk.wait_open_connections(sk.forward, 2);
     assert_served(&sk, "/echo/third-of-4");
-    std::thread::sleep(Duration::from_millis(300));
+    // The third connection is closed on sidekey's side too: the two held ones remain.
+    sk.wait_open_connections(sk.forward, 2);
 
     let record = reload_ok(&sk, &limit(2), &env.vars());
     assert_changes(&record, &[], "kept");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde_json::Value;
 
-use super::clients::http_get;
+use super::clients::{eventually, http_get};
 
 /// How long sidekey may take to listen and become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -245,7 +245,7 @@ impl Sidekey {
         let fail = |sk: &mut Sidekey, why: String| -> ! {
             let _ = sk.child.kill();
             let _ = sk.child.wait();
-            std::thread::sleep(Duration::from_millis(100));
+            sk.wait_closed(Duration::from_secs(2));
             panic!(
                 "sidekey did not start: {why}\n--- config ---\n{config_text}\n--- stderr ---\n{}\n--- stdout ---\n{}",
                 sk.stderr(),
@@ -492,6 +492,63 @@ impl Sidekey {
             .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
     }
 
+    /// TCP connections sidekey holds on the listener at `addr` (one of [`Sidekey::forward`],
+    /// [`Sidekey::routes`], [`Sidekey::admin`]): its sockets with that local address, from
+    /// /proc. A connection counts from the moment sidekey accepts it (a client's connect
+    /// returns before that) until sidekey closes it (a client's close comes before that).
+    pub fn open_connections(&self, addr: SocketAddr) -> usize {
+        let pid = self.pid();
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("read /proc/PID/fd")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy().into_owned();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string(),
+                )
+            })
+            .collect();
+        let SocketAddr::V4(v4) = addr else {
+            panic!("open_connections: {addr} is not IPv4")
+        };
+        // /proc/net/tcp shows the address as the u32 in host order, the port big-endian.
+        let local = format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        );
+        std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+            .expect("read /proc/PID/net/tcp")
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local address, state (0A: listening), inode
+                fields.len() > 9
+                    && fields[1] == local
+                    && fields[3] != "0A"
+                    && inodes.iter().any(|i| i == fields[9])
+            })
+            .count()
+    }
+
+    /// Waits until sidekey holds exactly `n` connections on the listener at `addr` (see
+    /// [`Sidekey::open_connections`]).
+    #[track_caller]
+    pub fn wait_open_connections(&self, addr: SocketAddr, n: usize) {
+        let mut now = 0;
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                now = self.open_connections(addr);
+                now == n
+            }),
+            "sidekey holds {now} connections on {addr}, not {n}"
+        );
+    }
+
     /// Sends SIGTERM (graceful shutdown: drain, revoke leases and tokens) and waits up to 20 s
     /// for the process to exit; the output read so far stays available.
     pub fn terminate(&mut self) {
@@ -514,8 +571,25 @@ impl Sidekey {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Let the reader threads drain stdout and stderr.
-        std::thread::sleep(Duration::from_millis(200));
+        // The reader threads have read stdout and stderr to their ends.
+        assert!(
+            self.wait_closed(Duration::from_secs(5)),
+            "sidekey exited but its stdout and stderr did not close"
+        );
+    }
+
+    /// Waits until the reader threads have read stdout and stderr to their ends (after the
+    /// process exited); false if they have not within `timeout`.
+    fn wait_closed(&self, timeout: Duration) -> bool {
+        let out = self.shared.out.lock().unwrap();
+        let (out, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(out, timeout, |out| {
+                !(out.stdout_closed && out.stderr_closed)
+            })
+            .unwrap();
+        out.stdout_closed && out.stderr_closed
     }
 }
 
@@ -630,8 +704,8 @@ impl Drop for Sidekey {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            // Give the reader threads a moment to drain the pipes.
-            std::thread::sleep(Duration::from_millis(100));
+            // Print everything it wrote: the reader threads read the pipes to their ends.
+            self.wait_closed(Duration::from_secs(2));
             eprintln!(
                 "--- sidekey stderr ---\n{}\n--- sidekey stdout ---\n{}\n--- end sidekey ---",
                 self.stderr(),
