@@ -70,6 +70,7 @@ fn sighup_reloads_even_an_unchanged_file_and_polling_off_never_reloads() {
     // With polling off, a rewritten file waits for the signal.
     let with_route = config(&http_route("freshplain", FRESH_PLAIN), "");
     sk.rewrite_config(&with_route, &env.vars());
+    // Not an event wait: with polling off nothing happens, so time must pass to show it.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         sk.config_records().len(),
@@ -109,6 +110,7 @@ fn polling_applies_a_changed_file_and_ignores_an_identical_rewrite() {
 
     // The same bytes again (a new file, renamed over the old one): no reload.
     sk.rewrite_config(&with_route, &env.vars());
+    // Not an event wait: five poll intervals pass, in which the poller must not reload.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         sk.config_records().len(),
