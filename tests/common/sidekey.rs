@@ -174,7 +174,8 @@ impl Sidekey {
 
     /// Starts `sidekey run` with no `--config` (the embedded quickstart), in a temp dir, and
     /// waits for the CA at `ca_pem` (the quickstart's `ca.cert_out`). The listen addresses are
-    /// the quickstart's, so this only works when its ports are free.
+    /// the quickstart's, so this only works where its ports are free (tests/quickstart.rs runs
+    /// it in a network namespace of its own).
     pub fn start_embedded_quickstart(ca_pem: PathBuf) -> Sidekey {
         let dir = tempfile::Builder::new()
             .prefix("sidekey-test-")
