@@ -234,24 +234,16 @@ fn no_byte_sidekey_writes_contains_the_credential() {
         "no credential reached the upstreams: {secrets:?}"
     );
 
-    // Everything sidekey wrote.
-    let mut outputs: Vec<(String, String)> = Vec::new();
-    for path in [
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/credentials",
-        "/",
-        "/status",
-        "/.well-known/jwks.json",
-    ] {
-        if let Ok((status, body)) = http_get(sk.admin, path) {
-            outputs.push((format!("admin {path} ({status})"), body));
-        }
-    }
-    // Everything sidekey writes, to its end: it shuts down (draining every exchange, writing
-    // its last records and log lines) and the harness reads its stdout and stderr until they
-    // close.
+    // Everything sidekey wrote: every admin page (the JWKS holds the local issuer's keys),
+    let mut outputs: Vec<(String, String)> = sk.admin_pages();
+    assert!(
+        outputs
+            .iter()
+            .any(|(what, body)| what.contains("jwks") && body.contains("\"keys\"")),
+        "{outputs:?}"
+    );
+    // and everything it writes to its end: it shuts down (draining every exchange, writing its
+    // last records and log lines) and the harness reads its stdout and stderr until they close.
     sk.terminate();
     outputs.push(("stdout (audit)".into(), sk.stdout_text()));
     outputs.push(("stderr (logs)".into(), sk.stderr()));

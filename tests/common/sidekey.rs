@@ -493,6 +493,29 @@ impl Sidekey {
             .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
     }
 
+    /// Every page the admin listener serves, and its 404, as (description, body), each with the
+    /// status it must have: for the tests that search everything sidekey writes for secrets.
+    /// `/metrics` and `/credentials` do not exist yet and answer 404; when one lands, this
+    /// fails until it is scanned here with its real status.
+    pub fn admin_pages(&self) -> Vec<(String, String)> {
+        [
+            ("/healthz", 200),
+            ("/readyz", 200),
+            ("/.well-known/jwks.json", 200),
+            ("/metrics", 404),
+            ("/credentials", 404),
+            ("/no-such-page", 404),
+        ]
+        .into_iter()
+        .map(|(path, want)| {
+            let (status, body) =
+                http_get(self.admin, path).unwrap_or_else(|e| panic!("admin {path}: {e}"));
+            assert_eq!(status, want, "admin {path}: {body}");
+            (format!("admin {path} ({status})"), body)
+        })
+        .collect()
+    }
+
     /// TCP connections sidekey holds on the listener at `addr` (one of [`Sidekey::forward`],
     /// [`Sidekey::routes`], [`Sidekey::admin`]): its sockets with that local address, from
     /// /proc. A connection counts from the moment sidekey accepts it (a client's connect
