@@ -362,7 +362,11 @@ fn redirects_to_other_hosts_carry_no_credential() {
             "{to}: code {code:?}"
         );
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the six exchanges (three redirects, three refusals), and the
+    // upstreams have read whatever they were sent.
+    sk.wait_request_records(6);
+    evil.wait_quiet();
+    env.wait_quiet();
     assert!(evil.requests().is_empty(), "{:#?}", evil.requests());
     assert!(
         env.upstream_http.requests().is_empty(),

@@ -7,7 +7,6 @@
 //! as the same host.)
 
 use std::io::Write;
-use std::time::Duration;
 
 use crate::common::raw::{h2_raw, H2Case};
 use crate::common::*;
@@ -282,10 +281,15 @@ fn absolute_form_and_host_header_confusion_is_refused() {
             "Host: 169.254.169.254\r\n",
         ),
     ];
+    // The requests sidekey answered (not hyper's bare 400s), to wait for their records.
+    let mut answered = Vec::new();
     for (case, target, host) in cases {
         let req = format!("GET {target} HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
         match raw_request(sk.forward, req.as_bytes()) {
-            Ok(resp) => assert_refused(case, &resp),
+            Ok(resp) => {
+                assert_refused(case, &resp);
+                answered.extend(resp.request_id());
+            }
             Err(e) => panic!("{case}: no response at all ({e}): a refusal must be readable"),
         }
     }
@@ -310,8 +314,12 @@ fn absolute_form_and_host_header_confusion_is_refused() {
         let req = format!("GET {target} HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
         let resp = raw_request(sk.forward, req.as_bytes()).expect("response");
         assert_eq!(resp.status, 200, "{case}: {}", resp.body_str());
+        answered.extend(resp.request_id());
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished those exchanges; the upstreams have read whatever they were sent.
+    sk.wait_records_of(&answered);
+    evil.wait_quiet();
+    env.wait_quiet();
     assert!(evil.requests().is_empty(), "{:#?}", evil.requests());
     assert_eq!(evil.connections(), 0);
     let seen = env.upstream_http.requests();
@@ -356,14 +364,19 @@ fn connect_authority_confusion_is_refused() {
         ("decimal IP", "2130706433:443"),
         ("unrouted", "evil.test.local:443"),
     ];
+    let mut answered = Vec::new();
     for (case, authority) in cases {
         let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
         match raw_request(sk.forward, req.as_bytes()) {
-            Ok(resp) => assert_refused(case, &resp),
+            Ok(resp) => {
+                assert_refused(case, &resp);
+                answered.extend(resp.request_id());
+            }
             Err(e) => panic!("{case}: no response ({e})"),
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the refusals it made (hyper's bare 400s never reached it).
+    sk.wait_records_of(&answered);
     assert_eq!(evil.connections(), 0);
     assert_eq!(
         env.upstream.connections(),
@@ -409,6 +422,7 @@ fn connect_sni_and_inner_host_must_all_agree() {
         ),
         ("no Host", "GET /echo/x HTTP/1.1\r\n"),
     ];
+    let mut answered = Vec::new();
     for (case, head) in inner {
         let tunnel = connect_tunnel(sk.forward, "api.test.local:443").expect("CONNECT");
         let mut tls = tls_handshake(tunnel, API, Trust::Ca(sk.ca_pem())).expect("TLS");
@@ -416,6 +430,7 @@ fn connect_sni_and_inner_host_must_all_agree() {
             .unwrap();
         let resp = read_response(&mut tls, false, false).expect("response");
         assert_refused(case, &resp);
+        answered.extend(resp.request_id());
     }
     // HTTP/2: :authority and Host against the CONNECT.
     let h2 = h2_raw(
@@ -453,8 +468,13 @@ fn connect_sni_and_inner_host_must_all_agree() {
     );
     for r in &h2 {
         assert!(r.was_refused(), "{}: {r:?}", r.name);
+        answered.extend(r.request_id());
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the exchanges it answered; the upstreams have read whatever they
+    // were sent.
+    sk.wait_records_of(&answered);
+    evil.wait_quiet();
+    env.wait_quiet();
     assert!(evil.requests().is_empty());
     assert!(
         env.upstream.requests().is_empty(),

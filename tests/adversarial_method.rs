@@ -5,7 +5,6 @@
 //! allowed request into an unchecked channel.
 
 use std::io::Write;
-use std::time::Duration;
 
 use crate::common::raw::{h2_raw, H2Case};
 use crate::common::*;
@@ -137,7 +136,10 @@ fn method_override_headers_and_parameters_cannot_widen_the_route() {
             r.name
         );
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the 27 refusals (11 twice, 3, 2 over HTTP/2); the upstreams have
+    // read whatever they were sent.
+    sk.wait_request_records(27);
+    env.wait_quiet();
     assert!(
         env.upstream.requests().is_empty(),
         "{:#?}",
@@ -187,7 +189,10 @@ fn methods_outside_the_route_are_refused_in_every_spelling() {
         resp.status,
         resp.body_str()
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the seven refusals and `OPTIONS *` (if hyper let it through); the
+    // upstream has read whatever it was sent.
+    sk.wait_request_records(7 + usize::from(resp.request_id().is_some()));
+    env.upstream.wait_quiet();
     assert!(
         env.upstream.requests().is_empty(),
         "{:#?}",
@@ -202,6 +207,7 @@ fn connect_inside_an_intercepted_tunnel_never_opens_another() {
     let cfg = base_config(&[("evil.test.local:80", "{evil}")], "", "");
     let sk = env.sidekey_with(&cfg, &[("evil", evil.addr().to_string())]);
     // HTTP/1.1: CONNECT to another host, to the same host, and with an absolute-form target.
+    let mut answered = Vec::new();
     for (case, target) in [
         ("CONNECT other host", "evil.test.local:80"),
         ("CONNECT same host", "api.test.local:443"),
@@ -219,8 +225,21 @@ fn connect_inside_an_intercepted_tunnel_never_opens_another() {
                 resp.status,
                 resp.body_str()
             );
-            // Nothing is tunnelled: bytes sent now are not relayed anywhere.
+            answered.extend(resp.request_id());
+            // Nothing is tunnelled: bytes sent now are not relayed anywhere. They are read as
+            // the next request in the tunnel (and refused: evil is not the tunnel's host), or
+            // the connection is closed.
             let _ = tls.write_all(b"GET /echo/through HTTP/1.1\r\nHost: evil.test.local\r\n\r\n");
+            if let Ok(resp) = read_response(&mut tls, false, false) {
+                assert!(
+                    resp.header("x-sidekey-error").is_some()
+                        && resp.header("x-test-upstream").is_none(),
+                    "{case}: the bytes after the refused CONNECT: {} {}",
+                    resp.status,
+                    resp.body_str()
+                );
+                answered.extend(resp.request_id());
+            }
         }
     }
     // HTTP/2: a CONNECT stream (`:method CONNECT` + `:authority`, no :scheme/:path).
@@ -234,8 +253,13 @@ fn connect_inside_an_intercepted_tunnel_never_opens_another() {
     );
     for r in &h2 {
         assert!(r.was_refused(), "{}: {r:?}", r.name);
+        answered.extend(r.request_id());
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // sidekey has finished the exchanges it answered; the upstreams have read whatever they
+    // were sent.
+    sk.wait_records_of(&answered);
+    evil.wait_quiet();
+    env.upstream.wait_quiet();
     assert!(evil.requests().is_empty(), "{:#?}", evil.requests());
     assert_eq!(evil.connections(), 0, "something connected to evil");
     assert!(
@@ -377,7 +401,10 @@ fn method_fields_in_urlencoded_bodies_are_checked_like_the_query_parameter() {
         assert_eq!(res.status, 400, "{case}: {res:#?}");
         res.expect_refusal(400, "request_invalid");
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the 32 refusals (10 bodies three ways, 2 invalid); the upstreams
+    // have read whatever they were sent.
+    sk.wait_request_records(32);
+    env.wait_quiet();
     assert!(
         env.upstream.requests_to("/echo/refused").is_empty(),
         "{:#?}",
@@ -471,7 +498,11 @@ fn large_or_chunked_urlencoded_bodies_are_scanned_as_they_stream() {
             .assert_status(200);
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the ten exchanges (six refused, four fine), and the upstream has
+    // read whatever it was sent: a refused body sidekey had begun to forward is recorded, cut
+    // off.
+    sk.wait_request_records(10);
+    env.upstream.wait_quiet();
     // Nothing refused reached the upstream whole; everything else did.
     for r in env.upstream.requests_to("/echo/refused-") {
         assert!(!r.body_complete, "{} reached the upstream whole", r.path);
@@ -599,7 +630,10 @@ fn method_fields_in_multipart_bodies_stop_the_upload_before_its_end() {
             );
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // sidekey has finished the twelve refusals, and the upstreams have read whatever they were
+    // sent: a body sidekey had begun to forward is recorded, cut off.
+    sk.wait_request_records(12);
+    env.wait_quiet();
     // Whatever reached the upstreams broke off before the end of the body.
     let seen: Vec<Recorded> = env
         .upstream
@@ -749,7 +783,10 @@ fn the_end_of_a_multipart_body_is_held_until_its_scan_is_done() {
         results[0].header("x-sidekey-error"),
         Some("method_not_allowed")
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // sidekey has finished both exchanges, and the upstream has read whatever it was sent: a
+    // body sidekey had begun to forward is recorded, cut off.
+    sk.wait_request_records(2);
+    h1.wait_quiet();
     let whole = body("DELETE").len();
     for r in h1.requests_to("/echo/held") {
         assert!(

@@ -7,7 +7,6 @@
 //! HTTP/1.1 in the tunnel, raw HTTP/2 `:path`, and the route listener.
 
 use std::io::Write;
-use std::time::Duration;
 
 use crate::common::raw::{h2_raw, H2Case};
 use crate::common::*;
@@ -179,6 +178,8 @@ fn assert_only_allowed_reached(up: &Upstream, copies: usize, also: &[&str]) {
 fn path_tricks_in_the_tunnel_over_http1_and_http2() {
     let env = Env::new();
     let sk = env.sidekey(&default_config());
+    // The requests sidekey answered, to wait for their records.
+    let mut answered = Vec::new();
     for (case, path, want) in CASES {
         let resp = in_tunnel(
             &sk,
@@ -191,6 +192,7 @@ fn path_tricks_in_the_tunnel_over_http1_and_http2() {
             Some(resp.status),
             resp.header("x-sidekey-error"),
         );
+        answered.extend(resp.request_id());
     }
     let h2: Vec<H2Case> = CASES
         .iter()
@@ -204,6 +206,7 @@ fn path_tricks_in_the_tunnel_over_http1_and_http2() {
             r.status,
             r.header("x-sidekey-error"),
         );
+        answered.extend(r.request_id());
     }
     // Forms only HTTP/2 can carry, or a raw request line can: all refused.
     let odd = h2_raw(
@@ -216,6 +219,7 @@ fn path_tricks_in_the_tunnel_over_http1_and_http2() {
     );
     for r in &odd {
         assert!(r.was_refused(), "{}: {r:?}", r.name);
+        answered.extend(r.request_id());
     }
     // A fragment in `:path` is cut off by the HTTP/2 layer (the `http` crate) before sidekey
     // sees the request: what is checked and what is forwarded is the part before '#', so the
@@ -229,12 +233,14 @@ fn path_tricks_in_the_tunnel_over_http1_and_http2() {
             &[],
         )],
     );
+    answered.extend(frag[0].request_id());
     let resp = in_tunnel(
         &sk,
         &format!(
             "GET /echo/v1/frag#/../v2 HTTP/1.1\r\nHost: {SCOPED}\r\nConnection: close\r\n\r\n"
         ),
     );
+    answered.extend(resp.request_id());
     if !frag[0].was_refused() || resp.status == 200 {
         let seen = env.upstream.requests_to("/echo/v1/frag");
         assert!(!seen.is_empty(), "{seen:#?}");
@@ -262,8 +268,12 @@ fn path_tricks_in_the_tunnel_over_http1_and_http2() {
             resp.status,
             resp.body_str()
         );
+        answered.extend(resp.request_id());
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the exchanges it answered; the upstream has read whatever it was
+    // sent.
+    sk.wait_records_of(&answered);
+    env.upstream.wait_quiet();
     assert_only_allowed_reached(&env.upstream, 2, &["/echo/v1/frag"]);
 }
 
@@ -271,6 +281,7 @@ fn path_tricks_in_the_tunnel_over_http1_and_http2() {
 fn path_tricks_through_the_route_listener() {
     let env = Env::new();
     let sk = env.sidekey(&default_config());
+    let mut answered = Vec::new();
     for (case, path, want) in CASES {
         let req = format!(
             "GET /r/scoped{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -284,6 +295,7 @@ fn path_tricks_through_the_route_listener() {
             Some(resp.status),
             resp.header("x-sidekey-error"),
         );
+        answered.extend(resp.request_id());
     }
     // Escaping the route name itself.
     for target in [
@@ -304,7 +316,10 @@ fn path_tricks_through_the_route_listener() {
             resp.status,
             resp.body_str()
         );
+        answered.extend(resp.request_id());
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished every exchange; the upstream has read whatever it was sent.
+    sk.wait_records_of(&answered);
+    env.upstream.wait_quiet();
     assert_only_allowed_reached(&env.upstream, 1, &[]);
 }

@@ -75,6 +75,23 @@ fn send_raw(sk: &Sidekey, payload: &[u8]) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// sidekey's request IDs (`x-sidekey-request-id`) of every response in `text`: the exchanges
+/// sidekey answered.
+fn request_ids(text: &str) -> Vec<String> {
+    regex::Regex::new(&format!(r"(?im)^{REQUEST_ID}:\s*(\S+)"))
+        .unwrap()
+        .captures_iter(text)
+        .map(|c| c[1].to_string())
+        .collect()
+}
+
+/// Waits until sidekey has finished the exchanges it answered in `got` (their audit records)
+/// and `raw` has answered every connection it accepted: what reached it is all recorded.
+fn wait_settled(sk: &Sidekey, raw: &RawUpstream, got: &str) {
+    sk.wait_records_of(&request_ids(got));
+    raw.wait_answered();
+}
+
 /// Status codes of every response in `text`.
 fn statuses(text: &str) -> Vec<u16> {
     regex::Regex::new(r"HTTP/1\.[01] (\d{3})")
@@ -291,7 +308,7 @@ fn http1_framing_attacks_never_smuggle_a_request_upstream() {
             !got.contains("x-test-upstream: raw") || codes.first() == Some(&200),
             "{case}: {got}"
         );
-        std::thread::sleep(RawUpstream::QUIET + Duration::from_millis(100));
+        wait_settled(&sk, &raw, &got);
         assert_upstream_clean(&raw, case);
     }
     // Pipelined: the second request is parsed and checked on its own (and refused).
@@ -301,7 +318,7 @@ fn http1_framing_attacks_never_smuggle_a_request_upstream() {
     let got = send_raw(&sk, payload.as_bytes());
     assert_eq!(statuses(&got), [200, 403], "pipelined: {got}");
     assert!(got.contains("path_not_allowed"), "{got}");
-    std::thread::sleep(RawUpstream::QUIET + Duration::from_millis(100));
+    wait_settled(&sk, &raw, &got);
     assert_upstream_clean(&raw, "pipelined");
     // Still serving.
     let got = send_raw(
@@ -349,6 +366,7 @@ fn http1_framing_attacks_inside_the_tunnel() {
             format!("Transfer-Encoding:\r\n chunked\r\n\r\n{chunked}"),
         ),
     ];
+    let mut answered = Vec::new();
     for (case, rest) in &cases {
         let tunnel = connect_tunnel(sk.forward, "h1.test.local:443").expect("CONNECT");
         let mut tls = tls_handshake(tunnel, H1_HOST, Trust::Ca(sk.ca_pem())).expect("TLS");
@@ -364,8 +382,12 @@ fn http1_framing_attacks_inside_the_tunnel() {
                 "{case}: response {i} is {code}:\n{got}"
             );
         }
+        answered.extend(request_ids(&got));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the exchanges it answered; the upstream has read whatever it was
+    // sent.
+    sk.wait_records_of(&answered);
+    h1.wait_quiet();
     let seen = h1.requests();
     assert!(
         seen.iter().all(|r| r.path.starts_with("/ok/")),
@@ -566,7 +588,12 @@ fn http2_downgrade_attacks_never_reach_an_http1_upstream() {
             r.body
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // sidekey has finished the exchanges it answered, and the upstream has read whatever it was
+    // sent. (A stream the HTTP/2 layer reset carries no request ID to wait for; sidekey refuses
+    // those before forwarding anything.)
+    let answered: Vec<String> = results.iter().filter_map(|r| r.request_id()).collect();
+    sk.wait_records_of(&answered);
+    h1.wait_quiet();
     for r in h1.requests() {
         assert!(r.path.starts_with("/ok/"), "reached the upstream: {r:#?}");
         for (k, v) in &r.headers {

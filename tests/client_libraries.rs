@@ -2,8 +2,6 @@
 //! Python requests and httpx (HTTPS_PROXY + REQUESTS_CA_BUNDLE / SSL_CERT_FILE) and Node's
 //! undici (ProxyAgent). Each gets the credential injected and sees refusals it can act on.
 
-use std::time::Duration;
-
 use crate::common::*;
 
 fn via(sk: &Sidekey, req: Req) -> Req {
@@ -169,6 +167,8 @@ fn clients_see_refusals() {
     ));
     res.assert_status(403);
     assert_eq!(res.header("x-sidekey-error"), Some("method_not_allowed"));
-    std::thread::sleep(Duration::from_millis(100));
+    // sidekey has finished the six refusals; the upstream has read whatever it was sent.
+    sk.wait_request_records(6);
+    env.upstream.wait_quiet();
     assert!(env.upstream.requests().is_empty());
 }

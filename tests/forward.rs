@@ -448,7 +448,10 @@ fn redirects_are_passed_back_not_followed() {
     ]);
     res.assert_status(302);
 
-    std::thread::sleep(Duration::from_millis(300));
+    // sidekey has finished the three exchanges (and followed nothing); the upstreams have read
+    // whatever they were sent.
+    sk.wait_request_records(3);
+    env.wait_quiet();
     let paths: Vec<String> = env
         .upstream
         .requests()

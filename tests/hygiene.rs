@@ -89,7 +89,7 @@ fn forms(secret: &str) -> Vec<(String, String)> {
 fn no_byte_sidekey_writes_contains_the_credential() {
     let env = Env::new();
     let closed = closed_port_addr().to_string();
-    let sk = env.sidekey_with(&config(), &[("closed", closed)]);
+    let mut sk = env.sidekey_with(&config(), &[("closed", closed)]);
     let proxy = sk.proxy_url();
     let ca = sk.ca_pem().display().to_string();
     let mut seen_by_agent: Vec<String> = Vec::new();
@@ -234,22 +234,17 @@ fn no_byte_sidekey_writes_contains_the_credential() {
         "no credential reached the upstreams: {secrets:?}"
     );
 
-    // Everything sidekey wrote.
-    let mut outputs: Vec<(String, String)> = Vec::new();
-    for path in [
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/credentials",
-        "/",
-        "/status",
-        "/.well-known/jwks.json",
-    ] {
-        if let Ok((status, body)) = http_get(sk.admin, path) {
-            outputs.push((format!("admin {path} ({status})"), body));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    // Everything sidekey wrote: every admin page (the JWKS holds the local issuer's keys),
+    let mut outputs: Vec<(String, String)> = sk.admin_pages();
+    assert!(
+        outputs
+            .iter()
+            .any(|(what, body)| what.contains("jwks") && body.contains("\"keys\"")),
+        "{outputs:?}"
+    );
+    // and everything it writes to its end: it shuts down (draining every exchange, writing its
+    // last records and log lines) and the harness reads its stdout and stderr until they close.
+    sk.terminate();
     outputs.push(("stdout (audit)".into(), sk.stdout_text()));
     outputs.push(("stderr (logs)".into(), sk.stderr()));
     for (i, s) in seen_by_agent.iter().enumerate() {
@@ -346,18 +341,15 @@ fn the_running_process_cannot_dump_core() {
         .spawn()
         .expect("spawn sidekey as nobody");
     let pid = child.id();
-    // Wait until it has started (the CA file appears once it runs).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !dir.path().join("ca.pem").exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("sidekey as nobody exited early: {status}");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sidekey as nobody did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    // Wait until it has started (the CA file appears once it runs), or has exited.
+    let ca_pem = dir.path().join("ca.pem");
+    let started = eventually(Duration::from_secs(20), || {
+        ca_pem.exists() || !matches!(child.try_wait(), Ok(None))
+    });
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("sidekey as nobody exited early: {status}");
     }
+    assert!(started, "sidekey as nobody did not start");
     let owner = std::fs::metadata(format!("/proc/{pid}/status")).map(|m| m.uid());
     let limit = core_limit(pid);
     let _ = child.kill();

@@ -142,12 +142,15 @@ fn run_until_written(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn sidekey");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(file).is_ok_and(|t| t.contains("END CERTIFICATE")) {
-        assert!(Instant::now() < deadline, "{} not written", file.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey writes the file atomically, after logging about it (stderr is unbuffered): once
+    // it is there, so is its log line.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            std::fs::read_to_string(file).is_ok_and(|t| t.contains("END CERTIFICATE"))
+        }),
+        "{} not written",
+        file.display()
+    );
     let _ = child.kill();
     let _ = child.wait();
     let mut stderr = String::new();

@@ -145,8 +145,15 @@ fn hanging_issuer_gives_a_bounded_503_to_every_waiter_with_one_call_and_others_k
             })
         })
         .collect();
-    // Meanwhile, a route whose issuer is fine is served.
-    std::thread::sleep(Duration::from_millis(500));
+    // Meanwhile (the issuer has the call and does not answer), a route whose issuer is fine is
+    // served.
+    assert!(
+        eventually(Duration::from_secs(10), || hanging
+            .accepted
+            .load(Ordering::SeqCst)
+            >= 1),
+        "no call reached the issuer"
+    );
     curl_via(&sk, &["-m", "5", "https://other.test.local/echo/meanwhile"]).assert_status(200);
 
     for w in waiters {

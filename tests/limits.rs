@@ -53,7 +53,7 @@ fn connections_past_the_limit_are_closed_and_the_open_ones_keep_working() {
     let mut held: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(sk.forward).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    sk.wait_open_connections(sk.forward, 3);
     let mut extra = TcpStream::connect(sk.forward).unwrap();
     assert!(
         closed_in_time(&mut extra, Duration::from_secs(3)),
@@ -72,9 +72,9 @@ fn connections_past_the_limit_are_closed_and_the_open_ones_keep_working() {
     let mut head = [0u8; 12];
     first.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
-    // Closing one frees its place.
+    // Closing one frees its place (once sidekey has closed its end too).
     held.truncate(2);
-    std::thread::sleep(Duration::from_millis(300));
+    sk.wait_open_connections(sk.forward, 2);
     plain_get(&sk, "/echo/freed").assert_status(200);
     let log = sk.stderr();
     assert!(log.contains("connection limit reached"), "{log}");

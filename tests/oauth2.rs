@@ -554,6 +554,7 @@ fn refreshes_ahead_of_expiry_and_never_sends_an_expired_token() {
         );
         seen.push((path, echoed_bearer(&env, &res), t0, t1));
         i += 1;
+        // Not an event wait: the agent's pace, sampling the token across three lifetimes.
         std::thread::sleep(Duration::from_millis(150));
     }
     assert!(seen.len() >= 20, "only {} requests in {RUN:?}", seen.len());
@@ -717,6 +718,8 @@ fn token_exchange_uses_the_identity_token_and_picks_up_its_rotation() {
             Instant::now() < deadline,
             "the rotated identity token was not used within 15 s (6 s tokens)"
         );
+        // The pace of this poll: each try is an agent request, the awaited refresh is due
+        // on sidekey's own schedule (ahead of the token's expiry).
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_server_jwt(
@@ -892,6 +895,7 @@ fn expired_token_with_the_server_down_is_503_then_recovers_when_it_is_back() {
 
     // Wait until the cached token has expired: sidekey must not use it any more.
     while now_f64() < exp + 0.5 {
+        // Not an event wait: waiting out the token's lifetime (its `exp`, by the clock).
         std::thread::sleep(Duration::from_millis(100));
     }
     let res = get(&sk, "https://api.test.local/echo/down");
@@ -940,6 +944,8 @@ fn expired_token_with_the_server_down_is_503_then_recovers_when_it_is_back() {
             Instant::now() < deadline,
             "no recovery within 20 s of the server's restart"
         );
+        // The pace of this poll: each try is an agent request; sidekey retries the issuer on
+        // its own schedule.
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_ne!(jti(&fresh), jti(&token), "a new token");

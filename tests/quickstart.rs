@@ -86,28 +86,52 @@ fn quickstart_routes_inject_end_to_end_against_a_local_httpbin() {
     assert_eq!(verify_jwt(&jwks, &token)["valid"], true);
 }
 
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
+/// Set in the process that runs [`run_without_config_uses_the_embedded_quickstart`] inside
+/// network and mount namespaces of its own.
+const IN_OWN_NAMESPACES: &str = "SIDEKEY_TEST_QUICKSTART_IN_OWN_NAMESPACES";
 
+/// The quickstart's fixed listen ports.
+const PORTS: [u16; 3] = [15080, 15081, 15090];
+
+/// `sidekey run` without --config listens on the quickstart's fixed ports and writes its CA to
+/// a fixed path, so the test runs in a copy of this test process that has a network namespace
+/// of its own (the ports are free there, whatever holds them here) and a mount namespace with
+/// an empty tmpfs on the CA's directory (another run's sidekey cannot write over it). Where
+/// namespaces cannot be made (not root, no `unshare` or `ip`), it runs here if the ports are
+/// free, and fails naming what holds them if not: it never passes without running.
 #[test]
 fn run_without_config_uses_the_embedded_quickstart() {
-    let text = quickstart();
-    let ports = [15080u16, 15081, 15090];
-    if !ports.iter().all(|p| port_free(*p)) {
-        eprintln!("quickstart ports {ports:?} are in use here; `sidekey run` without --config not started");
-        return;
+    let cert_out = quickstart_cert_out();
+    if std::env::var_os(IN_OWN_NAMESPACES).is_some() {
+        return embedded_quickstart(cert_out);
     }
-    let cert_out = Regex::new(r"cert_out:\s*(\S+)")
-        .unwrap()
-        .captures(&text)
-        .map(|c| PathBuf::from(&c[1]));
-    let cert_out = cert_out.expect("quickstart sets ca.cert_out");
+    let ca_dir = cert_out.parent().expect("ca.cert_out has a directory");
+    match namespaces_unavailable() {
+        None => rerun_in_own_namespaces(ca_dir),
+        Some(why) => {
+            let taken: Vec<String> = PORTS
+                .iter()
+                .filter(|p| std::net::TcpListener::bind(("127.0.0.1", **p)).is_err())
+                .map(|p| format!("{p} (held by {})", port_holders(*p)))
+                .collect();
+            assert!(
+                taken.is_empty(),
+                "`sidekey run` without --config needs the quickstart's ports {PORTS:?}; taken \
+                 here: {}; and the test cannot run in a network namespace of its own ({why})",
+                taken.join(", ")
+            );
+            embedded_quickstart(cert_out);
+        }
+    }
+}
+
+/// The test itself: the quickstart's listeners, CA file and policy, with no config given.
+fn embedded_quickstart(cert_out: PathBuf) {
     let _ = std::fs::remove_file(&cert_out);
     let sk = Sidekey::start_embedded_quickstart(cert_out.clone());
-    assert_eq!(sk.forward.port(), 15080);
-    assert_eq!(sk.routes.port(), 15081);
-    assert_eq!(sk.admin.port(), 15090);
+    assert_eq!(sk.forward.port(), PORTS[0]);
+    assert_eq!(sk.routes.port(), PORTS[1]);
+    assert_eq!(sk.admin.port(), PORTS[2]);
     assert_eq!(http_get(sk.admin, "/healthz").unwrap().0, 200);
     let pem = std::fs::read_to_string(&cert_out).unwrap();
     assert!(
@@ -126,4 +150,116 @@ fn run_without_config_uses_the_embedded_quickstart() {
     ])
     .expect_refusal(403, "method_not_allowed");
     sk.expect_request_records(3);
+}
+
+/// The quickstart's `ca.cert_out`.
+fn quickstart_cert_out() -> PathBuf {
+    let text = quickstart();
+    let cert_out = Regex::new(r"cert_out:\s*(\S+)")
+        .unwrap()
+        .captures(&text)
+        .map(|c| PathBuf::from(&c[1]));
+    cert_out.expect("quickstart sets ca.cert_out")
+}
+
+/// Why this process cannot make network and mount namespaces (with loopback up), if it cannot.
+fn namespaces_unavailable() -> Option<String> {
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--mount", "--", "ip", "link", "set", "lo", "up"])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "`unshare --net --mount ip link set lo up`: {}, {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("`unshare`: {e}")),
+    }
+}
+
+/// Runs this test again, alone, in a copy of this test binary inside new network and mount
+/// namespaces: loopback up, an empty tmpfs on `ca_dir`. Fails with its output if it fails, or
+/// if it did not run the test.
+fn rerun_in_own_namespaces(ca_dir: &std::path::Path) {
+    // The tmpfs needs a mount point; sidekey would create the directory anyway.
+    std::fs::create_dir_all(ca_dir).expect("create the CA's directory");
+    let name = format!(
+        "{}::run_without_config_uses_the_embedded_quickstart",
+        module_path!().split_once("::").expect("a module path").1
+    );
+    let exe = std::env::current_exe().expect("this test binary");
+    let out = crate::common::clients::output_with_timeout(
+        {
+            let mut cmd = std::process::Command::new("unshare");
+            cmd.args(["--net", "--mount", "--", "sh", "-ec"])
+                .arg(r#"ip link set lo up; mount -t tmpfs sidekey-quickstart "$1"; shift; exec "$@""#)
+                .arg("sh")
+                .arg(ca_dir)
+                .arg(exe)
+                .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+                .env(IN_OWN_NAMESPACES, "1")
+                .stdin(std::process::Stdio::null());
+            cmd
+        },
+        std::time::Duration::from_secs(120),
+    );
+    let text = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{name} in its own namespaces failed ({}):\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("test result: ok. 1 passed"),
+        "{name} did not run in its own namespaces:\n{text}"
+    );
+}
+
+/// What holds TCP `port` listening: the processes with a listening socket on it (from
+/// /proc/net/tcp{,6} and /proc/*/fd), or why that is not known.
+fn port_holders(port: u16) -> String {
+    let port_hex = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, state (0A: listening), inode
+            if fields.len() > 9 && fields[1].ends_with(&port_hex) && fields[3] == "0A" {
+                inodes.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    let mut holders = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| inodes.iter().any(|i| t.to_string_lossy() == i.as_str()))
+        });
+        if holds {
+            let cmdline = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            holders.push(format!(
+                "pid {} `{}`",
+                proc_dir.file_name().to_string_lossy(),
+                cmdline.trim()
+            ));
+        }
+    }
+    if holders.is_empty() {
+        "a process this test cannot see".to_string()
+    } else {
+        holders.join(", ")
+    }
 }

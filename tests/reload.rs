@@ -70,6 +70,7 @@ fn sighup_reloads_even_an_unchanged_file_and_polling_off_never_reloads() {
     // With polling off, a rewritten file waits for the signal.
     let with_route = config(&http_route("freshplain", FRESH_PLAIN), "");
     sk.rewrite_config(&with_route, &env.vars());
+    // Not an event wait: with polling off nothing happens, so time must pass to show it.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         sk.config_records().len(),
@@ -109,6 +110,7 @@ fn polling_applies_a_changed_file_and_ignores_an_identical_rewrite() {
 
     // The same bytes again (a new file, renamed over the old one): no reload.
     sk.rewrite_config(&with_route, &env.vars());
+    // Not an event wait: five poll intervals pass, in which the poller must not reload.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         sk.config_records().len(),
@@ -541,9 +543,9 @@ fn a_blind_tunnel_to_a_host_a_route_now_names_is_closed_and_others_stay_open() {
         closed_within(&mut named, Duration::from_secs(5)),
         "the blind tunnel to {BLIND} is closed: a route names it now"
     );
-    // Had the reload closed the other tunnel too, it would be closed by now: it is still open,
-    // and works.
-    std::thread::sleep(Duration::from_millis(500));
+    // The reload has reached the tunnels (the named one is closed). The other one is still open
+    // and works: its task checks the reload each time it runs, so it relays this exchange only
+    // if the reload left it open.
     let res = exchange(&mut other, "GET", "/echo/blind2/2", BLIND2);
     assert_eq!(res.status, 200, "{}", res.body_str());
     let seen = env.upstream.requests_to("/echo/blind2/2");
@@ -862,9 +864,10 @@ fn max_connections_follows_the_reloaded_limit() {
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| connect(sk.forward).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    sk.wait_open_connections(sk.forward, 2);
     assert_served(&sk, "/echo/third-of-4");
-    std::thread::sleep(Duration::from_millis(300));
+    // The third connection is closed on sidekey's side too: the two held ones remain.
+    sk.wait_open_connections(sk.forward, 2);
 
     let record = reload_ok(&sk, &limit(2), &env.vars());
     assert_changes(&record, &[], "kept");

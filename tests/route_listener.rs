@@ -62,7 +62,10 @@ fn route_listener_passes_redirects_back() {
         res.header("location"),
         Some("https://evil.test.local/steal")
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the exchange (and followed nothing); the upstream has read whatever
+    // it was sent.
+    sk.wait_request_records(1);
+    env.upstream.wait_quiet();
     assert_eq!(env.upstream.requests().len(), 1);
 }
 

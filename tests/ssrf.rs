@@ -196,7 +196,7 @@ routes:
     // The resolver is really used: a route that allows private addresses gets through.
     curl_via(&sk, &[&url("allowed", "/echo/allowed")]).assert_status(200);
     assert_eq!(upstream.requests_to("/echo/allowed").len(), 1);
-    assert!(dns.queries("allowed.dns.test", "A") >= 1);
+    dns.wait_queries("allowed.dns.test", "A", 1);
 
     assert_guarded(
         &curl_via(&sk, &[&url("private", "/echo/private")]),
@@ -238,7 +238,7 @@ routes:
         codes.iter().any(|c| c == "address_not_allowed"),
         "each request resolved anew and the loopback answer was refused: {codes:?}"
     );
-    assert!(dns.queries("rebind.dns.test", "A") >= 4);
+    dns.wait_queries("rebind.dns.test", "A", 4);
 
     let reached: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(

@@ -2,8 +2,6 @@
 //! case, trailing dot, IDNA, IP literals parsed strictly — and ports, so that no spelling of a
 //! target slips past the routes or gets another route's credential.
 
-use std::time::Duration;
-
 use crate::common::*;
 
 fn identity_config() -> String {
@@ -113,6 +111,7 @@ fn ip_literals_are_parsed_strictly() {
     assert_eq!(ok.status, 200, "{}", ok.body_str());
     assert_eq!(env.upstream.requests().len(), 1);
     // Decimal, hex, octal and short forms of 127.0.0.1 are not 127.0.0.1.
+    let mut answered = Vec::new();
     for alias in [
         "2130706433",
         "0x7f.0.0.1",
@@ -137,6 +136,7 @@ fn ip_literals_are_parsed_strictly() {
             code == "request_invalid" || code == "host_not_allowed",
             "CONNECT {alias}: code {code:?}"
         );
+        answered.extend(resp.request_id());
         let resp = raw_request(
             sk.forward,
             format!("GET http://{alias}:{port}/echo/x HTTP/1.1\r\nHost: {alias}:{port}\r\nConnection: close\r\n\r\n")
@@ -148,8 +148,11 @@ fn ip_literals_are_parsed_strictly() {
             "GET http://{alias}: {}",
             resp.status
         );
+        answered.extend(resp.request_id());
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // sidekey has finished the refusals it made; the upstream has read whatever it was sent.
+    sk.wait_records_of(&answered);
+    env.upstream.wait_quiet();
     assert_eq!(
         env.upstream.requests().len(),
         1,

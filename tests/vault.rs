@@ -190,6 +190,7 @@ fn run_for(
             value,
             problem,
         });
+        // Not an event wait: the sampling interval (the agent's pace over the lease's life).
         std::thread::sleep(interval);
     }
     samples
@@ -525,6 +526,8 @@ fn kv_v2_field_via_jwt_login_is_injected_and_read_again_after_ttl() {
             switched = Some((path, first_at.elapsed()));
             break;
         }
+        // The pace of this poll: each try is an agent request; the re-read is due on
+        // sidekey's schedule (the KV ttl), which is what is measured.
         std::thread::sleep(Duration::from_millis(300));
     }
     let (path, after) =
@@ -1113,6 +1116,7 @@ fn issuer_failures_are_refused_as_credential_unavailable_and_cached_values_outli
         i += 1;
         let path = format!("/echo/missing/retry-{i}");
         let res = get(&sk, "missing", &path);
+        // The pace of this poll: each try is an agent request, and a fetch sidekey retries.
         std::thread::sleep(Duration::from_millis(400));
         res.status == 200 && bearer_at(&env, &path) == "missing-now-there-8b7e"
     });

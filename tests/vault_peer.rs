@@ -318,6 +318,7 @@ fn a_renewable_lease_stops_at_max_ttl() {
         // Renew about every second (on a fixed schedule, whatever the checks cost).
         tick += 1;
         let next = started + Duration::from_secs(tick);
+        // Not an event wait: the renewal schedule is the scenario.
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let (status, r) = bao.api(
             "PUT",

@@ -14,6 +14,10 @@ use serde_json::Value;
 use super::ca::crypto_provider;
 use super::sidekey::{repo_root, PROXY_VARS};
 
+/// The header on every response sidekey sends an agent, its refusals and the upstreams'
+/// answers alike: the `request_id` of the request's audit record.
+pub const REQUEST_ID: &str = "x-sidekey-request-id";
+
 /// Every client gets at most this long.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -551,6 +555,12 @@ impl RawResponse {
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// sidekey's ID of the request this answers ([`REQUEST_ID`]); none for an answer sidekey's
+    /// code never saw (hyper's bare 400 to an unparsable request).
+    pub fn request_id(&self) -> Option<String> {
+        self.header(REQUEST_ID).map(str::to_owned)
     }
 
     pub fn body_str(&self) -> String {

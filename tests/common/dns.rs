@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::clients::python_bin;
@@ -16,7 +16,8 @@ pub struct DnsServer {
     /// Kept open: the server exits when it closes.
     _stdin: ChildStdin,
     addr: SocketAddr,
-    queries: Arc<Mutex<Vec<String>>>,
+    /// The queries read off the server's stdout (`name qtype`), and a Condvar notified per line.
+    queries: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
 impl DnsServer {
@@ -45,12 +46,13 @@ impl DnsServer {
             .strip_prefix("port ")
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from the DNS server: {first:?}"));
-        let queries = Arc::new(Mutex::new(Vec::new()));
+        let queries = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let sink = Arc::clone(&queries);
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 if let Some(q) = line.strip_prefix("query ") {
-                    sink.lock().unwrap().push(q.to_string());
+                    sink.0.lock().unwrap().push(q.to_string());
+                    sink.1.notify_all();
                 }
             }
         });
@@ -66,17 +68,22 @@ impl DnsServer {
         self.addr
     }
 
-    /// How many queries of `qtype` ("A", "AAAA") asked for `name` so far.
-    pub fn queries(&self, name: &str, qtype: &str) -> usize {
-        // The reader thread may be a moment behind the answer.
-        std::thread::sleep(Duration::from_millis(50));
+    /// Waits until at least `n` queries of `qtype` ("A", "AAAA") have asked for `name` (the
+    /// server logs a query as it answers it; the reader thread may be a moment behind).
+    #[track_caller]
+    pub fn wait_queries(&self, name: &str, qtype: &str, n: usize) {
         let want = format!("{name} {qtype}");
-        self.queries
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|q| **q == want)
-            .count()
+        let count = |all: &Vec<String>| all.iter().filter(|q| **q == want).count();
+        let (lock, changed) = &*self.queries;
+        let timeout = Duration::from_secs(10);
+        let (all, _) = changed
+            .wait_timeout_while(lock.lock().unwrap(), timeout, |all| count(all) < n)
+            .unwrap();
+        assert!(
+            count(&all) >= n,
+            "{} queries for {want} within {timeout:?}, expected at least {n}: {all:?}",
+            count(&all)
+        );
     }
 }
 

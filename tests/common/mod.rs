@@ -57,6 +57,12 @@ impl Env {
         ]
     }
 
+    /// Waits until both upstreams have read everything sent to them ([`Upstream::wait_quiet`]).
+    pub fn wait_quiet(&self) {
+        self.upstream.wait_quiet();
+        self.upstream_http.wait_quiet();
+    }
+
     /// Starts sidekey with `yaml` (see [`Sidekey::start`]).
     pub fn sidekey(&self, yaml: &str) -> Sidekey {
         Sidekey::start(yaml, &self.vars())

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -116,6 +116,11 @@ impl H2Result {
             .map(|(_, v)| v.as_str())
     }
 
+    /// sidekey's ID of the request this answers (none for a reset or a closed connection).
+    pub fn request_id(&self) -> Option<String> {
+        self.header(super::clients::REQUEST_ID).map(str::to_owned)
+    }
+
     /// The request got no upstream answer: a sidekey refusal (4xx with `x-sidekey-error`),
     /// or the stream or connection was torn down. Returns a description for messages.
     pub fn was_refused(&self) -> bool {
@@ -195,9 +200,17 @@ pub fn h2_raw(sk: &Sidekey, cases: &[H2Case]) -> Vec<H2Result> {
 /// meant as one request (and whatever else it let through).
 pub struct RawUpstream {
     addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Vec<u8>>>>,
+    conns: Arc<Conns>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Conns {
+    /// Per connection: the bytes received, and whether it has been answered (and closed).
+    all: Mutex<Vec<(Vec<u8>, bool)>>,
+    /// Notified when a connection is answered.
+    answered: Condvar,
 }
 
 impl RawUpstream {
@@ -206,19 +219,25 @@ impl RawUpstream {
 
     pub fn start() -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let conns: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let conns: Arc<Conns> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s) = (conns.clone(), stop.clone());
+        // Blocking accepts: a connection is taken (and counted) as soon as it arrives. Drop
+        // wakes the loop with a connection of its own.
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let c = c.clone();
-                        std::thread::spawn(move || serve(stream, c));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(stream) = stream {
+                    let index = {
+                        let mut all = c.all.lock().unwrap();
+                        all.push((Vec::new(), false));
+                        all.len() - 1
+                    };
+                    let c = c.clone();
+                    std::thread::spawn(move || serve(stream, &c, index));
                 }
             }
         });
@@ -236,22 +255,37 @@ impl RawUpstream {
 
     /// The bytes received on each connection so far (connections still open included).
     pub fn connections(&self) -> Vec<Vec<u8>> {
-        self.conns.lock().unwrap().clone()
+        let all = self.conns.all.lock().unwrap();
+        all.iter().map(|(bytes, _)| bytes.clone()).collect()
+    }
+
+    /// Waits until every connection accepted so far has been answered: each has been quiet
+    /// for [`RawUpstream::QUIET`] or closed, so its bytes are all in [`RawUpstream::connections`].
+    pub fn wait_answered(&self) {
+        let timeout = Duration::from_secs(10);
+        let all = self.conns.all.lock().unwrap();
+        let (all, _) = self
+            .conns
+            .answered
+            .wait_timeout_while(all, timeout, |all| all.iter().any(|(_, done)| !done))
+            .unwrap();
+        let open = all.iter().filter(|(_, done)| !done).count();
+        assert_eq!(
+            open, 0,
+            "raw upstream: {open} connections still open after {timeout:?}"
+        );
     }
 }
 
-fn serve(mut stream: TcpStream, conns: Arc<Mutex<Vec<Vec<u8>>>>) {
-    let index = {
-        let mut all = conns.lock().unwrap();
-        all.push(Vec::new());
-        all.len() - 1
-    };
+fn serve(mut stream: TcpStream, conns: &Conns, index: usize) {
     let _ = stream.set_read_timeout(Some(RawUpstream::QUIET));
     let mut buf = [0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => conns.lock().unwrap()[index].extend_from_slice(&buf[..n]),
+            Ok(n) => conns.all.lock().unwrap()[index]
+                .0
+                .extend_from_slice(&buf[..n]),
             Err(_) => break, // quiet for QUIET: the request is complete
         }
     }
@@ -259,11 +293,15 @@ fn serve(mut stream: TcpStream, conns: Arc<Mutex<Vec<Vec<u8>>>>) {
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nx-test-upstream: raw\r\nconnection: close\r\n\r\nraw",
     );
     let _ = stream.shutdown(std::net::Shutdown::Both);
+    conns.all.lock().unwrap()[index].1 = true;
+    conns.answered.notify_all();
 }
 
 impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

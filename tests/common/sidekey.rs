@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde_json::Value;
 
-use super::clients::http_get;
+use super::clients::{eventually, http_get};
 
 /// How long sidekey may take to listen and become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -174,7 +174,8 @@ impl Sidekey {
 
     /// Starts `sidekey run` with no `--config` (the embedded quickstart), in a temp dir, and
     /// waits for the CA at `ca_pem` (the quickstart's `ca.cert_out`). The listen addresses are
-    /// the quickstart's, so this only works when its ports are free.
+    /// the quickstart's, so this only works where its ports are free (tests/quickstart.rs runs
+    /// it in a network namespace of its own).
     pub fn start_embedded_quickstart(ca_pem: PathBuf) -> Sidekey {
         let dir = tempfile::Builder::new()
             .prefix("sidekey-test-")
@@ -245,7 +246,7 @@ impl Sidekey {
         let fail = |sk: &mut Sidekey, why: String| -> ! {
             let _ = sk.child.kill();
             let _ = sk.child.wait();
-            std::thread::sleep(Duration::from_millis(100));
+            sk.wait_closed(Duration::from_secs(2));
             panic!(
                 "sidekey did not start: {why}\n--- config ---\n{config_text}\n--- stderr ---\n{}\n--- stdout ---\n{}",
                 sk.stderr(),
@@ -415,10 +416,39 @@ impl Sidekey {
         }
     }
 
+    /// Waits until sidekey has written at least `n` request records, i.e. finished `n`
+    /// exchanges: a request's record is written when its exchange ends, after anything sidekey
+    /// forwarded for it (a refusal's before the refusal is sent). Returns every request record.
+    pub fn wait_request_records(&self, n: usize) -> Vec<Value> {
+        self.wait_audit(|r| r["type"] == "request", n, AUDIT_TIMEOUT)
+    }
+
+    /// Waits for the request record of each of `ids` (the `x-sidekey-request-id` of sidekey's
+    /// responses: `RawResponse::request_id`, `H2Result::request_id`):
+    /// those exchanges are over on sidekey's side, as for [`Sidekey::wait_request_records`].
+    /// Returns the records, in the order of `ids`.
+    pub fn wait_records_of(&self, ids: &[String]) -> Vec<Value> {
+        let wanted = |r: &Value| {
+            r["type"] == "request" && ids.iter().any(|id| r["request_id"] == id.as_str())
+        };
+        let found = self.wait_audit(wanted, ids.len(), AUDIT_TIMEOUT);
+        ids.iter()
+            .map(|id| {
+                found
+                    .iter()
+                    .find(|r| r["request_id"] == id.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no record of request {id}"))
+            })
+            .collect()
+    }
+
     /// Waits for `n` request records, then for the log to settle, and asserts there are
     /// exactly `n` (one audit line per request, not more). Returns them in order.
     pub fn expect_request_records(&self, n: usize) -> Vec<Value> {
-        self.wait_audit(|r| r["type"] == "request", n, AUDIT_TIMEOUT);
+        self.wait_request_records(n);
+        // Not an event wait: no event says that no further record is coming; a duplicate
+        // record would be written at once, well within this.
         std::thread::sleep(Duration::from_millis(300));
         let records = self.request_records();
         assert_eq!(
@@ -463,6 +493,86 @@ impl Sidekey {
             .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
     }
 
+    /// Every page the admin listener serves, and its 404, as (description, body), each with the
+    /// status it must have: for the tests that search everything sidekey writes for secrets.
+    /// `/metrics` and `/credentials` do not exist yet and answer 404; when one lands, this
+    /// fails until it is scanned here with its real status.
+    pub fn admin_pages(&self) -> Vec<(String, String)> {
+        [
+            ("/healthz", 200),
+            ("/readyz", 200),
+            ("/.well-known/jwks.json", 200),
+            ("/metrics", 404),
+            ("/credentials", 404),
+            ("/no-such-page", 404),
+        ]
+        .into_iter()
+        .map(|(path, want)| {
+            let (status, body) =
+                http_get(self.admin, path).unwrap_or_else(|e| panic!("admin {path}: {e}"));
+            assert_eq!(status, want, "admin {path}: {body}");
+            (format!("admin {path} ({status})"), body)
+        })
+        .collect()
+    }
+
+    /// TCP connections sidekey holds on the listener at `addr` (one of [`Sidekey::forward`],
+    /// [`Sidekey::routes`], [`Sidekey::admin`]): its sockets with that local address, from
+    /// /proc. A connection counts from the moment sidekey accepts it (a client's connect
+    /// returns before that) until sidekey closes it (a client's close comes before that).
+    pub fn open_connections(&self, addr: SocketAddr) -> usize {
+        let pid = self.pid();
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("read /proc/PID/fd")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy().into_owned();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string(),
+                )
+            })
+            .collect();
+        let SocketAddr::V4(v4) = addr else {
+            panic!("open_connections: {addr} is not IPv4")
+        };
+        // /proc/net/tcp shows the address as the u32 in host order, the port big-endian.
+        let local = format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        );
+        std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+            .expect("read /proc/PID/net/tcp")
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local address, state (0A: listening), inode
+                fields.len() > 9
+                    && fields[1] == local
+                    && fields[3] != "0A"
+                    && inodes.iter().any(|i| i == fields[9])
+            })
+            .count()
+    }
+
+    /// Waits until sidekey holds exactly `n` connections on the listener at `addr` (see
+    /// [`Sidekey::open_connections`]).
+    #[track_caller]
+    pub fn wait_open_connections(&self, addr: SocketAddr, n: usize) {
+        let mut now = 0;
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                now = self.open_connections(addr);
+                now == n
+            }),
+            "sidekey holds {now} connections on {addr}, not {n}"
+        );
+    }
+
     /// Sends SIGTERM (graceful shutdown: drain, revoke leases and tokens) and waits up to 20 s
     /// for the process to exit; the output read so far stays available.
     pub fn terminate(&mut self) {
@@ -485,8 +595,25 @@ impl Sidekey {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Let the reader threads drain stdout and stderr.
-        std::thread::sleep(Duration::from_millis(200));
+        // The reader threads have read stdout and stderr to their ends.
+        assert!(
+            self.wait_closed(Duration::from_secs(5)),
+            "sidekey exited but its stdout and stderr did not close"
+        );
+    }
+
+    /// Waits until the reader threads have read stdout and stderr to their ends (after the
+    /// process exited); false if they have not within `timeout`.
+    fn wait_closed(&self, timeout: Duration) -> bool {
+        let out = self.shared.out.lock().unwrap();
+        let (out, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(out, timeout, |out| {
+                !(out.stdout_closed && out.stderr_closed)
+            })
+            .unwrap();
+        out.stdout_closed && out.stderr_closed
     }
 }
 
@@ -601,8 +728,8 @@ impl Drop for Sidekey {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            // Give the reader threads a moment to drain the pipes.
-            std::thread::sleep(Duration::from_millis(100));
+            // Print everything it wrote: the reader threads read the pipes to their ends.
+            self.wait_closed(Duration::from_secs(2));
             eprintln!(
                 "--- sidekey stderr ---\n{}\n--- sidekey stdout ---\n{}\n--- end sidekey ---",
                 self.stderr(),

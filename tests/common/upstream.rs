@@ -3,6 +3,11 @@
 //! with its own tokio runtime, so tests stay plain `#[test]` functions, and it records every
 //! request it receives so a test can assert what reached it — and what never did.
 //!
+//! What reached it is known once it has read everything sent to it: [`Upstream::wait_quiet`]
+//! waits until no request is being read and no connection holds unread bytes (or an unread
+//! close). A test that asserts what never arrived first waits for sidekey to finish the
+//! exchanges (their audit records, written after anything sidekey forwarded), then for this.
+//!
 //! Endpoints (any method):
 //! - `/echo/...` (and `/anything/...`, as on httpbin): 200 JSON `{method, path, version, authority, sni, headers: [[name, value]...],
 //!   body_len}`, headers in the order received;
@@ -29,7 +34,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,6 +59,9 @@ pub const DEFAULT_NAMES: &[&str] = &[
     "localhost",
     "127.0.0.1",
 ];
+
+/// How long [`Upstream::wait_quiet`] waits.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One request as the upstream received it.
 #[derive(Clone, Debug)]
@@ -106,9 +114,64 @@ impl Recorded {
 #[derive(Default)]
 struct State {
     label: String,
-    requests: Mutex<Vec<Recorded>>,
+    log: Mutex<Log>,
+    /// Notified whenever `log` changes.
+    changed: Condvar,
     connections: AtomicUsize,
     tls_failures: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Log {
+    requests: Vec<Recorded>,
+    /// Requests whose head has been read and whose body has not been recorded yet.
+    in_progress: usize,
+    /// Open connections: an id and a second handle on the socket, to see whether it holds
+    /// bytes, or a close, that the server has not read yet.
+    open: Vec<(usize, std::net::TcpStream)>,
+}
+
+impl State {
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap()
+    }
+
+    /// Changes the log and wakes the waiters.
+    fn update(&self, f: impl FnOnce(&mut Log)) {
+        f(&mut self.log());
+        self.changed.notify_all();
+    }
+}
+
+/// Counts a request in progress from its head until it is recorded, or dropped unrecorded.
+struct InProgress(Arc<State>);
+
+impl InProgress {
+    fn start(state: &Arc<State>) -> InProgress {
+        state.update(|log| log.in_progress += 1);
+        InProgress(state.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.update(|log| log.in_progress -= 1);
+    }
+}
+
+/// Removes an open connection from the log when its task ends.
+struct Open(Arc<State>, usize);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let id = self.1;
+        self.0.update(|log| log.open.retain(|(i, _)| *i != id));
+    }
+}
+
+/// Whether `probe` (a handle on an open connection) holds nothing unread: no bytes, no close.
+fn drained(probe: &std::net::TcpStream) -> bool {
+    matches!(probe.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// A running test upstream; stopped when dropped.
@@ -196,9 +259,10 @@ impl Upstream {
         )
     }
 
-    /// Every request received so far, in arrival order.
+    /// Every request received so far, in arrival order (each recorded once its body ended or
+    /// broke off).
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state.requests.lock().unwrap().clone()
+        self.state.log().requests.clone()
     }
 
     /// Requests whose path starts with `prefix`.
@@ -222,19 +286,45 @@ impl Upstream {
 
     /// Waits until at least `n` requests have arrived.
     pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let (log, _) = self
+            .state
+            .changed
+            .wait_timeout_while(self.state.log(), timeout, |log| log.requests.len() < n)
+            .unwrap();
+        assert!(
+            log.requests.len() >= n,
+            "upstream got {} requests within {timeout:?}, expected {n}: {:#?}",
+            log.requests.len(),
+            log.requests
+        );
+        log.requests.clone()
+    }
+
+    /// Waits until the upstream has read everything sent to it so far: no request is being
+    /// read, and no open connection holds unread bytes or an unread close. A request whose
+    /// sender broke it off is recorded by then (`body_complete: false`).
+    ///
+    /// The sockets are looked at every 10 ms (bytes arriving wake no one here); a request's
+    /// progress wakes the wait at once.
+    pub fn wait_quiet(&self) {
+        let timeout = QUIET_TIMEOUT;
         let deadline = Instant::now() + timeout;
+        let mut log = self.state.log();
         loop {
-            let reqs = self.requests();
-            if reqs.len() >= n {
-                return reqs;
+            if log.in_progress == 0 && log.open.iter().all(|(_, probe)| drained(probe)) {
+                return;
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "upstream got {} requests, expected {n}: {reqs:#?}",
-                    reqs.len()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "upstream {} not quiet within {timeout:?}: {} requests in progress, {} connections open; received so far: {:#?}",
+                self.state.label,
+                log.in_progress,
+                log.open.len(),
+                log.requests
+            );
+            let slice = (deadline - now).min(Duration::from_millis(10));
+            log = self.state.changed.wait_timeout(log, slice).unwrap().0;
         }
     }
 
@@ -276,10 +366,17 @@ async fn accept_loop(
                 Err(_) => continue,
             },
         };
-        state.connections.fetch_add(1, Ordering::SeqCst);
+        let id = state.connections.fetch_add(1, Ordering::SeqCst);
+        // A second handle on the socket, for `wait_quiet` to peek at.
+        let (tcp, probe) = match with_probe(tcp) {
+            Ok(pair) => pair,
+            Err(_) => continue,
+        };
+        state.update(|log| log.open.push((id, probe)));
         let state = state.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _open = Open(state.clone(), id);
             match acceptor {
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(tls) => {
@@ -296,11 +393,23 @@ async fn accept_loop(
     }
 }
 
+/// `tcp` and a duplicate handle on its socket (non-blocking, like `tcp`).
+fn with_probe(
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std = tcp.into_std()?;
+    let probe = std.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std)?, probe))
+}
+
 async fn serve<I>(io: I, sni: Option<String>, state: Arc<State>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handle(req, sni.clone(), state.clone()));
+    let service = service_fn(move |req| {
+        let in_progress = InProgress::start(&state);
+        handle(req, sni.clone(), state.clone(), in_progress)
+    });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(io, service)
         .await;
@@ -316,6 +425,7 @@ async fn handle(
     req: Request<Incoming>,
     sni: Option<String>,
     state: Arc<State>,
+    in_progress: InProgress,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let (mut body_len, mut body_complete, mut head) = (0, true, Vec::new());
@@ -366,7 +476,8 @@ async fn handle(
         body_complete,
         body_head: String::from_utf8_lossy(&head).into_owned(),
     };
-    state.requests.lock().unwrap().push(recorded.clone());
+    state.update(|log| log.requests.push(recorded.clone()));
+    drop(in_progress);
 
     let route = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");

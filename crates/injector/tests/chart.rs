@@ -7,14 +7,12 @@
 //! sidekey config and the paths the injector mounts. No kube-apiserver is installable here, so
 //! this is as far as the chart can be taken without a cluster.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use sidekey_injector::{plan, sidecar, Outcome, Settings, Trigger};

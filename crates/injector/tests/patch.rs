@@ -3,9 +3,7 @@
 //! checked field by field, and every patched pod is validated against the Kubernetes 1.32
 //! schemas at the end.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use sidekey_injector::{plan, Outcome, Settings, SidecarMode, Skip, Trigger};

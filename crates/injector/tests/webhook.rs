@@ -5,11 +5,6 @@
 //! pods are decoded, applied, and validated against the Kubernetes 1.32 schemas. Also: the
 //! serving certificate is reloaded when its files change.
 
-#[path = "../../../tests/common/ca.rs"]
-#[allow(dead_code)]
-mod ca;
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::ca::TestCa;
+use crate::common::*;
 use base64::Engine;
-use ca::TestCa;
-use common::*;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
@@ -94,7 +89,7 @@ impl Injector {
         roots
             .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
             .unwrap();
-        let mut tls = rustls::ClientConfig::builder_with_provider(ca::crypto_provider())
+        let mut tls = rustls::ClientConfig::builder_with_provider(crate::ca::crypto_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)

@@ -3,8 +3,6 @@
 //! ServiceAccount admission plugin), applying a JSON patch, and validating objects against the
 //! Kubernetes 1.32 schemas with `kubernetes-validate` (installed by `scripts/peers/k8s`).
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::Command;
 
