@@ -272,17 +272,12 @@ impl OAuth2Issuer {
             .map_err(|e| IssueError::Response(format!("token endpoint answer: {e}")))?;
         token.check_type()?;
         let claims = jwt_claims(&token.access_token);
-        let expires_at = match (token.expires_in, claims.as_ref().and_then(|c| c.exp)) {
-            (Some(s), _) => after(issued_at, s, "expires_in")?,
-            (None, Some(exp)) => {
-                let at = after(std::time::UNIX_EPOCH, exp, "exp")?;
-                if at > issued_at + Duration::from_secs(366 * 24 * 3600) {
-                    return Err(IssueError::Response("token `exp` is beyond a year".into()));
-                }
-                at
-            }
-            (None, None) => issued_at + request.ttl,
-        };
+        let expires_at = expiry(
+            issued_at,
+            token.expires_in,
+            claims.as_ref().and_then(|c| c.exp),
+            request.ttl,
+        )?;
         let id = match claims.and_then(|c| c.jti) {
             Some(jti) => jti,
             None => hash_id(&token.access_token),
@@ -308,6 +303,36 @@ fn signing_key(pem: &[u8]) -> Option<(EncodingKey, Algorithm)> {
         jsonwebtoken::encode(&Header::new(alg), &serde_json::json!({ "probe": 1 }), &key)
             .ok()
             .map(|_| (key, alg))
+    })
+}
+
+/// When a token stops being used: the earlier of `expires_in` (counted from when it was asked
+/// for) and the JWT's own `exp`, since the upstream goes by `exp` — whole seconds, usually
+/// earlier than `issued_at + expires_in` by the time the request took and the rounding. Neither:
+/// the credential's configured `ttl`.
+fn expiry(
+    issued_at: SystemTime,
+    expires_in: Option<u64>,
+    exp: Option<u64>,
+    ttl: Duration,
+) -> Result<SystemTime, IssueError> {
+    let by_exp = exp.map(|exp| {
+        after(std::time::UNIX_EPOCH, exp, "exp").and_then(|at| {
+            if at > issued_at + Duration::from_secs(366 * 24 * 3600) {
+                return Err(IssueError::Response("token `exp` is beyond a year".into()));
+            }
+            Ok(at)
+        })
+    });
+    let by_expires_in = expires_in
+        .map(|s| after(issued_at, s, "expires_in"))
+        .transpose()?;
+    Ok(match (by_expires_in, by_exp) {
+        // An `exp` that makes no sense next to `expires_in` is not the one to go by.
+        (Some(at), Some(Err(_)) | None) => at,
+        (Some(a), Some(Ok(b))) => a.min(b),
+        (None, Some(exp)) => exp?,
+        (None, None) => issued_at + ttl,
     })
 }
 
@@ -343,6 +368,34 @@ pub(crate) fn hash_id(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_expires_at_the_earlier_of_expires_in_and_its_exp() {
+        let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let issued = at(1_000) + Duration::from_millis(900);
+        let ttl = Duration::from_secs(300);
+        // exp = floor(server time) + 4: earlier than issued + 4 s by the rounding.
+        assert_eq!(
+            expiry(issued, Some(4), Some(1_004), ttl).unwrap(),
+            at(1_004)
+        );
+        assert_eq!(
+            expiry(issued, Some(4), Some(2_000), ttl).unwrap(),
+            issued + Duration::from_secs(4)
+        );
+        assert_eq!(expiry(issued, None, Some(1_010), ttl).unwrap(), at(1_010));
+        assert_eq!(
+            expiry(issued, Some(60), None, ttl).unwrap(),
+            issued + Duration::from_secs(60)
+        );
+        assert_eq!(expiry(issued, None, None, ttl).unwrap(), issued + ttl);
+        let far = 1_000 + 400 * 24 * 3600;
+        assert!(expiry(issued, None, Some(far), ttl).is_err());
+        assert_eq!(
+            expiry(issued, Some(60), Some(far), ttl).unwrap(),
+            issued + Duration::from_secs(60)
+        );
+    }
 
     #[test]
     fn ids_of_jwt_and_opaque_tokens() {
