@@ -258,10 +258,11 @@ fn a_file_that_cannot_be_read_is_rejected_and_the_running_config_stays() {
     let env = Env::new();
     let sk = start(&env, &config("", ""));
     let text = std::fs::read_to_string(sk.config_path()).unwrap();
-    let seen = sk.config_records().len();
+    // The start's `loaded` record first: counting the records delivered so far could miss it.
+    sk.wait_config_record(1, AUDIT_TIMEOUT);
     std::fs::remove_file(sk.config_path()).unwrap();
     sk.sighup();
-    let record = sk.wait_config_record(seen + 1, RELOAD_TIMEOUT);
+    let record = sk.wait_config_record(2, RELOAD_TIMEOUT);
     assert_eq!(record["event"], "rejected", "{record}");
     assert!(
         record.get("sha256").is_none(),
@@ -277,7 +278,7 @@ fn a_file_that_cannot_be_read_is_rejected_and_the_running_config_stays() {
     // Put back, changed: SIGHUP applies it.
     std::fs::write(sk.config_path(), text.replace_once(SCOPED_PATHS, SCOPED_V2)).unwrap();
     sk.sighup();
-    let record = sk.wait_config_record(seen + 2, RELOAD_TIMEOUT);
+    let record = sk.wait_config_record(3, RELOAD_TIMEOUT);
     check_reloaded(&sk, &record);
     assert_changes(&record, &[("routes_changed", &["scoped"])], "kept");
 }
