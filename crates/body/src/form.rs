@@ -17,7 +17,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -25,17 +24,12 @@ use memchr::memmem;
 use sidekey_policy::form::{is_override_name, percent_decode, urlencoded_overrides};
 use sidekey_policy::{ErrorCode, FormScan, Refusal};
 
-use crate::BoxError;
+use crate::{BoxError, DRAIN_LIMIT, DRAIN_TIME};
 
 /// The largest `_method` value kept while scanning; a longer one names no method.
 const MAX_VALUE: usize = 1024;
 /// The largest header block of one multipart part.
 const MAX_PART_HEADERS: usize = 16 * 1024;
-/// After a refused field, at most this much of the rest of the agent's body is read (and
-/// dropped) within [`DRAIN_TIME`], so that it gets to read the refusal (an HTTP/2 stream
-/// answered before its body ends is reset, and some clients then report the reset instead).
-const DRAIN_LIMIT: u64 = 4 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Why a multipart body cannot be read one way only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

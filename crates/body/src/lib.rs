@@ -22,6 +22,13 @@ use http_body_util::{BodyExt, Empty, Full};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Of a refused request's body, at most this much is read and dropped, within [`DRAIN_TIME`],
+/// so that an agent still uploading gets to read the refusal: an HTTP/2 stream answered before
+/// its body ends is reset, and some clients (curl 7.88) then report the reset instead of the
+/// answer. A longer or slower body is abandoned.
+pub const DRAIN_LIMIT: u64 = 4 << 20;
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Every body sidekey sends, to the agent or upstream.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 

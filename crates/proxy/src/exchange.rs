@@ -23,7 +23,7 @@ use sidekey_audit::Outcome;
 use sidekey_body::count::{BodyMeter, Counted};
 use sidekey_body::form::{self, FormGuard, OverrideCheck, Verdict};
 use sidekey_body::mask::{scrub_headers, Needles, Scrubbed};
-use sidekey_body::{decode, full, BoxError, ProxyBody};
+use sidekey_body::{decode, full, BoxError, ProxyBody, DRAIN_LIMIT, DRAIN_TIME};
 use sidekey_config::Inject;
 use sidekey_credentials::{Credential, CredentialValue};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
@@ -38,11 +38,6 @@ use crate::{ProxyState, RouteRuntime};
 
 /// The agent's task ID travels in this header; it is recorded and never forwarded.
 const TASK_HEADER: &str = "x-sidekey-task";
-
-/// At most this much of a refused request's body is read (and discarded) before the refusal is
-/// sent, and for at most [`DRAIN_TIME`]: see [`drain`].
-const DRAIN_LIMIT: u64 = 4 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// How long the agent gets to send a body that is read whole (a small form, a body to sign).
 const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
