@@ -173,15 +173,19 @@ pub fn sign(
     keys: &AwsKeys<'_>,
     scope: &SigningScope<'_>,
 ) -> Result<(), SigV4Error> {
-    let mut secrets = vec![keys.secret_access_key];
-    secrets.extend(keys.session_token);
-    Secret::with_all(&secrets, |values| {
-        let values = KeyValues {
-            access_key_id: keys.access_key_id,
-            secret_access_key: values[0],
-            session_token: values.get(1).copied(),
+    keys.secret_access_key.with(|secret_access_key| {
+        let mut sign = |session_token: Option<&str>| {
+            let values = KeyValues {
+                access_key_id: keys.access_key_id,
+                secret_access_key,
+                session_token,
+            };
+            sign_values(method, host, uri, headers, payload, &values, scope)
         };
-        sign_values(method, host, uri, headers, payload, &values, scope)
+        match keys.session_token {
+            Some(token) => token.with(|token| sign(Some(token))),
+            None => sign(None),
+        }
     })
 }
 
