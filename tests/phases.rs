@@ -307,6 +307,9 @@ fn every_refusal_on_the_forward_listener_has_one_record() {
     }
     // Only the allowed request reached an upstream.
     assert_eq!(env.upstream_http.requests().len(), 1);
+    // A CONNECT target that names no port is recorded as written.
+    let records = sk.audit.expect_requests(cases.len());
+    assert_eq!(records[5]["host"], "api.test.local", "{}", records[5]);
 }
 
 /// `chunked` applied twice (RFC 9112 §6.1 forbids it; hyper's parser lets it through) is

@@ -88,14 +88,8 @@ async fn connect(
     let target = match connect_target(request.uri()) {
         Ok(target) => target,
         Err(refusal) => {
-            let uri = request.uri();
-            // As written: the authority, or the whole target when it is more than one.
-            let shown = if uri.scheme().is_some() || !uri.path().is_empty() || uri.query().is_some()
-            {
-                uri.to_string()
-            } else {
-                uri.authority().map_or(String::new(), |a| a.to_string())
-            };
+            // As written: `host:port`, or the whole target when it is more than that.
+            let shown = request.uri().to_string();
             return Session::unidentified(
                 &state,
                 LISTENER,

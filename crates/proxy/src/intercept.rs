@@ -114,11 +114,13 @@ pub async fn run(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let served = Arc::new(AtomicBool::new(false));
-    // For a request head that does not parse: recorded under the tunnel's target.
-    let unparsed = (Arc::clone(&shared), target.clone());
     let tunnel = Arc::new(Tunnel { target, sni });
     let service = {
-        let served = Arc::clone(&served);
+        let (served, shared, tunnel) = (
+            Arc::clone(&served),
+            Arc::clone(&shared),
+            Arc::clone(&tunnel),
+        );
         service_fn(move |request| {
             served.store(true, Ordering::Relaxed);
             let state = shared.load();
@@ -143,7 +145,8 @@ pub async fn run(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = &result {
-                    if exchange::record_unparsed(&unparsed.0.load(), LISTENER, Some(&unparsed.1), e) {
+                    // A request head that does not parse: recorded under the tunnel's target.
+                    if exchange::record_unparsed(&shared.load(), LISTENER, Some(&tunnel.target), e) {
                         served.store(true, Ordering::Relaxed);
                     }
                 }
