@@ -548,18 +548,23 @@ impl Session {
         refusal: Refusal,
         unread: Option<B>,
     ) -> Response<ProxyBody> {
-        tracing::debug!(request_id = %self.request_id, code = refusal.code.as_str(), message = %refusal.message, "request refused");
-        let response = refusal_response(&refusal, &self.request_id);
-        let len = response.body().size_hint().exact().unwrap_or(0);
-        // Set before draining: if the agent goes away meanwhile, the record says why it was
-        // refused.
-        self.record.set_refused(refusal.code, len);
+        // The record says why before draining: if the agent goes away meanwhile, it still does.
+        let response = self.answer(&refusal);
         if let Some(body) = unread {
             if !self.expects_continue {
                 drain(body).await;
             }
         }
         self.record.finish();
+        response
+    }
+
+    /// The answer to `refusal`, noted in the record (which is not written yet).
+    fn answer(&mut self, refusal: &Refusal) -> Response<ProxyBody> {
+        tracing::debug!(request_id = %self.request_id, code = refusal.code.as_str(), message = %refusal.message, "request refused");
+        let response = refusal_response(refusal, &self.request_id);
+        let len = response.body().size_hint().exact().unwrap_or(0);
+        self.record.set_refused(refusal.code, len);
         response
     }
 
@@ -581,10 +586,8 @@ impl Session {
             match decode::applied_codings(&parts.headers) {
                 Ok(list) => codings = list,
                 Err(e) => {
-                    let refusal = Refusal::new(ErrorCode::UpstreamEncoding, e.to_string());
-                    let response = refusal_response(&refusal, &self.request_id);
-                    let len = response.body().size_hint().exact().unwrap_or(0);
-                    self.record.set_refused(refusal.code, len);
+                    let response =
+                        self.answer(&Refusal::new(ErrorCode::UpstreamEncoding, e.to_string()));
                     self.record.finish();
                     return response;
                 }
