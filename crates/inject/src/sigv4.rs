@@ -148,12 +148,6 @@ pub fn strip(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether `service` follows S3's signing rules (path signed as sent, `x-amz-content-sha256`
-/// always sent): `s3`, `s3-object-lambda`, `s3-outposts`.
-pub fn is_s3(service: &str) -> bool {
-    sidekey_config::is_s3_service(service)
-}
-
 /// Signs the request as it will be sent upstream, in place.
 ///
 /// First removes whatever `Authorization`, `X-Amz-Date`, `X-Amz-Security-Token` and
@@ -235,7 +229,7 @@ fn sign_values(
             Payload::Bytes(bytes) => SignableBody::Bytes(bytes),
         },
     };
-    let s3 = is_s3(scope.service);
+    let s3 = sidekey_config::is_s3_service(scope.service);
     let mut settings = SigningSettings::default();
     if s3 || !matches!(body, SignableBody::Bytes(_)) {
         // The server cannot hash the body itself to check UNSIGNED-PAYLOAD or a trailer mode.
