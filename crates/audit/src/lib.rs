@@ -53,8 +53,29 @@ pub struct RequestRecord {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration_ms: f64,
-    /// The agent's task ID, when it sent one.
+    /// The agent's task ID, when it sent one (or the task its grant names).
     pub task_id: Option<String>,
+    /// The task grant's `sub`: the agent or sub-agent the request was made for. This and the
+    /// grant fields below are omitted, not `null`, when the request carried no grant, so that
+    /// lines written without grants stay exactly as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The grant's `jti`, which `parent_grant` of a sub-agent's grant names: the key
+    /// `sidekey audit trace` builds the delegation tree on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// The `jti` of the grant this one was derived from (the parent agent's); none for a root
+    /// grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_grant: Option<String>,
+    /// The end user the task runs for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// The grant's RFC 8693 `act` chain as a flat list, earliest first: the root agent … the
+    /// immediate parent of `sub` (`sub` itself is not repeated). Flat, unlike the nested JWT
+    /// claim, so that a query can match it without recursion.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub act: Vec<String>,
     /// Set when the exchange broke off after the response started: `client_aborted`,
     /// `upstream_body_error`.
     pub error: Option<&'static str>,
@@ -464,7 +485,27 @@ mod tests {
             expires_at: None,
             error: None,
         });
-        log.request(&RequestRecord {
+        log.request(&denied());
+        writer.flush();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["type"], "credential");
+        assert_eq!(lines[0]["event"], "issued");
+        assert_eq!(lines[0]["credential_id"], "abc");
+        assert_eq!(lines[1]["type"], "request");
+        assert_eq!(lines[1]["decision"], "deny");
+        assert_eq!(lines[1]["code"], "path_not_allowed");
+        assert_eq!(lines[1]["port"], 443);
+        assert!(lines[1]["ts"].as_str().unwrap().ends_with('Z'));
+    }
+
+    /// A denied request, as the proxy records one without a grant.
+    fn denied() -> RequestRecord {
+        RequestRecord {
             request_id: "r1".into(),
             listener: "forward",
             route: Some("github".into()),
@@ -483,23 +524,85 @@ mod tests {
             bytes_out: 10,
             duration_ms: 1.5,
             task_id: None,
+            sub: None,
+            grant_id: None,
+            parent_grant: None,
+            on_behalf_of: None,
+            act: Vec::new(),
             error: None,
-        });
-        writer.flush();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+        }
+    }
+
+    #[test]
+    fn a_request_without_a_grant_keeps_the_fields_it_always_had() {
+        let line = serde_json::to_value(denied()).unwrap();
+        let mut keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
             .collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["type"], "credential");
-        assert_eq!(lines[0]["event"], "issued");
-        assert_eq!(lines[0]["credential_id"], "abc");
-        assert_eq!(lines[1]["type"], "request");
-        assert_eq!(lines[1]["decision"], "deny");
-        assert_eq!(lines[1]["code"], "path_not_allowed");
-        assert_eq!(lines[1]["port"], 443);
-        assert!(lines[1]["ts"].as_str().unwrap().ends_with('Z'));
+        let mut want = vec![
+            "request_id",
+            "listener",
+            "route",
+            "credential",
+            "credential_id",
+            "issuer",
+            "method",
+            "scheme",
+            "host",
+            "port",
+            "path",
+            "decision",
+            "code",
+            "status",
+            "bytes_in",
+            "bytes_out",
+            "duration_ms",
+            "task_id",
+            "error",
+        ];
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want, "{line}");
+        assert!(
+            line["task_id"].is_null(),
+            "old fields still say null: {line}"
+        );
+    }
+
+    #[test]
+    fn a_request_under_a_grant_names_the_grant_its_parent_user_and_act_chain() {
+        let record = RequestRecord {
+            task_id: Some("t-42".into()),
+            sub: Some("coder".into()),
+            grant_id: Some("g-2".into()),
+            parent_grant: Some("g-1".into()),
+            on_behalf_of: Some("alice".into()),
+            act: vec!["root".into(), "planner".into()],
+            ..denied()
+        };
+        let line = serde_json::to_value(record).unwrap();
+        assert_eq!(line["task_id"], "t-42");
+        assert_eq!(line["sub"], "coder");
+        assert_eq!(line["grant_id"], "g-2");
+        assert_eq!(line["parent_grant"], "g-1");
+        assert_eq!(line["on_behalf_of"], "alice");
+        assert_eq!(line["act"], serde_json::json!(["root", "planner"]));
+
+        // A root grant: no parent, no act chain; those two stay out of the line.
+        let root = RequestRecord {
+            task_id: Some("t-42".into()),
+            sub: Some("planner".into()),
+            grant_id: Some("g-1".into()),
+            ..denied()
+        };
+        let line = serde_json::to_value(root).unwrap();
+        assert_eq!(line["grant_id"], "g-1");
+        for absent in ["parent_grant", "on_behalf_of", "act"] {
+            assert!(line.get(absent).is_none(), "{absent}: {line}");
+        }
     }
 
     fn event(id: usize) -> CredentialEvent {
