@@ -163,7 +163,9 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         writeln!(
             out,
             "{}",
-            if cr.eager {
+            if cr.per_task {
+                ", one per task grant, fetched on the task's first use"
+            } else if cr.eager {
                 ", fetched at start"
             } else {
                 ", fetched on first use"

@@ -262,8 +262,13 @@ pub struct CredentialConfig {
     pub scope: Option<String>,
     /// oauth2: `resource` (RFC 8707).
     pub resource: Option<String>,
-    /// aws-sts: file with an inline session policy (JSON), read at start.
+    /// aws-sts: file with an inline session policy (JSON), read at start. With `per_task`, it
+    /// may name `{task_id}`, `{sub}` and `{on_behalf_of}` inside its strings, filled in per task.
     pub session_policy_file: Option<PathBuf>,
+    /// One credential per task grant instead of one shared by every request: each task gets
+    /// its own (a JWT naming it, its own Vault lease, its own STS session), ended when its grant
+    /// ends, so that what one task was given cannot serve another. Not for oauth2 issuers yet.
+    pub per_task: bool,
 }
 
 /// `routes[]`.

@@ -1118,3 +1118,57 @@ fn leaf_mint_limits() {
     assert_eq!(c.ca.leaf_mint_burst, 20);
     assert_eq!(c.ca.leaf_cache_size, 1024);
 }
+
+#[test]
+fn per_task_credentials() {
+    let c = ok("identity: { token_file: /t }
+issuers:
+  local: { kind: local }
+  v: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }
+  a: { kind: aws-sts, role_arn: \"arn:aws:iam::123456789012:role/x\", region: us-east-1 }
+  o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c, client_secret_file: /s }
+credentials:
+  jwt: { issuer: local, audience: api, per_task: true }
+  db: { issuer: v, path: database/creds/ro, field: password, per_task: true, eager: false }
+  s3: { issuer: a, per_task: true }
+  shared: { issuer: local }
+  api: { issuer: o, per_task: false }
+");
+    let per_task: Vec<(&str, bool)> = c
+        .credentials
+        .iter()
+        .map(|x| (x.name.as_str(), x.per_task))
+        .collect();
+    assert_eq!(
+        per_task,
+        [
+            ("jwt", true),
+            ("db", true),
+            ("s3", true),
+            ("shared", false),
+            ("api", false)
+        ]
+    );
+    assert!(
+        c.describe()
+            .contains("jwt  issuer local, audience api, ttl 5m, one per task grant"),
+        "{}",
+        c.describe()
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn per_task_errors() {
+    const OAUTH2: &str = "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c, client_secret_file: /s }\ncredentials:\n";
+    let oauth2 = |cred: &str| format!("{OAUTH2}{cred}");
+    let cases: &[(&str, String, &[Expect])] = &[
+        ("oauth2", oauth2("  c: { issuer: o, per_task: true }\n"), &[(4, 29, "credential `c` is `per_task`, but its issuer is an `oauth2` issuer", "per-task OAuth2 tokens are not supported yet")]),
+        ("not a bool", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, per_task: yes }\n".into(), &[(4, 33, "`per_task` of credential `c` must be true or false", "")]),
+        ("eager", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, per_task: true, eager: true }\n".into(), &[(4, 39, "`eager` does not apply to credential `c`: it is `per_task`", "there is no task at start")]),
+        ("subject", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, subject: me, per_task: true }\n".into(), &[(4, 23, "`subject` does not apply to credential `c`: it is `per_task`", "the task grant's `sub`")]),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+}

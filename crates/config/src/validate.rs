@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sidekey_policy::Authority;
 
-use crate::check::{check_name, closest, Errors, Field};
+use crate::check::{check_name, closest, Errors, Field, Fields};
 use crate::sections;
 use crate::yaml::{Node, Pos, Value};
 use crate::{
@@ -43,6 +43,7 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "scope",
     "resource",
     "session_policy_file",
+    "per_task",
 ];
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
 
@@ -90,10 +91,11 @@ impl IssuerStatus {
     /// The credential keys this kind of issuer takes, besides `issuer`, `ttl` and `eager`.
     fn credential_keys(self) -> &'static [&'static str] {
         match self {
-            IssuerStatus::Local => &["audience", "subject"],
-            IssuerStatus::Vault => &["path", "field", "params"],
+            IssuerStatus::Local => &["audience", "subject", "per_task"],
+            IssuerStatus::Vault => &["path", "field", "params", "per_task"],
+            // `per_task: true` of an oauth2 credential has its own message, on its value.
             IssuerStatus::OAuth2 => &["audience", "scope", "resource"],
-            IssuerStatus::AwsSts => &["session_policy_file"],
+            IssuerStatus::AwsSts => &["session_policy_file", "per_task"],
             IssuerStatus::Invalid => CREDENTIAL_KEYS,
         }
     }
@@ -419,7 +421,12 @@ fn credential(
         let allowed = kind.credential_keys();
         for field in &f.entries {
             let common = ["issuer", "ttl", "eager"].contains(&field.name);
-            if !common && CREDENTIAL_KEYS.contains(&field.name) && !allowed.contains(&field.name) {
+            let own_message = field.name == "per_task" && kind == IssuerStatus::OAuth2;
+            if !common
+                && !own_message
+                && CREDENTIAL_KEYS.contains(&field.name)
+                && !allowed.contains(&field.name)
+            {
                 e.error_hint(
                     field.key.pos,
                     format!(
@@ -465,6 +472,7 @@ fn credential(
         scope: None,
         resource: None,
         session_policy_file: None,
+        per_task: false,
     };
     let text = |e: &mut Errors, key: &str| -> Option<String> {
         f.value(key).and_then(|n| {
@@ -543,8 +551,52 @@ fn credential(
             cred.eager = b;
         }
     }
+    per_task(&f, &what, status, &mut cred, e);
     issuer?;
     Some(cred)
+}
+
+/// `per_task`, and what it rules out: an oauth2 issuer (no per-task tokens yet), `eager` (there
+/// is no task at start) and `subject` (the task's `sub` is the JWT's).
+fn per_task(
+    f: &Fields<'_>,
+    what: &str,
+    status: Option<IssuerStatus>,
+    cred: &mut CredentialConfig,
+    e: &mut Errors,
+) {
+    let Some(n) = f.value("per_task") else {
+        return;
+    };
+    let Some(per_task) = e.bool(n, &format!("`per_task` of {what}")) else {
+        return;
+    };
+    if per_task && status == Some(IssuerStatus::OAuth2) {
+        e.error_hint(
+            n.pos,
+            format!("{what} is `per_task`, but its issuer is an `oauth2` issuer"),
+            "per-task OAuth2 tokens are not supported yet; remove `per_task` to share one token among tasks",
+        );
+        return;
+    }
+    cred.per_task = per_task;
+    if !per_task {
+        return;
+    }
+    if let Some(eager) = f.field("eager").filter(|_| cred.eager) {
+        e.error_hint(
+            eager.key.pos,
+            format!("`eager` does not apply to {what}: it is `per_task`"),
+            "a per-task credential is fetched when a task's first request needs it (there is no task at start); remove `eager`",
+        );
+    }
+    if let Some(subject) = f.field("subject") {
+        e.error_hint(
+            subject.key.pos,
+            format!("`subject` does not apply to {what}: it is `per_task`"),
+            "the JWT's `sub` is the task grant's `sub` (the agent or sub-agent); remove `subject`",
+        );
+    }
 }
 
 /// Names of a sorted map or set, for hints.

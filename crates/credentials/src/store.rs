@@ -840,6 +840,7 @@ mod tests {
             scope: None,
             resource: None,
             session_policy_file: None,
+            per_task: false,
         }
     }
 
