@@ -103,6 +103,12 @@ pub struct CredentialEvent {
     pub expires_at: Option<String>,
     /// Why it failed, for `failed`; never contains a secret.
     pub error: Option<String>,
+    /// For a per-task credential: the task it was issued for, and the grant (its `jti`) that
+    /// asked for it. Absent for shared credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
 }
 
 /// What happened to a config file.
@@ -484,6 +490,8 @@ mod tests {
             credential_id: Some("abc".into()),
             expires_at: None,
             error: None,
+            task_id: None,
+            grant_id: None,
         });
         log.request(&denied());
         writer.flush();
@@ -496,6 +504,10 @@ mod tests {
         assert_eq!(lines[0]["type"], "credential");
         assert_eq!(lines[0]["event"], "issued");
         assert_eq!(lines[0]["credential_id"], "abc");
+        assert!(
+            lines[0].get("task_id").is_none(),
+            "absent for a shared credential"
+        );
         assert_eq!(lines[1]["type"], "request");
         assert_eq!(lines[1]["decision"], "deny");
         assert_eq!(lines[1]["code"], "path_not_allowed");
@@ -613,6 +625,8 @@ mod tests {
             credential_id: Some(format!("id-{id}")),
             expires_at: None,
             error: None,
+            task_id: None,
+            grant_id: None,
         }
     }
 

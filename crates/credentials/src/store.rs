@@ -184,6 +184,8 @@ impl Slot {
             credential_id: id.map(str::to_string),
             expires_at: expires_at.map(rfc3339),
             error: None,
+            task_id: None,
+            grant_id: None,
         }
     }
 }
