@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 use sidekey_config::{CredentialConfig, IssuerConfig, IssuerKind};
 
 use crate::oauth2::OAuth2Issuer;
-use crate::sts::StsIssuer;
+use crate::sts::{check_session_policy, StsIssuer};
 use crate::vault::VaultIssuer;
-use crate::{Credential, Lease, LocalIssuer};
+use crate::{Credential, Lease, LocalIssuer, TaskContext};
 
 /// Why an issuer could not produce, renew or revoke a credential. Messages never contain
 /// secret material: no token, no request body, and only the parts of an issuer's answer that
@@ -72,7 +72,9 @@ pub enum Issuer {
     AwsSts(StsIssuer),
 }
 
-/// What a credential is asked for: everything an issuer needs besides its own config.
+/// What a credential is asked for: everything an issuer needs besides its own config. Built
+/// from the credential's config (the part a reload compares), plus, for a per-task
+/// credential, the task it is issued for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CredentialRequest {
     /// The credential's name (for messages).
@@ -85,12 +87,17 @@ pub struct CredentialRequest {
     pub params: Vec<(String, String)>,
     pub scope: Option<String>,
     pub resource: Option<String>,
-    /// The session policy document (read at start).
+    /// The session policy document (read at start); for a per-task credential, a template
+    /// whose `{task_id}`, `{sub}` and `{on_behalf_of}` are filled in per task.
     pub session_policy: Option<String>,
+    /// The task a per-task credential is issued for; `None` for a shared credential, and for
+    /// the request a per-task credential is configured with (its tasks' requests carry one).
+    pub task: Option<TaskContext>,
 }
 
 impl CredentialRequest {
-    /// From the config; reads the session policy file, so that a missing one stops the start.
+    /// From the config; reads and checks the session policy file, so that a missing or
+    /// malformed one stops the start (or the reload).
     pub fn from_config(c: &CredentialConfig) -> Result<Self, IssueError> {
         let session_policy = match &c.session_policy_file {
             Some(path) => {
@@ -100,11 +107,8 @@ impl CredentialRequest {
                         path.display()
                     ))
                 })?;
-                serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
-                    IssueError::Config(format!(
-                        "session policy {} is not JSON: {e}",
-                        path.display()
-                    ))
+                check_session_policy(&text, c.per_task).map_err(|reason| {
+                    IssueError::Config(format!("session policy {}: {reason}", path.display()))
                 })?;
                 Some(text)
             }
@@ -121,6 +125,7 @@ impl CredentialRequest {
             scope: c.scope.clone(),
             resource: c.resource.clone(),
             session_policy,
+            task: None,
         })
     }
 }

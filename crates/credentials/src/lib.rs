@@ -9,6 +9,7 @@ mod oauth2;
 mod secret;
 mod store;
 mod sts;
+mod task;
 mod vault;
 
 pub use issuer::{CredentialRequest, IssueError, Issuer};
@@ -17,4 +18,5 @@ pub use oauth2::OAuth2Issuer;
 pub use secret::{Credential, CredentialId, CredentialValue, Lease, Secret};
 pub use store::{CredentialChanges, CredentialError, CredentialStatus, CredentialStore, Retired};
 pub use sts::StsIssuer;
+pub use task::TaskContext;
 pub use vault::VaultIssuer;

@@ -49,6 +49,27 @@ struct Claims<'a> {
     nbf: u64,
     exp: u64,
     jti: &'a str,
+    /// Per task: the task, the end user it works for, and who delegated it (RFC 8693 §4.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_behalf_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<serde_json::Value>,
+}
+
+/// The RFC 8693 §4.1 `act` claim for a chain of delegators, earliest first: the outermost
+/// `act` is the most recent actor (the immediate delegator), each older one nested inside the
+/// next (`{"sub": parent, "act": {"sub": grandparent}}`). `None` for no delegators.
+fn act_claim(delegators: &[String]) -> Option<serde_json::Value> {
+    delegators.iter().fold(None, |older, actor| {
+        let mut act = serde_json::Map::new();
+        act.insert("sub".into(), serde_json::Value::String(actor.clone()));
+        if let Some(older) = older {
+            act.insert("act".into(), older);
+        }
+        Some(serde_json::Value::Object(act))
+    })
 }
 
 impl LocalIssuer {
@@ -125,7 +146,10 @@ impl LocalIssuer {
         &self.jwk
     }
 
-    /// Mints a JWT with `iss`, `sub`, `aud`, `iat`, `nbf`, `exp` and a fresh `jti`.
+    /// Mints a JWT with `iss`, `sub`, `aud`, `iat`, `nbf`, `exp` and a fresh `jti`. For a task,
+    /// `sub` is the task's (the agent or sub-agent it was granted to), `task_id`,
+    /// `on_behalf_of` and `act` name the task, and `exp` is no later than the grant's: a
+    /// task's JWT cannot be revoked, so it must not outlive the grant it was issued under.
     pub fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
         let issued_at = SystemTime::now();
         let iat = issued_at
@@ -133,15 +157,33 @@ impl LocalIssuer {
             .map_err(|_| IssueError::Signing("system clock is before 1970".into()))?
             .as_secs();
         let ttl = request.ttl.max(Duration::from_secs(1));
+        let mut exp = iat + ttl.as_secs();
+        if let Some(task) = &request.task {
+            let grant_exp = task
+                .expires_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if grant_exp <= iat {
+                return Err(IssueError::Other("the task's grant has expired".into()));
+            }
+            exp = exp.min(grant_exp);
+        }
         let jti = uuid::Uuid::new_v4().to_string();
+        let task = request.task.as_ref();
         let claims = Claims {
             iss: &self.iss,
-            sub: request.subject.as_deref().unwrap_or("sidekey"),
+            sub: match task {
+                Some(task) => &task.sub,
+                None => request.subject.as_deref().unwrap_or("sidekey"),
+            },
             aud: request.audience.as_deref(),
             iat,
             nbf: iat,
-            exp: iat + ttl.as_secs(),
+            exp,
             jti: &jti,
+            task_id: task.map(|t| t.task_id.as_str()),
+            on_behalf_of: task.and_then(|t| t.on_behalf_of.as_deref()),
+            act: task.and_then(|t| act_claim(&t.act)),
         };
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.jwk.kid.clone());
@@ -151,7 +193,7 @@ impl LocalIssuer {
             jti,
             Secret::new(token),
             issued_at,
-            UNIX_EPOCH + Duration::from_secs(iat + ttl.as_secs()),
+            UNIX_EPOCH + Duration::from_secs(exp),
         ))
     }
 }
@@ -159,6 +201,7 @@ impl LocalIssuer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TaskContext;
     use jsonwebtoken::{DecodingKey, Validation};
 
     fn request() -> CredentialRequest {
@@ -205,6 +248,82 @@ mod tests {
                     .unwrap();
             assert_eq!(header.kid.as_deref(), Some(issuer.jwk().kid.as_str()));
         }
+    }
+
+    #[test]
+    fn a_tasks_jwt_names_the_task_and_ends_with_its_grant() {
+        let issuer = LocalIssuer::generate(&LocalIssuerConfig {
+            issuer: "sidekey-local".into(),
+            algorithm: LocalAlgorithm::EdDsa,
+        })
+        .unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let grant_exp = now + 120;
+        let task = TaskContext {
+            grant_id: "grant-1".into(),
+            task_id: "task-42".into(),
+            sub: "sub-agent-3".into(),
+            on_behalf_of: Some("ann@example.com".into()),
+            act: vec!["root-agent".into(), "agent-2".into()],
+            expires_at: UNIX_EPOCH + Duration::from_secs(grant_exp),
+        };
+        let cred = issuer
+            .issue(&CredentialRequest {
+                task: Some(task.clone()),
+                ..request()
+            })
+            .unwrap();
+        let claims = verify(&issuer, &cred.token_value().unwrap().with(str::to_string));
+        assert_eq!(
+            claims["sub"], "sub-agent-3",
+            "the task's sub, not `subject`"
+        );
+        assert_eq!(claims["task_id"], "task-42");
+        assert_eq!(claims["on_behalf_of"], "ann@example.com");
+        assert_eq!(
+            claims["act"],
+            serde_json::json!({"sub": "agent-2", "act": {"sub": "root-agent"}}),
+            "the immediate delegator outermost"
+        );
+        assert_eq!(claims["aud"], "demo-api");
+        // ttl is 5m; the grant ends in 2.
+        assert_eq!(claims["exp"].as_u64(), Some(grant_exp));
+        assert_eq!(cred.expires_at, task.expires_at);
+
+        // A root grant, with no end user: no `act`, no `on_behalf_of`; a grant that ends
+        // after the ttl leaves the ttl.
+        let root = TaskContext {
+            on_behalf_of: None,
+            act: Vec::new(),
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+            ..task.clone()
+        };
+        let cred = issuer
+            .issue(&CredentialRequest {
+                task: Some(root),
+                ..request()
+            })
+            .unwrap();
+        let claims = verify(&issuer, &cred.token_value().unwrap().with(str::to_string));
+        assert!(claims.get("act").is_none(), "{claims}");
+        assert!(claims.get("on_behalf_of").is_none(), "{claims}");
+        let (exp, iat) = (claims["exp"].as_u64(), claims["iat"].as_u64());
+        assert_eq!(exp.zip(iat).map(|(e, i)| e - i), Some(300));
+
+        // No JWT for a grant that has ended.
+        let ended = TaskContext {
+            expires_at: SystemTime::now() - Duration::from_secs(1),
+            ..task
+        };
+        assert!(issuer
+            .issue(&CredentialRequest {
+                task: Some(ended),
+                ..request()
+            })
+            .is_err());
     }
 
     #[test]
