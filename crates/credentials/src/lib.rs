@@ -16,7 +16,9 @@ pub use issuer::{CredentialRequest, IssueError, Issuer};
 pub use local::{Jwk, LocalIssuer};
 pub use oauth2::OAuth2Issuer;
 pub use secret::{Credential, CredentialId, CredentialValue, Lease, Secret};
-pub use store::{CredentialChanges, CredentialError, CredentialStatus, CredentialStore, Retired};
+pub use store::{
+    CredentialChanges, CredentialError, CredentialStatus, CredentialStore, Retired, MAX_TASK_SLOTS,
+};
 pub use sts::StsIssuer;
 pub use task::TaskContext;
 pub use vault::VaultIssuer;

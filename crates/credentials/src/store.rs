@@ -17,10 +17,19 @@
 //! it holds); one removed or changed is retired — no new fetch, its maintenance stopped, its
 //! lease revoked once the requests using it are done — and the issuers no longer configured
 //! give up their own tokens after that.
+//!
+//! A per-task credential (`per_task: true`) has no shared value: its slot holds one slot per
+//! task grant, by the grant's ID, each a slot like any other (the request it fetches with names
+//! the task), with the same single flight, refresh, expiry and revocation. A task's credential
+//! is never handed to another grant's request, and it ends with its grant: at the grant's
+//! expiry (or [`CredentialStore::end_task`]) its lease is revoked, or, for what cannot be
+//! revoked (JWTs, STS keys), it is dropped and never used again; either way audited `revoked`.
+//! At most [`MAX_TASK_SLOTS`] task slots live at once. A reload carries them over with their
+//! credential, or retires them with it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -31,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::issuer::{CredentialRequest, Issuer};
-use crate::Credential;
+use crate::{Credential, TaskContext};
 
 /// How long one issuer call may take before the request waiting on it gets a 503.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +54,20 @@ const RETIRE_DRAIN: Duration = Duration::from_secs(10);
 /// A credential with less usable life than this is refused as if the issuer had failed (it
 /// would expire in flight, and refreshing it would spin).
 const MIN_USABLE: Duration = Duration::from_secs(2);
+/// Live per-task credentials, across credentials and generations: a flood of grants cannot
+/// exhaust memory (or flood the issuers); past it, a new task gets 503 until others end.
+pub const MAX_TASK_SLOTS: usize = 10_000;
+/// Grants ended by [`CredentialStore::end_task`] are refused new credentials until they expire;
+/// this long when none of their credentials told when that is.
+const ENDED_MEMORY: Duration = Duration::from_secs(60 * 60);
+/// At most this many ended grants are remembered (the soonest to expire are forgotten first).
+const MAX_ENDED_GRANTS: usize = 10_000;
+/// Leases revoked at once at shutdown and retirement: thousands of tasks' leases one at a time
+/// could outlast the shutdown grace period; all at once would flood the issuer.
+const REVOKE_CONCURRENCY: usize = 16;
+/// What a request for a credential of an ended grant is told.
+const GRANT_EXPIRED: &str = "the task's grant has expired";
+const GRANT_ENDED: &str = "the task's grant was ended";
 
 /// Why a request could not get its credential (maps to 503 `credential_unavailable`).
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +78,8 @@ pub enum CredentialError {
     Unavailable { name: String, reason: String },
 }
 
-/// What `/credentials` and the status page show: never the value.
+/// What `/credentials` and the status page show: never the value. A per-task credential has
+/// one entry of its own (no ID: it holds no value) and one per live task.
 #[derive(Debug, Clone)]
 pub struct CredentialStatus {
     pub name: String,
@@ -64,6 +88,10 @@ pub struct CredentialStatus {
     pub expires_at: Option<SystemTime>,
     pub uses: u64,
     pub eager: bool,
+    pub per_task: bool,
+    /// The task and grant of a task's entry.
+    pub task_id: Option<String>,
+    pub grant_id: Option<String>,
 }
 
 /// The credential a slot holds, with its (possibly renewed) schedule.
@@ -114,17 +142,34 @@ struct Failure {
     retry_at: Instant,
 }
 
+/// Whom a slot's value is for.
+enum Scope {
+    /// Every request of the credential.
+    Shared,
+    /// A per-task credential: no value of its own, its tasks' slots by grant ID. Only grows
+    /// while the slot runs (under the lock, [`Slot::stop`] is checked before an insert).
+    PerTask(StdMutex<HashMap<String, Arc<Slot>>>),
+    /// One task of a per-task credential, named by its request's `task`.
+    Task,
+}
+
 struct Slot {
     name: String,
     issuer_name: String,
     issuer: Arc<Issuer>,
     /// What it was built from: a reload keeps the slot only if this is unchanged.
     config: CredentialConfig,
+    /// What the issuer is asked for; a task's slot's names the task.
     request: CredentialRequest,
     eager: bool,
+    scope: Scope,
     /// Cancelled when the slot is retired by a reload, or at shutdown (a child of the store's
-    /// token): stops its maintenance and any new fetch.
+    /// token; a task's slot, of its credential's), or when its task ends: stops its
+    /// maintenance and any new fetch.
     stop: CancellationToken,
+    /// Why a task's slot was stopped (its grant expired or was ended), for the requests that
+    /// still find it; unset when a reload or shutdown stopped it.
+    ended: OnceLock<&'static str>,
     current: ArcSwapOption<Held>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// The last failed fetch, until one succeeds.
@@ -162,13 +207,84 @@ impl Slot {
             config: config.clone(),
             request,
             eager: config.eager,
+            scope: if config.per_task {
+                Scope::PerTask(StdMutex::new(HashMap::new()))
+            } else {
+                Scope::Shared
+            },
             stop: core.stop.child_token(),
+            ended: OnceLock::new(),
             current: ArcSwapOption::empty(),
             fetch_lock: tokio::sync::Mutex::new(()),
             failure: StdMutex::new(None),
             maintained: AtomicBool::new(false),
             uses: AtomicU64::new(0),
         })
+    }
+
+    /// An empty slot for one task of the per-task credential `parent`; stopped with it.
+    fn for_task(parent: &Slot, task: &TaskContext) -> Slot {
+        Slot {
+            name: parent.name.clone(),
+            issuer_name: parent.issuer_name.clone(),
+            issuer: Arc::clone(&parent.issuer),
+            config: parent.config.clone(),
+            request: CredentialRequest {
+                task: Some(task.clone()),
+                ..parent.request.clone()
+            },
+            eager: false,
+            scope: Scope::Task,
+            stop: parent.stop.child_token(),
+            ended: OnceLock::new(),
+            current: ArcSwapOption::empty(),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            failure: StdMutex::new(None),
+            maintained: AtomicBool::new(false),
+            uses: AtomicU64::new(0),
+        }
+    }
+
+    /// Fetched at start (a per-task credential never is: there is no task then).
+    fn is_eager(&self) -> bool {
+        self.eager && matches!(self.scope, Scope::Shared)
+    }
+
+    /// The task of a task's slot.
+    fn task(&self) -> Option<&TaskContext> {
+        self.request.task.as_ref()
+    }
+
+    /// The task slots of a per-task credential.
+    fn tasks(&self) -> Option<MutexGuard<'_, HashMap<String, Arc<Slot>>>> {
+        match &self.scope {
+            // A panic while it was held left the map whole (single inserts and removes).
+            Scope::PerTask(tasks) => Some(tasks.lock().unwrap_or_else(PoisonError::into_inner)),
+            Scope::Shared | Scope::Task => None,
+        }
+    }
+
+    /// Stops a task's slot for good: no fetch, no refresh; `reason` is what requests that
+    /// still find it are told.
+    fn end(&self, reason: &'static str) {
+        let _ = self.ended.set(reason);
+        self.stop.cancel();
+    }
+
+    /// What status pages show of this slot.
+    fn status(&self) -> CredentialStatus {
+        let held = self.current.load();
+        CredentialStatus {
+            name: self.name.clone(),
+            issuer: self.issuer_name.clone(),
+            credential_id: held.as_ref().map(|h| h.credential.id.0.clone()),
+            expires_at: held.as_ref().map(|h| h.expires_at),
+            uses: self.uses.load(Ordering::Relaxed),
+            eager: self.eager,
+            per_task: !matches!(self.scope, Scope::Shared),
+            task_id: self.task().map(|t| t.task_id.clone()),
+            grant_id: self.task().map(|t| t.grant_id.clone()),
+        }
     }
 
     fn event(
@@ -184,8 +300,8 @@ impl Slot {
             credential_id: id.map(str::to_string),
             expires_at: expires_at.map(rfc3339),
             error: None,
-            task_id: None,
-            grant_id: None,
+            task_id: self.task().map(|t| t.task_id.clone()),
+            grant_id: self.task().map(|t| t.grant_id.clone()),
         }
     }
 }
@@ -199,6 +315,119 @@ struct Core {
     tasks: TaskTracker,
     /// Set at shutdown: no new fetch, so that no lease is taken after revocation began.
     closed: Arc<AtomicBool>,
+    /// Live task slots, in every generation (at most [`MAX_TASK_SLOTS`]).
+    task_slots: AtomicUsize,
+    /// The per-task credentials of every generation, so that ending a task reaches its
+    /// credentials whichever generation made them.
+    families: StdMutex<Vec<Weak<Slot>>>,
+    /// Grants ended by [`CredentialStore::end_task`], until when they are refused.
+    ended_grants: StdMutex<HashMap<String, SystemTime>>,
+}
+
+impl Core {
+    fn new(audit: AuditLog) -> Core {
+        Core {
+            audit,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            closed: Arc::new(AtomicBool::new(false)),
+            task_slots: AtomicUsize::new(0),
+            families: StdMutex::new(Vec::new()),
+            ended_grants: StdMutex::new(HashMap::new()),
+        }
+    }
+
+    /// A credential's slot, ready to be shared by generations; a per-task credential's is
+    /// registered in `families`.
+    fn adopt(&self, slot: Slot) -> Arc<Slot> {
+        let slot = Arc::new(slot);
+        if matches!(slot.scope, Scope::PerTask(_)) {
+            let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+            families.retain(|f| f.strong_count() > 0);
+            families.push(Arc::downgrade(&slot));
+        }
+        slot
+    }
+
+    /// The per-task credentials still in use by some generation.
+    fn families(&self) -> Vec<Arc<Slot>> {
+        let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        families.retain(|f| f.strong_count() > 0);
+        families.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Takes one of the [`MAX_TASK_SLOTS`]; false when none is left.
+    fn reserve_task_slot(&self) -> bool {
+        self.task_slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_TASK_SLOTS).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether `grant_id` was ended and may still be presented.
+    fn grant_ended(&self, grant_id: &str) -> bool {
+        let ended = self
+            .ended_grants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ended
+            .get(grant_id)
+            .is_some_and(|until| SystemTime::now() < *until)
+    }
+
+    /// Refuses `grant_id` new credentials until `until` (or a later time already set).
+    fn remember_ended(&self, grant_id: &str, until: SystemTime) {
+        let now = SystemTime::now();
+        let mut ended = self
+            .ended_grants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = ended.get_mut(grant_id) {
+            *known = (*known).max(until);
+            return;
+        }
+        ended.retain(|_, until| now < *until);
+        if ended.len() >= MAX_ENDED_GRANTS {
+            let soonest = ended
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(grant, _)| grant.clone());
+            if let Some(grant) = soonest {
+                ended.remove(&grant);
+            }
+        }
+        ended.insert(grant_id.to_string(), until);
+    }
+}
+
+/// Removes `grant_id`'s slot from the per-task credential `parent` — only if it is `only`,
+/// when given — and gives its place back.
+fn take_task(
+    core: &Core,
+    parent: &Slot,
+    grant_id: &str,
+    only: Option<&Arc<Slot>>,
+) -> Option<Arc<Slot>> {
+    let mut tasks = parent.tasks()?;
+    if let Some(only) = only {
+        if !tasks.get(grant_id).is_some_and(|s| Arc::ptr_eq(s, only)) {
+            return None;
+        }
+    }
+    let slot = tasks.remove(grant_id)?;
+    core.task_slots.fetch_sub(1, Ordering::AcqRel);
+    Some(slot)
+}
+
+/// Removes every task slot of `parent` (retired, or at shutdown) and gives their places back.
+fn take_all_tasks(core: &Core, parent: &Slot) -> Vec<Arc<Slot>> {
+    let Some(mut tasks) = parent.tasks() else {
+        return Vec::new();
+    };
+    let slots: Vec<Arc<Slot>> = tasks.drain().map(|(_, slot)| slot).collect();
+    core.task_slots.fetch_sub(slots.len(), Ordering::AcqRel);
+    slots
 }
 
 /// Every configured credential, by name: one generation per loaded config.
@@ -231,24 +460,21 @@ impl CredentialStore {
         issuers: &HashMap<String, Arc<Issuer>>,
         audit: AuditLog,
     ) -> Result<Self, CredentialError> {
-        let core = Arc::new(Core {
-            audit,
-            stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            closed: Arc::new(AtomicBool::new(false)),
-        });
+        let core = Arc::new(Core::new(audit));
         let mut slots = HashMap::new();
         for c in credentials {
-            slots.insert(c.name.clone(), Arc::new(Slot::build(c, issuers, &core)?));
+            let slot = core.adopt(Slot::build(c, issuers, &core)?);
+            slots.insert(c.name.clone(), slot);
         }
         Ok(CredentialStore { slots, core })
     }
 
     /// The next generation, for a reloaded config: slots whose config, request and issuer
     /// (the same `Arc`, i.e. an unchanged issuer config) are unchanged are carried over with
-    /// what they hold; the others are new and empty. Fails, changing nothing, when a request
-    /// cannot be built (an unreadable session policy file). The old generation keeps working
-    /// for requests that began under it until [`Retired::retire`] runs.
+    /// what they hold (a per-task credential, with its tasks'); the others are new and empty.
+    /// Fails, changing nothing, when a request cannot be built (an unreadable session policy
+    /// file). The old generation keeps working for requests that began under it until
+    /// [`Retired::retire`] runs.
     pub fn successor(
         &self,
         credentials: &[CredentialConfig],
@@ -268,11 +494,11 @@ impl CredentialStore {
                 }
                 Some(_) => {
                     changes.changed.push(c.name.clone());
-                    Arc::new(fresh)
+                    self.core.adopt(fresh)
                 }
                 None => {
                     changes.added.push(c.name.clone());
-                    Arc::new(fresh)
+                    self.core.adopt(fresh)
                 }
             };
             slots.insert(c.name.clone(), slot);
@@ -313,12 +539,19 @@ impl CredentialStore {
     }
 
     /// The credential for `name`: from memory when held and usable, else fetched — one issuer
-    /// call shared by all concurrent callers.
+    /// call shared by all concurrent callers. A per-task credential has no shared value: it is
+    /// refused here (see [`CredentialStore::get_for_task`]).
     pub async fn get(&self, name: &str) -> Result<Arc<Credential>, CredentialError> {
         let slot = self
             .slots
             .get(name)
             .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
+        if !matches!(slot.scope, Scope::Shared) {
+            return Err(CredentialError::Unavailable {
+                name: name.to_string(),
+                reason: "it is issued per task, and the request presents no task grant".into(),
+            });
+        }
         if let Some(held) = slot.current.load().as_ref() {
             if SystemTime::now() < held.usable_until {
                 slot.uses.fetch_add(1, Ordering::Relaxed);
@@ -330,9 +563,124 @@ impl CredentialStore {
         Ok(credential)
     }
 
+    /// Whether `name` is a per-task credential: [`CredentialStore::get_for_task`] gets it, and
+    /// [`CredentialStore::get`] refuses it. False for unknown names.
+    pub fn is_per_task(&self, name: &str) -> bool {
+        self.slots
+            .get(name)
+            .is_some_and(|s| matches!(s.scope, Scope::PerTask(_)))
+    }
+
+    /// The per-task credential `name` for `task`: its grant's own credential, from memory when
+    /// held and usable, else fetched for the task (concurrent requests of the grant share one
+    /// issuer call). Never another grant's credential, even for the same task. Refused when
+    /// `name` is shared (see [`CredentialStore::get`]), when the grant has expired or was
+    /// ended, and when [`MAX_TASK_SLOTS`] tasks hold credentials already.
+    pub async fn get_for_task(
+        &self,
+        name: &str,
+        task: &TaskContext,
+    ) -> Result<Arc<Credential>, CredentialError> {
+        let parent = self
+            .slots
+            .get(name)
+            .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
+        let slot = self.task_slot(parent, task)?;
+        let credential = match slot.current.load().as_ref() {
+            Some(held) if SystemTime::now() < held.usable_until => Arc::clone(&held.credential),
+            _ => self.fetch_shared(&slot).await?,
+        };
+        slot.uses.fetch_add(1, Ordering::Relaxed);
+        parent.uses.fetch_add(1, Ordering::Relaxed);
+        Ok(credential)
+    }
+
+    /// Ends every credential of the grant `grant_id` now (it was revoked): each is stopped at
+    /// once, then revoked, or dropped if it cannot be, in the background (audited `revoked`);
+    /// the grant gets no new credential afterwards, in any generation. Idempotent.
+    pub fn end_task(&self, grant_id: &str) {
+        self.core
+            .remember_ended(grant_id, SystemTime::now() + ENDED_MEMORY);
+        let slots: Vec<Arc<Slot>> = self
+            .core
+            .families()
+            .iter()
+            .filter_map(|parent| take_task(&self.core, parent, grant_id, None))
+            .collect();
+        if let Some(until) = slots
+            .iter()
+            .filter_map(|s| s.task())
+            .map(|t| t.expires_at)
+            .max()
+        {
+            self.core.remember_ended(grant_id, until);
+        }
+        if slots.is_empty() {
+            return;
+        }
+        for slot in &slots {
+            slot.end(GRANT_ENDED);
+        }
+        let audit = self.core.audit.clone();
+        self.core
+            .tasks
+            .spawn(async move { revoke_each(slots, &audit).await });
+    }
+
+    /// The slot of `task` in the per-task credential `parent`, made (empty) on its first use.
+    fn task_slot(
+        &self,
+        parent: &Arc<Slot>,
+        task: &TaskContext,
+    ) -> Result<Arc<Slot>, CredentialError> {
+        let refuse = |reason: String| CredentialError::Unavailable {
+            name: parent.name.clone(),
+            reason,
+        };
+        let Some(mut tasks) = parent.tasks() else {
+            return Err(refuse(
+                "it is shared by every task, not issued per task".into(),
+            ));
+        };
+        if SystemTime::now() >= task.expires_at {
+            return Err(refuse(GRANT_EXPIRED.into()));
+        }
+        if let Some(slot) = tasks.get(&task.grant_id) {
+            // A grant ID names one grant: anything else presenting it is not that grant.
+            if slot.task() != Some(task) {
+                return Err(refuse(format!(
+                    "grant `{}` was presented before with other claims",
+                    task.grant_id
+                )));
+            }
+            return Ok(Arc::clone(slot));
+        }
+        if self.core.closed.load(Ordering::Acquire) {
+            return Err(refuse("sidekey is shutting down".into()));
+        }
+        if parent.stop.is_cancelled() {
+            return Err(refuse(
+                "the credential was removed or changed by a config reload".into(),
+            ));
+        }
+        if self.core.grant_ended(&task.grant_id) {
+            return Err(refuse(GRANT_ENDED.into()));
+        }
+        if !self.core.reserve_task_slot() {
+            return Err(refuse(format!(
+                "{MAX_TASK_SLOTS} tasks hold credentials already; try again when some have ended"
+            )));
+        }
+        let slot = Arc::new(Slot::for_task(parent, task));
+        tasks.insert(task.grant_id.clone(), Arc::clone(&slot));
+        drop(tasks);
+        end_with_grant(parent, &slot, &self.core);
+        Ok(slot)
+    }
+
     /// Fetches every `eager` credential; readiness waits for this.
     pub async fn fetch_eager(&self) -> Result<(), CredentialError> {
-        for slot in self.slots.values().filter(|s| s.eager) {
+        for slot in self.slots.values().filter(|s| s.is_eager()) {
             self.fetch_shared(slot).await?;
         }
         Ok(())
@@ -341,7 +689,7 @@ impl CredentialStore {
     /// True when every eager credential is held and usable.
     pub fn ready(&self) -> bool {
         let now = SystemTime::now();
-        self.slots.values().filter(|s| s.eager).all(|s| {
+        self.slots.values().filter(|s| s.is_eager()).all(|s| {
             s.current
                 .load()
                 .as_ref()
@@ -349,24 +697,17 @@ impl CredentialStore {
         })
     }
 
-    /// Name, issuer, ID, expiry and use count of every credential, sorted by name.
+    /// Name, issuer, ID, expiry and use count of every credential, and of every task of the
+    /// per-task ones, sorted by name (then grant ID, a credential's own entry first).
     pub fn status(&self) -> Vec<CredentialStatus> {
-        let mut out: Vec<_> = self
-            .slots
-            .values()
-            .map(|s| {
-                let held = s.current.load();
-                CredentialStatus {
-                    name: s.name.clone(),
-                    issuer: s.issuer_name.clone(),
-                    credential_id: held.as_ref().map(|h| h.credential.id.0.clone()),
-                    expires_at: held.as_ref().map(|h| h.expires_at),
-                    uses: s.uses.load(Ordering::Relaxed),
-                    eager: s.eager,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = Vec::new();
+        for slot in self.slots.values() {
+            out.push(slot.status());
+            if let Some(tasks) = slot.tasks() {
+                out.extend(tasks.values().map(|t| t.status()));
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.grant_id).cmp(&(&b.name, &b.grant_id)));
         out
     }
 
@@ -375,8 +716,9 @@ impl CredentialStore {
         self.slots.get(name).map(|s| s.issuer_name.as_str())
     }
 
-    /// Stops refreshing, revokes every held lease (audited as `revoked`), then lets each issuer
-    /// give up its own token. Waits for credentials retired by reloads to be revoked too.
+    /// Stops refreshing, revokes every held lease, tasks' included (audited as `revoked`; tasks'
+    /// credentials without a lease are dropped and audited alike), then lets each issuer give
+    /// up its own token. Waits for credentials retired by reloads to be revoked too.
     /// Bounded in time.
     pub async fn shutdown(&self) {
         self.core.closed.store(true, Ordering::Release);
@@ -384,7 +726,7 @@ impl CredentialStore {
         self.core.tasks.close();
         self.core.tasks.wait().await;
         for slot in self.slots.values() {
-            revoke_held(slot, &self.core.audit).await;
+            revoke_all(slot, &self.core).await;
         }
         let mut issuers: Vec<Arc<Issuer>> = Vec::new();
         for slot in self.slots.values() {
@@ -434,22 +776,14 @@ impl Retired {
             let deadline = tokio::time::Instant::now() + RETIRE_DRAIN;
             // A held credential's only other owners are requests that took it before the
             // reload: wait for them to finish with it.
-            let in_use = |slots: &[Arc<Slot>]| {
-                slots.iter().any(|s| {
-                    s.current
-                        .load()
-                        .as_ref()
-                        .is_some_and(|h| Arc::strong_count(&h.credential) > 1)
-                })
-            };
-            while in_use(&self.slots) && tokio::time::Instant::now() < deadline {
+            while self.slots.iter().any(|s| in_use(s)) && tokio::time::Instant::now() < deadline {
                 tokio::select! {
                     () = self.core.stop.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
             for slot in &self.slots {
-                revoke_held(slot, &self.core.audit).await;
+                revoke_all(slot, &self.core).await;
                 tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, "credential retired by a config reload");
             }
             for issuer in &self.issuers {
@@ -467,8 +801,42 @@ fn push_once(list: &mut Vec<Arc<Issuer>>, issuer: &Arc<Issuer>) {
     }
 }
 
+/// Whether requests still use what the slot (or, for a per-task credential, any of its tasks)
+/// holds: a held credential's only other owners are requests that took it.
+fn in_use(slot: &Slot) -> bool {
+    let held = slot
+        .current
+        .load()
+        .as_ref()
+        .is_some_and(|h| Arc::strong_count(&h.credential) > 1);
+    held || slot.tasks().is_some_and(|t| t.values().any(|t| in_use(t)))
+}
+
+/// Revokes what the slot holds and, for a per-task credential, what each of its tasks holds
+/// (the task slots are removed). The slot is stopped, so nothing new is fetched.
+async fn revoke_all(slot: &Slot, core: &Core) {
+    revoke_held(slot, &core.audit).await;
+    revoke_each(take_all_tasks(core, slot), &core.audit).await;
+}
+
+/// [`revoke_held`] for each slot, [`REVOKE_CONCURRENCY`] at a time.
+async fn revoke_each(slots: Vec<Arc<Slot>>, audit: &AuditLog) {
+    let mut running = tokio::task::JoinSet::new();
+    for slot in slots {
+        if running.len() >= REVOKE_CONCURRENCY {
+            running.join_next().await;
+        }
+        let audit = audit.clone();
+        running.spawn(async move { revoke_held(&slot, &audit).await });
+    }
+    while running.join_next().await.is_some() {}
+}
+
 /// Drops what the slot holds and revokes its lease, if it has one (audited `revoked`, or
-/// `failed` when the issuer says no). The slot's token is cancelled, so no fetch follows.
+/// `failed` when the issuer says no). A task's credential without a lease (a JWT, STS keys)
+/// cannot be revoked: it is dropped, never used again, and audited `revoked` too, as the end
+/// of its use (it expires on its own: a JWT no later than its grant). The slot's token is
+/// cancelled, so no fetch follows.
 async fn revoke_held(slot: &Slot, audit: &AuditLog) {
     // After the lock, no fetch is in flight, and none starts (stopped).
     let _guard = slot.fetch_lock.lock().await;
@@ -476,6 +844,14 @@ async fn revoke_held(slot: &Slot, audit: &AuditLog) {
         return;
     };
     let Some(lease) = &held.credential.lease else {
+        if matches!(slot.scope, Scope::Task) {
+            tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %held.credential.id, task_id = ?slot.task().map(|t| &t.task_id), "task credential dropped (it has no lease to revoke)");
+            audit.credential(&slot.event(
+                CredentialEventKind::Revoked,
+                Some(&held.credential.id.0),
+                None,
+            ));
+        }
         return;
     };
     let failure = match tokio::time::timeout(REVOKE_TIMEOUT, slot.issuer.revoke(lease)).await {
@@ -519,9 +895,14 @@ async fn fetch_shared(
         });
     }
     if slot.stop.is_cancelled() {
+        let reason = slot
+            .ended
+            .get()
+            .copied()
+            .unwrap_or("the credential was removed or changed by a config reload");
         return Err(CredentialError::Unavailable {
             name: slot.name.clone(),
-            reason: "the credential was removed or changed by a config reload".into(),
+            reason: reason.into(),
         });
     }
     // After a failure, fail fast until the next attempt is due.
@@ -558,6 +939,27 @@ async fn fetch_shared(
             })
         }
     }
+}
+
+/// Ends a task's slot when its grant expires: removed from its credential, its credential
+/// revoked or dropped (audited `revoked`), so later requests of the grant are refused. Gives
+/// up when the slot is stopped otherwise (the task ended, a reload, shutdown): whoever stopped
+/// it revokes.
+fn end_with_grant(parent: &Arc<Slot>, slot: &Arc<Slot>, core: &Arc<Core>) {
+    let Some(task) = slot.task() else {
+        return;
+    };
+    let (end, grant_id) = (task.expires_at, task.grant_id.clone());
+    let (parent, slot, core) = (Arc::clone(parent), Arc::clone(slot), Arc::clone(core));
+    core.tasks.clone().spawn(async move {
+        if !sleep_until(end, &slot.stop).await {
+            return;
+        }
+        take_task(&core, &parent, &grant_id, Some(&slot));
+        slot.end(GRANT_EXPIRED);
+        tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, grant_id = %grant_id, "task grant expired; ending its credential");
+        revoke_held(&slot, &core.audit).await;
+    });
 }
 
 /// Starts the slot's maintenance task unless one runs. It stops with the slot's token.
@@ -615,9 +1017,20 @@ async fn keep_fresh(slot: &Arc<Slot>, audit: &AuditLog, stop: &CancellationToken
             .refresh_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
+        // A task's credential that lasts as long as its grant (JWT times are whole seconds) is
+        // not refreshed: the grant's end ends it. Refreshing it would only bring shorter ones.
+        let lasts = slot
+            .task()
+            .is_some_and(|t| held.expires_at + Duration::from_secs(1) >= t.expires_at);
+        let refresh_due = async {
+            if lasts {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(wait).await;
+        };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = refresh_due => {}
             // A lease's end became known (its Vault token's renewal came back capped): look
             // again before the refresh point, which may now be too late.
             () = lease_end_changed(&mut lease_ends) => continue,
@@ -813,7 +1226,7 @@ fn failed(slot: &Slot, audit: &AuditLog, public: String, detail: String) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LocalIssuer;
+    use crate::{CredentialId, LocalIssuer};
     use sidekey_audit::AuditWriter;
     use sidekey_config::{LocalAlgorithm, LocalIssuerConfig};
 
@@ -853,6 +1266,331 @@ mod tests {
             CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap(),
             writer,
         )
+    }
+
+    fn per_task(name: &str, audience: &str) -> CredentialConfig {
+        CredentialConfig {
+            per_task: true,
+            eager: false,
+            ..credential(name, audience, Duration::from_secs(300))
+        }
+    }
+
+    /// A grant of task `task_id` ending `life` from now (whole seconds, as a JWT's `exp`).
+    fn grant(grant_id: &str, task_id: &str, life: Duration) -> TaskContext {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        TaskContext {
+            grant_id: grant_id.into(),
+            task_id: task_id.into(),
+            sub: "agent-7".into(),
+            on_behalf_of: None,
+            act: Vec::new(),
+            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs()) + life,
+        }
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// The audit trail, in memory.
+    #[derive(Clone, Default)]
+    struct Trail(Arc<StdMutex<Vec<u8>>>);
+
+    impl std::io::Write for Trail {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Trail {
+        fn writer(&self) -> AuditWriter {
+            AuditWriter::spawn(Box::new(self.clone())).unwrap()
+        }
+
+        /// The `event` credential events of `grant_id`, once the writer has written them.
+        fn events(
+            &self,
+            writer: &AuditWriter,
+            event: &str,
+            grant_id: &str,
+        ) -> Vec<serde_json::Value> {
+            writer.flush();
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|l| {
+                    l["type"] == "credential" && l["event"] == event && l["grant_id"] == grant_id
+                })
+                .collect()
+        }
+
+        /// Waits (up to 10 s) until there are `n` such events, and returns them.
+        async fn wait_for(
+            &self,
+            writer: &AuditWriter,
+            n: usize,
+            event: &str,
+            grant_id: &str,
+        ) -> Vec<serde_json::Value> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let events = self.events(writer, event, grant_id);
+                if events.len() >= n {
+                    return events;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no {n} `{event}` events of {grant_id}: {events:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn reason(result: Result<Arc<Credential>, CredentialError>) -> String {
+        match result {
+            Err(CredentialError::Unavailable { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {:?}", other.map(|c| c.id.clone())),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_grant_gets_its_own_credential_and_keeps_it() {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let creds = vec![per_task("tasks", "a")];
+        let store = Arc::new(CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap());
+        let a = grant("grant-a", "task-1", MINUTE);
+        // Another grant for the same task (a sub-agent's, say) is another credential.
+        let b = grant("grant-b", "task-1", MINUTE);
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let (store, task) = (
+                Arc::clone(&store),
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+            );
+            tasks.push(tokio::spawn(async move {
+                let c = store.get_for_task("tasks", &task).await.unwrap();
+                (task.grant_id, c.id.clone())
+            }));
+        }
+        let mut ids: HashMap<String, std::collections::HashSet<CredentialId>> = HashMap::new();
+        for t in tasks {
+            let (grant, id) = t.await.unwrap();
+            ids.entry(grant).or_default().insert(id);
+        }
+        assert_eq!(ids["grant-a"].len(), 1, "one fetch per grant: {ids:?}");
+        assert_eq!(ids["grant-b"].len(), 1, "one fetch per grant: {ids:?}");
+        assert_ne!(ids["grant-a"], ids["grant-b"]);
+        let again = store.get_for_task("tasks", &a).await.unwrap();
+        assert!(ids["grant-a"].contains(&again.id), "cached for the grant");
+
+        let status = store.status();
+        let grants: Vec<Option<&str>> = status.iter().map(|s| s.grant_id.as_deref()).collect();
+        assert_eq!(grants, [None, Some("grant-a"), Some("grant-b")]);
+        assert!(status.iter().all(|s| s.per_task && s.name == "tasks"));
+        assert_eq!(
+            status[0].credential_id, None,
+            "a per-task credential holds no value"
+        );
+        assert_eq!(status[0].uses, 33);
+        assert_eq!(status[1].task_id.as_deref(), Some("task-1"));
+        assert_eq!(status[1].credential_id.as_ref(), Some(&again.id.0));
+        assert_eq!(status[1].uses, 17);
+
+        // A grant ID presented again with other claims is not that grant.
+        let forged = TaskContext {
+            sub: "someone-else".into(),
+            ..a.clone()
+        };
+        assert!(reason(store.get_for_task("tasks", &forged).await).contains("other claims"));
+    }
+
+    #[tokio::test]
+    async fn shared_and_per_task_credentials_are_not_mixed_up() {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let creds = vec![
+            credential("shared", "a", Duration::from_secs(300)),
+            per_task("tasks", "a"),
+        ];
+        let store = CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap();
+        assert!(store.is_per_task("tasks"));
+        assert!(!store.is_per_task("shared"));
+        assert!(!store.is_per_task("nope"));
+        let task = grant("grant-a", "task-1", MINUTE);
+        assert!(reason(store.get("tasks").await).contains("issued per task"));
+        assert!(reason(store.get_for_task("shared", &task).await).contains("shared by every task"));
+        assert!(matches!(
+            store.get_for_task("nope", &task).await,
+            Err(CredentialError::Unknown(_))
+        ));
+        // Readiness does not wait for a per-task credential (there is no task at start).
+        store.fetch_eager().await.unwrap();
+        assert!(store.ready());
+        // Nor is an expired grant given one.
+        let expired = TaskContext {
+            expires_at: SystemTime::now() - Duration::from_secs(1),
+            ..task
+        };
+        assert_eq!(
+            reason(store.get_for_task("tasks", &expired).await),
+            GRANT_EXPIRED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tasks_credential_ends_when_its_grant_expires() {
+        let trail = Trail::default();
+        let writer = trail.writer();
+        let creds = vec![per_task("tasks", "a")];
+        let store = CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap();
+        // The JWT's exp is the grant's, 3-4 s from now (its ttl is 5m).
+        let task = grant("grant-a", "task-1", Duration::from_secs(4));
+        let credential = store.get_for_task("tasks", &task).await.unwrap();
+        assert_eq!(credential.expires_at, task.expires_at);
+        let issued = trail.wait_for(&writer, 1, "issued", "grant-a").await;
+        assert_eq!(issued[0]["task_id"], "task-1");
+
+        let revoked = trail.wait_for(&writer, 1, "revoked", "grant-a").await;
+        assert!(SystemTime::now() >= task.expires_at);
+        assert_eq!(revoked[0]["task_id"], "task-1");
+        assert_eq!(revoked[0]["credential"], "tasks");
+        assert_eq!(revoked[0]["credential_id"], credential.id.0.as_str());
+        assert_eq!(
+            reason(store.get_for_task("tasks", &task).await),
+            GRANT_EXPIRED
+        );
+        assert!(
+            store.status().iter().all(|s| s.grant_id.is_none()),
+            "the slot is gone"
+        );
+        assert_eq!(store.core.task_slots.load(Ordering::Acquire), 0);
+        // It was never refreshed: it lasted as long as the grant.
+        assert!(trail.events(&writer, "refreshed", "grant-a").is_empty());
+    }
+
+    #[tokio::test]
+    async fn ending_a_task_ends_every_credential_of_its_grant() {
+        let trail = Trail::default();
+        let writer = trail.writer();
+        let creds = vec![per_task("one", "a"), per_task("two", "b")];
+        let store = CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap();
+        let (a, b) = (
+            grant("grant-a", "task-1", MINUTE),
+            grant("grant-b", "task-2", MINUTE),
+        );
+        let a1 = store.get_for_task("one", &a).await.unwrap();
+        let a2 = store.get_for_task("two", &a).await.unwrap();
+        let b1 = store.get_for_task("one", &b).await.unwrap();
+
+        store.end_task("grant-a");
+        // Refused at once, before the background revocation is done.
+        assert_eq!(reason(store.get_for_task("one", &a).await), GRANT_ENDED);
+        let revoked = trail.wait_for(&writer, 2, "revoked", "grant-a").await;
+        let mut ids: Vec<&str> = revoked
+            .iter()
+            .filter_map(|e| e["credential_id"].as_str())
+            .collect();
+        ids.sort_unstable();
+        let mut want = [a1.id.0.as_str(), a2.id.0.as_str()];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        assert_eq!(reason(store.get_for_task("two", &a).await), GRANT_ENDED);
+
+        // Idempotent; the other grant is untouched.
+        store.end_task("grant-a");
+        store.end_task("never-seen");
+        assert_eq!(store.get_for_task("one", &b).await.unwrap().id, b1.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(trail.events(&writer, "revoked", "grant-a").len(), 2);
+        assert!(trail.events(&writer, "revoked", "grant-b").is_empty());
+        assert_eq!(store.core.task_slots.load(Ordering::Acquire), 1);
+
+        // Shutdown ends the rest.
+        store.shutdown().await;
+        assert_eq!(trail.events(&writer, "revoked", "grant-b").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn live_task_credentials_are_bounded() {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let creds = vec![per_task("tasks", "a")];
+        let store = CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap();
+        // As if that many tasks held credentials already (in any credential or generation).
+        store
+            .core
+            .task_slots
+            .store(MAX_TASK_SLOTS - 1, Ordering::Release);
+        let a = grant("grant-a", "task-1", MINUTE);
+        let b = grant("grant-b", "task-2", MINUTE);
+        store.get_for_task("tasks", &a).await.unwrap();
+        let refused = reason(store.get_for_task("tasks", &b).await);
+        assert!(
+            refused.contains("10000 tasks hold credentials already"),
+            "{refused}"
+        );
+        // A grant that has its slot keeps it; one that ends makes room.
+        store.get_for_task("tasks", &a).await.unwrap();
+        store.end_task("grant-a");
+        store.get_for_task("tasks", &b).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_successor_carries_task_credentials_over_or_retires_them() {
+        let trail = Trail::default();
+        let writer = trail.writer();
+        let issuers = local_issuers();
+        let first = vec![
+            per_task("kept", "a"),
+            per_task("changed", "a"),
+            per_task("removed", "a"),
+        ];
+        let old = CredentialStore::new(&first, &issuers, writer.log()).unwrap();
+        let task = grant("grant-a", "task-1", MINUTE);
+        let kept = old.get_for_task("kept", &task).await.unwrap();
+        let changed = old.get_for_task("changed", &task).await.unwrap();
+        let removed = old.get_for_task("removed", &task).await.unwrap();
+        let (kept_id, changed_id, removed_id) =
+            (kept.id.clone(), changed.id.clone(), removed.id.clone());
+        drop((kept, changed, removed));
+
+        let second = vec![per_task("kept", "a"), per_task("changed", "b")];
+        let (new, retired, changes) = old.successor(&second, &issuers).unwrap();
+        assert_eq!(changes.changed, ["changed"]);
+        assert_eq!(changes.removed, ["removed"]);
+        assert_eq!(new.get_for_task("kept", &task).await.unwrap().id, kept_id);
+        assert_ne!(
+            new.get_for_task("changed", &task).await.unwrap().id,
+            changed_id
+        );
+
+        retired.retire();
+        let revoked = trail.wait_for(&writer, 2, "revoked", "grant-a").await;
+        let mut ids: Vec<&str> = revoked
+            .iter()
+            .filter_map(|e| e["credential_id"].as_str())
+            .collect();
+        ids.sort_unstable();
+        let mut want = [changed_id.0.as_str(), removed_id.0.as_str()];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        assert!(reason(old.get_for_task("removed", &task).await).contains("config reload"));
+        // The carried-over one is the same in both generations.
+        assert_eq!(old.get_for_task("kept", &task).await.unwrap().id, kept_id);
+        assert_eq!(new.core.task_slots.load(Ordering::Acquire), 2);
+
+        // Ending the task reaches it through either generation.
+        old.end_task("grant-a");
+        assert_eq!(
+            trail.wait_for(&writer, 4, "revoked", "grant-a").await.len(),
+            4
+        );
+        assert!(new.status().iter().all(|s| s.grant_id.is_none()));
+        assert_eq!(new.core.task_slots.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
