@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod grant_cli;
 mod probe;
 
 /// The config `sidekey run` uses when given none: the quickstart, built in.
@@ -73,6 +74,11 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         wait: Option<Duration>,
     },
+    /// Task grants: make a signing key, sign a grant, derive a sub-agent's grant, revoke one.
+    Grant {
+        #[command(subcommand)]
+        command: grant_cli::GrantCommand,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
             timeout,
             wait,
         } => probe::run(kind, admin, config.as_deref(), timeout, wait),
+        Command::Grant { command } => grant_cli::run(command),
         Command::Run {
             config,
             config_poll,
@@ -240,6 +247,9 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
 
     if let Some(addr) = listen.forward {
         let listener = bind("forward", addr).await?;
+        if let Ok(local) = listener.local_addr() {
+            runtime.admin.set_forward(local);
+        }
         let (shared, token, conns) = (
             Arc::clone(&runtime.shared),
             shutdown.clone(),

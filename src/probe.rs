@@ -63,7 +63,10 @@ pub fn run(
 
 /// `--admin`, else the config's `listen.admin` (an unspecified address is asked on loopback),
 /// else sidekey's default.
-fn admin_addr(admin: Option<SocketAddr>, config: Option<&Path>) -> Result<SocketAddr, String> {
+pub(crate) fn admin_addr(
+    admin: Option<SocketAddr>,
+    config: Option<&Path>,
+) -> Result<SocketAddr, String> {
     if let Some(addr) = admin {
         return Ok(addr);
     }
@@ -88,15 +91,36 @@ fn admin_addr(admin: Option<SocketAddr>, config: Option<&Path>) -> Result<Socket
 
 /// One HTTP/1.1 GET; the status code and (at most 4 KiB of) the body.
 fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path, &[], b"", timeout)
+}
+
+/// One HTTP/1.1 request to the admin listener (`Connection: close`); the status code and (at
+/// most 64 KiB of) the body.
+pub(crate) fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sidekey-probe\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sidekey-cli\r\nConnection: close\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
     let mut response = Vec::new();
-    stream.take(4096 + 1024).read_to_end(&mut response)?;
+    stream.take(64 << 10).read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
     let status = text
         .strip_prefix("HTTP/1.1 ")

@@ -19,6 +19,7 @@ use sidekey_admin::AdminState;
 use sidekey_audit::{AuditLog, ConfigChanges, ConfigEvent, ConfigEventKind};
 use sidekey_config::{Config, ConfigErrors, RouteConfig};
 use sidekey_credentials::{CredentialStore, Issuer, Jwk};
+use sidekey_grants::Grants;
 use sidekey_proxy::{ConnectionLimit, ProxyState, SharedState, Upstream};
 use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,8 @@ pub struct Runtime {
     /// Contents of `upstream.extra_ca_files` when the upstream client was built.
     upstream_cas: Vec<Vec<u8>>,
     audit: AuditLog,
+    /// Task grants, when configured: lives across reloads (sidekey's grant key, revocations).
+    grants: Option<Arc<Grants>>,
     pub shared: Arc<SharedState>,
     pub connections: ConnectionLimit,
     pub admin: Arc<AdminState>,
@@ -123,16 +126,22 @@ impl Runtime {
         write_ca_files(&config, &ca)?;
         let upstream_cas = read_upstream_cas(&config)?;
         let upstream = build_upstream(&config)?;
+        let grants = match &config.grants {
+            Some(g) => Some(Grants::new(g).map_err(|e| anyhow::anyhow!("grants: {e}"))?),
+            None => None,
+        };
         let state = ProxyState::new(
             &config,
             Arc::clone(&credentials),
             Arc::clone(&ca),
             upstream.clone(),
             audit.clone(),
+            grants.clone(),
         );
         let admin = Arc::new(AdminState::new(
             Arc::clone(&credentials),
             &local_keys(&issuers),
+            grants.clone(),
         ));
         let runtime = Runtime {
             connections: ConnectionLimit::new(config.limits.max_connections),
@@ -145,6 +154,7 @@ impl Runtime {
             ca,
             upstream,
             upstream_cas,
+            grants,
             shared: Arc::new(SharedState::new(state)),
             admin,
             audit,
@@ -284,6 +294,24 @@ impl Runtime {
                     .map_err(|e| ReloadError::Build(e.into()))?,
             )
         };
+        // Grants: settings read now (JWKS files), installed at the swap.
+        enum NextGrants {
+            Keep(Arc<Grants>, sidekey_grants::Prepared),
+            New(Arc<Grants>),
+            None,
+        }
+        let next_grants = match (&config.grants, &self.grants) {
+            (Some(g), Some(current)) => NextGrants::Keep(
+                Arc::clone(current),
+                current
+                    .prepare(g)
+                    .map_err(|e| ReloadError::Build(anyhow::anyhow!("grants: {e}")))?,
+            ),
+            (Some(g), None) => NextGrants::New(
+                Grants::new(g).map_err(|e| ReloadError::Build(anyhow::anyhow!("grants: {e}")))?,
+            ),
+            (None, _) => NextGrants::None,
+        };
         let ca_reissued = ca.cert_der() != self.ca.cert_der();
         if ca_reissued
             || config.ca.cert_out != self.config.ca.cert_out
@@ -298,16 +326,29 @@ impl Runtime {
 
         // Swap: new requests see the new config from here on.
         let credentials = Arc::new(credentials);
+        let grants = match next_grants {
+            NextGrants::Keep(grants, prepared) => {
+                grants.install(prepared);
+                Some(grants)
+            }
+            NextGrants::New(grants) => Some(grants),
+            NextGrants::None => None,
+        };
         let state = ProxyState::new(
             &config,
             Arc::clone(&credentials),
             Arc::clone(&ca),
             upstream.clone(),
             self.audit.clone(),
+            grants.clone(),
         );
         self.shared.replace(state);
-        self.admin
-            .update(Arc::clone(&credentials), &local_keys(&issuers));
+        self.admin.update(
+            Arc::clone(&credentials),
+            &local_keys(&issuers),
+            grants.clone(),
+        );
+        self.grants = grants;
         self.connections.resize(config.limits.max_connections);
         retired.retire();
 

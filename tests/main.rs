@@ -19,6 +19,7 @@ mod client_libraries;
 mod denials;
 mod fixtures;
 mod forward;
+mod grants;
 mod hygiene;
 mod injector_openbao;
 mod injector_sidecar;

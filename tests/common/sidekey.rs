@@ -816,6 +816,7 @@ fn spawn_reader(pipe: impl Read + Send + 'static, shared: Arc<Shared>, which: St
 }
 
 /// Result of `sidekey check FILE`.
+#[derive(Debug)]
 pub struct CheckOutput {
     pub code: Option<i32>,
     pub stdout: String,

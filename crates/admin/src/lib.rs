@@ -1,13 +1,16 @@
 //! The admin listener (loopback by default): `/healthz` (the process serves), `/readyz`
-//! (listeners are up and every eager credential is held), and the local issuers' JWKS at
-//! `/.well-known/jwks.json` so upstreams can verify the JWTs sidekey mints.
+//! (listeners are up and every eager credential is held), the local issuers' JWKS at
+//! `/.well-known/jwks.json` so upstreams can verify the JWTs sidekey mints, and the grant
+//! endpoints (`POST /grants`, `DELETE /grants/{jti}`: a grant holder derives a child grant for
+//! a sub-agent, or ends its task early), answered only to loopback clients.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -16,8 +19,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sidekey_credentials::{CredentialStore, Jwk};
+use sidekey_grants::Grants;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+mod grants;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
@@ -27,21 +33,52 @@ pub struct AdminState {
     credentials: ArcSwap<CredentialStore>,
     /// JWKS body, rendered when the local issuers change (at start and at reloads).
     jwks: ArcSwap<Bytes>,
+    /// Task grants, when configured.
+    grants: ArcSwapOption<Grants>,
+    /// The forward listener as bound, for the proxy URL handed out with a child grant.
+    forward: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 impl AdminState {
-    pub fn new(credentials: Arc<CredentialStore>, keys: &[Jwk]) -> Self {
+    pub fn new(
+        credentials: Arc<CredentialStore>,
+        keys: &[Jwk],
+        grants: Option<Arc<Grants>>,
+    ) -> Self {
         AdminState {
             serving: AtomicBool::new(false),
             credentials: ArcSwap::new(credentials),
             jwks: ArcSwap::from_pointee(render_jwks(keys)),
+            grants: ArcSwapOption::new(grants),
+            forward: std::sync::Mutex::new(None),
         }
     }
 
-    /// After a config reload: the new credential store and the local issuers' keys.
-    pub fn update(&self, credentials: Arc<CredentialStore>, keys: &[Jwk]) {
+    /// After a config reload: the new credential store, the local issuers' keys, the grants.
+    pub fn update(
+        &self,
+        credentials: Arc<CredentialStore>,
+        keys: &[Jwk],
+        grants: Option<Arc<Grants>>,
+    ) {
         self.credentials.store(credentials);
         self.jwks.store(Arc::new(render_jwks(keys)));
+        self.grants.store(grants);
+    }
+
+    /// The forward listener's address once bound (a configured port 0 is known only then).
+    pub fn set_forward(&self, addr: SocketAddr) {
+        *self
+            .forward
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+    }
+
+    fn forward(&self) -> Option<SocketAddr> {
+        *self
+            .forward
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn ready(&self) -> Result<(), &'static str> {
@@ -74,9 +111,19 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
 }
 
 async fn connection(state: Arc<AdminState>, stream: TcpStream) {
-    let service = service_fn(move |request| {
+    let loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    let service = service_fn(move |request: Request<Incoming>| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(route(&state, &request)) }
+        async move {
+            let response = if request.uri().path() == "/grants"
+                || request.uri().path().starts_with("/grants/")
+            {
+                grants::serve(&state, loopback, request).await
+            } else {
+                route(&state, &request)
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
     builder

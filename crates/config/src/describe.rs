@@ -214,6 +214,35 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         Some(i) => writeln!(out, "identity: token from {}", i.token_file.display())?,
         None => writeln!(out, "identity: none")?,
     }
+    match &c.grants {
+        Some(g) => {
+            writeln!(
+                out,
+                "grants: audience {}, {}, at most {}",
+                g.audience,
+                if g.required {
+                    "required on every request"
+                } else {
+                    "optional"
+                },
+                humantime::format_duration(g.max_ttl)
+            )?;
+            for t in &g.trusted {
+                match t {
+                    crate::TrustedKeys::JwksFile(p) => {
+                        writeln!(out, "  trusted keys from {}", p.display())?
+                    }
+                    crate::TrustedKeys::JwksUrl { url, refresh, .. } => writeln!(
+                        out,
+                        "  trusted keys from {} (every {})",
+                        url.url,
+                        humantime::format_duration(*refresh)
+                    )?,
+                }
+            }
+        }
+        None => writeln!(out, "grants: none")?,
+    }
     match &c.audit {
         AuditConfig::Stdout => writeln!(out, "audit: stdout")?,
         AuditConfig::File(p) => writeln!(out, "audit: file {}", p.display())?,

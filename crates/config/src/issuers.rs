@@ -530,7 +530,7 @@ pub(crate) fn region(node: &Node, what: &str, e: &mut Errors) -> Option<String> 
 
 /// `https://host[:port][/path]`, or `http://` for loopback hosts only: a token must not cross
 /// a network in clear text.
-fn endpoint(node: &Node, what: &str, e: &mut Errors) -> Option<Endpoint> {
+pub(crate) fn endpoint(node: &Node, what: &str, e: &mut Errors) -> Option<Endpoint> {
     let url = e.nonempty_string(node, what)?;
     let (scheme, rest) = match url.split_once("://") {
         Some((s, rest)) if s.eq_ignore_ascii_case("https") => ("https", rest),

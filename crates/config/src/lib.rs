@@ -10,6 +10,7 @@ use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, Ro
 
 mod check;
 mod describe;
+mod grants;
 mod inject;
 mod issuers;
 mod parse;
@@ -22,6 +23,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
+pub use grants::{GrantsConfig, TrustedKeys, DEFAULT_GRANT_MAX_TTL, DEFAULT_JWKS_REFRESH};
 pub use parse::parse;
 pub use sections::{AuditConfig, CaConfig, LimitsConfig, Listen, UpstreamConfig};
 
@@ -83,6 +85,8 @@ pub struct Config {
     /// In match order.
     pub routes: Vec<RouteConfig>,
     pub unmatched: Unmatched,
+    /// `grants:` (task grants); None: grants are not used.
+    pub grants: Option<GrantsConfig>,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
 }
@@ -367,6 +371,7 @@ impl Config {
                 .collect(),
         )
         .with_unmatched(self.unmatched)
+        .with_grants_required(self.grants.as_ref().is_some_and(|g| g.required))
     }
 
     /// Human-readable effective policy for `sidekey check`: listeners, unmatched mode, then

@@ -1172,3 +1172,80 @@ fn per_task_errors() {
         check(name, src, expected);
     }
 }
+
+#[test]
+fn grants_parse_with_defaults_and_every_error_is_located() {
+    let c = ok("grants:\n  audience: sidekey-a\n  trusted:\n    - jwks_file: /etc/keys.json\n    - jwks_url: https://orchestrator.internal/jwks.json\n      refresh: 1m\n");
+    let g = c.grants.clone().expect("grants");
+    assert_eq!(g.audience, "sidekey-a");
+    assert!(!g.required);
+    assert_eq!(g.max_ttl, crate::DEFAULT_GRANT_MAX_TTL);
+    assert_eq!(
+        g.trusted,
+        vec![
+            crate::TrustedKeys::JwksFile(PathBuf::from("/etc/keys.json")),
+            crate::TrustedKeys::JwksUrl {
+                url: crate::Endpoint {
+                    url: "https://orchestrator.internal/jwks.json".into()
+                },
+                ca_file: None,
+                refresh: Duration::from_secs(60),
+            },
+        ]
+    );
+    assert!(!c.policy().grants_required());
+    let required = ok("grants:\n  audience: a\n  required: true\n  max_ttl: 10m\n  trusted:\n    - jwks_file: k.json\n");
+    assert!(required.policy().grants_required());
+    assert_eq!(required.grants.unwrap().max_ttl, Duration::from_secs(600));
+
+    let cases: &[(&str, &str, &[Expect])] = &[
+        (
+            "no audience",
+            "grants:\n  trusted:\n    - jwks_file: k\n",
+            &[(2, 3, "has no `audience`", "leaked")],
+        ),
+        (
+            "no trusted",
+            "grants:\n  audience: a\n",
+            &[(2, 3, "has no `trusted` keys", "sidekey grant keygen")],
+        ),
+        (
+            "empty trusted",
+            "grants:\n  audience: a\n  trusted: []\n",
+            &[(3, 12, "is empty", "jwks_file")],
+        ),
+        (
+            "both sources",
+            "grants:\n  audience: a\n  trusted:\n    - jwks_file: k\n      jwks_url: https://x\n",
+            &[(4, 7, "both `jwks_file` and `jwks_url`", "two entries")],
+        ),
+        (
+            "no source",
+            "grants:\n  audience: a\n  trusted:\n    - refresh: 1m\n",
+            &[(4, 7, "names no keys", "")],
+        ),
+        (
+            "plain http",
+            "grants:\n  audience: a\n  trusted:\n    - jwks_url: http://orchestrator/jwks\n",
+            &[(4, 17, "plain http://", "https://")],
+        ),
+        (
+            "refresh with a file",
+            "grants:\n  audience: a\n  trusted:\n    - jwks_file: k\n      refresh: 1m\n",
+            &[(5, 7, "goes with `jwks_url` only", "")],
+        ),
+        (
+            "ttl",
+            "grants:\n  audience: a\n  max_ttl: 48h\n  trusted:\n    - jwks_file: k\n",
+            &[(3, 12, "between 1s and 24h", "")],
+        ),
+        (
+            "typo",
+            "grants:\n  audience: a\n  requierd: true\n  trusted:\n    - jwks_file: k\n",
+            &[(3, 3, "unknown key `requierd`", "did you mean `required`?")],
+        ),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+}

@@ -26,6 +26,7 @@ const TOP_KEYS: &[&str] = &[
     "credentials",
     "routes",
     "unmatched",
+    "grants",
     "audit",
     "limits",
 ];
@@ -123,6 +124,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         credentials: Vec::new(),
         routes: Vec::new(),
         unmatched: Unmatched::Deny,
+        grants: None,
         audit: AuditConfig::Stdout,
         limits: LimitsConfig::default(),
     };
@@ -159,6 +161,9 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     }
     if let Some(n) = top.get("unmatched") {
         config.unmatched = unmatched(n, e);
+    }
+    if let Some(n) = top.value("grants") {
+        config.grants = crate::grants::grants(n, e);
     }
     if let Some(n) = top.value("audit") {
         config.audit = sections::audit(n, e);

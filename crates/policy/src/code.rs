@@ -33,11 +33,24 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// The agent asks for more than a configured rate allows (e.g. fresh TLS server names).
     RateLimited,
+    /// `grants.required` and the request (or its CONNECT) presented no grant.
+    GrantRequired,
+    /// The grant presented does not verify: malformed, signed by an untrusted key or with an
+    /// algorithm not allowed, for another audience, missing a required claim, or living longer
+    /// than `grants.max_ttl`.
+    GrantInvalid,
+    /// The grant's `exp` has passed (or its `nbf` is still ahead).
+    GrantExpired,
+    /// The grant, or one it was derived from, was revoked.
+    GrantRevoked,
+    /// A route allows the request but the grant does not name that route for this method and
+    /// path.
+    RouteNotGranted,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the documented table.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::HostNotAllowed,
         ErrorCode::MethodNotAllowed,
         ErrorCode::PathNotAllowed,
@@ -50,6 +63,11 @@ impl ErrorCode {
         ErrorCode::RequestInvalid,
         ErrorCode::BodyTooLarge,
         ErrorCode::RateLimited,
+        ErrorCode::GrantRequired,
+        ErrorCode::GrantInvalid,
+        ErrorCode::GrantExpired,
+        ErrorCode::GrantRevoked,
+        ErrorCode::RouteNotGranted,
     ];
 
     /// The code as the agent and the audit trail see it, e.g. `host_not_allowed`.
@@ -67,6 +85,11 @@ impl ErrorCode {
             ErrorCode::RequestInvalid => "request_invalid",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::GrantRequired => "grant_required",
+            ErrorCode::GrantInvalid => "grant_invalid",
+            ErrorCode::GrantExpired => "grant_expired",
+            ErrorCode::GrantRevoked => "grant_revoked",
+            ErrorCode::RouteNotGranted => "route_not_granted",
         }
     }
 
@@ -77,7 +100,14 @@ impl ErrorCode {
             | ErrorCode::MethodNotAllowed
             | ErrorCode::PathNotAllowed
             | ErrorCode::TargetMismatch
-            | ErrorCode::AddressNotAllowed => 403,
+            | ErrorCode::AddressNotAllowed
+            | ErrorCode::RouteNotGranted => 403,
+            // Proxy authentication: clients that hold a grant for the proxy (HTTPS_PROXY with
+            // user:grant, Proxy-Authorization) know to present one or a fresh one.
+            ErrorCode::GrantRequired
+            | ErrorCode::GrantInvalid
+            | ErrorCode::GrantExpired
+            | ErrorCode::GrantRevoked => 407,
             ErrorCode::CredentialUnavailable => 503,
             ErrorCode::UpstreamUnreachable
             | ErrorCode::UpstreamTls

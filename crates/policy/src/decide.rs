@@ -20,6 +20,7 @@ use http::request::Parts;
 use http::{Method, Uri, Version};
 
 use crate::form::{form_kind, urlencoded_overrides, FormKind, METHOD_OVERRIDE_HEADERS};
+use crate::grant::GrantScope;
 use crate::route::{Decision, MethodSet, Policy, Unmatched};
 use crate::{Authority, CanonicalHost, ErrorCode, Refusal, RequestPath, Scheme, Target};
 
@@ -30,6 +31,10 @@ pub const FORM_BODY_LIMIT: u64 = 64 << 10;
 
 /// The largest body read whole to sign its hash (SigV4 for services other than S3).
 pub const SIGNED_BODY_LIMIT: u64 = 10 << 20;
+
+/// The task label an agent may assert about itself when grants are not required (recorded,
+/// never forwarded); with grants the task is the grant's.
+pub const TASK_HEADER: &str = "x-sidekey-task";
 
 /// How a listener identified the target of a request: the one input of
 /// [`Policy::decide_request`] that differs by listener.
@@ -261,8 +266,33 @@ pub enum WholePurpose {
 impl Policy {
     /// What a CONNECT to `target` becomes: intercepted when a route names the target, else
     /// a blind tunnel when `unmatched: tunnel`, else refused.
-    pub fn decide_connect(&self, target: &Target) -> ConnectDecision {
+    ///
+    /// `grant` is the grant the CONNECT presented, if a valid one: with `grants.required` a
+    /// CONNECT without one is refused (`grant_required`), and a grant that names none of the
+    /// routes naming the target refuses it at once (`route_not_granted`) rather than request
+    /// by request inside the tunnel.
+    pub fn decide_connect(&self, target: &Target, grant: Option<&GrantScope>) -> ConnectDecision {
+        if let Err(refusal) = self.check_grant_present(grant) {
+            return ConnectDecision::Deny(refusal);
+        }
         if self.names_target(target) {
+            if let Some(grant) = grant {
+                let granted = self
+                    .routes()
+                    .iter()
+                    .any(|r| r.names_target(target) && grant.names_route(r));
+                if !granted {
+                    return ConnectDecision::Deny(Refusal::new(
+                        ErrorCode::RouteNotGranted,
+                        format!(
+                            "the grant names no route for {}:{} (it names {})",
+                            target.host.to_uri_host(),
+                            target.port,
+                            grant.describe()
+                        ),
+                    ));
+                }
+            }
             ConnectDecision::Intercept
         } else if self.unmatched() == Unmatched::Tunnel {
             ConnectDecision::Tunnel
@@ -275,18 +305,21 @@ impl Policy {
     }
 
     /// Decides one request, checking in this order (the first failure is the answer):
-    /// framing (Transfer-Encoding), agreement of SNI, `:authority` and Host with the target,
-    /// the path, the route (first match; only the addressed route on the route listener),
-    /// `unmatched`, method override headers and `_method` in the query, and the body plan
-    /// (declared length against `max_request_body`, the form kind of a POST).
-    /// `declared_length` is the body's length if the request declares one.
+    /// the grant's presence (`grants.required`), framing (Transfer-Encoding), agreement of
+    /// SNI, `:authority` and Host with the target, the path, the route (first match; only the
+    /// addressed route on the route listener) and the grant (the first route that both the
+    /// policy and the grant allow), `unmatched`, method override headers and `_method` in the
+    /// query, and the body plan (declared length against `max_request_body`, the form kind of
+    /// a POST). `declared_length` is the body's length if the request declares one; `grant` the
+    /// scope of the valid grant it presented (or its tunnel's CONNECT did), if any.
     pub fn decide_request(
         &self,
         identified: &Identified,
         request: &Parts,
         declared_length: Option<u64>,
+        grant: Option<&GrantScope>,
     ) -> RequestDecision {
-        match self.decide_request_inner(identified, request, declared_length) {
+        match self.decide_request_inner(identified, request, declared_length, grant) {
             Ok(decision) => decision,
             Err(refusal) => RequestDecision::Deny(refusal),
         }
@@ -297,8 +330,17 @@ impl Policy {
         identified: &Identified,
         request: &Parts,
         declared_length: Option<u64>,
+        grant: Option<&GrantScope>,
     ) -> Result<RequestDecision, Refusal> {
         let target = identified.target();
+        self.check_grant_present(grant)?;
+        if self.grants_required() && request.headers.contains_key(TASK_HEADER) {
+            return Err(Refusal::new(
+                ErrorCode::RequestInvalid,
+                "x-sidekey-task is not accepted when grants are required: the task is the \
+                 grant's task_id",
+            ));
+        }
         check_framing(&request.headers)?;
         match identified {
             Identified::Absolute(_) => check_host(request, target, false)?,
@@ -321,7 +363,7 @@ impl Policy {
             };
             Refusal::new(code, format!("path refused: {e}"))
         })?;
-        let route = match self.decide_for(identified, request.method.as_str(), &path) {
+        let route = match self.decide_for(identified, request.method.as_str(), &path, grant) {
             Decision::Allow { route } => route,
             Decision::Deny(refusal)
                 if refusal.code == ErrorCode::HostNotAllowed
@@ -332,18 +374,77 @@ impl Policy {
             }
             Decision::Deny(refusal) => return Err(refusal),
         };
-        self.check_overrides(identified, request, query, &path, route)?;
+        self.check_overrides(identified, request, query, &path, route, grant)?;
         let body = self.body_plan(route, request, declared_length)?;
         Ok(RequestDecision::Allow { route, path, body })
     }
 
-    /// [`Policy::decide`] among the routes this listener may use.
-    fn decide_for(&self, identified: &Identified, method: &str, path: &RequestPath) -> Decision {
-        match identified {
+    /// `grants.required` and no grant: `grant_required`.
+    fn check_grant_present(&self, grant: Option<&GrantScope>) -> Result<(), Refusal> {
+        if self.grants_required() && grant.is_none() {
+            return Err(Refusal::new(
+                ErrorCode::GrantRequired,
+                "this proxy needs a task grant: present it as the proxy password \
+                 (http://task:<grant>@host:port), as Proxy-Authorization: Bearer <grant>, or on \
+                 the route listener as x-sidekey-grant",
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Policy::decide`] among the routes this listener may use, then the grant: when the
+    /// grant does not allow the route picked, the first route that policy and grant both allow
+    /// (a task granted only a narrower route for the same host gets that route and its
+    /// credential); none: `route_not_granted`.
+    fn decide_for(
+        &self,
+        identified: &Identified,
+        method: &str,
+        path: &RequestPath,
+        grant: Option<&GrantScope>,
+    ) -> Decision {
+        let decision = match identified {
             Identified::Route { target, route } => {
                 self.decide_among(target, method, path, std::iter::once(*route))
             }
             _ => self.decide(identified.target(), method, path),
+        };
+        let (Some(grant), Decision::Allow { route }) = (grant, &decision) else {
+            return decision;
+        };
+        if self
+            .routes()
+            .get(*route)
+            .is_some_and(|r| grant.allows(r, method, path))
+        {
+            return decision;
+        }
+        let target = identified.target();
+        let granted = |i: usize| {
+            self.routes().get(i).is_some_and(|r| {
+                r.names_target(target)
+                    && r.methods.allows(method)
+                    && r.allows_path(path)
+                    && grant.allows(r, method, path)
+            })
+        };
+        let found = match identified {
+            Identified::Route { route, .. } => granted(*route).then_some(*route),
+            _ => (0..self.routes().len()).find(|&i| granted(i)),
+        };
+        match found {
+            Some(route) => Decision::Allow { route },
+            None => Decision::Deny(Refusal::new(
+                ErrorCode::RouteNotGranted,
+                format!(
+                    "the grant does not allow {} {} on {}:{} (it names {})",
+                    method,
+                    path.raw(),
+                    target.host.to_uri_host(),
+                    target.port,
+                    grant.describe()
+                ),
+            )),
         }
     }
 
@@ -356,13 +457,14 @@ impl Policy {
         query: Option<&str>,
         path: &RequestPath,
         route: usize,
+        grant: Option<&GrantScope>,
     ) -> Result<(), Refusal> {
         for name in METHOD_OVERRIDE_HEADERS {
             for value in request.headers.get_all(name) {
                 let text = value.to_str().map_err(|_| {
                     Refusal::new(ErrorCode::RequestInvalid, format!("{name} is not ASCII"))
                 })?;
-                self.check_override(identified, path, route, text.trim(), name)?;
+                self.check_override(identified, path, route, grant, text.trim(), name)?;
             }
         }
         if let Some(query) = query {
@@ -371,6 +473,7 @@ impl Policy {
                     identified,
                     path,
                     route,
+                    grant,
                     &value,
                     "the _method query parameter",
                 )?;
@@ -380,32 +483,35 @@ impl Policy {
     }
 
     /// Checks the value of a `_method` field found in the body of a request that
-    /// [`Policy::decide_request`] allowed by `route` at `path`.
+    /// [`Policy::decide_request`] allowed by `route` at `path` under `grant`.
     pub fn check_method_field(
         &self,
         identified: &Identified,
         path: &RequestPath,
         route: usize,
+        grant: Option<&GrantScope>,
         value: &str,
     ) -> Result<(), Refusal> {
         self.check_override(
             identified,
             path,
             route,
+            grant,
             value,
             "the _method field of the body",
         )
     }
 
     /// One overriding method: allowed if the same route (its credential is the one attached)
-    /// is the first to allow it, upper-cased as the frameworks upper-case it. A value that is
-    /// not one method token is `request_invalid`: the upstream's reading of it cannot be
-    /// predicted.
+    /// is the first to allow it, under the grant too, upper-cased as the frameworks upper-case
+    /// it. A value that is not one method token is `request_invalid`: the upstream's reading
+    /// of it cannot be predicted.
     fn check_override(
         &self,
         identified: &Identified,
         path: &RequestPath,
         route: usize,
+        grant: Option<&GrantScope>,
         method: &str,
         source: &str,
     ) -> Result<(), Refusal> {
@@ -420,7 +526,7 @@ impl Policy {
             ));
         }
         let method = method.to_ascii_uppercase();
-        match self.decide_for(identified, &method, path) {
+        match self.decide_for(identified, &method, path, grant) {
             Decision::Allow { route: r } if r == route => Ok(()),
             _ => {
                 let target = identified.target();
@@ -803,14 +909,26 @@ mod tests {
         let wild = https("a.b.wild.example.com");
         let unnamed = https("elsewhere.example.org");
         let plain_port = target(Scheme::Https, "plain.example.com", 80);
-        assert_eq!(deny.decide_connect(&named), ConnectDecision::Intercept);
-        assert_eq!(tunnel.decide_connect(&named), ConnectDecision::Intercept);
-        assert_eq!(deny.decide_connect(&wild), ConnectDecision::Intercept);
-        assert_eq!(tunnel.decide_connect(&unnamed), ConnectDecision::Tunnel);
-        // A route for http://plain.example.com does not make CONNECT plain.example.com:80 ours.
-        assert_eq!(tunnel.decide_connect(&plain_port), ConnectDecision::Tunnel);
         assert_eq!(
-            deny.decide_connect(&unnamed),
+            deny.decide_connect(&named, None),
+            ConnectDecision::Intercept
+        );
+        assert_eq!(
+            tunnel.decide_connect(&named, None),
+            ConnectDecision::Intercept
+        );
+        assert_eq!(deny.decide_connect(&wild, None), ConnectDecision::Intercept);
+        assert_eq!(
+            tunnel.decide_connect(&unnamed, None),
+            ConnectDecision::Tunnel
+        );
+        // A route for http://plain.example.com does not make CONNECT plain.example.com:80 ours.
+        assert_eq!(
+            tunnel.decide_connect(&plain_port, None),
+            ConnectDecision::Tunnel
+        );
+        assert_eq!(
+            deny.decide_connect(&unnamed, None),
             ConnectDecision::Deny(Refusal::new(
                 ErrorCode::HostNotAllowed,
                 "elsewhere.example.org:443 is not in any route"
@@ -858,7 +976,7 @@ mod tests {
             builder = builder.header(*name, *value);
         }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
-        policy.decide_request(identified, &parts, req.length)
+        policy.decide_request(identified, &parts, req.length, None)
     }
 
     /// What a case expects: allowed by a route (index) with a body plan, passed unmatched, or
@@ -1309,9 +1427,12 @@ mod tests {
         let RequestDecision::Allow { route, path, .. } = decided else {
             panic!("{decided:?}");
         };
-        assert_eq!(p.check_method_field(&api, &path, route, "post"), Ok(()));
+        assert_eq!(
+            p.check_method_field(&api, &path, route, None, "post"),
+            Ok(())
+        );
         let refusal = p
-            .check_method_field(&api, &path, route, "DELETE")
+            .check_method_field(&api, &path, route, None, "DELETE")
             .unwrap_err();
         assert_eq!(refusal.code, MethodNotAllowed);
         assert!(
@@ -1321,7 +1442,7 @@ mod tests {
             "{refusal}"
         );
         assert_eq!(
-            p.check_method_field(&api, &path, route, "PO ST")
+            p.check_method_field(&api, &path, route, None, "PO ST")
                 .unwrap_err()
                 .code,
             RequestInvalid
@@ -1390,5 +1511,169 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    /// Builds a request and decides it under `grant`.
+    fn decide_granted(
+        policy: &Policy,
+        identified: &Identified,
+        req: &Req,
+        grant: Option<&GrantScope>,
+    ) -> RequestDecision {
+        let mut builder = http::Request::builder().method(req.method).uri(req.uri);
+        for (name, value) in &req.headers {
+            builder = builder.header(*name, *value);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        policy.decide_request(identified, &parts, req.length, grant)
+    }
+
+    #[test]
+    fn grants_narrow_routes_and_never_widen_them() {
+        use crate::grant::RouteGrant;
+        // Two routes for one host: the first reads, the second may also write.
+        let read = route(
+            "gh-read",
+            "api.github.com",
+            Scheme::Https,
+            &["GET"],
+            &["/repos/**"],
+        );
+        let write = route(
+            "gh-write",
+            "api.github.com",
+            Scheme::Https,
+            &["GET", "POST"],
+            &["/repos/acme/**"],
+        );
+        let other = route("slack", "slack.com", Scheme::Https, &["POST"], &[]);
+        let p = Policy::new(vec![read, write, other]);
+        let gh = Identified::Intercepted {
+            target: https("api.github.com"),
+            sni: Sni::Agrees,
+        };
+        let host = ("host", "api.github.com");
+        type Narrowing<'a> = (&'a str, Option<&'a [&'a str]>, &'a [&'a str]);
+        let grant = |routes: &[Narrowing]| GrantScope {
+            routes: Some(
+                routes
+                    .iter()
+                    .map(|(r, m, paths)| RouteGrant {
+                        route: r.to_string(),
+                        methods: m.map(|m| m.iter().map(|s| s.to_string()).collect()),
+                        paths: paths.iter().map(|g| PathGlob::parse(g).unwrap()).collect(),
+                    })
+                    .collect(),
+            ),
+        };
+        let allowed = |decision: RequestDecision| match decision {
+            RequestDecision::Allow { route, .. } => Ok(route),
+            RequestDecision::Deny(refusal) => Err((refusal.code, refusal.message)),
+            RequestDecision::PassUnmatched => panic!("passed"),
+        };
+        let get_acme = get("/repos/acme/api", &[host]);
+        let post_acme = post("/repos/acme/api/issues", &[host], None);
+
+        // No grant: first match.
+        assert_eq!(allowed(decide_granted(&p, &gh, &get_acme, None)), Ok(0));
+        // Every route: the same.
+        let all = GrantScope::all_routes();
+        assert_eq!(
+            allowed(decide_granted(&p, &gh, &get_acme, Some(&all))),
+            Ok(0)
+        );
+        // Only the write route: a GET goes by it (and its credential), not by the first match.
+        let only_write = grant(&[("gh-write", None, &[])]);
+        assert_eq!(
+            allowed(decide_granted(&p, &gh, &get_acme, Some(&only_write))),
+            Ok(1)
+        );
+        assert_eq!(
+            allowed(decide_granted(&p, &gh, &post_acme, Some(&only_write))),
+            Ok(1)
+        );
+        // The grant never widens: the write route's paths still apply.
+        let outside = get("/repos/other/api", &[host]);
+        let (code, message) =
+            allowed(decide_granted(&p, &gh, &outside, Some(&only_write))).unwrap_err();
+        assert_eq!(code, ErrorCode::RouteNotGranted);
+        assert!(message.contains("it names gh-write"), "{message}");
+        // Narrowed methods and paths.
+        let narrow = grant(&[("gh-write", Some(&["POST"]), &["/repos/acme/api/issues"])]);
+        assert_eq!(
+            allowed(decide_granted(&p, &gh, &post_acme, Some(&narrow))),
+            Ok(1)
+        );
+        for req in [get_acme, post("/repos/acme/api/pulls", &[host], None)] {
+            let (code, _) = allowed(decide_granted(&p, &gh, &req, Some(&narrow))).unwrap_err();
+            assert_eq!(code, ErrorCode::RouteNotGranted, "{}", req.uri);
+        }
+        // An override naming a method the grant does not allow.
+        let overridden = post(
+            "/repos/acme/api/issues",
+            &[host, ("x-http-method-override", "GET")],
+            None,
+        );
+        let (code, _) = allowed(decide_granted(&p, &gh, &overridden, Some(&narrow))).unwrap_err();
+        assert_eq!(code, ErrorCode::MethodNotAllowed);
+        // What no route allows stays the route's refusal, grant or not.
+        let delete = Req {
+            method: "DELETE",
+            ..get("/repos/acme/api", &[host])
+        };
+        let (code, _) = allowed(decide_granted(&p, &gh, &delete, Some(&all))).unwrap_err();
+        assert_eq!(code, ErrorCode::MethodNotAllowed);
+
+        // CONNECT: a grant naming no route for the target is refused before the tunnel opens.
+        let slack_only = grant(&[("slack", None, &[])]);
+        assert!(matches!(
+            p.decide_connect(&https("api.github.com"), Some(&slack_only)),
+            ConnectDecision::Deny(Refusal {
+                code: ErrorCode::RouteNotGranted,
+                ..
+            })
+        ));
+        assert_eq!(
+            p.decide_connect(&https("api.github.com"), Some(&only_write)),
+            ConnectDecision::Intercept
+        );
+
+        // The route listener decides among its one route, and the grant must name it.
+        let routed = Identified::Route {
+            target: https("api.github.com"),
+            route: 0,
+        };
+        let (code, _) = allowed(decide_granted(
+            &p,
+            &routed,
+            &get("/repos/acme/api", &[]),
+            Some(&only_write),
+        ))
+        .unwrap_err();
+        assert_eq!(code, ErrorCode::RouteNotGranted);
+
+        // grants.required: no grant is 407 grant_required, at CONNECT and on requests; the
+        // self-asserted task header is refused.
+        let required = p.clone().with_grants_required(true);
+        let (code, _) = allowed(decide_granted(
+            &required,
+            &gh,
+            &get("/repos/acme/api", &[host]),
+            None,
+        ))
+        .unwrap_err();
+        assert_eq!(code, ErrorCode::GrantRequired);
+        assert_eq!(ErrorCode::GrantRequired.status(), 407);
+        assert!(matches!(
+            required.decide_connect(&https("api.github.com"), None),
+            ConnectDecision::Deny(Refusal {
+                code: ErrorCode::GrantRequired,
+                ..
+            })
+        ));
+        let task = get("/repos/acme/api", &[host, ("x-sidekey-task", "t1")]);
+        let (code, _) = allowed(decide_granted(&required, &gh, &task, Some(&all))).unwrap_err();
+        assert_eq!(code, ErrorCode::RequestInvalid);
+        assert_eq!(allowed(decide_granted(&p, &gh, &task, Some(&all))), Ok(0));
     }
 }

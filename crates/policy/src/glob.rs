@@ -128,6 +128,44 @@ impl PathGlob {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// True when every path `other` matches is matched by `self` too — decided conservatively:
+    /// a false answer may be a containment this check cannot prove, never the reverse. Proven
+    /// cases: the same glob; `other` names one literal path that `self` matches; `self` ends
+    /// in `/**` and `other` begins with `self`'s leading segments, each the same pattern or a
+    /// literal segment that pattern matches. A child grant's paths must pass this against its
+    /// parent's (a grant never widens).
+    pub fn covers(&self, other: &PathGlob) -> bool {
+        if self.source == other.source {
+            return true;
+        }
+        if other.is_literal() {
+            return self.matches(&other.source);
+        }
+        let Some((Segment::AnySegments, leading)) = self.segments.split_last() else {
+            return false;
+        };
+        if other.segments.len() < leading.len() {
+            return false;
+        }
+        leading
+            .iter()
+            .zip(&other.segments)
+            .all(|(mine, theirs)| match (mine, theirs) {
+                (Segment::AnySegments, Segment::AnySegments) => true,
+                (Segment::Pattern { start, end }, Segment::Pattern { start: s, end: e }) => {
+                    let pattern = &self.source.as_bytes()[*start..*end];
+                    let text = &other.source.as_bytes()[*s..*e];
+                    pattern == text || (!text.contains(&b'*') && segment_matches(pattern, text))
+                }
+                _ => false,
+            })
+    }
+
+    /// No wildcard: the glob names one path.
+    fn is_literal(&self) -> bool {
+        !self.source.contains('*')
+    }
 }
 
 /// `*` matches any run of bytes within the segment; everything else matches itself.
@@ -347,6 +385,41 @@ mod tests {
         ];
         for (glob, want) in cases {
             assert_eq!(PathGlob::parse(glob).map(|_| ()), *want, "{glob:?}");
+        }
+    }
+
+    #[test]
+    fn covers_is_sound_and_proves_the_common_cases() {
+        let g = |s: &str| PathGlob::parse(s).unwrap();
+        let yes = [
+            ("/**", "/anything/**"),
+            ("/**", "/a"),
+            ("/repos/acme/**", "/repos/acme/api/**"),
+            ("/repos/acme/**", "/repos/acme"),
+            ("/repos/acme/**", "/repos/acme/*/issues"),
+            ("/repos/*/**", "/repos/acme/**"),
+            ("/repos/*/**", "/repos/*/issues"),
+            ("/v1/*/items", "/v1/a/items"),
+            ("/v1/*/items", "/v1/*/items"),
+            ("/a/**/b/**", "/a/**/b/c"),
+        ];
+        for (parent, child) in yes {
+            assert!(g(parent).covers(&g(child)), "{parent} covers {child}");
+        }
+        let no = [
+            ("/repos/acme/**", "/repos/acmex/**"),
+            ("/repos/acme/**", "/repos/**"),
+            ("/repos/acme/**", "/**"),
+            ("/repos/acme", "/repos/acme/**"),
+            ("/v1/*/items", "/v1/*/*"),
+            ("/v1/a*/items", "/v1/*/items"),
+            ("/a/b", "/a/c"),
+        ];
+        for (parent, child) in no {
+            assert!(
+                !g(parent).covers(&g(child)),
+                "{parent} does not cover {child}"
+            );
         }
     }
 }

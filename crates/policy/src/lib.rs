@@ -15,6 +15,7 @@ pub mod code;
 pub mod decide;
 pub mod form;
 pub mod glob;
+pub mod grant;
 pub mod host;
 pub mod path;
 pub mod route;
@@ -24,9 +25,10 @@ pub use code::{ErrorCode, Refusal};
 pub use decide::{
     absolute_target, check_sni, connect_target, route_target, BodyPlan, ConnectDecision, FormScan,
     Identified, RequestDecision, RouteAddress, Sni, WholeBody, WholePurpose, FORM_BODY_LIMIT,
-    SIGNED_BODY_LIMIT,
+    SIGNED_BODY_LIMIT, TASK_HEADER,
 };
 pub use glob::{GlobError, PathGlob};
+pub use grant::{GrantScope, RouteGrant};
 pub use host::{Authority, CanonicalHost, HostError, Scheme, Target};
 pub use path::{PathError, RequestPath};
 pub use route::{Decision, HostPattern, HostPatternError, MethodSet, Policy, Route, Unmatched};

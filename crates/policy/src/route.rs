@@ -232,6 +232,8 @@ const SCAN_UP_TO: usize = 16;
 pub struct Policy {
     routes: Vec<Route>,
     unmatched: Unmatched,
+    /// `grants.required`: every request and CONNECT needs a valid grant.
+    grants_required: bool,
     /// Exact host → indices of the routes naming it, ascending.
     exact: HashMap<CanonicalHost, Vec<usize>>,
     /// Wildcard suffix (`.example.com`) → indices of the routes naming `*.example.com`, ascending.
@@ -256,6 +258,7 @@ impl Policy {
         Policy {
             routes,
             unmatched: Unmatched::Deny,
+            grants_required: false,
             exact,
             suffixes,
         }
@@ -269,6 +272,17 @@ impl Policy {
 
     pub fn unmatched(&self) -> Unmatched {
         self.unmatched
+    }
+
+    /// The same routes; with `required`, a request or CONNECT without a valid grant is refused
+    /// (`grant_required`).
+    pub fn with_grants_required(mut self, required: bool) -> Self {
+        self.grants_required = required;
+        self
+    }
+
+    pub fn grants_required(&self) -> bool {
+        self.grants_required
     }
 
     /// Indices of the routes that may name `host`, ascending, without duplicates: those naming

@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use sidekey_audit::{redact_query, AuditLog, Outcome, RequestRecord};
 use sidekey_body::count::BodyMeter;
 use sidekey_body::BoxError;
+use sidekey_grants::Grant;
 use sidekey_policy::{ErrorCode, Target};
 
 /// A request's audit record, not yet written.
@@ -130,6 +131,18 @@ impl PendingRecord {
 
     pub fn set_task_id(&mut self, task_id: Option<String>) {
         self.record.task_id = task_id;
+    }
+
+    /// The grant the request or CONNECT went under: task, agent, user and delegation chain.
+    pub fn set_grant(&mut self, grant: Option<&Grant>) {
+        let Some(grant) = grant else { return };
+        let record = &mut self.record;
+        record.task_id = Some(grant.task_id.clone());
+        record.sub = Some(grant.sub.clone());
+        record.grant_id = Some(grant.jti.clone());
+        record.parent_grant = grant.parent.clone();
+        record.on_behalf_of = grant.on_behalf_of.clone();
+        record.act = grant.act.clone();
     }
 
     pub fn set_status(&mut self, status: u16) {

@@ -30,5 +30,14 @@ pub fn refusal_response(refusal: &Refusal, request_id: &str) -> Response<ProxyBo
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert("x-sidekey-request-id", id);
     }
+    if refusal.code.status() == 407 {
+        // The grant is the proxy password (Basic) or a bearer token.
+        for challenge in ["Basic realm=\"sidekey\"", "Bearer realm=\"sidekey\""] {
+            headers.append(
+                http::header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+    }
     response
 }

@@ -25,19 +25,17 @@ use sidekey_body::form::{self, FormGuard, OverrideCheck, Verdict};
 use sidekey_body::mask::{scrub_headers, Needles, Scrubbed};
 use sidekey_body::{decode, full, BoxError, ProxyBody, DRAIN_LIMIT, DRAIN_TIME};
 use sidekey_config::Inject;
-use sidekey_credentials::{Credential, CredentialValue};
+use sidekey_credentials::{Credential, CredentialValue, TaskContext};
+use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_policy::{
     BodyPlan, ErrorCode, FormScan, Identified, Refusal, RequestDecision, RequestPath, Target,
-    WholeBody, WholePurpose,
+    WholeBody, WholePurpose, TASK_HEADER,
 };
 
 use crate::audit::{Metered, PendingRecord};
 use crate::error::refusal_response;
 use crate::{ProxyState, RouteRuntime};
-
-/// The agent's task ID travels in this header; it is recorded and never forwarded.
-const TASK_HEADER: &str = "x-sidekey-task";
 
 /// How long the agent gets to send a body that is read whole (a small form, a body to sign).
 const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,6 +51,9 @@ pub struct Exchange {
     pub request_id: String,
     pub identified: Identified,
     pub started: Instant,
+    /// The grant its intercepted tunnel's CONNECT presented (requests inside a tunnel present
+    /// none of their own).
+    pub tunnel_grant: Option<Arc<Grant>>,
 }
 
 impl Exchange {
@@ -61,6 +62,69 @@ impl Exchange {
             request_id: new_request_id(),
             identified,
             started: Instant::now(),
+            tunnel_grant: None,
+        }
+    }
+
+    /// Binds the grant of the tunnel this request came through.
+    pub fn with_grant(mut self, grant: Option<Arc<Grant>>) -> Self {
+        self.tunnel_grant = grant;
+        self
+    }
+}
+
+/// The grant in the proxy credentials (`Proxy-Authorization`) of a forward-listener request or
+/// CONNECT, verified. None when grants are not configured or none was presented (policy then
+/// decides whether one was required).
+pub(crate) async fn grant_of_proxy_credentials(
+    state: &ProxyState,
+    headers: &http::HeaderMap,
+) -> Result<Option<Arc<Grant>>, Refusal> {
+    let Some(grants) = &state.grants else {
+        return Ok(None);
+    };
+    let token =
+        sidekey_grants::presented_by_proxy_authorization(headers).map_err(|e| e.refusal())?;
+    verify(grants, token).await
+}
+
+async fn verify(
+    grants: &sidekey_grants::Grants,
+    token: Option<String>,
+) -> Result<Option<Arc<Grant>>, Refusal> {
+    match token {
+        None => Ok(None),
+        Some(token) => grants
+            .authenticate(&token)
+            .await
+            .map(Some)
+            .map_err(|e| e.refusal()),
+    }
+}
+
+/// The grant a request goes under: its tunnel's (checked still live), its proxy credentials
+/// on the forward listener, or `x-sidekey-grant` on the route listener.
+async fn grant_of(
+    state: &ProxyState,
+    exchange: &Exchange,
+    parts: &Parts,
+) -> Result<Option<Arc<Grant>>, Refusal> {
+    let Some(grants) = &state.grants else {
+        return Ok(None);
+    };
+    match &exchange.identified {
+        Identified::Intercepted { .. } => match &exchange.tunnel_grant {
+            Some(grant) => {
+                grants.check_live(grant).map_err(|e| e.refusal())?;
+                Ok(Some(Arc::clone(grant)))
+            }
+            None => Ok(None),
+        },
+        Identified::Absolute(_) => grant_of_proxy_credentials(state, &parts.headers).await,
+        Identified::Route { .. } => {
+            let token =
+                sidekey_grants::presented_by_header(&parts.headers).map_err(|e| e.refusal())?;
+            verify(grants, token).await
         }
     }
 }
@@ -79,12 +143,20 @@ pub async fn handle<B: AgentBody>(
     let (mut parts, body) = request.into_parts();
     let mut session = Session::start(&state, &exchange, &parts);
 
+    // the grant
+    let grant = match grant_of(&state, &exchange, &parts).await {
+        Ok(grant) => grant,
+        Err(refusal) => return session.refuse(refusal, Some(body)).await,
+    };
+    session.set_grant(grant.as_deref());
+
     // decide
     let declared = body.size_hint().exact();
+    let scope = grant.as_deref().map(|g| &g.scope);
     let (route, path, plan) =
         match state
             .policy
-            .decide_request(&exchange.identified, &parts, declared)
+            .decide_request(&exchange.identified, &parts, declared, scope)
         {
             RequestDecision::Allow { route, path, body } => (Some(route), Some(path), body),
             RequestDecision::PassUnmatched => (None, None, BodyPlan::default()),
@@ -99,9 +171,13 @@ pub async fn handle<B: AgentBody>(
         None => session.record.set_decision(Outcome::Tunnel),
     }
     let check = match (route, path) {
-        (Some(route), Some(path)) if plan.form != FormScan::None => {
-            Some(method_field_check(&state, &exchange, path, route))
-        }
+        (Some(route), Some(path)) if plan.form != FormScan::None => Some(method_field_check(
+            &state,
+            &exchange,
+            path,
+            route,
+            grant.clone(),
+        )),
         _ => None,
     };
 
@@ -112,7 +188,7 @@ pub async fn handle<B: AgentBody>(
     };
 
     // credential
-    let credential = match credential(&state, runtime).await {
+    let credential = match credential(&state, runtime, grant.as_deref()).await {
         Ok(credential) => credential,
         Err(refusal) => {
             if let Some(runtime) = runtime {
@@ -156,13 +232,18 @@ fn method_field_check(
     exchange: &Exchange,
     path: RequestPath,
     route: usize,
+    grant: Option<Arc<Grant>>,
 ) -> OverrideCheck {
     let state = Arc::clone(state);
     let identified = exchange.identified.clone();
     Arc::new(move |value: &str| {
-        state
-            .policy
-            .check_method_field(&identified, &path, route, value)
+        state.policy.check_method_field(
+            &identified,
+            &path,
+            route,
+            grant.as_deref().map(|g| &g.scope),
+            value,
+        )
     })
 }
 
@@ -243,20 +324,50 @@ async fn read_whole<B: AgentBody>(body: B, whole: WholeBody) -> Result<Bytes, Re
     }
 }
 
-/// The route's credential, from the store (a lookup on a hit; the issuer only on a miss).
+/// The route's credential, from the store (a lookup on a hit; the issuer only on a miss): the
+/// pod's, or for a `per_task` credential the one of this request's grant — a request without a
+/// grant gets none (`grant_required`), and no grant ever gets another's.
 async fn credential(
     state: &ProxyState,
     route: Option<&RouteRuntime>,
+    grant: Option<&Grant>,
 ) -> Result<Option<Arc<Credential>>, Refusal> {
     let Some(name) = route.and_then(|r| r.credential.as_ref()) else {
         return Ok(None);
     };
+    let unavailable = |e: sidekey_credentials::CredentialError| {
+        Refusal::new(ErrorCode::CredentialUnavailable, e.to_string())
+    };
+    if !state.credentials.is_per_task(name) {
+        return state
+            .credentials
+            .get(name)
+            .await
+            .map(Some)
+            .map_err(unavailable);
+    }
+    let Some(grant) = grant else {
+        return Err(Refusal::new(
+            ErrorCode::GrantRequired,
+            format!(
+                "this route's credential `{name}` is issued per task: present the task's grant"
+            ),
+        ));
+    };
+    let task = TaskContext {
+        grant_id: grant.jti.clone(),
+        task_id: grant.task_id.clone(),
+        sub: grant.sub.clone(),
+        on_behalf_of: grant.on_behalf_of.clone(),
+        act: grant.act.clone(),
+        expires_at: grant.expires_at,
+    };
     state
         .credentials
-        .get(name)
+        .get_for_task(name, &task)
         .await
         .map(Some)
-        .map_err(|e| Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()))
+        .map_err(unavailable)
 }
 
 /// Turns the agent's request into the upstream request: absolute URI for the target, no
@@ -289,6 +400,7 @@ fn rewrite(
     sidekey_inject::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
     parts.headers.remove(TASK_HEADER);
+    parts.headers.remove(GRANT_HEADER);
     parts.extensions.clear();
     if credential.is_some() {
         // A compressed body could carry the credential past the mask (see `respond`): ask for
@@ -528,6 +640,14 @@ impl Session {
             request_id: record.request_id().to_string(),
             record,
             expects_continue: false,
+        }
+    }
+
+    /// The grant the request goes under: its task and chain are recorded (the self-asserted
+    /// `x-sidekey-task` is ignored when a grant is present).
+    pub(crate) fn set_grant(&mut self, grant: Option<&Grant>) {
+        if grant.is_some() {
+            self.record.set_grant(grant);
         }
     }
 

@@ -101,23 +101,34 @@ async fn connect(
             .await;
         }
     };
+    // The grant, read at CONNECT: it binds every request in the tunnel.
+    let grant = match exchange::grant_of_proxy_credentials(&state, request.headers()).await {
+        Ok(grant) => grant,
+        Err(refusal) => {
+            return Session::connect(&state, &target, started)
+                .refuse(refusal, None::<Incoming>)
+                .await
+        }
+    };
     // decide
-    match state.policy.decide_connect(&target) {
+    let scope = grant.as_deref().map(|g| &g.scope);
+    match state.policy.decide_connect(&target, scope) {
         ConnectDecision::Intercept => {
             // The leaf comes before the CONNECT is answered, so that a refusal (mint budget
             // spent, host outside the CA's scope) is still a readable HTTP response.
             let leaf = match intercept::leaf_for(&state, &target) {
                 Ok(leaf) => leaf,
                 Err(refusal) => {
-                    return Session::connect(&state, &target, started)
-                        .refuse(refusal, None::<Incoming>)
-                        .await
+                    let mut session = Session::connect(&state, &target, started);
+                    session.set_grant(grant.as_deref());
+                    return session.refuse(refusal, None::<Incoming>).await;
                 }
             };
             let on_upgrade = hyper::upgrade::on(&mut request);
             tracker.spawn(intercept::run(
                 Arc::clone(&shared),
                 target,
+                grant,
                 leaf,
                 on_upgrade,
                 shutdown,
@@ -125,12 +136,12 @@ async fn connect(
             Response::new(empty())
         }
         ConnectDecision::Tunnel => {
-            tunnel::open(&shared, state, target, request, shutdown, &tracker).await
+            tunnel::open(&shared, state, target, grant, request, shutdown, &tracker).await
         }
         ConnectDecision::Deny(refusal) => {
-            Session::connect(&state, &target, started)
-                .refuse(refusal, None::<Incoming>)
-                .await
+            let mut session = Session::connect(&state, &target, started);
+            session.set_grant(grant.as_deref());
+            session.refuse(refusal, None::<Incoming>).await
         }
     }
 }

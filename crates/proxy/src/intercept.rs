@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use sidekey_audit::Outcome;
 use sidekey_body::ProxyBody;
+use sidekey_grants::Grant;
 use sidekey_policy::{check_sni, ErrorCode, Identified, Refusal, Sni, Target};
 use sidekey_tls::TlsError;
 use tokio_rustls::LazyConfigAcceptor;
@@ -57,6 +58,7 @@ pub fn leaf_for(state: &ProxyState, target: &Target) -> Result<Arc<ServerConfig>
 pub async fn run(
     shared: Arc<SharedState>,
     target: Target,
+    grant: Option<Arc<Grant>>,
     config: Arc<ServerConfig>,
     on_upgrade: OnUpgrade,
     shutdown: CancellationToken,
@@ -64,6 +66,7 @@ pub async fn run(
     let state = shared.load();
     let limits = state.limits.clone();
     let mut record = PendingRecord::connect(state.audit.clone(), &target, Instant::now());
+    record.set_grant(grant.as_deref());
     record.set_decision(Outcome::Allow);
     record.set_status(200);
     drop(state);
@@ -114,7 +117,7 @@ pub async fn run(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let served = Arc::new(AtomicBool::new(false));
-    let tunnel = Arc::new(Tunnel { target, sni });
+    let tunnel = Arc::new(Tunnel { target, sni, grant });
     let service = {
         let (served, shared, tunnel) = (
             Arc::clone(&served),
@@ -170,6 +173,8 @@ pub async fn run(
 struct Tunnel {
     target: Target,
     sni: Sni,
+    /// The grant the CONNECT presented: it binds every request inside (each checked live).
+    grant: Option<Arc<Grant>>,
 }
 
 fn log_end(result: Result<(), hyper::Error>) {
@@ -187,6 +192,7 @@ async fn inner(
     let exchange = Exchange::new(Identified::Intercepted {
         target: tunnel.target.clone(),
         sni: tunnel.sni.clone(),
-    });
+    })
+    .with_grant(tunnel.grant.clone());
     exchange::handle(state, exchange, request).await
 }

@@ -25,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use sidekey_audit::AuditLog;
 use sidekey_config::{Config, Inject, LimitsConfig};
 use sidekey_credentials::CredentialStore;
+use sidekey_grants::Grants;
 use sidekey_policy::Policy;
 use sidekey_tls::CertificateAuthority;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -237,6 +238,9 @@ pub struct ProxyState {
     pub upstream: Upstream,
     pub audit: AuditLog,
     pub limits: Limits,
+    /// Task grants (`grants:`); None when the config has none. Lives across reloads (its
+    /// signing key and revocations), reconfigured by them.
+    pub grants: Option<Arc<Grants>>,
 }
 
 impl ProxyState {
@@ -246,6 +250,7 @@ impl ProxyState {
         ca: Arc<CertificateAuthority>,
         upstream: Upstream,
         audit: AuditLog,
+        grants: Option<Arc<Grants>>,
     ) -> Self {
         let routes = config
             .routes
@@ -270,6 +275,7 @@ impl ProxyState {
             upstream,
             audit,
             limits: Limits(config.limits.clone()),
+            grants,
         }
     }
 }

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sidekey_audit::Outcome;
 use sidekey_body::{empty, ProxyBody};
+use sidekey_grants::Grant;
 use sidekey_policy::{ConnectDecision, Refusal, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ pub async fn open(
     shared: &Arc<SharedState>,
     state: Arc<ProxyState>,
     target: Target,
+    grant: Option<Arc<Grant>>,
     mut request: Request<Incoming>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -48,6 +50,7 @@ pub async fn open(
         }
     };
     let mut record = PendingRecord::connect(state.audit.clone(), &target, started);
+    record.set_grant(grant.as_deref());
     record.set_decision(Outcome::Tunnel);
     record.set_status(200);
     let bytes_in = record.meter();
@@ -95,7 +98,7 @@ pub async fn open(
         };
         let revoked = async {
             while reloads.changed().await.is_ok() {
-                if !tunnelled_blindly(&shared.load(), &target) {
+                if !tunnelled_blindly(&shared.load(), &target, grant.as_deref()) {
                     return;
                 }
             }
@@ -113,9 +116,9 @@ pub async fn open(
     Response::new(empty())
 }
 
-/// Whether `state` would open a blind tunnel to `target`.
-fn tunnelled_blindly(state: &ProxyState, target: &Target) -> bool {
-    state.policy.decide_connect(target) == ConnectDecision::Tunnel
+/// Whether `state` would open a blind tunnel to `target` for the grant its CONNECT presented.
+fn tunnelled_blindly(state: &ProxyState, target: &Target, grant: Option<&Grant>) -> bool {
+    state.policy.decide_connect(target, grant.map(|g| &g.scope)) == ConnectDecision::Tunnel
 }
 
 /// Copies until EOF or error, counting bytes and noting activity; then half-closes the writer.
