@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+pub mod trace;
+
 /// What happened to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
