@@ -1,6 +1,8 @@
 //! The `sidekey` binary: reads the config, builds the runtime pieces from it, and runs the
-//! listeners until SIGTERM/SIGINT. `sidekey check` validates a config and prints its policy.
+//! listeners until SIGTERM/SIGINT. `sidekey check` validates a config and prints its policy;
+//! `sidekey audit trace` shows an audit file as a tree of who did what for whom.
 
+use std::io::{BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sidekey::runtime::{Runtime, Source};
+use sidekey_audit::trace::{self, Filter};
 use sidekey_audit::AuditWriter;
 use sidekey_config::{AuditConfig, Config};
 use tokio::net::TcpListener;
@@ -79,6 +82,40 @@ enum Command {
         #[command(subcommand)]
         command: grant_cli::GrantCommand,
     },
+    /// Read an audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Show an audit file as a tree of who did what, for whom.
+    ///
+    /// End user (`on_behalf_of`) → task → agents by grant (a sub-agent under the grant it was
+    /// derived from) → the credentials each used → its requests, in the order they first
+    /// appear. Lines that are not requests or credential events are counted on stderr.
+    /// Exit 0, or 2 when FILE cannot be read.
+    Trace {
+        /// Audit file (JSON lines, as `audit:` writes them); `-` reads standard input.
+        file: PathBuf,
+        /// Only this task (`task_id`).
+        #[arg(long)]
+        task: Option<String>,
+        /// Only tasks run on behalf of this end user (`on_behalf_of`).
+        #[arg(long)]
+        user: Option<String>,
+        /// `text`: an indented tree; `json`: the same tree as one JSON document.
+        #[arg(long, value_enum, default_value_t = TraceFormat::Text)]
+        format: TraceFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TraceFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +138,15 @@ fn main() -> ExitCode {
             wait,
         } => probe::run(kind, admin, config.as_deref(), timeout, wait),
         Command::Grant { command } => grant_cli::run(command),
+        Command::Audit {
+            command:
+                AuditCommand::Trace {
+                    file,
+                    task,
+                    user,
+                    format,
+                },
+        } => audit_trace(&file, Filter { task, user }, format),
         Command::Run {
             config,
             config_poll,
@@ -178,6 +224,65 @@ fn check(file: &Path) -> ExitCode {
             eprintln!("{errors}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `sidekey audit trace`: exit 0 with the tree on stdout (empty when nothing matches), 2 when
+/// the file cannot be read. What was skipped is said on stderr, after the tree, so that stdout
+/// stays the tree alone (or one JSON document).
+fn audit_trace(file: &Path, filter: Filter, format: TraceFormat) -> ExitCode {
+    const NAME: &str = "sidekey audit trace";
+    let origin = file.display().to_string();
+    let wanted = describe_filter(&filter);
+    let read = if file == Path::new("-") {
+        trace::read(std::io::stdin().lock(), filter)
+    } else {
+        std::fs::File::open(file).and_then(|f| trace::read(BufReader::new(f), filter))
+    };
+    let trace = match read {
+        Ok(trace) => trace,
+        Err(e) => {
+            eprintln!("{NAME}: cannot read {origin}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = match format {
+        TraceFormat::Text => trace::render_text(&trace),
+        TraceFormat::Json => match trace::render_json(&trace) {
+            Ok(json) => json,
+            Err(e) => {
+                eprintln!("{NAME}: cannot write the trace as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // A reader that stopped early (`| head`) is not a failure.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("{NAME}: cannot write the trace: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(summary) = trace.skipped.summary() {
+        eprintln!("{NAME}: {origin}: {summary}");
+    }
+    if let (true, Some(wanted)) = (trace.users.is_empty(), wanted) {
+        eprintln!("{NAME}: {origin}: no task matches {wanted}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// The filter as given on the command line, `None` when there is none.
+fn describe_filter(filter: &Filter) -> Option<String> {
+    let task = filter.task.as_ref().map(|t| format!("--task {t}"));
+    let user = filter.user.as_ref().map(|u| format!("--user {u}"));
+    match (task, user) {
+        (Some(t), Some(u)) => Some(format!("{t} {u}")),
+        (t, u) => t.or(u),
     }
 }
 

@@ -12,6 +12,7 @@ mod adversarial_path;
 mod adversarial_smuggling;
 mod architecture;
 mod audit;
+mod audit_trace;
 mod aws;
 mod aws_peer;
 mod check;
