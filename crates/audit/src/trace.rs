@@ -1536,6 +1536,8 @@ user alice
             credential_id: Some("c1".into()),
             expires_at: None,
             error: None,
+            task_id: Some("t-1".into()),
+            grant_id: Some("g1".into()),
         });
         let record =
             |sub: &str, grant: &str, parent: Option<&str>, act: Vec<String>| RequestRecord {
@@ -1584,8 +1586,9 @@ user alice
         let coder = &planner.agents[0];
         assert_eq!(coder.grant_id, "g2");
         assert_eq!(coder.act, ["planner"]);
-        // Today's credential events name no grant.
-        assert_eq!(t.skipped.credential_without_grant, 1);
+        // A per-task credential's events name its grant: they go under it.
+        assert_eq!(planner.usage.credentials[0].events.len(), 1);
+        assert_eq!(t.skipped.credential_without_grant, 0);
     }
 
     #[test]
