@@ -474,3 +474,136 @@ fn sub_agents_get_narrower_grants_and_never_each_others() {
     assert_eq!(by_intern["on_behalf_of"], "alice");
     assert_eq!(by_intern["task_id"], "t-7");
 }
+
+/// A JWKS server on loopback (what an orchestrator serves): answers every GET with the current
+/// document and counts the fetches.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    jwks: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    fn start(jwks: String) -> JwksServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let doc = std::sync::Arc::new(std::sync::Mutex::new(jwks));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (d, f) = (doc.clone(), fetches.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = d.lock().unwrap().clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        JwksServer {
+            addr,
+            jwks: doc,
+            fetches,
+        }
+    }
+
+    fn serve(&self, jwks: String) {
+        *self.jwks.lock().unwrap() = jwks;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn keys_from_a_jwks_url_rotate_without_a_restart_and_unknown_keys_cannot_storm_it() {
+    let env = Env::new();
+    let (a, b, c) = (Keys::new(), Keys::new(), Keys::new());
+    let read = |k: &Keys| std::fs::read_to_string(k.jwks()).expect("jwks");
+    let server = JwksServer::start(read(&a));
+    let sk = env.sidekey(&base_config(
+        &[],
+        "",
+        &format!(
+            "grants:\n  audience: sk-test\n  trusted:\n    - jwks_url: http://{}/jwks.json\n      refresh: 1h\n",
+            server.addr
+        ),
+    ));
+    let url = format!("http://{PLAIN}/echo/x");
+    curl_granted(&sk, &a.sign("sk-test", "planner", "t-1", &[]), &[&url]).assert_status(200);
+    assert_eq!(server.fetches(), 1, "fetched once at start");
+
+    // The orchestrator rotates to key B: the first grant naming it makes sidekey fetch again.
+    server.serve(read(&b));
+    curl_granted(&sk, &b.sign("sk-test", "planner", "t-2", &[]), &[&url]).assert_status(200);
+    assert_eq!(server.fetches(), 2);
+    // Key A is gone from the document, so from sidekey (a grant already verified stays cached
+    // until it expires, so use a fresh one).
+    curl_granted(&sk, &a.sign("sk-test", "planner", "t-3", &[]), &[&url])
+        .expect_refusal(407, "grant_invalid");
+    // Another unknown key right after does not fetch again: made-up kids cannot storm the
+    // orchestrator.
+    server.serve(read(&c));
+    curl_granted(&sk, &c.sign("sk-test", "planner", "t-4", &[]), &[&url])
+        .expect_refusal(407, "grant_invalid");
+    assert_eq!(server.fetches(), 2);
+}
+
+#[test]
+fn a_grant_revoked_while_its_tunnel_is_open_stops_the_next_request_in_it() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let sk = env.sidekey(&grants_config(&keys, true));
+    let grant = keys.sign("sk-test", "planner", "t-9", &["--route", "api"]);
+    let jti = payload(&grant)["jti"].as_str().unwrap().to_string();
+    // One requests.Session: one CONNECT, one tunnel, the grant read once at CONNECT. Between
+    // its two requests the task ends (DELETE /grants/{jti} with its own grant, as the CLI does).
+    let script = r#"
+import json, sys, urllib.request, requests
+proxy, ca, url, admin, grant, jti = sys.argv[1:7]
+s = requests.Session()  # the CA from REQUESTS_CA_BUNDLE, as an agent's environment sets it
+s.proxies = {"https": proxy}
+first = s.get(url, timeout=10)
+req = urllib.request.Request(f"http://{admin}/grants/{jti}", method="DELETE",
+                             headers={"Authorization": f"Bearer {grant}"})
+revoked = json.load(urllib.request.urlopen(req, timeout=10))
+second = s.get(url, timeout=10)
+print(json.dumps({"first": first.status_code, "revoked": revoked["revoked"],
+                  "second": second.status_code,
+                  "error": second.headers.get("x-sidekey-error")}))
+"#;
+    let out = std::process::Command::new(python_bin())
+        .arg("-c")
+        .arg(script)
+        .arg(proxy_with(&sk, &grant))
+        .arg(sk.ca_pem())
+        .arg(format!("https://{API}/echo/tunnel"))
+        .arg(sk.admin.to_string())
+        .arg(&grant)
+        .arg(&jti)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env("REQUESTS_CA_BUNDLE", sk.ca_pem())
+        .output()
+        .expect("python");
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(result["first"], 200, "{result}");
+    assert_eq!(result["revoked"], serde_json::json!([jti]), "{result}");
+    assert_eq!(result["second"], 407, "{result}");
+    assert_eq!(result["error"], "grant_revoked", "{result}");
+    // The second was answered inside the tunnel (a refused CONNECT would have been a proxy
+    // error, not a response), and never reached the upstream.
+    assert_eq!(env.upstream.requests().len(), 1);
+}

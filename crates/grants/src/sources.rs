@@ -1,6 +1,7 @@
 //! Where trusted grant keys come from: a JWKS file (read at start and at each reload) or a
 //! JWKS URL (fetched at start, every `refresh`, and when a grant names a key it does not have —
-//! at most once per [`REFETCH_MIN`], so that made-up `kid`s cannot turn into a fetch storm).
+//! so that a key rotation is picked up at once — at most once per [`REFETCH_MIN`], so that
+//! made-up `kid`s cannot turn into a fetch storm).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,7 +89,8 @@ pub(crate) struct UrlSource {
     refresh: Duration,
     client: reqwest::Client,
     keys: ArcSwap<KeySet>,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When a grant naming an unknown key last made it fetch out of schedule.
+    last_forced: Mutex<Option<Instant>>,
     /// Becomes true once the first fetch has been tried.
     attempted: watch::Sender<bool>,
     /// Stops the refresh task when the last config using this source is gone.
@@ -123,7 +125,7 @@ impl UrlSource {
             refresh,
             client,
             keys: ArcSwap::from_pointee(KeySet::default()),
-            last_fetch: Mutex::new(None),
+            last_forced: Mutex::new(None),
             attempted: watch::Sender::new(false),
             _stop: stop.clone().drop_guard(),
         });
@@ -150,7 +152,7 @@ impl UrlSource {
 
     fn may_refetch(&self) -> bool {
         let mut last = self
-            .last_fetch
+            .last_forced
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match *last {
@@ -164,10 +166,6 @@ impl UrlSource {
 
     /// One fetch; on success the keys are replaced, on failure the old ones stay.
     async fn fetch(&self) {
-        *self
-            .last_fetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         match self.try_fetch().await {
             Ok(keys) => {
                 tracing::debug!(url = %self.url, keys = keys.keys.len(), "grant keys fetched");
