@@ -137,6 +137,75 @@ fn credential_cache_hit(c: &mut Criterion) {
     });
 }
 
+/// A grant presented again (the per-request cost: a cache lookup, expiry and revocation), and
+/// its first presentation (JWT parse and Ed25519 signature check), for comparison.
+fn grant_check(c: &mut Criterion) {
+    use sidekey_grants::{GrantClaims, Grants, RouteClaim, SigningKey};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let dir = std::env::temp_dir().join(format!("sidekey-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pem = dir.join("key.pem");
+    let _ = std::fs::remove_file(&pem);
+    std::fs::write(&pem, SigningKey::generate_pem().expect("key").as_bytes()).expect("write");
+    let key = SigningKey::from_pem_file(&pem).expect("key");
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, key.jwks()).expect("jwks");
+    let config = sidekey_config::parse(
+        &format!(
+            "grants:\n  audience: bench\n  trusted:\n    - jwks_file: {}\n",
+            jwks.display()
+        ),
+        "bench",
+    )
+    .expect("config");
+    let grants = Grants::new(config.grants.as_ref().expect("grants")).expect("grants");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = |jti: String| GrantClaims {
+        iss: None,
+        sub: "planner".into(),
+        task_id: "t-42".into(),
+        aud: "bench".into(),
+        iat: now,
+        exp: now + 3000,
+        nbf: None,
+        jti,
+        routes: Some(vec![RouteClaim::Name("openai".into())]),
+        on_behalf_of: Some("alice".into()),
+        act: None,
+        parent: None,
+    };
+    let token = sidekey_grants::sign(&key, &claims("bench".into())).expect("sign");
+    let mut cx = Context::from_waker(Waker::noop());
+    let _ = runtime
+        .block_on(grants.authenticate(&token))
+        .expect("first");
+    c.bench_function("grant_check/cached", |b| {
+        b.iter(|| {
+            let mut check = std::pin::pin!(grants.authenticate(black_box(&token)));
+            match check.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(grant)) => grant,
+                _ => panic!("a cached grant must be checked without waiting"),
+            }
+        })
+    });
+    // What the first request presenting a grant pays: JWT parse, Ed25519 signature, claims.
+    c.bench_function("grant_check/first_verification", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(grants.verify_uncached(black_box(&token)))
+                .expect("verify")
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const CONFIG: &str = r#"
 issuers:
   local: { kind: local }
@@ -157,6 +226,7 @@ criterion_group!(
     route_matching,
     host_canonicalization,
     header_injection,
-    credential_cache_hit
+    credential_cache_hit,
+    grant_check
 );
 criterion_main!(benches);

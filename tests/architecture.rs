@@ -155,7 +155,12 @@ fn sidekey_crates_depend_one_way() {
         ),
         (
             "sidekey-credentials",
-            &["sidekey-proxy", "sidekey-body", "sidekey-admin"],
+            &[
+                "sidekey-proxy",
+                "sidekey-body",
+                "sidekey-admin",
+                "sidekey-grants",
+            ],
         ),
         (
             "sidekey-inject",
@@ -166,6 +171,17 @@ fn sidekey_crates_depend_one_way() {
             &["sidekey-credentials", "sidekey-proxy", "sidekey-config"],
         ),
         ("sidekey-audit", &["sidekey-proxy", "sidekey-credentials"]),
+        // Grants are verified beside the credential store, not through it: a grant names a
+        // task, the store issues for it; neither knows the data plane.
+        (
+            "sidekey-grants",
+            &[
+                "sidekey-proxy",
+                "sidekey-credentials",
+                "sidekey-admin",
+                "sidekey-audit",
+            ],
+        ),
         ("sidekey-tls", &["sidekey-proxy", "sidekey-credentials"]),
     ];
     for (krate, never) in rules {
