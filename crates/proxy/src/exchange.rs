@@ -596,7 +596,11 @@ impl Session {
             path_and_query,
             exchange.started,
         );
-        record.set_task_id(task_id(parts));
+        // The agent's own task label, unless grants are required (then the task is the
+        // grant's, and the label is refused).
+        if !state.policy.grants_required() {
+            record.set_task_id(task_id(parts));
+        }
         Session {
             record,
             request_id: exchange.request_id.clone(),
