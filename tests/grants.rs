@@ -2,138 +2,35 @@
 //! Node undici, each given the grant the way an agent is (the proxy password in HTTPS_PROXY),
 //! and `sidekey grant` for keys, root grants, sub-agents' child grants and revocation.
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
-use crate::common::sidekey::{run_sidekey, CheckOutput};
+use crate::common::grants::*;
 use crate::common::*;
 
-/// A grant key pair made by `sidekey grant keygen`, and the config block trusting it.
-struct Keys {
-    dir: tempfile::TempDir,
-}
-
-impl Keys {
-    fn new() -> Keys {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = run_sidekey(&[
-            "grant".as_ref(),
-            "keygen".as_ref(),
-            "--dir".as_ref(),
-            dir.path().as_os_str(),
-        ]);
-        assert_eq!(out.code, Some(0), "keygen: {out:?}");
-        let key = dir.path().join("grant-key.pem");
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&key).expect("key").permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o600, "the private key is the owner's only");
-        // Keygen does not overwrite.
-        let again = run_sidekey(&[
-            "grant".as_ref(),
-            "keygen".as_ref(),
-            "--dir".as_ref(),
-            dir.path().as_os_str(),
-        ]);
-        assert_eq!(again.code, Some(1), "{again:?}");
-        Keys { dir }
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("grant-key.pem")
-    }
-
-    fn jwks(&self) -> PathBuf {
-        self.dir.path().join("grant-jwks.json")
-    }
-
-    /// `sidekey grant sign` with these keys.
-    fn sign(&self, audience: &str, sub: &str, task: &str, extra: &[&str]) -> String {
-        sign_with(&self.key(), audience, sub, task, extra)
-    }
-}
-
-fn sign_with(key: &Path, audience: &str, sub: &str, task: &str, extra: &[&str]) -> String {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "grant".as_ref(),
-        "sign".as_ref(),
-        "--key".as_ref(),
-        key.as_os_str(),
-        "--audience".as_ref(),
-        audience.as_ref(),
-        "--sub".as_ref(),
-        sub.as_ref(),
-        "--task".as_ref(),
-        task.as_ref(),
-    ];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-    let out = run_sidekey(&args);
-    assert_eq!(out.code, Some(0), "sign: {out:?}");
-    out.stdout.trim().to_string()
-}
-
-/// The config of these tests: the base routes, grants trusting `keys`, audience `sk-test`.
+/// The config of these tests: the base routes, grants trusting `keys`.
 fn grants_config(keys: &Keys, required: bool) -> String {
-    base_config(
-        &[],
-        "",
-        &format!(
-            "grants:\n  audience: sk-test\n  required: {required}\n  trusted:\n    - jwks_file: {}\n",
-            keys.jwks().display()
-        ),
+    base_config(&[], "", &keys.section(required))
+}
+
+#[test]
+fn keygen_writes_a_key_only_its_owner_reads_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = keygen(dir.path());
+    assert_eq!(out.code, Some(0), "keygen: {out:?}");
+    let key = dir.path().join("grant-key.pem");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key).expect("key").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the private key is the owner's only");
+    let jwks: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("grant-jwks.json")).expect("jwks"),
     )
-}
-
-/// `http://task:<grant>@<forward>`.
-fn proxy_with(sk: &Sidekey, grant: &str) -> String {
-    format!("http://task:{grant}@{}", sk.forward)
-}
-
-/// curl through sidekey presenting `grant` as the proxy password.
-fn curl_granted(sk: &Sidekey, grant: &str, args: &[&str]) -> CurlResult {
-    let proxy = proxy_with(sk, grant);
-    let ca = sk.ca_pem().display().to_string();
-    let mut all = vec!["-x", proxy.as_str(), "--cacert", ca.as_str()];
-    all.extend_from_slice(args);
-    curl(&all)
-}
-
-fn payload(token: &str) -> Value {
-    decode_jwt(token).1
-}
-
-/// `sidekey grant derive` against the running sidekey; the output and exit code.
-fn derive(sk: &Sidekey, parent: &str, sub: &str, extra: &[&str]) -> CheckOutput {
-    let admin = sk.admin.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "grant".as_ref(),
-        "derive".as_ref(),
-        "--admin".as_ref(),
-        admin.as_ref(),
-        "--grant".as_ref(),
-        parent.as_ref(),
-        "--sub".as_ref(),
-        sub.as_ref(),
-    ];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-    run_sidekey(&args)
-}
-
-fn revoke(sk: &Sidekey, by: &str, jti: Option<&str>) -> CheckOutput {
-    let admin = sk.admin.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "grant".as_ref(),
-        "revoke".as_ref(),
-        "--admin".as_ref(),
-        admin.as_ref(),
-        "--grant".as_ref(),
-        by.as_ref(),
-    ];
-    if let Some(jti) = jti {
-        args.push(jti.as_ref());
-    }
-    run_sidekey(&args)
+    .expect("the JWKS is JSON");
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(1), "{jwks}");
+    let before = std::fs::read(&key).expect("key");
+    let again = keygen(dir.path());
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert_eq!(std::fs::read(&key).expect("key"), before, "not overwritten");
 }
 
 #[test]
@@ -142,7 +39,7 @@ fn a_grant_in_the_proxy_url_narrows_every_client_and_is_audited() {
     let keys = Keys::new();
     let sk = env.sidekey(&grants_config(&keys, true));
     let grant = keys.sign(
-        "sk-test",
+        AUDIENCE,
         "planner",
         "t-42",
         &[
@@ -250,14 +147,14 @@ fn forged_expired_foreign_and_revoked_grants_are_refused() {
     let other_keys = Keys::new();
     let sk = env.sidekey(&grants_config(&keys, false));
     let url = format!("http://{PLAIN}/echo/x");
-    let good = keys.sign("sk-test", "planner", "t-1", &[]);
+    let good = keys.sign(AUDIENCE, "planner", "t-1", &[]);
 
     // Optional grants: none is fine (pod-level routes), a good one is used.
     curl_via(&sk, &[&url]).assert_status(200);
     curl_granted(&sk, &good, &[&url]).assert_status(200);
 
-    let expired = keys.sign("sk-test", "planner", "t-1", &["--ttl", "1s"]);
-    let wrong_key = other_keys.sign("sk-test", "planner", "t-1", &[]);
+    let expired = keys.sign(AUDIENCE, "planner", "t-1", &["--ttl", "1s"]);
+    let wrong_key = other_keys.sign(AUDIENCE, "planner", "t-1", &[]);
     let wrong_aud = keys.sign("another-sidekey", "planner", "t-1", &[]);
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
     let mut claims = payload(&good);
@@ -332,13 +229,10 @@ fn forged_expired_foreign_and_revoked_grants_are_refused() {
     // The holder ends its task: the grant stops working at once.
     let out = revoke(&sk, &good, None);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(
-        out.stdout.contains(payload(&good)["jti"].as_str().unwrap()),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains(&jti(&good)), "{out:?}");
     curl_granted(&sk, &good, &[&url]).expect_refusal(407, "grant_revoked");
     // The route listener reads x-sidekey-grant and never forwards it.
-    let fresh = keys.sign("sk-test", "planner", "t-2", &[]);
+    let fresh = keys.sign(AUDIENCE, "planner", "t-2", &[]);
     curl(&[
         "-H",
         &format!("x-sidekey-grant: {fresh}"),
@@ -362,14 +256,14 @@ fn sub_agents_get_narrower_grants_and_never_each_others() {
     let keys = Keys::new();
     let sk = env.sidekey(&grants_config(&keys, true));
     let parent = keys.sign(
-        "sk-test",
+        AUDIENCE,
         "planner",
         "t-7",
         &[
             "--user", "alice", "--route", "api", "--route", "other", "--ttl", "10m",
         ],
     );
-    let parent_jti = payload(&parent)["jti"].as_str().unwrap().to_string();
+    let parent_jti = jti(&parent);
 
     // Two sub-agents, each with one route, asked for with the CLI.
     let coder = derive(&sk, &parent, "coder", &["--route", "api:GET"]);
@@ -394,11 +288,11 @@ fn sub_agents_get_narrower_grants_and_never_each_others() {
         .unwrap()
         .0
         .to_string();
-    let child = payload(&coder);
-    assert_eq!(child["parent"], parent_jti.as_str());
-    assert_eq!(child["task_id"], "t-7");
-    assert_eq!(child["act"], serde_json::json!({"sub": "planner"}));
-    assert!(child["exp"].as_u64() <= payload(&parent)["exp"].as_u64());
+    let claims = payload(&coder);
+    assert_eq!(claims["parent"], parent_jti.as_str());
+    assert_eq!(claims["task_id"], "t-7");
+    assert_eq!(claims["act"], serde_json::json!({"sub": "planner"}));
+    assert!(claims["exp"].as_u64() <= payload(&parent)["exp"].as_u64());
 
     // In parallel, each gets its own route only.
     let api = format!("https://{API}/echo/x");
@@ -435,9 +329,7 @@ fn sub_agents_get_narrower_grants_and_never_each_others() {
         "{widen:?}"
     );
     // A grandchild extends the act chain.
-    let intern = derive(&sk, &coder, "intern", &["--ttl", "1m"]);
-    assert_eq!(intern.code, Some(0), "{intern:?}");
-    let intern = intern.stdout.trim().to_string();
+    let intern = child(&sk, &coder, "intern", &["--ttl", "1m"]);
     assert_eq!(
         payload(&intern)["act"],
         serde_json::json!({"sub": "coder", "act": {"sub": "planner"}})
@@ -445,7 +337,7 @@ fn sub_agents_get_narrower_grants_and_never_each_others() {
     curl_granted(&sk, &intern, &[&api]).assert_status(200);
 
     // A sibling cannot revoke the coder; the parent can, and the coder's child goes with it.
-    let coder_jti = payload(&coder)["jti"].as_str().unwrap().to_string();
+    let coder_jti = jti(&coder);
     let sibling = revoke(&sk, &reviewer, Some(&coder_jti));
     assert_eq!(sibling.code, Some(1), "{sibling:?}");
     assert!(sibling.stderr.contains("403"), "{sibling:?}");
@@ -531,26 +423,26 @@ fn keys_from_a_jwks_url_rotate_without_a_restart_and_unknown_keys_cannot_storm_i
         &[],
         "",
         &format!(
-            "grants:\n  audience: sk-test\n  trusted:\n    - jwks_url: http://{}/jwks.json\n      refresh: 1h\n",
+            "grants:\n  audience: {AUDIENCE}\n  trusted:\n    - jwks_url: http://{}/jwks.json\n      refresh: 1h\n",
             server.addr
         ),
     ));
     let url = format!("http://{PLAIN}/echo/x");
-    curl_granted(&sk, &a.sign("sk-test", "planner", "t-1", &[]), &[&url]).assert_status(200);
+    curl_granted(&sk, &a.sign(AUDIENCE, "planner", "t-1", &[]), &[&url]).assert_status(200);
     assert_eq!(server.fetches(), 1, "fetched once at start");
 
     // The orchestrator rotates to key B: the first grant naming it makes sidekey fetch again.
     server.serve(read(&b));
-    curl_granted(&sk, &b.sign("sk-test", "planner", "t-2", &[]), &[&url]).assert_status(200);
+    curl_granted(&sk, &b.sign(AUDIENCE, "planner", "t-2", &[]), &[&url]).assert_status(200);
     assert_eq!(server.fetches(), 2);
     // Key A is gone from the document, so from sidekey (a grant already verified stays cached
     // until it expires, so use a fresh one).
-    curl_granted(&sk, &a.sign("sk-test", "planner", "t-3", &[]), &[&url])
+    curl_granted(&sk, &a.sign(AUDIENCE, "planner", "t-3", &[]), &[&url])
         .expect_refusal(407, "grant_invalid");
     // Another unknown key right after does not fetch again: made-up kids cannot storm the
     // orchestrator.
     server.serve(read(&c));
-    curl_granted(&sk, &c.sign("sk-test", "planner", "t-4", &[]), &[&url])
+    curl_granted(&sk, &c.sign(AUDIENCE, "planner", "t-4", &[]), &[&url])
         .expect_refusal(407, "grant_invalid");
     assert_eq!(server.fetches(), 2);
 }
@@ -560,7 +452,7 @@ fn a_grant_revoked_while_its_tunnel_is_open_stops_the_next_request_in_it() {
     let env = Env::new();
     let keys = Keys::new();
     let sk = env.sidekey(&grants_config(&keys, true));
-    let grant = keys.sign("sk-test", "planner", "t-9", &["--route", "api"]);
+    let grant = keys.sign(AUDIENCE, "planner", "t-9", &["--route", "api"]);
     let jti = payload(&grant)["jti"].as_str().unwrap().to_string();
     // One requests.Session: one CONNECT, one tunnel, the grant read once at CONNECT. Between
     // its two requests the task ends (DELETE /grants/{jti} with its own grant, as the CLI does).

@@ -5,7 +5,8 @@
 //! - [`upstream::Upstream`]: real HTTPS (h1 + h2) and HTTP servers that echo, stream SSE,
 //!   redirect, and record what reached them;
 //! - [`sidekey::Sidekey`]: the real binary on free ports, its audit (stdout) and logs (stderr);
-//! - [`clients`]: curl, Python (requests, httpx), Node (undici) and raw-socket clients.
+//! - [`clients`]: curl, Python (requests, httpx), Node (undici) and raw-socket clients;
+//! - [`grants`]: task grants (`sidekey grant keygen|sign|derive|revoke`) and curl presenting one.
 //!
 //! [`Env`] bundles a CA and the two upstreams and starts sidekey with the placeholders
 //! `{test_ca}`, `{upstream}`, `{upstream_http}` (and `{dir}`) filled in.
@@ -13,6 +14,7 @@
 pub mod ca;
 pub mod clients;
 pub mod dns;
+pub mod grants;
 pub mod identity;
 pub mod inprocess;
 pub mod moto;
