@@ -159,14 +159,7 @@ impl AwsEnv {
 
     /// Recorded STS calls (POSTs carrying `Action=AssumeRoleWithWebIdentity`).
     fn sts_calls(&self) -> Vec<MotoRequest> {
-        self.moto
-            .recorded()
-            .into_iter()
-            .filter(|r| {
-                r.method == "POST"
-                    && String::from_utf8_lossy(&r.body).contains("Action=AssumeRoleWithWebIdentity")
-            })
-            .collect()
+        self.moto.web_identity_calls()
     }
 }
 
@@ -676,36 +669,6 @@ fn the_session_policy_and_the_identity_token_are_sent_to_sts() {
         get("Policy").map(|p| serde_json::from_str::<Value>(p).unwrap()),
         Some(file)
     );
-}
-
-/// Decodes an `application/x-www-form-urlencoded` body.
-fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        let s = s.replace('+', " ");
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
 }
 
 #[test]

@@ -148,6 +148,36 @@ impl StsKeys {
     }
 }
 
+/// Decodes an `application/x-www-form-urlencoded` body.
+pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
 /// One request as moto received it (from its recorder).
 #[derive(Clone, Debug)]
 pub struct MotoRequest {
@@ -408,6 +438,19 @@ impl Moto {
                 }
             })
             .filter(|r| !r.path().starts_with("/moto-api"))
+            .collect()
+    }
+
+    /// Recorded `AssumeRoleWithWebIdentity` calls (POSTs whose form names that action), in order.
+    pub fn web_identity_calls(&self) -> Vec<MotoRequest> {
+        self.recorded()
+            .into_iter()
+            .filter(|r| {
+                r.method == "POST"
+                    && form_pairs(&r.body)
+                        .iter()
+                        .any(|(k, v)| k == "Action" && v == "AssumeRoleWithWebIdentity")
+            })
             .collect()
     }
 
