@@ -21,6 +21,7 @@ mod denials;
 mod fixtures;
 mod forward;
 mod grants;
+mod grants_peers;
 mod hygiene;
 mod injector_openbao;
 mod injector_sidecar;
