@@ -1,13 +1,16 @@
 //! Per-task credentials (`per_task: true`, docs/issuers.md "Per-task credentials") end to end:
 //! agents present task grants (tests/common/grants.rs) and sidekey issues each grant its own
 //! credential from the real issuer — its local signer (the JWTs checked by the upstream and by
-//! Python `cryptography` against the admin JWKS) — and ends it when the grant is revoked.
+//! Python `cryptography` against the admin JWKS), moto's STS (the session name and the task's
+//! session policy as moto recorded them, the keys used by S3 and GetCallerIdentity with
+//! signatures checked) — and ends it when the grant is revoked.
 
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
 use crate::common::grants::*;
+use crate::common::moto::*;
 use crate::common::sidekey::AUDIT_TIMEOUT;
 use crate::common::*;
 
@@ -283,4 +286,239 @@ fn local_jwts_are_issued_per_grant_with_the_delegation_chain_and_end_with_it() {
     );
     let reviewer_events = task_events(&sk, "task_jwt", &jti(&reviewer));
     assert_eq!(reviewer_events.len(), 1, "{reviewer_events:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS STS (moto)
+
+const BUCKET: &str = "task-bucket";
+const BUCKET_HOST: &str = "task-bucket.s3.us-east-1.amazonaws.com";
+
+/// A task's session policy: S3 under the task's own prefix only.
+const TASK_POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+     "Resource": "arn:aws:s3:::task-bucket/{task_id}/*"},
+    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::task-bucket",
+     "Condition": {"StringLike": {"s3:prefix": "{task_id}/*"}}}
+  ]
+}
+"#;
+
+/// docs/issuers.md's aws-sts issuer pointed at moto, its credential issued per task with
+/// [`TASK_POLICY`]; the routes `s3` (the bucket) and `sts` (GetCallerIdentity), both signed
+/// with it.
+const AWS_CONFIG: &str = r#"upstream:
+  extra_ca_files: ["{moto_ca}"]
+  resolve:
+    "task-bucket.s3.us-east-1.amazonaws.com:443": "{moto_tls}"
+    "sts.us-east-1.amazonaws.com:443": "{moto_tls}"
+identity:
+  token_file: "{token_file}"
+issuers:
+  aws:
+    kind: aws-sts
+    role_arn: arn:aws:iam::123456789012:role/agent
+    region: us-east-1
+    endpoint: "{moto_http}"
+credentials:
+  s3:
+    issuer: aws
+    ttl: 1h
+    per_task: true
+    session_policy_file: "{policy_file}"
+{grants}
+routes:
+  - name: s3
+    hosts: [task-bucket.s3.us-east-1.amazonaws.com]
+    methods: [GET, PUT]
+    credential: s3
+    inject: { sigv4: { service: s3, region: us-east-1 } }
+    allow_private: true
+  - name: sts
+    hosts: [sts.us-east-1.amazonaws.com]
+    methods: [POST]
+    credential: s3
+    inject: { sigv4: { service: sts, region: us-east-1 } }
+    allow_private: true
+"#;
+
+#[test]
+fn aws_sts_sessions_are_named_and_scoped_per_task() {
+    let moto = Moto::start(None);
+    moto.setup(BUCKET);
+    let identity = Identity::new("system:serviceaccount:agents:agent-7", "sts.amazonaws.com");
+    let policy_file = moto.dir().join("task-policy.json");
+    std::fs::write(&policy_file, TASK_POLICY).expect("write the session policy");
+    let keys = Keys::new();
+    let sk = Sidekey::start(
+        AWS_CONFIG,
+        &[
+            ("moto_ca", moto.ca_pem().display().to_string()),
+            ("moto_tls", moto.tls_addr().to_string()),
+            ("moto_http", moto.http_endpoint()),
+            ("token_file", identity.token_file().display().to_string()),
+            ("policy_file", policy_file.display().to_string()),
+            ("grants", keys.section(true)),
+        ],
+    );
+    assert!(
+        moto.assumed_roles().is_empty(),
+        "nothing is assumed before a task asks"
+    );
+
+    let tasks = ["t-aws-1", "t-aws-2"];
+    let grants: Vec<String> = tasks
+        .iter()
+        .map(|task| {
+            keys.sign(
+                AUDIENCE,
+                "uploader",
+                task,
+                &["--user", "alice", "--ttl", "30m"],
+            )
+        })
+        .collect();
+    for (task, grant) in tasks.iter().zip(&grants) {
+        // The issuer's AssumeRoleWithWebIdentity is unsigned (as AWS defines it): let that one
+        // request pass, then moto checks every signature.
+        moto.set_no_auth_action_count(Some(1));
+        let object = format!("https://{BUCKET_HOST}/{task}/notes.txt");
+        curl_granted(
+            &sk,
+            grant,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("notes of {task}"),
+                &object,
+            ],
+        )
+        .assert_status(200);
+        let got = curl_granted(&sk, grant, &[&object]);
+        got.assert_status(200);
+        assert_eq!(got.body_str(), format!("notes of {task}"));
+        // Who the keys are, as STS itself says.
+        let me = curl_granted(
+            &sk,
+            grant,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/x-www-form-urlencoded; charset=utf-8",
+                "--data-binary",
+                "Action=GetCallerIdentity&Version=2011-06-15",
+                &format!("https://{STS_HOST}/"),
+            ],
+        );
+        me.assert_status(200);
+        assert_eq!(
+            xml_text(&me.body_str(), "Arn").as_deref(),
+            Some(format!("arn:aws:sts::123456789012:assumed-role/agent/sidekey-{task}").as_str()),
+            "{}",
+            me.body_str()
+        );
+    }
+    let roles = moto.assumed_roles();
+    // One session per task, named for it, with the task's own policy.
+    assert_eq!(roles.len(), 2, "{roles:#?}");
+    let calls = moto.web_identity_calls();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    let mut key_of = Vec::new();
+    for ((task, grant), (role, call)) in tasks.iter().zip(&grants).zip(roles.iter().zip(&calls)) {
+        let session = format!("sidekey-{task}");
+        assert_eq!(role["session_name"], session.as_str(), "{role}");
+        assert_eq!(role["role_arn"], ROLE_ARN, "{role}");
+        let want: Value =
+            serde_json::from_str(&TASK_POLICY.replace("{task_id}", task)).expect("JSON");
+        let sent: Value = serde_json::from_str(role["policy"].as_str().expect("a session policy"))
+            .expect("the session policy is JSON");
+        assert_eq!(sent, want, "{task}");
+        let form = form_pairs(&call.body);
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("RoleSessionName"), Some(session.clone()));
+        assert_eq!(
+            get("WebIdentityToken").as_deref(),
+            Some(identity.token().trim())
+        );
+        // The 1 h ttl is cut to what is left of the 30 min grant.
+        let duration: u64 = get("DurationSeconds").unwrap().parse().unwrap();
+        assert!((1780..=1800).contains(&duration), "{duration}");
+
+        // Everything of the task was signed with its keys, and audited as such.
+        let key = role["access_key_id"].as_str().unwrap().to_string();
+        let signed: Vec<MotoRequest> = moto
+            .recorded_s3()
+            .into_iter()
+            .filter(|r| r.path().starts_with(&format!("/{task}/")))
+            .collect();
+        assert_eq!(signed.len(), 2, "{signed:#?}");
+        for r in &signed {
+            assert_eq!(r.access_key_id(), Some(key.as_str()), "{r:#?}");
+        }
+        let records: Vec<Value> = sk
+            .request_records()
+            .into_iter()
+            .filter(|r| r["task_id"] == *task)
+            .collect();
+        assert_eq!(records.len(), 3, "{records:#?}");
+        for r in &records {
+            assert_eq!(r["status"], 200, "{r}");
+            assert_eq!(r["credential"], "s3", "{r}");
+            assert_eq!(r["credential_id"], key.as_str(), "{r}");
+            assert_eq!(r["grant_id"], jti(grant).as_str(), "{r}");
+        }
+        let issued = wait_task_event(&sk, "s3", &jti(grant), "issued");
+        assert_eq!(issued["credential_id"], key.as_str(), "{issued}");
+        assert_eq!(issued["task_id"], *task, "{issued}");
+        key_of.push(key);
+    }
+    assert_ne!(key_of[0], key_of[1], "two tasks, two sessions");
+
+    // Ending the first task drops its keys (STS keys cannot be revoked); the second goes on.
+    let out = revoke(&sk, &grants[0], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let dropped = wait_task_event(&sk, "s3", &jti(&grants[0]), "revoked");
+    assert_eq!(dropped["credential_id"], key_of[0].as_str(), "{dropped}");
+    assert_eq!(dropped["task_id"], tasks[0], "{dropped}");
+    let late = curl_granted(
+        &sk,
+        &grants[0],
+        &[&format!("https://{BUCKET_HOST}/t-aws-1/notes.txt")],
+    );
+    assert_eq!(late.connect_status, 407, "{late:#?}");
+    curl_granted(
+        &sk,
+        &grants[1],
+        &[&format!("https://{BUCKET_HOST}/t-aws-2/notes.txt")],
+    )
+    .assert_status(200);
+    assert_eq!(
+        moto.assumed_roles().len(),
+        2,
+        "no new session for the second task"
+    );
+    assert!(task_events(&sk, "s3", &jti(&grants[1]))
+        .iter()
+        .all(|e| e["event"] == "issued"));
+    // Negative control: moto has been checking signatures since each task's STS call.
+    let wrong = StsKeys {
+        access_key_id: roles[0]["access_key_id"].as_str().unwrap().to_string(),
+        secret_access_key: "not-the-secret".into(),
+        session_token: roles[0]["session_token"].as_str().unwrap().to_string(),
+        expiration: String::new(),
+    };
+    let res = moto.curl_s3(&wrong, "GET", BUCKET_HOST, "/t-aws-1/notes.txt", None);
+    assert_eq!(res.status, 403, "{}", res.body_str());
+    assert_eq!(
+        xml_text(&res.body_str(), "Code").as_deref(),
+        Some("SignatureDoesNotMatch"),
+        "{}",
+        res.body_str()
+    );
 }
