@@ -3,14 +3,18 @@
 //! credential from the real issuer — its local signer (the JWTs checked by the upstream and by
 //! Python `cryptography` against the admin JWKS), moto's STS (the session name and the task's
 //! session policy as moto recorded them, the keys used by S3 and GetCallerIdentity with
-//! signatures checked) — and ends it when the grant is revoked.
+//! signatures checked), OpenBao's database engine (a lease and a PostgreSQL role per task) —
+//! and ends it when the grant is revoked or expires.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::common::grants::*;
 use crate::common::moto::*;
+use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
+use crate::common::postgres::Postgres;
 use crate::common::sidekey::AUDIT_TIMEOUT;
 use crate::common::*;
 
@@ -521,4 +525,222 @@ fn aws_sts_sessions_are_named_and_scoped_per_task() {
         "{}",
         res.body_str()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenBao dynamic secrets (PostgreSQL)
+
+/// The audience of the pod identity OpenBao's jwt role binds.
+const BAO_AUDIENCE: &str = "sidekey-vault-test";
+
+/// OpenBao at `{bao}` (jwt login with the pod identity), a database password issued per task;
+/// the route `db` (https://db.test.local, GET) carries it as a bearer token.
+const BAO_CONFIG: &str = r#"upstream:
+  extra_ca_files: ["{test_ca}"]
+  resolve:
+    "db.test.local:443": "{upstream}"
+identity:
+  token_file: "{identity_token}"
+issuers:
+  bao:
+    kind: vault
+    address: "{bao}"
+    auth:
+      method: jwt
+      role: agent
+credentials:
+  db:
+    issuer: bao
+    path: database/creds/readonly
+    field: password
+    per_task: true
+{grants}
+routes:
+  - name: db
+    hosts: [db.test.local]
+    methods: [GET]
+    credential: db
+    inject: { header: Authorization, value: "Bearer {token}" }
+    allow_private: true
+"#;
+
+#[test]
+fn openbao_leases_are_one_per_task_and_end_with_its_grant() {
+    let env = Env::new();
+    let pg = Postgres::start();
+    let bao = OpenBao::start();
+    let identity = Identity::new("agent-7", BAO_AUDIENCE);
+    bao.write_policy(
+        "agent",
+        &format!(
+            "{ISSUER_POLICY_BASE}\npath \"database/creds/readonly\" {{ capabilities = [\"read\"] }}"
+        ),
+    );
+    bao.enable_jwt_auth(
+        identity.public_pem(),
+        "agent",
+        BAO_AUDIENCE,
+        "10m",
+        "30m",
+        &["agent"],
+    );
+    // Leases that outlive the test: no renewal in between.
+    bao.enable_database(&pg, "readonly", "5m", "10m");
+    let keys = Keys::new();
+    let mut sk = env.sidekey_with(
+        BAO_CONFIG,
+        &[
+            ("bao", bao.address()),
+            (
+                "identity_token",
+                identity.token_file().display().to_string(),
+            ),
+            ("grants", keys.section(true)),
+        ],
+    );
+    assert!(bao.list_leases("database/creds/readonly").is_empty());
+
+    let tasks = ["t-db-1", "t-db-2"];
+    let grants: Vec<String> = tasks
+        .iter()
+        .map(|task| keys.sign(AUDIENCE, "migrator", task, &["--ttl", "10m"]))
+        .collect();
+    // Both tasks at once, each twice.
+    std::thread::scope(|s| {
+        for (task, grant) in tasks.iter().zip(&grants) {
+            let sk = &sk;
+            s.spawn(move || {
+                for i in 0..2 {
+                    curl_granted(
+                        sk,
+                        grant,
+                        &[&format!("https://db.test.local/echo/{task}/{i}")],
+                    )
+                    .assert_status(200);
+                }
+            });
+        }
+    });
+
+    // Each task: its own lease, whose Postgres role logs in with the password it was given.
+    struct Held {
+        lease: String,
+        user: String,
+        password: String,
+    }
+    let mut held = Vec::new();
+    for (task, grant) in tasks.iter().zip(&grants) {
+        let password = bearer_at(&env.upstream, &format!("/echo/{task}/0"));
+        assert_eq!(
+            bearer_at(&env.upstream, &format!("/echo/{task}/1")),
+            password,
+            "{task}: one lease for the grant's requests"
+        );
+        let user = pg
+            .user_for_password(&password)
+            .unwrap_or_else(|| panic!("{task}: the password logs in as no user"));
+        let lease = record_at(&sk, &format!("/echo/{task}/0"))["credential_id"]
+            .as_str()
+            .expect("credential_id")
+            .to_string();
+        assert!(
+            lease.starts_with("database/creds/readonly/"),
+            "the lease ID: {lease}"
+        );
+        assert_eq!(
+            record_at(&sk, &format!("/echo/{task}/1"))["credential_id"],
+            lease.as_str()
+        );
+        let issued = wait_task_event(&sk, "db", &jti(grant), "issued");
+        assert_eq!(issued["credential_id"], lease.as_str(), "{issued}");
+        assert_eq!(issued["task_id"], *task, "{issued}");
+        assert!(bao.lease_exists(&lease), "{lease}");
+        held.push(Held {
+            lease,
+            user,
+            password,
+        });
+    }
+    assert_ne!(held[0].user, held[1].user);
+    let live: BTreeSet<String> = bao
+        .list_leases("database/creds/readonly")
+        .into_iter()
+        .collect();
+    let ours: BTreeSet<String> = held.iter().map(|h| h.lease.clone()).collect();
+    assert_eq!(live, ours, "one lease per task, nothing else");
+
+    // The first task is revoked: its lease is revoked in OpenBao (and its role dropped) before
+    // the event is written; the second task's lease and role stay.
+    let out = revoke(&sk, &grants[0], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let revoked = wait_task_event(&sk, "db", &jti(&grants[0]), "revoked");
+    assert_eq!(
+        revoked["credential_id"],
+        held[0].lease.as_str(),
+        "{revoked}"
+    );
+    assert_eq!(revoked["task_id"], tasks[0], "{revoked}");
+    assert!(
+        bao.lease_lookup(&held[0].lease).is_none(),
+        "lease still live"
+    );
+    assert!(
+        !pg.role_exists(&held[0].user),
+        "{} not dropped",
+        held[0].user
+    );
+    assert!(bao.lease_exists(&held[1].lease));
+    assert!(pg.can_login(&held[1].user, &held[1].password));
+    assert_eq!(
+        bao.list_leases("database/creds/readonly"),
+        vec![held[1].lease.clone()]
+    );
+    let late = curl_granted(&sk, &grants[0], &["https://db.test.local/echo/t-db-1/late"]);
+    assert_eq!(late.connect_status, 407, "{late:#?}");
+    curl_granted(&sk, &grants[1], &["https://db.test.local/echo/t-db-2/2"]).assert_status(200);
+    assert_eq!(
+        bearer_at(&env.upstream, "/echo/t-db-2/2"),
+        held[1].password,
+        "the second task keeps its lease"
+    );
+
+    // A grant that expires takes its lease with it, at its exp.
+    let brief = keys.sign(AUDIENCE, "migrator", "t-db-3", &["--ttl", "2s"]);
+    curl_granted(&sk, &brief, &["https://db.test.local/echo/t-db-3/0"]).assert_status(200);
+    let lease = record_at(&sk, "/echo/t-db-3/0")["credential_id"]
+        .as_str()
+        .expect("credential_id")
+        .to_string();
+    let user = pg
+        .user_for_password(&bearer_at(&env.upstream, "/echo/t-db-3/0"))
+        .expect("the brief task's password logs in");
+    let ended = wait_task_event(&sk, "db", &jti(&brief), "revoked");
+    assert_eq!(ended["credential_id"], lease.as_str(), "{ended}");
+    let exp = payload(&brief)["exp"].as_u64().expect("exp");
+    let at = ended["ts"].as_str().expect("ts");
+    assert!(
+        humantime::parse_rfc3339_weak(at.trim_end_matches('Z')).unwrap()
+            >= std::time::UNIX_EPOCH + Duration::from_secs(exp),
+        "revoked at {at}, before the grant's exp {exp}"
+    );
+    assert!(!bao.lease_exists(&lease));
+    assert!(!pg.role_exists(&user));
+    let late = curl_granted(&sk, &brief, &["https://db.test.local/echo/t-db-3/late"]);
+    assert_eq!(late.connect_status, 407, "{late:#?}");
+    assert!(
+        bao.lease_exists(&held[1].lease),
+        "the other task's lease stays"
+    );
+
+    // Shutdown revokes what is left.
+    sk.terminate();
+    let revoked = wait_task_event(&sk, "db", &jti(&grants[1]), "revoked");
+    assert_eq!(
+        revoked["credential_id"],
+        held[1].lease.as_str(),
+        "{revoked}"
+    );
+    assert!(!bao.lease_exists(&held[1].lease));
+    assert!(!pg.role_exists(&held[1].user));
+    assert!(bao.list_leases("database/creds/readonly").is_empty());
 }
