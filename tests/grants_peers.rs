@@ -4,9 +4,12 @@
 //! Python `cryptography` against the admin JWKS), moto's STS (the session name and the task's
 //! session policy as moto recorded them, the keys used by S3 and GetCallerIdentity with
 //! signatures checked), OpenBao's database engine (a lease and a PostgreSQL role per task) —
-//! and ends it when the grant is revoked or expires.
+//! and ends it when the grant is revoked or expires. Last, a run's audit file read back by
+//! `sidekey audit trace`.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -15,7 +18,7 @@ use crate::common::grants::*;
 use crate::common::moto::*;
 use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
 use crate::common::postgres::Postgres;
-use crate::common::sidekey::AUDIT_TIMEOUT;
+use crate::common::sidekey::{run_sidekey, CheckOutput, AUDIT_TIMEOUT};
 use crate::common::*;
 
 /// The host of the route whose credential is issued per task.
@@ -743,4 +746,159 @@ fn openbao_leases_are_one_per_task_and_end_with_its_grant() {
     assert!(!bao.lease_exists(&held[1].lease));
     assert!(!pg.role_exists(&held[1].user));
     assert!(bao.list_leases("database/creds/readonly").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit chain of a recorded run
+
+/// `sidekey audit trace FILE ARGS…`.
+fn trace(file: &Path, args: &[&str]) -> CheckOutput {
+    let mut all: Vec<&OsStr> = vec!["audit".as_ref(), "trace".as_ref(), file.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    run_sidekey(&all)
+}
+
+/// `text` with every time of day (`12:00:01.123`) written `HH:MM:SS.mmm`.
+fn without_times(text: &str) -> String {
+    regex::Regex::new(r"\b\d\d:\d\d:\d\d\.\d\d\d\b")
+        .unwrap()
+        .replace_all(text, "HH:MM:SS.mmm")
+        .into_owned()
+}
+
+#[test]
+fn a_recorded_run_traces_as_user_task_planner_and_sub_agents() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let mut sk = env.sidekey(&local_config(
+        &keys,
+        true,
+        "audit: { file: \"{dir}/audit.jsonl\" }\n",
+    ));
+    let planner = keys.sign(
+        AUDIENCE,
+        "planner",
+        "t-trace",
+        &[
+            "--user", "alice", "--route", "tasks", "--route", "api", "--ttl", "10m",
+        ],
+    );
+    let helper = keys.sign(AUDIENCE, "helper", "t-other", &["--user", "bob"]);
+    let coder = child(&sk, &planner, "coder", &["--route", "tasks"]);
+    let reviewer = child(&sk, &planner, "reviewer", &["--route", "tasks"]);
+    let tester = child(&sk, &coder, "tester", &[]);
+
+    // One request at a time, so that the file's order is known.
+    let get = |grant: &str, url: &str| {
+        curl_granted(&sk, grant, &[url]).assert_status(200);
+    };
+    get(&planner, &format!("https://{TASKS}/echo/plan"));
+    get(&planner, &format!("https://{API}/echo/shared"));
+    get(&coder, &format!("https://{TASKS}/echo/code"));
+    get(&reviewer, &format!("https://{TASKS}/echo/review"));
+    let refused = curl_granted(&sk, &reviewer, &[&format!("https://{API}/echo/review")]);
+    assert_eq!(refused.connect_status, 403, "{refused:#?}");
+    get(&tester, &format!("https://{TASKS}/echo/test"));
+    get(&helper, &format!("https://{TASKS}/echo/other"));
+    let anonymous = curl_via(&sk, &[&format!("https://{TASKS}/echo/anonymous")]);
+    assert_eq!(anonymous.connect_status, 407, "{anonymous:#?}");
+    // Shutdown ends every task's credential, and the trail is complete once sidekey is gone.
+    sk.terminate();
+    let file = sk.dir().join("audit.jsonl");
+    assert!(sk.audit().is_empty(), "the audit went to the file");
+
+    let id = |path: &str| jti(&bearer_at(&env.upstream, path));
+    let (p, c, r, t, h) = (
+        jti(&planner),
+        jti(&coder),
+        jti(&reviewer),
+        jti(&tester),
+        jti(&helper),
+    );
+    let times = "issued HH:MM:SS.mmm, revoked HH:MM:SS.mmm, 1 request";
+    let alice = format!(
+        "\
+user alice
+└─ task t-trace
+   └─ agent planner  (grant {p})
+      ├─ credential task_jwt  id={plan}  ({times})
+      │  └─ HH:MM:SS.mmm GET {TASKS} /echo/plan  200  allow
+      ├─ credential demo  id={shared}  (1 request)
+      │  └─ HH:MM:SS.mmm GET {API} /echo/shared  200  allow
+      ├─ agent coder  (grant {c}, from {p})
+      │  ├─ credential task_jwt  id={code}  ({times})
+      │  │  └─ HH:MM:SS.mmm GET {TASKS} /echo/code  200  allow
+      │  └─ agent tester  (grant {t}, from {c})
+      │     └─ credential task_jwt  id={test}  ({times})
+      │        └─ HH:MM:SS.mmm GET {TASKS} /echo/test  200  allow
+      └─ agent reviewer  (grant {r}, from {p})
+         ├─ credential task_jwt  id={review}  ({times})
+         │  └─ HH:MM:SS.mmm GET {TASKS} /echo/review  200  allow
+         └─ HH:MM:SS.mmm CONNECT {API}:443  403 route_not_granted  deny
+",
+        plan = id("/echo/plan"),
+        shared = id("/echo/shared"),
+        code = id("/echo/code"),
+        test = id("/echo/test"),
+        review = id("/echo/review"),
+    );
+    let bob = format!(
+        "\
+user bob
+└─ task t-other
+   └─ agent helper  (grant {h})
+      └─ credential task_jwt  id={other}  ({times})
+         └─ HH:MM:SS.mmm GET {TASKS} /echo/other  200  allow
+",
+        other = id("/echo/other"),
+    );
+
+    let out = trace(&file, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        without_times(&out.stdout),
+        format!("{alice}\n{bob}\n1 request with neither task nor grant (not listed)\n"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stderr,
+        format!(
+            "sidekey audit trace: {}: skipped 1 \"config\" record, 1 credential event without \
+             grant_id\n",
+            file.display()
+        )
+    );
+    let out = trace(&file, &["--task", "t-trace"]);
+    assert_eq!(without_times(&out.stdout), alice, "{out:?}");
+    let out = trace(&file, &["--user", "bob"]);
+    assert_eq!(without_times(&out.stdout), bob, "{out:?}");
+    let out = trace(&file, &["--user", "alice", "--task", "t-other"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert!(
+        out.stderr
+            .ends_with("no task matches --task t-other --user alice\n"),
+        "{out:?}"
+    );
+
+    // The same tree as JSON: the tester's credential, two levels under the planner, with the
+    // events of its life.
+    let out = trace(&file, &["--task", "t-trace", "--format", "json"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    let planner_node = &doc["users"][0]["tasks"][0]["agents"][0];
+    let tester_node = &planner_node["agents"][0]["agents"][0];
+    assert_eq!(tester_node["sub"], "tester", "{doc:#}");
+    assert_eq!(tester_node["act"], json!(["planner", "coder"]), "{doc:#}");
+    assert_eq!(tester_node["parent"]["grant_id"], c.as_str(), "{doc:#}");
+    let credential = &tester_node["credentials"][0];
+    assert_eq!(credential["credential_id"], id("/echo/test").as_str());
+    let events: Vec<&Value> = credential["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| &e["event"])
+        .collect();
+    assert_eq!(events, ["issued", "revoked"], "{credential:#}");
 }
