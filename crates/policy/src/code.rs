@@ -33,7 +33,8 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// The agent asks for more than a configured rate allows (e.g. fresh TLS server names).
     RateLimited,
-    /// `grants.required` and the request (or its CONNECT) presented no grant.
+    /// `grants.required` and the request (or its CONNECT) presented no grant; or the route's
+    /// credential is issued per task and the request presented none.
     GrantRequired,
     /// The grant presented does not verify: malformed, signed by an untrusted key or with an
     /// algorithm not allowed, for another audience, missing a required claim, or living longer
