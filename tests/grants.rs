@@ -2,138 +2,18 @@
 //! Node undici, each given the grant the way an agent is (the proxy password in HTTPS_PROXY),
 //! and `sidekey grant` for keys, root grants, sub-agents' child grants and revocation.
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
-use crate::common::sidekey::{run_sidekey, CheckOutput};
+use crate::common::grants::*;
 use crate::common::*;
-
-/// A grant key pair made by `sidekey grant keygen`, and the config block trusting it.
-struct Keys {
-    dir: tempfile::TempDir,
-}
-
-impl Keys {
-    fn new() -> Keys {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = run_sidekey(&[
-            "grant".as_ref(),
-            "keygen".as_ref(),
-            "--dir".as_ref(),
-            dir.path().as_os_str(),
-        ]);
-        assert_eq!(out.code, Some(0), "keygen: {out:?}");
-        let key = dir.path().join("grant-key.pem");
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&key).expect("key").permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o600, "the private key is the owner's only");
-        // Keygen does not overwrite.
-        let again = run_sidekey(&[
-            "grant".as_ref(),
-            "keygen".as_ref(),
-            "--dir".as_ref(),
-            dir.path().as_os_str(),
-        ]);
-        assert_eq!(again.code, Some(1), "{again:?}");
-        Keys { dir }
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("grant-key.pem")
-    }
-
-    fn jwks(&self) -> PathBuf {
-        self.dir.path().join("grant-jwks.json")
-    }
-
-    /// `sidekey grant sign` with these keys.
-    fn sign(&self, audience: &str, sub: &str, task: &str, extra: &[&str]) -> String {
-        sign_with(&self.key(), audience, sub, task, extra)
-    }
-}
-
-fn sign_with(key: &Path, audience: &str, sub: &str, task: &str, extra: &[&str]) -> String {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "grant".as_ref(),
-        "sign".as_ref(),
-        "--key".as_ref(),
-        key.as_os_str(),
-        "--audience".as_ref(),
-        audience.as_ref(),
-        "--sub".as_ref(),
-        sub.as_ref(),
-        "--task".as_ref(),
-        task.as_ref(),
-    ];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-    let out = run_sidekey(&args);
-    assert_eq!(out.code, Some(0), "sign: {out:?}");
-    out.stdout.trim().to_string()
-}
 
 /// The config of these tests: the base routes, grants trusting `keys`, audience `sk-test`.
 fn grants_config(keys: &Keys, required: bool) -> String {
-    base_config(
-        &[],
-        "",
-        &format!(
-            "grants:\n  audience: sk-test\n  required: {required}\n  trusted:\n    - jwks_file: {}\n",
-            keys.jwks().display()
-        ),
-    )
-}
-
-/// `http://task:<grant>@<forward>`.
-fn proxy_with(sk: &Sidekey, grant: &str) -> String {
-    format!("http://task:{grant}@{}", sk.forward)
-}
-
-/// curl through sidekey presenting `grant` as the proxy password.
-fn curl_granted(sk: &Sidekey, grant: &str, args: &[&str]) -> CurlResult {
-    let proxy = proxy_with(sk, grant);
-    let ca = sk.ca_pem().display().to_string();
-    let mut all = vec!["-x", proxy.as_str(), "--cacert", ca.as_str()];
-    all.extend_from_slice(args);
-    curl(&all)
+    base_config(&[], "", &keys.grants_yaml("sk-test", required))
 }
 
 fn payload(token: &str) -> Value {
     decode_jwt(token).1
-}
-
-/// `sidekey grant derive` against the running sidekey; the output and exit code.
-fn derive(sk: &Sidekey, parent: &str, sub: &str, extra: &[&str]) -> CheckOutput {
-    let admin = sk.admin.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "grant".as_ref(),
-        "derive".as_ref(),
-        "--admin".as_ref(),
-        admin.as_ref(),
-        "--grant".as_ref(),
-        parent.as_ref(),
-        "--sub".as_ref(),
-        sub.as_ref(),
-    ];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-    run_sidekey(&args)
-}
-
-fn revoke(sk: &Sidekey, by: &str, jti: Option<&str>) -> CheckOutput {
-    let admin = sk.admin.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "grant".as_ref(),
-        "revoke".as_ref(),
-        "--admin".as_ref(),
-        admin.as_ref(),
-        "--grant".as_ref(),
-        by.as_ref(),
-    ];
-    if let Some(jti) = jti {
-        args.push(jti.as_ref());
-    }
-    run_sidekey(&args)
 }
 
 #[test]

@@ -13,6 +13,7 @@
 pub mod ca;
 pub mod clients;
 pub mod dns;
+pub mod grants;
 pub mod identity;
 pub mod inprocess;
 pub mod moto;
