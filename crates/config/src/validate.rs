@@ -478,6 +478,7 @@ fn credential(
         resource: None,
         session_policy_file: None,
         per_task: false,
+        task_assertion_issuer: None,
     };
     let text = |e: &mut Errors, key: &str| -> Option<String> {
         f.value(key).and_then(|n| {
