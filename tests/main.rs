@@ -29,6 +29,7 @@ mod issuer_faults;
 mod limits;
 mod oauth2;
 mod oauth2_peer;
+mod oauth2_task;
 mod phases;
 mod quickstart;
 mod reload;

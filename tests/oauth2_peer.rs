@@ -457,6 +457,85 @@ fn token_exchange_subject_and_actor_tokens() {
 }
 
 #[test]
+fn token_exchange_nests_the_subject_tokens_act_chain_under_the_actor() {
+    // A subject token for a user, acted for by two agents (as sidekey's task assertions are),
+    // and the pod's identity as the actor token.
+    let signer = Identity::new("unused", "oauth2-peer");
+    let pod = Identity::new("pod-sa", "oauth2-peer");
+    let server = OAuth2Server::start(
+        OAuth2Options::default()
+            .trust_identity(signer.public_pem())
+            .trust_identity(pod.public_pem()),
+    );
+    let chain = json!({"sub": "coder", "act": {"sub": "planner"}});
+    let subject = signer.mint(
+        "alice",
+        "oauth2-peer",
+        Duration::from_secs(60),
+        json!({"act": chain, "task_id": "t-1"}),
+    );
+    let exchange = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("grant_type", TOKEN_EXCHANGE),
+            ("client_id", PUBLIC_CLIENT),
+            ("subject_token", subject.as_str()),
+            ("subject_token_type", TOKEN_TYPE_JWT),
+        ];
+        pairs.extend_from_slice(extra);
+        token_request(&server, &strs(&form(&pairs)))
+    };
+
+    // No actor token: the subject token's chain as it is.
+    let (status, body) = exchange(&[]);
+    assert_eq!(status, 200, "{body}");
+    let payload = assert_jwt_access_token(&server, &body, 300);
+    assert_eq!(payload["sub"], "alice", "{payload}");
+    assert_eq!(payload["act"], chain, "{payload}");
+    assert_eq!(server.stats()["last"]["response"]["act"], chain);
+
+    // The pod acting: it is the current actor, the agents the prior ones.
+    let actor = pod.token();
+    let (status, body) = exchange(&[
+        ("actor_token", &actor),
+        ("actor_token_type", TOKEN_TYPE_JWT),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let payload = assert_jwt_access_token(&server, &body, 300);
+    assert_eq!(payload["sub"], "alice", "{payload}");
+    assert_eq!(
+        payload["act"],
+        json!({"sub": "pod-sa", "act": {"sub": "coder", "act": {"sub": "planner"}}}),
+        "{payload}"
+    );
+
+    // An `act` that is not an actor claim is refused.
+    let bad = signer.mint(
+        "alice",
+        "oauth2-peer",
+        Duration::from_secs(60),
+        json!({"act": ["coder", "planner"]}),
+    );
+    let f = form(&[
+        ("grant_type", TOKEN_EXCHANGE),
+        ("client_id", PUBLIC_CLIENT),
+        ("subject_token", &bad),
+        ("subject_token_type", TOKEN_TYPE_JWT),
+    ]);
+    let (status, body) = token_request(&server, &strs(&f));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("act is not an RFC 8693 actor claim")),
+        "{body}"
+    );
+}
+
+#[test]
 fn restart_keeps_port_and_jwks_and_resets_stats() {
     let mut server = OAuth2Server::start(OAuth2Options::default().ttl(Duration::from_secs(8)));
     let port = server.port();

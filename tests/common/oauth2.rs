@@ -10,8 +10,10 @@
 //!   `jti` (`aud` = the `audience` values then the `resource` values, default
 //!   [`DEFAULT_RESOURCE`]), except when a resource or audience contains `opaque`: then the token
 //!   is opaque. Any requested scope is granted. Token exchange needs a `subject_token` signed by
-//!   one of [`OAuth2Options::identity_keys`]; the issued token's `sub` is its `sub`, and
-//!   `act: {sub}` is the actor token's `sub` when one is given.
+//!   one of [`OAuth2Options::identity_keys`] or by a key of a JWKS URL given to
+//!   [`OAuth2Server::trust_jwks`]; the issued token's `sub` is its `sub`, and its `act` is
+//!   `{sub: <actor token's sub>, act: <the subject token's act>}` (RFC 8693 §4.1), or the
+//!   subject token's `act` alone when no actor token is given.
 //! - `GET /jwks`: the signing key (kept across [`OAuth2Server::restart`]).
 //! - `GET /_stats`: what reached the token endpoint, secrets removed ([`OAuth2Server::stats`]).
 //!
@@ -507,6 +509,21 @@ impl OAuth2Server {
     /// How many tokens were issued for `grant` (`client_credentials` or [`TOKEN_EXCHANGE`]).
     pub fn issued(&self, grant: &str) -> u64 {
         self.stats()["issued"][grant].as_u64().unwrap_or(0)
+    }
+
+    /// Trusts the keys of the JWKS at `jwks_url` (fetched by the server, as for a trusted
+    /// issuer's `jwks_uri`) to sign subject and actor tokens that carry `iss` = `issuer` and
+    /// `aud` = [`OAuth2Server::token_url`]: how the server is told about sidekey's task
+    /// assertions (its admin listener's `/.well-known/jwks.json`). Not kept across a restart.
+    pub fn trust_jwks(&self, jwks_url: &str, issuer: &str) {
+        let body = json!({"jwks_url": jwks_url, "issuer": issuer}).to_string();
+        let req = format!(
+            "POST /_trust_jwks HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr(),
+            body.len()
+        );
+        let r = super::clients::raw_request(self.addr(), req.as_bytes()).expect("trust a JWKS");
+        assert_eq!(r.status, 200, "trust a JWKS: {}", r.body_str());
     }
 
     /// Clears the stats.

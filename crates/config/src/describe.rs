@@ -159,6 +159,12 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         if let Some(p) = &cr.session_policy_file {
             write!(out, ", session policy {}", p.display())?;
         }
+        if let Some(signer) = &cr.task_assertion_issuer {
+            write!(
+                out,
+                ", exchanged for each task's end user (asserted by {signer})"
+            )?;
+        }
         write!(out, ", ttl {}", humantime::format_duration(cr.ttl))?;
         writeln!(
             out,

@@ -191,7 +191,8 @@ pub struct OAuth2IssuerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OAuth2Grant {
     ClientCredentials,
-    /// RFC 8693, the identity token as `subject_token`.
+    /// RFC 8693, the identity token as `subject_token` (for a `per_task` credential, a token
+    /// sidekey signs for the task's end user instead).
     TokenExchange {
         subject_token_file: PathBuf,
         actor_token_file: Option<PathBuf>,
@@ -270,9 +271,14 @@ pub struct CredentialConfig {
     /// may name `{task_id}`, `{sub}` and `{on_behalf_of}` inside its strings, filled in per task.
     pub session_policy_file: Option<PathBuf>,
     /// One credential per task grant instead of one shared by every request: each task gets
-    /// its own (a JWT naming it, its own Vault lease, its own STS session), ended when its grant
-    /// ends, so that what one task was given cannot serve another. Not for oauth2 issuers yet.
+    /// its own (a JWT naming it, its own Vault lease, its own STS session, its own OAuth2 token
+    /// exchanged for the task's end user), ended when its grant ends, so that what one task was
+    /// given cannot serve another.
     pub per_task: bool,
+    /// oauth2 with `per_task` (required there, and only there): the `kind: local` issuer whose
+    /// key signs the subject token sidekey exchanges for each task (`sub` = the task's end
+    /// user, `act` = its agents). Validated to name a local issuer.
+    pub task_assertion_issuer: Option<String>,
 }
 
 /// `routes[]`.

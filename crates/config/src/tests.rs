@@ -1127,12 +1127,16 @@ issuers:
   v: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }
   a: { kind: aws-sts, role_arn: \"arn:aws:iam::123456789012:role/x\", region: us-east-1 }
   o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c, client_secret_file: /s }
+  x: { kind: oauth2, token_url: \"https://idp/t\", grant: token_exchange, client_id: c, actor_token_file: /t }
+  tasks: { kind: local, issuer: sidekey-tasks }
 credentials:
   jwt: { issuer: local, audience: api, per_task: true }
   db: { issuer: v, path: database/creds/ro, field: password, per_task: true, eager: false }
   s3: { issuer: a, per_task: true }
   shared: { issuer: local }
   api: { issuer: o, per_task: false }
+  user-api: { issuer: x, audience: api, per_task: true, task_assertion_issuer: tasks }
+  pod-api: { issuer: x, audience: api }
 ");
     let per_task: Vec<(&str, bool)> = c
         .credentials
@@ -1146,12 +1150,29 @@ credentials:
             ("db", true),
             ("s3", true),
             ("shared", false),
-            ("api", false)
+            ("api", false),
+            ("user-api", true),
+            ("pod-api", false),
         ]
+    );
+    let signers: Vec<Option<&str>> = c
+        .credentials
+        .iter()
+        .map(|x| x.task_assertion_issuer.as_deref())
+        .collect();
+    assert_eq!(
+        signers,
+        [None, None, None, None, None, Some("tasks"), None],
+        "only where it is given"
     );
     assert!(
         c.describe()
             .contains("jwt  issuer local, audience api, ttl 5m, one per task grant"),
+        "{}",
+        c.describe()
+    );
+    assert!(
+        c.describe().contains("user-api  issuer x, audience api, exchanged for each task's end user (asserted by tasks), ttl 5m, one per task grant"),
         "{}",
         c.describe()
     );
@@ -1162,8 +1183,21 @@ credentials:
 fn per_task_errors() {
     const OAUTH2: &str = "issuers:\n  o: { kind: oauth2, token_url: \"https://idp/t\", grant: client_credentials, client_id: c, client_secret_file: /s }\ncredentials:\n";
     let oauth2 = |cred: &str| format!("{OAUTH2}{cred}");
+    const EXCHANGE: &str = "identity: { token_file: /t }\nissuers:\n  local: { kind: local }\n  x: { kind: oauth2, token_url: \"https://idp/t\", grant: token_exchange, client_id: c }\ncredentials:\n";
+    let exchange = |cred: &str| format!("{EXCHANGE}{cred}");
     let cases: &[(&str, String, &[Expect])] = &[
-        ("oauth2", oauth2("  c: { issuer: o, per_task: true }\n"), &[(4, 29, "credential `c` is `per_task`, but its issuer is an `oauth2` issuer", "per-task OAuth2 tokens are not supported yet")]),
+        ("oauth2 client credentials", oauth2("  c: { issuer: o, per_task: true }\n"), &[(4, 29, "credential `c` is `per_task`, but its issuer uses `grant: client_credentials`", "use an issuer with `grant: token_exchange`")]),
+        // Its task_assertion_issuer is not reported twice.
+        ("oauth2 client credentials with a signer", oauth2("  c: { issuer: o, per_task: true, task_assertion_issuer: local }\n").replace("issuers:\n", "issuers:\n  local: { kind: local }\n"), &[(5, 29, "but its issuer uses `grant: client_credentials`", "")]),
+        ("exchange without a signer", exchange("  c: { issuer: x, per_task: true }\n"), &[(6, 19, "credential `c` is `per_task` and has no `task_assertion_issuer`", "e.g. task_assertion_issuer: local")]),
+        ("exchange without a signer, block", exchange("  c:\n    issuer: x\n    per_task: true\n"), &[(8, 5, "credential `c` is `per_task` and has no `task_assertion_issuer`", "the authorization server must trust its JWKS")]),
+        ("signer without per_task", exchange("  c: { issuer: x, task_assertion_issuer: local }\n"), &[(6, 19, "`task_assertion_issuer` of credential `c` applies to `per_task` credentials only", "add `per_task: true`")]),
+        ("signer with per_task false", exchange("  c: { issuer: x, per_task: false, task_assertion_issuer: local }\n"), &[(6, 36, "applies to `per_task` credentials only", "")]),
+        ("signer not local", exchange("  c: { issuer: x, per_task: true, task_assertion_issuer: x }\n"), &[(6, 58, "`task_assertion_issuer` of credential `c` must name a `kind: local` issuer; `x` is a `oauth2` issuer", "local issuers: local")]),
+        ("signer unknown", exchange("  c: { issuer: x, per_task: true, task_assertion_issuer: lokal }\n"), &[(6, 58, "`task_assertion_issuer` of credential `c` refers to unknown issuer `lokal`", "did you mean `local`?")]),
+        ("no local issuer", "identity: { token_file: /t }\nissuers:\n  x: { kind: oauth2, token_url: \"https://idp/t\", grant: token_exchange, client_id: c }\ncredentials:\n  c: { issuer: x, per_task: true, task_assertion_issuer: x }\n".into(), &[(5, 58, "must name a `kind: local` issuer", "declare one, e.g.")]),
+        ("signer empty", exchange("  c: { issuer: x, per_task: true, task_assertion_issuer: \"\" }\n"), &[(6, 58, "`task_assertion_issuer` of credential `c`", "")]),
+        ("signer of a local credential", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, per_task: true, task_assertion_issuer: local }\n".into(), &[(4, 39, "`task_assertion_issuer` does not apply to credential `c`: its issuer is a `local` issuer", "local credentials take: audience, subject, per_task")]),
         ("not a bool", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, per_task: yes }\n".into(), &[(4, 33, "`per_task` of credential `c` must be true or false", "")]),
         ("eager", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, per_task: true, eager: true }\n".into(), &[(4, 39, "`eager` does not apply to credential `c`: it is `per_task`", "there is no task at start")]),
         ("subject", "issuers:\n  local: { kind: local }\ncredentials:\n  c: { issuer: local, subject: me, per_task: true }\n".into(), &[(4, 23, "`subject` does not apply to credential `c`: it is `per_task`", "the task grant's `sub`")]),

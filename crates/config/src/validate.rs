@@ -13,8 +13,8 @@ use crate::sections;
 use crate::yaml::{Node, Pos, Value};
 use crate::{
     AuditConfig, CaConfig, Config, CredentialConfig, IdentityConfig, IssuerConfig, IssuerKind,
-    LimitsConfig, Listen, LocalAlgorithm, LocalIssuerConfig, ResolveOverride, Unmatched,
-    UpstreamConfig,
+    LimitsConfig, Listen, LocalAlgorithm, LocalIssuerConfig, OAuth2Grant, ResolveOverride,
+    Unmatched, UpstreamConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -45,6 +45,7 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "resource",
     "session_policy_file",
     "per_task",
+    "task_assertion_issuer",
 ];
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
 
@@ -63,7 +64,10 @@ const DEFAULT_LOCAL_ISS: &str = "sidekey-local";
 pub(crate) enum IssuerStatus {
     Local,
     Vault,
-    OAuth2,
+    /// With `grant: token_exchange` or not (`per_task` needs it).
+    OAuth2 {
+        token_exchange: bool,
+    },
     AwsSts,
     /// Unknown kind, or otherwise invalid.
     Invalid,
@@ -74,7 +78,9 @@ impl IssuerStatus {
         match kind {
             IssuerKind::Local(_) => IssuerStatus::Local,
             IssuerKind::Vault(_) => IssuerStatus::Vault,
-            IssuerKind::OAuth2(_) => IssuerStatus::OAuth2,
+            IssuerKind::OAuth2(o) => IssuerStatus::OAuth2 {
+                token_exchange: matches!(o.grant, OAuth2Grant::TokenExchange { .. }),
+            },
             IssuerKind::AwsSts(_) => IssuerStatus::AwsSts,
         }
     }
@@ -83,7 +89,7 @@ impl IssuerStatus {
         match self {
             IssuerStatus::Local => "local",
             IssuerStatus::Vault => "vault",
-            IssuerStatus::OAuth2 => "oauth2",
+            IssuerStatus::OAuth2 { .. } => "oauth2",
             IssuerStatus::AwsSts => "aws-sts",
             IssuerStatus::Invalid => "invalid",
         }
@@ -94,8 +100,13 @@ impl IssuerStatus {
         match self {
             IssuerStatus::Local => &["audience", "subject", "per_task"],
             IssuerStatus::Vault => &["path", "field", "params", "per_task"],
-            // `per_task: true` of an oauth2 credential has its own message, on its value.
-            IssuerStatus::OAuth2 => &["audience", "scope", "resource"],
+            IssuerStatus::OAuth2 { .. } => &[
+                "audience",
+                "scope",
+                "resource",
+                "per_task",
+                "task_assertion_issuer",
+            ],
             IssuerStatus::AwsSts => &["session_policy_file", "per_task"],
             IssuerStatus::Invalid => CREDENTIAL_KEYS,
         }
@@ -426,12 +437,7 @@ fn credential(
         let allowed = kind.credential_keys();
         for field in &f.entries {
             let common = ["issuer", "ttl", "eager"].contains(&field.name);
-            let own_message = field.name == "per_task" && kind == IssuerStatus::OAuth2;
-            if !common
-                && !own_message
-                && CREDENTIAL_KEYS.contains(&field.name)
-                && !allowed.contains(&field.name)
-            {
+            if !common && CREDENTIAL_KEYS.contains(&field.name) && !allowed.contains(&field.name) {
                 e.error_hint(
                     field.key.pos,
                     format!(
@@ -478,6 +484,7 @@ fn credential(
         resource: None,
         session_policy_file: None,
         per_task: false,
+        task_assertion_issuer: None,
     };
     let text = |e: &mut Errors, key: &str| -> Option<String> {
         f.value(key).and_then(|n| {
@@ -557,12 +564,14 @@ fn credential(
         }
     }
     per_task(&f, &what, status, &mut cred, e);
+    task_assertion_issuer(&f, &what, status, issuers, &mut cred, e);
     issuer?;
     Some(cred)
 }
 
-/// `per_task`, and what it rules out: an oauth2 issuer (no per-task tokens yet), `eager` (there
-/// is no task at start) and `subject` (the task's `sub` is the JWT's).
+/// `per_task`, and what it rules out: an oauth2 issuer without token exchange (its token could
+/// name no task), `eager` (there is no task at start) and `subject` (the task's `sub` is the
+/// JWT's).
 fn per_task(
     f: &Fields<'_>,
     what: &str,
@@ -576,11 +585,16 @@ fn per_task(
     let Some(per_task) = e.bool(n, &format!("`per_task` of {what}")) else {
         return;
     };
-    if per_task && status == Some(IssuerStatus::OAuth2) {
+    if per_task
+        && status
+            == Some(IssuerStatus::OAuth2 {
+                token_exchange: false,
+            })
+    {
         e.error_hint(
             n.pos,
-            format!("{what} is `per_task`, but its issuer is an `oauth2` issuer"),
-            "per-task OAuth2 tokens are not supported yet; remove `per_task` to share one token among tasks",
+            format!("{what} is `per_task`, but its issuer uses `grant: client_credentials`"),
+            "a per-task OAuth2 token is an RFC 8693 token exchange for the task's end user: use an issuer with `grant: token_exchange` (and `task_assertion_issuer` here), or remove `per_task` to share one token among tasks",
         );
         return;
     }
@@ -602,6 +616,97 @@ fn per_task(
             "the JWT's `sub` is the task grant's `sub` (the agent or sub-agent); remove `subject`",
         );
     }
+}
+
+/// `task_assertion_issuer`: required by a `per_task` credential of a token-exchange issuer,
+/// meaningless elsewhere (other kinds are refused by their key lists), and the name of a
+/// `kind: local` issuer.
+fn task_assertion_issuer(
+    f: &Fields<'_>,
+    what: &str,
+    status: Option<IssuerStatus>,
+    issuers: &BTreeMap<String, IssuerStatus>,
+    cred: &mut CredentialConfig,
+    e: &mut Errors,
+) {
+    let exchange = status
+        == Some(IssuerStatus::OAuth2 {
+            token_exchange: true,
+        });
+    let Some(field) = f.field("task_assertion_issuer") else {
+        if exchange && cred.per_task {
+            let key = f.field("per_task").map_or(f.pos, |p| p.key.pos);
+            e.error_hint(
+                key,
+                format!("{what} is `per_task` and has no `task_assertion_issuer`"),
+                format!(
+                    "name the `kind: local` issuer whose key signs each task's subject token (the authorization server must trust its JWKS), e.g. task_assertion_issuer: {}",
+                    local_issuers(issuers).first().map_or("local", String::as_str)
+                ),
+            );
+        }
+        return;
+    };
+    let Some(name) = e.nonempty_string(field.value, &format!("`task_assertion_issuer` of {what}"))
+    else {
+        return;
+    };
+    if !matches!(status, Some(IssuerStatus::OAuth2 { .. })) {
+        // Not an oauth2 credential: its key list said so already.
+        return;
+    }
+    // `per_task: true` of a client_credentials issuer has its error already.
+    let refused_per_task = f
+        .value("per_task")
+        .is_some_and(|n| matches!(n.value, Value::Bool(true)));
+    if !cred.per_task && !refused_per_task {
+        e.error_hint(
+            field.key.pos,
+            format!("`task_assertion_issuer` of {what} applies to `per_task` credentials only"),
+            "add `per_task: true` to exchange a token per task for its end user, or remove it",
+        );
+    }
+    let locals = local_issuers(issuers);
+    match issuers.get(name) {
+        Some(IssuerStatus::Local) => cred.task_assertion_issuer = Some(name.to_string()),
+        // Its own error is reported already.
+        Some(IssuerStatus::Invalid) => {}
+        Some(other) => e.error_hint(
+            field.value.pos,
+            format!(
+                "`task_assertion_issuer` of {what} must name a `kind: local` issuer; `{name}` is a `{}` issuer",
+                other.kind_name()
+            ),
+            match locals.as_slice() {
+                [] => "declare one, e.g. `issuers: { tasks: { kind: local, issuer: sidekey-tasks } }`, and name it here".to_string(),
+                some => format!("local issuers: {}", some.join(", ")),
+            },
+        ),
+        None => {
+            let known: Vec<&str> = locals.iter().map(String::as_str).collect();
+            let hint = match closest(name, &known) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None if known.is_empty() => format!(
+                    "declare it under `issuers:`, e.g. `{name}: {{ kind: local, issuer: sidekey-tasks }}`"
+                ),
+                None => format!("local issuers: {}", known.join(", ")),
+            };
+            e.error_hint(
+                field.value.pos,
+                format!("`task_assertion_issuer` of {what} refers to unknown issuer `{name}`"),
+                hint,
+            );
+        }
+    }
+}
+
+/// The names of the `kind: local` issuers, sorted.
+fn local_issuers(issuers: &BTreeMap<String, IssuerStatus>) -> Vec<String> {
+    issuers
+        .iter()
+        .filter(|(_, s)| **s == IssuerStatus::Local)
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 /// Names of a sorted map or set, for hints.

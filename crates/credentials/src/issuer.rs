@@ -154,13 +154,26 @@ impl Issuer {
         Ok(out)
     }
 
-    /// Fetches a new credential.
-    pub async fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
+    /// Fetches a new credential. `signer` is the credential's `task_assertion_issuer` (a
+    /// per-task oauth2 credential's; ignored by the other kinds).
+    pub async fn issue(
+        &self,
+        request: &CredentialRequest,
+        signer: Option<&LocalIssuer>,
+    ) -> Result<Credential, IssueError> {
         match self {
             Issuer::Local(local) => local.issue(request),
             Issuer::Vault(vault) => vault.issue(request).await,
-            Issuer::OAuth2(oauth2) => oauth2.issue(request).await,
+            Issuer::OAuth2(oauth2) => oauth2.issue(request, signer).await,
             Issuer::AwsSts(sts) => sts.issue(request).await,
+        }
+    }
+
+    /// The local issuer this is, if it is one.
+    pub fn as_local(&self) -> Option<&LocalIssuer> {
+        match self {
+            Issuer::Local(local) => Some(local),
+            _ => None,
         }
     }
 

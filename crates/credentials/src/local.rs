@@ -15,7 +15,11 @@ use serde::Serialize;
 use sidekey_config::{LocalAlgorithm, LocalIssuerConfig};
 
 use crate::issuer::{CredentialRequest, IssueError};
-use crate::{Credential, Secret};
+use crate::{Credential, Secret, TaskContext};
+
+/// The longest a task assertion (the subject token of a per-task token exchange) lives: it is
+/// used once, at once.
+pub(crate) const TASK_ASSERTION_TTL: Duration = Duration::from_secs(60);
 
 /// One public key of a local issuer, as a JWK (RFC 7517 / RFC 8037).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,6 +60,26 @@ struct Claims<'a> {
     on_behalf_of: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     act: Option<serde_json::Value>,
+}
+
+/// The claims of a task assertion: the end user as `sub`, the agents acting for them as `act`.
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: &'a str,
+    task_id: &'a str,
+    act: serde_json::Value,
+}
+
+/// A task assertion just signed: the JWT, and its `jti` (for logs; the JWT is a secret).
+pub(crate) struct TaskAssertion {
+    pub(crate) token: Secret,
+    pub(crate) jti: String,
 }
 
 /// The RFC 8693 §4.1 `act` claim for a chain of delegators, earliest first: the outermost
@@ -144,6 +168,63 @@ impl LocalIssuer {
     /// The public key, for the JWKS endpoint.
     pub fn jwk(&self) -> &Jwk {
         &self.jwk
+    }
+
+    /// Signs the subject token of a per-task RFC 8693 token exchange: the task's end user
+    /// (`on_behalf_of`) is the subject, and the agents acting for them are the RFC 8693 §4.1
+    /// `act` chain — the grant's `sub` outermost (the current actor), then its delegators, most
+    /// recent first. `aud` names the authorization server (its token endpoint), `exp` is at
+    /// most [`TASK_ASSERTION_TTL`] away and never after the grant's end; `task_id` names the
+    /// task. Refused for a grant without an end user (whom would the token be for?) and for an
+    /// ended grant.
+    pub(crate) fn task_assertion(
+        &self,
+        task: &TaskContext,
+        audience: &str,
+    ) -> Result<TaskAssertion, IssueError> {
+        let user = task.on_behalf_of.as_deref().ok_or_else(|| {
+            IssueError::Other(format!(
+                "the grant of task `{}` names no end user (`on_behalf_of`): a per-task OAuth2 token is exchanged for the user the task works for",
+                task.task_id
+            ))
+        })?;
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| IssueError::Signing("system clock is before 1970".into()))?
+            .as_secs();
+        let grant_exp = task
+            .expires_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if grant_exp <= iat {
+            return Err(IssueError::Other("the task's grant has expired".into()));
+        }
+        let mut actors = task.act.clone();
+        actors.push(task.sub.clone());
+        let act = act_claim(&actors).ok_or_else(|| {
+            IssueError::Other("a task grant without `sub` cannot act for anyone".into())
+        })?;
+        let jti = uuid::Uuid::new_v4().to_string();
+        let claims = AssertionClaims {
+            iss: &self.iss,
+            sub: user,
+            aud: audience,
+            iat,
+            nbf: iat,
+            exp: grant_exp.min(iat + TASK_ASSERTION_TTL.as_secs()),
+            jti: &jti,
+            task_id: &task.task_id,
+            act,
+        };
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.jwk.kid.clone());
+        header.typ = Some("JWT".into());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        Ok(TaskAssertion {
+            token: Secret::new(token),
+            jti,
+        })
     }
 
     /// Mints a JWT with `iss`, `sub`, `aud`, `iat`, `nbf`, `exp` and a fresh `jti`. For a task,
@@ -324,6 +405,95 @@ mod tests {
                 ..request()
             })
             .is_err());
+    }
+
+    #[test]
+    fn a_task_assertion_names_the_user_as_subject_and_the_agents_as_actors() {
+        let issuer = LocalIssuer::generate(&LocalIssuerConfig {
+            issuer: "sidekey-tasks".into(),
+            algorithm: LocalAlgorithm::Es256,
+        })
+        .unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token_url = "https://idp.test/oauth2/token";
+        let decode = |token: &Secret| {
+            let jwk = issuer.jwk();
+            let key = DecodingKey::from_ec_components(&jwk.x, jwk.y.as_deref().unwrap()).unwrap();
+            let mut validation = Validation::new(Algorithm::ES256);
+            validation.set_audience(&[token_url]);
+            validation.set_issuer(&["sidekey-tasks"]);
+            let token = token.with(str::to_string);
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.kid.as_deref(), Some(jwk.kid.as_str()));
+            jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation)
+                .unwrap()
+                .claims
+        };
+        // A sub-agent's grant: root-agent → planner → coder, for ann.
+        let task = TaskContext {
+            grant_id: "grant-3".into(),
+            task_id: "task-42".into(),
+            sub: "coder".into(),
+            on_behalf_of: Some("ann@example.com".into()),
+            act: vec!["root-agent".into(), "planner".into()],
+            expires_at: UNIX_EPOCH + Duration::from_secs(now + 3600),
+        };
+        let assertion = issuer.task_assertion(&task, token_url).unwrap();
+        let claims = decode(&assertion.token);
+        assert_eq!(claims["sub"], "ann@example.com", "the user is the subject");
+        assert_eq!(
+            claims["act"],
+            serde_json::json!({"sub": "coder", "act": {"sub": "planner", "act": {"sub": "root-agent"}}}),
+            "the grant's sub outermost, then its delegators, most recent first"
+        );
+        assert_eq!(claims["task_id"], "task-42");
+        assert_eq!(claims["jti"], assertion.jti.as_str());
+        assert_eq!(claims["aud"], token_url);
+        assert!(claims.get("on_behalf_of").is_none(), "{claims}");
+        let (iat, exp) = (
+            claims["iat"].as_u64().unwrap(),
+            claims["exp"].as_u64().unwrap(),
+        );
+        assert_eq!(exp - iat, 60, "short-lived: {claims}");
+        assert_eq!(claims["nbf"].as_u64(), Some(iat));
+        assert_ne!(
+            issuer.task_assertion(&task, token_url).unwrap().jti,
+            assertion.jti,
+            "each is new"
+        );
+
+        // A root grant: the agent alone acts; a grant ending sooner ends it sooner.
+        let root = TaskContext {
+            sub: "planner".into(),
+            act: Vec::new(),
+            expires_at: UNIX_EPOCH + Duration::from_secs(now + 20),
+            ..task.clone()
+        };
+        let claims = decode(&issuer.task_assertion(&root, token_url).unwrap().token);
+        assert_eq!(claims["act"], serde_json::json!({"sub": "planner"}));
+        assert_eq!(claims["exp"].as_u64(), Some(now + 20));
+
+        // No user, no assertion: the error says why. Nor for an ended grant.
+        let nobody = TaskContext {
+            on_behalf_of: None,
+            ..task.clone()
+        };
+        let Err(err) = issuer.task_assertion(&nobody, token_url) else {
+            panic!("an assertion for nobody");
+        };
+        assert!(
+            err.public().contains("names no end user (`on_behalf_of`)"),
+            "{err}"
+        );
+        assert!(err.public().contains("task-42"), "{err}");
+        let ended = TaskContext {
+            expires_at: SystemTime::now() - Duration::from_secs(1),
+            ..task
+        };
+        assert!(issuer.task_assertion(&ended, token_url).is_err());
     }
 
     #[test]

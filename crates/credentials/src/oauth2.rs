@@ -1,6 +1,8 @@
 //! `kind: oauth2` — an access token from an OAuth 2.0 token endpoint: the client credentials
-//! grant, or RFC 8693 token exchange of the pod's identity token. The client authenticates
-//! with a secret (basic or post) or a signed JWT assertion (RFC 7523 `private_key_jwt`).
+//! grant, or RFC 8693 token exchange of the pod's identity token — or, for a per-task
+//! credential, of a subject token sidekey signs for the task (its end user as `sub`, its agents
+//! as `act`; see [`LocalIssuer::task_assertion`]). The client authenticates with a secret
+//! (basic or post) or a signed JWT assertion (RFC 7523 `private_key_jwt`).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -15,7 +17,7 @@ use crate::http::{
     after, client, excerpt_without, form_body, form_encode, read_secret_file, send, unix_now,
 };
 use crate::issuer::{CredentialRequest, IssueError};
-use crate::{Credential, Secret};
+use crate::{Credential, LocalIssuer, Secret};
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -142,12 +144,26 @@ impl OAuth2Issuer {
         })
     }
 
-    pub async fn issue(&self, request: &CredentialRequest) -> Result<Credential, IssueError> {
+    /// Asks the token endpoint for a token. For a task (`request.task`), the subject token is a
+    /// task assertion signed by `signer` (the credential's `task_assertion_issuer`), so that the
+    /// token is for the task's end user, with its agents as actors, and it ends no later than
+    /// the task's grant (as sidekey uses it: the authorization server's token may live on).
+    pub async fn issue(
+        &self,
+        request: &CredentialRequest,
+        signer: Option<&LocalIssuer>,
+    ) -> Result<Credential, IssueError> {
         // Every value that may be secret lives in a Secret until the form is encoded.
         let mut secrets: Vec<(&str, Secret)> = Vec::new();
         let mut form: Vec<(&str, String)> = Vec::new();
         match &self.grant {
             OAuth2Grant::ClientCredentials => {
+                if request.task.is_some() {
+                    return Err(IssueError::Config(
+                        "a per-task OAuth2 token needs an issuer with `grant: token_exchange`"
+                            .into(),
+                    ));
+                }
                 form.push(("grant_type", "client_credentials".into()))
             }
             OAuth2Grant::TokenExchange {
@@ -155,10 +171,21 @@ impl OAuth2Issuer {
                 actor_token_file,
             } => {
                 form.push(("grant_type", TOKEN_EXCHANGE.into()));
-                secrets.push((
-                    "subject_token",
-                    read_secret_file(subject_token_file, "identity token")?,
-                ));
+                let subject = match (&request.task, signer) {
+                    (Some(task), Some(signer)) => {
+                        let assertion = signer.task_assertion(task, &self.token_url)?;
+                        tracing::debug!(credential = %request.name, task_id = %task.task_id, grant_id = %task.grant_id, assertion_jti = %assertion.jti, "exchanging a task assertion");
+                        assertion.token
+                    }
+                    (Some(_), None) => {
+                        return Err(IssueError::Config(format!(
+                            "credential `{}` is per task but has no `task_assertion_issuer` to sign the task's subject token",
+                            request.name
+                        )))
+                    }
+                    (None, _) => read_secret_file(subject_token_file, "identity token")?,
+                };
+                secrets.push(("subject_token", subject));
                 form.push(("subject_token_type", JWT_TOKEN_TYPE.into()));
                 if let Some(actor) = actor_token_file {
                     secrets.push(("actor_token", read_secret_file(actor, "actor token")?));
@@ -272,12 +299,17 @@ impl OAuth2Issuer {
             .map_err(|e| IssueError::Response(format!("token endpoint answer: {e}")))?;
         token.check_type()?;
         let claims = jwt_claims(&token.access_token);
-        let expires_at = expiry(
+        let mut expires_at = expiry(
             issued_at,
             token.expires_in,
             claims.as_ref().and_then(|c| c.exp),
             request.ttl,
         )?;
+        // A task's token is not used past its grant (the store ends it then, and need not
+        // refresh it before).
+        if let Some(task) = &request.task {
+            expires_at = expires_at.min(task.expires_at);
+        }
         let id = match claims.and_then(|c| c.jti) {
             Some(jti) => jti,
             None => hash_id(&token.access_token),
@@ -409,6 +441,66 @@ mod tests {
         assert!(id.starts_with("sha256:") && id.len() == 19, "{id}");
         assert!(!id.contains("opaque"));
         assert_ne!(hash_id("a"), hash_id("b"));
+    }
+
+    /// An issuer of a closed loopback port: the cases below fail before anything is sent.
+    fn issuer(grant: OAuth2Grant) -> OAuth2Issuer {
+        OAuth2Issuer::new(
+            "idp",
+            &OAuth2IssuerConfig {
+                token_url: sidekey_config::Endpoint {
+                    url: "http://127.0.0.1:9/token".into(),
+                },
+                grant,
+                client_id: "c".into(),
+                client_auth: ClientAuth::None,
+                ca_file: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_task_token_needs_token_exchange_a_signer_and_an_end_user() {
+        let task = crate::TaskContext {
+            grant_id: "grant-1".into(),
+            task_id: "task-1".into(),
+            sub: "planner".into(),
+            on_behalf_of: Some("ann".into()),
+            act: Vec::new(),
+            expires_at: SystemTime::now() + Duration::from_secs(600),
+        };
+        let request = CredentialRequest {
+            name: "api".into(),
+            task: Some(task.clone()),
+            ..CredentialRequest::default()
+        };
+        let signer = LocalIssuer::generate(&sidekey_config::LocalIssuerConfig {
+            issuer: "sidekey-tasks".into(),
+            algorithm: sidekey_config::LocalAlgorithm::EdDsa,
+        })
+        .unwrap();
+        let message = |r: Result<Credential, IssueError>| match r {
+            Err(e) => e.public(),
+            Ok(c) => panic!("issued {}", c.id),
+        };
+        let cc = issuer(OAuth2Grant::ClientCredentials);
+        assert!(message(cc.issue(&request, Some(&signer)).await).contains("grant: token_exchange"));
+        let exchange = issuer(OAuth2Grant::TokenExchange {
+            subject_token_file: "/nonexistent/identity".into(),
+            actor_token_file: None,
+        });
+        assert!(message(exchange.issue(&request, None).await)
+            .contains("has no `task_assertion_issuer`"));
+        let nobody = CredentialRequest {
+            task: Some(crate::TaskContext {
+                on_behalf_of: None,
+                ..task
+            }),
+            ..request
+        };
+        let refused = message(exchange.issue(&nobody, Some(&signer)).await);
+        assert!(refused.contains("names no end user"), "{refused}");
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! the task), with the same single flight, refresh, expiry and revocation. A task's credential
 //! is never handed to another grant's request, and it ends with its grant: at the grant's
 //! expiry (or [`CredentialStore::end_task`]) its lease is revoked, or, for what cannot be
-//! revoked (JWTs, STS keys), it is dropped and never used again; either way audited `revoked`.
+//! revoked (JWTs, STS keys, OAuth2 access tokens), it is dropped and never used again; either
+//! way audited `revoked`.
 //! At most [`MAX_TASK_SLOTS`] task slots live at once. A reload carries them over with their
 //! credential, or retires them with it.
 
@@ -157,6 +158,10 @@ struct Slot {
     name: String,
     issuer_name: String,
     issuer: Arc<Issuer>,
+    /// The local issuer that signs a per-task oauth2 credential's subject tokens
+    /// (`task_assertion_issuer`): a reload keeps the slot only if it is the same `Arc` (a
+    /// rebuilt one has a new key, and the old one's is no longer published).
+    signer: Option<Arc<Issuer>>,
     /// What it was built from: a reload keeps the slot only if this is unchanged.
     config: CredentialConfig,
     /// What the issuer is asked for; a task's slot's names the task.
@@ -195,6 +200,25 @@ impl Slot {
                     name: config.name.clone(),
                     reason: format!("issuer `{}` is not configured", config.issuer),
                 })?;
+        let signer = match &config.task_assertion_issuer {
+            None => None,
+            Some(name) => match issuers.get(name) {
+                Some(signer) if signer.as_local().is_some() => Some(Arc::clone(signer)),
+                found => {
+                    return Err(CredentialError::Unavailable {
+                        name: config.name.clone(),
+                        reason: format!(
+                            "task_assertion_issuer `{name}` is {}",
+                            if found.is_some() {
+                                "not a local issuer"
+                            } else {
+                                "not configured"
+                            }
+                        ),
+                    })
+                }
+            },
+        };
         let request =
             CredentialRequest::from_config(config).map_err(|e| CredentialError::Unavailable {
                 name: config.name.clone(),
@@ -204,6 +228,7 @@ impl Slot {
             name: config.name.clone(),
             issuer_name: config.issuer.clone(),
             issuer,
+            signer,
             config: config.clone(),
             request,
             eager: config.eager,
@@ -228,6 +253,7 @@ impl Slot {
             name: parent.name.clone(),
             issuer_name: parent.issuer_name.clone(),
             issuer: Arc::clone(&parent.issuer),
+            signer: parent.signer.clone(),
             config: parent.config.clone(),
             request: CredentialRequest {
                 task: Some(task.clone()),
@@ -488,7 +514,8 @@ impl CredentialStore {
                 Some(old)
                     if old.config == fresh.config
                         && old.request == fresh.request
-                        && Arc::ptr_eq(&old.issuer, &fresh.issuer) =>
+                        && Arc::ptr_eq(&old.issuer, &fresh.issuer)
+                        && same_signer(&old.signer, &fresh.signer) =>
                 {
                     Arc::clone(old)
                 }
@@ -793,6 +820,15 @@ impl Retired {
     }
 }
 
+/// The same task assertion signer (the same `Arc`), or none in both.
+fn same_signer(a: &Option<Arc<Issuer>>, b: &Option<Arc<Issuer>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// Adds `issuer` to `list` unless it is there already (the same `Arc`: several credentials
 /// share one issuer).
 fn push_once(list: &mut Vec<Arc<Issuer>>, issuer: &Arc<Issuer>) {
@@ -833,8 +869,8 @@ async fn revoke_each(slots: Vec<Arc<Slot>>, audit: &AuditLog) {
 }
 
 /// Drops what the slot holds and revokes its lease, if it has one (audited `revoked`, or
-/// `failed` when the issuer says no). A task's credential without a lease (a JWT, STS keys)
-/// cannot be revoked: it is dropped, never used again, and audited `revoked` too, as the end
+/// `failed` when the issuer says no). A task's credential without a lease (a JWT, STS keys, an
+/// OAuth2 access token) cannot be revoked: it is dropped, never used again, and audited `revoked` too, as the end
 /// of its use (it expires on its own: a JWT no later than its grant). The slot's token is
 /// cancelled, so no fetch follows.
 async fn revoke_held(slot: &Slot, audit: &AuditLog) {
@@ -1181,7 +1217,9 @@ async fn refresh(slot: &Slot, held: &Arc<Held>, audit: &AuditLog) -> Result<(), 
 /// One issuer call; the caller holds `fetch_lock`. Stores and audits the result; the error is
 /// audited as `failed` and returned as text that is safe to show.
 async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, String> {
-    let result = tokio::time::timeout(ISSUE_TIMEOUT, slot.issuer.issue(&slot.request)).await;
+    let signer = slot.signer.as_deref().and_then(Issuer::as_local);
+    let result =
+        tokio::time::timeout(ISSUE_TIMEOUT, slot.issuer.issue(&slot.request, signer)).await;
     let credential = match result {
         Ok(Ok(c)) => Arc::new(c),
         Ok(Err(e)) => return Err(failed(slot, audit, e.public(), e.to_string())),
@@ -1256,6 +1294,7 @@ mod tests {
             resource: None,
             session_policy_file: None,
             per_task: false,
+            task_assertion_issuer: None,
         }
     }
 
@@ -1648,6 +1687,63 @@ mod tests {
         }
         // The kept slot is shared by both generations and unaffected.
         assert_eq!(old.get("kept").await.unwrap().id, kept.id);
+    }
+
+    #[tokio::test]
+    async fn a_rebuilt_task_assertion_signer_replaces_the_credentials_it_signs_for() {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let ttl = Duration::from_secs(300);
+        let signed = CredentialConfig {
+            task_assertion_issuer: Some("tasks".into()),
+            ..credential("signed", "a", ttl)
+        };
+        let creds = vec![signed.clone(), credential("plain", "a", ttl)];
+        let mut issuers = local_issuers();
+        let tasks = |issuers: &HashMap<String, Arc<Issuer>>| {
+            let mut issuers = issuers.clone();
+            let signer = local_issuers().remove("local").unwrap();
+            issuers.insert("tasks".to_string(), signer);
+            issuers
+        };
+        issuers = tasks(&issuers);
+        let old = CredentialStore::new(&creds, &issuers, writer.log()).unwrap();
+        let (_, _, changes) = old.successor(&creds, &issuers).unwrap();
+        assert_eq!(changes, CredentialChanges::default(), "the same signer");
+        // The same issuers but a rebuilt signer (its config changed: a new key).
+        let (_, retired, changes) = old.successor(&creds, &tasks(&issuers)).unwrap();
+        assert_eq!(changes.changed, ["signed"]);
+        assert_eq!(retired.slots.len(), 1);
+        // A signer that is missing, or not a local issuer, is refused.
+        let mut missing = issuers.clone();
+        missing.remove("tasks");
+        assert!(
+            CredentialStore::new(std::slice::from_ref(&signed), &missing, writer.log()).is_err()
+        );
+        let mut wrong = issuers.clone();
+        wrong.insert("tasks".into(), Arc::new(Issuer::OAuth2(oauth2_issuer())));
+        match CredentialStore::new(&[signed], &wrong, writer.log()) {
+            Err(CredentialError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("not a local issuer"), "{reason}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    /// An oauth2 issuer that is never called (a public client of a closed loopback port).
+    fn oauth2_issuer() -> crate::OAuth2Issuer {
+        crate::OAuth2Issuer::new(
+            "idp",
+            &sidekey_config::OAuth2IssuerConfig {
+                token_url: sidekey_config::Endpoint {
+                    url: "http://127.0.0.1:9/token".into(),
+                },
+                grant: sidekey_config::OAuth2Grant::ClientCredentials,
+                client_id: "c".into(),
+                client_auth: sidekey_config::ClientAuth::None,
+                ca_file: None,
+            },
+        )
+        .unwrap()
     }
 
     #[tokio::test]

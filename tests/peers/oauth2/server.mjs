@@ -7,15 +7,24 @@
 //   audience containing the word `opaque`, which gets an opaque token;
 // - an `audience` parameter (RFC 8693 style) for both grants: it goes into the JWT's `aud`;
 // - RFC 8693 token exchange (`urn:ietf:params:oauth:grant-type:token-exchange`): the
-//   `subject_token` (and optional `actor_token`) must be a JWT signed by a trusted identity key;
-//   the issued token's `sub` is the subject token's `sub`, and `act: {sub: <actor's sub>}` is set
-//   when an actor token is given;
+//   `subject_token` (and optional `actor_token`) must be a JWT signed by a trusted identity key
+//   (OAUTH2_IDENTITY_KEYS_FILE) or by a key of a trusted JWKS URL (POST /_trust_jwks: how
+//   sidekey's task assertions are trusted, with the JWKS its admin listener serves). Per RFC
+//   8693 §4.1 the issued token's `sub` is the subject token's `sub`, and its `act` names the
+//   actor token's `sub` (when one is given) with the subject token's own `act` chain nested
+//   inside: {sub: <actor>, act: <subject token's act>}; without an actor token, the subject
+//   token's `act` as it is;
 // - clients `sidekey-basic` (client_secret_basic), `sidekey-post` (client_secret_post) and
 //   `sidekey-pkjwt` (private_key_jwt with the public keys the test gives, only when given), all
 //   allowed both grants; and `sidekey-public` (no client authentication), token exchange only.
 //   Each secret client must use its own method (oidc-provider alone would take either);
 // - GET /_stats: what reached the token endpoint (counts per grant, every request's parameters
-//   with secrets removed, which client authentication was used); POST /_stats/reset clears it.
+//   with secrets removed, which client authentication was used); POST /_stats/reset clears it;
+// - POST /_trust_jwks {"jwks_url": URL, "issuer": ISS (optional), "audience": AUD (optional)}:
+//   from now on, subject and actor tokens may also be signed by a key of that JWKS (fetched
+//   when a token names a kid not seen yet, as an authorization server does with a trusted
+//   issuer's jwks_uri); such a token must carry `iss` = ISS when given, and `aud` = AUD
+//   (default: this server's token endpoint URL, RFC 7523 style).
 //
 // Usage: node server.mjs [PORT]   (PORT, else $OAUTH2_PORT, else 0 = a free port)
 // Prints one line on stdout when it listens:
@@ -109,6 +118,11 @@ function identityKeys() {
 
 const trustedIdentityKeys = identityKeys();
 
+/** Trusted JWKS URLs (POST /_trust_jwks): [{ url, keys, options }]. */
+const trustedJwks = [];
+/** This server's token endpoint URL, once it listens. */
+let tokenUrl;
+
 // --- stats --------------------------------------------------------------------------------------
 
 const MAX_RECORDS = 500;
@@ -201,6 +215,7 @@ function recordTokenResponse(entry, status, bodyText) {
       format: jwt.claims ? 'jwt' : 'opaque',
       jti: jwt.claims?.jti ?? null,
       sub: jwt.claims?.sub ?? null,
+      act: jwt.claims?.act ?? null,
       aud: jwt.claims?.aud ?? null,
       exp: jwt.claims?.exp ?? null,
       token_sha256: crypto.createHash('sha256').update(body.access_token).digest('hex'),
@@ -265,33 +280,67 @@ function defaultResourceFor(ctx) {
 // --- token exchange -----------------------------------------------------------------------------
 
 async function verifyIdentityToken(token, what) {
-  if (!trustedIdentityKeys.length) {
-    const err = new errors.InvalidGrant(`${what}: no identity keys configured (OAUTH2_IDENTITY_KEYS_FILE)`);
+  if (!trustedIdentityKeys.length && !trustedJwks.length) {
+    const err = new errors.InvalidGrant(`${what}: no identity keys configured (OAUTH2_IDENTITY_KEYS_FILE, POST /_trust_jwks)`);
     err.error_description = err.error_detail;
     throw err;
   }
   const options = { clockTolerance: 5 };
   if (env.OAUTH2_IDENTITY_AUDIENCE) options.audience = env.OAUTH2_IDENTITY_AUDIENCE;
   if (env.OAUTH2_IDENTITY_ISSUER) options.issuer = env.OAUTH2_IDENTITY_ISSUER;
+  const candidates = [
+    ...trustedIdentityKeys.map((key) => ({ key, options })),
+    ...trustedJwks.map(({ keys, options: o }) => ({ key: keys, options: o })),
+  ];
+  // The error to report: one about the claims of a token whose signature verified says more
+  // than another key's signature mismatch; otherwise the last one.
   let last;
-  for (const key of trustedIdentityKeys) {
+  for (const { key, options } of candidates) {
     try {
       const { payload } = await jose.jwtVerify(token, key, options);
       if (typeof payload.sub !== 'string' || !payload.sub) {
-        throw new Error('no sub claim');
+        throw claimsError('no sub claim');
       }
       if (payload.exp === undefined) {
-        throw new Error('no exp claim');
+        throw claimsError('no exp claim');
+      }
+      if (payload.act !== undefined && !isActClaim(payload.act)) {
+        throw claimsError('act is not an RFC 8693 actor claim ({"sub": ..., "act": ...})');
       }
       return payload;
     } catch (e) {
-      last = e;
+      if (!(last && aboutClaims(last) && !aboutClaims(e))) last = e;
     }
   }
   const err = new errors.InvalidGrant(`${what} rejected: ${last?.code ?? ''} ${last?.message ?? ''}`.trim());
   // Say which token failed and why (a real IdP's description is this specific, too).
   err.error_description = err.error_detail;
   throw err;
+}
+
+function claimsError(message) {
+  return Object.assign(new Error(message), { code: 'ERR_CLAIMS' });
+}
+
+/** Whether `e` is about a token whose signature verified (its claims), not about the key. */
+function aboutClaims(e) {
+  return ['ERR_CLAIMS', 'ERR_JWT_EXPIRED', 'ERR_JWT_CLAIM_VALIDATION_FAILED'].includes(e?.code);
+}
+
+/** An RFC 8693 §4.1 `act` claim: an object with a string `sub`, its own `act` nested likewise. */
+function isActClaim(act) {
+  if (act === null || typeof act !== 'object' || Array.isArray(act)) return false;
+  if (typeof act.sub !== 'string' || !act.sub) return false;
+  return act.act === undefined || isActClaim(act.act);
+}
+
+/**
+ * The `act` of the issued token (RFC 8693 §4.1): the actor token's subject is the current actor,
+ * and the chain the subject token carries (prior actors) is nested inside it.
+ */
+function issuedAct(subject, actor) {
+  if (!actor) return subject.act;
+  return subject.act === undefined ? { sub: actor.sub } : { sub: actor.sub, act: subject.act };
 }
 
 function single(params, name) {
@@ -344,7 +393,7 @@ function tokenExchangeHandler(provider) {
       scope: typeof params.scope === 'string' && params.scope ? params.scope : undefined,
     });
     token.resourceServer = new provider.ResourceServer(indicator, info);
-    ctx.sidekeyExchange = { sub: subject.sub, act: actor ? { sub: actor.sub } : undefined };
+    ctx.sidekeyExchange = { sub: subject.sub, act: issuedAct(subject, actor) };
 
     ctx.oidc.entity('ClientCredentials', token);
     const value = await token.save();
@@ -468,6 +517,25 @@ const server = http.createServer(async (req, res) => {
       sendJson(res, 200, { ok: true });
       return;
     }
+    if (req.method === 'POST' && path === '/_trust_jwks') {
+      let doc;
+      try {
+        doc = JSON.parse(await readBody(req));
+      } catch {
+        doc = null;
+      }
+      const url = URL.parse(doc?.jwks_url ?? '');
+      if (!url) {
+        sendJson(res, 400, { error: 'jwks_url must be an absolute URL' });
+        return;
+      }
+      const options = { clockTolerance: 5, audience: doc.audience ?? tokenUrl };
+      if (doc.issuer) options.issuer = doc.issuer;
+      trustedJwks.push({ url: url.href, keys: jose.createRemoteJWKSet(url), options });
+      log({ msg: 'trusting a JWKS', url: url.href, issuer: doc.issuer ?? null, audience: options.audience });
+      sendJson(res, 200, { ok: true, trusted: trustedJwks.map(({ url: u, options: o }) => ({ jwks_url: u, issuer: o.issuer ?? null, audience: o.audience })) });
+      return;
+    }
     if (req.method === 'GET' && path === '/_health') {
       sendJson(res, 200, { ok: true });
       return;
@@ -511,6 +579,7 @@ const server = http.createServer(async (req, res) => {
 server.listen(requestedPort, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
+  tokenUrl = `${issuer}/token`;
   providerRef = buildProvider(issuer);
   // Hand the stats entry to the provider's ctx (for the error detail of a failed grant).
   providerRef.use(async (ctx, next) => {
