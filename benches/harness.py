@@ -39,6 +39,8 @@ PORTS = {
     "SIDEKEY": 19001,
     "SIDEKEY_ADMIN": 19091,
     "SIDEKEY_TUNNEL": 19002,
+    "SIDEKEY_GRANTS": 19003,
+    "SIDEKEY_GRANTS_ADMIN": 19093,
     "NGINX_HTTP": 19011,
     "NGINX_TLS": 19012,
     "ENVOY_HTTP": 19021,
@@ -202,10 +204,10 @@ def check_injection(name, args, token=None):
     return body[len("Bearer "):]
 
 
-def check_denied(name, args):
-    code, _ = curl(args)
-    if code != "403":
-        raise RuntimeError(f"{name}: other hosts must be refused (403), got {code}")
+def check_denied(name, args, code="403"):
+    got, _ = curl(args)
+    if got != code:
+        raise RuntimeError(f"{name}: must be refused ({code}), got {got}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +220,7 @@ wrk.path = "{path}"
 wrk.headers["Host"] = "{host}"
 wrk.headers["Authorization"] = "Bearer agent-dummy-key"
 wrk.headers["User-Agent"] = "sidekey-bench"
+{extra}
 {delay}
 function done(summary, latency, requests)
   local e = summary.errors
@@ -230,10 +233,11 @@ end
 """
 
 
-def wrk(addr, path, connections, seconds, delay_ms=None):
+def wrk(addr, path, connections, seconds, delay_ms=None, headers=()):
     delay = f"function delay() return {delay_ms} end" if delay_ms else ""
-    script = RUN / f"wrk-{abs(hash((path, delay_ms)))}.lua"
-    script.write_text(WRK_SCRIPT.format(path=path, host=PLAIN_AUTHORITY, delay=delay))
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers)
+    script = RUN / f"wrk-{abs(hash((path, delay_ms, tuple(headers))))}.lua"
+    script.write_text(WRK_SCRIPT.format(path=path, host=PLAIN_AUTHORITY, delay=delay, extra=extra))
     out = sh(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
               "--timeout", "10s", "-s", str(script), f"http://{addr}"])
     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
@@ -257,8 +261,10 @@ def load(args, timeout=120):
 
 
 class Target:
-    def __init__(self, name, proc, plain=None, https=None, https_kind=None, tunnel=None, h2=True):
+    def __init__(self, name, proc, plain=None, https=None, https_kind=None, tunnel=None, h2=True,
+                 headers=()):
         self.name = name
+        self.headers = headers  # extra request headers for wrk (a task grant)
         self.proc = proc
         self.plain = plain  # address for plain-HTTP forward (absolute-form), or None
         self.https = https  # bench-load args to reach api.bench.test over TLS through it
@@ -319,14 +325,14 @@ def run_scenarios(targets, opts, results):
         for c in (1, 16, 128):
             for t in order(plain):
                 path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
-                res = measure(t.proc, lambda: wrk(t.plain, path, c, d))
+                res = measure(t.proc, lambda: wrk(t.plain, path, c, d, headers=t.headers))
                 record(f"plain_c{c}", t, res)
                 log(f"  {t.name:10} c={c:<3} {res['rps']:9.0f} req/s  p99 {res.get('p99_us')} us")
         # A fixed offered rate well under every proxy's limit except mitmproxy's: latency
         # without queueing. 10 connections each pausing 2 ms between requests.
         for t in order(plain):
             path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
-            res = measure(t.proc, lambda: wrk(t.plain, path, 10, d, delay_ms=2))
+            res = measure(t.proc, lambda: wrk(t.plain, path, 10, d, delay_ms=2, headers=t.headers))
             record("plain_rate", t, res)
             log(f"  {t.name:10} fixed rate {res['rps']:7.0f} req/s  p99 {res.get('p99_us')} us")
 
@@ -356,6 +362,8 @@ def run_scenarios(targets, opts, results):
 
     log("streaming: SSE time to first byte")
     for t in plain:
+        if t.headers:  # bench-load sends no proxy credentials on plain requests
+            continue
         path = "/sse" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/sse"
         res = measure(t.proc, lambda: load(["--connect", t.plain, "--host", PLAIN_AUTHORITY,
                                             "--uri", path, "--mode", "sse",
@@ -374,7 +382,7 @@ def idle_connections(targets, opts, results):
     """RSS with N idle keep-alive connections (each made one request first)."""
     out = {}
     for t in targets:
-        if not t.plain or t.proc is None:
+        if not t.plain or t.proc is None or t.headers:
             continue
         base = t.proc.rss_kb()
         path = f"http://{PLAIN_AUTHORITY}/"
@@ -550,6 +558,29 @@ def setup():
     sidekey_tunnel = start("sidekey-tunnel",
                            [str(SIDEKEY), "run", "-c", render("sidekey-tunnel.yaml", RUN / "sidekey-tunnel.yaml")],
                            env=env, port=PORTS["SIDEKEY_TUNNEL"])
+    # The same sidekey with task grants required: every request presents one (Proxy-Authorization).
+    grants_dir = RUN / "grants"
+    shutil.rmtree(grants_dir, ignore_errors=True)
+    grants_dir.mkdir()
+    made = sh([str(SIDEKEY), "grant", "keygen", "--dir", str(grants_dir)])
+    if made.returncode != 0:
+        raise RuntimeError(f"sidekey grant keygen: {made.stderr}")
+    signed = sh([str(SIDEKEY), "grant", "sign", "--key", str(grants_dir / "grant-key.pem"),
+                 "--audience", "bench", "--sub", "bench-agent", "--task", "bench-task",
+                 "--user", "bench-user", "--route", "bench:GET", "--ttl", "1h"])
+    if signed.returncode != 0:
+        raise RuntimeError(f"sidekey grant sign: {signed.stderr}")
+    global GRANT
+    GRANT = signed.stdout.strip()
+    sidekey_grants = start("sidekey-grants",
+                           [str(SIDEKEY), "run", "-c", render("sidekey-grants.yaml", RUN / "sidekey-grants.yaml")],
+                           env=env, port=PORTS["SIDEKEY_GRANTS"])
+    check_denied("sidekey-grants (no grant)", ["--proxy", f"http://127.0.0.1:{PORTS['SIDEKEY_GRANTS']}",
+                                               f"http://{PLAIN_AUTHORITY}/headers"], code="407")
+    check_injection("sidekey-grants", ["--proxy", f"http://127.0.0.1:{PORTS['SIDEKEY_GRANTS']}",
+                                       "--proxy-header", f"Proxy-Authorization: Bearer {GRANT}",
+                                       f"http://{PLAIN_AUTHORITY}/headers"])
+
     # The peers inject a token as long as the one sidekey mints, so the work is the same.
     token = check_injection("sidekey", ["--proxy", f"http://127.0.0.1:{PORTS['SIDEKEY']}",
                                         f"http://{PLAIN_AUTHORITY}/headers"])
@@ -606,6 +637,11 @@ def setup():
                https=via_connect(PORTS["MITM"], str(RUN / "mitm" / "mitmproxy-ca-cert.pem")),
                https_kind="CONNECT + interception"),
         Target("sidekey-tunnel", sidekey_tunnel, tunnel=tunnel(PORTS["SIDEKEY_TUNNEL"])),
+        Target("sidekey-grants", sidekey_grants, plain=f"127.0.0.1:{PORTS['SIDEKEY_GRANTS']}",
+               https=via_connect(PORTS["SIDEKEY_GRANTS"], str(RUN / "sidekey-grants-ca.pem"))
+               + ["--proxy-auth", f"Bearer {GRANT}"],
+               https_kind="CONNECT + interception, grant at CONNECT",
+               headers=[("Proxy-Authorization", f"Bearer {GRANT}")]),
     ]
 
 
@@ -614,7 +650,8 @@ def verify(targets, results):
     log("checking that every proxy does the same work")
     checked = {}
     for t in targets:
-        if t.proc is None or t.name == "sidekey-tunnel":
+        # sidekey-tunnel routes nothing; sidekey-grants needs a grant (checked in setup).
+        if t.proc is None or t.name in ("sidekey-tunnel", "sidekey-grants"):
             continue
         token = None if t.name == "sidekey" else PEER_TOKEN
         if t.plain:

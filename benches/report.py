@@ -184,6 +184,30 @@ def write(results, dest):
     add(table(["target", "first byte p50 ms", "first byte max ms", "whole stream p50 ms"], rows))
     add("")
 
+    # ---- grants
+    grant_rows = []
+    for key, label, field in (("plain_c16", "plain HTTP, c=16, req/s", "rps"),
+                              ("plain_c128", "plain HTTP, c=128, req/s", "rps"),
+                              ("plain_rate", "plain HTTP, fixed rate, p99 µs", "p99_us"),
+                              ("https_keepalive", "HTTPS keep-alive (CONNECT + interception), req/s", "rps"),
+                              ("h2", "HTTP/2, 4 × 32 streams, req/s", "rps")):
+        off = get(results, key, "sidekey", field)
+        on = get(results, key, "sidekey-grants", field)
+        failed = [n for n in ("sidekey", "sidekey-grants")
+                  if (get(results, key, n, "errors") or 0) > 0 or get(results, key, n, field) in (None, 0)]
+        if failed:
+            grant_rows.append([label, fmt(off), fmt(on), "failed: " + ", ".join(failed)])
+        else:
+            grant_rows.append([label, fmt(off), fmt(on), x(ratio(on, off))])
+    if get(results, "plain_c16", "sidekey-grants", "rps") is not None:
+        add("## Task grants: what they cost\n")
+        add("The same sidekey and work, with `grants.required: true` and every request (plain HTTP) or "
+            "CONNECT (HTTPS, HTTP/2) presenting a grant as `Proxy-Authorization: Bearer` — a cached "
+            "grant costs a lookup (see the `grant_check` micro-benchmarks: `scripts/bench --micro`). "
+            "A run with errors is shown as failed, never as a ratio.\n")
+        add(table(["scenario", "grants off", "grants on", "on / off"], grant_rows))
+        add("")
+
     # ---- memory
     add("## Memory (RSS, all of the proxy's processes)\n")
     idle = results.get("idle_rss_kb") or {}

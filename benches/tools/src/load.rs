@@ -39,6 +39,8 @@ struct Opts {
     mode: String,
     connect: String,
     tunnel: Option<String>,
+    /// `Proxy-Authorization` sent with the CONNECT (a task grant).
+    proxy_auth: Option<String>,
     tls: Option<String>,
     ca: Option<String>,
     h2: bool,
@@ -70,6 +72,7 @@ impl Opts {
             mode: get("--mode").unwrap_or_else(|| "load".into()),
             connect: get("--connect").ok_or("--connect ADDR is required")?,
             tunnel: get("--tunnel"),
+            proxy_auth: get("--proxy-auth"),
             tls: get("--tls"),
             ca: get("--ca"),
             h2: args.iter().any(|a| a == "--h2"),
@@ -168,7 +171,7 @@ impl Dialer {
         let mut tcp = TcpStream::connect(&self.opts.connect).await?;
         tcp.set_nodelay(true)?;
         if let Some(target) = &self.opts.tunnel {
-            connect_through(&mut tcp, target).await?;
+            connect_through(&mut tcp, target, self.opts.proxy_auth.as_deref()).await?;
         }
         match &self.tls {
             None => Ok(Box::new(tcp)),
@@ -208,8 +211,13 @@ fn rustls_pemfile_certs(
 }
 
 /// Sends `CONNECT target` and reads the proxy's answer head; anything but 2xx is an error.
-async fn connect_through(tcp: &mut TcpStream, target: &str) -> Result<(), Error> {
-    let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+async fn connect_through(
+    tcp: &mut TcpStream,
+    target: &str,
+    proxy_auth: Option<&str>,
+) -> Result<(), Error> {
+    let auth = proxy_auth.map_or(String::new(), |a| format!("Proxy-Authorization: {a}\r\n"));
+    let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n");
     tcp.write_all(head.as_bytes()).await?;
     let mut buf = Vec::with_capacity(256);
     let mut byte = [0u8; 1];

@@ -2,6 +2,8 @@
 //! `HTTPS_PROXY=http://task:<grant>@127.0.0.1:15080` works in every client unchanged), or in
 //! the `x-sidekey-grant` header on the route listener. Neither reaches an upstream.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::PROXY_AUTHORIZATION;
@@ -14,7 +16,9 @@ pub const GRANT_HEADER: &str = "x-sidekey-grant";
 
 /// The grant in `Proxy-Authorization`: `Basic base64(user:grant)` (the user name is not
 /// read) or `Bearer grant`. None when the header is absent.
-pub fn presented_by_proxy_authorization(headers: &HeaderMap) -> Result<Option<String>, GrantError> {
+pub fn presented_by_proxy_authorization(
+    headers: &HeaderMap,
+) -> Result<Option<Cow<'_, str>>, GrantError> {
     let mut values = headers.get_all(PROXY_AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -31,7 +35,7 @@ pub fn presented_by_proxy_authorization(headers: &HeaderMap) -> Result<Option<St
     let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return nonempty(rest.to_string());
+        return nonempty(Cow::Borrowed(rest));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = STANDARD
@@ -45,7 +49,7 @@ pub fn presented_by_proxy_authorization(headers: &HeaderMap) -> Result<Option<St
             ));
         };
         // Some clients percent-encode userinfo and send it as is; a JWT never contains '%'.
-        return nonempty(password.to_string());
+        return nonempty(Cow::Owned(password.to_string()));
     }
     Err(GrantError::Invalid(
         "Proxy-Authorization must be Basic (the grant as password) or Bearer".into(),
@@ -53,7 +57,7 @@ pub fn presented_by_proxy_authorization(headers: &HeaderMap) -> Result<Option<St
 }
 
 /// The grant in `x-sidekey-grant` (route listener). None when absent.
-pub fn presented_by_header(headers: &HeaderMap) -> Result<Option<String>, GrantError> {
+pub fn presented_by_header(headers: &HeaderMap) -> Result<Option<Cow<'_, str>>, GrantError> {
     let mut values = headers.get_all(GRANT_HEADER).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -71,10 +75,11 @@ pub fn presented_by_header(headers: &HeaderMap) -> Result<Option<String>, GrantE
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
         .unwrap_or(text);
-    nonempty(token.trim().to_string())
+    nonempty(Cow::Borrowed(token.trim()))
 }
 
-fn nonempty(token: String) -> Result<Option<String>, GrantError> {
+/// The token, borrowed from the header where it can be (no copy per request).
+fn nonempty(token: Cow<'_, str>) -> Result<Option<Cow<'_, str>>, GrantError> {
     if token.is_empty() {
         return Err(GrantError::Invalid("the grant is empty".into()));
     }
@@ -101,8 +106,13 @@ mod tests {
             ("Bearer eyJ.a.b", "eyJ.a.b"),
             ("bearer   eyJ.a.b ", "eyJ.a.b"),
         ] {
-            let got = presented_by_proxy_authorization(&headers(&[("proxy-authorization", value)]));
-            assert_eq!(got, Ok(Some(want.to_string())), "{value}");
+            let map = headers(&[("proxy-authorization", value)]);
+            let got = presented_by_proxy_authorization(&map);
+            assert_eq!(
+                got.map(|t| t.map(Cow::into_owned)),
+                Ok(Some(want.to_string())),
+                "{value}"
+            );
         }
         assert_eq!(
             presented_by_proxy_authorization(&HeaderMap::new()),
@@ -125,14 +135,10 @@ mod tests {
 
     #[test]
     fn grant_header() {
-        assert_eq!(
-            presented_by_header(&headers(&[("x-sidekey-grant", "Bearer t")])),
-            Ok(Some("t".into()))
-        );
-        assert_eq!(
-            presented_by_header(&headers(&[("x-sidekey-grant", "t")])),
-            Ok(Some("t".into()))
-        );
+        for value in ["Bearer t", "t"] {
+            let map = headers(&[("x-sidekey-grant", value)]);
+            assert_eq!(presented_by_header(&map), Ok(Some(Cow::Borrowed("t"))));
+        }
         assert!(presented_by_header(&headers(&[("x-sidekey-grant", " ")])).is_err());
     }
 }

@@ -90,7 +90,7 @@ pub(crate) async fn grant_of_proxy_credentials(
 
 async fn verify(
     grants: &sidekey_grants::Grants,
-    token: Option<String>,
+    token: Option<std::borrow::Cow<'_, str>>,
 ) -> Result<Option<Arc<Grant>>, Refusal> {
     match token {
         None => Ok(None),
