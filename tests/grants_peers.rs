@@ -902,3 +902,76 @@ user bob
         .collect();
     assert_eq!(events, ["issued", "revoked"], "{credential:#}");
 }
+
+#[test]
+fn a_reload_keeps_unchanged_task_credentials_swaps_trusted_keys_and_retires_changed_ones() {
+    let env = Env::new();
+    let (keys, next_keys) = (Keys::new(), Keys::new());
+    let sk = env.sidekey(&local_config(&keys, false, ""));
+    let grant = keys.sign(AUDIENCE, "planner", "t-r", &["--ttl", "10m"]);
+    let url = format!("https://{TASKS}/echo/reload");
+    let credential_of = |sk: &Sidekey, n: usize| -> String {
+        let records = sk.wait_audit(
+            |r| r["type"] == "request" && r["route"] == "tasks" && r["status"] == 200,
+            n,
+            Duration::from_secs(10),
+        );
+        records[n - 1]["credential_id"]
+            .as_str()
+            .expect("credential_id")
+            .to_string()
+    };
+    curl_granted(&sk, &grant, &[&url]).assert_status(200);
+    let first = credential_of(&sk, 1);
+
+    // A reload that leaves the credential as it was: the task keeps its credential, and its
+    // grant is verified again under the reloaded settings (same keys: still valid).
+    let reloaded = sk.reload(
+        &local_config(&keys, false, "unmatched: deny\n"),
+        &env.vars(),
+    );
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    curl_granted(&sk, &grant, &[&url]).assert_status(200);
+    assert_eq!(
+        credential_of(&sk, 2),
+        first,
+        "the task's credential was kept"
+    );
+
+    // Trusting other keys: grants of the old ones are refused at once, the new ones work.
+    let swapped = local_config(&next_keys, false, "");
+    assert_eq!(sk.reload(&swapped, &env.vars())["event"], "reloaded");
+    let refused = curl_granted(&sk, &grant, &[&url]);
+    assert_eq!(refused.connect_status, 407, "{refused:#?}");
+    let fresh = next_keys.sign(AUDIENCE, "planner", "t-r2", &[]);
+    curl_granted(&sk, &fresh, &[&url]).assert_status(200);
+
+    // Changing the per-task credential retires the task credentials it issued: revoked, with
+    // their task and grant named.
+    let changed = swapped.replace(
+        "task_jwt: { issuer: local, audience: demo-api, ttl: 5m, per_task: true }",
+        "task_jwt: { issuer: local, audience: other-api, ttl: 5m, per_task: true }",
+    );
+    assert_ne!(changed, swapped);
+    assert_eq!(sk.reload(&changed, &env.vars())["event"], "reloaded");
+    let revoked = sk.wait_audit(
+        |r| r["type"] == "credential" && r["event"] == "revoked" && r["task_id"] == "t-r2",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(revoked[0]["credential"], "task_jwt");
+    assert_eq!(revoked[0]["grant_id"], jti(&fresh).as_str());
+    curl_granted(&sk, &fresh, &[&url]).assert_status(200);
+    let seen = env.upstream.requests_to("/echo/reload");
+    let last = seen
+        .last()
+        .expect("request")
+        .bearer()
+        .expect("bearer")
+        .to_string();
+    assert_eq!(
+        decode_jwt(&last).1["aud"],
+        "other-api",
+        "a new credential under the new config"
+    );
+}
