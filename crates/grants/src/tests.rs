@@ -317,3 +317,45 @@ async fn a_grant_signed_with_sidekeys_key_must_have_been_derived_here() {
     let err = f.grants.authenticate(&forged).await.unwrap_err();
     assert!(err.to_string().contains("not derived here"), "{err}");
 }
+
+#[tokio::test]
+async fn no_change_to_a_signed_grant_verifies_and_none_panics() {
+    let f = fixture(Duration::from_secs(3600)).await;
+    let token = sign(&f.key, &claims(600)).unwrap();
+    assert!(f.grants.verify_uncached(&token).await.is_ok());
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+    let bytes = token.as_bytes();
+    // Every single-character substitution (two replacements per position) and every
+    // truncation: refused, never accepted, never a panic.
+    for i in 0..bytes.len() {
+        for k in [7usize, 41] {
+            let replacement = alphabet
+                [(alphabet.iter().position(|&c| c == bytes[i]).unwrap_or(0) + k) % alphabet.len()];
+            let mut changed = bytes.to_vec();
+            changed[i] = replacement;
+            let changed = String::from_utf8(changed).unwrap();
+            assert!(
+                f.grants.verify_uncached(&changed).await.is_err(),
+                "a grant changed at byte {i} verified"
+            );
+        }
+        assert!(f.grants.verify_uncached(&token[..i]).await.is_err());
+    }
+    // Proxy-Authorization values of arbitrary bytes: an answer, never a panic.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..2000 {
+        let len = (state % 64) as usize;
+        let mut value = Vec::with_capacity(len);
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            value.push((state % 95 + 32) as u8);
+        }
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_bytes(&value) {
+            headers.insert(http::header::PROXY_AUTHORIZATION, v);
+            let _ = presented_by_proxy_authorization(&headers);
+        }
+    }
+}
