@@ -163,6 +163,7 @@ fn grant_error(e: &GrantError) -> Response<Full<Bytes>> {
     // may not is 403.
     match e {
         GrantError::Forbidden(why) => error(StatusCode::FORBIDDEN, "forbidden", why),
+        GrantError::BadRequest(why) => error(StatusCode::BAD_REQUEST, "request_invalid", why),
         _ => {
             let refusal = e.refusal();
             error(

@@ -54,13 +54,18 @@ pub enum GrantError {
     /// that is neither its own nor derived from it (admin endpoints only).
     #[error("not allowed: {0}")]
     Forbidden(String),
+    /// A child grant request that is malformed (admin endpoints only).
+    #[error("bad request: {0}")]
+    BadRequest(String),
 }
 
 impl GrantError {
     /// The refusal the agent gets.
     pub fn refusal(&self) -> Refusal {
         let code = match self {
-            GrantError::Invalid(_) | GrantError::Forbidden(_) => ErrorCode::GrantInvalid,
+            GrantError::Invalid(_) | GrantError::Forbidden(_) | GrantError::BadRequest(_) => {
+                ErrorCode::GrantInvalid
+            }
             GrantError::Expired(_) => ErrorCode::GrantExpired,
             GrantError::Revoked(_) => ErrorCode::GrantRevoked,
         };
@@ -251,7 +256,16 @@ impl Grants {
             Some(routes) => Some(routes.clone()),
             None => parent.claims.routes.clone(),
         };
-        let scope = scope_of(routes.as_deref())?;
+        if request.ttl_seconds == Some(0) {
+            return Err(GrantError::BadRequest(
+                "ttl_seconds must be at least 1".into(),
+            ));
+        }
+        let bad = |e: GrantError| match e {
+            GrantError::Invalid(why) => GrantError::BadRequest(why),
+            other => other,
+        };
+        let scope = scope_of(routes.as_deref()).map_err(bad)?;
         scope.check_within(&parent.scope).map_err(|why| {
             GrantError::Invalid(format!("the child would widen its parent: {why}"))
         })?;
@@ -282,7 +296,7 @@ impl Grants {
             }),
             parent: Some(parent.jti.clone()),
         };
-        let grant = Arc::new(Grant::from_claims(claims, settings.max_ttl)?);
+        let grant = Arc::new(Grant::from_claims(claims, settings.max_ttl).map_err(bad)?);
         let token = sign(&self.own, grant.claims())
             .map_err(|e| GrantError::Invalid(format!("cannot sign the child: {e}")))?;
         self.lock_registry()

@@ -274,6 +274,30 @@ async fn children_are_subsets_and_revocation_reaches_descendants() {
             .unwrap();
         assert!(err.to_string().contains("widen"), "{err}");
     }
+    // A malformed request is the caller's error, not an authentication failure.
+    for bad in [
+        ChildRequest {
+            sub: "".into(),
+            ..Default::default()
+        },
+        ChildRequest {
+            sub: "x".into(),
+            ttl_seconds: Some(0),
+            ..Default::default()
+        },
+        ChildRequest {
+            sub: "x".into(),
+            routes: Some(vec![RouteClaim::Narrowed {
+                route: "github".into(),
+                methods: None,
+                paths: Some(vec!["no-slash".into()]),
+            }]),
+            ttl_seconds: None,
+        },
+    ] {
+        let err = f.grants.derive(&verified, &bad).err().unwrap();
+        assert!(matches!(err, GrantError::BadRequest(_)), "{err}");
+    }
     // A child never outlives its parent.
     let long = f
         .grants
