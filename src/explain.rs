@@ -740,6 +740,9 @@ fn step_of(refusal: &Refusal) -> &'static str {
         ErrorCode::MethodNotAllowed => {
             "5: the route match (first match; with a grant, route ∩ grant)"
         }
+        ErrorCode::RequestInvalid if m.contains("Content-Type") || m.contains("multipart") => {
+            "8: the body plan (form kind of a POST)"
+        }
         ErrorCode::RequestInvalid
             if m.contains("must name one method") || m.contains("is not ASCII") =>
         {
@@ -900,4 +903,578 @@ fn body_text(body: &BodyPlan) -> String {
         },
     };
     format!("{how}; {max}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidekey_policy::{PathGlob, RouteGrant};
+
+    const CONFIG: &str = r#"issuers:
+  local: { kind: local }
+credentials:
+  demo: { issuer: local, audience: demo-api }
+routes:
+  - name: api
+    hosts: [api.example.com]
+    methods: [GET, POST]
+    credential: demo
+    inject: { header: X-Api-Key, value: "Key {token}" }
+    max_request_body: 1000
+  - name: scoped
+    hosts: [paths.example.com]
+    methods: [GET]
+    paths: ["/v1/**"]
+  - name: plain
+    hosts: [plain.example.com]
+    schemes: [http]
+    methods: [GET]
+    credential: demo
+    inject: { query: api_key }
+  - name: wild
+    hosts: ["*.wild.example.com"]
+    methods: [GET]
+  - name: wide
+    hosts: [two.example.com]
+    methods: [GET]
+    credential: demo
+    inject: { basic: { username: x-access-token } }
+  - name: narrow
+    hosts: [two.example.com]
+    methods: [GET]
+    paths: ["/v1/**"]
+"#;
+
+    fn config(extra: &str) -> Config {
+        sidekey_config::parse(&format!("{CONFIG}{extra}"), "test.yaml").unwrap()
+    }
+
+    fn ask(listener: Listener, method: &str, url: &str, headers: &[&str]) -> Ask {
+        Ask {
+            listener,
+            method: method.into(),
+            url: url.into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            body_length: None,
+        }
+    }
+
+    fn run(config: &Config, ask: &Ask, grant: &GrantInput) -> Explanation {
+        explain(config, ask, grant).unwrap()
+    }
+
+    #[test]
+    fn an_allowed_request_names_route_credential_injection_and_body_plan() {
+        let c = config("");
+        let e = run(
+            &c,
+            &ask(
+                Listener::Forward,
+                "POST",
+                "https://api.example.com/x?a=1",
+                &[],
+            ),
+            &GrantInput::None,
+        );
+        assert_eq!(e.verdict, Verdict::Allow);
+        assert_eq!(e.connect, Some("intercept"));
+        let route = e.route.clone().unwrap();
+        assert_eq!((route.number, route.name.as_str()), (1, "api"));
+        assert_eq!(route.host, "api.example.com");
+        assert_eq!(route.methods, "GET, POST");
+        assert_eq!(route.path_glob, None);
+        let credential = e.credential.clone().unwrap();
+        assert_eq!(
+            (credential.name.as_str(), credential.issuer.as_str()),
+            ("demo", "local")
+        );
+        assert_eq!(credential.issuer_kind, "local");
+        let json = e.json();
+        assert_eq!(json["decision"], "allow");
+        assert_eq!(json["exit"], 0);
+        assert_eq!(json["route"]["index"], 1);
+        assert_eq!(json["inject"]["kind"], "header");
+        assert_eq!(json["inject"]["header"], "X-Api-Key");
+        assert_eq!(json["inject"]["template"], "Key {token}");
+        assert_eq!(json["body"]["max_request_body"], 1000);
+        // A POST with no Content-Type is a form to frameworks: read whole (declared empty).
+        assert_eq!(json["body"]["form_scan"], "urlencoded");
+        assert_eq!(json["body"]["read_whole"]["purpose"], "form_check");
+        assert_eq!(json["refusal"], Value::Null);
+        let text = e.text();
+        assert!(text.contains("route:      #1 api"), "{text}");
+        assert!(
+            text.contains("inject:     header X-Api-Key: Key {token}"),
+            "{text}"
+        );
+        assert!(text.contains("address_not_allowed"), "{text}");
+    }
+
+    #[test]
+    fn each_injection_is_described() {
+        let c = config("");
+        let cases = [
+            (
+                "http://plain.example.com/a",
+                json!({"kind": "query", "param": "api_key"}),
+            ),
+            (
+                "https://two.example.com/a",
+                json!({"kind": "basic", "username": "x-access-token"}),
+            ),
+            ("https://paths.example.com/v1/a", Value::Null),
+        ];
+        for (url, want) in cases {
+            let e = run(
+                &c,
+                &ask(Listener::Forward, "GET", url, &[]),
+                &GrantInput::None,
+            );
+            assert_eq!(e.verdict, Verdict::Allow, "{url}");
+            assert_eq!(e.json()["inject"], want, "{url}");
+        }
+        let e = run(
+            &c,
+            &ask(
+                Listener::Forward,
+                "GET",
+                "https://paths.example.com/v1/a",
+                &[],
+            ),
+            &GrantInput::None,
+        );
+        assert_eq!(
+            e.route.as_ref().unwrap().path_glob.as_deref(),
+            Some("/v1/**")
+        );
+        assert!(e.text().contains("credential: none"));
+    }
+
+    /// Every refusal a request can get here: the code, and the check that made it.
+    #[test]
+    fn refusals_carry_code_status_message_and_step() {
+        let c = config("");
+        let f = Listener::Forward;
+        let r = Listener::Routes;
+        /// Listener, method, URL, headers, body length, the code, the start of the step.
+        type Case<'a> = (
+            Listener,
+            &'a str,
+            &'a str,
+            &'a [&'a str],
+            Option<u64>,
+            ErrorCode,
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            (
+                f,
+                "GET",
+                "https://nope.example.com/",
+                &[],
+                None,
+                ErrorCode::HostNotAllowed,
+                "connect",
+            ),
+            (
+                f,
+                "GET",
+                "http://nope.example.com/",
+                &[],
+                None,
+                ErrorCode::HostNotAllowed,
+                "5:",
+            ),
+            (
+                f,
+                "GET",
+                "https://plain.example.com/",
+                &[],
+                None,
+                ErrorCode::HostNotAllowed,
+                "connect",
+            ),
+            (
+                f,
+                "DELETE",
+                "https://api.example.com/",
+                &[],
+                None,
+                ErrorCode::MethodNotAllowed,
+                "5:",
+            ),
+            (
+                f,
+                "GET",
+                "https://paths.example.com/v2/a",
+                &[],
+                None,
+                ErrorCode::PathNotAllowed,
+                "5:",
+            ),
+            (
+                f,
+                "GET",
+                "https://paths.example.com/v1/../v2",
+                &[],
+                None,
+                ErrorCode::PathNotAllowed,
+                "4:",
+            ),
+            (
+                f,
+                "GET",
+                "https://paths.example.com/v1/a%2Fb",
+                &[],
+                None,
+                ErrorCode::PathNotAllowed,
+                "4:",
+            ),
+            (
+                f,
+                "GET",
+                "https://paths.example.com/v1/a%zz",
+                &[],
+                None,
+                ErrorCode::RequestInvalid,
+                "4:",
+            ),
+            (
+                f,
+                "GET",
+                "https://api.example.com/",
+                &["Host: other.example.com"],
+                None,
+                ErrorCode::TargetMismatch,
+                "3:",
+            ),
+            (
+                f,
+                "GET",
+                "http://plain.example.com/",
+                &["Host: api.example.com"],
+                None,
+                ErrorCode::TargetMismatch,
+                "3:",
+            ),
+            (
+                f,
+                "POST",
+                "https://api.example.com/",
+                &["Transfer-Encoding: gzip, chunked"],
+                None,
+                ErrorCode::RequestInvalid,
+                "1:",
+            ),
+            (
+                f,
+                "POST",
+                "https://api.example.com/",
+                &[],
+                Some(1001),
+                ErrorCode::BodyTooLarge,
+                "8:",
+            ),
+            (
+                f,
+                "POST",
+                "https://api.example.com/",
+                &["Content-Type: multipart/form-data"],
+                None,
+                ErrorCode::RequestInvalid,
+                "8:",
+            ),
+            (
+                f,
+                "POST",
+                "https://api.example.com/",
+                &["X-HTTP-Method-Override: DELETE"],
+                None,
+                ErrorCode::MethodNotAllowed,
+                "7:",
+            ),
+            (
+                f,
+                "GET",
+                "https://api.example.com/?_method=PUT",
+                &[],
+                None,
+                ErrorCode::MethodNotAllowed,
+                "7:",
+            ),
+            (
+                f,
+                "GET",
+                "https://api.example.com/",
+                &["X-HTTP-Method-Override: a b"],
+                None,
+                ErrorCode::RequestInvalid,
+                "7:",
+            ),
+            (
+                f,
+                "GET",
+                "/x",
+                &[],
+                None,
+                ErrorCode::RequestInvalid,
+                "identify",
+            ),
+            (
+                r,
+                "GET",
+                "/r/nope/x",
+                &[],
+                None,
+                ErrorCode::HostNotAllowed,
+                "identify",
+            ),
+            (
+                r,
+                "GET",
+                "http://127.0.0.1:15081/r/wild/x",
+                &[],
+                None,
+                ErrorCode::HostNotAllowed,
+                "identify",
+            ),
+            (
+                r,
+                "GET",
+                "/x",
+                &[],
+                None,
+                ErrorCode::RequestInvalid,
+                "identify",
+            ),
+            (
+                r,
+                "DELETE",
+                "/r/api/x",
+                &[],
+                None,
+                ErrorCode::MethodNotAllowed,
+                "5:",
+            ),
+        ];
+        for (listener, method, url, headers, length, code, step) in cases {
+            let mut a = ask(*listener, method, url, headers);
+            a.body_length = *length;
+            let e = run(&c, &a, &GrantInput::None);
+            let what = format!("{method} {url} {headers:?}");
+            assert_eq!(e.verdict, Verdict::Deny, "{what}: {}", e.text());
+            let refused = e.refused.clone().unwrap();
+            assert_eq!(refused.refusal.code, *code, "{what}: {}", e.text());
+            assert!(
+                refused.step.starts_with(step),
+                "{what}: step {}",
+                refused.step
+            );
+            let json = e.json();
+            assert_eq!(json["exit"], 1);
+            assert_eq!(json["refusal"]["code"], code.as_str());
+            assert_eq!(json["refusal"]["status"], code.status());
+            assert_eq!(json["refusal"]["message"], refused.refusal.message.as_str());
+            assert_eq!(json["route"], Value::Null, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_route_listener_decides_among_its_route_only_and_ignores_host() {
+        let c = config("");
+        let e = run(
+            &c,
+            &ask(
+                Listener::Routes,
+                "GET",
+                "http://127.0.0.1:15081/r/api/v1/x?q=1",
+                &["Host: elsewhere"],
+            ),
+            &GrantInput::None,
+        );
+        assert_eq!(e.verdict, Verdict::Allow, "{}", e.text());
+        assert_eq!(e.route.as_ref().unwrap().name, "api");
+        assert_eq!(e.connect, None);
+        assert_eq!(e.json()["target"]["host"], "api.example.com");
+    }
+
+    #[test]
+    fn unmatched_tunnel_says_tunnel_with_no_credential() {
+        let c = config("unmatched: tunnel\n");
+        for url in ["https://else.example.net/", "http://else.example.net/"] {
+            let e = run(
+                &c,
+                &ask(Listener::Forward, "GET", url, &[]),
+                &GrantInput::None,
+            );
+            assert_eq!(e.verdict, Verdict::Tunnel, "{url}");
+            assert_eq!(e.verdict.exit_code(), 0);
+            assert!(e.credential.is_none() && e.route.is_none());
+        }
+    }
+
+    /// Route, methods, paths.
+    type Granted<'a> = (&'a str, Option<&'a [&'a str]>, &'a [&'a str]);
+
+    fn scope(routes: &[Granted]) -> GrantInput {
+        GrantInput::Scope {
+            scope: GrantScope {
+                routes: Some(
+                    routes
+                        .iter()
+                        .map(|(route, methods, paths)| RouteGrant {
+                            route: route.to_string(),
+                            methods: methods.map(|m| m.iter().map(|s| s.to_string()).collect()),
+                            paths: paths.iter().map(|p| PathGlob::parse(p).unwrap()).collect(),
+                        })
+                        .collect(),
+                ),
+            },
+            info: GrantInfo {
+                verified: true,
+                jti: "j1".into(),
+                sub: "agent".into(),
+                task_id: "t1".into(),
+                unverified_because: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_grant_narrows_routes() {
+        let c = config("");
+        // A grant for `narrow` only: the first route both allow, not `wide`.
+        let grant = scope(&[("narrow", None, &[])]);
+        let e = run(
+            &c,
+            &ask(
+                Listener::Forward,
+                "GET",
+                "https://two.example.com/v1/a",
+                &[],
+            ),
+            &grant,
+        );
+        assert_eq!(e.verdict, Verdict::Allow, "{}", e.text());
+        assert_eq!(e.route.clone().unwrap().name, "narrow");
+        assert!(e.notes.iter().any(|n| n.contains("wide")), "{:?}", e.notes);
+        assert!(e.credential.is_none());
+        // Outside it: route_not_granted, inside the tunnel.
+        let e = run(
+            &c,
+            &ask(Listener::Forward, "GET", "https://two.example.com/v2", &[]),
+            &grant,
+        );
+        let refused = e.refused.unwrap();
+        assert_eq!(refused.refusal.code, ErrorCode::RouteNotGranted);
+        assert!(refused.step.starts_with("5:"), "{}", refused.step);
+        // A host none of its routes name: refused at the CONNECT.
+        let e = run(
+            &c,
+            &ask(Listener::Forward, "GET", "https://api.example.com/", &[]),
+            &grant,
+        );
+        let refused = e.refused.unwrap();
+        assert_eq!(refused.refusal.code, ErrorCode::RouteNotGranted);
+        assert!(refused.step.starts_with("connect"), "{}", refused.step);
+        // Methods narrowed by the grant.
+        let grant = scope(&[("api", Some(&["GET"]), &["/v1/**"])]);
+        let e = run(
+            &c,
+            &ask(
+                Listener::Forward,
+                "GET",
+                "https://api.example.com/v1/a",
+                &[],
+            ),
+            &grant,
+        );
+        assert_eq!(e.verdict, Verdict::Allow);
+        let granted = e.route.unwrap().grant.unwrap();
+        assert_eq!(granted, "the grant names api with GET, /v1/**");
+        let e = run(
+            &c,
+            &ask(
+                Listener::Forward,
+                "POST",
+                "https://api.example.com/v1/a",
+                &[],
+            ),
+            &grant,
+        );
+        assert_eq!(e.refused.unwrap().refusal.code, ErrorCode::RouteNotGranted);
+    }
+
+    #[test]
+    fn grants_required_refuses_no_grant_and_a_task_header_and_a_refused_grant() {
+        let c = config(
+            "grants:\n  audience: me\n  required: true\n  trusted:\n    - jwks_file: /nonexistent/jwks.json\n",
+        );
+        let url = "https://api.example.com/";
+        let e = run(
+            &c,
+            &ask(Listener::Forward, "GET", url, &[]),
+            &GrantInput::None,
+        );
+        let refused = e.refused.unwrap();
+        assert_eq!(refused.refusal.code, ErrorCode::GrantRequired);
+        assert_eq!(refused.refusal.code.status(), 407);
+        let e = run(
+            &c,
+            &ask(
+                Listener::Forward,
+                "GET",
+                "http://plain.example.com/",
+                &["x-sidekey-task: t"],
+            ),
+            &scope(&[("plain", None, &[])]),
+        );
+        let refused = e.refused.unwrap();
+        assert_eq!(refused.refusal.code, ErrorCode::RequestInvalid);
+        assert!(refused.step.starts_with("0:"), "{}", refused.step);
+        let forged = GrantInput::Refused(Refusal::new(ErrorCode::GrantInvalid, "grant invalid: x"));
+        let e = run(&c, &ask(Listener::Forward, "GET", url, &[]), &forged);
+        let refused = e.refused.unwrap();
+        assert_eq!(refused.refusal.code, ErrorCode::GrantInvalid);
+        assert!(refused.step.starts_with("the grant"), "{}", refused.step);
+    }
+
+    #[test]
+    fn a_garbage_grant_is_grant_invalid_offline_and_ignored_without_grants() {
+        let dir = std::env::temp_dir().join(format!("sidekey-explain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jwks = dir.join("jwks.json");
+        let key = sidekey_grants::SigningKey::generate().unwrap();
+        std::fs::write(&jwks, key.jwks()).unwrap();
+        let c = config(&format!(
+            "grants:\n  audience: me\n  trusted:\n    - jwks_file: {}\n",
+            jwks.display()
+        ));
+        match resolve_grant(&c, Some("not.a.grant")) {
+            GrantInput::Refused(r) => assert_eq!(r.code, ErrorCode::GrantInvalid),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(resolve_grant(&c, None), GrantInput::None));
+        assert!(matches!(
+            resolve_grant(&config(""), Some("x")),
+            GrantInput::Ignored
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        let c = config("");
+        for (method, url, headers) in [
+            ("G E T", "https://api.example.com/", &[][..]),
+            ("GET", "https://api.example.com/", &["no colon"][..]),
+            ("GET", "http://api.example.com/", &["Content-Length: x"][..]),
+        ] {
+            let a = ask(Listener::Forward, method, url, headers);
+            assert!(
+                explain(&c, &a, &GrantInput::None).is_err(),
+                "{method} {url} {headers:?}"
+            );
+        }
+    }
 }
