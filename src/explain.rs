@@ -541,7 +541,7 @@ impl Explanation {
         if let Some(route) = &self.route {
             out.push(format!("route:      #{} {}", route.number, route.name));
             out.push(format!(
-                "  matched:  host {} ({}), scheme {}, port {}, method {} (route: {}), path {}",
+                "  matched:  host {} (pattern {}), scheme {}, port {}, method {} (route: {}), path {}",
                 self.target
                     .as_ref()
                     .map_or(String::new(), |t| t.host.to_uri_host()),
@@ -585,7 +585,15 @@ impl Explanation {
             out.push(format!("body:       {}", body_text(body)));
         }
         if let Some(refused) = &self.refused {
-            out.push(format!("refused by: {}", refused.step));
+            out.push(format!(
+                "refused by: {}{}",
+                if refused.step.starts_with(|c: char| c.is_ascii_digit()) {
+                    "check "
+                } else {
+                    ""
+                },
+                refused.step
+            ));
             out.push(format!(
                 "answer:     {} {}",
                 refused.refusal.code.status(),
