@@ -122,6 +122,27 @@ pub fn resolve_grant(config: &Config, token: Option<&str>) -> GrantInput {
     }
 }
 
+/// The grant a request presents: `--grant`, else where the proxy looks for one, the proxy
+/// credentials (`Proxy-Authorization`, Basic with the grant as password or Bearer) on the
+/// forward listener, `x-sidekey-grant` on the route listener, among the `-H` headers.
+pub fn grant_of(config: &Config, ask: &Ask, given: Option<&str>) -> GrantInput {
+    if given.is_some() || config.grants.is_none() {
+        return resolve_grant(config, given);
+    }
+    // Headers that do not parse are a usage error, reported by `explain`.
+    let Ok(headers) = parse_headers(&ask.headers) else {
+        return GrantInput::None;
+    };
+    let presented = match ask.listener {
+        Listener::Forward => sidekey_grants::presented_by_proxy_authorization(&headers),
+        Listener::Routes => sidekey_grants::presented_by_header(&headers),
+    };
+    match presented {
+        Ok(token) => resolve_grant(config, token.as_deref()),
+        Err(e) => GrantInput::Refused(e.refusal()),
+    }
+}
+
 fn info(grant: &sidekey_grants::Grant, verified: bool, because: Option<String>) -> GrantInfo {
     GrantInfo {
         verified,

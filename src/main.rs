@@ -103,7 +103,8 @@ enum Command {
         /// The listener the request is sent to.
         #[arg(long, value_enum, default_value_t = explain::Listener::Forward)]
         listener: explain::Listener,
-        /// A task grant presented with the request: verified against the config's
+        /// A task grant presented with the request (else one in `-H 'Proxy-Authorization: …'`,
+        /// or `-H 'x-sidekey-grant: …'` on the route listener): verified against the config's
         /// `grants.trusted` JWKS files (a `jwks_url` is not fetched: the scope is then applied
         /// unverified, and labelled so).
         #[arg(long, env = "SIDEKEY_GRANT", hide_env_values = true)]
@@ -311,7 +312,7 @@ fn explain_request(
             return ExitCode::from(2);
         }
     };
-    let grant = explain::resolve_grant(&config, grant);
+    let grant = explain::grant_of(&config, ask, grant);
     let explanation = match explain::explain(&config, ask, &grant) {
         Ok(explanation) => explanation,
         Err(explain::Usage(message)) => {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::grants::{Keys, AUDIENCE};
+use crate::common::grants::{self, Keys, AUDIENCE};
 use crate::common::sidekey::{run_sidekey, substitute, CheckOutput};
 use crate::common::*;
 
@@ -271,6 +271,31 @@ fn explain_checks_grants_offline() {
         json["route"]["grant"],
         "the grant names scoped with the route's methods, the route's paths"
     );
+    // Where an agent presents it: the proxy credentials, x-sidekey-grant on the route listener.
+    let bearer = format!("Proxy-Authorization: Bearer {scoped}");
+    assert_explained(
+        &required,
+        &["GET", "https://api.test.local/echo", "-H", &bearer],
+        Err("route_not_granted"),
+    );
+    let header = format!("x-sidekey-grant: {every}");
+    assert_explained(
+        &required,
+        &["--listener", "routes", "GET", "/r/api/echo", "-H", &header],
+        Ok("api"),
+    );
+    assert_explained(
+        &required,
+        &[
+            "--listener",
+            "routes",
+            "GET",
+            "/r/api/echo",
+            "-H",
+            "x-sidekey-grant: forged",
+        ],
+        Err("grant_invalid"),
+    );
     // A task header is not accepted under grants.required.
     assert_explained(
         &required,
@@ -414,6 +439,51 @@ fn the_running_proxy_does_what_explain_says() {
                 );
                 assert_eq!(record["status"], json["refusal"]["status"], "{record}");
             }
+        }
+    }
+}
+
+/// The same with grants required: what explain says of each grant is what the proxy does.
+#[test]
+fn the_running_proxy_treats_grants_as_explain_says() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let sk = env.sidekey(&base_config(&[], "", &keys.section(true)));
+    let every = keys.sign(AUDIENCE, "agent", "t1", &[]);
+    let scoped = keys.sign(
+        AUDIENCE,
+        "agent",
+        "t2",
+        &["--route", "scoped:GET:/echo/v1/**"],
+    );
+    let forged = Keys::new().sign(AUDIENCE, "agent", "t3", &[]);
+    let cases: [(Option<&str>, &str, &str); 6] = [
+        (Some(&every), "https://api.test.local/echo/a", "allow"),
+        (Some(&scoped), "https://paths.test.local/echo/v1/x", "allow"),
+        (Some(&scoped), "https://paths.test.local/echo/v2/x", "deny"),
+        (Some(&scoped), "https://api.test.local/echo/a", "deny"),
+        (Some(&forged), "https://api.test.local/echo/a", "deny"),
+        (None, "https://api.test.local/echo/a", "deny"),
+    ];
+    for (i, (grant, url, decision)) in cases.iter().enumerate() {
+        let mut args = vec![];
+        if let Some(grant) = grant {
+            args.extend(["--grant", grant]);
+        }
+        args.extend(["GET", url]);
+        let (_, json, out) = explain(sk.config_path(), &args);
+        assert_eq!(json["decision"], *decision, "{url}: {out:?}");
+        match grant {
+            Some(grant) => drop(grants::curl_granted(&sk, grant, &[url])),
+            None => drop(curl_via(&sk, &[url])),
+        }
+        let record = sk.wait_request_records(i + 1).remove(i);
+        assert_eq!(record["decision"], *decision, "{url}: {record} vs {json}");
+        if *decision == "allow" {
+            assert_eq!(record["route"], json["route"]["name"], "{url}: {record}");
+            assert_eq!(record["task_id"], json["grant"]["task_id"], "{record}");
+        } else {
+            assert_eq!(record["code"], json["refusal"]["code"], "{url}: {record}");
         }
     }
 }
