@@ -36,6 +36,9 @@ pub struct Ask {
     /// `Name: value`, as given with `-H`.
     pub headers: Vec<String>,
     pub body_length: Option<u64>,
+    /// The TLS server name the agent sends inside the tunnel of an `https://` URL; None: the
+    /// URL's host (none for an IP address), as clients send it; `Some("")`: none.
+    pub sni: Option<String>,
 }
 
 /// The grant given with `--grant`, as far as it can be known offline.
@@ -355,7 +358,11 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
             }
             // Clients send the URL's host as SNI, none for an IP address.
             let host = url.host().unwrap_or("");
-            let sni = (target.host.ip().is_none()).then_some(host);
+            let sni = match ask.sni.as_deref() {
+                Some("") => None,
+                Some(name) => Some(name),
+                None => target.host.ip().is_none().then_some(host),
+            };
             let path = url.path_and_query().map_or("/", |p| p.as_str());
             if !headers.contains_key(http::header::HOST) {
                 headers.insert(http::header::HOST, header_value(authority)?);
@@ -985,6 +992,7 @@ routes:
             url: url.into(),
             headers: headers.iter().map(|h| h.to_string()).collect(),
             body_length: None,
+            sni: None,
         }
     }
 
@@ -1305,6 +1313,27 @@ routes:
             assert_eq!(json["refusal"]["status"], code.status());
             assert_eq!(json["refusal"]["message"], refused.refusal.message.as_str());
             assert_eq!(json["route"], Value::Null, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_server_name_other_than_the_target_is_a_mismatch_inside_the_tunnel() {
+        let c = config("");
+        let url = "https://api.example.com/";
+        for (sni, want) in [
+            (Some("other.example.com"), Some(ErrorCode::TargetMismatch)),
+            (Some(""), Some(ErrorCode::TargetMismatch)),
+            (Some("API.example.com"), None),
+            (None, None),
+        ] {
+            let mut a = ask(Listener::Forward, "GET", url, &[]);
+            a.sni = sni.map(str::to_string);
+            let e = run(&c, &a, &GrantInput::None);
+            let refused = e.refused.clone();
+            assert_eq!(refused.as_ref().map(|r| r.refusal.code), want, "{sni:?}");
+            if let Some(refused) = refused {
+                assert!(refused.step.starts_with("2:"), "{}", refused.step);
+            }
         }
     }
 

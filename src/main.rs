@@ -116,6 +116,10 @@ enum Command {
         /// The body's declared length in bytes (Content-Length); default: none, an empty body.
         #[arg(long, value_name = "N")]
         body_length: Option<u64>,
+        /// The TLS server name sent inside the tunnel of an `https://` URL (`""`: none).
+        /// Default: the URL's host, as clients send it (none for an IP address).
+        #[arg(long, value_name = "NAME")]
+        sni: Option<String>,
         /// `text`, or `json`: one JSON document.
         #[arg(long, value_enum, default_value_t = TraceFormat::Text)]
         format: TraceFormat,
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
             grant,
             headers,
             body_length,
+            sni,
             format,
             method,
             url,
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
                 url,
                 headers,
                 body_length,
+                sni,
             },
         ),
         Command::Audit {
