@@ -282,8 +282,9 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
             out.grant = Some(info.clone());
             if !info.verified {
                 out.notes.push(
-                    "the grant's signature was NOT verified (its keys come from a jwks_url, \
-                     which explain does not fetch): its scope is applied as it claims"
+                    "the grant's signature, audience and expiry were NOT verified (its keys \
+                     come from a jwks_url, which explain does not fetch): its scope is applied \
+                     as it claims"
                         .into(),
                 );
             }
