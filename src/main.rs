@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod explain;
 mod grant_cli;
 mod probe;
 
@@ -82,6 +83,51 @@ enum Command {
         #[command(subcommand)]
         command: grant_cli::GrantCommand,
     },
+    /// Say what sidekey would do with one request, and why, without sending anything.
+    ///
+    /// Which listener rule, route, credential and injection the request would get, or the
+    /// refusal (code, HTTP status and message, exactly as the proxy answers) and the check that
+    /// made it. Only the pure decisions run: no network, no issuer call, no credential fetched.
+    /// `https://…` on the forward listener is decided as the proxy does, the CONNECT first, then
+    /// the request inside the tunnel (SNI: the URL's host); `http://…` in absolute form. With
+    /// `--listener routes`, URL is `http://<routes listener>/r/<route>/<path>` or just
+    /// `/r/<route>/<path>`. Checks only the running proxy can make (the upstream's address after
+    /// DNS, `_method` in a streamed body, the leaf mint budget, revocations) are said in notes.
+    ///
+    /// Exit 0: allowed (or tunnelled); 1: refused; 2: usage or config error (an invalid config
+    /// is reported as `sidekey check` reports it).
+    Explain {
+        /// Config file. Without one, the built-in quickstart config is used.
+        #[arg(long, short, env = "SIDEKEY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The listener the request is sent to.
+        #[arg(long, value_enum, default_value_t = explain::Listener::Forward)]
+        listener: explain::Listener,
+        /// A task grant presented with the request (else one in `-H 'Proxy-Authorization: …'`,
+        /// or `-H 'x-sidekey-grant: …'` on the route listener): verified against the config's
+        /// `grants.trusted` JWKS files (a `jwks_url` is not fetched: the scope is then applied
+        /// unverified, and labelled so).
+        #[arg(long, env = "SIDEKEY_GRANT", hide_env_values = true)]
+        grant: Option<String>,
+        /// A request header, `Name: value` (repeatable), e.g. `-H 'Host: other.example'`,
+        /// `-H 'X-HTTP-Method-Override: DELETE'`, `-H 'Content-Type: application/x-www-form-urlencoded'`.
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The body's declared length in bytes (Content-Length); default: none, an empty body.
+        #[arg(long, value_name = "N")]
+        body_length: Option<u64>,
+        /// The TLS server name sent inside the tunnel of an `https://` URL (`""`: none).
+        /// Default: the URL's host, as clients send it (none for an IP address).
+        #[arg(long, value_name = "NAME")]
+        sni: Option<String>,
+        /// `text`, or `json`: one JSON document.
+        #[arg(long, value_enum, default_value_t = TraceFormat::Text)]
+        format: TraceFormat,
+        /// The method, e.g. GET.
+        method: String,
+        /// The URL, e.g. https://api.github.com/repos/o/r.
+        url: String,
+    },
     /// Read an audit trail.
     Audit {
         #[command(subcommand)]
@@ -138,6 +184,29 @@ fn main() -> ExitCode {
             wait,
         } => probe::run(kind, admin, config.as_deref(), timeout, wait),
         Command::Grant { command } => grant_cli::run(command),
+        Command::Explain {
+            config,
+            listener,
+            grant,
+            headers,
+            body_length,
+            sni,
+            format,
+            method,
+            url,
+        } => explain_request(
+            config.as_deref(),
+            grant.as_deref(),
+            format,
+            &explain::Ask {
+                listener,
+                method,
+                url,
+                headers,
+                body_length,
+                sni,
+            },
+        ),
         Command::Audit {
             command:
                 AuditCommand::Trace {
@@ -225,6 +294,43 @@ fn check(file: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sidekey explain`: 0 allowed or tunnelled, 1 refused, 2 usage or config error.
+fn explain_request(
+    config: Option<&Path>,
+    grant: Option<&str>,
+    format: TraceFormat,
+    ask: &explain::Ask,
+) -> ExitCode {
+    const NAME: &str = "sidekey explain";
+    let (text, source) = match load(config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{NAME}: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match sidekey_config::parse(&text, &source.origin()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let grant = explain::grant_of(&config, ask, grant);
+    let explanation = match explain::explain(&config, ask, &grant) {
+        Ok(explanation) => explanation,
+        Err(explain::Usage(message)) => {
+            eprintln!("{NAME}: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match format {
+        TraceFormat::Text => print!("{}", explanation.text()),
+        TraceFormat::Json => println!("{}", explanation.json()),
+    }
+    ExitCode::from(explanation.verdict.exit_code())
 }
 
 /// `sidekey audit trace`: exit 0 with the tree on stdout (empty when nothing matches), 2 when

@@ -18,6 +18,7 @@ mod aws_peer;
 mod check;
 mod client_libraries;
 mod denials;
+mod explain;
 mod fixtures;
 mod forward;
 mod grants;

@@ -336,6 +336,32 @@ impl Grants {
     }
 }
 
+/// A grant's claims read WITHOUT checking its signature, audience or lifetime (only what
+/// [`Grant`] itself requires: identifiers, `exp` after `iat` within `max_ttl`, the routes).
+/// For `sidekey explain` when the trusted keys are served by a URL it does not fetch, to show
+/// the scope a grant claims, labelled unverified. Never for deciding a request.
+pub fn decode_unverified(token: &str, max_ttl: Duration) -> Result<Grant, GrantError> {
+    use base64::Engine as _;
+    if token.len() > MAX_TOKEN {
+        return Err(GrantError::Invalid(format!(
+            "longer than {MAX_TOKEN} bytes"
+        )));
+    }
+    let not_jwt = || GrantError::Invalid("not a signed JWT".into());
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(not_jwt());
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| not_jwt())?;
+    let claims: GrantClaims =
+        serde_json::from_slice(&bytes).map_err(|e| GrantError::Invalid(format!("claims: {e}")))?;
+    Grant::from_claims(claims, max_ttl)
+}
+
 /// Signs grant claims with an Ed25519 key (`sidekey grant sign`, and child grants).
 pub fn sign(key: &SigningKey, claims: &GrantClaims) -> Result<String, String> {
     let mut header = Header::new(Algorithm::EdDSA);

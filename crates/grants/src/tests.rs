@@ -383,3 +383,26 @@ async fn no_change_to_a_signed_grant_verifies_and_none_panics() {
         }
     }
 }
+
+#[tokio::test]
+async fn decode_unverified_reads_the_scope_whoever_signed_it_and_checks_the_rest() {
+    let f = fixture(Duration::from_secs(3600)).await;
+    // Signed by a key no source trusts: verification refuses it, decoding reads it.
+    let stranger = SigningKey::generate().unwrap();
+    let token = sign(&stranger, &claims(600)).unwrap();
+    assert_eq!(
+        code(f.grants.authenticate(&token).await),
+        ErrorCode::GrantInvalid
+    );
+    let grant = decode_unverified(&token, Duration::from_secs(3600)).unwrap();
+    assert_eq!(grant.task_id, "t-42");
+    let routes = grant.scope.routes.as_ref().unwrap();
+    assert_eq!(routes[0].route, "github");
+    assert_eq!(routes[1].route, "s3");
+    // What a grant itself requires still holds: the lifetime cap, the shape of a JWT.
+    assert!(decode_unverified(&token, Duration::from_secs(60)).is_err());
+    for bad in ["", "a.b", "a.b.c.d", "x.!!!.y", &token[..token.len() / 2]] {
+        let e = decode_unverified(bad, Duration::from_secs(3600)).unwrap_err();
+        assert_eq!(e.refusal().code, ErrorCode::GrantInvalid, "{bad}");
+    }
+}
