@@ -5,3 +5,4 @@
 
 mod bundle;
 pub mod runtime;
+mod scope;

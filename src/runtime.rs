@@ -143,6 +143,7 @@ impl Runtime {
             &local_keys(&issuers),
             grants.clone(),
         ));
+        admin.set_scopes(crate::scope::credential_scopes(&config));
         let runtime = Runtime {
             connections: ConnectionLimit::new(config.limits.max_connections),
             last_read: text.as_bytes().to_vec(),
@@ -348,6 +349,8 @@ impl Runtime {
             &local_keys(&issuers),
             grants.clone(),
         );
+        self.admin
+            .set_scopes(crate::scope::credential_scopes(&config));
         self.grants = grants;
         self.connections.resize(config.limits.max_connections);
         retired.retire();

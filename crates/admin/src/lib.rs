@@ -4,6 +4,7 @@
 //! endpoints (`POST /grants`, `DELETE /grants/{jti}`: a grant holder derives a child grant for
 //! a sub-agent, or ends its task early), answered only to loopback clients.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use sidekey_grants::Grants;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+mod credentials;
 mod grants;
 
 /// What the admin endpoints report on.
@@ -37,6 +39,8 @@ pub struct AdminState {
     grants: ArcSwapOption<Grants>,
     /// The forward listener as bound, for the proxy URL handed out with a child grant.
     forward: std::sync::Mutex<Option<SocketAddr>>,
+    /// Each credential's scope (the routes that use it and a breadth figure), from the config.
+    scopes: ArcSwap<HashMap<String, serde_json::Value>>,
 }
 
 impl AdminState {
@@ -51,6 +55,7 @@ impl AdminState {
             jwks: ArcSwap::from_pointee(render_jwks(keys)),
             grants: ArcSwapOption::new(grants),
             forward: std::sync::Mutex::new(None),
+            scopes: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
@@ -64,6 +69,11 @@ impl AdminState {
         self.credentials.store(credentials);
         self.jwks.store(Arc::new(render_jwks(keys)));
         self.grants.store(grants);
+    }
+
+    /// The credentials' scopes of the current config (at start and at each reload).
+    pub fn set_scopes(&self, scopes: HashMap<String, serde_json::Value>) {
+        self.scopes.store(Arc::new(scopes));
     }
 
     /// The forward listener's address once bound (a configured port 0 is known only then).
@@ -150,6 +160,15 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                 &format!("not ready: {why}\n"),
             ),
         },
+        "/credentials" => {
+            let document = credentials::document(&state.credentials.load(), &state.scopes.load());
+            let mut response = Response::new(Full::new(Bytes::from(document.to_string())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         "/.well-known/jwks.json" => {
             let mut response = Response::new(Full::new(Bytes::clone(&state.jwks.load())));
             response.headers_mut().insert(

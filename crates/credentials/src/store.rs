@@ -86,7 +86,14 @@ pub struct CredentialStatus {
     pub name: String,
     pub issuer: String,
     pub credential_id: Option<String>,
+    /// When the held credential was issued (or last renewed to its current expiry).
+    pub issued_at: Option<SystemTime>,
     pub expires_at: Option<SystemTime>,
+    /// When the background refresh (or renewal) is due.
+    pub refresh_at: Option<SystemTime>,
+    /// The last failed fetch, as the agent would be told it (never the issuer's free text),
+    /// until a fetch succeeds.
+    pub last_error: Option<String>,
     pub uses: u64,
     pub eager: bool,
     pub per_task: bool,
@@ -304,7 +311,15 @@ impl Slot {
             name: self.name.clone(),
             issuer: self.issuer_name.clone(),
             credential_id: held.as_ref().map(|h| h.credential.id.0.clone()),
+            issued_at: held.as_ref().map(|h| h.credential.issued_at),
             expires_at: held.as_ref().map(|h| h.expires_at),
+            refresh_at: held.as_ref().map(|h| h.refresh_at),
+            last_error: self
+                .failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map(|f| f.reason.clone()),
             uses: self.uses.load(Ordering::Relaxed),
             eager: self.eager,
             per_task: !matches!(self.scope, Scope::Shared),

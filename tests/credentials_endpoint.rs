@@ -1,0 +1,93 @@
+//! `GET /credentials` on the admin listener: what the store holds, on both axes (time left,
+//! scope), with its use — and never a credential value.
+
+use serde_json::Value;
+
+use crate::common::grants::*;
+use crate::common::*;
+
+fn credentials(sk: &Sidekey) -> Value {
+    let (status, body) = http_get(sk.admin, "/credentials").expect("GET /credentials");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn entry<'a>(doc: &'a Value, name: &str, task: Option<&str>) -> &'a Value {
+    doc["credentials"]
+        .as_array()
+        .expect("credentials")
+        .iter()
+        .find(|c| c["name"] == name && c["task_id"].as_str() == task)
+        .unwrap_or_else(|| panic!("no {name} ({task:?}) in {doc}"))
+}
+
+#[test]
+fn credentials_shows_lifetime_scope_and_use_and_never_a_value() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let sk = env.sidekey(&base_config(
+        &[],
+        "",
+        &format!(
+            "  task_jwt: {{ issuer: local, audience: demo-api, per_task: true }}\n{}",
+            keys.section(false)
+        ),
+    ));
+    // Nothing fetched yet: the credential is listed, with its scope, not held.
+    let before = credentials(&sk);
+    let demo = entry(&before, "demo", None);
+    assert_eq!(demo["held"], false, "{demo}");
+    assert_eq!(demo["issuer"], "local");
+    let routes: Vec<&str> = demo["scope"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(routes, ["api", "other", "scoped", "plain"]);
+    // api: 1 host × 3 methods × every path (10); other: 1 × 1 × 10; scoped: 1 × 1 × 1 glob;
+    // plain: 1 × 2 × 10.
+    assert_eq!(demo["scope"]["breadth"], 30 + 10 + 1 + 20);
+    assert_eq!(demo["scope"]["any_path"], true);
+
+    // Two requests: the credential is held, its ID is the audit trail's, its use counted.
+    for _ in 0..2 {
+        curl_via(&sk, &[&format!("https://{API}/echo/x")]).assert_status(200);
+    }
+    let records = sk.wait_request_records(2);
+    let after = credentials(&sk);
+    let demo = entry(&after, "demo", None);
+    assert_eq!(demo["held"], true, "{demo}");
+    assert_eq!(demo["credential_id"], records[0]["credential_id"]);
+    assert_eq!(demo["uses"], 2);
+    let (issued, expires, refresh) = (
+        demo["issued_at"].as_u64().unwrap(),
+        demo["expires_at"].as_u64().unwrap(),
+        demo["next_refresh"].as_u64().unwrap(),
+    );
+    assert_eq!(demo["lifetime_seconds"], expires - issued);
+    assert!(issued < refresh && refresh < expires, "{demo}");
+    let left = demo["seconds_left"].as_u64().unwrap();
+    assert!(left > 250 && left <= 300, "{demo}");
+    assert_eq!(demo["last_error"], Value::Null);
+
+    // A task's own credential is listed under its task and grant.
+    let grant = keys.sign(AUDIENCE, "planner", "t-c", &[]);
+    curl_granted(&sk, &grant, &[&format!("https://{API}/echo/y")]).assert_status(200);
+    let doc = credentials(&sk);
+    let parent = entry(&doc, "task_jwt", None);
+    assert_eq!(parent["per_task"], true);
+    assert_eq!(parent["scope"]["routes"], serde_json::json!([]));
+    // (the route uses the shared credential; the per-task one is unused: breadth 0, flagged by it)
+    assert_eq!(parent["scope"]["breadth"], 0);
+
+    // Never a value: the token the upstream received appears nowhere in the document.
+    let token = env.upstream.requests()[0]
+        .bearer()
+        .expect("bearer")
+        .to_string();
+    let text = doc.to_string();
+    assert!(!text.contains(&token));
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!text.contains(signature));
+}
