@@ -102,7 +102,7 @@ credentials:
   unused: { issuer: local, audience: a }
 routes:
   - { name: n, hosts: [api.example.com], methods: [GET], paths: ["/v1/items"], credential: narrow, inject: { header: Authorization, value: "Bearer {token}" } }
-  - { name: w, hosts: ["*.example.com", api.example.org], methods: "*", credential: wide, inject: { header: Authorization, value: "Bearer {token}" } }
+  - { name: w, hosts: ["*.example.com", api.example.org], methods: ["*"], credential: wide, inject: { header: Authorization, value: "Bearer {token}" } }
 "#,
             "test",
         )
