@@ -60,6 +60,7 @@ fn credentials_shows_lifetime_scope_and_use_and_never_a_value() {
     assert_eq!(demo["held"], true, "{demo}");
     assert_eq!(demo["credential_id"], records[0]["credential_id"]);
     assert_eq!(demo["uses"], 2);
+    assert_eq!((&demo["uses_5m"], &demo["uses_1h"]), (&2.into(), &2.into()));
     let (issued, expires, refresh) = (
         demo["issued_at"].as_u64().unwrap(),
         demo["expires_at"].as_u64().unwrap(),

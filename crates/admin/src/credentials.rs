@@ -44,6 +44,8 @@ fn entry(status: &CredentialStatus, scope: Option<&Value>, now: SystemTime) -> V
         "seconds_left": seconds_left,
         "next_refresh": status.refresh_at.map(unix),
         "uses": status.uses,
+        "uses_5m": status.uses_5m,
+        "uses_1h": status.uses_1h,
         "last_error": status.last_error,
         "scope": scope.cloned().unwrap_or(Value::Null),
     })

@@ -10,6 +10,7 @@ mod secret;
 mod store;
 mod sts;
 mod task;
+mod uses;
 mod vault;
 
 pub use issuer::{CredentialRequest, IssueError, Issuer};

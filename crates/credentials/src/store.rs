@@ -29,7 +29,7 @@
 //! credential, or retires them with it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::issuer::{CredentialRequest, Issuer};
+use crate::uses::Uses;
 use crate::{Credential, TaskContext};
 
 /// How long one issuer call may take before the request waiting on it gets a 503.
@@ -95,6 +96,9 @@ pub struct CredentialStatus {
     /// until a fetch succeeds.
     pub last_error: Option<String>,
     pub uses: u64,
+    /// Uses in the last 5 minutes and the last hour.
+    pub uses_5m: u64,
+    pub uses_1h: u64,
     pub eager: bool,
     pub per_task: bool,
     /// The task and grant of a task's entry.
@@ -188,7 +192,7 @@ struct Slot {
     failure: StdMutex<Option<Failure>>,
     /// A maintenance task is running for this slot.
     maintained: AtomicBool,
-    uses: AtomicU64,
+    uses: Uses,
 }
 
 impl Slot {
@@ -250,7 +254,7 @@ impl Slot {
             fetch_lock: tokio::sync::Mutex::new(()),
             failure: StdMutex::new(None),
             maintained: AtomicBool::new(false),
-            uses: AtomicU64::new(0),
+            uses: Uses::default(),
         })
     }
 
@@ -274,7 +278,7 @@ impl Slot {
             fetch_lock: tokio::sync::Mutex::new(()),
             failure: StdMutex::new(None),
             maintained: AtomicBool::new(false),
-            uses: AtomicU64::new(0),
+            uses: Uses::default(),
         }
     }
 
@@ -320,7 +324,9 @@ impl Slot {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .as_ref()
                 .map(|f| f.reason.clone()),
-            uses: self.uses.load(Ordering::Relaxed),
+            uses: self.uses.total(),
+            uses_5m: self.uses.recent(5),
+            uses_1h: self.uses.recent(60),
             eager: self.eager,
             per_task: !matches!(self.scope, Scope::Shared),
             task_id: self.task().map(|t| t.task_id.clone()),
@@ -596,12 +602,12 @@ impl CredentialStore {
         }
         if let Some(held) = slot.current.load().as_ref() {
             if SystemTime::now() < held.usable_until {
-                slot.uses.fetch_add(1, Ordering::Relaxed);
+                slot.uses.add();
                 return Ok(Arc::clone(&held.credential));
             }
         }
         let credential = self.fetch_shared(slot).await?;
-        slot.uses.fetch_add(1, Ordering::Relaxed);
+        slot.uses.add();
         Ok(credential)
     }
 
@@ -632,8 +638,8 @@ impl CredentialStore {
             Some(held) if SystemTime::now() < held.usable_until => Arc::clone(&held.credential),
             _ => self.fetch_shared(&slot).await?,
         };
-        slot.uses.fetch_add(1, Ordering::Relaxed);
-        parent.uses.fetch_add(1, Ordering::Relaxed);
+        slot.uses.add();
+        parent.uses.add();
         Ok(credential)
     }
 
