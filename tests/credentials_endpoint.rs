@@ -82,13 +82,25 @@ fn credentials_shows_lifetime_scope_and_use_and_never_a_value() {
     // (the route uses the shared credential; the per-task one is unused: breadth 0, flagged by it)
     assert_eq!(parent["scope"]["breadth"], 0);
 
-    // Never a value: the token the upstream received appears nowhere in the document.
+    // The lifecycle page: the same entries, a bar each, flags, no script, nothing external.
+    let (status, page) = http_get(sk.admin, "/").expect("GET /");
+    assert_eq!(status, 200);
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains("<b>demo</b>") && page.contains("<b>task_jwt</b>"), "{page}");
+    assert!(page.contains("left of 5m00s"), "demo's bar: {page}");
+    assert!(page.contains("breadth 61"), "demo's breadth: {page}");
+    assert!(!page.contains(">broad scope</span>"), "61 is under the flag's 100: {page}");
+    assert!(page.contains("no route uses it"), "task_jwt: {page}");
+    assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+
+    // Never a value: the token the upstream received appears nowhere in either.
     let token = env.upstream.requests()[0]
         .bearer()
         .expect("bearer")
         .to_string();
-    let text = doc.to_string();
-    assert!(!text.contains(&token));
     let signature = token.rsplit('.').next().unwrap();
-    assert!(!text.contains(signature));
+    for text in [doc.to_string(), page] {
+        assert!(!text.contains(&token));
+        assert!(!text.contains(signature));
+    }
 }

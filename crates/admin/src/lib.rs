@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 mod credentials;
 mod grants;
+mod page;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
@@ -160,6 +161,21 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                 &format!("not ready: {why}\n"),
             ),
         },
+        "/" => {
+            let document = credentials::document(&state.credentials.load(), &state.scopes.load());
+            let mut response = Response::new(Full::new(Bytes::from(page::render(&document))));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            // Nothing from elsewhere, nothing scripted.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+            );
+            response
+        }
         "/credentials" => {
             let document = credentials::document(&state.credentials.load(), &state.scopes.load());
             let mut response = Response::new(Full::new(Bytes::from(document.to_string())));
