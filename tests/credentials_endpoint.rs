@@ -86,10 +86,16 @@ fn credentials_shows_lifetime_scope_and_use_and_never_a_value() {
     let (status, page) = http_get(sk.admin, "/").expect("GET /");
     assert_eq!(status, 200);
     assert!(page.starts_with("<!doctype html>"), "{page}");
-    assert!(page.contains("<b>demo</b>") && page.contains("<b>task_jwt</b>"), "{page}");
+    assert!(
+        page.contains("<b>demo</b>") && page.contains("<b>task_jwt</b>"),
+        "{page}"
+    );
     assert!(page.contains("left of 5m00s"), "demo's bar: {page}");
     assert!(page.contains("breadth 61"), "demo's breadth: {page}");
-    assert!(!page.contains(">broad scope</span>"), "61 is under the flag's 100: {page}");
+    assert!(
+        !page.contains(">broad scope</span>"),
+        "61 is under the flag's 100: {page}"
+    );
     assert!(page.contains("no route uses it"), "task_jwt: {page}");
     assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
 

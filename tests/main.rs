@@ -40,6 +40,7 @@ mod ssrf;
 mod target_identity;
 mod tls_agent;
 mod tls_upstream;
+mod trace_context;
 mod tunnel;
 mod vault;
 mod vault_peer;

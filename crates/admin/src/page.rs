@@ -203,7 +203,11 @@ mod tests {
             "most of its day left, the broadest"
         );
         for flag in ["broad scope", "long-lived", "unused for an hour", "failing"] {
-            assert_eq!(html.matches(&format!(">{flag}</span>")).count(), 1, "{flag}");
+            assert_eq!(
+                html.matches(&format!(">{flag}</span>")).count(),
+                1,
+                "{flag}"
+            );
         }
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
         assert!(html.contains("2m30s left of 5m00s"));

@@ -57,6 +57,10 @@ pub struct RequestRecord {
     pub duration_ms: f64,
     /// The agent's task ID, when it sent one (or the task its grant names).
     pub task_id: Option<String>,
+    /// The W3C trace ID the request went upstream under: the agent's `traceparent` continued,
+    /// or a trace sidekey started. Omitted when none (requests that never became exchanges).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The task grant's `sub`: the agent or sub-agent the request was made for. This and the
     /// grant fields below are omitted, not `null`, when the request carried no grant, so that
     /// lines written without grants stay exactly as they were.
@@ -538,6 +542,7 @@ mod tests {
             bytes_out: 10,
             duration_ms: 1.5,
             task_id: None,
+            trace_id: None,
             sub: None,
             grant_id: None,
             parent_grant: None,

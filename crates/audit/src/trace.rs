@@ -1559,6 +1559,7 @@ user alice
                 bytes_out: 1,
                 duration_ms: 1.0,
                 task_id: Some("t-1".into()),
+                trace_id: None,
                 sub: Some(sub.into()),
                 grant_id: Some(grant.into()),
                 parent_grant: parent.map(str::to_string),

@@ -12,6 +12,7 @@ use sidekey_secret::Secret;
 use zeroize::Zeroizing;
 
 pub mod sigv4;
+pub mod trace;
 
 /// Why a credential could not be attached. Never contains the value.
 #[derive(Debug, thiserror::Error)]

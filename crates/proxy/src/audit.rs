@@ -97,6 +97,7 @@ impl PendingRecord {
                 bytes_out: 0,
                 duration_ms: 0.0,
                 task_id: None,
+                trace_id: None,
                 sub: None,
                 grant_id: None,
                 parent_grant: None,
@@ -131,6 +132,10 @@ impl PendingRecord {
 
     pub fn set_task_id(&mut self, task_id: Option<String>) {
         self.record.task_id = task_id;
+    }
+
+    pub fn set_trace_id(&mut self, trace_id: &str) {
+        self.record.trace_id = Some(trace_id.to_string());
     }
 
     /// The grant the request or CONNECT went under: task, agent, user and delegation chain.

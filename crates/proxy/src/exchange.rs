@@ -28,6 +28,7 @@ use sidekey_config::Inject;
 use sidekey_credentials::{Credential, CredentialValue, TaskContext};
 use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
+use sidekey_inject::trace::TraceContext;
 use sidekey_policy::{
     BodyPlan, ErrorCode, FormScan, Identified, Refusal, RequestDecision, RequestPath, Target,
     WholeBody, WholePurpose, TASK_HEADER,
@@ -142,6 +143,11 @@ pub async fn handle<B: AgentBody>(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
     let mut session = Session::start(&state, &exchange, &parts);
+    let trace = {
+        let (ids, span) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        TraceContext::continue_or_start(&parts.headers, ids.as_u128(), span.as_u64_pair().1)
+    };
+    session.record.set_trace_id(&trace.trace_id);
 
     // the grant
     let grant = match grant_of(&state, &exchange, &parts).await {
@@ -208,7 +214,14 @@ pub async fn handle<B: AgentBody>(
     };
     let inject = runtime.and_then(|r| r.inject.as_ref());
     let target = exchange.identified.target();
-    if let Err(refusal) = rewrite(&mut parts, target, inject, credential.as_deref(), payload) {
+    if let Err(refusal) = rewrite(
+        &mut parts,
+        target,
+        &trace,
+        inject,
+        credential.as_deref(),
+        payload,
+    ) {
         return session.refuse(refusal, body.into_unread()).await;
     }
     let needles = credential
@@ -371,11 +384,12 @@ async fn credential(
 }
 
 /// Turns the agent's request into the upstream request: absolute URI for the target, no
-/// hop-by-hop or sidekey headers, the agent's copy of the injected header removed, the
-/// credential attached.
+/// hop-by-hop or sidekey headers, the trace continued (`traceparent`), the agent's copy of the
+/// injected header removed, the credential attached.
 fn rewrite(
     parts: &mut Parts,
     target: &Target,
+    trace: &TraceContext,
     inject: Option<&Inject>,
     credential: Option<&Credential>,
     payload: Payload<'_>,
@@ -401,6 +415,8 @@ fn rewrite(
     parts.headers.remove(http::header::HOST);
     parts.headers.remove(TASK_HEADER);
     parts.headers.remove(GRANT_HEADER);
+    // Before any signature: SigV4 may sign it.
+    trace.apply(&mut parts.headers);
     parts.extensions.clear();
     if credential.is_some() {
         // A compressed body could carry the credential past the mask (see `respond`): ask for
