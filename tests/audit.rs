@@ -375,3 +375,45 @@ fn concurrent_first_requests_share_one_issuance() {
         .collect();
     assert_eq!(issued.len(), 1, "{issued:#?}");
 }
+
+/// `decision` is policy's verdict; `code` says how the request ended when it did not end with
+/// the upstream's answer. A request policy allowed that then failed keeps `allow` with its
+/// failure's code, so that refusals (`deny`) and failures (`allow` + a code) are told apart
+/// the same way in the trail and in counts taken from it.
+#[test]
+fn decision_is_policys_verdict_and_code_how_the_request_ended() {
+    let env = Env::new();
+    let sk = env.sidekey(&base_config(
+        &[("down.test.local:443", "127.0.0.1:1")],
+        "  - name: down\n    hosts: [down.test.local]\n    methods: [GET]\n    credential: demo\n    inject: { header: Authorization, value: \"Bearer {token}\" }\n    allow_private: true\n",
+        "",
+    ));
+    curl_via(&sk, &[&format!("https://{API}/echo/ok")]).assert_status(200);
+    curl_via(
+        &sk,
+        &["-X", "DELETE", &format!("https://{API}/echo/refused")],
+    )
+    .expect_refusal(403, "method_not_allowed");
+    curl_via(&sk, &["https://down.test.local/echo/failed"])
+        .expect_refusal(502, "upstream_unreachable");
+    let records = sk.wait_request_records(3);
+    let by_path = |path: &str| {
+        records
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("{path}: {records:#?}"))
+    };
+    let ok = by_path("/echo/ok");
+    assert_eq!(
+        (&ok["decision"], &ok["code"]),
+        (&"allow".into(), &Value::Null)
+    );
+    let refused = by_path("/echo/refused");
+    assert_eq!(refused["decision"], "deny");
+    assert_eq!(refused["code"], "method_not_allowed");
+    let failed = by_path("/echo/failed");
+    assert_eq!(failed["decision"], "allow");
+    assert_eq!(failed["code"], "upstream_unreachable");
+    assert_eq!(failed["status"], 502);
+    assert_eq!(failed["route"], "down");
+}
