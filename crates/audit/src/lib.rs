@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +20,7 @@ use serde::Serialize;
 pub mod trace;
 
 /// What happened to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A route allowed it and it was forwarded (whatever the upstream answered).
@@ -195,8 +195,22 @@ struct Batch {
     resting: bool,
 }
 
+/// Sees every record the trail takes, as it is appended, so that what counts records (the
+/// metrics) counts exactly what the trail holds. Called on the producer's thread, outside the
+/// batch lock: it must be cheap and must not block.
+pub trait Observer: Send + Sync {
+    fn request(&self, _record: &RequestRecord) {}
+    fn credential(&self, _event: &CredentialEvent) {}
+    fn config(&self, _event: &ConfigEvent) {}
+    /// `records` were lost: not serializable, sent after shutdown, or in a batch the sink
+    /// failed to take.
+    fn dropped(&self, _records: u64) {}
+}
+
 struct Shared {
     batch: Mutex<Batch>,
+    /// Set once, by [`AuditWriter::observe`].
+    observer: OnceLock<Arc<dyn Observer>>,
     /// Wakes the writer: a batch was started, grew past [`BATCH_BYTES`], or a flush is wanted.
     to_writer: Condvar,
     /// Wakes flushers: `written` moved.
@@ -255,6 +269,7 @@ impl AuditWriter {
             }),
             to_writer: Condvar::new(),
             to_flushers: Condvar::new(),
+            observer: OnceLock::new(),
         });
         let thread = {
             let shared = Arc::clone(&shared);
@@ -266,6 +281,13 @@ impl AuditWriter {
             log: AuditLog { shared },
             thread: Some(thread),
         })
+    }
+
+    /// Shows every record appended from now on to `observer` (once; a second call is ignored).
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        if self.log.shared.observer.set(observer).is_err() {
+            tracing::warn!("audit observer already set");
+        }
     }
 
     /// A handle for producers.
@@ -296,7 +318,7 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
     let mut spare: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     let mut failed = false;
     loop {
-        let (lines, upto, last) = {
+        let (lines, upto, last, from) = {
             let batch = shared.lock();
             // Sleep until a record comes (no wake-ups while idle); it is written at once.
             let mut batch = shared
@@ -305,7 +327,12 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
                 .unwrap_or_else(PoisonError::into_inner);
             batch.flush_wanted = false;
             std::mem::swap(&mut batch.buf, &mut spare);
-            (std::mem::take(&mut spare), batch.appended, batch.closed)
+            (
+                std::mem::take(&mut spare),
+                batch.appended,
+                batch.closed,
+                batch.written,
+            )
         };
         let mut lines = lines;
         if !lines.is_empty() {
@@ -313,6 +340,10 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
                 if !failed {
                     tracing::error!(error = %e, "audit sink write failed");
                     failed = true;
+                }
+                // Some of the batch may have reached the sink; count it all as lost.
+                if let Some(observer) = shared.observer.get() {
+                    observer.dropped(upto - from);
                 }
             }
         }
@@ -339,17 +370,17 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
 impl AuditLog {
     /// Records one request.
     pub fn request(&self, record: &RequestRecord) {
-        self.send("request", record);
+        self.send("request", record, |o| o.request(record));
     }
 
     /// Records one credential event.
     pub fn credential(&self, event: &CredentialEvent) {
-        self.send("credential", event);
+        self.send("credential", event, |o| o.credential(event));
     }
 
     /// Records one config load.
     pub fn config(&self, event: &ConfigEvent) {
-        self.send("config", event);
+        self.send("config", event, |o| o.config(event));
     }
 
     /// Waits (bounded) until everything sent so far is written.
@@ -371,7 +402,15 @@ impl AuditLog {
         }
     }
 
-    fn send<T: Serialize>(&self, kind: &'static str, record: &T) {
+    /// Appends the record, and shows it to the observer (if any) under the batch lock, so that
+    /// the observer has counted every line the writer can have written; or counts it dropped.
+    fn send<T: Serialize>(
+        &self,
+        kind: &'static str,
+        record: &T,
+        observe: impl FnOnce(&dyn Observer),
+    ) {
+        let observer = self.shared.observer.get().map(|o| &**o);
         let line = Line {
             ts: now_rfc3339(),
             kind,
@@ -382,6 +421,9 @@ impl AuditLog {
             bytes.clear();
             if let Err(e) = serde_json::to_writer(&mut *bytes, &line) {
                 tracing::error!(error = %e, "audit record could not be serialized");
+                if let Some(o) = observer {
+                    o.dropped(1);
+                }
                 return;
             }
             bytes.push(b'\n');
@@ -390,12 +432,18 @@ impl AuditLog {
                 if batch.closed {
                     drop(batch);
                     tracing::error!("audit writer is gone; record dropped");
+                    if let Some(o) = observer {
+                        o.dropped(1);
+                    }
                     return;
                 }
                 let was_empty = batch.buf.is_empty();
                 let was_small = batch.buf.len() < BATCH_BYTES;
                 batch.buf.extend_from_slice(bytes);
                 batch.appended += 1;
+                if let Some(o) = observer {
+                    observe(o);
+                }
                 (was_empty && !batch.resting) || (was_small && batch.buf.len() >= BATCH_BYTES)
             };
             if wake {
@@ -702,5 +750,86 @@ mod tests {
         log.flush();
         std::thread::sleep(BATCH_WINDOW * 2);
         assert_eq!(lines(&buf).len(), 100);
+    }
+
+    #[derive(Default)]
+    struct Counts {
+        requests: std::sync::atomic::AtomicU64,
+        credentials: std::sync::atomic::AtomicU64,
+        dropped: std::sync::atomic::AtomicU64,
+    }
+    impl Observer for Counts {
+        fn request(&self, _: &RequestRecord) {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn credential(&self, _: &CredentialEvent) {
+            self.credentials
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn dropped(&self, n: u64) {
+            self.dropped
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn get(a: &std::sync::atomic::AtomicU64) -> u64 {
+        a.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_observer_sees_each_record_appended_and_counts_what_is_lost() {
+        let buf = Shared::default();
+        let writer = AuditWriter::spawn(Box::new(buf.clone())).unwrap();
+        let counts = Arc::new(Counts::default());
+        writer.observe(Arc::clone(&counts) as Arc<dyn Observer>);
+        let log = writer.log();
+        log.request(&denied());
+        log.request(&denied());
+        log.credential(&event(1));
+        // Every line written has been observed already.
+        assert!(
+            get(&counts.requests)
+                >= lines(&buf)
+                    .iter()
+                    .filter(|l| l["type"] == "request")
+                    .count() as u64
+        );
+        log.flush();
+        assert_eq!(get(&counts.requests), 2);
+        assert_eq!(get(&counts.credentials), 1);
+        assert_eq!(get(&counts.dropped), 0);
+        writer.shutdown();
+        log.request(&denied());
+        assert_eq!(
+            get(&counts.requests),
+            2,
+            "a record after shutdown is not counted as taken"
+        );
+        assert_eq!(get(&counts.dropped), 1);
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_a_failing_sink_did_not_take_are_counted_dropped() {
+        let writer = AuditWriter::spawn(Box::new(Broken)).unwrap();
+        let counts = Arc::new(Counts::default());
+        writer.observe(Arc::clone(&counts) as Arc<dyn Observer>);
+        let log = writer.log();
+        for i in 0..5 {
+            log.credential(&event(i));
+        }
+        log.flush();
+        assert_eq!(get(&counts.credentials), 5);
+        assert_eq!(get(&counts.dropped), 5);
     }
 }
