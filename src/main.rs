@@ -16,6 +16,7 @@ use sidekey::runtime::{Runtime, Source};
 use sidekey_audit::trace::{self, Filter};
 use sidekey_audit::AuditWriter;
 use sidekey_config::{AuditConfig, Config};
+use sidekey_metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -450,10 +451,15 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
         AuditConfig::File(path) => AuditWriter::file(path),
     }
     .context("cannot open the audit sink")?;
+    // One registry for the process: it outlives reloads. It counts what the audit trail takes,
+    // from the first record on (the config's `loaded`).
+    let metrics = Arc::new(Metrics::new());
+    audit_writer.observe(Arc::clone(&metrics) as Arc<dyn sidekey_audit::Observer>);
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut runtime = Runtime::start(source, &text, config, audit_writer.log(), shutdown.clone())?;
+    runtime.admin.set_metrics(Arc::clone(&metrics));
     let listen = runtime.config().listen.clone();
 
     if let Some(addr) = listen.forward {
@@ -470,6 +476,7 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
             "forward",
             listener,
             runtime.connections.permits(),
+            Arc::clone(&metrics),
             shutdown.clone(),
             tracker.clone(),
             move |stream| {
@@ -489,6 +496,7 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
             "routes",
             listener,
             runtime.connections.permits(),
+            Arc::clone(&metrics),
             shutdown.clone(),
             tracker.clone(),
             move |stream| {

@@ -170,7 +170,10 @@ fn sidekey_crates_depend_one_way() {
             "sidekey-body",
             &["sidekey-credentials", "sidekey-proxy", "sidekey-config"],
         ),
-        ("sidekey-audit", &["sidekey-proxy", "sidekey-credentials"]),
+        (
+            "sidekey-audit",
+            &["sidekey-proxy", "sidekey-credentials", "sidekey-metrics"],
+        ),
         // Grants are verified beside the credential store, not through it: a grant names a
         // task, the store issues for it; neither knows the data plane.
         (
@@ -183,6 +186,18 @@ fn sidekey_crates_depend_one_way() {
             ],
         ),
         ("sidekey-tls", &["sidekey-proxy", "sidekey-credentials"]),
+        // Metrics count what the audit trail takes and what the listeners hold; they know no
+        // credential store, grant or data plane (the admin listener hands them the expiries).
+        (
+            "sidekey-metrics",
+            &[
+                "sidekey-proxy",
+                "sidekey-credentials",
+                "sidekey-admin",
+                "sidekey-grants",
+                "sidekey-config",
+            ],
+        ),
     ];
     for (krate, never) in rules {
         let links = graph.links(krate);

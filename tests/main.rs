@@ -29,6 +29,7 @@ mod injector_openbao;
 mod injector_sidecar;
 mod issuer_faults;
 mod limits;
+mod metrics;
 mod oauth2;
 mod oauth2_peer;
 mod oauth2_task;

@@ -2,7 +2,8 @@
 //! (listeners are up and every eager credential is held), the local issuers' JWKS at
 //! `/.well-known/jwks.json` so upstreams can verify the JWTs sidekey mints, and the grant
 //! endpoints (`POST /grants`, `DELETE /grants/{jti}`: a grant holder derives a child grant for
-//! a sub-agent, or ends its task early), answered only to loopback clients.
+//! a sub-agent, or ends its task early), answered only to loopback clients, and `/metrics`
+//! (Prometheus text format 0.0.4, [`sidekey_metrics`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,6 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sidekey_credentials::{CredentialStore, Jwk};
 use sidekey_grants::Grants;
+use sidekey_metrics::Metrics;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,9 @@ pub struct AdminState {
     forward: std::sync::Mutex<Option<SocketAddr>>,
     /// Each credential's scope (the routes that use it and a breadth figure), from the config.
     scopes: ArcSwap<HashMap<String, serde_json::Value>>,
+    /// The process's metrics, once [`AdminState::set_metrics`] is called; `/metrics` is 404
+    /// before that.
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 impl AdminState {
@@ -57,6 +62,7 @@ impl AdminState {
             grants: ArcSwapOption::new(grants),
             forward: std::sync::Mutex::new(None),
             scopes: ArcSwap::from_pointee(HashMap::new()),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -83,6 +89,23 @@ impl AdminState {
             .forward
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+    }
+
+    /// The metrics `/metrics` serves (set once; later calls are ignored).
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// `/metrics`: the credential expiry gauges from the store as it is now, then everything.
+    fn metrics(&self) -> Option<Vec<u8>> {
+        let metrics = self.metrics.get()?;
+        let status = self.credentials.load().status();
+        metrics.set_credential_expiries(
+            status
+                .iter()
+                .map(|c| (c.name.as_str(), c.issuer.as_str(), c.expires_at)),
+        );
+        Some(metrics.render())
     }
 
     fn forward(&self) -> Option<SocketAddr> {
@@ -193,6 +216,17 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
             );
             response
         }
+        "/metrics" => match state.metrics() {
+            Some(body) => {
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(sidekey_metrics::CONTENT_TYPE),
+                );
+                response
+            }
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

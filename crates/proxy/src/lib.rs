@@ -26,6 +26,7 @@ use sidekey_audit::AuditLog;
 use sidekey_config::{Config, Inject, LimitsConfig};
 use sidekey_credentials::CredentialStore;
 use sidekey_grants::Grants;
+use sidekey_metrics::{ConnectionGuard, Metrics};
 use sidekey_policy::Policy;
 use sidekey_tls::CertificateAuthority;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -174,6 +175,8 @@ impl SharedState {
 pub struct AgentStream {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Counts the connection in `sidekey_agent_connections` while it is open.
+    _open: ConnectionGuard,
 }
 
 impl AsyncRead for AgentStream {
@@ -283,10 +286,12 @@ impl ProxyState {
 /// Accepts connections until `shutdown`, handing each to `serve` on `tracker` (so shutdown can
 /// wait for them to drain). Past `limits.max_connections` open connections, a new one is
 /// closed at once: the agent sees a reset connection, and the ones already open keep working.
+/// Each open connection counts in `metrics`' `sidekey_agent_connections{listener=name}`.
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     connections: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     serve: F,
@@ -295,6 +300,7 @@ pub async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut refused: u64 = 0;
+    metrics.listener(name);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -310,7 +316,8 @@ pub async fn accept_loop<F, Fut>(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(serve(AgentStream { inner: stream, _permit: permit }));
+                    let open = metrics.agent_connection(name);
+                    tracker.spawn(serve(AgentStream { inner: stream, _permit: permit, _open: open }));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
