@@ -458,8 +458,14 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let mut runtime = Runtime::start(source, &text, config, audit_writer.log(), shutdown.clone())?;
-    runtime.admin.set_metrics(Arc::clone(&metrics));
+    let mut runtime = Runtime::start(
+        source,
+        &text,
+        config,
+        audit_writer.log(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    )?;
     let listen = runtime.config().listen.clone();
 
     if let Some(addr) = listen.forward {

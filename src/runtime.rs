@@ -20,6 +20,7 @@ use sidekey_audit::{AuditLog, ConfigChanges, ConfigEvent, ConfigEventKind};
 use sidekey_config::{Config, ConfigErrors, RouteConfig};
 use sidekey_credentials::{CredentialStore, Issuer, Jwk};
 use sidekey_grants::Grants;
+use sidekey_metrics::Metrics;
 use sidekey_proxy::{ConnectionLimit, ProxyState, SharedState, Upstream};
 use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,8 @@ pub struct Runtime {
     audit: AuditLog,
     /// Task grants, when configured: lives across reloads (sidekey's grant key, revocations).
     grants: Option<Arc<Grants>>,
+    /// The process's metrics: one registry across reloads.
+    metrics: Arc<Metrics>,
     pub shared: Arc<SharedState>,
     pub connections: ConnectionLimit,
     pub admin: Arc<AdminState>,
@@ -103,12 +106,14 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds everything from `config` (already validated from `text`), records the load in
-    /// the audit trail, and starts fetching the eager credentials in the background.
+    /// the audit trail, and starts fetching the eager credentials in the background. `metrics`
+    /// is the process's registry (the audit writer's observer already, so it counts the load).
     pub fn start(
         source: Source,
         text: &str,
         config: Config,
         audit: AuditLog,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Runtime> {
         let issuers = build_issuers(&config, &HashMap::new(), None)?;
@@ -137,6 +142,7 @@ impl Runtime {
             upstream.clone(),
             audit.clone(),
             grants.clone(),
+            Arc::clone(&metrics),
         );
         let admin = Arc::new(AdminState::new(
             Arc::clone(&credentials),
@@ -144,6 +150,7 @@ impl Runtime {
             grants.clone(),
         ));
         admin.set_scopes(crate::scope::credential_scopes(&config));
+        admin.set_metrics(Arc::clone(&metrics));
         let runtime = Runtime {
             connections: ConnectionLimit::new(config.limits.max_connections),
             last_read: text.as_bytes().to_vec(),
@@ -156,6 +163,7 @@ impl Runtime {
             upstream,
             upstream_cas,
             grants,
+            metrics,
             shared: Arc::new(SharedState::new(state)),
             admin,
             audit,
@@ -342,6 +350,7 @@ impl Runtime {
             upstream.clone(),
             self.audit.clone(),
             grants.clone(),
+            Arc::clone(&self.metrics),
         );
         self.shared.replace(state);
         self.admin.update(

@@ -712,3 +712,39 @@ fn the_parser_is_strict() {
         assert!(parse(bad).is_err(), "accepted {bad:?}");
     }
 }
+
+#[test]
+fn grants_verified_are_counted_by_result_and_name_no_task() {
+    use crate::common::grants::*;
+    let env = Env::new();
+    let keys = Keys::new();
+    let sk = env.sidekey(&base_config(&[], "", &keys.section(true)));
+    let task = "task-metrics-7f3a";
+    let grant = keys.sign(AUDIENCE, "agent-m", task, &[]);
+    // Absolute-form requests: one verification each (the first verifies, the next finds it
+    // cached: both count).
+    for i in 0..2 {
+        let res = curl_granted(
+            &sk,
+            &grant,
+            &[&format!("http://plain.test.local/echo/g{i}")],
+        );
+        assert_eq!(res.status, 200, "{res:#?}");
+    }
+    let forged = format!("{}x", grant);
+    curl_granted(&sk, &forged, &["http://plain.test.local/echo/forged"])
+        .expect_refusal(407, "grant_invalid");
+    sk.wait_request_records(3);
+    let m = scrape(&sk);
+    assert_eq!(
+        m.series("sidekey_grants_verified_total"),
+        BTreeMap::from([
+            (labels(&[("result", "ok")]), 2.0),
+            (labels(&[("result", "grant_invalid")]), 1.0),
+        ])
+    );
+    let text = http_get(sk.admin, "/metrics").unwrap().1;
+    for secret in [task, "agent-m", &jti(&grant)] {
+        assert!(!text.contains(secret), "{secret} in /metrics");
+    }
+}

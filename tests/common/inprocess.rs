@@ -125,6 +125,8 @@ impl InProcess {
             .expect("tokio runtime");
         let audit = MemoryAudit::default();
         let writer = AuditWriter::spawn(Box::new(audit.clone())).expect("audit writer");
+        let metrics = Arc::new(sidekey_metrics::Metrics::new());
+        writer.observe(Arc::clone(&metrics) as Arc<dyn sidekey_audit::Observer>);
         let shutdown = CancellationToken::new();
         let runtime = {
             let _entered = rt.enter();
@@ -133,6 +135,7 @@ impl InProcess {
                 &text,
                 config,
                 writer.log(),
+                metrics,
                 shutdown.clone(),
             )
             .expect("runtime starts")

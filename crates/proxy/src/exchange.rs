@@ -86,20 +86,35 @@ pub(crate) async fn grant_of_proxy_credentials(
     };
     let token =
         sidekey_grants::presented_by_proxy_authorization(headers).map_err(|e| e.refusal())?;
-    verify(grants, token).await
+    verify(state, grants, token).await
 }
 
 async fn verify(
+    state: &ProxyState,
     grants: &sidekey_grants::Grants,
     token: Option<std::borrow::Cow<'_, str>>,
 ) -> Result<Option<Arc<Grant>>, Refusal> {
     match token {
         None => Ok(None),
-        Some(token) => grants
-            .authenticate(&token)
-            .await
-            .map(Some)
-            .map_err(|e| e.refusal()),
+        Some(token) => counted(state, grants.authenticate(&token).await).map(Some),
+    }
+}
+
+/// A grant's verification, counted in `sidekey_grants_verified_total` (`ok` or the code).
+fn counted<T>(
+    state: &ProxyState,
+    result: Result<T, sidekey_grants::GrantError>,
+) -> Result<T, Refusal> {
+    match result {
+        Ok(v) => {
+            state.metrics.grant_verified("ok");
+            Ok(v)
+        }
+        Err(e) => {
+            let refusal = e.refusal();
+            state.metrics.grant_verified(refusal.code.as_str());
+            Err(refusal)
+        }
     }
 }
 
@@ -116,7 +131,7 @@ async fn grant_of(
     match &exchange.identified {
         Identified::Intercepted { .. } => match &exchange.tunnel_grant {
             Some(grant) => {
-                grants.check_live(grant).map_err(|e| e.refusal())?;
+                counted(state, grants.check_live(grant))?;
                 Ok(Some(Arc::clone(grant)))
             }
             None => Ok(None),
@@ -125,7 +140,7 @@ async fn grant_of(
         Identified::Route { .. } => {
             let token =
                 sidekey_grants::presented_by_header(&parts.headers).map_err(|e| e.refusal())?;
-            verify(grants, token).await
+            verify(state, grants, token).await
         }
     }
 }

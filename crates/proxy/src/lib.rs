@@ -244,6 +244,8 @@ pub struct ProxyState {
     /// Task grants (`grants:`); None when the config has none. Lives across reloads (its
     /// signing key and revocations), reconfigured by them.
     pub grants: Option<Arc<Grants>>,
+    /// The process's metrics (the same registry in every generation).
+    pub metrics: Arc<Metrics>,
 }
 
 impl ProxyState {
@@ -254,6 +256,7 @@ impl ProxyState {
         upstream: Upstream,
         audit: AuditLog,
         grants: Option<Arc<Grants>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let routes = config
             .routes
@@ -279,6 +282,7 @@ impl ProxyState {
             audit,
             limits: Limits(config.limits.clone()),
             grants,
+            metrics,
         }
     }
 }
