@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pure work sidekey does for every request: route matching (1, 100
-//! and 10k routes), host canonicalization, header injection, and a credential cache hit.
+//! and 10k routes), host canonicalization, header injection, a credential cache hit, a grant
+//! check, and a request's audit record with and without the metrics observing it.
 //! Run with `scripts/bench --micro` (or `cargo bench --bench hot_paths`).
 
 use std::collections::HashMap;
@@ -221,12 +222,68 @@ routes:
 
 use std::future::Future;
 
+/// A request's audit record as an allowed, credentialed request leaves it.
+fn request_record() -> sidekey_audit::RequestRecord {
+    sidekey_audit::RequestRecord {
+        request_id: "01a24c5b2e5c75dfb9dba704cb957273".into(),
+        listener: "forward",
+        route: Some("openai".into()),
+        credential: Some("bench".into()),
+        credential_id: Some("7f3a9c2e-0b1d-4e5f-8a6b-9c0d1e2f3a4b".into()),
+        issuer: Some("local".into()),
+        method: "POST".into(),
+        scheme: "https",
+        host: "api.openai.com".into(),
+        port: 443,
+        path: "/v1/chat/completions".into(),
+        decision: sidekey_audit::Outcome::Allow,
+        code: None,
+        status: Some(200),
+        bytes_in: 512,
+        bytes_out: 4096,
+        duration_ms: 123.4,
+        task_id: None,
+        sub: None,
+        grant_id: None,
+        parent_grant: None,
+        on_behalf_of: None,
+        act: Vec::new(),
+        error: None,
+    }
+}
+
+/// What the metrics add to a request's end: the record alone (serialized into the batch, the
+/// writer thread discarding it), the record with the metrics observing it, and the metrics'
+/// part alone (counter, histogram, bytes by route, from cached children).
+fn record_and_metrics(c: &mut Criterion) {
+    use sidekey_audit::{AuditWriter, Observer};
+    let record = request_record();
+    let mut group = c.benchmark_group("request_record");
+    let plain = AuditWriter::spawn(Box::new(std::io::sink())).expect("audit");
+    let log = plain.log();
+    group.bench_function("audit_only", |b| b.iter(|| log.request(black_box(&record))));
+    let observed = AuditWriter::spawn(Box::new(std::io::sink())).expect("audit");
+    let metrics = Arc::new(sidekey_metrics::Metrics::new());
+    observed.observe(Arc::clone(&metrics) as Arc<dyn Observer>);
+    let log = observed.log();
+    group.bench_function("audit_and_metrics", |b| {
+        b.iter(|| log.request(black_box(&record)))
+    });
+    group.bench_function("metrics_only", |b| {
+        b.iter(|| metrics.request(black_box(&record)))
+    });
+    group.finish();
+    plain.shutdown();
+    observed.shutdown();
+}
+
 criterion_group!(
     benches,
     route_matching,
     host_canonicalization,
     header_injection,
     credential_cache_hit,
-    grant_check
+    grant_check,
+    record_and_metrics
 );
 criterion_main!(benches);
