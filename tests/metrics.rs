@@ -747,4 +747,22 @@ fn grants_verified_are_counted_by_result_and_name_no_task() {
     for secret in [task, "agent-m", &jti(&grant)] {
         assert!(!text.contains(secret), "{secret} in /metrics");
     }
+
+    // By now every family has a series: they are the ones docs/architecture.md lists.
+    let doc =
+        std::fs::read_to_string(crate::common::sidekey::repo_root().join("docs/architecture.md"))
+            .unwrap();
+    let section = doc.split("\n## Metrics\n").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    let documented: BTreeSet<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `sidekey_"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let served: BTreeSet<&str> = m
+        .types
+        .keys()
+        .map(|k| k.strip_prefix("sidekey_").unwrap())
+        .collect();
+    assert_eq!(served, documented);
 }
