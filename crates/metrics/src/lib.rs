@@ -13,6 +13,7 @@
 //! config.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -36,6 +37,33 @@ const DURATION_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// FNV-1a: the caches below are keyed by config names and fixed words (never by what an agent
+/// sends), so they need no protection from chosen collisions, and SipHash would be most of a
+/// lookup's cost.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
 /// What one request's `sidekey_requests_total` series depends on besides its route: decision,
 /// error code, status class.
 type RequestKey = (Outcome, Option<&'static str>, &'static str);
@@ -49,7 +77,7 @@ struct RouteChildren {
     listener: &'static str,
     route: String,
     /// `sidekey_requests_total` by (decision, code, status class).
-    requests: RwLock<HashMap<RequestKey, IntCounter>>,
+    requests: RwLock<FastMap<RequestKey, IntCounter>>,
 }
 
 /// The registry and every metric in it.
@@ -59,7 +87,7 @@ pub struct Metrics {
     duration: HistogramVec,
     bytes: IntCounterVec,
     /// listener → route ("" for none) → its children.
-    routes: RwLock<HashMap<&'static str, HashMap<String, Arc<RouteChildren>>>>,
+    routes: RwLock<FastMap<&'static str, FastMap<String, Arc<RouteChildren>>>>,
     connections: IntGaugeVec,
     credential_events: IntCounterVec,
     credential_expiry: GaugeVec,
@@ -191,7 +219,7 @@ impl Metrics {
             requests,
             duration,
             bytes,
-            routes: RwLock::new(HashMap::new()),
+            routes: RwLock::new(FastMap::default()),
             connections,
             credential_events,
             credential_expiry,
@@ -279,7 +307,7 @@ impl Metrics {
                     bytes_out: self.bytes.with_label_values(&["out", route]),
                     listener,
                     route: route.to_string(),
-                    requests: RwLock::new(HashMap::new()),
+                    requests: RwLock::new(FastMap::default()),
                 })
             });
         Arc::clone(children)
