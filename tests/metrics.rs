@@ -766,3 +766,62 @@ fn grants_verified_are_counted_by_result_and_name_no_task() {
         .collect();
     assert_eq!(served, documented);
 }
+
+#[test]
+fn per_task_credentials_are_one_series_per_credential_at_the_soonest_expiry() {
+    use crate::common::grants::*;
+    let env = Env::new();
+    let keys = Keys::new();
+    let sk = env.sidekey(&base_config(
+        &[("tasks.test.local:443", "{upstream}")],
+        "  - name: tasks\n    hosts: [tasks.test.local]\n    methods: [GET]\n    credential: task_jwt\n    inject: { header: Authorization, value: \"Bearer {token}\" }\n    allow_private: true\n",
+        &format!(
+            "  task_jwt: {{ issuer: local, audience: demo-api, ttl: 5m, per_task: true }}\n{}",
+            keys.section(false)
+        ),
+    ));
+    // A local per-task JWT never outlives its grant: one task's lives 5 minutes, the other's 1.
+    let tasks = ["task-long-5e1d", "task-short-9c2b"];
+    for (task, ttl) in tasks.iter().zip(["10m", "1m"]) {
+        let grant = keys.sign(
+            AUDIENCE,
+            "agent-t",
+            task,
+            &["--route", "tasks", "--ttl", ttl],
+        );
+        let res = curl_granted(&sk, &grant, &["https://tasks.test.local/echo/t"]);
+        assert_eq!(res.status, 200, "{res:#?}");
+    }
+    sk.wait_request_records(2);
+    let m = scrape(&sk);
+    let expiry = m.series("sidekey_credential_expiry_seconds");
+    let of_task_jwt: Vec<_> = expiry
+        .iter()
+        .filter(|(k, _)| k["credential"] == "task_jwt")
+        .collect();
+    assert_eq!(of_task_jwt.len(), 1, "{expiry:#?}");
+    let (series, left) = of_task_jwt[0];
+    assert_eq!(
+        series,
+        &labels(&[("credential", "task_jwt"), ("issuer", "local")])
+    );
+    assert!(
+        *left > 0.0 && *left <= 60.0,
+        "the soonest (the 1-minute task's): {left}"
+    );
+    assert_eq!(
+        m.exact(
+            "sidekey_credential_events_total",
+            &labels(&[
+                ("credential", "task_jwt"),
+                ("issuer", "local"),
+                ("event", "issued")
+            ])
+        ),
+        Some(2.0)
+    );
+    let text = http_get(sk.admin, "/metrics").unwrap().1;
+    for task in tasks {
+        assert!(!text.contains(task), "{task} in /metrics");
+    }
+}
