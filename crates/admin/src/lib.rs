@@ -100,12 +100,13 @@ impl AdminState {
     fn metrics(&self) -> Option<Vec<u8>> {
         let metrics = self.metrics.get()?;
         let status = self.credentials.load().status();
-        metrics.set_credential_expiries(
-            status
-                .iter()
-                .map(|c| (c.name.as_str(), c.issuer.as_str(), c.expires_at)),
-        );
-        Some(metrics.render())
+        Some(
+            metrics.scrape(
+                status
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.issuer.as_str(), c.expires_at)),
+            ),
+        )
     }
 
     fn forward(&self) -> Option<SocketAddr> {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use prometheus::core::Collector;
@@ -96,6 +96,8 @@ pub struct Metrics {
     audit_records: [IntCounter; 3],
     audit_dropped: IntCounter,
     grants_verified: IntCounterVec,
+    /// Held by [`Metrics::scrape`].
+    scraping: Mutex<()>,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -228,6 +230,7 @@ impl Metrics {
             audit_records,
             audit_dropped,
             grants_verified,
+            scraping: Mutex::new(()),
         }
     }
 
@@ -277,6 +280,18 @@ impl Metrics {
                 .with_label_values(&[credential, issuer]);
             gauge.set(left);
         }
+    }
+
+    /// A scrape: the expiry gauges set from `held` (see [`Metrics::set_credential_expiries`]),
+    /// then every metric rendered, one scrape at a time (so that one scrape's reset of the
+    /// gauges never shows in another's output).
+    pub fn scrape<'a>(
+        &self,
+        held: impl IntoIterator<Item = (&'a str, &'a str, Option<SystemTime>)>,
+    ) -> Vec<u8> {
+        let _one = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
+        self.set_credential_expiries(held);
+        self.render()
     }
 
     /// Every metric, in the text format ([`CONTENT_TYPE`]).
