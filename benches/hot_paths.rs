@@ -243,6 +243,7 @@ fn request_record() -> sidekey_audit::RequestRecord {
         bytes_out: 4096,
         duration_ms: 123.4,
         task_id: None,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         sub: None,
         grant_id: None,
         parent_grant: None,

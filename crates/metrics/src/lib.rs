@@ -461,6 +461,7 @@ mod tests {
             bytes_out: 5,
             duration_ms: 1.5,
             task_id: Some("task-1".into()),
+            trace_id: Some("trace-4bf92f35".into()),
             sub: None,
             grant_id: None,
             parent_grant: None,
@@ -502,7 +503,7 @@ mod tests {
             text.contains(r#"sidekey_audit_records_total{type="request"} 4"#),
             "{text}"
         );
-        for secret in ["evil.example", "task-1", "secret-id"] {
+        for secret in ["evil.example", "task-1", "secret-id", "trace-4bf92f35"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
     }
