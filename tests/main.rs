@@ -33,6 +33,7 @@ mod metrics;
 mod oauth2;
 mod oauth2_peer;
 mod oauth2_task;
+mod observability;
 mod phases;
 mod quickstart;
 mod reload;

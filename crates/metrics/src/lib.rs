@@ -570,44 +570,4 @@ mod tests {
         let text = String::from_utf8(m.render()).unwrap();
         assert!(!text.contains(r#"credential="task""#), "{text}");
     }
-
-    /// The cost of a request's end, in ns per record: the audit record alone, with the metrics
-    /// observing it, and the metrics' part alone. A harness, not a check: run it in release,
-    /// `cargo test --release -p sidekey-metrics -- --ignored --nocapture cost` (criterion's
-    /// version is `request_record` in benches/hot_paths.rs).
-    #[test]
-    #[ignore]
-    fn cost_per_record() {
-        use sidekey_audit::AuditWriter;
-        use std::time::Instant;
-        const N: u32 = 200_000;
-        let mut r = record(Some("api"), Outcome::Allow, None);
-        r.duration_ms = 123.4;
-        let time = |f: &dyn Fn()| {
-            for _ in 0..N / 10 {
-                f();
-            }
-            let start = Instant::now();
-            for _ in 0..N {
-                f();
-            }
-            start.elapsed().as_nanos() as f64 / f64::from(N)
-        };
-        for round in 0..3 {
-            let plain = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
-            let log = plain.log();
-            let audit_only = time(&|| log.request(std::hint::black_box(&r)));
-            let observed = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
-            let metrics = Arc::new(Metrics::new());
-            observed.observe(Arc::clone(&metrics) as Arc<dyn Observer>);
-            let log = observed.log();
-            let both = time(&|| log.request(std::hint::black_box(&r)));
-            let metrics_only = time(&|| metrics.request(std::hint::black_box(&r)));
-            println!(
-                "round {round}: audit only {audit_only:.0} ns, audit + metrics {both:.0} ns, metrics only {metrics_only:.0} ns"
-            );
-            plain.shutdown();
-            observed.shutdown();
-        }
-    }
 }
