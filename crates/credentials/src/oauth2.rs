@@ -348,13 +348,16 @@ fn expiry(
     exp: Option<u64>,
     ttl: Duration,
 ) -> Result<SystemTime, IssueError> {
+    // `exp` is a time (seconds since the epoch), not a lifetime: `after`'s one-year bound on
+    // lifetimes does not apply to it; it must be within a year of the issue instead.
     let by_exp = exp.map(|exp| {
-        after(std::time::UNIX_EPOCH, exp, "exp").and_then(|at| {
-            if at > issued_at + Duration::from_secs(366 * 24 * 3600) {
-                return Err(IssueError::Response("token `exp` is beyond a year".into()));
-            }
-            Ok(at)
-        })
+        let at = std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .ok_or_else(|| IssueError::Response("token `exp` is out of range".into()))?;
+        if at > issued_at + Duration::from_secs(366 * 24 * 3600) {
+            return Err(IssueError::Response("token `exp` is beyond a year".into()));
+        }
+        Ok(at)
     });
     let by_expires_in = expires_in
         .map(|s| after(issued_at, s, "expires_in"))
@@ -403,25 +406,30 @@ mod tests {
 
     #[test]
     fn a_token_expires_at_the_earlier_of_expires_in_and_its_exp() {
-        let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        // Real epoch times: a 2026 `exp` is far more than a year of seconds, and must still count.
+        const NOW: u64 = 1_796_578_000;
+        let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(NOW - 1_000 + secs);
         let issued = at(1_000) + Duration::from_millis(900);
         let ttl = Duration::from_secs(300);
         // exp = floor(server time) + 4: earlier than issued + 4 s by the rounding.
         assert_eq!(
-            expiry(issued, Some(4), Some(1_004), ttl).unwrap(),
+            expiry(issued, Some(4), Some(NOW + 4), ttl).unwrap(),
             at(1_004)
         );
         assert_eq!(
-            expiry(issued, Some(4), Some(2_000), ttl).unwrap(),
+            expiry(issued, Some(4), Some(NOW + 1_000), ttl).unwrap(),
             issued + Duration::from_secs(4)
         );
-        assert_eq!(expiry(issued, None, Some(1_010), ttl).unwrap(), at(1_010));
+        assert_eq!(
+            expiry(issued, None, Some(NOW + 10), ttl).unwrap(),
+            at(1_010)
+        );
         assert_eq!(
             expiry(issued, Some(60), None, ttl).unwrap(),
             issued + Duration::from_secs(60)
         );
         assert_eq!(expiry(issued, None, None, ttl).unwrap(), issued + ttl);
-        let far = 1_000 + 400 * 24 * 3600;
+        let far = NOW + 400 * 24 * 3600;
         assert!(expiry(issued, None, Some(far), ttl).is_err());
         assert_eq!(
             expiry(issued, Some(60), Some(far), ttl).unwrap(),
