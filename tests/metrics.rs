@@ -422,6 +422,25 @@ fn request_counters_move_exactly_as_the_audit_trail_does() {
         ) > 0.0
     );
 
+    // The phases: a credential wait for each request whose route has a credential (the 5
+    // allowed; the refused ones never got that far), an upstream time for each request sent.
+    let phase = |name: &str, route: &str| {
+        after.sum(name, &[("route", route)]) - before.sum(name, &[("route", route)])
+    };
+    for (route, n) in [("plain", 3.0), ("api", 2.0), ("", 0.0)] {
+        assert_eq!(
+            phase("sidekey_credential_wait_seconds_count", route),
+            n,
+            "{route:?}"
+        );
+        assert_eq!(
+            phase("sidekey_upstream_duration_seconds_count", route),
+            n,
+            "{route:?}"
+        );
+    }
+    assert!(phase("sidekey_upstream_duration_seconds_sum", "api") > 0.0);
+
     // Every record the trail holds, counted by type.
     let audit = sk.audit();
     for kind in ["request", "credential", "config"] {

@@ -72,6 +72,8 @@ type RequestKey = (Outcome, Option<&'static str>, &'static str);
 /// lock and a hash of a few words, not a hash of every label of every metric.
 struct RouteChildren {
     duration: Histogram,
+    credential_wait: Histogram,
+    upstream: Histogram,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
     listener: &'static str,
@@ -85,6 +87,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    credential_wait: HistogramVec,
+    upstream: HistogramVec,
     bytes: IntCounterVec,
     /// listener → route ("" for none) → its children.
     routes: RwLock<FastMap<&'static str, FastMap<String, Arc<RouteChildren>>>>,
@@ -142,6 +146,24 @@ impl Metrics {
                 &["listener", "route"],
             )
             .unwrap_or_else(|e| unreachable!("histogram: {e}")),
+        );
+        let phase = |name: &str, help: &str| {
+            register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+                    &["listener", "route"],
+                )
+                .unwrap_or_else(|e| unreachable!("histogram: {e}")),
+            )
+        };
+        let credential_wait = phase(
+            "sidekey_credential_wait_seconds",
+            "Time a request waited for its route's credential: a lookup on a hit, an issuer call on a miss.",
+        );
+        let upstream = phase(
+            "sidekey_upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers (connect and TLS included when no pooled connection was free).",
         );
         let bytes = counter_vec(
             r,
@@ -220,6 +242,8 @@ impl Metrics {
             registry,
             requests,
             duration,
+            credential_wait,
+            upstream,
             bytes,
             routes: RwLock::new(FastMap::default()),
             connections,
@@ -294,6 +318,16 @@ impl Metrics {
         self.render()
     }
 
+    /// How long a request on `route` waited for its credential.
+    pub fn credential_wait(&self, listener: &'static str, route: &str, seconds: f64) {
+        self.route(listener, route).credential_wait.observe(seconds);
+    }
+
+    /// How long the upstream took to answer a request on `route` (to its response headers).
+    pub fn upstream(&self, listener: &'static str, route: &str, seconds: f64) {
+        self.route(listener, route).upstream.observe(seconds);
+    }
+
     /// Every metric, in the text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -318,6 +352,8 @@ impl Metrics {
             .or_insert_with(|| {
                 Arc::new(RouteChildren {
                     duration: self.duration.with_label_values(&[listener, route]),
+                    credential_wait: self.credential_wait.with_label_values(&[listener, route]),
+                    upstream: self.upstream.with_label_values(&[listener, route]),
                     bytes_in: self.bytes.with_label_values(&["in", route]),
                     bytes_out: self.bytes.with_label_values(&["out", route]),
                     listener,

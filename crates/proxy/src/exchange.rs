@@ -209,7 +209,16 @@ pub async fn handle<B: AgentBody>(
     };
 
     // credential
-    let credential = match credential(&state, runtime, grant.as_deref()).await {
+    let waited = Instant::now();
+    let credential = credential(&state, runtime, grant.as_deref()).await;
+    if let Some(runtime) = runtime.filter(|r| r.credential.is_some()) {
+        let listener = exchange.identified.listener();
+        let seconds = waited.elapsed().as_secs_f64();
+        state
+            .metrics
+            .credential_wait(listener, &runtime.name, seconds);
+    }
+    let credential = match credential {
         Ok(credential) => credential,
         Err(refusal) => {
             if let Some(runtime) = runtime {
@@ -246,7 +255,14 @@ pub async fn handle<B: AgentBody>(
     // forward
     let allow_private = runtime.is_some_and(|r| r.allow_private);
     let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
-    match forward(&state, parts, outgoing, allow_private).await {
+    let sent = Instant::now();
+    let forwarded = forward(&state, parts, outgoing, allow_private).await;
+    let listener = exchange.identified.listener();
+    let route_name = runtime.map_or("", |r| r.name.as_str());
+    state
+        .metrics
+        .upstream(listener, route_name, sent.elapsed().as_secs_f64());
+    match forwarded {
         // respond
         Ok(response) => session.respond(response, needles),
         Err(refusal) => session.refuse(refusal, None::<B>).await,
