@@ -98,6 +98,19 @@ fn credentials_shows_lifetime_scope_and_use_and_never_a_value() {
     );
     assert!(page.contains("no route uses it"), "task_jwt: {page}");
     assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+    assert!(page.contains("Refusals since start, by code"));
+    curl_via(&sk, &["-X", "DELETE", &format!("https://{API}/echo/no")])
+        .expect_refusal(403, "method_not_allowed");
+    sk.wait_audit(
+        |r| r["code"] == "method_not_allowed",
+        1,
+        std::time::Duration::from_secs(10),
+    );
+    let (_, page2) = http_get(sk.admin, "/").expect("GET /");
+    assert!(
+        page2.contains("<td>method_not_allowed</td><td>1</td>"),
+        "{page2}"
+    );
 
     // Never a value: the token the upstream received appears nowhere in either.
     let token = env.upstream.requests()[0]

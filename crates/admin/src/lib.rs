@@ -187,7 +187,13 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         },
         "/" => {
             let document = credentials::document(&state.credentials.load(), &state.scopes.load());
-            let mut response = Response::new(Full::new(Bytes::from(page::render(&document))));
+            let refusals = state
+                .metrics
+                .get()
+                .map(|m| m.refusals_by_code())
+                .unwrap_or_default();
+            let html = page::render(&document, &refusals);
+            let mut response = Response::new(Full::new(Bytes::from(html)));
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,

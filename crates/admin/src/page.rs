@@ -13,8 +13,8 @@ const BROAD: u64 = 100;
 /// A credential issued for longer than this is flagged long-lived.
 const LONG_LIVED_SECONDS: u64 = 60 * 60;
 
-/// The page for a `/credentials` document.
-pub(crate) fn render(doc: &Value) -> String {
+/// The page for a `/credentials` document, and the refusals since start by code.
+pub(crate) fn render(doc: &Value, refusals: &[(String, u64)]) -> String {
     let mut out = String::with_capacity(8 << 10);
     out.push_str(HEAD);
     let empty = Vec::new();
@@ -35,7 +35,18 @@ pub(crate) fn render(doc: &Value) -> String {
     for c in credentials {
         row(&mut out, c, max_breadth);
     }
-    out.push_str("</tbody></table></body></html>\n");
+    out.push_str("</tbody></table>");
+    out.push_str("<h2>Refusals since start, by code</h2>");
+    if refusals.is_empty() {
+        out.push_str("<p class=\"dim\">none</p>");
+    } else {
+        out.push_str("<table class=\"refusals\"><thead><tr><th>code</th><th>requests</th></tr></thead><tbody>");
+        for (code, count) in refusals {
+            let _ = write!(out, "<tr><td>{}</td><td>{count}</td></tr>", escape(code));
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("</body></html>\n");
     out
 }
 
@@ -167,7 +178,7 @@ fn duration(seconds: u64) -> String {
 
 const HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta http-equiv=\"refresh\" content=\"15\"><title>sidekey credentials</title><style>\
-body{font:14px system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px;margin:0 0 4px}\
+body{font:14px system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 4px}.refusals{width:auto}\
 .meta,.dim{color:#777}table{border-collapse:collapse;width:100%}th,td{text-align:left;\
 padding:6px 8px;border-bottom:1px solid #eee;vertical-align:middle}th{font-weight:600}\
 .track{width:260px;background:#f1f1f1;display:flex;align-items:center;min-height:40px}\
@@ -193,7 +204,15 @@ mod tests {
              "last_error": "issuer refused (403)", "task_id": "<script>",
              "scope": {"breadth": 990, "wildcard_hosts": true, "routes": []}},
         ]});
-        let html = render(&doc);
+        let html = render(
+            &doc,
+            &[
+                ("host_not_allowed".into(), 7),
+                ("path_not_allowed".into(), 2),
+            ],
+        );
+        assert!(html.contains("<td>host_not_allowed</td><td>7</td>"));
+        assert!(render(&doc, &[]).contains("<p class=\"dim\">none</p>"));
         assert!(
             html.contains("width:50%;height:4px"),
             "half its life left, narrow"

@@ -12,7 +12,7 @@
 //! anything else an agent or an issuer chooses, so the number of series is bounded by the
 //! config.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
@@ -316,6 +316,32 @@ impl Metrics {
         let _one = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
         self.set_credential_expiries(held);
         self.render()
+    }
+
+    /// Requests refused by policy (`decision="deny"`) since start, by error code, most first:
+    /// what the lifecycle page lists.
+    pub fn refusals_by_code(&self) -> Vec<(String, u64)> {
+        let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
+        for family in self.requests.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                if label("decision").as_deref() == Some("deny") {
+                    let count = metric.get_counter().get_value() as u64;
+                    *by_code
+                        .entry(label("code").unwrap_or_default())
+                        .or_default() += count;
+                }
+            }
+        }
+        let mut out: Vec<(String, u64)> = by_code.into_iter().filter(|(_, n)| *n > 0).collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
     }
 
     /// How long a request on `route` waited for its credential.
