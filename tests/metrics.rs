@@ -571,6 +571,32 @@ fn credential_events_and_expiry_are_reported_for_the_configured_credential() {
         ),
         Some(issued as f64)
     );
+    // Each issue's issuer call: in the record (issuer_ms) and in the histogram.
+    let calls: Vec<f64> = sk
+        .audit()
+        .iter()
+        .filter(|r| r["type"] == "credential" && r["event"] == "issued")
+        .map(|r| {
+            r["issuer_ms"]
+                .as_f64()
+                .expect("issuer_ms on an issued record")
+        })
+        .collect();
+    assert_eq!(
+        m.sum(
+            "sidekey_issuer_call_duration_seconds_count",
+            &[("issuer", "local"), ("result", "ok")]
+        ),
+        calls.len() as f64
+    );
+    let sum = m.sum(
+        "sidekey_issuer_call_duration_seconds_sum",
+        &[("issuer", "local"), ("result", "ok")],
+    );
+    assert!(
+        (sum - calls.iter().sum::<f64>() / 1000.0).abs() < 1e-6,
+        "{sum} vs {calls:?}"
+    );
     assert_eq!(m.types["sidekey_credential_expiry_seconds"], "gauge");
     let left = m
         .exact(

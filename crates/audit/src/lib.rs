@@ -115,6 +115,10 @@ pub struct CredentialEvent {
     pub task_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
+    /// How long the issuer call behind an `issued`, `refreshed` or `failed` event took, in
+    /// milliseconds. Absent for events without a call (expired, revoked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer_ms: Option<f64>,
 }
 
 /// What happened to a config file.
@@ -546,6 +550,7 @@ mod tests {
             error: None,
             task_id: None,
             grant_id: None,
+            issuer_ms: None,
         });
         log.request(&denied());
         writer.flush();
@@ -682,6 +687,7 @@ mod tests {
             error: None,
             task_id: None,
             grant_id: None,
+            issuer_ms: None,
         }
     }
 

@@ -1538,6 +1538,7 @@ user alice
             error: None,
             task_id: Some("t-1".into()),
             grant_id: Some("g1".into()),
+            issuer_ms: None,
         });
         let record =
             |sub: &str, grant: &str, parent: Option<&str>, act: Vec<String>| RequestRecord {

@@ -349,6 +349,7 @@ impl Slot {
             error: None,
             task_id: self.task().map(|t| t.task_id.clone()),
             grant_id: self.task().map(|t| t.grant_id.clone()),
+            issuer_ms: None,
         }
     }
 }
@@ -1239,14 +1240,16 @@ async fn refresh(slot: &Slot, held: &Arc<Held>, audit: &AuditLog) -> Result<(), 
 /// audited as `failed` and returned as text that is safe to show.
 async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, String> {
     let signer = slot.signer.as_deref().and_then(Issuer::as_local);
+    let called = Instant::now();
     let result =
         tokio::time::timeout(ISSUE_TIMEOUT, slot.issuer.issue(&slot.request, signer)).await;
+    let issuer_ms = Some(called.elapsed().as_secs_f64() * 1000.0);
     let credential = match result {
         Ok(Ok(c)) => Arc::new(c),
-        Ok(Err(e)) => return Err(failed(slot, audit, e.public(), e.to_string())),
+        Ok(Err(e)) => return Err(failed(slot, audit, e.public(), e.to_string(), issuer_ms)),
         Err(_) => {
             let reason = format!("issuer did not answer within {ISSUE_TIMEOUT:?}");
-            return Err(failed(slot, audit, reason.clone(), reason));
+            return Err(failed(slot, audit, reason.clone(), reason, issuer_ms));
         }
     };
     let held = Arc::new(Held::new(Arc::clone(&credential)));
@@ -1256,7 +1259,7 @@ async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, String>
             credential.id,
             rfc3339(credential.expires_at)
         );
-        return Err(failed(slot, audit, reason.clone(), reason));
+        return Err(failed(slot, audit, reason.clone(), reason, issuer_ms));
     }
     let expires_at = held.expires_at;
     let previous = slot.current.swap(Some(held));
@@ -1268,16 +1271,25 @@ async fn fetch(slot: &Slot, audit: &AuditLog) -> Result<Arc<Credential>, String>
     } else {
         CredentialEventKind::Issued
     };
-    audit.credential(&slot.event(kind, Some(&credential.id.0), Some(expires_at)));
+    let mut event = slot.event(kind, Some(&credential.id.0), Some(expires_at));
+    event.issuer_ms = issuer_ms;
+    audit.credential(&event);
     tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %credential.id, "credential issued");
     Ok(credential)
 }
 
 /// Logs and audits the full `detail`; returns `public`, what the agent is told.
-fn failed(slot: &Slot, audit: &AuditLog, public: String, detail: String) -> String {
+fn failed(
+    slot: &Slot,
+    audit: &AuditLog,
+    public: String,
+    detail: String,
+    issuer_ms: Option<f64>,
+) -> String {
     tracing::warn!(credential = %slot.name, issuer = %slot.issuer_name, error = %detail, "credential fetch failed");
     let mut event = slot.event(CredentialEventKind::Failed, None, None);
     event.error = Some(detail);
+    event.issuer_ms = issuer_ms;
     audit.credential(&event);
     public
 }

@@ -94,6 +94,7 @@ pub struct Metrics {
     routes: RwLock<FastMap<&'static str, FastMap<String, Arc<RouteChildren>>>>,
     connections: IntGaugeVec,
     credential_events: IntCounterVec,
+    issuer_calls: HistogramVec,
     credential_expiry: GaugeVec,
     reloads: IntCounterVec,
     last_reload_success: IntGauge,
@@ -188,6 +189,18 @@ impl Metrics {
             "Credential lifecycle events (issued, renewed, refreshed, expired, revoked, failed).",
             &["credential", "issuer", "event"],
         );
+        let issuer_calls = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "sidekey_issuer_call_duration_seconds",
+                    "Issuer calls behind issued, refreshed and failed credential events, by issuer and result (ok, failed).",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["issuer", "result"],
+            )
+            .unwrap_or_else(|e| unreachable!("histogram: {e}")),
+        );
         let credential_expiry = register(
             r,
             GaugeVec::new(
@@ -248,6 +261,7 @@ impl Metrics {
             routes: RwLock::new(FastMap::default()),
             connections,
             credential_events,
+            issuer_calls,
             credential_expiry,
             reloads,
             last_reload_success,
@@ -477,6 +491,15 @@ impl Observer for Metrics {
         self.credential_events
             .with_label_values(&[&event_.credential, &event_.issuer, event(event_.event)])
             .inc();
+        if let Some(ms) = event_.issuer_ms {
+            let result = match event_.event {
+                CredentialEventKind::Failed => "failed",
+                _ => "ok",
+            };
+            self.issuer_calls
+                .with_label_values(&[&event_.issuer, result])
+                .observe(ms / 1000.0);
+        }
     }
 
     fn config(&self, config: &ConfigEvent) {
