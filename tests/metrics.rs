@@ -441,6 +441,14 @@ fn request_counters_move_exactly_as_the_audit_trail_does() {
     }
     assert!(phase("sidekey_upstream_duration_seconds_sum", "api") > 0.0);
 
+    // Leaves: the first CONNECT to api.test.local minted one, the second found it cached;
+    // paths.test.local minted its own.
+    let leaves = |source: &str| {
+        after.sum("sidekey_tls_leaves_total", &[("source", source)])
+            - before.sum("sidekey_tls_leaves_total", &[("source", source)])
+    };
+    assert_eq!((leaves("minted"), leaves("cached")), (2.0, 1.0));
+
     // Every record the trail holds, counted by type.
     let audit = sk.audit();
     for kind in ["request", "credential", "config"] {

@@ -101,6 +101,8 @@ pub struct Metrics {
     audit_records: [IntCounter; 3],
     audit_dropped: IntCounter,
     grants_verified: IntCounterVec,
+    /// `sidekey_tls_leaves_total{source="minted"|"cached"}`.
+    tls_leaves: [IntCounter; 2],
     /// Held by [`Metrics::scrape`].
     scraping: Mutex<()>,
 }
@@ -248,6 +250,13 @@ impl Metrics {
             "Task grants presented and verified: ok, or the refusal's error code.",
             &["result"],
         );
+        let leaves = counter_vec(
+            r,
+            "sidekey_tls_leaves_total",
+            "Leaf certificates for intercepted CONNECTs: minted, or served from the cache.",
+            &["source"],
+        );
+        let tls_leaves = ["minted", "cached"].map(|s| leaves.with_label_values(&[s]));
         for result in ["reloaded", "rejected"] {
             reloads.with_label_values(&[result]);
         }
@@ -268,6 +277,7 @@ impl Metrics {
             audit_records,
             audit_dropped,
             grants_verified,
+            tls_leaves,
             scraping: Mutex::new(()),
         }
     }
@@ -356,6 +366,11 @@ impl Metrics {
         let mut out: Vec<(String, u64)> = by_code.into_iter().filter(|(_, n)| *n > 0).collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         out
+    }
+
+    /// A leaf certificate for an intercepted CONNECT: minted for it, or from the cache.
+    pub fn tls_leaf(&self, minted: bool) {
+        self.tls_leaves[usize::from(!minted)].inc();
     }
 
     /// How long a request on `route` waited for its credential.

@@ -36,7 +36,11 @@ use crate::{ProxyState, SharedState};
 /// The leaf certificate for the CONNECT target, fetched before the CONNECT is answered so that a
 /// refusal (mint budget spent, host outside the CA's scope) is still a readable HTTP response.
 pub fn leaf_for(state: &ProxyState, target: &Target) -> Result<Arc<ServerConfig>, Refusal> {
-    state.ca.server_config(&target.host).map_err(|e| match e {
+    let leaf = state.ca.leaf(&target.host);
+    if let Ok((_, minted)) = &leaf {
+        state.metrics.tls_leaf(*minted);
+    }
+    leaf.map(|(config, _)| config).map_err(|e| match e {
         TlsError::MintRateExceeded { .. } => {
             tracing::warn!(target = %target, "leaf mint budget spent; CONNECT refused");
             Refusal::new(ErrorCode::RateLimited, e.to_string())

@@ -207,8 +207,14 @@ impl CertificateAuthority {
     /// only. Cached; minted on a miss or when the cached leaf is old. Refused for a host outside
     /// the scope, and when the mint budget is spent (hosts a route lists exactly are exempt).
     pub fn server_config(&self, host: &CanonicalHost) -> Result<Arc<ServerConfig>, TlsError> {
+        self.leaf(host).map(|(config, _)| config)
+    }
+
+    /// [`CertificateAuthority::server_config`], saying whether the leaf was minted for this call
+    /// (true) or came from the cache (false): what the metrics count.
+    pub fn leaf(&self, host: &CanonicalHost) -> Result<(Arc<ServerConfig>, bool), TlsError> {
         if let Some(config) = self.cached(host) {
-            return Ok(config);
+            return Ok((config, false));
         }
         if !self.scope.permits(host) {
             return Err(TlsError::OutOfScope(host.to_string()));
@@ -230,7 +236,7 @@ impl CertificateAuthority {
                 },
             );
         }
-        Ok(config)
+        Ok((config, true))
     }
 
     /// Number of leaves currently cached.
