@@ -157,6 +157,13 @@ enum AuditCommand {
         #[arg(long, value_enum, default_value_t = TraceFormat::Text)]
         format: TraceFormat,
     },
+    /// Print an audit file's request records as OCSF 1.1 HTTP Activity events (class 4002), one
+    /// JSON line each, for a SIEM. Other records are skipped and counted on stderr. Exit 0, or 2
+    /// when FILE cannot be read.
+    Ocsf {
+        /// Audit file (JSON lines); `-` reads standard input.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -217,6 +224,9 @@ fn main() -> ExitCode {
                     format,
                 },
         } => audit_trace(&file, Filter { task, user }, format),
+        Command::Audit {
+            command: AuditCommand::Ocsf { file },
+        } => audit_ocsf(&file),
         Command::Run {
             config,
             config_poll,
@@ -337,6 +347,56 @@ fn explain_request(
 /// `sidekey audit trace`: exit 0 with the tree on stdout (empty when nothing matches), 2 when
 /// the file cannot be read. What was skipped is said on stderr, after the tree, so that stdout
 /// stays the tree alone (or one JSON document).
+/// `sidekey audit ocsf FILE`.
+fn audit_ocsf(file: &Path) -> ExitCode {
+    use std::io::BufRead;
+    const NAME: &str = "sidekey audit ocsf";
+    let origin = file.display().to_string();
+    let reader: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(BufReader::new(f)),
+            Err(e) => {
+                eprintln!("{NAME}: cannot read {origin}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let (mut written, mut skipped) = (0u64, 0u64);
+    for line in reader.split(b'\n') {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                eprintln!("{NAME}: cannot read {origin}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let event = serde_json::from_slice::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|record| sidekey_audit::ocsf::http_activity(&record));
+        let Some(event) = event else {
+            skipped += u64::from(!line.is_empty());
+            continue;
+        };
+        if let Err(e) = writeln!(stdout, "{event}") {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("{NAME}: cannot write: {e}");
+            return ExitCode::FAILURE;
+        }
+        written += 1;
+    }
+    if skipped > 0 {
+        eprintln!(
+            "{NAME}: {origin}: {written} request records written, {skipped} other lines skipped"
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn audit_trace(file: &Path, filter: Filter, format: TraceFormat) -> ExitCode {
     const NAME: &str = "sidekey audit trace";
     let origin = file.display().to_string();

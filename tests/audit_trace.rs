@@ -255,3 +255,51 @@ fn trace_exits_2_on_a_file_it_cannot_read_and_on_usage_errors() {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("<FILE>"), "{}", out.stderr);
 }
+
+/// `sidekey audit ocsf`: the request records of a real run, as OCSF HTTP Activity events.
+#[test]
+fn audit_ocsf_renders_a_runs_requests_as_http_activity() {
+    use crate::common::*;
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    curl_via(&sk, &[&format!("https://{API}/echo/ocsf")]).assert_status(200);
+    curl_via(&sk, &["-X", "DELETE", &format!("http://{PLAIN}/echo/no")])
+        .expect_refusal(403, "method_not_allowed");
+    sk.wait_request_records(2);
+    let file = sk.dir().join("audit-copy.jsonl");
+    let lines: Vec<String> = sk.audit().iter().map(|r| r.to_string()).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").expect("write");
+    let out =
+        crate::common::sidekey::run_sidekey(&["audit".as_ref(), "ocsf".as_ref(), file.as_os_str()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(events.len(), 2, "{}", out.stdout);
+    let allowed = &events[0];
+    assert_eq!(allowed["class_uid"], 4002);
+    assert_eq!(allowed["activity_name"], "Get");
+    assert_eq!(allowed["disposition"], "Allowed");
+    assert_eq!(allowed["http_request"]["url"]["hostname"], API);
+    assert_eq!(allowed["http_response"]["code"], 200);
+    assert_eq!(allowed["unmapped"]["route"], "api");
+    let denied = &events[1];
+    assert_eq!(denied["activity_name"], "Delete");
+    assert_eq!(denied["disposition"], "Blocked");
+    assert_eq!(denied["status_detail"], "method_not_allowed");
+    // The config and credential records are skipped and counted.
+    assert!(
+        out.stderr.contains("2 request records written"),
+        "{}",
+        out.stderr
+    );
+    // A missing file is exit 2.
+    let missing = crate::common::sidekey::run_sidekey(&[
+        "audit".as_ref(),
+        "ocsf".as_ref(),
+        "/nonexistent/audit.jsonl".as_ref(),
+    ]);
+    assert_eq!(missing.code, Some(2));
+}

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+pub mod ocsf;
 pub mod trace;
 
 /// What happened to a request.
