@@ -123,3 +123,87 @@ fn credentials_shows_lifetime_scope_and_use_and_never_a_value() {
         assert!(!text.contains(signature));
     }
 }
+
+/// The lifecycle page as a browser renders it: headless Chromium's DOM and a screenshot (kept
+/// as a test artefact in `$CARGO_TARGET_DIR/test-artefacts/lifecycle-page.png`), with the bars
+/// and flags found in its pixels.
+#[test]
+fn the_lifecycle_page_renders_in_chromium() {
+    let env = Env::new();
+    // A second credential on a wildcard host with every method: broad, flagged.
+    let sk = env.sidekey(&base_config(
+        &[("wide.test.local:443", "{upstream}")],
+        "  - name: wide\n    hosts: [\"*.wide.test.local\", wide.test.local]\n    methods: [\"*\"]\n    credential: wide\n    inject: { header: Authorization, value: \"Bearer {token}\" }\n    allow_private: true\n",
+        "  wide: { issuer: local, audience: demo-api, ttl: 2h }\n",
+    ));
+    curl_via(&sk, &[&format!("https://{API}/echo/a")]).assert_status(200);
+    curl_via(&sk, &["https://wide.test.local/echo/b"]).assert_status(200);
+    sk.wait_request_records(2);
+    let url = format!("http://{}/", sk.admin);
+    let chromium = |extra: &[&str]| {
+        let out = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1280,720",
+            ])
+            .args(extra)
+            .arg(&url)
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .output()
+            .expect("chromium (scripts/install-test-deps installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    assert!(
+        dom.contains("<b>demo</b>") && dom.contains("<b>wide</b>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(">broad scope</span>") && dom.contains(">long-lived</span>"),
+        "{dom}"
+    );
+
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::common::sidekey::repo_root().join("target"))
+        .join("test-artefacts");
+    std::fs::create_dir_all(&dir).expect("artefact dir");
+    let shot = dir.join("lifecycle-page.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&[&format!("--screenshot={}", shot.display())]);
+    eprintln!("screenshot: {}", shot.display());
+    // Count the pixels of an unflagged bar (#2b7bba) and a flagged one (#d9822b).
+    let script = r#"
+import json, sys
+from PIL import Image
+img = Image.open(sys.argv[1]).convert("RGB")
+near = lambda p, c: all(abs(a - b) <= 6 for a, b in zip(p, c))
+blue = orange = 0
+for p in img.getdata():
+    if near(p, (0x2b, 0x7b, 0xba)): blue += 1
+    elif near(p, (0xd9, 0x82, 0x2b)): orange += 1
+print(json.dumps({"size": img.size, "blue": blue, "orange": orange}))
+"#;
+    let out = std::process::Command::new(python_bin())
+        .args(["-c", script])
+        .arg(&shot)
+        .output()
+        .expect("python");
+    let pixels: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(pixels["size"], serde_json::json!([1280, 720]));
+    // demo: most of its 5 minutes left, a narrow bar; wide: flagged, 40 px high.
+    assert!(pixels["blue"].as_u64().unwrap() > 500, "{pixels}");
+    assert!(pixels["orange"].as_u64().unwrap() > 5_000, "{pixels}");
+}
