@@ -360,6 +360,8 @@ impl Runtime {
         );
         self.admin
             .set_scopes(crate::scope::credential_scopes(&config));
+        let routes: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        self.metrics.retain_routes(&routes);
         self.grants = grants;
         self.connections.resize(config.limits.max_connections);
         retired.retire();

@@ -741,6 +741,21 @@ fn reloads_are_counted_and_counters_survive_them() {
         m.sum("sidekey_audit_records_total", &[("type", "config")]),
         configs as f64
     );
+
+    // A reload that removes a route removes its series; the others stay.
+    curl_via(&sk, &["https://api.test.local/echo/kept"]).assert_status(200);
+    sk.wait_request_records(2);
+    let config = default_config();
+    let start = config.find("  - name: plain\n").expect("plain route");
+    // `plain` is the base config's last route.
+    let without_plain = config[..start].to_string();
+    assert!(!without_plain.contains("name: plain"));
+    let record = sk.reload(&without_plain, &env.vars());
+    assert_eq!(record["event"], "reloaded", "{record}");
+    let text = http_get(sk.admin, "/metrics").unwrap().1;
+    assert!(!text.contains("route=\"plain\""), "{text}");
+    let m = scrape(&sk);
+    assert_eq!(m.sum("sidekey_requests_total", &[("route", "api")]), 1.0);
 }
 
 #[test]

@@ -368,6 +368,45 @@ impl Metrics {
         out
     }
 
+    /// After a reload: the series of routes no longer configured go (their counts are history
+    /// the next scrape need not carry); `""` (no route) always stays.
+    pub fn retain_routes(&self, configured: &[&str]) {
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        for by_route in routes.values_mut() {
+            by_route.retain(|route, children| {
+                let keep = route.is_empty() || configured.contains(&route.as_str());
+                if !keep {
+                    self.forget(children);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Removes every series of one (listener, route).
+    fn forget(&self, children: &RouteChildren) {
+        let (listener, route) = (children.listener, children.route.as_str());
+        for vec in [&self.duration, &self.credential_wait, &self.upstream] {
+            let _ = vec.remove_label_values(&[listener, route]);
+        }
+        for direction in ["in", "out"] {
+            let _ = self.bytes.remove_label_values(&[direction, route]);
+        }
+        let requests = children
+            .requests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for key in requests.keys() {
+            let _ = self.requests.remove_label_values(&[
+                listener,
+                route,
+                decision(key.0),
+                key.1.unwrap_or(""),
+                key.2,
+            ]);
+        }
+    }
+
     /// A leaf certificate for an intercepted CONNECT: minted for it, or from the cache.
     pub fn tls_leaf(&self, minted: bool) {
         self.tls_leaves[usize::from(!minted)].inc();
