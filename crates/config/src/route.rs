@@ -329,12 +329,8 @@ fn ports(node: &Node, what: &str, e: &mut Errors) -> Option<Vec<u16>> {
     ok.then_some(out)
 }
 
-/// RFC 9110 `token` characters: what an HTTP method or header name may contain.
-pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
+/// RFC 9110 `token`: what an HTTP method or header name may be (one rule, policy's).
+pub(crate) use sidekey_policy::is_token;
 
 fn methods(
     field: Option<(&Node, &Node)>,

@@ -201,11 +201,7 @@ pub(crate) fn scope_of(routes: Option<&[RouteClaim]>) -> Result<GrantScope, Gran
             Some(list) => {
                 let mut upper = Vec::with_capacity(list.len());
                 for m in list {
-                    if m.is_empty()
-                        || !m
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-                    {
+                    if !sidekey_policy::is_token(m) {
                         return Err(GrantError::Invalid(format!(
                             "route `{route}`: {m:?} is not a method"
                         )));

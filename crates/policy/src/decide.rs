@@ -515,11 +515,7 @@ impl Policy {
         method: &str,
         source: &str,
     ) -> Result<(), Refusal> {
-        let valid = !method.is_empty()
-            && method
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !valid {
+        if !crate::route::is_token(method) {
             return Err(Refusal::new(
                 ErrorCode::RequestInvalid,
                 format!("{source} must name one method"),

@@ -31,4 +31,6 @@ pub use glob::{GlobError, PathGlob};
 pub use grant::{GrantScope, RouteGrant};
 pub use host::{Authority, CanonicalHost, HostError, Scheme, Target};
 pub use path::{PathError, RequestPath};
-pub use route::{Decision, HostPattern, HostPatternError, MethodSet, Policy, Route, Unmatched};
+pub use route::{
+    is_token, Decision, HostPattern, HostPatternError, MethodSet, Policy, Route, Unmatched,
+};

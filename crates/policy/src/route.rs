@@ -138,7 +138,7 @@ impl MethodSet {
     /// (it would open a tunnel from inside an intercepted one), in any letter case, even under
     /// `Any`; neither is anything that is not an RFC 9110 token (empty, spaces, ...).
     pub fn allows(&self, method: &str) -> bool {
-        if method.is_empty() || !method.bytes().all(is_tchar) {
+        if !is_token(method) {
             return false;
         }
         if method.eq_ignore_ascii_case("CONNECT") {
@@ -388,9 +388,14 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// An RFC 9110 `token` (one or more `tchar`): what a method or a header name may be.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_tchar)
+}
+
 /// The method for a message; anything that is not a token is quoted and escaped.
 fn printable_method(method: &str) -> String {
-    if !method.is_empty() && method.bytes().all(is_tchar) {
+    if is_token(method) {
         method.to_string()
     } else {
         format!("{method:?}")
