@@ -232,19 +232,9 @@ fn main() -> ExitCode {
             config_poll,
         } => {
             init_logging();
-            let (text, source) = match load(config.as_deref()) {
+            let (text, source, config) = match load_parsed(config.as_deref(), "sidekey") {
                 Ok(loaded) => loaded,
-                Err(e) => {
-                    eprintln!("sidekey: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            let config = match sidekey_config::parse(&text, &source.origin()) {
-                Ok(config) => config,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();
@@ -307,6 +297,20 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
+/// The config `run` and `explain` use (the file, or the built-in quickstart), read and validated;
+/// a failure is reported on stderr, prefixed with `name`, and exits 2.
+fn load_parsed(config: Option<&Path>, name: &str) -> Result<(String, Source, Config), ExitCode> {
+    let (text, source) = load(config).map_err(|e| {
+        eprintln!("{name}: {e:#}");
+        ExitCode::from(2)
+    })?;
+    let config = sidekey_config::parse(&text, &source.origin()).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(2)
+    })?;
+    Ok((text, source, config))
+}
+
 /// `sidekey explain`: 0 allowed or tunnelled, 1 refused, 2 usage or config error.
 fn explain_request(
     config: Option<&Path>,
@@ -315,19 +319,9 @@ fn explain_request(
     ask: &explain::Ask,
 ) -> ExitCode {
     const NAME: &str = "sidekey explain";
-    let (text, source) = match load(config) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("{NAME}: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = match sidekey_config::parse(&text, &source.origin()) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(2);
-        }
+    let config = match load_parsed(config, NAME) {
+        Ok((_, _, config)) => config,
+        Err(code) => return code,
     };
     let grant = explain::grant_of(&config, ask, grant);
     let explanation = match explain::explain(&config, ask, &grant) {
