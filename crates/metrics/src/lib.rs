@@ -412,14 +412,9 @@ impl Metrics {
         self.tls_leaves[usize::from(!minted)].inc();
     }
 
-    /// How long a request on `route` waited for its credential.
-    pub fn credential_wait(&self, listener: &'static str, route: &str, seconds: f64) {
-        self.route(listener, route).credential_wait.observe(seconds);
-    }
-
-    /// How long the upstream took to answer a request on `route` (to its response headers).
-    pub fn upstream(&self, listener: &'static str, route: &str, seconds: f64) {
-        self.route(listener, route).upstream.observe(seconds);
+    /// The phase timers of one (listener, route), looked up once for a request's phases.
+    pub fn route_timers(&self, listener: &'static str, route: &str) -> RouteTimers {
+        RouteTimers(self.route(listener, route))
     }
 
     /// Every metric, in the text format ([`CONTENT_TYPE`]).
@@ -485,6 +480,21 @@ impl Metrics {
                 ])
             })
             .inc();
+    }
+}
+
+/// A request's phase histograms (credential wait, upstream), resolved for its route.
+pub struct RouteTimers(Arc<RouteChildren>);
+
+impl RouteTimers {
+    /// How long the request waited for its credential.
+    pub fn credential_wait(&self, seconds: f64) {
+        self.0.credential_wait.observe(seconds);
+    }
+
+    /// How long the upstream took to answer it (to its response headers).
+    pub fn upstream(&self, seconds: f64) {
+        self.0.upstream.observe(seconds);
     }
 }
 

@@ -209,14 +209,14 @@ pub async fn handle<B: AgentBody>(
     };
 
     // credential
+    let timers = state.metrics.route_timers(
+        exchange.identified.listener(),
+        runtime.map_or("", |r| r.name.as_str()),
+    );
     let waited = Instant::now();
     let credential = credential(&state, runtime, grant.as_deref()).await;
-    if let Some(runtime) = runtime.filter(|r| r.credential.is_some()) {
-        let listener = exchange.identified.listener();
-        let seconds = waited.elapsed().as_secs_f64();
-        state
-            .metrics
-            .credential_wait(listener, &runtime.name, seconds);
+    if runtime.is_some_and(|r| r.credential.is_some()) {
+        timers.credential_wait(waited.elapsed().as_secs_f64());
     }
     let credential = match credential {
         Ok(credential) => credential,
@@ -257,11 +257,7 @@ pub async fn handle<B: AgentBody>(
     let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
     let sent = Instant::now();
     let forwarded = forward(&state, parts, outgoing, allow_private).await;
-    let listener = exchange.identified.listener();
-    let route_name = runtime.map_or("", |r| r.name.as_str());
-    state
-        .metrics
-        .upstream(listener, route_name, sent.elapsed().as_secs_f64());
+    timers.upstream(sent.elapsed().as_secs_f64());
     match forwarded {
         // respond
         Ok(response) => session.respond(response, needles),
