@@ -177,11 +177,6 @@ impl SigningKey {
         })
     }
 
-    /// The public key as a JWK.
-    pub fn jwk(&self) -> &serde_json::Value {
-        &self.jwk
-    }
-
     /// The JWKS document of the public key, as trusted by `grants.trusted[].jwks_file`.
     pub fn jwks(&self) -> String {
         serde_json::to_string_pretty(&serde_json::json!({ "keys": [self.jwk] })).unwrap_or_default()

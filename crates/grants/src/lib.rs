@@ -16,7 +16,7 @@ mod sources;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
@@ -100,7 +100,6 @@ pub struct Prepared(Settings);
 /// The settings of the current config generation.
 struct Settings {
     audience: String,
-    required: bool,
     max_ttl: Duration,
     sources: Vec<Source>,
 }
@@ -143,16 +142,6 @@ impl Grants {
     pub fn install(&self, prepared: Prepared) {
         self.settings.store(Arc::new(prepared.0));
         self.lock_cache().clear();
-    }
-
-    /// `grants.required`.
-    pub fn required(&self) -> bool {
-        self.settings.load().required
-    }
-
-    /// The public key of sidekey's own grant key (child grants).
-    pub fn own_jwk(&self) -> &serde_json::Value {
-        self.own.jwk()
     }
 
     /// Verifies a presented grant, or finds it verified already, and checks it is still live.
@@ -449,9 +438,7 @@ fn decode(
 /// The checks after the signature: `iat`/`nbf` not ahead of the clock, the lifetime cap, the
 /// claims' shapes.
 fn finish(claims: GrantClaims, settings: &Settings) -> Result<Grant, GrantError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix(SystemTime::now());
     if claims.iat > now + SKEW {
         return Err(GrantError::Invalid(
             "it was issued in the future (iat)".into(),
@@ -476,7 +463,6 @@ fn settings(config: &GrantsConfig, previous: &[Source]) -> Result<Settings, Stri
     }
     Ok(Settings {
         audience: config.audience.clone(),
-        required: config.required,
         max_ttl: config.max_ttl,
         sources,
     })
