@@ -586,6 +586,7 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
     }
     // Leases and issuer tokens are revoked once no request can use them any more.
     runtime.credentials().shutdown().await;
+    runtime.flush_spans().await;
     audit_writer.shutdown();
     Ok(())
 }

@@ -23,6 +23,7 @@ use sidekey_grants::Grants;
 use sidekey_metrics::Metrics;
 use sidekey_proxy::{ConnectionLimit, ProxyState, SharedState, Upstream};
 use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
+use sidekey_traces::{Settings, Spans};
 use tokio_util::sync::CancellationToken;
 
 use crate::bundle;
@@ -96,6 +97,8 @@ pub struct Runtime {
     grants: Option<Arc<Grants>>,
     /// The process's metrics: one registry across reloads.
     metrics: Arc<Metrics>,
+    /// The span exporter (`traces:`, which needs a restart to change): one per process.
+    spans: Option<Arc<Spans>>,
     pub shared: Arc<SharedState>,
     pub connections: ConnectionLimit,
     pub admin: Arc<AdminState>,
@@ -135,6 +138,15 @@ impl Runtime {
             Some(g) => Some(Grants::new(g).map_err(|e| anyhow::anyhow!("grants: {e}"))?),
             None => None,
         };
+        let spans = match &config.traces {
+            Some(t) => Some(Arc::new(Spans::start(&Settings {
+                endpoint: &t.otlp_endpoint,
+                ca_file: t.ca_file.as_deref(),
+                service_name: t.service_name.as_deref(),
+                timeout: t.timeout,
+            })?)),
+            None => None,
+        };
         let state = ProxyState::new(
             &config,
             Arc::clone(&credentials),
@@ -143,7 +155,8 @@ impl Runtime {
             audit.clone(),
             grants.clone(),
             Arc::clone(&metrics),
-        );
+        )
+        .with_spans(spans.clone());
         let admin = Arc::new(AdminState::new(
             Arc::clone(&credentials),
             &local_keys(&issuers),
@@ -164,6 +177,7 @@ impl Runtime {
             upstream_cas,
             grants,
             metrics,
+            spans,
             shared: Arc::new(SharedState::new(state)),
             admin,
             audit,
@@ -186,6 +200,14 @@ impl Runtime {
     /// The current credential store generation (for shutdown).
     pub fn credentials(&self) -> &Arc<CredentialStore> {
         &self.credentials
+    }
+
+    /// Sends the spans still queued (at shutdown, once no request runs any more).
+    pub async fn flush_spans(&self) {
+        if let Some(spans) = self.spans.clone() {
+            // The processor blocks while the exporter's requests run on this runtime.
+            let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+        }
     }
 
     /// SIGHUP: reads the file and reloads it, changed or not.
@@ -351,7 +373,8 @@ impl Runtime {
             self.audit.clone(),
             grants.clone(),
             Arc::clone(&self.metrics),
-        );
+        )
+        .with_spans(self.spans.clone());
         self.shared.replace(state);
         self.admin.update(
             Arc::clone(&credentials),
@@ -519,7 +542,7 @@ fn write_ca_files(config: &Config, ca: &CertificateAuthority) -> anyhow::Result<
 }
 
 /// What differs between `old` and `new` that a running sidekey cannot change: the listeners
-/// (agents and probes were pointed at them) and the audit sink.
+/// (agents and probes were pointed at them), the audit sink and the span exporter.
 fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let show = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
@@ -538,6 +561,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.audit != new.audit {
         out.push("audit changed: the audit sink needs a restart".to_string());
+    }
+    if old.traces != new.traces {
+        out.push("traces changed: the span exporter needs a restart".to_string());
     }
     out
 }

@@ -198,6 +198,21 @@ fn sidekey_crates_depend_one_way() {
                 "sidekey-config",
             ],
         ),
+        // Spans are built from the request's record and trace IDs: the exporter knows no
+        // credential store, grant, config or data plane.
+        (
+            "sidekey-traces",
+            &[
+                "sidekey-proxy",
+                "sidekey-credentials",
+                "sidekey-admin",
+                "sidekey-grants",
+                "sidekey-config",
+            ],
+        ),
+        // Nothing but the data plane and the binary talks to the exporter.
+        ("sidekey-audit", &["sidekey-traces"]),
+        ("sidekey-metrics", &["sidekey-traces"]),
     ];
     for (krate, never) in rules {
         let links = graph.links(krate);

@@ -34,6 +34,7 @@ mod oauth2;
 mod oauth2_peer;
 mod oauth2_task;
 mod observability;
+mod otlp;
 mod phases;
 mod quickstart;
 mod reload;

@@ -284,7 +284,7 @@ fn a_file_that_cannot_be_read_is_rejected_and_the_running_config_stays() {
 }
 
 #[test]
-fn listen_and_audit_changes_are_rejected_as_needing_a_restart() {
+fn listen_audit_and_traces_changes_are_rejected_as_needing_a_restart() {
     let env = Env::new();
     let sk = start(&env, &config("", ""));
     let with_route = config(&http_route("freshplain", FRESH_PLAIN), "");
@@ -326,6 +326,21 @@ fn listen_and_audit_changes_are_rejected_as_needing_a_restart() {
         audit_file.display()
     );
     plain_get(&sk, FRESH_PLAIN, "/echo/after-audit").expect_refusal(403, "host_not_allowed");
+
+    // The span exporter.
+    let with_traces = config(
+        &http_route("freshplain", FRESH_PLAIN),
+        "traces: { otlp_endpoint: \"http://127.0.0.1:4318\" }",
+    );
+    let record = sk.reload(&with_traces, &env.vars());
+    let errors = check_rejected(&sk, &record);
+    let restart = restart_errors(&errors);
+    assert_eq!(restart.len(), 1, "one key needs a restart: {errors:#?}");
+    assert!(
+        restart[0].contains("traces"),
+        "the error names the key: {errors:#?}"
+    );
+    plain_get(&sk, FRESH_PLAIN, "/echo/after-traces").expect_refusal(403, "host_not_allowed");
 
     // The same change without them is applied.
     let record = reload_ok(&sk, &with_route, &env.vars());

@@ -20,6 +20,7 @@ pub mod inprocess;
 pub mod moto;
 pub mod oauth2;
 pub mod openbao;
+pub mod otlp;
 pub mod postgres;
 pub mod raw;
 pub mod sidekey;

@@ -249,6 +249,10 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         }
         None => writeln!(out, "grants: none")?,
     }
+    match &c.traces {
+        Some(t) => writeln!(out, "traces: one span per request to {}", t.otlp_endpoint)?,
+        None => writeln!(out, "traces: none")?,
+    }
     match &c.audit {
         AuditConfig::Stdout => writeln!(out, "audit: stdout")?,
         AuditConfig::File(p) => writeln!(out, "audit: file {}", p.display())?,

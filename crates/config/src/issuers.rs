@@ -531,6 +531,25 @@ pub(crate) fn region(node: &Node, what: &str, e: &mut Errors) -> Option<String> 
 /// `https://host[:port][/path]`, or `http://` for loopback hosts only: a token must not cross
 /// a network in clear text.
 pub(crate) fn endpoint(node: &Node, what: &str, e: &mut Errors) -> Option<Endpoint> {
+    url(node, what, e, Cleartext::LoopbackOnly)
+}
+
+/// Where a URL may use plain `http://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cleartext {
+    /// Loopback hosts only: what goes there carries tokens or secrets.
+    LoopbackOnly,
+    /// Any host: what goes there carries no secret (e.g. spans to a node-local collector).
+    Anywhere,
+}
+
+/// `https://host[:port][/path]`, or `http://` where `cleartext` allows it.
+pub(crate) fn url(
+    node: &Node,
+    what: &str,
+    e: &mut Errors,
+    cleartext: Cleartext,
+) -> Option<Endpoint> {
     let url = e.nonempty_string(node, what)?;
     let (scheme, rest) = match url.split_once("://") {
         Some((s, rest)) if s.eq_ignore_ascii_case("https") => ("https", rest),
@@ -567,7 +586,7 @@ pub(crate) fn endpoint(node: &Node, what: &str, e: &mut Errors) -> Option<Endpoi
             return None;
         }
     };
-    if scheme == "http" && !is_loopback(&parsed.host) {
+    if scheme == "http" && cleartext == Cleartext::LoopbackOnly && !is_loopback(&parsed.host) {
         e.error_hint(
             node.pos,
             format!("{what} uses plain http:// to a host that is not loopback"),

@@ -17,6 +17,7 @@ mod parse;
 mod route;
 mod section;
 mod sections;
+mod traces;
 mod validate;
 mod yaml;
 
@@ -26,6 +27,7 @@ mod tests;
 pub use grants::{GrantsConfig, TrustedKeys, DEFAULT_GRANT_MAX_TTL, DEFAULT_JWKS_REFRESH};
 pub use parse::parse;
 pub use sections::{AuditConfig, CaConfig, LimitsConfig, Listen, UpstreamConfig};
+pub use traces::{TracesConfig, DEFAULT_EXPORT_TIMEOUT};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,8 @@ pub struct Config {
     pub unmatched: Unmatched,
     /// `grants:` (task grants); None: grants are not used.
     pub grants: Option<GrantsConfig>,
+    /// `traces:` (OTLP span export); None: no spans are exported.
+    pub traces: Option<TracesConfig>,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
 }

@@ -1283,3 +1283,61 @@ fn grants_parse_with_defaults_and_every_error_is_located() {
         check(name, src, expected);
     }
 }
+
+#[test]
+fn traces_parse_with_defaults_and_every_error_is_located() {
+    let c = ok("traces:\n  otlp_endpoint: http://10.0.0.7:4318\n");
+    let t = c.traces.clone().expect("traces");
+    // A URL without a path gets the OTLP traces path; plain http to any host is allowed (spans
+    // carry no credential).
+    assert_eq!(t.otlp_endpoint, "http://10.0.0.7:4318/v1/traces");
+    assert_eq!(t.service_name, None);
+    assert_eq!(t.ca_file, None);
+    assert_eq!(t.timeout, crate::DEFAULT_EXPORT_TIMEOUT);
+    let full = ok("traces:\n  otlp_endpoint: https://collector.internal/otlp/v1/traces/\n  ca_file: ca.pem\n  service_name: agent-7-sidekey\n  timeout: 2s\n");
+    let t = full.traces.expect("traces");
+    assert_eq!(t.otlp_endpoint, "https://collector.internal/otlp/v1/traces");
+    assert_eq!(t.ca_file, Some(PathBuf::from("ca.pem")));
+    assert_eq!(t.service_name.as_deref(), Some("agent-7-sidekey"));
+    assert_eq!(t.timeout, Duration::from_secs(2));
+    assert_eq!(ok("listen: {}\n").traces, None);
+
+    let cases: &[(&str, &str, &[Expect])] = &[
+        (
+            "no endpoint",
+            "traces:\n  service_name: s\n",
+            &[(2, 3, "has no `otlp_endpoint`", "4318")],
+        ),
+        (
+            "not a url",
+            "traces:\n  otlp_endpoint: collector:4318\n",
+            &[(2, 18, "must be an https:// URL", "")],
+        ),
+        (
+            "query",
+            "traces:\n  otlp_endpoint: http://c:4318/v1/traces?x=1\n",
+            &[(2, 18, "must not have a query", "")],
+        ),
+        (
+            "timeout",
+            "traces:\n  otlp_endpoint: http://c:4318\n  timeout: 5m\n",
+            &[(3, 12, "between 1ms and 60s", "")],
+        ),
+        (
+            "typo",
+            "traces:\n  otlp_endpiont: http://c:4318\n",
+            &[
+                (
+                    2,
+                    3,
+                    "unknown key `otlp_endpiont`",
+                    "did you mean `otlp_endpoint`?",
+                ),
+                (2, 3, "has no `otlp_endpoint`", ""),
+            ],
+        ),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+}

@@ -27,6 +27,7 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "unmatched",
     "grants",
+    "traces",
     "audit",
     "limits",
 ];
@@ -136,6 +137,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         routes: Vec::new(),
         unmatched: Unmatched::Deny,
         grants: None,
+        traces: None,
         audit: AuditConfig::Stdout,
         limits: LimitsConfig::default(),
     };
@@ -175,6 +177,9 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     }
     if let Some(n) = top.value("grants") {
         config.grants = crate::grants::grants(n, e);
+    }
+    if let Some(n) = top.value("traces") {
+        config.traces = crate::traces::traces(n, e);
     }
     if let Some(n) = top.value("audit") {
         config.audit = sections::audit(n, e);

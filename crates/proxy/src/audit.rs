@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -14,7 +14,9 @@ use sidekey_audit::{redact_query, AuditLog, Outcome, RequestRecord};
 use sidekey_body::count::BodyMeter;
 use sidekey_body::BoxError;
 use sidekey_grants::Grant;
+use sidekey_inject::trace::TraceContext;
 use sidekey_policy::{ErrorCode, Target};
+use sidekey_traces::{SpanIds, Spans};
 
 /// A request's audit record, not yet written.
 pub struct PendingRecord {
@@ -23,7 +25,16 @@ pub struct PendingRecord {
     started: Instant,
     /// The request body's bytes (and whether it broke off).
     meter: Arc<BodyMeter>,
+    /// The span exported with the record, when spans are exported and the trace is sampled.
+    span: Option<PendingSpan>,
     written: bool,
+}
+
+/// What a request's span needs besides its record.
+struct PendingSpan {
+    spans: Arc<Spans>,
+    span_id: String,
+    parent_span_id: Option<String>,
 }
 
 impl PendingRecord {
@@ -107,6 +118,7 @@ impl PendingRecord {
             },
             started,
             meter: BodyMeter::new(),
+            span: None,
             written: false,
         }
     }
@@ -134,8 +146,15 @@ impl PendingRecord {
         self.record.task_id = task_id;
     }
 
-    pub fn set_trace_id(&mut self, trace_id: &str) {
-        self.record.trace_id = Some(trace_id.to_string());
+    /// The trace the request went upstream under; its span is exported with the record when
+    /// `spans` is set and the trace is sampled.
+    pub fn set_trace(&mut self, trace: &TraceContext, spans: Option<&Arc<Spans>>) {
+        self.record.trace_id = Some(trace.trace_id.clone());
+        self.span = spans.filter(|_| trace.sampled).map(|spans| PendingSpan {
+            spans: Arc::clone(spans),
+            span_id: trace.span_id.clone(),
+            parent_span_id: trace.parent_span_id.clone(),
+        });
     }
 
     /// The grant the request or CONNECT went under: task, agent, user and delegation chain.
@@ -191,8 +210,19 @@ impl PendingRecord {
         }
         self.written = true;
         self.record.bytes_in = self.meter.bytes();
-        self.record.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.started.elapsed();
+        self.record.duration_ms = elapsed.as_secs_f64() * 1000.0;
         self.log.request(&self.record);
+        if let (Some(span), Some(trace_id)) = (self.span.take(), &self.record.trace_id) {
+            let end = SystemTime::now();
+            let ids = SpanIds {
+                trace_id,
+                span_id: &span.span_id,
+                parent_span_id: span.parent_span_id.as_deref(),
+            };
+            let start = end.checked_sub(elapsed).unwrap_or(end);
+            span.spans.request(&self.record, ids, start, end);
+        }
     }
 }
 

@@ -162,7 +162,7 @@ pub async fn handle<B: AgentBody>(
         let (ids, span) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         TraceContext::continue_or_start(&parts.headers, ids.as_u128(), span.as_u64_pair().1)
     };
-    session.record.set_trace_id(&trace.trace_id);
+    session.record.set_trace(&trace, state.spans.as_ref());
 
     // the grant
     let grant = match grant_of(&state, &exchange, &parts).await {

@@ -29,6 +29,7 @@ use sidekey_grants::Grants;
 use sidekey_metrics::{ConnectionGuard, Metrics};
 use sidekey_policy::Policy;
 use sidekey_tls::CertificateAuthority;
+use sidekey_traces::Spans;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -246,6 +247,8 @@ pub struct ProxyState {
     pub grants: Option<Arc<Grants>>,
     /// The process's metrics (the same registry in every generation).
     pub metrics: Arc<Metrics>,
+    /// The span exporter (`traces:`); None when spans are not exported. One per process.
+    pub spans: Option<Arc<Spans>>,
 }
 
 impl ProxyState {
@@ -283,7 +286,14 @@ impl ProxyState {
             limits: Limits(config.limits.clone()),
             grants,
             metrics,
+            spans: None,
         }
+    }
+
+    /// Exports a span per request to `spans` (the process's exporter), when set.
+    pub fn with_spans(mut self, spans: Option<Arc<Spans>>) -> Self {
+        self.spans = spans;
+        self
     }
 }
 
