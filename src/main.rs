@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sidekey::runtime::{Runtime, Source};
+use sidekey_admin::Surface;
 use sidekey_audit::trace::{self, Filter};
 use sidekey_audit::AuditWriter;
 use sidekey_config::{AuditConfig, Config};
@@ -232,10 +233,14 @@ fn main() -> ExitCode {
             config_poll,
         } => {
             init_logging();
-            let (text, source, config) = match load_parsed(config.as_deref(), "sidekey") {
+            let (text, source, mut config) = match load_parsed(config.as_deref(), "sidekey") {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
+            if let Err(e) = sidekey::runtime::apply_env(&mut config) {
+                eprintln!("sidekey: {e}");
+                return ExitCode::from(2);
+            }
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();
             // Default: one worker per core. SIDEKEY_WORKER_THREADS caps it, e.g. to match the
@@ -569,6 +574,16 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
         tokio::spawn(sidekey_admin::serve(
             listener,
             Arc::clone(&runtime.admin),
+            Surface::Admin,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(addr) = listen.metrics {
+        let listener = bind("metrics", addr).await?;
+        tokio::spawn(sidekey_admin::serve(
+            listener,
+            Arc::clone(&runtime.admin),
+            Surface::MetricsOnly,
             shutdown.clone(),
         ));
     }

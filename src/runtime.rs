@@ -294,7 +294,8 @@ impl Runtime {
                 }],
             })
         })?;
-        let config = sidekey_config::parse(text, &origin).map_err(ReloadError::Invalid)?;
+        let mut config = sidekey_config::parse(text, &origin).map_err(ReloadError::Invalid)?;
+        apply_env(&mut config).map_err(|e| ReloadError::Build(anyhow::anyhow!(e)))?;
         let restart = needs_restart(&self.config, &config);
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
@@ -541,6 +542,27 @@ fn write_ca_files(config: &Config, ca: &CertificateAuthority) -> anyhow::Result<
     Ok(())
 }
 
+/// The environment variable that sets `listen.metrics` over the file's (the Kubernetes injector
+/// sets it, so that every agent's own config need not).
+pub const METRICS_LISTEN_ENV: &str = "SIDEKEY_METRICS_LISTEN";
+
+/// Applies what the environment sets over the file: `SIDEKEY_METRICS_LISTEN` (an address, or
+/// `off`). At start and at each reload, so that a reload sees the same listeners.
+pub fn apply_env(config: &mut Config) -> Result<(), String> {
+    let Ok(value) = std::env::var(METRICS_LISTEN_ENV) else {
+        return Ok(());
+    };
+    let value = value.trim();
+    config.listen.metrics = match value {
+        "" => return Ok(()),
+        "off" => None,
+        addr => Some(addr.parse().map_err(|e| {
+            format!("{METRICS_LISTEN_ENV}={addr:?} is not an address like 0.0.0.0:15091: {e}")
+        })?),
+    };
+    Ok(())
+}
+
 /// What differs between `old` and `new` that a running sidekey cannot change: the listeners
 /// (agents and probes were pointed at them), the audit sink and the span exporter.
 fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
@@ -550,6 +572,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         ("listen.forward", old.listen.forward, new.listen.forward),
         ("listen.routes", old.listen.routes, new.listen.routes),
         ("listen.admin", old.listen.admin, new.listen.admin),
+        ("listen.metrics", old.listen.metrics, new.listen.metrics),
     ] {
         if a != b {
             out.push(format!(

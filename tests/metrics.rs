@@ -241,8 +241,14 @@ impl Scrape {
 /// `GET /metrics` on the admin listener: 200, the text format's content type, parsed strictly.
 #[track_caller]
 fn scrape(sk: &Sidekey) -> Scrape {
+    scrape_at(sk.admin)
+}
+
+/// `GET /metrics` at `addr`, as [`scrape`].
+#[track_caller]
+fn scrape_at(addr: std::net::SocketAddr) -> Scrape {
     let resp = raw_request(
-        sk.admin,
+        addr,
         b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .expect("GET /metrics");
@@ -892,4 +898,65 @@ fn per_task_credentials_are_one_series_per_credential_at_the_soonest_expiry() {
     for task in tasks {
         assert!(!text.contains(task), "{task} in /metrics");
     }
+}
+
+#[test]
+fn the_metrics_listener_serves_metrics_alone_and_the_environment_sets_it() {
+    let env = Env::new();
+    // Set by the environment, as the Kubernetes injector does.
+    let sk = Sidekey::start_with_env(
+        &default_config(),
+        &env.vars(),
+        &[("SIDEKEY_METRICS_LISTEN", "127.0.0.1:0")],
+    );
+    let metrics = sk.listener("metrics").expect("a metrics listener");
+    assert_ne!(metrics, sk.admin);
+    curl(&["-x", &sk.proxy_url(), "http://plain.test.local/echo/m"]).assert_status(200);
+    sk.wait_request_records(1);
+    let m = scrape_at(metrics);
+    assert_eq!(
+        m.sum(
+            "sidekey_requests_total",
+            &[("route", "plain"), ("decision", "allow")]
+        ),
+        1.0
+    );
+    // Nothing else: no credential IDs, scopes, keys, grant endpoints or probes.
+    for path in [
+        "/",
+        "/credentials",
+        "/.well-known/jwks.json",
+        "/healthz",
+        "/readyz",
+        "/grants",
+        "/metrics/../credentials",
+    ] {
+        let (status, body) = http_get(metrics, path).expect(path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.contains("demo"), "{path}: {body}");
+    }
+    let post = raw_request(
+        metrics,
+        b"POST /grants HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .expect("POST /grants");
+    assert_eq!(post.status, 404, "{}", post.body_str());
+    assert_eq!(http_get(sk.admin, "/credentials").expect("admin").0, 200);
+
+    // A reload sees the same environment: the listener is not a change that needs a restart.
+    let record = sk.reload(&default_config(), &env.vars());
+    assert_eq!(record["event"], "reloaded", "{record}");
+    scrape_at(metrics);
+
+    // A bad value stops the start with the variable named.
+    let file = sk.dir().join("bad-env.yaml");
+    std::fs::write(&file, "routes: []\n").unwrap();
+    let mut cmd = std::process::Command::new(crate::common::sidekey::sidekey_bin());
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("SIDEKEY_METRICS_LISTEN", "everywhere:15091");
+    let out = output_with_timeout(cmd, std::time::Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SIDEKEY_METRICS_LISTEN"), "{stderr}");
 }

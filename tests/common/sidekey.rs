@@ -313,6 +313,15 @@ impl Sidekey {
         }
     }
 
+    /// The address of the listener `name` (`forward`, `routes`, `admin`, `metrics`), from its
+    /// `listening` line (waited for up to 5 s); None if it logged none.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.wait_output(Duration::from_secs(5), |out| {
+            out.listening.get(name).copied()
+        })
+        .ok()
+    }
+
     /// `http://127.0.0.1:port` of the forward listener, for `curl -x` and HTTPS_PROXY.
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.forward)
@@ -758,7 +767,7 @@ enum Stream {
 
 fn listening_regex() -> Regex {
     Regex::new(
-        r#"listening\b.*?\blistener="?(forward|routes|admin)"?\s+addr="?([0-9a-fA-F.:\[\]]+)"?"#,
+        r#"listening\b.*?\blistener="?(forward|routes|admin|metrics)"?\s+addr="?([0-9a-fA-F.:\[\]]+)"?"#,
     )
     .unwrap()
 }

@@ -127,14 +127,29 @@ impl AdminState {
     }
 }
 
-/// Serves the admin endpoints until shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+/// What a listener of the admin state serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `listen.admin`: every endpoint (the grant endpoints to loopback clients only).
+    Admin,
+    /// `listen.metrics`: `GET /metrics` and nothing else, for a scraper outside the pod: no
+    /// credential IDs, scopes, keys or grant endpoints.
+    MetricsOnly,
+}
+
+/// Serves `surface` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    surface: Surface,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(Arc::clone(&state), stream));
+                    tokio::spawn(connection(Arc::clone(&state), surface, stream));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
@@ -145,12 +160,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
     }
 }
 
-async fn connection(state: Arc<AdminState>, stream: TcpStream) {
+async fn connection(state: Arc<AdminState>, surface: Surface, stream: TcpStream) {
     let loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let service = service_fn(move |request: Request<Incoming>| {
         let state = Arc::clone(&state);
         async move {
-            let response = if request.uri().path() == "/grants"
+            let response = if surface == Surface::MetricsOnly && request.uri().path() != "/metrics"
+            {
+                text(StatusCode::NOT_FOUND, "not found\n")
+            } else if request.uri().path() == "/grants"
                 || request.uri().path().starts_with("/grants/")
             {
                 grants::serve(&state, loopback, request).await

@@ -25,6 +25,9 @@ section! {
         pub routes: Option<SocketAddr> = loopback(15081), Listener;
         /// Default 127.0.0.1:15090.
         pub admin: Option<SocketAddr> = loopback(15090), Listener;
+        /// `GET /metrics` alone, for a scraper outside the pod (e.g. 0.0.0.0:15091). Default
+        /// off. `SIDEKEY_METRICS_LISTEN` sets it too (the Kubernetes injector does).
+        pub metrics: Option<SocketAddr> = None, Listener;
     }
 }
 

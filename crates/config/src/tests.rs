@@ -644,7 +644,8 @@ fn listener_errors() {
         ("false", "listen:\n  admin: false\n", &[(2, 10, "`listen.admin` must be an ip:port address, `off` or null", "`off`")]),
         ("unbracketed ipv6", "listen:\n  admin: \"::1:80\"\n", &[(2, 10, "is not an ip:port address", "brackets")]),
         ("same address twice", "listen:\n  forward: 127.0.0.1:9000\n  routes: 127.0.0.1:9000\n", &[(3, 11, "`listen.routes` uses 127.0.0.1:9000, the same address as `listen.forward`", "own port")]),
-        ("unknown listener", "listen:\n  metrics: 127.0.0.1:1\n", &[(2, 3, "unknown key `metrics` in `listen`", "valid keys here: forward, routes, admin")]),
+        ("unknown listener", "listen:\n  proxy: 127.0.0.1:1\n", &[(2, 3, "unknown key `proxy` in `listen`", "valid keys here: forward, routes, admin, metrics")]),
+        ("metrics on the admin address", "listen:\n  admin: 127.0.0.1:9000\n  metrics: 127.0.0.1:9000\n", &[(3, 12, "`listen.metrics` uses 127.0.0.1:9000, the same address as `listen.admin`", "own port")]),
     ];
     for (name, src, expected) in cases {
         check(name, src, expected);

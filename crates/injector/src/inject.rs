@@ -127,7 +127,7 @@ pub fn plan(pod: &Pod, raw: &Value, settings: &Settings, trigger: Trigger) -> Ou
         // The API server always sends a spec; nothing sensible to add to a pod without one.
         return Outcome::Unchanged(Skip::NotRequested);
     };
-    if let Err(skip) = understood(spec) {
+    if let Err(skip) = understood(spec, settings) {
         return Outcome::Unchanged(skip);
     }
     match build(spec, raw, annotations, &options, settings) {
@@ -137,7 +137,7 @@ pub fn plan(pod: &Pod, raw: &Value, settings: &Settings, trigger: Trigger) -> Ou
 }
 
 /// Shapes of pod the injector does not handle: `Err` says why.
-fn understood(spec: &PodSpec) -> Result<(), Skip> {
+fn understood(spec: &PodSpec, settings: &Settings) -> Result<(), Skip> {
     if spec.host_network == Some(true) {
         return Err(Skip::HostNetwork);
     }
@@ -150,7 +150,9 @@ fn understood(spec: &PodSpec) -> Result<(), Skip> {
             return Err(Skip::NameClash(c.name.clone()));
         }
         for port in c.ports.as_deref().unwrap_or_default() {
-            if sidecar::PORTS.contains(&port.container_port) {
+            if sidecar::PORTS.contains(&port.container_port)
+                || settings.metrics_port == Some(port.container_port)
+            {
                 return Err(Skip::PortClash {
                     container: c.name.clone(),
                     port: port.container_port,

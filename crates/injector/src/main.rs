@@ -70,6 +70,9 @@ struct Cli {
     /// UID/GID of the sidecar.
     #[arg(long, default_value_t = 65532)]
     run_as_user: i64,
+    /// Serve sidekey's `/metrics` (alone) on this port of the pod's IP, for Prometheus.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=65535))]
+    metrics_port: Option<i32>,
 }
 
 fn parse_mode(s: &str) -> Result<SidecarMode, String> {
@@ -113,6 +116,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             .collect(),
         log_level: cli.log_level.clone(),
         run_as_user: cli.run_as_user,
+        metrics_port: cli.metrics_port,
         ..Settings::default()
     };
     if let Some(json) = &cli.resources {

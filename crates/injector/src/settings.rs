@@ -58,6 +58,10 @@ pub struct Settings {
     pub log_level: String,
     /// UID/GID the sidecar runs as (distroless `nonroot` by default).
     pub run_as_user: i64,
+    /// When set, sidekey serves `GET /metrics` alone on this port of the pod's IP
+    /// (`SIDEKEY_METRICS_LISTEN`), declared as the container port `sidekey-metrics` for a
+    /// PodMonitor or a scrape config to find.
+    pub metrics_port: Option<i32>,
 }
 
 impl Default for Settings {
@@ -81,6 +85,7 @@ impl Default for Settings {
             },
             log_level: "info".to_string(),
             run_as_user: 65532,
+            metrics_port: None,
         }
     }
 }

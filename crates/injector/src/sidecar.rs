@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Lifecycle;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ExecAction, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
     SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
     VolumeProjection,
 };
@@ -45,6 +45,8 @@ pub const BUNDLE_FILE: &str = "/var/run/sidekey/bundle.pem";
 /// would clash with sidekey on the pod's shared loopback.
 pub const PROXY_URL: &str = "http://127.0.0.1:15080";
 pub const PORTS: &[i32] = &[15080, 15081, 15090];
+/// The container port name of the metrics listener (`--metrics-port`).
+pub const METRICS_PORT_NAME: &str = "sidekey-metrics";
 
 /// NO_PROXY entries every agent gets: loopback and the cluster's own names.
 pub const DEFAULT_NO_PROXY: &[&str] = &[
@@ -131,6 +133,21 @@ pub fn container(options: &PodOptions, settings: &Settings) -> Container {
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     };
+    if let Some(port) = settings.metrics_port {
+        if let Some(env) = container.env.as_mut() {
+            env.push(EnvVar {
+                name: "SIDEKEY_METRICS_LISTEN".to_string(),
+                value: Some(format!("0.0.0.0:{port}")),
+                ..Default::default()
+            });
+        }
+        container.ports = Some(vec![ContainerPort {
+            name: Some(METRICS_PORT_NAME.to_string()),
+            container_port: port,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]);
+    }
     match options.mode {
         SidecarMode::Native => container.restart_policy = Some("Always".to_string()),
         SidecarMode::Legacy => {

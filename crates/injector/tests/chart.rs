@@ -501,3 +501,60 @@ fn plain_manifests_and_examples_validate() {
         .contains("models.agents.svc"));
     validate(&[patched]);
 }
+
+#[test]
+fn sidecar_metrics_and_the_pod_monitor() {
+    let args = |objects: &[Value]| {
+        one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    // Off by default: no port for the injector to add, no PodMonitor.
+    let objects = render(&[]);
+    assert!(find(&objects, "PodMonitor").is_empty());
+    assert!(
+        !args(&objects)
+            .iter()
+            .any(|a| a.as_str().unwrap_or("").starts_with("--metrics-port")),
+        "{:?}",
+        args(&objects)
+    );
+
+    let on = [
+        "sidecar.metrics.enabled=true",
+        "sidecar.metrics.podMonitor.enabled=true",
+        "sidecar.metrics.podMonitor.labels.release=kube-prometheus",
+    ];
+    let objects = render(&on);
+    assert!(
+        args(&objects).contains(&json!("--metrics-port=15091")),
+        "{:?}",
+        args(&objects)
+    );
+    let monitor = one(&objects, "PodMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["namespace"], NS);
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["any"], true);
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    // The name the injector gives the sidecar's port (crates/injector/src/sidecar.rs).
+    assert_eq!(
+        endpoint["port"],
+        sidekey_injector::sidecar::METRICS_PORT_NAME
+    );
+    assert_eq!(endpoint["path"], "/metrics");
+
+    // The port alone, without a PodMonitor (a scrape config of one's own).
+    let objects = render(&["sidecar.metrics.enabled=true", "sidecar.metrics.port=9464"]);
+    assert!(find(&objects, "PodMonitor").is_empty());
+    assert!(args(&objects).contains(&json!("--metrics-port=9464")));
+
+    let chart = chart();
+    let mut lint = vec!["lint", "--strict", chart.to_str().unwrap()];
+    for value in &on {
+        lint.extend(["--set", value]);
+    }
+    let out = helm(&lint);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}

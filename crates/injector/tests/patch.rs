@@ -541,3 +541,40 @@ fn pod_with_mode(mode: &str) -> Value {
         vec![container("agent", "python:3.12")],
     )
 }
+
+#[test]
+fn a_metrics_port_serves_metrics_on_the_pod_ip_under_a_named_port() {
+    let settings = Settings {
+        metrics_port: Some(15091),
+        ..Settings::default()
+    };
+    let (pod, _) = inject(&agent_pod(), &settings, Trigger::PodAnnotation);
+    let s = sidecar(&pod);
+    assert_eq!(
+        s["ports"],
+        json!([{ "name": "sidekey-metrics", "containerPort": 15091, "protocol": "TCP" }]),
+        "{s:#}"
+    );
+    let env = s["env"].as_array().unwrap();
+    assert!(
+        env.contains(&json!({ "name": "SIDEKEY_METRICS_LISTEN", "value": "0.0.0.0:15091" })),
+        "{env:#?}"
+    );
+    // Off by default: no port, no variable.
+    let (pod, _) = inject(&agent_pod(), &Settings::default(), Trigger::PodAnnotation);
+    let s = sidecar(&pod);
+    assert!(s.get("ports").is_none(), "{s:#}");
+    assert!(!s.to_string().contains("SIDEKEY_METRICS_LISTEN"));
+    // An agent container already on that port is left alone (it would clash with sidekey).
+    let mut clash = agent_pod();
+    clash["spec"]["containers"][0]["ports"] = json!([{ "containerPort": 15091 }]);
+    assert_eq!(
+        unchanged(&clash, &settings, Trigger::PodAnnotation),
+        Skip::PortClash {
+            container: "agent".to_string(),
+            port: 15091
+        }
+    );
+    // The patched pod is a valid pod.
+    let _: Pod = serde_json::from_value(pod).expect("a pod");
+}
