@@ -17,8 +17,12 @@
 //! - `idle`: opens `-c` connections, one request each, prints `ready`, holds them `--hold`
 //!   seconds (or until stdin closes).
 //!
-//! Prints one JSON object on stdout: requests, errors, seconds, rps, and latency percentiles
-//! in microseconds (p50, p90, p99, p999, max).
+//! Prints one JSON object on stdout: requests (answered 2xx), errors, seconds, rps, and latency
+//! percentiles in microseconds (p50, p90, p99, p999, max). `errors` counts every request that
+//! did not get a 2xx answer; of them, `bad_status` got an answer with another status (the last
+//! one seen is `bad_status_code`) and `timeouts` got nothing within `--timeout` seconds (default
+//! 10: connecting, CONNECT, TLS handshake, or the whole exchange), so a proxy that stops
+//! answering shows up as errors instead of hanging the run.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +55,8 @@ struct Opts {
     duration: Duration,
     count: usize,
     hold: Duration,
+    /// How long opening a connection, or one exchange, may take before it counts as a timeout.
+    timeout: Duration,
 }
 
 impl Opts {
@@ -83,21 +89,53 @@ impl Opts {
             duration: Duration::from_secs_f64(get("-d").map_or(Ok(5.0), |v| v.parse())?),
             count: num("--count", 10)? as usize,
             hold: Duration::from_secs(num("--hold", 30)?),
+            timeout: Duration::from_secs(num("--timeout", 10)?),
         })
     }
 }
+
+/// An answer whose status is not 2xx.
+#[derive(Debug)]
+struct BadStatus(u16);
+
+impl std::fmt::Display for BadStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "answered {}, not 2xx", self.0)
+    }
+}
+
+impl std::error::Error for BadStatus {}
 
 /// Latencies (µs) and errors, merged from every worker.
 #[derive(Default)]
 struct Tally {
     latencies: Vec<u32>,
     errors: u64,
+    bad_status: u64,
+    bad_status_code: u16,
+    timeouts: u64,
 }
 
 impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
+        self.bad_status += other.bad_status;
+        self.timeouts += other.timeouts;
+        if other.bad_status_code != 0 {
+            self.bad_status_code = other.bad_status_code;
+        }
+    }
+
+    /// Counts a request that got no 2xx answer, and what it got instead.
+    fn error(&mut self, e: &Error) {
+        self.errors += 1;
+        if let Some(BadStatus(code)) = e.downcast_ref::<BadStatus>() {
+            self.bad_status += 1;
+            self.bad_status_code = *code;
+        } else if e.is::<tokio::time::error::Elapsed>() {
+            self.timeouts += 1;
+        }
     }
 
     fn report(mut self, seconds: f64, extra: &str) -> String {
@@ -111,9 +149,13 @@ impl Tally {
             self.latencies[i.clamp(1, n) - 1]
         };
         format!(
-            "{{\"requests\":{n},\"errors\":{},\"seconds\":{seconds:.3},\"rps\":{:.1},\
+            "{{\"requests\":{n},\"errors\":{},\"bad_status\":{},\"bad_status_code\":{},\
+             \"timeouts\":{},\"seconds\":{seconds:.3},\"rps\":{:.1},\
              \"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}{extra}}}",
             self.errors,
+            self.bad_status,
+            self.bad_status_code,
+            self.timeouts,
             n as f64 / seconds.max(1e-9),
             pct(50.0),
             pct(90.0),
@@ -252,7 +294,12 @@ enum Conn {
 }
 
 impl Conn {
+    /// Opens a connection (TCP, CONNECT, TLS, HTTP handshake) within `--timeout`.
     async fn open(dialer: &Dialer) -> Result<Conn, Error> {
+        tokio::time::timeout(dialer.opts.timeout, Conn::open_now(dialer)).await?
+    }
+
+    async fn open_now(dialer: &Dialer) -> Result<Conn, Error> {
         let io = TokioIo::new(dialer.dial().await?);
         if dialer.opts.h2 {
             let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
@@ -265,8 +312,13 @@ impl Conn {
         }
     }
 
-    /// One request, whole body read. Returns the time to the first body byte and in total.
+    /// One request, whole body read, within `--timeout`. Returns the time to the first body
+    /// byte and in total; a non-2xx answer is a `BadStatus` error.
     async fn exchange(&mut self, dialer: &Dialer) -> Result<(Duration, Duration), Error> {
+        tokio::time::timeout(dialer.opts.timeout, self.exchange_now(dialer)).await?
+    }
+
+    async fn exchange_now(&mut self, dialer: &Dialer) -> Result<(Duration, Duration), Error> {
         let request = dialer.request()?;
         let start = Instant::now();
         let response = match self {
@@ -279,7 +331,7 @@ impl Conn {
                 sender.send_request(request).await?
             }
         };
-        let ok = response.status().is_success();
+        let status = response.status();
         let mut body = response.into_body();
         let mut first = None;
         while let Some(frame) = body.frame().await {
@@ -289,8 +341,8 @@ impl Conn {
             }
         }
         let total = start.elapsed();
-        if !ok {
-            return Err("non-2xx answer".into());
+        if !status.is_success() {
+            return Err(BadStatus(status.as_u16()).into());
         }
         Ok((first.unwrap_or(total), total))
     }
@@ -333,8 +385,8 @@ async fn run_load(dialer: Arc<Dialer>) -> Result<String, Error> {
                 while !stop.load(Ordering::Relaxed) {
                     match conn.exchange(&dialer).await {
                         Ok((_, total)) => tally.latencies.push(micros(total)),
-                        Err(_) => {
-                            tally.errors += 1;
+                        Err(e) => {
+                            tally.error(&e);
                             // A broken connection is replaced, as a client pool would.
                             match Conn::open(&dialer).await {
                                 Ok(fresh) => conn = fresh,
@@ -374,8 +426,8 @@ async fn run_handshake(dialer: Arc<Dialer>) -> Result<String, Error> {
                 .await;
                 match result {
                     Ok(_) => tally.latencies.push(micros(began.elapsed())),
-                    Err(_) => {
-                        tally.errors += 1;
+                    Err(e) => {
+                        tally.error(&e);
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
@@ -404,8 +456,12 @@ async fn run_sse(dialer: Arc<Dialer>) -> Result<String, Error> {
                 ttfb.latencies.push(micros(first));
                 totals.push(micros(total));
             }
-            Err(_) => {
-                ttfb.errors += 1;
+            Err(e) => {
+                ttfb.error(&e);
+                if e.is::<tokio::time::error::Elapsed>() {
+                    // A stream that does not end within --timeout: no point in waiting again.
+                    break;
+                }
                 conn = Conn::open(&dialer).await?;
             }
         }
