@@ -10,8 +10,9 @@ no network), `aws-sts` (AssumeRoleWithWebIdentity at moto; keys sign the request
 (RFC 8693 exchange at oidc-provider of a task assertion for the task's user). For each of N
 tasks: a fresh grant (`sidekey grant sign`), then two requests through sidekey on new
 connections (curl), the first and the second of that task; reported are the medians and p90 of
-first − second per issuer. A run where any request does not answer 200 is reported as failed,
-never as a number. Prints a Markdown table (and JSON with --json).
+first − second per issuer. A route where any request does not answer 200 (curl's code 000: no
+answer at all) or reports no time is shown as failed, with why, never as a number (the same rule
+as benches/validate.py for the harness). Prints a Markdown table (and JSON with --json).
 """
 
 import argparse
@@ -161,14 +162,16 @@ audit: {{ file: {work}/audit.log }}
                 url = f"http://{route}.bench.test/"
                 c1, t1 = curl_ms(proxy, url)
                 c2, t2 = curl_ms(proxy, url)
-                if c1 != 200 or c2 != 200:
+                if c1 != 200 or c2 != 200 or t1 <= 0 or t2 <= 0:
                     failed.append((c1, c2))
                     continue
                 firsts.append(t1)
                 seconds.append(t2)
                 added.append(t1 - t2)
             if failed:
-                results[route] = {"failed": failed}
+                statuses = ", ".join(f"{a:03d}/{b:03d}" for a, b in failed[:3])
+                results[route] = {"failed": f"{len(failed)} of {opts.tasks} tasks had a request not answered "
+                                            f"200 (first/second: {statuses}{', …' if len(failed) > 3 else ''})"}
                 continue
             added.sort()
             results[route] = {
@@ -187,7 +190,7 @@ audit: {{ file: {work}/audit.log }}
         print("|---|---|---|---|---|---|")
         for route, r in results.items():
             if "failed" in r:
-                print(f"| {labels[route]} | failed: statuses {r['failed'][:3]} | | | | |")
+                print(f"| {labels[route]} | failed: {r['failed']} | – | – | – | – |")
             else:
                 print(f"| {labels[route]} | {r['tasks']} | {r['first_ms_p50']:.2f} | {r['second_ms_p50']:.2f} "
                       f"| {r['added_ms_p50']:.2f} | {r['added_ms_p90']:.2f} |")

@@ -29,6 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benches"
 PEERS = BENCH / "peers"
+sys.path.insert(0, str(BENCH))
+import validate  # noqa: E402  (benches/ is not a package)
+from validate import LOADS  # noqa: E402
 
 PROXY_CPU = "0"
 LOAD_CPU = "1"
@@ -225,9 +228,12 @@ wrk.headers["User-Agent"] = "sidekey-bench"
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    '{{"requests":%d,"errors":%d,"seconds":%.3f,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d}}\\n',
+    '{{"requests":%d,"errors":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,'
+    .. '"status_errors":%d,"timeout_errors":%d,"seconds":%.3f,"mean_us":%.1f,'
+    .. '"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d}}\\n',
     summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
-    summary.duration / 1e6, latency:percentile(50), latency:percentile(90),
+    e.connect, e.read, e.write, e.status, e.timeout,
+    summary.duration / 1e6, latency.mean, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency:percentile(99.9), latency.max))
 end
 """
@@ -238,18 +244,54 @@ def wrk(addr, path, connections, seconds, delay_ms=None, headers=()):
     extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers)
     script = RUN / f"wrk-{abs(hash((path, delay_ms, tuple(headers))))}.lua"
     script.write_text(WRK_SCRIPT.format(path=path, host=PLAIN_AUTHORITY, delay=delay, extra=extra))
-    out = sh(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-              "--timeout", "10s", "-s", str(script), f"http://{addr}"])
-    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    # taskset execs wrk: the process is wrk itself.
+    gen = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+                            "--timeout", "10s", "-s", str(script), f"http://{addr}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(seconds * 0.9)
+        probe = stall_probe(gen.pid, addr.rsplit(":", 1)[1], validate.stall_after(seconds))
+        stdout, stderr = gen.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        gen.kill()
+        gen.communicate()
+        raise RuntimeError(f"wrk did not finish within {seconds + 30} s")
+    line = [l for l in stdout.splitlines() if l.startswith("{")]
     if not line:
-        raise RuntimeError(f"wrk failed: {out.stdout[-400:]} {out.stderr[-400:]}")
+        raise RuntimeError(f"wrk failed: {stdout[-400:]} {stderr[-400:]}")
     result = json.loads(line[-1])
     result["rps"] = result["requests"] / max(result["seconds"], 1e-9)
+    if probe is not None:
+        result["stall_probe"] = probe
     return result
 
 
+def stall_probe(pid, port, idle_s):
+    """How many of wrk's connections (process `pid`, to `port`) have received nothing for
+    `idle_s` seconds: each connection of a closed loop always waits for an answer, so one that has
+    heard nothing for that long is stalled on a request wrk will never count (wrk reports only
+    answered requests). From the kernel's TCP info (`ss`, lastrcv); None if ss is missing."""
+    try:
+        out = sh(["ss", "-tniOpH", "state", "established", f"( dport = :{port} )"], timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    mine = [l for l in out.stdout.splitlines() if f'"wrk",pid={pid},' in l]
+    idle_ms = []
+    for l in mine:
+        # ss leaves lastrcv out when it is 0.
+        field = [f for f in l.split() if f.startswith("lastrcv:")]
+        idle_ms.append(int(field[0].split(":")[1]) if field else 0)
+    return {"connections": len(mine), "stalled": sum(1 for ms in idle_ms if ms >= idle_s * 1000),
+            "idle_s": idle_s, "max_idle_ms": max(idle_ms, default=None)}
+
+
 def load(args, timeout=120):
-    out = sh(["taskset", "-c", LOAD_CPU, str(LOADGEN)] + args, timeout=timeout)
+    try:
+        out = sh(["taskset", "-c", LOAD_CPU, str(LOADGEN)] + args, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"bench-load did not finish within {timeout} s")
     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not line:
         raise RuntimeError(f"bench-load {' '.join(args)}: {out.stderr[-400:]}")
@@ -273,18 +315,28 @@ class Target:
         self.h2 = h2
 
 
-def measure(proc, fn):
-    """Runs fn(), returning its result with the CPU the proxy spent meanwhile; a run that fails
-    or hangs is reported as all errors rather than ending the whole benchmark."""
+def measure(proc, key, fn, **load):
+    """Runs fn(), one run of scenario `key` (its load: validate.LOADS[key], updated by `load`),
+    returning its result with the CPU the proxy spent meanwhile and, under "failed", why the run
+    does not count (validate.problem: an unexpected answer, an unanswered request, implausible
+    figures). A run that fails or hangs is recorded so rather than ending the whole benchmark."""
     before = proc.cpu_seconds() if proc else 0.0
     try:
         result = fn()
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-        log(f"  run failed: {str(e)[:200]}")
-        result = {"requests": 0, "errors": 1, "rps": 0.0, "failed": True}
+        result = {"error": str(e)[:300]}
+    result["load"] = {**LOADS[key], **load}
     if proc:
         result["cpu_s"] = proc.cpu_seconds() - before
+    why = validate.problem(key, result)
+    if why:
+        result["failed"] = why
     return result
+
+
+def summary(res, text):
+    """A run's log line: its figures, or why it failed."""
+    return f"FAILED: {res['failed'][:200]}" if res.get("failed") else text
 
 
 def median(values):
@@ -306,6 +358,7 @@ def merge(runs):
 def run_scenarios(targets, opts, results):
     d = opts.seconds
     rounds = opts.rounds
+    only = opts.only
     plain = [t for t in targets if t.plain]
     https = [t for t in targets if t.https]
     tunnels = [t for t in targets if t.tunnel]
@@ -321,61 +374,86 @@ def run_scenarios(targets, opts, results):
             k = r % max(len(ts), 1)
             return ts[k:] + ts[:k]
 
-        log(f"round {r + 1}/{rounds}: plain HTTP forward with injection")
-        for c in (1, 16, 128):
+        def conc(key):
+            return str(LOADS[key]["concurrency"])
+
+        if "plain" in only:
+            log(f"round {r + 1}/{rounds}: plain HTTP forward with injection")
+            for key in ("plain_c1", "plain_c16", "plain_c128"):
+                c = LOADS[key]["concurrency"]
+                for t in order(plain):
+                    path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
+                    res = measure(t.proc, key, lambda: wrk(t.plain, path, c, d, headers=t.headers))
+                    record(key, t, res)
+                    log(f"  {t.name:10} c={c:<3} "
+                        + summary(res, f"{res.get('rps', 0):9.0f} req/s  p99 {res.get('p99_us')} us"))
+            # A fixed offered rate well under every proxy's limit except mitmproxy's: latency
+            # without queueing. 10 connections each pausing 2 ms between requests.
+            rate = LOADS["plain_rate"]
             for t in order(plain):
                 path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
-                res = measure(t.proc, lambda: wrk(t.plain, path, c, d, headers=t.headers))
-                record(f"plain_c{c}", t, res)
-                log(f"  {t.name:10} c={c:<3} {res['rps']:9.0f} req/s  p99 {res.get('p99_us')} us")
-        # A fixed offered rate well under every proxy's limit except mitmproxy's: latency
-        # without queueing. 10 connections each pausing 2 ms between requests.
-        for t in order(plain):
-            path = "/" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/"
-            res = measure(t.proc, lambda: wrk(t.plain, path, 10, d, delay_ms=2, headers=t.headers))
-            record("plain_rate", t, res)
-            log(f"  {t.name:10} fixed rate {res['rps']:7.0f} req/s  p99 {res.get('p99_us')} us")
+                res = measure(t.proc, "plain_rate", lambda: wrk(t.plain, path, rate["concurrency"], d,
+                                                                delay_ms=rate["delay_ms"], headers=t.headers))
+                record("plain_rate", t, res)
+                log(f"  {t.name:10} fixed rate "
+                    + summary(res, f"{res.get('rps', 0):7.0f} req/s  p99 {res.get('p99_us')} us"))
 
-        log(f"round {r + 1}/{rounds}: HTTPS (keep-alive, then a new connection per request)")
-        for t in order(https):
-            res = measure(t.proc, lambda: load(t.https + ["--mode", "load", "-c", "16", "-d", str(d)]))
-            record("https_keepalive", t, res)
-            log(f"  {t.name:10} keep-alive {res['rps']:9.0f} req/s")
-            res = measure(t.proc, lambda: load(t.https + ["--mode", "handshake", "-c", "8", "-d", str(d)]))
-            record("https_handshake", t, res)
-            log(f"  {t.name:10} handshakes {res['rps']:9.0f} /s")
+        if "https" in only:
+            log(f"round {r + 1}/{rounds}: HTTPS (keep-alive, then a new connection per request)")
+            for t in order(https):
+                res = measure(t.proc, "https_keepalive", lambda: load(
+                    t.https + ["--mode", "load", "-c", conc("https_keepalive"), "-d", str(d)]))
+                record("https_keepalive", t, res)
+                log(f"  {t.name:10} keep-alive " + summary(res, f"{res.get('rps', 0):9.0f} req/s"))
+                res = measure(t.proc, "https_handshake", lambda: load(
+                    t.https + ["--mode", "handshake", "-c", conc("https_handshake"), "-d", str(d)]))
+                record("https_handshake", t, res)
+                log(f"  {t.name:10} handshakes " + summary(res, f"{res.get('rps', 0):9.0f} /s"))
 
-        log(f"round {r + 1}/{rounds}: blind CONNECT tunnel")
-        for t in order(tunnels):
-            res = measure(t.proc, lambda: load(t.tunnel + ["--mode", "load", "-c", "16", "-d", str(d)]))
-            record("tunnel_keepalive", t, res)
-            res2 = measure(t.proc, lambda: load(t.tunnel + ["--mode", "handshake", "-c", "8", "-d", str(d)]))
-            record("tunnel_new", t, res2)
-            log(f"  {t.name:10} {res['rps']:9.0f} req/s in tunnels, {res2['rps']:7.0f} new tunnels/s")
+        if "tunnel" in only:
+            log(f"round {r + 1}/{rounds}: blind CONNECT tunnel")
+            for t in order(tunnels):
+                res = measure(t.proc, "tunnel_keepalive", lambda: load(
+                    t.tunnel + ["--mode", "load", "-c", conc("tunnel_keepalive"), "-d", str(d)]))
+                record("tunnel_keepalive", t, res)
+                log(f"  {t.name:10} in tunnels " + summary(res, f"{res.get('rps', 0):9.0f} req/s"))
+                res = measure(t.proc, "tunnel_new", lambda: load(
+                    t.tunnel + ["--mode", "handshake", "-c", conc("tunnel_new"), "-d", str(d)]))
+                record("tunnel_new", t, res)
+                log(f"  {t.name:10} new tunnels " + summary(res, f"{res.get('rps', 0):7.0f} /s"))
 
-        log(f"round {r + 1}/{rounds}: HTTP/2, 4 connections x 32 streams")
-        for t in order(h2):
-            res = measure(t.proc, lambda: load(t.https + ["--h2", "--mode", "load", "-c", "4",
-                                                          "--streams", "32", "-d", str(d)]))
-            record("h2", t, res)
-            log(f"  {t.name:10} h2 {res['rps']:9.0f} req/s")
+        if "h2" in only:
+            h2_load = LOADS["h2"]
+            log(f"round {r + 1}/{rounds}: HTTP/2, {h2_load['connections']} connections x "
+                f"{h2_load['streams']} streams")
+            for t in order(h2):
+                res = measure(t.proc, "h2", lambda: load(t.https + [
+                    "--h2", "--mode", "load", "-c", str(h2_load["connections"]),
+                    "--streams", str(h2_load["streams"]), "-d", str(d)]))
+                record("h2", t, res)
+                log(f"  {t.name:10} h2 " + summary(res, f"{res.get('rps', 0):9.0f} req/s"))
 
-    log("streaming: SSE time to first byte")
-    for t in plain:
-        if t.headers:  # bench-load sends no proxy credentials on plain requests
-            continue
-        path = "/sse" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/sse"
-        res = measure(t.proc, lambda: load(["--connect", t.plain, "--host", PLAIN_AUTHORITY,
-                                            "--uri", path, "--mode", "sse",
-                                            "--count", str(opts.sse_count)], timeout=30))
-        if res.get("failed"):
-            continue
-        record("sse", t, res)
-        log(f"  {t.name:10} ttfb p50 {res.get('p50_us')} us, stream {res.get('stream_total_p50_us')} us")
+    if "sse" in only:
+        log("streaming: SSE time to first byte")
+        for t in plain:
+            if t.headers:  # bench-load sends no proxy credentials on plain requests
+                continue
+            path = "/sse" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/sse"
+            # Each stream lasts ~0.4 s: one that has not ended after LOADS["sse"]["timeout_s"] fails the run.
+            res = measure(t.proc, "sse", lambda: load(["--connect", t.plain, "--host", PLAIN_AUTHORITY,
+                                                       "--uri", path, "--mode", "sse",
+                                                       "--timeout", str(LOADS["sse"]["timeout_s"]),
+                                                       "--count", str(opts.sse_count)], timeout=30),
+                          count=opts.sse_count)
+            record("sse", t, res)
+            log(f"  {t.name:10} " + summary(res, f"ttfb p50 {res.get('p50_us')} us, "
+                                               f"stream {res.get('stream_total_p50_us')} us"))
 
     for key, per_target in raw.items():
         results[key] = {name: merge(runs) for name, runs in per_target.items()}
         results.setdefault("raw", {})[key] = per_target
+    # A target with a failed round gets no figures for that scenario, only why.
+    validate.apply(results)
 
 
 def idle_connections(targets, opts, results):
@@ -402,12 +480,13 @@ def idle_connections(targets, opts, results):
             if ready:
                 line = gen.stdout.readline()
                 break
+        error = None
         if line.startswith("ready"):
             opened = int(line.split()[1])
             time.sleep(1.0)
             peak = max(peak, t.proc.rss_kb())
         else:
-            log(f"  {t.name}: could not open {opts.idle_conns} connections within {opts.idle_timeout}s")
+            error = f"bench-load had not opened {opts.idle_conns} connections after {opts.idle_timeout} s"
         try:
             gen.stdin.close()
             gen.wait(timeout=60)
@@ -421,13 +500,21 @@ def idle_connections(targets, opts, results):
             "wanted": opts.idle_conns,
             "per_conn_kb": (peak - base) / opened if opened else None,
         }
-        log(f"  {t.name:10} {opened} idle connections: +{(peak - base) / 1024:.1f} MB")
+        if error:
+            out[t.name]["error"] = error
+        why = validate.idle_problem(out[t.name])
+        log(f"  {t.name:10} " + (f"FAILED: {why}" if why else
+                                 f"{opened} idle connections: +{(peak - base) / 1024:.1f} MB"))
         time.sleep(2.0)
     results["idle_conns"] = out
 
 
 # ---------------------------------------------------------------------------------------------
 # main
+
+
+# Scenario groups for --only.
+SCENARIOS = ("plain", "https", "tunnel", "h2", "sse", "idle")
 
 
 def versions():
@@ -486,9 +573,22 @@ def main():
     p.add_argument("--venv", required=True)
     p.add_argument("--bin-dir", required=True, help="where sidekey and the bench tools are")
     p.add_argument("--no-write", action="store_true", help="do not overwrite benches/RESULTS.md")
+    p.add_argument("--only", default=",".join(SCENARIOS),
+                   help=f"scenarios to run, comma-separated: {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--targets", default=None,
+                   help="targets to measure, comma-separated (default: all), e.g. direct,sidekey,mitmproxy")
+    p.add_argument("--seconds", type=int, default=None, help="seconds per run (default 4, --quick 2)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 2, --quick 1)")
     opts = p.parse_args()
-    opts.seconds = 2 if opts.quick else 4
-    opts.rounds = 1 if opts.quick else 2
+    opts.only = [s for s in opts.only.split(",") if s]
+    unknown = set(opts.only) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(sorted(unknown))}: choose from {', '.join(SCENARIOS)}")
+    opts.targets = [n for n in opts.targets.split(",") if n] if opts.targets else None
+    if opts.seconds is None:
+        opts.seconds = 2 if opts.quick else 4
+    if opts.rounds is None:
+        opts.rounds = 1 if opts.quick else 2
     opts.sse_count = 3 if opts.quick else 10
     opts.idle_conns = 1000 if opts.quick else 10000
     opts.idle_timeout = 60 if opts.quick else 120
@@ -513,11 +613,22 @@ def main():
         "machine": machine(),
         "versions": versions(),
         "settings": {"seconds": opts.seconds, "rounds": opts.rounds,
-                     "idle_conns": opts.idle_conns},
+                     "idle_conns": opts.idle_conns, "sse_count": opts.sse_count},
     }
+    partial = opts.only != list(SCENARIOS) or opts.targets is not None
+    if partial:
+        results["settings"]["only"] = opts.only
+        results["settings"]["targets"] = opts.targets
     log(f"load average at start: {' '.join(results['loadavg_start'])}")
     try:
         targets = setup()
+        if opts.targets is not None:
+            names = {t.name for t in targets}
+            missing = set(opts.targets) - names
+            if missing:
+                raise SystemExit(f"unknown target(s) {', '.join(sorted(missing))}: choose from "
+                                 f"{', '.join(t.name for t in targets)}")
+            targets = [t for t in targets if t.name in opts.targets]
         results["https_kind"] = {t.name: t.https_kind for t in targets if t.https_kind}
         # Idle: after start, before any request (sidekey has not minted its token yet).
         results["idle_rss_kb"] = {t.name: t.proc.rss_kb() for t in targets if t.proc}
@@ -525,15 +636,18 @@ def main():
         verify(targets, results)
         run_scenarios(targets, opts, results)
         results["after_load_rss_kb"] = {t.name: t.proc.rss_kb() for t in targets if t.proc}
-        log(f"memory: {opts.idle_conns} idle keep-alive connections")
-        idle_connections(targets, opts, results)
+        if "idle" in opts.only:
+            log(f"memory: {opts.idle_conns} idle keep-alive connections")
+            idle_connections(targets, opts, results)
     finally:
         stop_all()
     results["loadavg_end"] = loadavg()
+    failed = validate.apply(results)
+    for key, name, why in failed:
+        log(f"failed: {name} {key}: {why}")
     (RUN / "results.json").write_text(json.dumps(results, indent=1))
-    sys.path.insert(0, str(BENCH))
     import report
-    if opts.no_write:
+    if opts.no_write or partial:
         md = report.write(results, RUN)
         log(f"wrote {md} (benches/RESULTS.md left alone)")
     else:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from validate import LOAD_TIMEOUT_S, LOADS, MIN_BUSY, apply as check_runs, failed, stall_after
+
 PEERS = ["nginx", "envoy", "squid", "mitmproxy"]
 
 
@@ -39,7 +41,16 @@ def table(header, rows):
 
 
 def get(results, key, name, field):
+    """A figure of a run that worked; None if the run failed (a failed run keeps only why)."""
     return ((results.get(key) or {}).get(name) or {}).get(field)
+
+
+def cell(results, key, name, field, show=fmt):
+    """A table cell: the figure, or "failed: why" for a run that failed (never a number)."""
+    why = failed(results, key, name)
+    if why:
+        return f"failed: {why}"
+    return show(get(results, key, name, field))
 
 
 def cpu_per_100k(results, key, name):
@@ -49,8 +60,17 @@ def cpu_per_100k(results, key, name):
     return r["cpu_s"] / r["requests"] * 100_000
 
 
+def predates_checks(results):
+    """Results written before the harness recorded each run's load (and checked it)."""
+    runs = [run for per in (results.get("raw") or {}).values() for rs in per.values() for run in rs]
+    return bool(runs) and not any("load" in run for run in runs)
+
+
 def write(results, dest):
     dest = Path(dest)
+    # Before any figure or ratio: a run that did not answer every request as expected, or whose
+    # figures are implausible, keeps only why (benches/validate.py).
+    check_runs(results)
     names = ["direct", "sidekey"] + PEERS
     lines = []
     add = lines.append
@@ -65,6 +85,9 @@ def write(results, dest):
     v = results["versions"]
     add("**Versions:** " + "; ".join(f"{k} {v[k]}" for k in ("sidekey", "nginx", "envoy", "squid", "mitmproxy", "wrk")) + ".\n")
     s = results["settings"]
+    if s.get("only") or s.get("targets"):
+        add(f"**Partial run:** scenarios {', '.join(s.get('only') or ['all'])}; targets "
+            f"{', '.join(s.get('targets') or ['all'])} (`--only`, `--targets`).\n")
     add("**Method.** Every proxy runs on core 0 with one worker (sidekey `SIDEKEY_WORKER_THREADS=1`, "
         "nginx `worker_processes 1`, Envoy `--concurrency 1`, squid without SMP workers, mitmproxy is "
         "one Python process); the load generator (wrk, or `bench-load` for TLS, tunnels, HTTP/2, SSE "
@@ -76,18 +99,38 @@ def write(results, dest):
         f"Runs last {s['seconds']} s, {s['rounds']} round(s), targets interleaved in a rotated order "
         "each round; figures are medians over rounds. *Added latency* is the proxy's percentile "
         "minus the direct percentile at the same load. CPU is user+system of the proxy's processes "
-        "from /proc.\n")
+        "from /proc.")
+    add(f"**Every run is checked before any figure or ratio is computed from it** "
+        "(`benches/validate.py`). It counts only if every request got the expected answer — wrk: no "
+        "socket error, no timeout, no status ≥ 400 (wrk's own counts), and none of its connections "
+        f"had received nothing for {stall_after(s['seconds']):g} s when probed at 90 % of the run (the "
+        "kernel's TCP info through `ss`: wrk never counts a request still waiting for its answer); "
+        f"`bench-load`: every request answered 2xx within {LOAD_TIMEOUT_S} s (an SSE stream within "
+        f"{LOADS['sse']['timeout_s']} s), every SSE stream and every idle connection's request "
+        "answered — and if its figures are plausible: more requests answered than requests in "
+        f"flight at once, and for wrk the answered requests fill at least {MIN_BUSY:.0%} of the "
+        f"connections' time (requests × (mean latency + pause) ≥ {MIN_BUSY} × connections × "
+        "duration). A run that fails is shown as *failed: why*, with no figure and no ratio; one "
+        "failed round fails the target's scenario."
+        + (" *This run predates the checks; they were applied afterwards to what it kept: wrk's "
+           "total error count, its median latency in place of the mean, no stall probe; `bench-load` "
+           "had no timeout then, and a run that hung was left out (shown as failed).*"
+           if predates_checks(results) else "") + "\n")
 
     # ---- plain HTTP
+    # A section whose scenarios were not run (`--only`) is left out: `del lines[mark:]`.
+    mark = len(lines)
     add("## Plain HTTP forward proxy with header injection (HTTP/1.1, keep-alive)\n")
     rows = []
     for n in names:
+        if not any((results.get(k) or {}).get(n) for k in ("plain_c1", "plain_c16", "plain_c128")):
+            continue
         rps128 = get(results, "plain_c128", n, "rps")
         rows.append([
             n,
-            fmt(get(results, "plain_c1", n, "rps")),
-            fmt(get(results, "plain_c16", n, "rps")),
-            fmt(rps128),
+            cell(results, "plain_c1", n, "rps"),
+            cell(results, "plain_c16", n, "rps"),
+            cell(results, "plain_c128", n, "rps"),
             x(ratio(rps128, get(results, "plain_c128", "direct", "rps"))),
             x(ratio(get(results, "plain_c128", "sidekey", "rps"), rps128)) if n not in ("sidekey", "direct") else "",
             fmt(cpu_per_100k(results, "plain_c128", n), 2),
@@ -103,6 +146,10 @@ def write(results, dest):
             r = (results.get(key) or {}).get(n)
             if not r:
                 continue
+            why = failed(results, key, n)
+            if why:
+                rows.append([label, n, f"failed: {why}", "–", "–", "–"])
+                continue
             d = (results.get(key) or {}).get("direct") or {}
             cells = []
             for p in ("p50_us", "p99_us", "p999_us"):
@@ -113,10 +160,15 @@ def write(results, dest):
                     cells.append(f"{ms(r.get(p))} (+{ms(added)})")
             rows.append([label, n, fmt(r.get("rps"))] + cells)
     add(table(["load", "target", "req/s", "p50", "p99", "p99.9"], rows))
-    add("\n*Fixed rate*: 10 connections, each pausing 2 ms between requests (wrk `delay()`): "
-        "the same offered load for every target, below saturation for all but mitmproxy.\n")
+    rate = LOADS["plain_rate"]
+    add(f"\n*Fixed rate*: {rate['concurrency']} connections, each pausing {rate['delay_ms']} ms between "
+        "requests (wrk `delay()`): the same offered load for every target, below saturation for all "
+        "but mitmproxy.\n")
+    if not rows:
+        del lines[mark:]
 
     # ---- HTTPS
+    mark = len(lines)
     add("## HTTPS with interception\n")
     add("sidekey and mitmproxy intercept `CONNECT api.bench.test:18443` (TLS terminated with a "
         "minted leaf, request re-encrypted to the upstream). nginx and Envoy cannot intercept a "
@@ -128,48 +180,59 @@ def write(results, dest):
         kind = (results.get("https_kind") or {}).get(n, "")
         ka = get(results, "https_keepalive", n, "rps")
         hs = get(results, "https_handshake", n, "rps")
-        if ka is None and hs is None:
+        if not (results.get("https_keepalive") or {}).get(n) and not (results.get("https_handshake") or {}).get(n):
             continue
         rows.append([
-            n, kind, fmt(ka), ms(get(results, "https_keepalive", n, "p99_us")),
+            n, kind, cell(results, "https_keepalive", n, "rps"), ms(get(results, "https_keepalive", n, "p99_us")),
             x(ratio(get(results, "https_keepalive", "sidekey", "rps"), ka)) if n not in ("sidekey", "direct") else "",
-            fmt(hs), x(ratio(get(results, "https_handshake", "sidekey", "rps"), hs)) if n not in ("sidekey", "direct") else "",
+            cell(results, "https_handshake", n, "rps"),
+            x(ratio(get(results, "https_handshake", "sidekey", "rps"), hs)) if n not in ("sidekey", "direct") else "",
             fmt(cpu_per_100k(results, "https_keepalive", n), 2),
         ])
-    add(table(["target", "how", "keep-alive req/s (c=16)", "p99 ms", "sidekey ÷ this",
-               "new connections/s (c=8)", "sidekey ÷ this", "CPU s / 100k req"], rows))
+    add(table(["target", "how", f"keep-alive req/s (c={LOADS['https_keepalive']['concurrency']})", "p99 ms",
+               "sidekey ÷ this", f"new connections/s (c={LOADS['https_handshake']['concurrency']})",
+               "sidekey ÷ this", "CPU s / 100k req"], rows))
     add("")
+    if not rows:
+        del lines[mark:]
 
     # ---- tunnel
+    mark = len(lines)
     add("## Blind CONNECT tunnel\n")
     add("sidekey with `unmatched: tunnel` (no route names `tunnel.bench.test`) against squid; TLS "
         "end to end between client and upstream.\n")
     rows = []
     for n in ("direct", "sidekey-tunnel", "squid"):
-        ka = get(results, "tunnel_keepalive", n, "rps")
-        if ka is None:
+        if not (results.get("tunnel_keepalive") or {}).get(n) and not (results.get("tunnel_new") or {}).get(n):
             continue
-        rows.append([n, fmt(ka), ms(get(results, "tunnel_keepalive", n, "p99_us")),
-                     fmt(get(results, "tunnel_new", n, "rps")),
+        rows.append([n, cell(results, "tunnel_keepalive", n, "rps"), ms(get(results, "tunnel_keepalive", n, "p99_us")),
+                     cell(results, "tunnel_new", n, "rps"),
                      fmt(cpu_per_100k(results, "tunnel_keepalive", n), 2)])
-    add(table(["target", "req/s in tunnels (c=16)", "p99 ms", "new tunnels/s (c=8)", "CPU s / 100k req"], rows))
+    add(table(["target", f"req/s in tunnels (c={LOADS['tunnel_keepalive']['concurrency']})", "p99 ms",
+               f"new tunnels/s (c={LOADS['tunnel_new']['concurrency']})", "CPU s / 100k req"], rows))
     add("")
+    if not rows:
+        del lines[mark:]
 
     # ---- h2
-    add("## HTTP/2 multiplexed (TLS, 4 connections × 32 streams)\n")
+    mark = len(lines)
+    add(f"## HTTP/2 multiplexed (TLS, {LOADS['h2']['connections']} connections × {LOADS['h2']['streams']} streams)\n")
     rows = []
     for n in names:
         r = (results.get("h2") or {}).get(n)
         if not r:
             continue
-        rows.append([n, fmt(r.get("rps")), ms(r.get("p50_us")), ms(r.get("p99_us")),
+        rows.append([n, cell(results, "h2", n, "rps"), ms(r.get("p50_us")), ms(r.get("p99_us")),
                      x(ratio(get(results, "h2", "sidekey", "rps"), r.get("rps"))) if n not in ("sidekey", "direct") else "",
                      fmt(cpu_per_100k(results, "h2", n), 2)])
     add(table(["target", "req/s", "p50 ms", "p99 ms", "sidekey ÷ this", "CPU s / 100k req"], rows))
     add("\nsidekey and mitmproxy through CONNECT; nginx and Envoy as TLS reverse proxies. squid "
         "speaks HTTP/1.1 only.\n")
+    if not rows:
+        del lines[mark:]
 
     # ---- SSE
+    mark = len(lines)
     add("## Streaming: SSE time to first byte\n")
     add("The upstream writes the first event at once and four more 100 ms apart; a proxy that "
         "buffered the stream would show a first byte near the stream's end (~400 ms).\n")
@@ -177,12 +240,16 @@ def write(results, dest):
     for n in names:
         r = (results.get("sse") or {}).get(n)
         if not r:
-            if n in (results.get("plain_c1") or {}):
-                rows.append([n, "no complete run within 30 s", "–", "–"])
+            # Results written before failed runs were kept: the harness left a failed run out.
+            if "sse" in results and n in (results.get("plain_c1") or {}):
+                rows.append([n, "failed: no complete run within 30 s", "–", "–"])
             continue
-        rows.append([n, ms(r.get("p50_us")), ms(r.get("max_us")), ms(r.get("stream_total_p50_us"))])
+        rows.append([n, cell(results, "sse", n, "p50_us", ms), ms(r.get("max_us")),
+                     ms(r.get("stream_total_p50_us"))])
     add(table(["target", "first byte p50 ms", "first byte max ms", "whole stream p50 ms"], rows))
     add("")
+    if not rows:
+        del lines[mark:]
 
     # ---- grants
     grant_rows = []
@@ -191,20 +258,23 @@ def write(results, dest):
                               ("plain_rate", "plain HTTP, fixed rate, p99 µs", "p99_us"),
                               ("https_keepalive", "HTTPS keep-alive (CONNECT + interception), req/s", "rps"),
                               ("h2", "HTTP/2, 4 × 32 streams, req/s", "rps")):
+        if not (results.get(key) or {}).get("sidekey-grants"):
+            continue
         off = get(results, key, "sidekey", field)
         on = get(results, key, "sidekey-grants", field)
-        failed = [n for n in ("sidekey", "sidekey-grants")
-                  if (get(results, key, n, "errors") or 0) > 0 or get(results, key, n, field) in (None, 0)]
-        if failed:
-            grant_rows.append([label, fmt(off), fmt(on), "failed: " + ", ".join(failed)])
+        broken = [f"{n}: {failed(results, key, n) or 'not measured'}" for n in ("sidekey", "sidekey-grants")
+                  if failed(results, key, n) or get(results, key, n, field) in (None, 0)]
+        if broken:
+            grant_rows.append([label, cell(results, key, "sidekey", field), cell(results, key, "sidekey-grants", field),
+                               "failed: " + "; ".join(broken)])
         else:
             grant_rows.append([label, fmt(off), fmt(on), x(ratio(on, off))])
-    if get(results, "plain_c16", "sidekey-grants", "rps") is not None:
+    if grant_rows:
         add("## Task grants: what they cost\n")
         add("The same sidekey and work, with `grants.required: true` and every request (plain HTTP) or "
             "CONNECT (HTTPS, HTTP/2) presenting a grant as `Proxy-Authorization: Bearer` — a cached "
             "grant costs a lookup (see the `grant_check` micro-benchmarks: `scripts/bench --micro`). "
-            "A run with errors is shown as failed, never as a ratio.\n")
+            "A failed run is shown as failed, never as a ratio.\n")
         add(table(["scenario", "grants off", "grants on", "on / off"], grant_rows))
         add("")
 
@@ -219,10 +289,15 @@ def write(results, dest):
         c = conns.get(n) or {}
         if n not in idle:
             continue
+        if c.get("failed"):
+            rows.append([n, fmt((idle.get(n) or 0) / 1024, 1), fmt(anon[n] / 1024, 1) if n in anon else "–",
+                         fmt((after.get(n) or 0) / 1024, 1) if n in after else "–",
+                         f"failed: {c['failed']}", "–", "–", "–"])
+            continue
         rows.append([
             n, fmt((idle.get(n) or 0) / 1024, 1),
             fmt(anon[n] / 1024, 1) if n in anon else "–",
-            fmt((after.get(n) or 0) / 1024, 1),
+            fmt((after.get(n) or 0) / 1024, 1) if n in after else "–",
             f"{c.get('opened', '–')}/{c.get('wanted', '–')}" if c else "–",
             fmt((c.get("with_idle_kb") or 0) / 1024, 1) if c else "–",
             fmt((c.get("added_kb") or 0) / 1024, 1) if c else "–",
@@ -255,34 +330,42 @@ def write(results, dest):
     return path
 
 
+def not_measured(results, key, *names):
+    """The words for a target not measured, saying why when a run it needs failed."""
+    why = [f"{n}'s run failed: {failed(results, key, n)}" for n in names if failed(results, key, n)]
+    return "not measured" + (f" ({'; '.join(why)})" if why else "")
+
+
 def targets(results):
     rows = []
 
-    def line(name, value, goal, text):
+    def line(name, value, goal, text, key=None, needs=()):
         if value is None:
-            rows.append([name, "not measured", "–"])
+            rows.append([name, not_measured(results, key, *needs), "–"])
         else:
             rows.append([name, text, "yes" if value >= goal else f"no ({value / goal:.0%} of the goal)"])
 
     s128 = get(results, "plain_c128", "sidekey", "rps")
     line("req/s per core ≥ nginx (plain HTTP, c=128)", ratio(s128, get(results, "plain_c128", "nginx", "rps")), 1.0,
-         f"{x(ratio(s128, get(results, 'plain_c128', 'nginx', 'rps')))} nginx")
+         f"{x(ratio(s128, get(results, 'plain_c128', 'nginx', 'rps')))} nginx", "plain_c128", ("sidekey", "nginx"))
     line("req/s per core ≥ 1.5× Envoy (plain HTTP, c=128)", ratio(s128, get(results, "plain_c128", "envoy", "rps")), 1.5,
-         f"{x(ratio(s128, get(results, 'plain_c128', 'envoy', 'rps')))} Envoy")
+         f"{x(ratio(s128, get(results, 'plain_c128', 'envoy', 'rps')))} Envoy", "plain_c128", ("sidekey", "envoy"))
     # p99 added latency ≤ 1.2× nginx's, at the fixed rate and at c=16.
     for key, label in (("plain_rate", "fixed rate"), ("plain_c16", "c=16")):
         d = get(results, key, "direct", "p99_us")
         s = get(results, key, "sidekey", "p99_us")
         n = get(results, key, "nginx", "p99_us")
         if None in (d, s, n):
-            rows.append([f"p99 added ≤ 1.2× nginx ({label})", "not measured", "–"])
+            rows.append([f"p99 added latency ≤ 1.2× nginx's ({label})",
+                         not_measured(results, key, "direct", "sidekey", "nginx"), "–"])
             continue
         sa, na = max(s - d, 1), max(n - d, 1)
         rows.append([f"p99 added latency ≤ 1.2× nginx's ({label})",
                      f"sidekey +{ms(sa)} ms, nginx +{ms(na)} ms ({sa / na:.2f}×)",
                      "yes" if sa <= 1.2 * na else f"no ({sa / na:.2f}× vs 1.2×)"])
     hk = ratio(get(results, "https_keepalive", "sidekey", "rps"), get(results, "https_keepalive", "mitmproxy", "rps"))
-    line("intercepted HTTPS req/s ≥ 20× mitmproxy (keep-alive)", hk, 20.0, f"{x(hk)} mitmproxy")
+    line("intercepted HTTPS req/s ≥ 20× mitmproxy (keep-alive)", hk, 20.0, f"{x(hk)} mitmproxy",
+         "https_keepalive", ("sidekey", "mitmproxy"))
     idle = (results.get("idle_rss_kb") or {}).get("sidekey")
     if idle is not None:
         mb = idle / 1024
@@ -290,7 +373,9 @@ def targets(results):
         detail = f" ({anon / 1024:.1f} MB anonymous)" if anon is not None else ""
         rows.append(["idle RSS ≤ 8 MB", f"{mb:.1f} MB{detail}", "yes" if mb <= 8 else f"no ({mb / 8:.2f}× the goal)"])
     c = (results.get("idle_conns") or {}).get("sidekey")
-    if c and c.get("opened"):
+    if c and c.get("failed"):
+        rows.append(["10k idle connections add ≤ 64 MB", f"not measured (sidekey's run failed: {c['failed']})", "–"])
+    elif c and c.get("opened"):
         mb = c["added_kb"] / 1024
         scaled = mb * 10000 / c["opened"]
         rows.append([f"10k idle connections add ≤ 64 MB",
@@ -320,7 +405,9 @@ def chart(results, path):
         vals = [get(results, key, n, field) or 0 for n in ns]
         if field == "p99_us":
             vals = [v / 1000 for v in vals]
-        ax.bar(ns, vals, color=[colors[n] for n in ns])
+        # A failed run has no bar: its label says so.
+        labels = [f"{n}\n(failed)" if failed(results, key, n) else n for n in ns]
+        ax.bar(labels, vals, color=[colors[n] for n in ns])
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     ax = axes[-1]
