@@ -173,6 +173,7 @@ class Report(unittest.TestCase):
         md = self.render(results)
         self.assertIn("predates the checks", md)
         self.assertIn("| mitmproxy | failed: connections stopped answering: 640 answers", md)
+        self.assertIn("(rounds 1, 2 of 2)", md)
 
     def test_working_run_keeps_its_figures(self):
         md = self.render(results_with({}))

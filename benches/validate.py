@@ -141,14 +141,15 @@ def apply(results):
     failed = []
     for key, per_target in (results.get("raw") or {}).items():
         for name, runs in per_target.items():
-            for i, run in enumerate(runs):
-                why = problem(key, run)
-                if why:
-                    if len(runs) > 1:
-                        why = f"{why} (round {i + 1} of {len(runs)})"
-                    results.setdefault(key, {})[name] = {"failed": why}
-                    failed.append((key, name, why))
-                    break
+            whys = [(i + 1, problem(key, run)) for i, run in enumerate(runs)]
+            bad = [(i, why) for i, why in whys if why]
+            if not bad:
+                continue
+            why = bad[0][1]  # the first failed round's reason; which rounds failed
+            if len(runs) > 1:
+                why += f" (round{'s' if len(bad) > 1 else ''} {', '.join(str(i) for i, _ in bad)} of {len(runs)})"
+            results.setdefault(key, {})[name] = {"failed": why}
+            failed.append((key, name, why))
     for name, entry in (results.get("idle_conns") or {}).items():
         why = idle_problem(entry)
         if why:
