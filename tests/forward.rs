@@ -589,6 +589,84 @@ fn large_uploads_and_downloads_pass_intact() {
     assert_eq!(res.body.len(), 8_000_000);
 }
 
+/// HTTP/1.1 connections go back to the pool when their response has been read to its end:
+/// three concurrent streams need three connections, the requests after them reuse those; a
+/// connection the upstream closed (`Connection: close`) is replaced, not reused. Over h2 (the
+/// HTTPS upstream by ALPN) one connection carries every request, concurrent ones too.
+#[test]
+fn pooled_connections_come_back_after_their_response_and_h2_is_shared() {
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let proxy = sk.proxy_url();
+    let streams: Vec<_> = (0..3)
+        .map(|i| {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || {
+                curl(&[
+                    "-x",
+                    &proxy,
+                    &format!("http://plain.test.local/sse?n=3&interval_ms=150&i={i}"),
+                ])
+            })
+        })
+        .collect();
+    for s in streams {
+        s.join().unwrap().assert_status(200);
+    }
+    assert_eq!(env.upstream_http.connections(), 3, "three at once");
+    for i in 0..4 {
+        curl(&[
+            "-x",
+            &proxy,
+            &format!("http://plain.test.local/echo/after{i}"),
+        ])
+        .assert_status(200);
+    }
+    assert_eq!(env.upstream_http.connections(), 3, "the pooled ones reused");
+    curl(&["-x", &proxy, "http://plain.test.local/close"]).assert_status(200);
+    for i in 0..2 {
+        curl(&[
+            "-x",
+            &proxy,
+            &format!("http://plain.test.local/echo/closed{i}"),
+        ])
+        .assert_status(200);
+    }
+    assert_eq!(
+        env.upstream_http.connections(),
+        3,
+        "the closed one is not reused; the others still are"
+    );
+
+    curl_via(&sk, &["https://api.test.local/echo/first"]).assert_status(200);
+    let together: Vec<_> = (0..6)
+        .map(|i| {
+            let sk_proxy = proxy.clone();
+            let ca = sk.ca_pem().display().to_string();
+            std::thread::spawn(move || {
+                curl(&[
+                    "-x",
+                    &sk_proxy,
+                    "--cacert",
+                    &ca,
+                    &format!("https://api.test.local/sse?n=2&interval_ms=100&i={i}"),
+                ])
+            })
+        })
+        .collect();
+    for t in together {
+        t.join().unwrap().assert_status(200);
+    }
+    let h2: Vec<_> = env
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.version == "HTTP/2.0")
+        .collect();
+    assert_eq!(h2.len(), 7, "every request went upstream over h2");
+    assert_eq!(env.upstream.connections(), 1, "one h2 connection for all");
+}
+
 /// Upstream connections are pooled per host for reuse, up to `upstream.max_idle_per_host`.
 #[test]
 fn upstream_connections_are_reused_up_to_max_idle_per_host() {

@@ -20,6 +20,8 @@
 //!   streamed in frames of N bytes (default 7), M ms apart (default 20), so that a reflected
 //!   value arrives cut across chunk boundaries;
 //! - `/bytes/<n>`: n bytes of `x`.
+//! - `/close`: 200 with `Connection: close` (HTTP/1.1: the server closes the connection after
+//!   answering, as a server ending keep-alive does);
 //! - `/reflect-coded?coding=C`: `reflected: <Authorization>\n` coded with C (`gzip`, `x-gzip`,
 //!   `deflate`, `br`, `zstd`, or a list such as `gzip, br`, applied in that order) and sent with
 //!   `Content-Encoding: C` whatever the request's Accept-Encoding said; for any other coding
@@ -497,6 +499,11 @@ async fn handle(
         reflect_coded(&recorded, query).await
     } else if route == "/sse-coded" {
         sse_coded(query)
+    } else if route == "/close" {
+        Response::builder()
+            .header("connection", "close")
+            .body(full("closing\n"))
+            .unwrap()
     } else if let Some(n) = route.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         Response::builder()
