@@ -18,6 +18,7 @@ use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use sidekey_audit::Outcome;
 use sidekey_body::count::{BodyMeter, Counted};
 use sidekey_body::form::{self, FormGuard, OverrideCheck, Verdict};
@@ -35,7 +36,6 @@ use sidekey_policy::{
 
 use crate::audit::{Metered, PendingRecord};
 use crate::error::refusal_response;
-use crate::pool::UpstreamBody;
 use crate::{ProxyState, RouteRuntime};
 
 /// How long the agent gets to send a body that is read whole (a small form, a body to sign).
@@ -582,7 +582,7 @@ async fn forward(
     parts: Parts,
     outgoing: Outgoing,
     allow_private: bool,
-) -> Result<Response<UpstreamBody>, Refusal> {
+) -> Result<Response<Incoming>, Refusal> {
     let Outgoing {
         body,
         meter,
@@ -743,7 +743,7 @@ impl Session {
     /// a way sidekey cannot decode is refused (`upstream_encoding`) and its body never passed on.
     fn respond(
         mut self,
-        response: Response<UpstreamBody>,
+        response: Response<Incoming>,
         needles: Option<Needles>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();

@@ -16,15 +16,15 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 use http::{Request, Response, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sidekey_config::UpstreamConfig;
 use sidekey_policy::{AddressClass, AddressGuard};
 use tokio::net::TcpStream;
 
 use sidekey_body::ProxyBody;
 use sidekey_policy::{ErrorCode, Refusal};
-
-use crate::pool::{Pool, SendError, UpstreamBody};
 
 /// Why a TCP connection to an upstream could not be made. The message names host and port
 /// only: never a URI (a query could carry an injected credential).
@@ -246,15 +246,15 @@ impl tower_service::Service<Uri> for TcpConnector {
     }
 }
 
-pub(crate) type Connector = hyper_rustls::HttpsConnector<TcpConnector>;
+type Connector = hyper_rustls::HttpsConnector<TcpConnector>;
 
-/// The upstream connection pools ([`crate::pool`]): one for routes limited to public addresses,
-/// one for routes with `allow_private` (separate pools, so a connection one may make is never
-/// lent to the other).
+/// The pooled upstream clients: one for routes limited to public addresses, one for routes
+/// with `allow_private` (separate pools, so a connection one may make is never lent to the
+/// other).
 #[derive(Clone)]
 pub struct Upstream {
-    public: Arc<Pool>,
-    private: Arc<Pool>,
+    public: Client<Connector, ProxyBody>,
+    private: Client<Connector, ProxyBody>,
     tcp: TcpConnector,
     request_timeout: Duration,
 }
@@ -268,7 +268,12 @@ impl Upstream {
                 .enable_http1()
                 .enable_http2()
                 .wrap_connector(tcp);
-            Pool::new(https, config.max_idle_per_host)
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(config.max_idle_per_host)
+                .build(https)
         };
         let tcp = TcpConnector::new(config, false);
         // Same overrides and resolver (and its cache); only the guard's allowance differs.
@@ -295,13 +300,13 @@ impl Upstream {
         &self,
         request: Request<ProxyBody>,
         allow_private: bool,
-    ) -> Result<Response<UpstreamBody>, Refusal> {
-        let pool = if allow_private {
+    ) -> Result<Response<Incoming>, Refusal> {
+        let client = if allow_private {
             &self.private
         } else {
             &self.public
         };
-        match tokio::time::timeout(self.request_timeout, pool.send(request)).await {
+        match tokio::time::timeout(self.request_timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(Refusal::new(
@@ -312,10 +317,10 @@ impl Upstream {
     }
 }
 
-/// Maps a send error to `upstream_tls` (any TLS failure: untrusted, expired or misnamed
+/// Maps a client error to `upstream_tls` (any TLS failure: untrusted, expired or misnamed
 /// certificate, no common TLS version) or `upstream_unreachable`, with a message built from
 /// typed parts only: never a URI (a query could carry an injected credential).
-fn classify(error: &SendError) -> Refusal {
+fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(tls) = rustls_error_in(e) {
@@ -326,7 +331,12 @@ fn classify(error: &SendError) -> Refusal {
         }
         source = e.source();
     }
-    Refusal::new(ErrorCode::UpstreamUnreachable, error.to_string())
+    let what = if error.is_connect() {
+        "could not connect to the upstream"
+    } else {
+        "the upstream connection failed"
+    };
+    Refusal::new(ErrorCode::UpstreamUnreachable, what)
 }
 
 /// The rustls error `e` is or wraps. tokio-rustls reports a failed handshake as
