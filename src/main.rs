@@ -502,6 +502,7 @@ fn init_logging() {
 }
 
 async fn run(source: Source, text: String, config: Config, poll: Duration) -> anyhow::Result<()> {
+    let builtin = matches!(source, Source::BuiltIn);
     let signals = Signals::install();
     harden_process();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -584,6 +585,20 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
             listener,
             Arc::clone(&runtime.admin),
             Surface::MetricsOnly,
+            shutdown.clone(),
+        ));
+    }
+    if builtin {
+        // The quickstart's demo API (a service that verifies the local issuer's tokens), so that
+        // an allowed request works without internet. Never with a config file.
+        let addr = sidekey_admin::demo::DEMO_ADDR;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (the quickstart's demo API)"))?;
+        tracing::info!("listening listener=demo-api addr={addr}");
+        tokio::spawn(sidekey_admin::demo::serve(
+            listener,
+            Arc::clone(&runtime.admin),
             shutdown.clone(),
         ));
     }

@@ -90,8 +90,8 @@ fn quickstart_routes_inject_end_to_end_against_a_local_httpbin() {
 /// network and mount namespaces of its own.
 const IN_OWN_NAMESPACES: &str = "SIDEKEY_TEST_QUICKSTART_IN_OWN_NAMESPACES";
 
-/// The quickstart's fixed listen ports.
-const PORTS: [u16; 3] = [15080, 15081, 15090];
+/// The quickstart's fixed ports: its listeners and the demo API.
+const PORTS: [u16; 4] = [15080, 15081, 15090, 15099];
 
 /// `sidekey run` without --config listens on the quickstart's fixed ports and writes its CA to
 /// a fixed path, so the test runs in a copy of this test process that has a network namespace
@@ -138,6 +138,32 @@ fn embedded_quickstart(cert_out: PathBuf) {
         pem.contains("BEGIN CERTIFICATE") && !pem.contains("PRIVATE KEY"),
         "{pem}"
     );
+    // An allowed, credentialed request without internet: the demo API sidekey serves next to
+    // the built-in config verifies the token sidekey attached (the agent's own is dropped).
+    let res = curl_via(
+        &sk,
+        &[
+            "-H",
+            "Authorization: Bearer agent-made-up",
+            "http://demo.sidekey.test/whoami",
+        ],
+    );
+    res.assert_status(200);
+    let whoami = res.json();
+    assert_eq!(whoami["verified"], true, "{whoami}");
+    assert_eq!(whoami["aud"], "demo-api", "{whoami}");
+    assert_eq!(whoami["iss"], "sidekey-local", "{whoami}");
+    let direct = curl(&["--noproxy", "*", "http://127.0.0.1:15099/whoami"]);
+    assert_eq!(
+        direct.status, 401,
+        "without sidekey there is no token: {direct:#?}"
+    );
+    assert_eq!(direct.json()["verified"], false);
+    let record = sk.expect_request_records(1).remove(0);
+    assert_eq!(record["route"], "demo");
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["credential"], "demo-api");
+    assert_eq!(record["credential_id"], whoami["jti"]);
     // The embedded policy is the quickstart's: refusals need no network.
     let res = curl_via(&sk, &["https://example.com/"]);
     assert_eq!(res.connect_status, 403, "{res:#?}");
@@ -149,7 +175,7 @@ fn embedded_quickstart(cert_out: PathBuf) {
         &format!("{}/r/httpbin/anything", sk.routes_url()),
     ])
     .expect_refusal(403, "method_not_allowed");
-    sk.expect_request_records(3);
+    sk.expect_request_records(4);
 }
 
 /// The quickstart's `ca.cert_out`.

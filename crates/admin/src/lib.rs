@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 mod credentials;
+pub mod demo;
 mod grants;
 mod page;
 
@@ -64,6 +65,11 @@ impl AdminState {
             scopes: ArcSwap::from_pointee(HashMap::new()),
             metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The JWKS document of the local issuers, as `/.well-known/jwks.json` serves it.
+    pub fn jwks(&self) -> Bytes {
+        Bytes::clone(&self.jwks.load())
     }
 
     /// After a config reload: the new credential store, the local issuers' keys, the grants.
