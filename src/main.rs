@@ -181,7 +181,15 @@ enum ProbeKind {
     Live,
 }
 
+/// `--features dhat-heap`: every allocation is counted (benches/allocs.py); the totals are
+/// printed to stderr and `dhat-heap.json` written to the working directory at exit.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => check(&file),

@@ -167,7 +167,7 @@ pub struct ConfigChanges {
 
 #[derive(Serialize)]
 struct Line<'a, T: Serialize> {
-    ts: String,
+    ts: Timestamp,
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(flatten)]
@@ -417,7 +417,7 @@ impl AuditLog {
     ) {
         let observer = self.shared.observer.get().map(|o| &**o);
         let line = Line {
-            ts: now_rfc3339(),
+            ts: Timestamp(SystemTime::now()),
             kind,
             record,
         };
@@ -467,6 +467,16 @@ thread_local! {
 }
 
 /// RFC 3339 UTC with milliseconds.
+/// A record's time, written as RFC 3339 UTC with milliseconds straight into the line (no
+/// intermediate string).
+struct Timestamp(SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
 pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }

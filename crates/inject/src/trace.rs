@@ -30,7 +30,7 @@ impl TraceContext {
     /// `trace_id` and `span_id` are fresh random IDs; the trace ID is used only for a new trace.
     pub fn continue_or_start(headers: &HeaderMap, trace_id: u128, span_id: u64) -> TraceContext {
         // Never all zeros (invalid in the spec).
-        let span_id = format!("{:016x}", span_id.max(1));
+        let span_id = hex(u128::from(span_id.max(1)), 16);
         match parse(headers) {
             Some((trace, parent, flags)) => TraceContext {
                 trace_id: trace,
@@ -40,7 +40,7 @@ impl TraceContext {
                 tracestate: tracestate(headers),
             },
             None => TraceContext {
-                trace_id: format!("{:032x}", trace_id.max(1)),
+                trace_id: hex(trace_id.max(1), 32),
                 span_id,
                 parent_span_id: None,
                 sampled: true,
@@ -53,19 +53,43 @@ impl TraceContext {
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(&TRACEPARENT);
         headers.remove(&TRACESTATE);
-        let value = format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        );
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        // 00-<32 hex>-<16 hex>-<2 hex>: 55 bytes, built in place.
+        let mut value = [0u8; 55];
+        let parts: [&[u8]; 4] = [
+            b"00",
+            self.trace_id.as_bytes(),
+            self.span_id.as_bytes(),
+            if self.sampled { b"01" } else { b"00" },
+        ];
+        let mut at = 0;
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                value[at] = b'-';
+                at += 1;
+            }
+            let Some(slot) = value.get_mut(at..at + part.len()) else {
+                return;
+            };
+            slot.copy_from_slice(part);
+            at += part.len();
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&value[..at]) {
             headers.insert(TRACEPARENT, value);
         }
         if let Some(state) = &self.tracestate {
             headers.insert(TRACESTATE, state.clone());
         }
     }
+}
+
+/// The low `digits` hex digits of `n`, lower-case, zero-padded: one allocation.
+fn hex(n: u128, digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(digits);
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((n >> (i * 4)) & 0xf) as usize]));
+    }
+    out
 }
 
 /// (trace ID, parent span ID, flags) of exactly one valid `traceparent` (version 00, or a later

@@ -155,9 +155,31 @@ impl CanonicalHost {
 
     /// Host as it appears in a URI authority: IPv6 in brackets.
     pub fn to_uri_host(&self) -> String {
+        let mut out = String::with_capacity(self.uri_host_len());
+        self.push_uri_host(&mut out);
+        out
+    }
+
+    /// Appends [`CanonicalHost::to_uri_host`] to `out`.
+    pub fn push_uri_host(&self, out: &mut String) {
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = match self {
+            CanonicalHost::Domain(d) => {
+                out.push_str(d);
+                Ok(())
+            }
+            CanonicalHost::V4(a) => write!(out, "{a}"),
+            CanonicalHost::V6(a) => write!(out, "[{a}]"),
+        };
+    }
+
+    /// An upper bound of the length of [`CanonicalHost::to_uri_host`] (exact for domains).
+    pub fn uri_host_len(&self) -> usize {
         match self {
-            CanonicalHost::V6(a) => format!("[{a}]"),
-            other => other.to_string(),
+            CanonicalHost::Domain(d) => d.len(),
+            CanonicalHost::V4(_) => 15,
+            CanonicalHost::V6(_) => 41,
         }
     }
 }

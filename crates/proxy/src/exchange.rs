@@ -248,9 +248,15 @@ pub async fn handle<B: AgentBody>(
     ) {
         return session.refuse(refusal, body.into_unread()).await;
     }
-    let needles = credential
-        .as_deref()
-        .map(|c| needles(c, inject, &parts.headers));
+    let needles = match (runtime, &credential) {
+        (Some(runtime), Some(c)) => Some(
+            runtime
+                .needles
+                .get(c, || needles(c, inject, &parts.headers)),
+        ),
+        (None, Some(c)) => Some(needles(c, inject, &parts.headers)),
+        (_, None) => None,
+    };
 
     // forward
     let allow_private = runtime.is_some_and(|r| r.allow_private);
@@ -422,14 +428,19 @@ fn rewrite(
     payload: Payload<'_>,
 ) -> Result<(), Refusal> {
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    // The authority as the upstream sees it (Host / :authority): no default port, so that a
-    // signature over it matches what is sent.
-    let authority = if target.port == target.scheme.default_port() {
-        target.host.to_uri_host()
-    } else {
-        format!("{}:{}", target.host.to_uri_host(), target.port)
-    };
-    let uri = format!("{}://{authority}{path_and_query}", target.scheme.as_str());
+    // scheme://authority/path?query in one allocation. The authority as the upstream sees it
+    // (Host / :authority): no default port, so that a signature over it matches what is sent.
+    let mut uri = String::with_capacity(
+        target.scheme.as_str().len() + 3 + target.host.uri_host_len() + 6 + path_and_query.len(),
+    );
+    uri.push_str(target.scheme.as_str());
+    uri.push_str("://");
+    target.host.push_uri_host(&mut uri);
+    if target.port != target.scheme.default_port() {
+        uri.push(':');
+        uri.push_str(itoa_u16(target.port, &mut [0; 5]));
+    }
+    uri.push_str(path_and_query);
     parts.uri = Uri::try_from(uri).map_err(|_| {
         Refusal::new(
             ErrorCode::RequestInvalid,
@@ -479,10 +490,12 @@ fn rewrite(
                 region,
                 time: SystemTime::now(),
             };
+            let uri = parts.uri.clone();
+            let authority = uri.authority().map_or("", |a| a.as_str());
             sigv4::sign(
                 &parts.method,
-                &authority,
-                &parts.uri.clone(),
+                authority,
+                &uri,
                 &mut parts.headers,
                 payload,
                 &keys,
@@ -507,6 +520,21 @@ fn rewrite(
             "AWS keys can only sign requests (inject: sigv4)",
         )),
     }
+}
+
+/// `n` in decimal, written into `buf`.
+fn itoa_u16(mut n: u16, buf: &mut [u8; 5]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// Every spelling of the credential just attached that must not come back to the agent.
@@ -621,7 +649,6 @@ async fn forward(
 /// issuer or the upstream) writes its record when dropped, as `client_aborted`.
 pub(crate) struct Session {
     record: PendingRecord,
-    request_id: String,
     /// The agent asked `Expect: 100-continue`: it sends no body before it is told to.
     expects_continue: bool,
 }
@@ -646,7 +673,6 @@ impl Session {
         }
         Session {
             record,
-            request_id: exchange.request_id.clone(),
             expects_continue: parts.headers.contains_key(http::header::EXPECT),
         }
     }
@@ -674,7 +700,6 @@ impl Session {
         );
         Session {
             record,
-            request_id,
             expects_continue: headers.contains_key(http::header::EXPECT),
         }
     }
@@ -684,7 +709,6 @@ impl Session {
     pub(crate) fn connect(state: &ProxyState, target: &Target, started: Instant) -> Session {
         let record = PendingRecord::connect(state.audit.clone(), target, started);
         Session {
-            request_id: record.request_id().to_string(),
             record,
             expects_continue: false,
         }
@@ -728,8 +752,8 @@ impl Session {
 
     /// The answer to `refusal`, noted in the record (which is not written yet).
     fn answer(&mut self, refusal: &Refusal) -> Response<ProxyBody> {
-        tracing::debug!(request_id = %self.request_id, code = refusal.code.as_str(), message = %refusal.message, "request refused");
-        let response = refusal_response(refusal, &self.request_id);
+        tracing::debug!(request_id = %self.record.request_id(), code = refusal.code.as_str(), message = %refusal.message, "request refused");
+        let response = refusal_response(refusal, self.record.request_id());
         let len = response.body().size_hint().exact().unwrap_or(0);
         self.record.set_refused(refusal.code, len);
         response
@@ -770,7 +794,7 @@ impl Session {
             }
             scrub_headers(&mut parts.headers, needles);
         }
-        if let Ok(id) = HeaderValue::from_str(&self.request_id) {
+        if let Ok(id) = HeaderValue::from_str(self.record.request_id()) {
             parts
                 .headers
                 .insert(HeaderName::from_static("x-sidekey-request-id"), id);

@@ -23,8 +23,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use sidekey_audit::AuditLog;
+use sidekey_body::mask::Needles;
 use sidekey_config::{Config, Inject, LimitsConfig};
-use sidekey_credentials::CredentialStore;
+use sidekey_credentials::{Credential, CredentialStore};
 use sidekey_grants::Grants;
 use sidekey_metrics::{ConnectionGuard, Metrics};
 use sidekey_policy::Policy;
@@ -229,6 +230,48 @@ pub struct RouteRuntime {
     pub issuer: Option<String>,
     pub inject: Option<Inject>,
     pub allow_private: bool,
+    /// The masking needles of the credential this route last attached: computed once per
+    /// credential, not per request.
+    pub needles: NeedleCache,
+}
+
+/// The needles of one credential as one route attaches it (they depend on the credential and
+/// the route's `inject` only). Holds the credential weakly: a credential dropped (refreshed,
+/// retired) is never matched again, and its needles go with the next one.
+#[derive(Default)]
+pub struct NeedleCache(std::sync::Mutex<Option<(std::sync::Weak<Credential>, Needles)>>);
+
+impl Clone for NeedleCache {
+    /// A copy starts empty: it fills on its first request.
+    fn clone(&self) -> Self {
+        NeedleCache::default()
+    }
+}
+
+impl std::fmt::Debug for NeedleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NeedleCache(<redacted>)")
+    }
+}
+
+impl NeedleCache {
+    /// The cached needles of `credential`, or those `make` computes (then cached).
+    pub fn get(&self, credential: &Arc<Credential>, make: impl FnOnce() -> Needles) -> Needles {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // While the Weak is held, its allocation cannot be reused: equal pointers are the same
+        // credential.
+        if let Some((cached, needles)) = slot.as_ref() {
+            if std::sync::Weak::as_ptr(cached) == Arc::as_ptr(credential) {
+                return needles.clone();
+            }
+        }
+        let needles = make();
+        *slot = Some((Arc::downgrade(credential), needles.clone()));
+        needles
+    }
 }
 
 /// One config generation: everything the listeners and exchanges use.
@@ -274,6 +317,7 @@ impl ProxyState {
                     .map(str::to_string),
                 inject: r.inject.clone(),
                 allow_private: r.allow_private,
+                needles: NeedleCache::default(),
             })
             .collect();
         ProxyState {
@@ -342,4 +386,51 @@ pub async fn accept_loop<F, Fut>(
         }
     }
     tracing::debug!(listener = name, "stopped accepting");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::SystemTime;
+
+    use sidekey_credentials::Secret;
+
+    use super::*;
+
+    fn credential(value: &str) -> Arc<Credential> {
+        let now = SystemTime::now();
+        Arc::new(Credential::token(
+            value,
+            Secret::new(value.to_string()),
+            now,
+            now,
+        ))
+    }
+
+    #[test]
+    fn needles_are_computed_once_per_credential() {
+        let cache = NeedleCache::default();
+        let made = Cell::new(0);
+        let make = |c: &Arc<Credential>| {
+            made.set(made.get() + 1);
+            Needles::for_credential(&c.secrets(), None)
+        };
+        let first = credential("tok-first");
+        for _ in 0..3 {
+            let n = cache.get(&first, || make(&first));
+            assert!(!n.is_empty());
+        }
+        assert_eq!(made.get(), 1, "the same credential: computed once");
+        let second = credential("tok-second");
+        cache.get(&second, || make(&second));
+        assert_eq!(made.get(), 2, "a new credential: computed again");
+        cache.get(&first, || make(&first));
+        assert_eq!(made.get(), 3, "only the last credential is kept");
+        // A credential dropped is never matched by a later one.
+        drop(first);
+        let third = credential("tok-third");
+        cache.get(&third, || make(&third));
+        assert_eq!(made.get(), 4);
+        assert_eq!(format!("{:?}", cache.clone()), "NeedleCache(<redacted>)");
+    }
 }
