@@ -227,9 +227,14 @@ fn quickstart_example_is_valid() {
 /// The example directories under `examples/` and a host each one's routes must name (shown
 /// by `sidekey check`); `agents/` holds client snippets and no config.
 const EXAMPLE_DIRS: &[(&str, Option<&str>)] = &[
+    ("agents", None),
+    ("anthropic", Some("api.anthropic.com")),
     ("aws-s3", Some("acme-reports.s3.eu-west-1.amazonaws.com")),
     ("github", Some("api.github.com")),
+    ("internal-service", Some("reports.internal.test")),
     ("oauth2", Some("crm.example.com")),
+    ("openai", Some("api.openai.com")),
+    ("slack", Some("slack.com")),
 ];
 
 /// `examples/quickstart.yaml` and every `examples/<dir>/sidekey.yaml`, each checked: exactly
