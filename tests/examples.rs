@@ -1,21 +1,23 @@
 //! The API examples under `examples/` run offline, each against a local stand-in for its API
-//! (the test upstream, which records every request with its headers) that the real host is
-//! pinned to: the example's issuers, credentials and routes as they are in the file, with only
-//! what cannot be the same here changed — the harness's `listen:`/`ca:`, the pod identity's
-//! token file, `upstream:` (the pins, the test CA, loopback opened with `allow_ranges`), and a
-//! Vault issuer's `address` (a real OpenBao dev server, seeded with the secret the example's
-//! README says to put there) and `ca_file`. Each test asserts the exact headers the real API
-//! wants, what the example refuses, and what the audit trail says. The agent snippets of
-//! `examples/agents/` run as they are against the examples they name.
+//! (the test upstream, which records every request with its headers; moto for S3) that the
+//! real host is pinned to: the example's issuers, credentials and routes as they are in the
+//! file, with only what cannot be the same here changed — the harness's `listen:`/`ca:`, the
+//! pod identity's token file, `upstream:` (the pins, the test CA, loopback opened with
+//! `allow_ranges`), a Vault issuer's `address` (a real OpenBao dev server, seeded with the
+//! secret the example's README says to put there) and `ca_file`, an aws-sts issuer's
+//! `endpoint` (moto). Each test asserts the exact headers the real API wants, what the example
+//! refuses, and what the audit trail says. The agent snippets of `examples/agents/` run as
+//! they are against the examples they name.
 //!
-//! Needs `scripts/peers/openbao` (run by `scripts/install-test-deps`), git, and the test venv
-//! and Node clients.
+//! Needs `scripts/peers/openbao` and moto (run by `scripts/install-test-deps`), git, and the
+//! test venv and Node clients.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::moto::{Moto, StsKeys, S3_FULL_ACCESS};
 use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
 use crate::common::sidekey::{repo_root, strip_top_level_keys, PROXY_VARS};
 use crate::common::*;
@@ -825,4 +827,200 @@ fn internal_service_verifies_the_local_jwt_against_sidekeys_jwks() {
     assert_eq!(records[0]["credential"], "reports-api");
     assert_eq!(records[0]["credential_id"], answer["jti"]);
     assert_eq!(records[2]["code"], "method_not_allowed", "{records:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Amazon S3
+
+const S3_BUCKET_HOST: &str = "acme-reports.s3.eu-west-1.amazonaws.com";
+const S3_PATH_STYLE_HOST: &str = "s3.eu-west-1.amazonaws.com";
+/// What the agent's SDK signed with its dummy keys: none of it may reach S3.
+const AGENT_SIGNATURE: &str = "AWS4-HMAC-SHA256 Credential=AKIAAGENTDUMMY000000/20260101/eu-west-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=00000000000000000000000000000000000000000000000000000000deadbeef";
+
+#[test]
+fn aws_s3_requests_are_signed_with_the_sts_keys_for_one_bucket() {
+    // moto as STS and S3, with the example's role and bucket in the example's region;
+    // signatures are checked once sidekey holds its keys.
+    let moto = Moto::start(None);
+    let trust = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/identity.test.local"},
+            "Action": "sts:AssumeRoleWithWebIdentity"
+        }]
+    });
+    let setup = moto.boto3(
+        None,
+        json!([
+            {"service": "iam", "method": "create_role",
+             "params": {"RoleName": "agent-reports", "AssumeRolePolicyDocument": trust.to_string()}},
+            {"service": "iam", "method": "put_role_policy",
+             "params": {"RoleName": "agent-reports", "PolicyName": "s3", "PolicyDocument": S3_FULL_ACCESS}},
+            {"service": "s3", "method": "create_bucket",
+             "params": {"Bucket": "acme-reports",
+                        "CreateBucketConfiguration": {"LocationConstraint": "eu-west-1"}}},
+        ]),
+    );
+    for r in &setup {
+        assert_eq!(r["ok"], true, "moto setup: {setup:?}");
+    }
+    let identity = Identity::new("system:serviceaccount:agents:agent", "sts.amazonaws.com");
+
+    // The example as it is, but for STS's endpoint (moto's plain-HTTP door).
+    let text = example("aws-s3");
+    let mut config = offline_config(
+        &text,
+        &[
+            (&format!("{S3_BUCKET_HOST}:443"), "moto_tls"),
+            (&format!("{S3_PATH_STYLE_HOST}:443"), "moto_tls"),
+        ],
+    );
+    let issuer_region = "    region: eu-west-1\n";
+    assert_eq!(config.matches(issuer_region).count(), 1, "{config}");
+    config = config.replace(
+        issuer_region,
+        "    region: eu-west-1\n    endpoint: \"{moto_http}\"\n",
+    );
+    let sk = Sidekey::start(
+        &config,
+        &[
+            ("test_ca", moto.ca_pem().display().to_string()),
+            ("moto_tls", moto.tls_addr().to_string()),
+            ("moto_http", moto.http_endpoint()),
+            (
+                "identity_token",
+                identity.token_file().display().to_string(),
+            ),
+        ],
+    );
+    let agent = |args: &[&str]| {
+        let mut all = vec![
+            "-H".to_string(),
+            format!("Authorization: {AGENT_SIGNATURE}"),
+            "-H".to_string(),
+            "X-Amz-Date: 20260101T000000Z".to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        curl_via(&sk, &refs)
+    };
+
+    // The first request makes sidekey assume the role; from then on moto checks signatures.
+    let list = format!("https://{S3_BUCKET_HOST}/?list-type=2");
+    agent(&[&list]).assert_status(200);
+    let roles = moto.assumed_roles();
+    assert_eq!(roles.len(), 1, "{roles:#?}");
+    assert!(
+        roles[0]["role_arn"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(":role/agent-reports")),
+        "{roles:#?}"
+    );
+    let s = |k: &str| roles[0][k].as_str().unwrap_or_default().to_string();
+    let keys = StsKeys {
+        access_key_id: s("access_key_id"),
+        secret_access_key: s("secret_access_key"),
+        session_token: s("session_token"),
+        expiration: String::new(),
+    };
+    moto.set_no_auth_action_count(Some(0));
+    let wrong = StsKeys {
+        secret_access_key: "not-the-secret".into(),
+        ..keys.clone()
+    };
+    let control = moto.curl_s3(&wrong, "GET", S3_BUCKET_HOST, "/", None);
+    assert_eq!(
+        control.status,
+        403,
+        "moto checks signatures now: {}",
+        control.body_str()
+    );
+
+    // Write under outgoing/, read it back virtual-hosted and path style: moto verified each
+    // signature (a wrong one is 403).
+    let object = format!("https://{S3_BUCKET_HOST}/outgoing/summary.csv");
+    agent(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: text/csv",
+        "--data-binary",
+        "quarter,total\nq3,42\n",
+        &object,
+    ])
+    .assert_status(200);
+    let got = agent(&[&object]);
+    got.assert_status(200);
+    assert_eq!(got.body_str(), "quarter,total\nq3,42\n");
+    let got = agent(&[&format!(
+        "https://{S3_PATH_STYLE_HOST}/acme-reports/outgoing/summary.csv"
+    )]);
+    got.assert_status(200);
+    assert_eq!(got.body_str(), "quarter,total\nq3,42\n");
+
+    let signed: Vec<_> = moto
+        .recorded()
+        .into_iter()
+        .filter(|r| r.host().contains(".amazonaws.com") && !r.host().starts_with("sts."))
+        .filter(|r| r.header("x-amz-security-token") == Some(keys.session_token.as_str()))
+        .collect();
+    // The listing, the negative control (signed here, with the wrong secret), then sidekey's.
+    assert_eq!(signed.len(), 5, "{signed:#?}");
+    for (i, r) in signed.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert_eq!(r.method, ["GET", "", "PUT", "GET", "GET"][i], "{signed:#?}");
+        let auth = r.header("authorization").unwrap_or_default();
+        assert!(
+            auth.starts_with(&format!(
+                "AWS4-HMAC-SHA256 Credential={}/",
+                keys.access_key_id
+            )) && auth.contains("/eu-west-1/s3/aws4_request"),
+            "{r:#?}"
+        );
+        assert_eq!(r.header("x-amz-content-sha256"), Some("UNSIGNED-PAYLOAD"));
+        assert!(!auth.contains("AKIAAGENTDUMMY"), "{r:#?}");
+        assert_ne!(r.header("x-amz-date"), Some("20260101T000000Z"), "{r:#?}");
+    }
+
+    // One bucket, writes under outgoing/ only.
+    agent(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "x",
+        &format!("https://{S3_BUCKET_HOST}/other/x"),
+    ])
+    .expect_refusal(403, "path_not_allowed");
+    agent(&["-X", "DELETE", &object]).expect_refusal(403, "method_not_allowed");
+    agent(&[&format!("https://{S3_PATH_STYLE_HOST}/other-bucket/x")])
+        .expect_refusal(403, "path_not_allowed");
+    let other = "other-bucket.s3.eu-west-1.amazonaws.com";
+    let res = agent(&[&format!("https://{other}/x")]);
+    assert_eq!(res.connect_status, 403, "{res:#?}");
+
+    let records = sk.expect_request_records(8);
+    let allowed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .collect();
+    let routes: Vec<&str> = allowed
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "reports-read",
+            "reports-write",
+            "reports-read",
+            "reports-read-path-style"
+        ]
+    );
+    for r in &allowed {
+        assert_eq!(r["credential_id"], keys.access_key_id.as_str(), "{r}");
+    }
+    let (out, err) = (sk.stdout_text(), sk.stderr());
+    for secret in [&keys.secret_access_key, &keys.session_token] {
+        assert!(!out.contains(secret.as_str()) && !err.contains(secret.as_str()));
+    }
 }
