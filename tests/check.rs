@@ -224,16 +224,68 @@ fn quickstart_example_is_valid() {
     assert!(out.stdout.contains("httpbin.org"), "{}", out.stdout);
 }
 
+/// The example directories under `examples/` and a host each one's routes must name (shown
+/// by `sidekey check`); `agents/` holds client snippets and no config.
+const EXAMPLE_DIRS: &[(&str, Option<&str>)] = &[
+    ("agents", None),
+    ("anthropic", Some("api.anthropic.com")),
+    ("aws-s3", Some("acme-reports.s3.eu-west-1.amazonaws.com")),
+    ("github", Some("api.github.com")),
+    ("internal-service", Some("reports.internal.test")),
+    ("oauth2", Some("crm.example.com")),
+    ("openai", Some("api.openai.com")),
+    ("slack", Some("slack.com")),
+];
+
+/// `examples/quickstart.yaml` and every `examples/<dir>/sidekey.yaml`, each checked: exactly
+/// the directories [`EXAMPLE_DIRS`] names (a new one must be listed there, a removed one
+/// fails), each with a README.md, no other config file lying around.
 #[test]
 fn every_example_config_is_valid() {
-    let mut seen = 0;
-    for entry in std::fs::read_dir(repo_root().join("examples")).expect("examples/") {
+    let root = repo_root().join("examples");
+    let mut dirs = Vec::new();
+    let mut loose = Vec::new();
+    for entry in std::fs::read_dir(&root).expect("examples/") {
         let path = entry.expect("entry").path();
-        if path.extension().is_none_or(|e| e != "yaml") {
-            continue;
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            dirs.push(name);
+        } else {
+            loose.push(name);
         }
-        seen += 1;
-        let out = run_check(&path);
+    }
+    dirs.sort();
+    loose.sort();
+    assert_eq!(
+        loose,
+        ["quickstart.yaml"],
+        "examples/ holds quickstart.yaml and one directory per API, nothing else"
+    );
+    let want: Vec<&str> = EXAMPLE_DIRS.iter().map(|(d, _)| *d).collect();
+    assert_eq!(dirs, want, "example directories");
+
+    let mut checked = vec![(root.join("quickstart.yaml"), Some("httpbin.org"))];
+    for (dir, host) in EXAMPLE_DIRS {
+        let readme = root.join(dir).join("README.md");
+        let text = std::fs::read_to_string(&readme)
+            .unwrap_or_else(|e| panic!("{}: {e}", readme.display()));
+        assert!(
+            text.starts_with("# ") && text.len() > 200,
+            "{}: a short README with a title",
+            readme.display()
+        );
+        let config = root.join(dir).join("sidekey.yaml");
+        match host {
+            Some(host) => checked.push((config, Some(*host))),
+            None => assert!(
+                !config.exists(),
+                "{} has a config: name the host it routes in EXAMPLE_DIRS",
+                config.display()
+            ),
+        }
+    }
+    for (path, host) in &checked {
+        let out = run_check(path);
         assert_eq!(
             out.code,
             Some(0),
@@ -242,8 +294,15 @@ fn every_example_config_is_valid() {
             out.stdout,
             out.stderr
         );
+        if let Some(host) = host {
+            assert!(
+                out.stdout.contains(host),
+                "{}: {host} not in the effective policy:\n{}",
+                path.display(),
+                out.stdout
+            );
+        }
     }
-    assert!(seen >= 4, "quickstart, vault, oauth2 and aws-s3 examples");
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod check;
 mod client_libraries;
 mod credentials_endpoint;
 mod denials;
+mod examples;
 mod explain;
 mod fixtures;
 mod forward;

@@ -80,6 +80,9 @@ pub const TLS_NAMES: &[&str] = &[
     S3_HOST,
     "*.s3.us-east-1.amazonaws.com",
     STS_HOST,
+    // examples/aws-s3's region.
+    "s3.eu-west-1.amazonaws.com",
+    "*.s3.eu-west-1.amazonaws.com",
     "localhost",
     "127.0.0.1",
 ];

@@ -30,6 +30,10 @@
 //!   (`gzip`, `deflate`, `br` or `zstd`) and flushed on its own, as a compressing SSE server
 //!   does.
 //!
+//! - any other path: a POST whose JSON body says `"stream": true` (a model API's streaming
+//!   request, examples/openai) gets `/sse`'s answer (3 events, 200 ms apart); anything else
+//!   404 with a JSON body.
+//!
 //! Every response carries `x-test-upstream: <label>` so a test can tell which server answered.
 
 use std::convert::Infallible;
@@ -510,6 +514,8 @@ async fn handle(
             .header("content-type", "application/octet-stream")
             .body(full(vec![b'x'; n]))
             .unwrap()
+    } else if wants_stream(&recorded) {
+        sse("n=3&interval_ms=200")
     } else {
         Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -596,6 +602,13 @@ impl hyper::body::Body for ChannelBody {
             .poll_recv(cx)
             .map(|msg| msg.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// A POST whose JSON body asks for `"stream": true`, as the model APIs' streaming requests do.
+fn wants_stream(recorded: &Recorded) -> bool {
+    recorded.method == "POST"
+        && serde_json::from_str::<serde_json::Value>(&recorded.body_head)
+            .is_ok_and(|v| v["stream"] == true)
 }
 
 fn sse(query: &str) -> Response<Body> {
