@@ -24,6 +24,9 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(out, "  forward  {}", addr(c.listen.forward))?;
     writeln!(out, "  routes   {}", addr(c.listen.routes))?;
     writeln!(out, "  admin    {}", addr(c.listen.admin))?;
+    if let Some(metrics) = c.listen.metrics {
+        writeln!(out, "  metrics  {metrics} (GET /metrics only)")?;
+    }
     match c.unmatched {
         Unmatched::Deny => writeln!(out, "unmatched: deny (hosts that no route names are refused)")?,
         Unmatched::Tunnel => writeln!(

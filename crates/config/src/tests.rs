@@ -461,12 +461,18 @@ fn quickstart_example_is_valid() {
     assert_eq!(c.credentials[0].ttl, Duration::from_secs(300));
     assert_eq!(
         c.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-        ["httpbin", "github-read"]
+        ["demo", "httpbin", "github-read"]
     );
-    assert_eq!(c.routes[0].paths.len(), 4);
-    assert_eq!(c.routes[0].credential.as_deref(), Some("demo"));
-    assert_eq!(c.routes[1].credential, None);
-    assert_eq!(c.routes[1].methods, MethodSet::List(vec!["GET".into()]));
+    // The demo API's route: loopback, pinned, the token for its audience only.
+    assert_eq!(c.routes[0].credential.as_deref(), Some("demo-api"));
+    assert!(c.routes[0].allow_private);
+    assert_eq!(c.credentials[1].name, "demo-api");
+    assert_eq!(c.credentials[1].audience.as_deref(), Some("demo-api"));
+    assert_eq!(c.upstream.resolve.len(), 1);
+    assert_eq!(c.routes[1].paths.len(), 4);
+    assert_eq!(c.routes[1].credential.as_deref(), Some("demo"));
+    assert_eq!(c.routes[2].credential, None);
+    assert_eq!(c.routes[2].methods, MethodSet::List(vec!["GET".into()]));
     assert_eq!(c.unmatched, Unmatched::Deny);
 }
 
@@ -517,7 +523,7 @@ fn describe_shows_the_effective_policy() {
     );
 
     let plain = ok(include_str!("../../../examples/quickstart.yaml")).describe();
-    assert!(plain.contains("  2. github-read\n"), "{plain}");
+    assert!(plain.contains("  3. github-read\n"), "{plain}");
     assert!(
         plain.contains("     credential:  none (allowed egress, nothing injected)\n"),
         "{plain}"

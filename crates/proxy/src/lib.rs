@@ -345,7 +345,7 @@ impl ProxyState {
 /// wait for them to drain). Past `limits.max_connections` open connections, a new one is
 /// closed at once: the agent sees a reset connection, and the ones already open keep working.
 /// Each open connection counts in `metrics`' `sidekey_agent_connections{listener=name}`.
-pub async fn accept_loop<F, Fut>(
+pub fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     connections: Arc<Semaphore>,
@@ -353,39 +353,44 @@ pub async fn accept_loop<F, Fut>(
     shutdown: CancellationToken,
     tracker: TaskTracker,
     serve: F,
-) where
+) -> impl Future<Output = ()>
+where
     F: Fn(AgentStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut refused: u64 = 0;
+    // The listener's series exists (at 0) from now on, not from the task's first poll: a
+    // scrape right after start already sees it.
     metrics.listener(name);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                        refused += 1;
-                        // One line per 100 refusals: a flood must not become a log flood.
-                        if refused % 100 == 1 {
-                            tracing::warn!(listener = name, refused, "connection limit reached (limits.max_connections); closing new connections");
-                        }
-                        drop(stream);
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let open = metrics.agent_connection(name);
-                    tracker.spawn(serve(AgentStream { inner: stream, _permit: permit, _open: open }));
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+    async move {
+        let mut refused: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                            refused += 1;
+                            // One line per 100 refusals: a flood must not become a log flood.
+                            if refused % 100 == 1 {
+                                tracing::warn!(listener = name, refused, "connection limit reached (limits.max_connections); closing new connections");
+                            }
+                            drop(stream);
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        let open = metrics.agent_connection(name);
+                        tracker.spawn(serve(AgentStream { inner: stream, _permit: permit, _open: open }));
+                    }
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         }
+        tracing::debug!(listener = name, "stopped accepting");
     }
-    tracing::debug!(listener = name, "stopped accepting");
 }
 
 #[cfg(test)]
