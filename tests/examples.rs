@@ -842,21 +842,10 @@ fn aws_s3_requests_are_signed_with_the_sts_keys_for_one_bucket() {
     // moto as STS and S3, with the example's role and bucket in the example's region;
     // signatures are checked once sidekey holds its keys.
     let moto = Moto::start(None);
-    let trust = json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/identity.test.local"},
-            "Action": "sts:AssumeRoleWithWebIdentity"
-        }]
-    });
+    moto.create_role_named("agent-reports", S3_FULL_ACCESS);
     let setup = moto.boto3(
         None,
         json!([
-            {"service": "iam", "method": "create_role",
-             "params": {"RoleName": "agent-reports", "AssumeRolePolicyDocument": trust.to_string()}},
-            {"service": "iam", "method": "put_role_policy",
-             "params": {"RoleName": "agent-reports", "PolicyName": "s3", "PolicyDocument": S3_FULL_ACCESS}},
             {"service": "s3", "method": "create_bucket",
              "params": {"Bucket": "acme-reports",
                         "CreateBucketConfiguration": {"LocationConstraint": "eu-west-1"}}},

@@ -482,6 +482,12 @@ impl Moto {
     /// Creates the IAM role [`ROLE_NAME`] (trusting web identities) with the inline policy
     /// `policy` (2 requests of the budget).
     pub fn create_role(&self, policy: &str) {
+        self.create_role_named(ROLE_NAME, policy);
+    }
+
+    /// Creates the IAM role `name`, trusting web identities, with the inline policy `policy`
+    /// (2 requests of the budget).
+    pub fn create_role_named(&self, name: &str, policy: &str) {
         let trust = json!({
             "Version": "2012-10-17",
             "Statement": [{
@@ -494,9 +500,9 @@ impl Moto {
             None,
             json!([
                 {"service": "iam", "method": "create_role",
-                 "params": {"RoleName": ROLE_NAME, "AssumeRolePolicyDocument": trust.to_string()}},
+                 "params": {"RoleName": name, "AssumeRolePolicyDocument": trust.to_string()}},
                 {"service": "iam", "method": "put_role_policy",
-                 "params": {"RoleName": ROLE_NAME, "PolicyName": "sidekey-test", "PolicyDocument": policy}},
+                 "params": {"RoleName": name, "PolicyName": "sidekey-test", "PolicyDocument": policy}},
             ]),
         );
         for r in &out {
