@@ -38,10 +38,11 @@ pub struct RequestRecord {
     pub request_id: String,
     /// "forward" or "routes".
     pub listener: &'static str,
-    pub route: Option<String>,
-    pub credential: Option<String>,
+    /// Route, credential and issuer names are the config's, shared (not copied per request).
+    pub route: Option<Arc<str>>,
+    pub credential: Option<Arc<str>>,
     pub credential_id: Option<String>,
-    pub issuer: Option<String>,
+    pub issuer: Option<Arc<str>>,
     pub method: String,
     pub scheme: &'static str,
     pub host: String,

@@ -594,7 +594,7 @@ mod tests {
         RequestRecord {
             request_id: "r".into(),
             listener: "forward",
-            route: route.map(str::to_string),
+            route: route.map(Arc::from),
             credential: None,
             credential_id: Some("secret-id".into()),
             issuer: None,

@@ -73,7 +73,8 @@ impl PathError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestPath {
     raw: String,
-    decoded: String,
+    /// None when decoding changed nothing (no `%`-escape): the common case costs no copy.
+    decoded: Option<String>,
 }
 
 impl RequestPath {
@@ -108,6 +109,18 @@ impl RequestPath {
                 _ => {}
             }
         }
+        if !raw.contains('%') {
+            // Nothing to decode: the checks below that remain are on the raw segments.
+            for segment in rest.split('/') {
+                if is_dot_segment(segment.as_bytes()) {
+                    return Err(PathError::DotSegment);
+                }
+            }
+            return Ok(RequestPath {
+                raw: raw.to_string(),
+                decoded: None,
+            });
+        }
         let mut decoded = Vec::with_capacity(bytes.len());
         for segment in rest.split('/') {
             decoded.push(b'/');
@@ -124,7 +137,7 @@ impl RequestPath {
         let decoded = String::from_utf8(decoded).map_err(|_| PathError::InvalidUtf8)?;
         Ok(RequestPath {
             raw: raw.to_string(),
-            decoded,
+            decoded: Some(decoded),
         })
     }
 
@@ -135,7 +148,7 @@ impl RequestPath {
 
     /// The percent-decoded path that routes are matched against.
     pub fn decoded(&self) -> &str {
-        &self.decoded
+        self.decoded.as_deref().unwrap_or(&self.raw)
     }
 }
 

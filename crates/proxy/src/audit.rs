@@ -128,13 +128,13 @@ impl PendingRecord {
         Arc::clone(&self.meter)
     }
 
-    pub fn set_route(&mut self, route: &str) {
-        self.record.route = Some(route.to_string());
+    pub fn set_route(&mut self, route: &Arc<str>) {
+        self.record.route = Some(Arc::clone(route));
     }
 
-    pub fn set_credential(&mut self, name: &str, issuer: Option<&str>, id: Option<&str>) {
-        self.record.credential = Some(name.to_string());
-        self.record.issuer = issuer.map(str::to_string);
+    pub fn set_credential(&mut self, name: &Arc<str>, issuer: Option<&Arc<str>>, id: Option<&str>) {
+        self.record.credential = Some(Arc::clone(name));
+        self.record.issuer = issuer.map(Arc::clone);
         self.record.credential_id = id.map(str::to_string);
     }
 

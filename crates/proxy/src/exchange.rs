@@ -211,7 +211,7 @@ pub async fn handle<B: AgentBody>(
     // credential
     let timers = state.metrics.route_timers(
         exchange.identified.listener(),
-        runtime.map_or("", |r| r.name.as_str()),
+        runtime.map_or("", |r| &r.name),
     );
     let waited = Instant::now();
     let credential = credential(&state, runtime, grant.as_deref()).await;
@@ -726,7 +726,7 @@ impl Session {
         if let Some(name) = &route.credential {
             self.record.set_credential(
                 name,
-                route.issuer.as_deref(),
+                route.issuer.as_ref(),
                 credential.map(|c| c.id.0.as_str()),
             );
         }

@@ -225,9 +225,9 @@ impl AsyncWrite for AgentStream {
 /// issuer, attached how, and whether the SSRF guard lets it reach private addresses.
 #[derive(Debug, Clone)]
 pub struct RouteRuntime {
-    pub name: String,
-    pub credential: Option<String>,
-    pub issuer: Option<String>,
+    pub name: Arc<str>,
+    pub credential: Option<Arc<str>>,
+    pub issuer: Option<Arc<str>>,
     pub inject: Option<Inject>,
     pub allow_private: bool,
     /// The masking needles of the credential this route last attached: computed once per
@@ -308,13 +308,13 @@ impl ProxyState {
             .routes
             .iter()
             .map(|r| RouteRuntime {
-                name: r.name.clone(),
-                credential: r.credential.clone(),
+                name: Arc::from(r.name.as_str()),
+                credential: r.credential.as_deref().map(Arc::from),
                 issuer: r
                     .credential
                     .as_deref()
                     .and_then(|c| credentials.issuer_of(c))
-                    .map(str::to_string),
+                    .map(Arc::from),
                 inject: r.inject.clone(),
                 allow_private: r.allow_private,
                 needles: NeedleCache::default(),

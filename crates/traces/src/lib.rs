@@ -238,18 +238,18 @@ fn attributes(record: &RequestRecord) -> Vec<KeyValue> {
     out.push(KeyValue::new("sidekey.listener", record.listener));
     out.push(KeyValue::new("sidekey.decision", decision(record.decision)));
     let optional = [
-        ("sidekey.route", &record.route),
-        ("sidekey.credential", &record.credential),
-        ("sidekey.issuer", &record.issuer),
-        ("sidekey.task_id", &record.task_id),
-        ("sidekey.grant.sub", &record.sub),
-        ("sidekey.grant.id", &record.grant_id),
-        ("sidekey.grant.parent", &record.parent_grant),
-        ("sidekey.on_behalf_of", &record.on_behalf_of),
+        ("sidekey.route", record.route.as_deref()),
+        ("sidekey.credential", record.credential.as_deref()),
+        ("sidekey.issuer", record.issuer.as_deref()),
+        ("sidekey.task_id", record.task_id.as_deref()),
+        ("sidekey.grant.sub", record.sub.as_deref()),
+        ("sidekey.grant.id", record.grant_id.as_deref()),
+        ("sidekey.grant.parent", record.parent_grant.as_deref()),
+        ("sidekey.on_behalf_of", record.on_behalf_of.as_deref()),
     ];
     for (key, value) in optional {
         if let Some(value) = value {
-            out.push(KeyValue::new(key, value.clone()));
+            out.push(KeyValue::new(key, value.to_string()));
         }
     }
     if let Some(code) = record.code {
