@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::openbao::bao_bin;
+use crate::common::openbao::{bao_bin, free_port_pair};
 use crate::common::sidekey::{repo_root, sidekey_bin, PROXY_VARS};
 use crate::common::*;
 use serde_json::Value;
@@ -186,16 +186,18 @@ fn compose_file_topology() {
     // Networks: the agent is alone with sidekey on an internal network; only sidekey is on a
     // network with a way out; nothing publishes a port or shares the host's network.
     let internal = |n: &str| c["networks"][n]["internal"] == true;
-    assert!(internal("agent-net") && internal("backend"), "{}", c["networks"]);
+    assert!(
+        internal("agent-net") && internal("backend"),
+        "{}",
+        c["networks"]
+    );
     assert!(!internal("egress"));
     let agent = service(&c, "agent");
     let sk = service(&c, "sidekey");
     assert_eq!(networks_of(agent), ["agent-net".to_string()].into());
     assert_eq!(
         networks_of(sk),
-        ["agent-net", "backend", "egress"]
-            .map(String::from)
-            .into()
+        ["agent-net", "backend", "egress"].map(String::from).into()
     );
     for name in &services {
         let svc = service(&c, name);
@@ -207,7 +209,10 @@ fn compose_file_topology() {
                 nets.iter().all(|n| internal(n)),
                 "{name} is on a network that reaches out: {nets:?}"
             );
-            assert!(!nets.contains("agent-net") || *name == "agent", "{name} on agent-net");
+            assert!(
+                !nets.contains("agent-net") || *name == "agent",
+                "{name} on agent-net"
+            );
         }
     }
 
@@ -242,13 +247,23 @@ fn compose_file_topology() {
     assert_eq!(env, want);
     // The CA directory: sidekey writes it, the agent reads it, the same volume.
     let ca_dir = Path::new(&cert_out).parent().unwrap().display().to_string();
-    assert_eq!(Path::new(&bundle_out).parent().unwrap().display().to_string(), ca_dir);
+    assert_eq!(
+        Path::new(&bundle_out)
+            .parent()
+            .unwrap()
+            .display()
+            .to_string(),
+        ca_dir
+    );
     let (agent_ca, agent_ro) = mount_at(agent, &ca_dir);
     let (sk_ca, sk_ro) = mount_at(sk, &ca_dir);
     assert_eq!((agent_ca.as_str(), agent_ro), ("sidekey-ca", true));
     assert_eq!((sk_ca.as_str(), sk_ro), ("sidekey-ca", false));
     assert_eq!(volumes_of(agent).len(), 1, "the agent gets only the CA");
-    assert_eq!(agent["depends_on"]["sidekey"]["condition"], "service_healthy");
+    assert_eq!(
+        agent["depends_on"]["sidekey"]["condition"],
+        "service_healthy"
+    );
 
     // sidekey: its config mounted where SIDEKEY_CONFIG says, the healthcheck is the probe, it
     // starts once OpenBao is seeded; the AppRole IDs and OpenBao's CA are read-only to it.
@@ -257,7 +272,10 @@ fn compose_file_topology() {
     let (src, ro) = mount_at(sk, &sk_env["SIDEKEY_CONFIG"]);
     assert_eq!(Path::new(&src), compose_dir().join("sidekey.yaml"));
     assert!(ro);
-    assert_eq!(strings(&sk["healthcheck"]["test"]), ["CMD", "sidekey", "probe", "ready"]);
+    assert_eq!(
+        strings(&sk["healthcheck"]["test"]),
+        ["CMD", "sidekey", "probe", "ready"]
+    );
     assert_eq!(
         sk["depends_on"]["openbao-init"]["condition"],
         "service_completed_successfully"
@@ -279,7 +297,10 @@ fn compose_file_topology() {
     let bao_tls_dir = Path::new(&bao_ca).parent().unwrap().display().to_string();
     assert_eq!(mount_at(sk, &bao_tls_dir), ("openbao-tls".into(), true));
     assert_eq!(yaml_value(&sk_yaml, "address:"), "https://openbao:8200");
-    assert!(!sk_yaml.contains("\nupstream:"), "no upstream: section to stand in for");
+    assert!(
+        !sk_yaml.contains("\nupstream:"),
+        "no upstream: section to stand in for"
+    );
     let check = run_check(&compose_dir().join("sidekey.yaml"));
     assert_eq!(check.code, Some(0), "sidekey check: {check:#?}");
     let dockerfile = read(&repo_root().join("deploy/Dockerfile"));
@@ -291,10 +312,16 @@ fn compose_file_topology() {
     assert_eq!(init_env["APPROLE_DIR"], approle_dir);
     assert_eq!(init_env["SIDEKEY_UID"], SIDEKEY_UID);
     assert_eq!(init_env["BAO_CACERT"], bao_ca);
-    assert_eq!(mount_at(init, &approle_dir), ("sidekey-approle".into(), false));
+    assert_eq!(
+        mount_at(init, &approle_dir),
+        ("sidekey-approle".into(), false)
+    );
     assert_eq!(mount_at(init, &ca_dir), ("sidekey-ca".into(), false));
     let (seed, ro) = mount_at(init, "/seed/seed.sh");
-    assert_eq!((Path::new(&seed), ro), (compose_dir().join("seed.sh").as_path(), true));
+    assert_eq!(
+        (Path::new(&seed), ro),
+        (compose_dir().join("seed.sh").as_path(), true)
+    );
     assert_eq!(
         strings(&init["entrypoint"]),
         [
@@ -303,16 +330,19 @@ fn compose_file_topology() {
             &format!("chown {SIDEKEY_UID} {ca_dir} && exec /bin/sh /seed/seed.sh")
         ]
     );
-    assert_eq!(init["depends_on"]["openbao"]["condition"], "service_healthy");
+    assert_eq!(
+        init["depends_on"]["openbao"]["condition"],
+        "service_healthy"
+    );
 
     // Secrets: the dev root token is the only one, and only OpenBao and its init job have it.
     for name in &services {
         let svc = service(&c, name);
         for (k, v) in env_of(svc) {
             let upper = k.to_ascii_uppercase();
-            if ["TOKEN", "SECRET", "PASSWORD", "KEY"]
-                .iter()
-                .any(|w| upper.contains(w))
+            if upper
+                .split('_')
+                .any(|w| ["TOKEN", "SECRET", "PASSWORD", "KEY", "PASS"].contains(&w))
             {
                 assert_eq!(
                     (name.to_string(), k.as_str(), v.as_str()),
@@ -326,7 +356,11 @@ fn compose_file_topology() {
         }
     }
     let raw = read(&compose_dir().join("compose.yaml"));
-    assert_eq!(raw.matches(DEV_ROOT_TOKEN).count(), 2, "root token in compose.yaml");
+    assert_eq!(
+        raw.matches(DEV_ROOT_TOKEN).count(),
+        2,
+        "root token in compose.yaml"
+    );
     assert!(!sk_yaml.contains(DEV_ROOT_TOKEN));
 
     // The OpenBao image is the version the native twin runs.
@@ -370,7 +404,12 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}\n--- end {} ---", self.name, self.output(), self.name);
+            eprintln!(
+                "--- {} ---\n{}\n--- end {} ---",
+                self.name,
+                self.output(),
+                self.name
+            );
         }
     }
 }
@@ -390,10 +429,13 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> Result<(), String>) {
 
 /// A command with no proxy or Vault variables from the test's environment.
 fn clean(mut cmd: Command) -> Command {
-    for var in PROXY_VARS
-        .iter()
-        .chain(&["BAO_ADDR", "BAO_TOKEN", "BAO_CACERT", "VAULT_ADDR", "VAULT_TOKEN"])
-    {
+    for var in PROXY_VARS.iter().chain(&[
+        "BAO_ADDR",
+        "BAO_TOKEN",
+        "BAO_CACERT",
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+    ]) {
         cmd.env_remove(var);
     }
     cmd
@@ -446,7 +488,10 @@ fn native_twin() {
     );
     let argv: Vec<&str> = argv.lines().collect();
     assert_eq!(argv[0], "bao");
-    assert!(argv.contains(&"-dev") && argv.contains(&"-dev-tls"), "{argv:?}");
+    assert!(
+        argv.contains(&"-dev") && argv.contains(&"-dev-tls"),
+        "{argv:?}"
+    );
     let mut cmd = clean(Command::new(bao_bin()));
     cmd.args(&argv[1..])
         .current_dir(&home)
@@ -486,8 +531,16 @@ fn native_twin() {
     let bao_url = format!("https://{bao_addr}");
     for (key, from, to) in [
         ("BAO_ADDR", "https://openbao:8200", bao_url.clone()),
-        ("BAO_CACERT", "/openbao-tls/vault-ca.pem", tls.join("vault-ca.pem").display().to_string()),
-        ("APPROLE_DIR", "/var/run/sidekey-approle", approle.display().to_string()),
+        (
+            "BAO_CACERT",
+            "/openbao-tls/vault-ca.pem",
+            tls.join("vault-ca.pem").display().to_string(),
+        ),
+        (
+            "APPROLE_DIR",
+            "/var/run/sidekey-approle",
+            approle.display().to_string(),
+        ),
     ] {
         assert_eq!(init_env[key], from, "{key}");
         init_env.insert(key.to_string(), to);
@@ -506,7 +559,11 @@ fn native_twin() {
         String::from_utf8_lossy(&seeded.stdout),
         String::from_utf8_lossy(&seeded.stderr)
     );
-    assert!(seeded.status.success(), "seed.sh: {}\n{seed_out}", seeded.status);
+    assert!(
+        seeded.status.success(),
+        "seed.sh: {}\n{seed_out}",
+        seeded.status
+    );
     for f in ["role-id", "secret-id"] {
         let meta = std::fs::metadata(approle.join(f)).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -516,15 +573,20 @@ fn native_twin() {
     // The seeded key, read as the README says (root token, not sidekey's).
     let bao_root = |args: &[&str]| -> String {
         let mut cmd = clean(Command::new(bao_bin()));
-        cmd.args(args)
-            .envs(&init_env)
-            .env("HOME", &home);
+        cmd.args(args).envs(&init_env).env("HOME", &home);
         let out = output_with_timeout(cmd, Duration::from_secs(10));
-        assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let key = bao_root(&["kv", "get", "-field=key", "-mount=secret", "demo/api"]);
-    assert!(key.starts_with("demo-") && key.len() == 37, "seeded key shape");
+    assert!(
+        key.starts_with("demo-") && key.len() == 37,
+        "seeded key shape"
+    );
     assert!(!seed_out.contains(&key), "seed.sh printed the key");
     let want_fp = {
         let mut cmd = Command::new("sha256sum");
@@ -578,7 +640,12 @@ fn native_twin() {
     let text = replace_n(&text, "routes: off", "routes: 127.0.0.1:0", 1);
     let text = replace_n(&text, "admin: 127.0.0.1:15090", "admin: 127.0.0.1:0", 1);
     let text = replace_n(&text, "/var/run/sidekey/", "{dir}/", 2);
-    let text = replace_n(&text, "/var/run/sidekey-approle/", &format!("{}/", approle.display()), 2);
+    let text = replace_n(
+        &text,
+        "/var/run/sidekey-approle/",
+        &format!("{}/", approle.display()),
+        2,
+    );
     let text = replace_n(&text, "/openbao-tls/", &format!("{}/", tls.display()), 1);
     let text = replace_n(&text, "https://openbao:8200", &bao_url, 1);
     let config = format!("upstream:\n  resolve: {{ \"upstream:8080\": \"{up_addr}\" }}\n{text}");
@@ -588,9 +655,16 @@ fn native_twin() {
         .args(["probe", "ready", "--admin", &sk.admin.to_string()])
         .output()
         .unwrap();
-    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     let bundle = sk.dir().join("bundle.pem");
-    assert!(read(&bundle).matches("BEGIN CERTIFICATE").count() > 1, "bundle: CA + roots");
+    assert!(
+        read(&bundle).matches("BEGIN CERTIFICATE").count() > 1,
+        "bundle: CA + roots"
+    );
 
     // 5. The agent: the README's `docker compose exec agent …` lines, with the agent's
     // environment (sidekey:15080 → the forward listener, the CA volume → sidekey's dir).
@@ -607,12 +681,19 @@ fn native_twin() {
             .replace("http://sidekey:15080", &sk.proxy_url())
             .replace("/var/run/sidekey/", &format!("{sk_dir}/"));
     }
-    assert!(agent_env.values().all(|v| !v.contains("sidekey:") && !v.contains("/var/run")));
+    assert!(agent_env
+        .values()
+        .all(|v| !v.contains("sidekey:") && !v.contains("/var/run")));
     let run_agent = |line: &str| {
-        assert!(!line.contains(['\'', '"', '\\', '$']), "plain words only: {line}");
+        assert!(
+            !line.contains(['\'', '"', '\\', '$']),
+            "plain words only: {line}"
+        );
         let words: Vec<&str> = line.split_whitespace().collect();
         let mut cmd = Command::new(words[0]);
-        cmd.args(&words[1..]).env_clear().env("PATH", std::env::var("PATH").unwrap());
+        cmd.args(&words[1..])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap());
         cmd.envs(&agent_env).env("HOME", &home);
         let out = output_with_timeout(cmd, Duration::from_secs(30));
         (
@@ -631,10 +712,17 @@ fn native_twin() {
     assert_eq!(got["path"], "/v1/hello");
     assert_eq!(got["authorization"], true, "{got}");
     assert_eq!(got["scheme"], "Bearer", "{got}");
-    assert_eq!(got["sha256_12"], want_fp.as_str(), "the seeded key, not another");
+    assert_eq!(
+        got["sha256_12"],
+        want_fp.as_str(),
+        "the seeded key, not another"
+    );
 
     // Refused: POST on the route's host.
-    assert_eq!(lines[1], "curl -sS -i -X POST http://upstream:8080/v1/hello");
+    assert_eq!(
+        lines[1],
+        "curl -sS -i -X POST http://upstream:8080/v1/hello"
+    );
     let (exit, stdout, stderr) = run_agent(lines[1]);
     assert_eq!(exit, 0, "{stderr}");
     let (head, body) = stdout.split_once("\r\n\r\n").expect("head and body");
@@ -643,48 +731,69 @@ fn native_twin() {
         .lines()
         .find_map(|l| l.strip_prefix("x-sidekey-error: "))
         .map(str::trim);
-    check_refusal("POST", 403, header, body.as_bytes(), 403, "method_not_allowed");
+    check_refusal(
+        "POST",
+        403,
+        header,
+        body.as_bytes(),
+        403,
+        "method_not_allowed",
+    );
 
     // Refused: a host no route names (at the CONNECT).
     assert_eq!(lines[2], "curl -sS https://example.com/");
     let (exit, _, stderr) = run_agent(lines[2]);
     assert_eq!(exit, 56, "{stderr}");
-    assert!(stderr.contains("CONNECT tunnel failed, response 403"), "{stderr}");
+    assert!(
+        stderr.contains("CONNECT tunnel failed, response 403"),
+        "{stderr}"
+    );
 
     // The audit lines (`docker compose logs sidekey`): one per request, the key never in them.
     let records = sk.wait_request_records(3);
     assert_eq!(records.len(), 3, "{records:#?}");
     let audit = sk.stdout_text();
-    assert!(!audit.contains(&key) && !sk.stderr().contains(&key), "the key leaked");
+    assert!(
+        !audit.contains(&key) && !sk.stderr().contains(&key),
+        "the key leaked"
+    );
     let allowed = &records[0];
     assert_eq!(allowed["decision"], "allow", "{allowed}");
     assert_eq!(allowed["route"], "demo");
     assert_eq!(allowed["status"], 200);
-    assert_eq!(allowed["credential_id"], "secret/data/demo/api@1", "{allowed}");
     assert_eq!(
-        (&records[1]["decision"], &records[1]["code"], &records[1]["method"]),
-        (&Value::from("deny"), &Value::from("method_not_allowed"), &Value::from("POST")),
+        allowed["credential_id"], "secret/data/demo/api@1",
+        "{allowed}"
+    );
+    assert_eq!(
+        (
+            &records[1]["decision"],
+            &records[1]["code"],
+            &records[1]["method"]
+        ),
+        (
+            &Value::from("deny"),
+            &Value::from("method_not_allowed"),
+            &Value::from("POST")
+        ),
         "{}",
         records[1]
     );
     assert_eq!(
-        (&records[2]["decision"], &records[2]["code"], &records[2]["host"]),
-        (&Value::from("deny"), &Value::from("host_not_allowed"), &Value::from("example.com")),
+        (
+            &records[2]["decision"],
+            &records[2]["code"],
+            &records[2]["host"]
+        ),
+        (
+            &Value::from("deny"),
+            &Value::from("host_not_allowed"),
+            &Value::from("example.com")
+        ),
         "{}",
         records[2]
     );
     drop(sk);
     drop(upstream);
     drop(bao);
-}
-
-/// A port `p` with nothing on `p` nor `p + 1` (the dev server's cluster listener) right now.
-fn free_port_pair() -> u16 {
-    for _ in 0..50 {
-        let p = closed_port_addr().port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair");
 }
