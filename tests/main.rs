@@ -17,6 +17,7 @@ mod aws;
 mod aws_peer;
 mod check;
 mod client_libraries;
+mod compose;
 mod credentials_endpoint;
 mod denials;
 mod examples;

@@ -82,7 +82,7 @@ pub struct OpenBao {
 }
 
 /// A port `p` with nothing on `p` nor `p + 1` (the dev server's cluster listener) right now.
-fn free_port_pair() -> u16 {
+pub fn free_port_pair() -> u16 {
     for _ in 0..50 {
         let p = closed_port_addr().port();
         if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
