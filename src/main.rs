@@ -604,9 +604,10 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
             .await
             .with_context(|| format!("cannot listen on {addr} (the quickstart's demo API)"))?;
         tracing::info!("listening listener=demo-api addr={addr}");
-        tokio::spawn(sidekey_admin::demo::serve(
+        tokio::spawn(sidekey_admin::serve(
             listener,
             Arc::clone(&runtime.admin),
+            Surface::DemoApi,
             shutdown.clone(),
         ));
     }

@@ -5,21 +5,14 @@
 //! `/.well-known/jwks.json` serves) and audience [`DEMO_AUDIENCE`], and answers with the
 //! verified claims — never the token. Anything else is 404; no token or a bad one is 401.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::AdminState;
 
@@ -28,38 +21,11 @@ pub const DEMO_ADDR: &str = "127.0.0.1:15099";
 /// The `aud` the demo API accepts (the quickstart's `demo-api` credential).
 pub const DEMO_AUDIENCE: &str = "demo-api";
 
-/// Serves the demo API until shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "demo API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(answer(&state, &request)) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn answer(state: &AdminState, request: &Request<Incoming>) -> Response<Full<bytes::Bytes>> {
+/// What the demo API answers (served by [`crate::serve`] as [`crate::Surface::DemoApi`]).
+pub(crate) fn answer(
+    state: &AdminState,
+    request: &Request<Incoming>,
+) -> Response<Full<bytes::Bytes>> {
     if request.method() != Method::GET || request.uri().path() != "/whoami" {
         return reply(
             StatusCode::NOT_FOUND,

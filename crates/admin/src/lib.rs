@@ -141,6 +141,8 @@ pub enum Surface {
     /// `listen.metrics`: `GET /metrics` and nothing else, for a scraper outside the pod: no
     /// credential IDs, scopes, keys or grant endpoints.
     MetricsOnly,
+    /// The quickstart's demo API ([`demo`]): `GET /whoami` and nothing else.
+    DemoApi,
 }
 
 /// Serves `surface` until shutdown.
@@ -171,8 +173,9 @@ async fn connection(state: Arc<AdminState>, surface: Surface, stream: TcpStream)
     let service = service_fn(move |request: Request<Incoming>| {
         let state = Arc::clone(&state);
         async move {
-            let response = if surface == Surface::MetricsOnly && request.uri().path() != "/metrics"
-            {
+            let response = if surface == Surface::DemoApi {
+                demo::answer(&state, &request)
+            } else if surface == Surface::MetricsOnly && request.uri().path() != "/metrics" {
                 text(StatusCode::NOT_FOUND, "not found\n")
             } else if request.uri().path() == "/grants"
                 || request.uri().path().starts_with("/grants/")
