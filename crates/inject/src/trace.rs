@@ -3,6 +3,9 @@
 //! none (or an invalid one), so every upstream call and its audit record share a trace ID.
 //! Pure: the fresh IDs are passed in.
 
+use std::fmt::Write;
+
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -53,27 +56,14 @@ impl TraceContext {
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(&TRACEPARENT);
         headers.remove(&TRACESTATE);
-        // 00-<32 hex>-<16 hex>-<2 hex>: 55 bytes, built in place.
-        let mut value = [0u8; 55];
-        let parts: [&[u8]; 4] = [
-            b"00",
-            self.trace_id.as_bytes(),
-            self.span_id.as_bytes(),
-            if self.sampled { b"01" } else { b"00" },
-        ];
-        let mut at = 0;
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                value[at] = b'-';
-                at += 1;
-            }
-            let Some(slot) = value.get_mut(at..at + part.len()) else {
-                return;
-            };
-            slot.copy_from_slice(part);
-            at += part.len();
-        }
-        if let Ok(value) = HeaderValue::from_bytes(&value[..at]) {
+        // 00-<32 hex>-<16 hex>-<2 hex>: 55 bytes, one allocation that the header value keeps.
+        let mut value = String::with_capacity(55);
+        value.push_str("00-");
+        value.push_str(&self.trace_id);
+        value.push('-');
+        value.push_str(&self.span_id);
+        value.push_str(if self.sampled { "-01" } else { "-00" });
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(TRACEPARENT, value);
         }
         if let Some(state) = &self.tracestate {
@@ -82,13 +72,11 @@ impl TraceContext {
     }
 }
 
-/// The low `digits` hex digits of `n`, lower-case, zero-padded: one allocation.
+/// `n` as `digits` lower-case hex digits, zero-padded: one allocation (`format!` would grow).
 fn hex(n: u128, digits: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(digits);
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((n >> (i * 4)) & 0xf) as usize]));
-    }
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{n:0digits$x}");
     out
 }
 

@@ -9,6 +9,7 @@
 //! upstream ([`Session::respond`]: the record is written when the response body ends). A
 //! session dropped before either (the agent went away) still writes its record.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -437,8 +438,8 @@ fn rewrite(
     uri.push_str("://");
     target.host.push_uri_host(&mut uri);
     if target.port != target.scheme.default_port() {
-        uri.push(':');
-        uri.push_str(itoa_u16(target.port, &mut [0; 5]));
+        // Into the capacity reserved above: writing to a String cannot fail.
+        let _ = write!(uri, ":{}", target.port);
     }
     uri.push_str(path_and_query);
     parts.uri = Uri::try_from(uri).map_err(|_| {
@@ -520,21 +521,6 @@ fn rewrite(
             "AWS keys can only sign requests (inject: sigv4)",
         )),
     }
-}
-
-/// `n` in decimal, written into `buf`.
-fn itoa_u16(mut n: u16, buf: &mut [u8; 5]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// Every spelling of the credential just attached that must not come back to the agent.
