@@ -281,18 +281,19 @@ fn decision(outcome: Outcome) -> &'static str {
 }
 
 /// sidekey's error code (a refusal, or a failure on the way); an exchange that broke off; else
-/// the status of an error answer (4xx and 5xx are errors for a client span).
-fn error_type(record: &RequestRecord) -> Option<String> {
+/// the status of an error answer (4xx and 5xx are errors for a client span). Only the last
+/// allocates.
+fn error_type(record: &RequestRecord) -> Option<Cow<'static, str>> {
     if let Some(code) = record.code {
-        return Some(code.to_string());
+        return Some(Cow::Borrowed(code));
     }
     if let Some(error) = record.error {
-        return Some(error.to_string());
+        return Some(Cow::Borrowed(error));
     }
     record
         .status
         .filter(|s| *s >= 400)
-        .map(|status| status.to_string())
+        .map(|status| Cow::Owned(status.to_string()))
 }
 
 fn status(record: &RequestRecord) -> Status {
