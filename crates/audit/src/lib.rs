@@ -467,7 +467,6 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
-/// RFC 3339 UTC with milliseconds.
 /// A record's time, written as RFC 3339 UTC with milliseconds straight into the line (no
 /// intermediate string).
 struct Timestamp(SystemTime);
@@ -476,10 +475,6 @@ impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
     }
-}
-
-pub fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
 }
 
 /// RFC 3339 UTC with milliseconds.
