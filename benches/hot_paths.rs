@@ -225,31 +225,23 @@ use std::future::Future;
 /// A request's audit record as an allowed, credentialed request leaves it.
 fn request_record() -> sidekey_audit::RequestRecord {
     sidekey_audit::RequestRecord {
-        request_id: "01a24c5b2e5c75dfb9dba704cb957273".into(),
-        listener: "forward",
         route: Some("openai".into()),
         credential: Some("bench".into()),
         credential_id: Some("7f3a9c2e-0b1d-4e5f-8a6b-9c0d1e2f3a4b".into()),
         issuer: Some("local".into()),
-        method: "POST".into(),
-        scheme: "https",
-        host: "api.openai.com".into(),
-        port: 443,
-        path: "/v1/chat/completions".into(),
         decision: sidekey_audit::Outcome::Allow,
-        code: None,
         status: Some(200),
         bytes_in: 512,
         bytes_out: 4096,
         duration_ms: 123.4,
-        task_id: None,
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
-        sub: None,
-        grant_id: None,
-        parent_grant: None,
-        on_behalf_of: None,
-        act: Vec::new(),
-        error: None,
+        ..sidekey_audit::RequestRecord::new(
+            "01a24c5b2e5c75dfb9dba704cb957273".into(),
+            "forward",
+            "POST".into(),
+            ("https", "api.openai.com".into(), 443),
+            "/v1/chat/completions".into(),
+        )
     }
 }
 

@@ -89,6 +89,47 @@ pub struct RequestRecord {
     pub error: Option<&'static str>,
 }
 
+impl RequestRecord {
+    /// The record of a request to `scheme://host:port` + `path` as it arrives: refused until
+    /// something says otherwise, nothing sent, no route, credential, grant or trace yet.
+    /// `path` is stored as given (callers redact its query with [`redact_query`]).
+    pub fn new(
+        request_id: String,
+        listener: &'static str,
+        method: String,
+        (scheme, host, port): (&'static str, String, u16),
+        path: String,
+    ) -> RequestRecord {
+        RequestRecord {
+            request_id,
+            listener,
+            route: None,
+            credential: None,
+            credential_id: None,
+            issuer: None,
+            method,
+            scheme,
+            host,
+            port,
+            path,
+            decision: Outcome::Deny,
+            code: None,
+            status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            task_id: None,
+            trace_id: None,
+            sub: None,
+            grant_id: None,
+            parent_grant: None,
+            on_behalf_of: None,
+            act: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 /// A credential lifecycle event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -584,31 +625,18 @@ mod tests {
     /// A denied request, as the proxy records one without a grant.
     fn denied() -> RequestRecord {
         RequestRecord {
-            request_id: "r1".into(),
-            listener: "forward",
             route: Some("github".into()),
-            credential: None,
-            credential_id: None,
-            issuer: None,
-            method: "GET".into(),
-            scheme: "https",
-            host: "api.github.com".into(),
-            port: 443,
-            path: "/".into(),
-            decision: Outcome::Deny,
             code: Some("path_not_allowed"),
             status: Some(403),
-            bytes_in: 0,
             bytes_out: 10,
             duration_ms: 1.5,
-            task_id: None,
-            trace_id: None,
-            sub: None,
-            grant_id: None,
-            parent_grant: None,
-            on_behalf_of: None,
-            act: Vec::new(),
-            error: None,
+            ..RequestRecord::new(
+                "r1".into(),
+                "forward",
+                "GET".into(),
+                ("https", "api.github.com".into(), 443),
+                "/".into(),
+            )
         }
     }
 

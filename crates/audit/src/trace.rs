@@ -1542,31 +1542,27 @@ user alice
         });
         let record =
             |sub: &str, grant: &str, parent: Option<&str>, act: Vec<String>| RequestRecord {
-                request_id: "r".into(),
-                listener: "forward",
                 route: Some("github".into()),
                 credential: Some("github".into()),
                 credential_id: Some("c1".into()),
                 issuer: Some("local".into()),
-                method: "GET".into(),
-                scheme: "https",
-                host: "api.github.com".into(),
-                port: 443,
-                path: "/repos".into(),
                 decision: Outcome::Allow,
-                code: None,
                 status: Some(200),
-                bytes_in: 0,
                 bytes_out: 1,
                 duration_ms: 1.0,
                 task_id: Some("t-1".into()),
-                trace_id: None,
                 sub: Some(sub.into()),
                 grant_id: Some(grant.into()),
                 parent_grant: parent.map(str::to_string),
                 on_behalf_of: Some("alice".into()),
                 act,
-                error: None,
+                ..RequestRecord::new(
+                    "r".into(),
+                    "forward",
+                    "GET".into(),
+                    ("https", "api.github.com".into(), 443),
+                    "/repos".into(),
+                )
             };
         log.request(&record("planner", "g1", None, vec![]));
         log.request(&record("coder", "g2", Some("g1"), vec!["planner".into()]));

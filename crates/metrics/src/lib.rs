@@ -592,17 +592,8 @@ mod tests {
 
     fn record(route: Option<&str>, decision: Outcome, code: Option<&'static str>) -> RequestRecord {
         RequestRecord {
-            request_id: "r".into(),
-            listener: "forward",
             route: route.map(Arc::from),
-            credential: None,
             credential_id: Some("secret-id".into()),
-            issuer: None,
-            method: "GET".into(),
-            scheme: "https",
-            host: "evil.example".into(),
-            port: 443,
-            path: "/".into(),
             decision,
             code,
             status: Some(if code.is_some() { 403 } else { 200 }),
@@ -611,12 +602,13 @@ mod tests {
             duration_ms: 1.5,
             task_id: Some("task-1".into()),
             trace_id: Some("trace-4bf92f35".into()),
-            sub: None,
-            grant_id: None,
-            parent_grant: None,
-            on_behalf_of: None,
-            act: Vec::new(),
-            error: None,
+            ..RequestRecord::new(
+                "r".into(),
+                "forward",
+                "GET".into(),
+                ("https", "evil.example".into(), 443),
+                "/".into(),
+            )
         }
     }
 

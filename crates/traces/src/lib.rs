@@ -403,19 +403,11 @@ mod tests {
 
     fn record() -> RequestRecord {
         RequestRecord {
-            request_id: "r1".into(),
-            listener: "forward",
             route: Some("payments".into()),
             credential: Some("pay".into()),
             credential_id: Some("lease/abc".into()),
             issuer: Some("vault".into()),
-            method: "POST".into(),
-            scheme: "https",
-            host: "api.example.com".into(),
-            port: 443,
-            path: "/v1/charges?key=REDACTED".into(),
             decision: Outcome::Allow,
-            code: None,
             status: Some(201),
             bytes_in: 12,
             bytes_out: 34,
@@ -424,10 +416,15 @@ mod tests {
             trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
             sub: Some("planner".into()),
             grant_id: Some("g1".into()),
-            parent_grant: None,
             on_behalf_of: Some("alice".into()),
             act: vec!["orchestrator".into()],
-            error: None,
+            ..RequestRecord::new(
+                "r1".into(),
+                "forward",
+                "POST".into(),
+                ("https", "api.example.com".into(), 443),
+                "/v1/charges?key=REDACTED".into(),
+            )
         }
     }
 
