@@ -566,6 +566,7 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
     if let Some(addr) = listen.routes {
         let listener = bind("routes", addr).await?;
         let (shared, token) = (Arc::clone(&runtime.shared), shutdown.clone());
+        let conns = tracker.clone();
         tracker.spawn(sidekey_proxy::accept_loop(
             "routes",
             listener,
@@ -574,7 +575,12 @@ async fn run(source: Source, text: String, config: Config, poll: Duration) -> an
             shutdown.clone(),
             tracker.clone(),
             move |stream| {
-                sidekey_proxy::routes::serve_connection(Arc::clone(&shared), stream, token.clone())
+                sidekey_proxy::routes::serve_connection(
+                    Arc::clone(&shared),
+                    stream,
+                    token.clone(),
+                    conns.clone(),
+                )
             },
         ));
     }

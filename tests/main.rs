@@ -49,3 +49,4 @@ mod trace_context;
 mod tunnel;
 mod vault;
 mod vault_peer;
+mod websocket;

@@ -202,6 +202,7 @@ impl InProcess {
             shared,
             server,
             self.shutdown.clone(),
+            self.tracker.clone(),
         ));
         client
     }

@@ -87,6 +87,24 @@ pub struct RequestRecord {
     /// Set when the exchange broke off after the response started: `client_aborted`,
     /// `upstream_body_error`.
     pub error: Option<&'static str>,
+    /// A WebSocket the request opened: how it ended. Omitted for every other request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketEnd>,
+}
+
+/// How a WebSocket connection ended, in its upgrade request's record (written when it closes;
+/// `bytes_in`/`bytes_out` are the frames' bytes each way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WebSocketEnd {
+    /// The code of the first Close frame (sent by `closed_by`); None when it carried none or
+    /// the connection ended with no Close frame.
+    pub close_code: Option<u16>,
+    /// Who closed first: `agent`, `upstream`, `sidekey` (a limit, a protocol error, the idle
+    /// timeout, shutdown or a reload), or None when neither sent a Close frame.
+    pub closed_by: Option<&'static str>,
+    /// Data messages each way: from the agent, from the upstream.
+    pub messages_in: u64,
+    pub messages_out: u64,
 }
 
 impl RequestRecord {
@@ -126,6 +144,7 @@ impl RequestRecord {
             on_behalf_of: None,
             act: Vec::new(),
             error: None,
+            websocket: None,
         }
     }
 }

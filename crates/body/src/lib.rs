@@ -7,7 +7,9 @@
 //! - [`form`]: finds `_method` fields in POST form bodies as they stream, and stops a body
 //!   whose field asks for a method the route does not allow;
 //! - [`decode`]: decodes a credentialed response the upstream compressed anyway;
-//! - [`mask`]: masks every echo of the credential in response headers, bodies and trailers.
+//! - [`mask`]: masks every echo of the credential in response headers, bodies and trailers;
+//! - [`websocket`]: checks WebSocket frames as they pass, and masks the credential in an
+//!   upstream's.
 //!
 //! No listener, socket or policy decision lives here; `sidekey-proxy` composes these.
 
@@ -15,6 +17,7 @@ pub mod count;
 pub mod decode;
 pub mod form;
 pub mod mask;
+pub mod websocket;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

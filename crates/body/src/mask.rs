@@ -118,7 +118,7 @@ impl<B> Scrubbed<B> {
 }
 
 /// Replaces every occurrence of every needle in `buf` by [`MASK`] bytes.
-fn mask_all(buf: &mut [u8], needles: &Needles) {
+pub(crate) fn mask_all(buf: &mut [u8], needles: &Needles) {
     for needle in needles.iter() {
         let n = needle.len();
         let mut i = 0;
@@ -134,7 +134,7 @@ fn mask_all(buf: &mut [u8], needles: &Needles) {
 }
 
 /// The length of the longest tail of `buf` that is a proper prefix of some needle.
-fn partial_tail(buf: &[u8], needles: &Needles) -> usize {
+pub(crate) fn partial_tail(buf: &[u8], needles: &Needles) -> usize {
     let mut keep = 0;
     for needle in needles.iter() {
         let longest = (needle.len() - 1).min(buf.len());

@@ -151,9 +151,16 @@ section! {
         pub max_header_bytes: usize = 64 * 1024, Int(1024..=16 << 20);
         /// Concurrent HTTP/2 streams per agent connection. Default 100.
         pub max_concurrent_streams: u32 = 100, Int(1..=10_000);
-        /// A blind tunnel or an HTTP/2 connection with no traffic either way is closed after
-        /// this. Default 5m.
+        /// A blind tunnel, a WebSocket or an HTTP/2 connection with no traffic either way is
+        /// closed after this. Default 5m.
         pub idle_timeout: Duration = Duration::from_secs(300), Positive;
+        /// Payload bytes of one WebSocket frame, either way; a larger one closes the
+        /// connection (1009). Default 16777216 (16 MiB).
+        pub websocket_max_frame: u64 = 16 << 20, Int(125..=1 << 40);
+        /// Payload bytes of one WebSocket message (all its frames), either way; a larger one
+        /// closes the connection (1009). Frames stream: this bounds a message, not memory.
+        /// Default 16777216 (16 MiB).
+        pub websocket_max_message: u64 = 16 << 20, Int(125..=1 << 40);
     }
 }
 

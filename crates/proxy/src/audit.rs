@@ -179,6 +179,11 @@ impl PendingRecord {
         self.write();
     }
 
+    /// Notes how the WebSocket this request opened ended (written by `finish_streamed`).
+    pub fn set_websocket(&mut self, end: sidekey_audit::WebSocketEnd) {
+        self.record.websocket = Some(end);
+    }
+
     /// Drops the record unwritten: what it would say is in other records (a tunnel's requests).
     pub fn discard(mut self) {
         self.written = true;

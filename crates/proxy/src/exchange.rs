@@ -37,6 +37,7 @@ use sidekey_policy::{
 
 use crate::audit::{Metered, PendingRecord};
 use crate::error::refusal_response;
+use crate::websocket::{self, Admission, Streams};
 use crate::{ProxyState, RouteRuntime};
 
 /// How long the agent gets to send a body that is read whole (a small form, a body to sign).
@@ -56,6 +57,8 @@ pub struct Exchange {
     /// The grant its intercepted tunnel's CONNECT presented (requests inside a tunnel present
     /// none of their own).
     pub tunnel_grant: Option<Arc<Grant>>,
+    /// What a WebSocket it opens needs from the listener; None where none may be opened.
+    pub streams: Option<Streams>,
 }
 
 impl Exchange {
@@ -65,7 +68,14 @@ impl Exchange {
             identified,
             started: Instant::now(),
             tunnel_grant: None,
+            streams: None,
         }
+    }
+
+    /// Lets the request open a WebSocket that outlives it, under the listener's shutdown.
+    pub fn with_streams(mut self, streams: Streams) -> Self {
+        self.streams = Some(streams);
+        self
     }
 
     /// Binds the grant of the tunnel this request came through.
@@ -158,12 +168,27 @@ pub async fn handle<B: AgentBody>(
     request: Request<B>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
+    // Before the record starts: an HTTP/2 WebSocket's CONNECT is recorded (and decided) as the
+    // GET it stands for.
+    let websocket = websocket::requested(&mut parts);
     let mut session = Session::start(&state, &exchange, &parts);
     let trace = {
         let (ids, span) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         TraceContext::continue_or_start(&parts.headers, ids.as_u128(), span.as_u64_pair().1)
     };
     session.record.set_trace(&trace, state.spans.as_ref());
+    let websocket = match (websocket, &exchange.streams) {
+        (Ok(None), _) => None,
+        (Ok(Some(ws)), Some(streams)) => Some((ws, streams, Admission::snapshot(&parts))),
+        (Ok(Some(_)), None) => {
+            let refusal = Refusal::new(
+                ErrorCode::RequestInvalid,
+                "WebSockets are not served on this connection",
+            );
+            return session.refuse(refusal, Some(body)).await;
+        }
+        (Err(refusal), _) => return session.refuse(refusal, Some(body)).await,
+    };
 
     // the grant
     let grant = match grant_of(&state, &exchange, &parts).await {
@@ -173,7 +198,10 @@ pub async fn handle<B: AgentBody>(
     session.set_grant(grant.as_deref());
 
     // decide
-    let declared = body.size_hint().exact();
+    let declared = match websocket {
+        Some(_) => Some(0),
+        None => body.size_hint().exact(),
+    };
     let scope = grant.as_deref().map(|g| &g.scope);
     let (route, path, plan) =
         match state
@@ -249,6 +277,9 @@ pub async fn handle<B: AgentBody>(
     ) {
         return session.refuse(refusal, body.into_unread()).await;
     }
+    if let Some((ws, ..)) = &websocket {
+        ws.prepare_upstream(&mut parts);
+    }
     let needles = match (runtime, &credential) {
         (Some(runtime), Some(c)) => Some(
             runtime
@@ -261,6 +292,35 @@ pub async fn handle<B: AgentBody>(
 
     // forward
     let allow_private = runtime.is_some_and(|r| r.allow_private);
+    if let Some((ws, streams, request)) = websocket {
+        let sent = Instant::now();
+        let answered = state
+            .upstream
+            .upgrade(
+                Request::from_parts(parts, sidekey_body::empty()),
+                allow_private,
+            )
+            .await;
+        timers.upstream(sent.elapsed().as_secs_f64());
+        return match answered {
+            Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                if let Err(refusal) = ws.check_accepted(&response) {
+                    return session.refuse(refusal, None::<B>).await;
+                }
+                let admission = Admission {
+                    identified: exchange.identified.clone(),
+                    request,
+                    grant,
+                    route: runtime.map(|r| Arc::clone(&r.name)),
+                    credential: runtime.and_then(|r| r.credential.clone()),
+                };
+                session.upgrade(&state, streams, ws, response, needles, admission)
+            }
+            // A refusal of the upgrade (401, 403, 426…) is answered like any response.
+            Ok(response) => session.respond(response, needles),
+            Err(refusal) => session.refuse(refusal, None::<B>).await,
+        };
+    }
     let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
     let sent = Instant::now();
     let forwarded = forward(&state, parts, outgoing, allow_private).await;
@@ -799,6 +859,42 @@ impl Session {
             _ => Metered::new(body, record).boxed_unsync(),
         };
         Response::from_parts(parts, body)
+    }
+}
+
+impl Session {
+    /// Ends the upgrade request of a WebSocket the upstream accepted: the agent is answered
+    /// (`101`, or `200` over HTTP/2) and the connection runs on its own task, which writes the
+    /// record when it closes.
+    fn upgrade(
+        mut self,
+        state: &ProxyState,
+        streams: &Streams,
+        ws: websocket::Requested,
+        mut response: Response<Incoming>,
+        needles: Option<Needles>,
+        admission: Admission,
+    ) -> Response<ProxyBody> {
+        let mut answer = ws.agent_response(&response, needles.as_ref());
+        if let Ok(id) = HeaderValue::from_str(self.record.request_id()) {
+            answer
+                .headers_mut()
+                .insert(HeaderName::from_static("x-sidekey-request-id"), id);
+        }
+        self.record.set_status(answer.status().as_u16());
+        let upstream = hyper::upgrade::on(&mut response);
+        websocket::spawn(
+            state,
+            streams,
+            websocket::Connection {
+                agent: ws.into_upgrade(),
+                upstream,
+                needles,
+                record: self.record,
+                admission,
+            },
+        );
+        answer
     }
 }
 

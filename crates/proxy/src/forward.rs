@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::exchange::{self, Exchange, Session};
+use crate::websocket::Streams;
 use crate::{intercept, tunnel, ProxyState, SharedState};
 
 pub(crate) const LISTENER: &str = "forward";
@@ -71,7 +72,13 @@ async fn dispatch(
     if request.method() == Method::CONNECT {
         connect(shared, request, shutdown, tracker).await
     } else {
-        absolute_form(shared.load(), request).await
+        let state = shared.load();
+        let streams = Streams {
+            shared,
+            shutdown,
+            tracker,
+        };
+        absolute_form(state, request, streams).await
     }
 }
 
@@ -132,6 +139,7 @@ async fn connect(
                 leaf,
                 on_upgrade,
                 shutdown,
+                tracker.clone(),
             ));
             Response::new(empty())
         }
@@ -147,11 +155,15 @@ async fn connect(
 }
 
 /// `GET http://host/path`: the URI names the target.
-async fn absolute_form(state: Arc<ProxyState>, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn absolute_form(
+    state: Arc<ProxyState>,
+    request: Request<Incoming>,
+    streams: Streams,
+) -> Response<ProxyBody> {
     // identify
     match absolute_target(request.uri()) {
         Ok(target) => {
-            let exchange = Exchange::new(Identified::Absolute(target));
+            let exchange = Exchange::new(Identified::Absolute(target)).with_streams(streams);
             exchange::handle(state, exchange, request).await
         }
         Err(refusal) => {

@@ -27,10 +27,12 @@ use sidekey_policy::{check_sni, ErrorCode, Identified, Refusal, Sni, Target};
 use sidekey_tls::TlsError;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::PendingRecord;
 use crate::exchange::{self, Exchange};
 use crate::forward::LISTENER;
+use crate::websocket::Streams;
 use crate::{ProxyState, SharedState};
 
 /// The leaf certificate for the CONNECT target, fetched before the CONNECT is answered so that a
@@ -66,6 +68,7 @@ pub async fn run(
     config: Arc<ServerConfig>,
     on_upgrade: OnUpgrade,
     shutdown: CancellationToken,
+    tracker: TaskTracker,
 ) {
     let state = shared.load();
     let limits = state.limits.clone();
@@ -121,7 +124,16 @@ pub async fn run(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let served = Arc::new(AtomicBool::new(false));
-    let tunnel = Arc::new(Tunnel { target, sni, grant });
+    let tunnel = Arc::new(Tunnel {
+        target,
+        sni,
+        grant,
+        streams: Streams {
+            shared: Arc::clone(&shared),
+            shutdown: shutdown.clone(),
+            tracker,
+        },
+    });
     let service = {
         let (served, shared, tunnel) = (
             Arc::clone(&served),
@@ -147,7 +159,10 @@ pub async fn run(
             }
         }
     } else {
-        let connection = limits.http1_builder().serve_connection(io, service);
+        let connection = limits
+            .http1_builder()
+            .serve_connection(io, service)
+            .with_upgrades();
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => {
@@ -179,6 +194,8 @@ struct Tunnel {
     sni: Sni,
     /// The grant the CONNECT presented: it binds every request inside (each checked live).
     grant: Option<Arc<Grant>>,
+    /// For WebSockets opened inside.
+    streams: Streams,
 }
 
 fn log_end(result: Result<(), hyper::Error>) {
@@ -197,6 +214,7 @@ async fn inner(
         target: tunnel.target.clone(),
         sni: tunnel.sni.clone(),
     })
-    .with_grant(tunnel.grant.clone());
+    .with_grant(tunnel.grant.clone())
+    .with_streams(tunnel.streams.clone());
     exchange::handle(state, exchange, request).await
 }

@@ -13,6 +13,7 @@ pub mod intercept;
 pub mod routes;
 pub mod tunnel;
 mod upstream;
+pub mod websocket;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -83,6 +84,7 @@ impl Limits {
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(20))
             .max_local_error_reset_streams(Some(1024))
+            .enable_connect_protocol()
             .keep_alive_interval(Some(self.idle_timeout))
             .keep_alive_timeout(Duration::from_secs(20));
         builder

@@ -13,27 +13,40 @@ use sidekey_body::ProxyBody;
 use sidekey_policy::{route_target, ErrorCode, Refusal};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::exchange::{self, Exchange, Session};
+use crate::websocket::Streams;
 use crate::{ProxyState, SharedState};
 
 const LISTENER: &str = "routes";
 
 /// Serves one client connection on the route listener.
 /// Each request is decided under the config current when it arrives.
-pub async fn serve_connection<IO>(shared: Arc<SharedState>, stream: IO, shutdown: CancellationToken)
-where
+pub async fn serve_connection<IO>(
+    shared: Arc<SharedState>,
+    stream: IO,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.load().limits.clone();
     let shared_state = Arc::clone(&shared);
+    let streams = Streams {
+        shared: Arc::clone(&shared),
+        shutdown: shutdown.clone(),
+        tracker,
+    };
     let service = service_fn(move |request| {
         let state = shared.load();
-        async move { Ok::<_, Infallible>(route(state, request).await) }
+        let streams = streams.clone();
+        async move { Ok::<_, Infallible>(route(state, request, streams).await) }
     });
     let connection = limits
         .http1_builder()
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
@@ -49,7 +62,11 @@ where
     }
 }
 
-async fn route(state: Arc<ProxyState>, mut request: Request<Incoming>) -> Response<ProxyBody> {
+async fn route(
+    state: Arc<ProxyState>,
+    mut request: Request<Incoming>,
+    streams: Streams,
+) -> Response<ProxyBody> {
     // identify
     let address = match route_target(&state.policy, request.uri().path()) {
         Ok(address) => address,
@@ -69,7 +86,7 @@ async fn route(state: Arc<ProxyState>, mut request: Request<Incoming>) -> Respon
         Some(query) => format!("{}?{query}", address.path),
         None => address.path,
     };
-    let exchange = Exchange::new(address.identified);
+    let exchange = Exchange::new(address.identified).with_streams(streams);
     match Uri::try_from(path_and_query.as_str()) {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => {

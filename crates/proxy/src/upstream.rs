@@ -255,6 +255,9 @@ type Connector = hyper_rustls::HttpsConnector<TcpConnector>;
 pub struct Upstream {
     public: Client<Connector, ProxyBody>,
     private: Client<Connector, ProxyBody>,
+    /// HTTP/1.1 only (ALPN), for WebSocket upgrades: one connection each, never pooled.
+    upgrade_public: Connector,
+    upgrade_private: Connector,
     tcp: TcpConnector,
     request_timeout: Duration,
 }
@@ -275,6 +278,13 @@ impl Upstream {
                 .pool_max_idle_per_host(config.max_idle_per_host)
                 .build(https)
         };
+        let http1_only = |tcp: TcpConnector| {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(tcp)
+        };
         let tcp = TcpConnector::new(config, false);
         // Same overrides and resolver (and its cache); only the guard's allowance differs.
         let private = TcpConnector {
@@ -283,7 +293,9 @@ impl Upstream {
         };
         Upstream {
             public: client(tcp.clone()),
-            private: client(private),
+            private: client(private.clone()),
+            upgrade_public: http1_only(tcp.clone()),
+            upgrade_private: http1_only(private),
             tcp,
             request_timeout: config.request_timeout,
         }
@@ -315,13 +327,76 @@ impl Upstream {
             )),
         }
     }
+
+    /// Sends a WebSocket upgrade request on a connection of its own, HTTP/1.1 whatever the
+    /// upstream offers, and returns the response, whose upgrade (`hyper::upgrade::on`) is the
+    /// connection once it is `101`. The connection is never pooled: it ends with the WebSocket.
+    pub async fn upgrade(
+        &self,
+        mut request: Request<ProxyBody>,
+        allow_private: bool,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let mut connector = if allow_private {
+            self.upgrade_private.clone()
+        } else {
+            self.upgrade_public.clone()
+        };
+        let uri = request.uri().clone();
+        let work = async move {
+            std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+                .await
+                .map_err(|e| classify_source(Some(&*e), true))?;
+            let io = tower_service::Service::call(&mut connector, uri.clone())
+                .await
+                .map_err(|e| classify_source(Some(&*e), true))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| classify_source(Some(&e), false))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "WebSocket upstream connection ended with an error");
+                }
+            });
+            // Origin form, with the authority in Host, as a client sends it.
+            if let Some(authority) = uri.authority() {
+                if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+                    request.headers_mut().insert(http::header::HOST, host);
+                }
+            }
+            let origin = uri.path_and_query().map_or("/", |p| p.as_str());
+            *request.uri_mut() = Uri::try_from(origin).map_err(|_| {
+                Refusal::new(
+                    ErrorCode::RequestInvalid,
+                    "request target cannot be forwarded",
+                )
+            })?;
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| classify_source(Some(&e), false))
+        };
+        match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Refusal::new(
+                ErrorCode::UpstreamUnreachable,
+                format!("upstream did not answer within {:?}", self.request_timeout),
+            )),
+        }
+    }
 }
 
 /// Maps a client error to `upstream_tls` (any TLS failure: untrusted, expired or misnamed
 /// certificate, no common TLS version) or `upstream_unreachable`, with a message built from
 /// typed parts only: never a URI (a query could carry an injected credential).
 fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    classify_source(std::error::Error::source(error), error.is_connect())
+}
+
+/// [`classify`] of an error chain starting at `source`.
+fn classify_source(
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+    is_connect: bool,
+) -> Refusal {
     while let Some(e) = source {
         if let Some(tls) = rustls_error_in(e) {
             return tls_refusal(tls);
@@ -331,7 +406,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
         }
         source = e.source();
     }
-    let what = if error.is_connect() {
+    let what = if is_connect {
         "could not connect to the upstream"
     } else {
         "the upstream connection failed"
