@@ -270,7 +270,7 @@ fn connect_inside_an_intercepted_tunnel_never_opens_another() {
 }
 
 #[test]
-fn websocket_upgrades_are_checked_and_never_passed_through() {
+fn websocket_upgrades_are_decided_like_requests_and_other_upgrades_are_dropped() {
     let env = Env::new();
     let sk = env.sidekey(&default_config());
     let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
@@ -284,21 +284,29 @@ fn websocket_upgrades_are_checked_and_never_passed_through() {
         "{:#?}",
         env.upstream.requests()
     );
-    // To an allowed path: forwarded as a plain request, the upgrade stripped — the agent never
-    // gets a 101 and a raw channel nobody checks.
+    // To an allowed path: the handshake goes upstream (tests/websocket.rs has the rest); an
+    // upstream that does not switch protocols answers like any request — the agent never gets
+    // a 101 and a raw channel nobody checks.
     let req = format!("GET /echo/v1/ws HTTP/1.1\r\nHost: {SCOPED}\r\n{ws}\r\n");
     let resp = in_tunnel(&sk, SCOPED, &req);
-    assert_ne!(resp.status, 101, "{}", resp.body_str());
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
     let seen = env.upstream.only_request();
-    assert_eq!(seen.header("upgrade"), None, "{:?}", seen.headers);
+    assert_eq!(
+        seen.header("upgrade"),
+        Some("websocket"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(
+        seen.header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
     // Plain HTTP on the forward listener, too.
     let req = format!(
         "GET http://plain.test.local/echo/ws HTTP/1.1\r\nHost: plain.test.local\r\n{ws}\r\n"
     );
     let resp = raw_request(sk.forward, req.as_bytes()).expect("response");
-    assert_ne!(resp.status, 101, "{}", resp.body_str());
-    let seen = env.upstream_http.only_request();
-    assert_eq!(seen.header("upgrade"), None, "{:?}", seen.headers);
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
     // h2c upgrade on plain HTTP.
     let req = "GET http://plain.test.local/echo/h2c HTTP/1.1\r\nHost: plain.test.local\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
     let resp = raw_request(sk.forward, req.as_bytes()).expect("response");

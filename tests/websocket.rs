@@ -633,3 +633,69 @@ fn http2_extended_connect_carries_a_websocket() {
     assert_eq!(r["websocket"]["close_code"], 1000);
     assert_eq!(r["websocket"]["closed_by"], "agent");
 }
+
+#[test]
+fn a_reload_closes_only_the_websockets_it_no_longer_allows_and_shutdown_closes_the_rest() {
+    let mut s = setup("");
+    let proxy = s.sk.listener("forward").unwrap();
+    let yaml = config(&s.tls, &s.plain, "");
+    let open = |path: &str| {
+        let (ws, head) = RawWs::open(
+            proxy,
+            WS_PLAIN,
+            path,
+            &format!("Sec-WebSocket-Key: {KEY}\r\n"),
+        );
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        ws
+    };
+    let mut kept = open("/kept");
+    let mut dropped = open("/dropped");
+    // A reload that changes another route: both stay open.
+    let other_route_changed =
+        yaml.replace(r#""/reject", "/idle"]"#, r#""/reject", "/idle", "/more"]"#);
+    assert_ne!(other_route_changed, yaml);
+    assert_eq!(
+        s.sk.reload(&other_route_changed, &s.env.vars())["event"],
+        "reloaded"
+    );
+    for ws in [&mut kept, &mut dropped] {
+        ws.send(true, 0x1, b"still here", true);
+        assert_eq!(ws.recv().expect("open").1, b"still here");
+    }
+    // A reload after which `/dropped` is no longer allowed: it is closed with 1001, `/kept`
+    // stays.
+    let narrowed = other_route_changed.replace(
+        &format!("hosts: [{WS_PLAIN}]\n    methods: [GET]\n"),
+        &format!("hosts: [{WS_PLAIN}]\n    methods: [GET]\n    paths: [\"/kept\"]\n"),
+    );
+    assert_ne!(narrowed, other_route_changed);
+    assert_eq!(s.sk.reload(&narrowed, &s.env.vars())["event"], "reloaded");
+    assert_eq!(dropped.close_code(), Some(1001));
+    kept.send(true, 0x1, b"and now", true);
+    assert_eq!(kept.recv().expect("open").1, b"and now");
+    // Shutdown closes the rest with 1001 and writes their records.
+    s.sk.terminate();
+    assert_eq!(kept.close_code(), Some(1001));
+    let records: Vec<Value> =
+        s.sk.request_records()
+            .into_iter()
+            .filter(|r| r["websocket"].is_object())
+            .collect();
+    let by_path = |p: &str| {
+        records
+            .iter()
+            .find(|r| r["path"] == p)
+            .unwrap_or_else(|| panic!("no record for {p}: {records:?}"))
+    };
+    assert_eq!(by_path("/dropped")["error"], "config_reloaded");
+    assert_eq!(by_path("/kept")["error"], "shutdown");
+    for p in ["/dropped", "/kept"] {
+        assert_eq!(by_path(p)["websocket"]["closed_by"], "sidekey");
+        assert_eq!(by_path(p)["websocket"]["close_code"], 1001);
+        assert_eq!(
+            by_path(p)["websocket"]["messages_in"],
+            1 + u64::from(p == "/kept")
+        );
+    }
+}
