@@ -9,11 +9,13 @@
 //!   `docker compose exec agent curl …` lines with the agent's environment. Only what compose
 //!   provides is substituted — service names become loopback addresses, volumes temp
 //!   directories — and every substitution must hit.
+//! - [`podman_stack`] runs the file for real: podman builds the `sidekey` image from
+//!   deploy/Dockerfile (its runtime stage, on the binary these tests run), podman-compose brings
+//!   the services up on `scripts/peers/podman`'s local stand-ins of the other base images, and
+//!   the README's `docker compose exec …` lines run in the containers; then `down -v`.
 //!
-//! Running the stack in a container engine is not tested here (see deploy/compose/README.md).
-//!
-//! Needs `docker-compose` (apt, with python3-yaml) and `scripts/peers/openbao` (both from
-//! `scripts/install-test-deps`), curl and python3.
+//! Needs `docker-compose` (apt, with python3-yaml), `scripts/peers/openbao` and
+//! `scripts/peers/podman` (all from `scripts/install-test-deps`), curl and python3.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
