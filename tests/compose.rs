@@ -9,11 +9,13 @@
 //!   `docker compose exec agent curl …` lines with the agent's environment. Only what compose
 //!   provides is substituted — service names become loopback addresses, volumes temp
 //!   directories — and every substitution must hit.
+//! - [`podman_stack`] runs the file for real: podman builds the `sidekey` image from
+//!   deploy/Dockerfile (its runtime stage, on the binary these tests run), podman-compose brings
+//!   the services up on `scripts/peers/podman`'s local stand-ins of the other base images, and
+//!   the README's `docker compose exec …` lines run in the containers; then `down -v`.
 //!
-//! Running the stack in a container engine is not tested here (see deploy/compose/README.md).
-//!
-//! Needs `docker-compose` (apt, with python3-yaml) and `scripts/peers/openbao` (both from
-//! `scripts/install-test-deps`), curl and python3.
+//! Needs `docker-compose` (apt, with python3-yaml), `scripts/peers/openbao` and
+//! `scripts/peers/podman` (all from `scripts/install-test-deps`), curl and python3.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -451,6 +453,16 @@ fn path_with_bao() -> String {
     )
 }
 
+/// The first 12 hex characters of the SHA-256 of `text`, as upstream.py reports a credential.
+fn sha256_12(text: &str) -> String {
+    let mut cmd = Command::new("sha256sum");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..12].to_string()
+}
+
 #[test]
 fn native_twin() {
     let c = compose_config();
@@ -588,14 +600,7 @@ fn native_twin() {
         "seeded key shape"
     );
     assert!(!seed_out.contains(&key), "seed.sh printed the key");
-    let want_fp = {
-        let mut cmd = Command::new("sha256sum");
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), key.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout)[..12].to_string()
-    };
+    let want_fp = sha256_12(&key);
     // sidekey's AppRole token reads the key and nothing else.
     let login: Value = serde_json::from_str(&bao_root(&[
         "write",
@@ -796,4 +801,636 @@ fn native_twin() {
     drop(sk);
     drop(upstream);
     drop(bao);
+}
+
+// --- podman_stack: the stack in containers -----------------------------------------------------
+
+/// scripts/peers/podman's directory: podman-compose's venv and the tests' podman configuration.
+fn podman_peer() -> PathBuf {
+    crate::common::openbao::peer_dir().with_file_name("podman")
+}
+
+/// What `podman_stack` runs (podman-compose included): the tests' podman configuration (storage,
+/// runtime, networks under the cache, not the machine's), no proxy or Vault variables.
+fn podman_cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let peer = podman_peer();
+    let mut cmd = clean(Command::new(program));
+    cmd.env("CONTAINERS_CONF", peer.join("containers.conf"))
+        .env("CONTAINERS_STORAGE_CONF", peer.join("storage.conf"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A finished command: exit code (-1 if killed), stdout, stderr.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\\n--- stdout\\n{}\\n--- stderr\\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn ran(cmd: Command, timeout: Duration) -> Ran {
+    let out = output_with_timeout(cmd, timeout);
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Like [`ran`], for the teardown: never panics, gives up on the command after `timeout`.
+fn ran_quietly(mut cmd: Command, timeout: Duration) -> Option<Ran> {
+    let dir = tempfile::tempdir().ok()?;
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    cmd.stdout(std::fs::File::create(&out).ok()?)
+        .stderr(std::fs::File::create(&err).ok()?);
+    let mut child = cmd.spawn().ok()?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    Some(Ran {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(err).unwrap_or_default(),
+    })
+}
+
+/// One compose project run by podman-compose from compose.yaml, and the image it runs that the
+/// test built. Dropping it removes them all, containers, pod, networks, volumes and image, also
+/// when the test failed (after printing every container's log).
+struct PodmanStack {
+    project: String,
+    file: PathBuf,
+    image: String,
+}
+
+impl PodmanStack {
+    fn podman(&self, args: &[&str]) -> Command {
+        let mut cmd = podman_cmd("podman");
+        cmd.args(args);
+        cmd
+    }
+
+    /// `podman-compose -f compose.yaml -p <project> …`
+    fn compose(&self, args: &[&str]) -> Command {
+        let mut cmd = podman_cmd(podman_peer().join("venv/bin/podman-compose"));
+        cmd.arg("-f")
+            .arg(&self.file)
+            .args(["-p", &self.project])
+            .args(args);
+        cmd
+    }
+
+    /// podman's `--filter` for what podman-compose labelled as this project's.
+    fn label(&self) -> String {
+        format!("label=io.podman.compose.project={}", self.project)
+    }
+
+    /// The names of what `podman <kind> ls|ps` lists of this project.
+    fn leftovers(&self, kind: &str) -> Vec<String> {
+        let label = self.label();
+        // The pod has no label: podman-compose names it pod_<project>.
+        let pod = format!("name=^pod_{}$", self.project);
+        let args: Vec<&str> = match kind {
+            "container" => vec!["ps", "-a", "--filter", &label, "--format", "{{.Names}}"],
+            "pod" => vec!["pod", "ps", "--filter", &pod, "--format", "{{.Name}}"],
+            _ => vec![kind, "ls", "--filter", &label, "--format", "{{.Name}}"],
+        };
+        ran_quietly(self.podman(&args), Duration::from_secs(30))
+            .map(|r| r.stdout.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// The container of `service`.
+    #[track_caller]
+    fn container(&self, service: &str) -> String {
+        let label = self.label();
+        let filter = format!("label=com.docker.compose.service={service}");
+        let r = ran(
+            self.podman(&[
+                "ps",
+                "-a",
+                "--filter",
+                &label,
+                "--filter",
+                &filter,
+                "--format",
+                "{{.Names}}",
+            ]),
+            Duration::from_secs(30),
+        );
+        let names: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(names.len(), 1, "the container of {service}: {r:?}");
+        names[0].to_string()
+    }
+
+    /// `podman logs`: (stdout, stderr) of the service's container.
+    fn logs(&self, service: &str) -> (String, String) {
+        let r = ran(
+            self.podman(&["logs", &self.container(service)]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(r.code, 0, "podman logs {service}: {r:?}");
+        (r.stdout, r.stderr)
+    }
+
+    /// `podman-compose exec -T <service> <argv>` (no TTY: the output as the command wrote it).
+    fn exec(&self, service: &str, env: &[&str], argv: &[&str]) -> Ran {
+        let mut args = vec!["exec", "-T"];
+        for e in env {
+            args.extend(["-e", e]);
+        }
+        args.push(service);
+        args.extend(argv);
+        ran(self.compose(&args), Duration::from_secs(60))
+    }
+
+    /// Waits until the compose `condition` of `service` holds, as compose checks it before
+    /// starting a dependent service: service_healthy runs the service's healthcheck (podman's
+    /// timers need systemd, absent here, so `podman healthcheck run` runs it on demand).
+    fn wait_condition(&self, service: &str, condition: &str) {
+        let name = self.container(service);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let last = match condition {
+                "service_started" => {
+                    let r = ran(
+                        self.podman(&["inspect", "--format", "{{.State.Status}}", &name]),
+                        Duration::from_secs(30),
+                    );
+                    if r.stdout.trim() == "running" {
+                        return;
+                    }
+                    r
+                }
+                "service_healthy" => {
+                    let r = ran(
+                        self.podman(&["healthcheck", "run", &name]),
+                        Duration::from_secs(30),
+                    );
+                    if r.code == 0 {
+                        return;
+                    }
+                    r
+                }
+                "service_completed_successfully" => {
+                    let r = ran(self.podman(&["wait", &name]), Duration::from_secs(90));
+                    assert_eq!(r.stdout.trim(), "0", "{service} did not complete: {r:?}");
+                    return;
+                }
+                other => panic!("depends_on condition {other}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "{service}: {condition} not reached: {last:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `podman-compose down -v`, then checks that nothing of the project is left.
+    fn down(&self) {
+        let kinds = ["container", "pod", "network", "volume"];
+        let before: Vec<usize> = kinds.iter().map(|k| self.leftovers(k).len()).collect();
+        // The file's 5 services, the pod, its 3 networks and 3 volumes: what down must remove.
+        assert_eq!(before, [5, 1, 3, 3], "{kinds:?} of the project before down");
+        let r = ran(
+            self.compose(&["down", "-v", "-t", "1"]),
+            Duration::from_secs(120),
+        );
+        assert_eq!(r.code, 0, "podman-compose down -v: {r:?}");
+        for kind in kinds {
+            assert_eq!(self.leftovers(kind), Vec::<String>::new(), "{kind}s left");
+        }
+    }
+}
+
+impl Drop for PodmanStack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in self.leftovers("container") {
+                if let Some(r) = ran_quietly(self.podman(&["logs", &name]), Duration::from_secs(30))
+                {
+                    eprintln!("--- {name} ---\n{}{}--- end {name} ---", r.stdout, r.stderr);
+                }
+            }
+        }
+        // What `down -v` would have removed, by label (also after a failed or partial `up`).
+        let t = Duration::from_secs(60);
+        let containers = self.leftovers("container");
+        if !containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v", "-t", "0"];
+            args.extend(containers.iter().map(String::as_str));
+            ran_quietly(self.podman(&args), t);
+        }
+        for kind in ["pod", "network", "volume"] {
+            for name in self.leftovers(kind) {
+                ran_quietly(self.podman(&[kind, "rm", "-f", &name]), t);
+            }
+        }
+        // The image, and the build's intermediate stage image (untagged; this store is the
+        // tests' own).
+        ran_quietly(self.podman(&["rmi", "-f", &self.image]), t);
+        ran_quietly(self.podman(&["image", "prune", "-f"]), t);
+    }
+}
+
+/// The commands of the README's `docker compose exec …` examples (lines ending in `\` joined),
+/// as words: `[service, argv…]` with `-e` options kept in front.
+fn readme_exec_commands(readme: &str) -> Vec<Vec<String>> {
+    let joined = readme.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter_map(|l| l.strip_prefix("docker compose exec "))
+        .map(|l| {
+            assert!(!l.contains(['\'', '"', '$']), "plain words only: {l}");
+            l.split_whitespace().map(str::to_string).collect()
+        })
+        .collect()
+}
+
+/// The stack of compose.yaml run for real: podman builds the `sidekey` image from
+/// deploy/Dockerfile (its runtime stage, on a binary built outside: `BINARIES=prebuilt`),
+/// podman-compose brings the file's services up on scripts/peers/podman's stand-in base images,
+/// and the README's `docker compose exec …` lines run in the containers.
+///
+/// podman 4.3 (Debian 12) with podman-compose cannot honour `depends_on` by itself:
+/// podman-compose skips `service_healthy` below podman 4.6, and podman's `--requires` fails on a
+/// transitive dependency that is already running (podman-compose issue 921). So the services
+/// come up in waves of `up -d --no-deps`, in the file's dependency order, each wave once the
+/// conditions it names hold — healthchecks run with `podman healthcheck run`.
+#[test]
+fn podman_stack() {
+    let started = Instant::now();
+    let c = compose_config();
+    let install = "run scripts/install-test-deps (scripts/peers/podman)";
+    let podman_ok = Command::new("podman")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(podman_ok, "podman is not installed: {install}");
+    let peer = podman_peer();
+    for f in ["containers.conf", "storage.conf", "venv/bin/podman-compose"] {
+        assert!(
+            peer.join(f).exists(),
+            "no {}: {install}",
+            peer.join(f).display()
+        );
+    }
+
+    // The base images: the Dockerfile's runtime stage and every service's but sidekey's.
+    let sk_svc = service(&c, "sidekey");
+    let build = &sk_svc["build"];
+    let context = PathBuf::from(build["context"].as_str().unwrap());
+    let dockerfile = context.join(build["dockerfile"].as_str().unwrap());
+    let target = build["target"].as_str().unwrap();
+    let runtime_base = read(&dockerfile)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("FROM ")?
+                .strip_suffix(&format!(" AS {target}"))
+                .map(str::to_string)
+        })
+        .expect("the target's FROM line");
+    let mut bases = vec![runtime_base];
+    for (name, svc) in c["services"].as_object().unwrap() {
+        if name != "sidekey" {
+            bases.push(svc["image"].as_str().unwrap().to_string());
+        }
+    }
+    for base in &bases {
+        let mut cmd = podman_cmd("podman");
+        cmd.args(["image", "exists", base]);
+        let r = ran(cmd, Duration::from_secs(30));
+        assert_eq!(r.code, 0, "no local image {base}: {install}\n{r:?}");
+    }
+
+    let stack = PodmanStack {
+        project: format!("sidekey-test-{}", std::process::id()),
+        file: compose_dir().join("compose.yaml"),
+        image: sk_svc["image"].as_str().unwrap().to_string(),
+    };
+
+    // 1. The image: the Dockerfile's `sidekey` target, tagged as compose.yaml names it, on the
+    // binary these tests run (stripped of its debug info: 290 MB → 27 MB; same code).
+    let ctx = tempfile::Builder::new()
+        .prefix("sidekey-image-")
+        .tempdir()
+        .unwrap();
+    let mut strip = Command::new("strip");
+    strip
+        .arg("-o")
+        .arg(ctx.path().join("sidekey"))
+        .arg(sidekey_bin());
+    let r = ran(strip, Duration::from_secs(60));
+    assert_eq!(r.code, 0, "strip (binutils: {install}): {r:?}");
+    let mut cmd = stack.podman(&[
+        "build",
+        "--pull=never",
+        "--target",
+        target,
+        "--build-arg",
+        "BINARIES=prebuilt",
+        "-t",
+        &stack.image,
+    ]);
+    cmd.arg("-f").arg(&dockerfile).arg(ctx.path());
+    let r = ran(cmd, Duration::from_secs(300));
+    assert_eq!(r.code, 0, "podman build: {r:?}");
+    let built = Instant::now();
+    let r = ran(
+        stack.podman(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Config.User}} {{json .Config.Entrypoint}}",
+            &stack.image,
+        ]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        r.stdout.trim(),
+        format!("{SIDEKEY_UID} [\"/usr/local/bin/sidekey\"]"),
+        "{r:?}"
+    );
+
+    // 2. The services in waves, as compose starts them: each wave is every service whose
+    // dependencies are up, started once their `depends_on` conditions hold. (One service at a
+    // time would start `upstream` while seed.sh runs: aardvark-dns reloads when a container
+    // joins `backend`, and a lookup of `openbao` during the reload failed once.)
+    let services = c["services"].as_object().unwrap();
+    let mut up: Vec<&str> = Vec::new();
+    let mut waves: Vec<Vec<&str>> = Vec::new();
+    while up.len() < services.len() {
+        let wave: Vec<(&str, &Value)> = services
+            .iter()
+            .filter(|(name, svc)| {
+                !up.contains(&name.as_str())
+                    && svc["depends_on"]
+                        .as_object()
+                        .is_none_or(|deps| deps.keys().all(|d| up.contains(&d.as_str())))
+            })
+            .map(|(name, svc)| (name.as_str(), svc))
+            .collect();
+        assert!(!wave.is_empty(), "a dependency cycle");
+        for (_, svc) in &wave {
+            for (dep, how) in svc["depends_on"].as_object().into_iter().flatten() {
+                stack.wait_condition(dep, how["condition"].as_str().unwrap());
+            }
+        }
+        let names: Vec<&str> = wave.iter().map(|(name, _)| *name).collect();
+        let mut args = vec!["up", "-d", "--no-deps"];
+        args.extend(&names);
+        let r = ran(stack.compose(&args), Duration::from_secs(120));
+        assert_eq!(r.code, 0, "podman-compose {args:?}: {r:?}");
+        up.extend(&names);
+        waves.push(names);
+    }
+    assert_eq!(
+        waves,
+        [
+            vec!["openbao", "upstream"],
+            vec!["openbao-init"],
+            vec!["sidekey"],
+            vec!["agent"]
+        ],
+        "the README's podman sequence"
+    );
+    // Everything up: the long-running services running, sidekey healthy (the agent waited for
+    // it), the one-shot done.
+    for name in ["openbao", "upstream", "sidekey", "agent"] {
+        stack.wait_condition(name, "service_started");
+    }
+    let stack_up = Instant::now();
+
+    // 3. The seeded key, read as the README says (root token, in the openbao container).
+    let commands = readme_exec_commands(&read(&compose_dir().join("README.md")));
+    let exec_readme = |words: &[String]| {
+        let mut env = Vec::new();
+        let mut rest = words;
+        while rest[0] == "-e" {
+            env.push(rest[1].as_str());
+            rest = &rest[2..];
+        }
+        let argv: Vec<&str> = rest[1..].iter().map(String::as_str).collect();
+        stack.exec(&rest[0], &env, &argv)
+    };
+    let bao_line = commands
+        .iter()
+        .find(|w| w.contains(&"openbao".to_string()))
+        .expect("the README's openbao exec line");
+    let r = exec_readme(bao_line);
+    assert_eq!(r.code, 0, "{bao_line:?}: {r:?}");
+    let key = r.stdout.trim().to_string();
+    assert!(
+        key.starts_with("demo-") && key.len() == 37,
+        "seeded key shape"
+    );
+
+    // 4. The agent: the README's lines, in the agent container, through sidekey.
+    let agent_lines: Vec<&Vec<String>> = commands.iter().filter(|w| w[0] == "agent").collect();
+    assert_eq!(agent_lines.len(), 3, "{agent_lines:?}");
+    assert_eq!(
+        agent_lines[0].join(" "),
+        "agent curl -sS http://upstream:8080/v1/hello"
+    );
+    let r = exec_readme(agent_lines[0]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stdout.contains(&key));
+    let got: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    assert_eq!(got["path"], "/v1/hello");
+    assert_eq!(got["authorization"], true, "{got}");
+    assert_eq!(got["scheme"], "Bearer", "{got}");
+    assert_eq!(
+        got["sha256_12"],
+        sha256_12(&key).as_str(),
+        "the seeded key, not another"
+    );
+
+    assert_eq!(
+        agent_lines[1].join(" "),
+        "agent curl -sS -i -X POST http://upstream:8080/v1/hello"
+    );
+    let r = exec_readme(agent_lines[1]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (head, body) = r.stdout.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let header = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-sidekey-error: "))
+        .map(str::trim);
+    check_refusal(
+        "POST",
+        403,
+        header,
+        body.as_bytes(),
+        403,
+        "method_not_allowed",
+    );
+
+    assert_eq!(
+        agent_lines[2].join(" "),
+        "agent curl -sS https://example.com/"
+    );
+    let r = exec_readme(agent_lines[2]);
+    assert_eq!(r.code, 56, "{r:?}");
+    assert!(
+        r.stderr.contains("CONNECT tunnel failed, response 403"),
+        "{r:?}"
+    );
+
+    // 5. The isolation holds in the engine: without the proxy the agent reaches neither the
+    // upstream nor OpenBao, by name (agent-net's DNS knows only sidekey and the agent) or by
+    // address (no route), and nothing outside (no default route). The same address answers
+    // from the backend network, so the refusals are the network's.
+    let direct = |url: &str| {
+        stack.exec(
+            "agent",
+            &[],
+            &["curl", "--noproxy", "*", "-sS", "-m", "5", "-k", url],
+        )
+    };
+    for url in [
+        "http://upstream:8080/v1/hello",
+        "https://openbao:8200/v1/sys/health",
+    ] {
+        let r = direct(url);
+        assert_eq!(r.code, 6, "{url} resolved from the agent: {r:?}");
+    }
+    let ip_on_backend = |service: &str| {
+        let r = ran(
+            stack.podman(&[
+                "inspect",
+                "--format",
+                &format!(
+                    "{{{{(index .NetworkSettings.Networks \"{}_backend\").IPAddress}}}}",
+                    stack.project
+                ),
+                &stack.container(service),
+            ]),
+            Duration::from_secs(30),
+        );
+        let ip = r.stdout.trim().to_string();
+        assert!(
+            ip.parse::<std::net::Ipv4Addr>().is_ok(),
+            "{service}'s address: {r:?}"
+        );
+        ip
+    };
+    let up_url = format!("http://{}:8080/v1/hello", ip_on_backend("upstream"));
+    let bao_url = format!("https://{}:8200/v1/sys/health", ip_on_backend("openbao"));
+    for url in [&up_url, &bao_url] {
+        let r = direct(url);
+        assert!(
+            r.code != 0 && r.stdout.is_empty(),
+            "{url} reached from the agent without sidekey: {r:?}"
+        );
+    }
+    let probe = format!("import urllib.request; print(urllib.request.urlopen('{up_url}').status)");
+    let r = stack.exec("upstream", &[], &["python3", "-c", &probe]);
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "200"),
+        "{up_url} from the backend: {r:?}"
+    );
+    let r = stack.exec("agent", &[], &["cat", "/proc/net/route"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let routes: Vec<&str> = r.stdout.lines().skip(1).collect();
+    assert!(!routes.is_empty(), "{r:?}");
+    assert!(
+        routes
+            .iter()
+            .all(|l| l.split_whitespace().nth(1) != Some("00000000")),
+        "the agent has a default route: {r:?}"
+    );
+
+    // 6. The audit trail (`docker compose logs sidekey`): one record per request through
+    // sidekey (the direct attempts are not), the credential named, its value nowhere.
+    let (audit, sk_log) = stack.logs("sidekey");
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l}: {e}")))
+        .filter(|r: &Value| r["type"] == "request")
+        .collect();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let allowed = &records[0];
+    assert_eq!(
+        (&allowed["decision"], &allowed["route"], &allowed["status"]),
+        (
+            &Value::from("allow"),
+            &Value::from("demo"),
+            &Value::from(200)
+        ),
+        "{allowed}"
+    );
+    assert_eq!(
+        allowed["credential_id"], "secret/data/demo/api@1",
+        "{allowed}"
+    );
+    assert_eq!(
+        (
+            &records[1]["decision"],
+            &records[1]["code"],
+            &records[1]["method"]
+        ),
+        (
+            &Value::from("deny"),
+            &Value::from("method_not_allowed"),
+            &Value::from("POST")
+        ),
+        "{}",
+        records[1]
+    );
+    assert_eq!(
+        (
+            &records[2]["decision"],
+            &records[2]["code"],
+            &records[2]["host"]
+        ),
+        (
+            &Value::from("deny"),
+            &Value::from("host_not_allowed"),
+            &Value::from("example.com")
+        ),
+        "{}",
+        records[2]
+    );
+    assert!(
+        !audit.contains(&key) && !sk_log.contains(&key),
+        "the key leaked"
+    );
+    for name in ["openbao", "openbao-init", "upstream", "agent"] {
+        let (out, err) = stack.logs(name);
+        assert!(
+            !out.contains(&key) && !err.contains(&key),
+            "the key in {name}'s log"
+        );
+    }
+
+    // 7. `down -v` removes everything (the Drop guard only if something failed before this).
+    stack.down();
+    eprintln!(
+        "podman_stack: config and image {:.1?}, stack up {:.1?}, checks and down {:.1?}",
+        built - started,
+        stack_up - built,
+        stack_up.elapsed()
+    );
 }
