@@ -18,6 +18,7 @@ mod aws_peer;
 mod check;
 mod client_libraries;
 mod compose;
+mod credential_retry;
 mod credentials_endpoint;
 mod denials;
 mod examples;

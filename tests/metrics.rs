@@ -20,7 +20,7 @@ struct Sample {
 
 /// A parsed scrape.
 #[derive(Debug)]
-struct Scrape {
+pub(crate) struct Scrape {
     samples: Vec<Sample>,
     types: HashMap<String, String>,
 }
@@ -207,7 +207,7 @@ fn parse(text: &str) -> Result<Scrape, String> {
 }
 
 impl Scrape {
-    fn exact(&self, name: &str, labels: &BTreeMap<String, String>) -> Option<f64> {
+    pub(crate) fn exact(&self, name: &str, labels: &BTreeMap<String, String>) -> Option<f64> {
         self.samples
             .iter()
             .find(|s| s.name == name && &s.labels == labels)
@@ -240,7 +240,7 @@ impl Scrape {
 
 /// `GET /metrics` on the admin listener: 200, the text format's content type, parsed strictly.
 #[track_caller]
-fn scrape(sk: &Sidekey) -> Scrape {
+pub(crate) fn scrape(sk: &Sidekey) -> Scrape {
     scrape_at(sk.admin)
 }
 
@@ -263,7 +263,7 @@ fn scrape_at(addr: std::net::SocketAddr) -> Scrape {
     parse(&text).unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

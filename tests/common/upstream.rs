@@ -125,6 +125,8 @@ struct State {
     changed: Condvar,
     connections: AtomicUsize,
     tls_failures: AtomicUsize,
+    /// `/reject-first-token`: the Authorization value it refuses.
+    rejected: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -495,6 +497,16 @@ async fn handle(
         redirect(query)
     } else if let Some(code) = route.strip_prefix("/status/") {
         status(code)
+    } else if route == "/reject-first-token" {
+        // Refuses (401) the first Authorization it sees, and that one ever after; accepts
+        // any other: an upstream that revoked the token sidekey holds.
+        let auth = recorded.header("authorization").unwrap_or("").to_string();
+        let mut rejected = state.rejected.lock().unwrap();
+        if rejected.get_or_insert_with(|| auth.clone()) == &auth {
+            status("401")
+        } else {
+            echo(&recorded)
+        }
     } else if route == "/reflect-auth" {
         reflect_auth(&recorded)
     } else if route == "/reflect-split" {

@@ -87,6 +87,15 @@ pub struct RequestRecord {
     /// Set when the exchange broke off after the response started: `client_aborted`,
     /// `upstream_body_error`.
     pub error: Option<&'static str>,
+    /// The credential the upstream refused with 401 (its ID), when it did: the request was
+    /// sent again with a new one (`retried`) or, for a method that is not retried, answered
+    /// with the 401 while the credential was replaced for later requests. Omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_credential_id: Option<String>,
+    /// The request was sent a second time, with the credential that replaced the rejected
+    /// one (`credential_id`). Omitted when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retried: bool,
     /// A WebSocket the request opened: how it ended. Omitted for every other request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocketEnd>,
@@ -144,6 +153,8 @@ impl RequestRecord {
             on_behalf_of: None,
             act: Vec::new(),
             error: None,
+            rejected_credential_id: None,
+            retried: false,
             websocket: None,
         }
     }

@@ -44,6 +44,10 @@ use crate::issuer::{CredentialRequest, Issuer};
 use crate::uses::Uses;
 use crate::{Credential, TaskContext};
 
+/// A credential an upstream refuses (401) is replaced at most this often: an upstream that
+/// refuses every credential costs one issuer call per credential this often, not one per
+/// request.
+pub const REJECT_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one issuer call may take before the request waiting on it gets a 503.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff between failed attempts: doubles from MIN to MAX, with jitter.
@@ -193,6 +197,8 @@ struct Slot {
     /// A maintenance task is running for this slot.
     maintained: AtomicBool,
     uses: Uses,
+    /// When a credential an upstream refused was last replaced.
+    replaced_rejected: StdMutex<Option<Instant>>,
 }
 
 impl Slot {
@@ -254,6 +260,7 @@ impl Slot {
             fetch_lock: tokio::sync::Mutex::new(()),
             failure: StdMutex::new(None),
             maintained: AtomicBool::new(false),
+            replaced_rejected: StdMutex::new(None),
             uses: Uses::default(),
         })
     }
@@ -278,6 +285,7 @@ impl Slot {
             fetch_lock: tokio::sync::Mutex::new(()),
             failure: StdMutex::new(None),
             maintained: AtomicBool::new(false),
+            replaced_rejected: StdMutex::new(None),
             uses: Uses::default(),
         }
     }
@@ -610,6 +618,45 @@ impl CredentialStore {
         let credential = self.fetch_shared(slot).await?;
         slot.uses.add();
         Ok(credential)
+    }
+
+    /// An upstream refused `rejected` (401): replaces it with a new one from the issuer, once
+    /// however many requests saw it refused — the first fetches (under the slot's fetch lock,
+    /// the same single flight as a miss), the others get what it fetched. `task` names the
+    /// grant for a per-task credential. None when there is nothing better to offer: the last
+    /// replacement of a refused credential was less than [`REJECT_MIN_INTERVAL`] ago (an
+    /// upstream refusing every credential would otherwise turn each request into an issuer
+    /// call), or none is held.
+    pub async fn replace_rejected(
+        &self,
+        name: &str,
+        task: Option<&TaskContext>,
+        rejected: &Arc<Credential>,
+    ) -> Result<Option<Arc<Credential>>, CredentialError> {
+        let parent = self
+            .slots
+            .get(name)
+            .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
+        let slot = match task {
+            Some(task) => self.task_slot(parent, task)?,
+            None => Arc::clone(parent),
+        };
+        let slot_for_task = Arc::clone(&slot);
+        let core = Arc::clone(&self.core);
+        let rejected = Arc::clone(rejected);
+        let replaced =
+            tokio::spawn(async move { replace_rejected(&slot_for_task, &core, &rejected).await })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(CredentialError::Unavailable {
+                        name: slot.name.clone(),
+                        reason: format!("credential fetch aborted: {e}"),
+                    })
+                })?;
+        if replaced.is_some() {
+            slot.uses.add();
+        }
+        Ok(replaced)
     }
 
     /// Whether `name` is a per-task credential: [`CredentialStore::get_for_task`] gets it, and
@@ -996,6 +1043,51 @@ async fn fetch_shared(
                 reason,
             })
         }
+    }
+}
+
+/// [`CredentialStore::replace_rejected`] on the slot, in a task of its own (a request that
+/// goes away does not cancel a fetch others wait on).
+async fn replace_rejected(
+    slot: &Arc<Slot>,
+    core: &Arc<Core>,
+    rejected: &Arc<Credential>,
+) -> Result<Option<Arc<Credential>>, CredentialError> {
+    let _guard = slot.fetch_lock.lock().await;
+    let held = slot.current.load_full();
+    match held.as_ref() {
+        // Replaced already (by another request's rejection, or a refresh): use that one.
+        Some(now) if !Arc::ptr_eq(&now.credential, rejected) => {
+            if SystemTime::now() < now.usable_until {
+                return Ok(Some(Arc::clone(&now.credential)));
+            }
+        }
+        Some(_) => {}
+        None => return Ok(None),
+    }
+    if core.closed.load(Ordering::Acquire) || slot.stop.is_cancelled() {
+        return Ok(None);
+    }
+    {
+        let mut last = slot
+            .replaced_rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < REJECT_MIN_INTERVAL) {
+            return Ok(None);
+        }
+        *last = Some(Instant::now());
+    }
+    tracing::info!(credential = %slot.name, issuer = %slot.issuer_name, credential_id = %rejected.id, "the upstream refused the credential (401); fetching a new one");
+    match fetch(slot, &core.audit).await {
+        Ok(credential) => {
+            maintain(slot, core);
+            Ok(Some(credential))
+        }
+        Err(reason) => Err(CredentialError::Unavailable {
+            name: slot.name.clone(),
+            reason,
+        }),
     }
 }
 
@@ -1805,6 +1897,40 @@ mod tests {
         let status = store.status();
         assert_eq!(status[0].uses, 2);
         assert_eq!(status[0].credential_id.as_deref(), Some(a.id.0.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_refused_credential_is_replaced_once_for_all_who_saw_it_and_not_again_soon() {
+        let (store, _w) = store(Duration::from_secs(300));
+        let store = Arc::new(store);
+        let rejected = store.get("demo").await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (s, r) = (Arc::clone(&store), Arc::clone(&rejected));
+            tasks.push(tokio::spawn(async move {
+                s.replace_rejected("demo", None, &r).await.unwrap()
+            }));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for t in tasks {
+            let fresh = t.await.unwrap().expect("a replacement");
+            assert_ne!(fresh.id, rejected.id);
+            ids.insert(fresh.id.clone());
+        }
+        assert_eq!(ids.len(), 1, "one fetch for every request that saw the 401");
+        let fresh = store.get("demo").await.unwrap();
+        assert!(
+            ids.contains(&fresh.id),
+            "the replacement is what the slot holds"
+        );
+        // The replacement refused too, right away: not replaced again (an upstream refusing
+        // everything must not make every request an issuer call).
+        assert!(store
+            .replace_rejected("demo", None, &fresh)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(store.get("demo").await.unwrap().id, fresh.id);
     }
 
     #[tokio::test]

@@ -76,6 +76,8 @@ struct RouteChildren {
     upstream: Histogram,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
+    /// `sidekey_credential_rejections_total` with `retried` false, true.
+    rejected: [IntCounter; 2],
     listener: &'static str,
     route: String,
     /// `sidekey_requests_total` by (decision, code, status class).
@@ -101,6 +103,8 @@ pub struct Metrics {
     audit_records: [IntCounter; 3],
     audit_dropped: IntCounter,
     grants_verified: IntCounterVec,
+    /// `sidekey_credential_rejections_total{route, retried}`.
+    rejections: IntCounterVec,
     /// `sidekey_tls_leaves_total{source="minted"|"cached"}`.
     tls_leaves: [IntCounter; 2],
     /// Held by [`Metrics::scrape`].
@@ -250,6 +254,12 @@ impl Metrics {
             "Task grants presented and verified: ok, or the refusal's error code.",
             &["result"],
         );
+        let rejections = counter_vec(
+            r,
+            "sidekey_credential_rejections_total",
+            "Requests whose credential the upstream refused with 401: retried with a new one, or answered with the 401 (the credential replaced for later requests).",
+            &["route", "retried"],
+        );
         let leaves = counter_vec(
             r,
             "sidekey_tls_leaves_total",
@@ -277,6 +287,7 @@ impl Metrics {
             audit_records,
             audit_dropped,
             grants_verified,
+            rejections,
             tls_leaves,
             scraping: Mutex::new(()),
         }
@@ -392,6 +403,9 @@ impl Metrics {
         for direction in ["in", "out"] {
             let _ = self.bytes.remove_label_values(&[direction, route]);
         }
+        for retried in ["true", "false"] {
+            let _ = self.rejections.remove_label_values(&[route, retried]);
+        }
         let requests = children
             .requests
             .read()
@@ -445,6 +459,8 @@ impl Metrics {
                     upstream: self.upstream.with_label_values(&[listener, route]),
                     bytes_in: self.bytes.with_label_values(&["in", route]),
                     bytes_out: self.bytes.with_label_values(&["out", route]),
+                    rejected: ["false", "true"]
+                        .map(|retried| self.rejections.with_label_values(&[route, retried])),
                     listener,
                     route: route.to_string(),
                     requests: RwLock::new(FastMap::default()),
@@ -548,6 +564,9 @@ impl Observer for Metrics {
         children.duration.observe(record.duration_ms / 1000.0);
         children.bytes_in.inc_by(record.bytes_in);
         children.bytes_out.inc_by(record.bytes_out);
+        if record.rejected_credential_id.is_some() {
+            children.rejected[usize::from(record.retried)].inc();
+        }
     }
 
     fn credential(&self, event_: &CredentialEvent) {

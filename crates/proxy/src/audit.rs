@@ -179,6 +179,13 @@ impl PendingRecord {
         self.write();
     }
 
+    /// Notes that the upstream refused the credential `id` with 401, and whether the request
+    /// was sent again with a new one.
+    pub fn set_rejected(&mut self, id: &str, retried: bool) {
+        self.record.rejected_credential_id = Some(id.to_string());
+        self.record.retried = retried;
+    }
+
     /// Notes how the WebSocket this request opened ended (written by `finish_streamed`).
     pub fn set_websocket(&mut self, end: sidekey_audit::WebSocketEnd) {
         self.record.websocket = Some(end);

@@ -260,6 +260,17 @@ pub async fn handle<B: AgentBody>(
         session.set_credential(runtime, Some(credential));
     }
 
+    // A credentialed GET, HEAD or OPTIONS with no body can be sent again when the upstream
+    // refuses the credential (401): keep its head as the agent sent it.
+    let retry_head = (credential.is_some()
+        && websocket.is_none()
+        && matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        )
+        && body.is_empty())
+    .then(|| head_copy(&parts));
+
     // rewrite
     let payload = match &body {
         AgentRequestBody::Whole(bytes) => Payload::Bytes(bytes),
@@ -325,10 +336,107 @@ pub async fn handle<B: AgentBody>(
     let sent = Instant::now();
     let forwarded = forward(&state, parts, outgoing, allow_private).await;
     timers.upstream(sent.elapsed().as_secs_f64());
-    match forwarded {
+    let response = match forwarded {
+        Ok(response) => response,
+        Err(refusal) => return session.refuse(refusal, None::<B>).await,
+    };
+    let (Some(runtime), Some(used)) = (runtime, &credential) else {
         // respond
-        Ok(response) => session.respond(response, needles),
+        return session.respond(response, needles);
+    };
+    if response.status() != http::StatusCode::UNAUTHORIZED {
+        return session.respond(response, needles);
+    }
+
+    // The upstream refused the credential: replaced (once, however many requests saw it
+    // refused), and a request that can be sent again is, once.
+    let Some(name) = runtime.credential.clone() else {
+        return session.respond(response, needles);
+    };
+    let task = grant
+        .as_deref()
+        .filter(|_| state.credentials.is_per_task(&name))
+        .map(task_context);
+    let Some(mut parts) = retry_head else {
+        session.record.set_rejected(&used.id.0, false);
+        let (credentials, used) = (Arc::clone(&state.credentials), Arc::clone(used));
+        tokio::spawn(async move {
+            if let Err(e) = credentials
+                .replace_rejected(&name, task.as_ref(), &used)
+                .await
+            {
+                tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
+            }
+        });
+        return session.respond(response, needles);
+    };
+    let fresh = match state
+        .credentials
+        .replace_rejected(&name, task.as_ref(), used)
+        .await
+    {
+        Ok(Some(fresh)) => fresh,
+        Ok(None) => {
+            session.record.set_rejected(&used.id.0, false);
+            return session.respond(response, needles);
+        }
+        Err(e) => {
+            tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
+            session.record.set_rejected(&used.id.0, false);
+            return session.respond(response, needles);
+        }
+    };
+    drop(response);
+    session.record.set_rejected(&used.id.0, true);
+    session.set_credential(runtime, Some(&fresh));
+    let empty = Bytes::new();
+    if let Err(refusal) = rewrite(
+        &mut parts,
+        target,
+        &trace,
+        inject,
+        Some(&fresh),
+        Payload::Bytes(&empty),
+    ) {
+        return session.refuse(refusal, None::<B>).await;
+    }
+    let needles = runtime.needles.get(&fresh, || {
+        crate::exchange::needles(&fresh, inject, &parts.headers)
+    });
+    let outgoing = Outgoing::new(
+        AgentRequestBody::<B>::Whole(empty),
+        &plan,
+        None,
+        session.record.meter(),
+    );
+    let sent = Instant::now();
+    let forwarded = forward(&state, parts, outgoing, allow_private).await;
+    timers.upstream(sent.elapsed().as_secs_f64());
+    match forwarded {
+        Ok(response) => session.respond(response, Some(needles)),
         Err(refusal) => session.refuse(refusal, None::<B>).await,
+    }
+}
+
+/// A copy of a request head (method, URI, version, headers), without its extensions.
+pub(crate) fn head_copy(parts: &Parts) -> Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
+}
+
+/// What a per-task credential is issued for: the grant's task.
+fn task_context(grant: &Grant) -> TaskContext {
+    TaskContext {
+        grant_id: grant.jti.clone(),
+        task_id: grant.task_id.clone(),
+        sub: grant.sub.clone(),
+        on_behalf_of: grant.on_behalf_of.clone(),
+        act: grant.act.clone(),
+        expires_at: grant.expires_at,
     }
 }
 
@@ -360,7 +468,15 @@ enum AgentRequestBody<B> {
     Streaming(B),
 }
 
-impl<B> AgentRequestBody<B> {
+impl<B: AgentBody> AgentRequestBody<B> {
+    /// Whether there is no body at all.
+    fn is_empty(&self) -> bool {
+        match self {
+            AgentRequestBody::Whole(bytes) => bytes.is_empty(),
+            AgentRequestBody::Streaming(body) => body.is_end_stream(),
+        }
+    }
+
     /// What a refusal still has to drain.
     fn into_unread(self) -> Option<B> {
         match self {
@@ -461,14 +577,7 @@ async fn credential(
             ),
         ));
     };
-    let task = TaskContext {
-        grant_id: grant.jti.clone(),
-        task_id: grant.task_id.clone(),
-        sub: grant.sub.clone(),
-        on_behalf_of: grant.on_behalf_of.clone(),
-        act: grant.act.clone(),
-        expires_at: grant.expires_at,
-    };
+    let task = task_context(grant);
     state
         .credentials
         .get_for_task(name, &task)

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use sidekey_audit::WebSocketEnd;
@@ -261,12 +261,7 @@ pub(crate) struct Admission {
 impl Admission {
     /// A copy of what policy decided on, without the extensions (the upgrade handle).
     pub(crate) fn snapshot(parts: &Parts) -> Parts {
-        let mut request = Request::new(());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = parts.uri.clone();
-        *request.version_mut() = parts.version;
-        *request.headers_mut() = parts.headers.clone();
-        request.into_parts().0
+        crate::exchange::head_copy(parts)
     }
 
     fn still_allowed(&self, state: &ProxyState) -> bool {
