@@ -61,6 +61,8 @@ pub struct GrantInfo {
     pub jti: String,
     pub sub: String,
     pub task_id: String,
+    pub on_behalf_of: Option<String>,
+    pub act: Vec<String>,
     /// Why it could not be verified, when it was not.
     pub unverified_because: Option<String>,
 }
@@ -152,6 +154,8 @@ fn info(grant: &sidekey_grants::Grant, verified: bool, because: Option<String>) 
         jti: grant.jti.clone(),
         sub: grant.sub.clone(),
         task_id: grant.task_id.clone(),
+        on_behalf_of: grant.on_behalf_of.clone(),
+        act: grant.act.clone(),
         unverified_because: because,
     }
 }
@@ -243,6 +247,8 @@ pub struct Explanation {
     pub credential: Option<CredentialUse>,
     pub body: Option<BodyPlan>,
     pub grant: Option<GrantInfo>,
+    /// With `cedar:`: whether the policies permit it, and the policies that decided.
+    pub cedar: Option<(bool, Vec<String>)>,
     pub refused: Option<Refused>,
     pub notes: Vec<String>,
 }
@@ -273,6 +279,7 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
         credential: None,
         body: None,
         grant: None,
+        cedar: None,
         refused: None,
         notes: Vec::new(),
     };
@@ -482,6 +489,53 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
                     }
                 }
             }
+            if config.cedar.is_some() {
+                let gate = sidekey::runtime::load_cedar(config)
+                    .map_err(|e| Usage(e.to_string()))?
+                    .ok_or_else(|| Usage("cedar: not configured".into()))?;
+                let grant_info = out.grant.as_ref();
+                let input = sidekey_policy::CedarInput {
+                    sub: grant_info.map(|g| g.sub.as_str()),
+                    method: parts.method.as_str(),
+                    route: &rule.name,
+                    host: match &target.host {
+                        sidekey_policy::CanonicalHost::Domain(name) => name.as_str().into(),
+                        ip => ip.to_string().into(),
+                    },
+                    port: target.port,
+                    path: parts.uri.path(),
+                    query: parts.uri.query(),
+                    body_size: declared,
+                    task: grant_info.map(|g| g.task_id.as_str()),
+                    user: grant_info.and_then(|g| g.on_behalf_of.as_deref()),
+                    act: grant_info.map_or(&[], |g| g.act.as_slice()),
+                    unix_time: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                };
+                let verdict = gate.authorize(&input);
+                out.notes.extend(
+                    verdict
+                        .errors
+                        .iter()
+                        .map(|e| format!("cedar: skipped or failed: {e}")),
+                );
+                out.cedar = Some((verdict.allowed, verdict.policies.clone()));
+                if !verdict.allowed {
+                    let message = if verdict.policies.is_empty() {
+                        "a route allows this request, but no Cedar policy permits it".to_string()
+                    } else {
+                        format!(
+                            "a route allows this request, but Cedar policy {} forbids it",
+                            verdict.policies.join(", ")
+                        )
+                    };
+                    return Ok(out.deny(
+                        Refusal::new(ErrorCode::PolicyDenied, message),
+                        "cedar: the policies after the route match",
+                    ));
+                }
+            }
             out.credential = credential_use(config, rule);
             if let Some(credential) = out.credential.clone() {
                 if credential.per_task && scope.is_none() {
@@ -588,6 +642,17 @@ impl Explanation {
                 out.push(format!("  granted:  {grant}"));
             }
         }
+        if let Some((allowed, policies)) = &self.cedar {
+            out.push(format!(
+                "cedar:      {}{}",
+                if *allowed { "permit" } else { "deny" },
+                if policies.is_empty() {
+                    " (no policy permits it)".to_string()
+                } else {
+                    format!(" by {}", policies.join(", "))
+                }
+            ));
+        }
         match &self.credential {
             Some(credential) => {
                 out.push(format!(
@@ -673,6 +738,10 @@ impl Explanation {
                     "path": r.path_glob,
                 },
                 "grant": r.grant,
+            })),
+            "cedar": self.cedar.as_ref().map(|(allowed, policies)| json!({
+                "decision": if *allowed { "allow" } else { "deny" },
+                "policies": policies,
             })),
             "credential": self.credential.as_ref().map(|c| json!({
                 "name": c.name,
@@ -1394,6 +1463,8 @@ routes:
                 jti: "j1".into(),
                 sub: "agent".into(),
                 task_id: "t1".into(),
+                on_behalf_of: None,
+                act: Vec::new(),
                 unverified_because: None,
             },
         }

@@ -299,6 +299,11 @@ fn check(file: &Path) -> ExitCode {
     };
     match sidekey_config::parse(&source, &origin) {
         Ok(config) => {
+            // The files the config names that are checked as a whole: Cedar policies.
+            if let Err(e) = sidekey::runtime::load_cedar(&config) {
+                eprintln!("{origin}: {e:#}");
+                return ExitCode::FAILURE;
+            }
             println!("{origin}: ok\n");
             println!("{}", config.describe());
             ExitCode::SUCCESS

@@ -21,6 +21,7 @@ use sidekey_config::{Config, ConfigErrors, RouteConfig};
 use sidekey_credentials::{CredentialStore, Issuer, Jwk};
 use sidekey_grants::Grants;
 use sidekey_metrics::Metrics;
+use sidekey_policy::CedarGate;
 use sidekey_proxy::{ConnectionLimit, ProxyState, SharedState, Upstream};
 use sidekey_tls::{CertificateAuthority, InterceptScope, LeafLimits};
 use sidekey_traces::{Settings, Spans};
@@ -147,6 +148,7 @@ impl Runtime {
             })?)),
             None => None,
         };
+        let cedar = load_cedar(&config)?;
         let state = ProxyState::new(
             &config,
             Arc::clone(&credentials),
@@ -156,7 +158,8 @@ impl Runtime {
             grants.clone(),
             Arc::clone(&metrics),
         )
-        .with_spans(spans.clone());
+        .with_spans(spans.clone())
+        .with_cedar(cedar);
         let admin = Arc::new(AdminState::new(
             Arc::clone(&credentials),
             &local_keys(&issuers),
@@ -326,6 +329,9 @@ impl Runtime {
                     .map_err(|e| ReloadError::Build(e.into()))?,
             )
         };
+        // Cedar: the policy and schema files read and checked again (a broken set keeps the
+        // running one).
+        let cedar = load_cedar(&config).map_err(ReloadError::Build)?;
         // Grants: settings read now (JWKS files), installed at the swap.
         enum NextGrants {
             Keep(Arc<Grants>, sidekey_grants::Prepared),
@@ -375,7 +381,8 @@ impl Runtime {
             grants.clone(),
             Arc::clone(&self.metrics),
         )
-        .with_spans(self.spans.clone());
+        .with_spans(self.spans.clone())
+        .with_cedar(cedar);
         self.shared.replace(state);
         self.admin.update(
             Arc::clone(&credentials),
@@ -512,6 +519,31 @@ fn leaf_limits(config: &Config) -> LeafLimits {
         mint_rate: config.ca.leaf_mint_rate,
         mint_burst: config.ca.leaf_mint_burst,
     }
+}
+
+/// The Cedar gate of `cedar:`: its policy file (and schema) read and checked, or None.
+pub fn load_cedar(config: &Config) -> anyhow::Result<Option<Arc<CedarGate>>> {
+    let Some(cedar) = &config.cedar else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cedar: cannot read {}: {e}", path.display()))
+    };
+    let policies = read(&cedar.policies)?;
+    let schema = match &cedar.schema {
+        Some(path) => Some((path.display().to_string(), read(path)?)),
+        None => None,
+    };
+    let gate = CedarGate::load(
+        &cedar.policies.display().to_string(),
+        &policies,
+        schema
+            .as_ref()
+            .map(|(name, text)| (name.as_str(), text.as_str())),
+    )
+    .map_err(|e| anyhow::anyhow!("cedar: {e}"))?;
+    Ok(Some(Arc::new(gate)))
 }
 
 fn build_upstream(config: &Config) -> anyhow::Result<Upstream> {

@@ -15,6 +15,7 @@ mod audit;
 mod audit_trace;
 mod aws;
 mod aws_peer;
+mod cedar;
 mod check;
 mod client_libraries;
 mod compose;

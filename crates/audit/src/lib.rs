@@ -96,9 +96,23 @@ pub struct RequestRecord {
     /// one (`credential_id`). Omitted when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub retried: bool,
+    /// With `cedar:`, for a request a route allowed: Cedar's decision and the policies that
+    /// determined it. Omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cedar: Option<CedarDecision>,
     /// A WebSocket the request opened: how it ended. Omitted for every other request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocketEnd>,
+}
+
+/// Cedar's decision on a request (`cedar:` in the config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CedarDecision {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The IDs of the policies that determined it (`@id`, else Cedar's `policyN`): the permits
+    /// that allowed it, or the forbids that denied it; empty when no policy permitted it.
+    pub policies: Vec<String>,
 }
 
 /// How a WebSocket connection ended, in its upgrade request's record (written when it closes;
@@ -155,6 +169,7 @@ impl RequestRecord {
             error: None,
             rejected_credential_id: None,
             retried: false,
+            cedar: None,
             websocket: None,
         }
     }

@@ -252,6 +252,18 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         }
         None => writeln!(out, "grants: none")?,
     }
+    match &c.cedar {
+        Some(cedar) => writeln!(
+            out,
+            "cedar: policies {}{} decide after the route match",
+            cedar.policies.display(),
+            cedar
+                .schema
+                .as_ref()
+                .map_or(String::new(), |s| format!(" (schema {})", s.display()))
+        )?,
+        None => writeln!(out, "cedar: none (routes and grants decide)")?,
+    }
     match &c.traces {
         Some(t) => writeln!(out, "traces: one span per request to {}", t.otlp_endpoint)?,
         None => writeln!(out, "traces: none")?,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, PathGlob, Policy, Route, Scheme};
 
+mod cedar;
 mod check;
 mod describe;
 mod grants;
@@ -24,6 +25,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
+pub use cedar::CedarConfig;
 pub use grants::{GrantsConfig, TrustedKeys, DEFAULT_GRANT_MAX_TTL, DEFAULT_JWKS_REFRESH};
 pub use parse::parse;
 pub use sections::{AuditConfig, CaConfig, LimitsConfig, Listen, UpstreamConfig};
@@ -89,6 +91,8 @@ pub struct Config {
     pub unmatched: Unmatched,
     /// `grants:` (task grants); None: grants are not used.
     pub grants: Option<GrantsConfig>,
+    /// `cedar:` (Cedar policies after route matching); None: routes (and grants) decide alone.
+    pub cedar: Option<CedarConfig>,
     /// `traces:` (OTLP span export); None: no spans are exported.
     pub traces: Option<TracesConfig>,
     pub audit: AuditConfig,

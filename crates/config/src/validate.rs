@@ -27,6 +27,7 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "unmatched",
     "grants",
+    "cedar",
     "traces",
     "audit",
     "limits",
@@ -137,6 +138,7 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
         routes: Vec::new(),
         unmatched: Unmatched::Deny,
         grants: None,
+        cedar: None,
         traces: None,
         audit: AuditConfig::Stdout,
         limits: LimitsConfig::default(),
@@ -177,6 +179,9 @@ pub(crate) fn config(root: Option<&Node>, e: &mut Errors) -> Config {
     }
     if let Some(n) = top.value("grants") {
         config.grants = crate::grants::grants(n, e);
+    }
+    if let Some(n) = top.value("cedar") {
+        config.cedar = crate::cedar::cedar(n, e);
     }
     if let Some(n) = top.value("traces") {
         config.traces = crate::traces::traces(n, e);

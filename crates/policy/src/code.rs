@@ -47,11 +47,14 @@ pub enum ErrorCode {
     /// A route allows the request but the grant does not name that route for this method and
     /// path.
     RouteNotGranted,
+    /// A route allows the request but the Cedar policies (`cedar:`) do not: no permit, or a
+    /// forbid.
+    PolicyDenied,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the documented table.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::HostNotAllowed,
         ErrorCode::MethodNotAllowed,
         ErrorCode::PathNotAllowed,
@@ -69,6 +72,7 @@ impl ErrorCode {
         ErrorCode::GrantExpired,
         ErrorCode::GrantRevoked,
         ErrorCode::RouteNotGranted,
+        ErrorCode::PolicyDenied,
     ];
 
     /// The code as the agent and the audit trail see it, e.g. `host_not_allowed`.
@@ -91,6 +95,7 @@ impl ErrorCode {
             ErrorCode::GrantExpired => "grant_expired",
             ErrorCode::GrantRevoked => "grant_revoked",
             ErrorCode::RouteNotGranted => "route_not_granted",
+            ErrorCode::PolicyDenied => "policy_denied",
         }
     }
 
@@ -102,7 +107,8 @@ impl ErrorCode {
             | ErrorCode::PathNotAllowed
             | ErrorCode::TargetMismatch
             | ErrorCode::AddressNotAllowed
-            | ErrorCode::RouteNotGranted => 403,
+            | ErrorCode::RouteNotGranted
+            | ErrorCode::PolicyDenied => 403,
             // Proxy authentication: clients that hold a grant for the proxy (HTTPS_PROXY with
             // user:grant, Proxy-Authorization) know to present one or a fresh one.
             ErrorCode::GrantRequired

@@ -8,9 +8,11 @@
 //! - [`route`]: routes and the first-match rule; [`host`], [`path`], [`glob`]: canonical
 //!   hosts, path checks, path globs; [`form`]: where a request can name another method;
 //!   [`address`]: which upstream addresses may be connected to (SSRF); [`code`]: the error
-//!   codes every refusal carries.
+//!   codes every refusal carries; [`cedar`]: Cedar policies, the optional gate after route
+//!   matching.
 
 pub mod address;
+pub mod cedar;
 pub mod code;
 pub mod decide;
 pub mod form;
@@ -21,6 +23,7 @@ pub mod path;
 pub mod route;
 
 pub use address::{classify as classify_address, AddressClass, AddressGuard, IpNet};
+pub use cedar::{CedarGate, CedarInput, CedarVerdict};
 pub use code::{ErrorCode, Refusal};
 pub use decide::{
     absolute_target, check_sni, connect_target, route_target, BodyPlan, ConnectDecision, FormScan,

@@ -186,6 +186,11 @@ impl PendingRecord {
         self.record.retried = retried;
     }
 
+    /// Notes Cedar's decision on the request.
+    pub fn set_cedar(&mut self, decision: sidekey_audit::CedarDecision) {
+        self.record.cedar = Some(decision);
+    }
+
     /// Notes how the WebSocket this request opened ended (written by `finish_streamed`).
     pub fn set_websocket(&mut self, end: sidekey_audit::WebSocketEnd) {
         self.record.websocket = Some(end);

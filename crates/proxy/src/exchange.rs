@@ -31,8 +31,8 @@ use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_inject::trace::TraceContext;
 use sidekey_policy::{
-    BodyPlan, ErrorCode, FormScan, Identified, Refusal, RequestDecision, RequestPath, Target,
-    WholeBody, WholePurpose, TASK_HEADER,
+    BodyPlan, CedarInput, CedarVerdict, ErrorCode, FormScan, Identified, Refusal, RequestDecision,
+    RequestPath, Target, WholeBody, WholePurpose, TASK_HEADER,
 };
 
 use crate::audit::{Metered, PendingRecord};
@@ -219,6 +219,29 @@ pub async fn handle<B: AgentBody>(
             session.record.set_decision(Outcome::Allow);
         }
         None => session.record.set_decision(Outcome::Tunnel),
+    }
+    // Cedar, after the route: the route allows it; do the policies?
+    if let (Some(cedar), Some(runtime)) = (&state.cedar, runtime) {
+        let verdict = cedar.authorize(&cedar_input(
+            &exchange.identified,
+            &parts,
+            &runtime.name,
+            declared,
+            grant.as_deref(),
+        ));
+        if !verdict.errors.is_empty() {
+            tracing::info!(request_id = %session.record.request_id(), errors = ?verdict.errors, "Cedar policies that could not be evaluated were skipped");
+        }
+        let allowed = verdict.allowed;
+        let refusal = (!allowed).then(|| cedar_refusal(&verdict));
+        session.record.set_cedar(sidekey_audit::CedarDecision {
+            decision: if allowed { "allow" } else { "deny" },
+            policies: verdict.policies,
+        });
+        if let Some(refusal) = refusal {
+            session.record.set_decision(Outcome::Deny);
+            return session.refuse(refusal, Some(body)).await;
+        }
     }
     let check = match (route, path) {
         (Some(route), Some(path)) if plan.form != FormScan::None => Some(method_field_check(
@@ -416,6 +439,49 @@ pub async fn handle<B: AgentBody>(
         Ok(response) => session.respond(response, Some(needles)),
         Err(refusal) => session.refuse(refusal, None::<B>).await,
     }
+}
+
+/// What Cedar is asked about a request a route allowed.
+pub(crate) fn cedar_input<'a>(
+    identified: &'a Identified,
+    parts: &'a Parts,
+    route: &'a str,
+    declared: Option<u64>,
+    grant: Option<&'a Grant>,
+) -> CedarInput<'a> {
+    let target = identified.target();
+    CedarInput {
+        sub: grant.map(|g| g.sub.as_str()),
+        method: parts.method.as_str(),
+        route,
+        host: match &target.host {
+            sidekey_policy::CanonicalHost::Domain(name) => name.as_str().into(),
+            ip => ip.to_string().into(),
+        },
+        port: target.port,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        body_size: declared,
+        task: grant.map(|g| g.task_id.as_str()),
+        user: grant.and_then(|g| g.on_behalf_of.as_deref()),
+        act: grant.map_or(&[], |g| g.act.as_slice()),
+        unix_time: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// The refusal of a request Cedar denied: the forbids that matched, or that none permitted.
+fn cedar_refusal(verdict: &CedarVerdict) -> Refusal {
+    let message = if verdict.policies.is_empty() {
+        "a route allows this request, but no Cedar policy permits it".to_string()
+    } else {
+        format!(
+            "a route allows this request, but Cedar policy {} forbids it",
+            verdict.policies.join(", ")
+        )
+    };
+    Refusal::new(ErrorCode::PolicyDenied, message)
 }
 
 /// A copy of a request head (method, URI, version, headers), without its extensions.

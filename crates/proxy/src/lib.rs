@@ -29,7 +29,7 @@ use sidekey_config::{Config, Inject, LimitsConfig};
 use sidekey_credentials::{Credential, CredentialStore};
 use sidekey_grants::Grants;
 use sidekey_metrics::{ConnectionGuard, Metrics};
-use sidekey_policy::Policy;
+use sidekey_policy::{CedarGate, Policy};
 use sidekey_tls::CertificateAuthority;
 use sidekey_traces::Spans;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -294,6 +294,8 @@ pub struct ProxyState {
     pub metrics: Arc<Metrics>,
     /// The span exporter (`traces:`); None when spans are not exported. One per process.
     pub spans: Option<Arc<Spans>>,
+    /// Cedar policies after route matching (`cedar:`); None: routes and grants decide alone.
+    pub cedar: Option<Arc<CedarGate>>,
 }
 
 impl ProxyState {
@@ -333,7 +335,14 @@ impl ProxyState {
             grants,
             metrics,
             spans: None,
+            cedar: None,
         }
+    }
+
+    /// Gates every request a route allows with `cedar`, when set.
+    pub fn with_cedar(mut self, cedar: Option<Arc<CedarGate>>) -> Self {
+        self.cedar = cedar;
+        self
     }
 
     /// Exports a span per request to `spans` (the process's exporter), when set.
