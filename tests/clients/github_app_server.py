@@ -21,6 +21,12 @@ Plain HTTP on loopback. Implements:
   must be `read` or more for GET, `write` or more otherwise. The token may come as
   `Authorization: Bearer`, `token`, or Basic `x-access-token:<token>`. 200 with
   `{"ok": true, "repo", "resource"}`, else 401 (no live token) or 403 (outside the narrowing).
+- git over HTTPS, as github.com serves it: `/{owner}/{repo}[.git]/info/refs`,
+  `git-upload-pack` (permission `contents: read`) and `git-receive-pack` (or `info/refs?service=
+  git-receive-pack`: `contents: write`), checked the same way (the answer is JSON, not git's
+  protocol).
+
+With `--tls-cert` and `--tls-key` (PEM) it serves HTTPS instead.
 
 Prints one JSON line on stdout per event: `{"event": "ready", "port"}` first, then `minted`
 (with `token`, `hashed_token` = base64(SHA-256(token)), `key` (the 0-based index of the
@@ -33,6 +39,7 @@ Usage: github_app_server.py --public-key PEM [--public-key PEM…] --app-id N --
 
 import argparse
 import base64
+import ssl
 import hashlib
 import json
 import re
@@ -260,10 +267,22 @@ class Handler(BaseHTTPRequestHandler):
         return self.answer(201, answer)
 
     def resource(self, method):
-        m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/([a-z_]+)(/.*)?", self.path.split("?")[0])
-        if not m:
+        path, _, query = self.path.partition("?")
+        m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/([a-z_]+)(/.*)?", path)
+        git = re.fullmatch(
+            r"/([^/]+)/([^/]+?)(?:\.git)?/(info/refs|git-upload-pack|git-receive-pack)", path
+        )
+        if m:
+            repo, resource = m.group(2), m.group(3)
+            permission = RESOURCE_PERMISSION.get(resource)
+            needed = 1 if method == "GET" else 2
+        elif git:
+            repo, resource = git.group(2), git.group(3)
+            permission = "contents"
+            push = resource == "git-receive-pack" or "service=git-receive-pack" in query
+            needed = 2 if push else 1
+        else:
             return self.answer(404, {"message": "Not Found"})
-        repo, resource = m.group(2), m.group(3)
         token = token_of(self.headers)
         with LOCK:
             entry = live(token) if token else None
@@ -272,9 +291,7 @@ class Handler(BaseHTTPRequestHandler):
             status = 401
         else:
             repos = entry["repositories"]
-            permission = RESOURCE_PERMISSION.get(resource)
             level = entry["permissions"].get(permission or "", "")
-            needed = 1 if method == "GET" else 2
             if repos is not None and repo.lower() not in [r.lower() for r in repos]:
                 status = 403
             elif LEVELS.get(level, 0) < needed:
@@ -302,6 +319,8 @@ def main():
     parser.add_argument("--installation-id", type=int, required=True)
     parser.add_argument("--overgrant", action="store_true")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     ARGS = parser.parse_args()
     ARGS.keys = []
     for path in ARGS.public_key:
@@ -312,6 +331,10 @@ def main():
         ARGS.keys.append(key)
     STATE["overgrant"] = ARGS.overgrant
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
+    if ARGS.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     emit({"event": "ready", "port": server.server_address[1]})
     server.serve_forever()
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::ca::{ServerCert, TestCa};
 use super::clients::{clients_dir, curl, python_bin};
 use super::sidekey::PROXY_VARS;
 
@@ -28,6 +29,7 @@ struct Seen {
 pub struct GitHubApi {
     child: Child,
     pub port: u16,
+    scheme: &'static str,
     seen: Arc<(Mutex<Seen>, Condvar)>,
     key_file: PathBuf,
     _dir: tempfile::TempDir,
@@ -69,6 +71,23 @@ impl GitHubApi {
     /// [`GitHubApi::key_file`] holds — and the public keys `more` (PEM) after it: a
     /// minted event's `key` is the index of the one that verified the App JWT.
     pub fn start_with_keys(key: (String, String), more: &[&str], overgrant: bool) -> GitHubApi {
+        Self::spawn(key, more, overgrant, None)
+    }
+
+    /// The server over HTTPS with a certificate of `ca` for `names` (and 127.0.0.1), trusting
+    /// a new App key.
+    pub fn start_tls(ca: &TestCa, names: &[&str]) -> GitHubApi {
+        let mut all: Vec<&str> = names.to_vec();
+        all.push("127.0.0.1");
+        Self::spawn(rsa_key_pair(), &[], false, Some(ca.issue(&all)))
+    }
+
+    fn spawn(
+        key: (String, String),
+        more: &[&str],
+        overgrant: bool,
+        tls: Option<ServerCert>,
+    ) -> GitHubApi {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("app-key.pem");
         std::fs::write(&key_file, &key.0).expect("write key");
@@ -89,6 +108,15 @@ impl GitHubApi {
             .stderr(Stdio::piped());
         if overgrant {
             cmd.arg("--overgrant");
+        }
+        if let Some(cert) = &tls {
+            let (cert_file, key_file) = (dir.path().join("tls.pem"), dir.path().join("tls.key"));
+            std::fs::write(&cert_file, &cert.cert_pem).expect("write certificate");
+            std::fs::write(&key_file, &cert.key_pem).expect("write TLS key");
+            cmd.arg("--tls-cert")
+                .arg(&cert_file)
+                .arg("--tls-key")
+                .arg(&key_file);
         }
         for v in PROXY_VARS {
             cmd.env_remove(v);
@@ -117,6 +145,7 @@ impl GitHubApi {
         let mut api = GitHubApi {
             child,
             port: 0,
+            scheme: if tls.is_some() { "https" } else { "http" },
             seen,
             key_file,
             _dir: dir,
@@ -126,9 +155,9 @@ impl GitHubApi {
         api
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// `127.0.0.1:<port>`.
