@@ -6,7 +6,8 @@
 //! requests), revoked at retirement (a reload that changes the credential) and at shutdown
 //! (SIGTERM), the credential ID GitHub's `hashed_token` and the token never in the audit trail;
 //! an answer granting more than asked refused (503) and its token revoked; a key rotated in
-//! OpenBao used at the next mint.
+//! OpenBao used at the next mint; a token replaced (here: refused by the upstream) revoked
+//! once the requests that took it are done.
 //!
 //! Needs `scripts/peers/openbao` (run by `scripts/install-test-deps`) and the test venv.
 
@@ -298,4 +299,41 @@ fn an_answer_granting_more_than_asked_is_refused_and_its_token_revoked() {
     let minted = api.events("minted");
     assert_eq!(minted.len(), 2);
     assert_eq!(minted[1]["alg"], "RS256");
+}
+
+#[test]
+fn a_replaced_token_is_revoked_after_the_requests_that_took_it() {
+    let env = Env::new();
+    let identity = Identity::new("agent-7", AUDIENCE);
+    let api = GitHubApi::start(false);
+    let vars: Vec<(&'static str, String)> = vec![
+        ("github", api.addr()),
+        ("github_url", api.url()),
+        ("bao", "http://127.0.0.1:9".to_string()),
+        (
+            "identity_token",
+            identity.token_file().display().to_string(),
+        ),
+        ("key_file", api.key_file().display().to_string()),
+    ];
+    let sk = env.sidekey_with(&config(FILE_KEY, GH_ISSUES, GH_CODE), &vars);
+    call(&sk, "GET", "/repos/acme/api/issues").assert_status(200);
+    let first = api.wait_event("minted", 1, WAIT)[0].clone();
+
+    // GitHub stops taking the token: sidekey mints another and sends the GET again with it.
+    api.reject_next();
+    call(&sk, "GET", "/repos/acme/api/issues").assert_status(200);
+    let second = api.wait_event("minted", 2, WAIT)[1].clone();
+    let records = sk.wait_request_records(2);
+    assert_eq!(records[1]["retried"], true, "{}", records[1]);
+    assert_eq!(records[1]["rejected_credential_id"], first["hashed_token"]);
+    assert_eq!(records[1]["credential_id"], second["hashed_token"]);
+    assert!(api.events("revoked").is_empty(), "not before the drain");
+
+    // The replaced token is revoked a few seconds later; the new one stays live.
+    let revoked = api.wait_event("revoked", 1, WAIT);
+    assert_eq!(revoked[0]["hashed_token"], first["hashed_token"]);
+    call(&sk, "GET", "/repos/acme/web/issues").assert_status(200);
+    assert_eq!(api.events("minted").len(), 2);
+    assert_eq!(api.events("revoked").len(), 1);
 }

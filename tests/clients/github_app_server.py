@@ -21,6 +21,8 @@ Plain HTTP on loopback. Implements:
   must be `read` or more for GET, `write` or more otherwise. The token may come as
   `Authorization: Bearer`, `token`, or Basic `x-access-token:<token>`. 200 with
   `{"ok": true, "repo", "resource"}`, else 401 (no live token) or 403 (outside the narrowing).
+  `POST /_reject_next` makes the next resource request a 401 whatever its token (a token
+  GitHub stopped taking, as after an App's permissions changed).
 - git over HTTPS, as github.com serves it: `/{owner}/{repo}[.git]/info/refs`,
   `git-upload-pack` (permission `contents: read`) and `git-receive-pack` (or `info/refs?service=
   git-receive-pack`: `contents: write`), checked the same way (the answer is JSON, not git's
@@ -55,7 +57,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 LOCK = threading.Lock()
-STATE = {"overgrant": False}
+STATE = {"overgrant": False, "reject_next": 0}
 # token -> {"permissions", "repositories" (None: all), "expires", "revoked"}
 TOKENS = {}
 LEVELS = {"read": 1, "write": 2, "admin": 3}
@@ -170,6 +172,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.body()
         if self.path == "/_mode":
             STATE["overgrant"] = body.strip() == b"overgrant"
+            return self.answer(204)
+        if self.path == "/_reject_next":
+            with LOCK:
+                STATE["reject_next"] += 1
             return self.answer(204)
         m = re.fullmatch(r"/app/installations/(\d+)/access_tokens", self.path)
         if m:
@@ -287,7 +293,11 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             entry = live(token) if token else None
         status = 200
-        if entry is None:
+        with LOCK:
+            rejected = STATE["reject_next"] > 0
+            if rejected:
+                STATE["reject_next"] -= 1
+        if entry is None or rejected:
             status = 401
         else:
             repos = entry["repositories"]

@@ -184,6 +184,18 @@ impl GitHubApi {
         assert_eq!(res.status, 204, "{res:#?}");
     }
 
+    /// Answers the next resource request 401, whatever its token.
+    pub fn reject_next(&self) {
+        let res = curl(&[
+            "--noproxy",
+            "*",
+            "-X",
+            "POST",
+            &format!("{}/_reject_next", self.url()),
+        ]);
+        assert_eq!(res.status, 204, "{res:#?}");
+    }
+
     /// Every line the server printed so far.
     pub fn lines(&self) -> Vec<Value> {
         self.seen.0.lock().unwrap().lines.clone()

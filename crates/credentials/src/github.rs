@@ -6,8 +6,9 @@
 //! a token narrowed to the credential's `repositories` and `permissions`. An answer granting
 //! more than that is refused (fail closed). The credential's ID is GitHub's own `hashed_token`
 //! (base64 of the token's SHA-256), so sidekey's audit trail joins GitHub's audit log. Tokens
-//! are revoked (`DELETE /installation/token`) when the store retires them and, for the ones a
-//! refresh replaced, when the issuer shuts down.
+//! are revoked (`DELETE /installation/token`) when the store retires them (a reload, shutdown)
+//! and, when a newer token of the same credential replaces one, a few seconds after; what could
+//! not be revoked is tried again when the issuer shuts down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,17 +33,27 @@ const JWT_BACKDATE: u64 = 60;
 const JWT_LIFETIME: u64 = 9 * 60;
 /// How long revoking one token may take at shutdown.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a token a newer one of the same credential replaced stays valid for the requests
+/// that took it just before (each sends it at once), before it is revoked.
+const REPLACED_DRAIN: Duration = Duration::from_secs(5);
 
 pub struct GitHubAppIssuer {
     name: String,
     client: reqwest::Client,
-    api_url: String,
     app_id: u64,
     installation_id: u64,
     key: KeySource,
-    /// Tokens minted and not yet revoked, by hashed token, with their expiry: what the issuer
-    /// must still revoke (at shutdown, those a refresh replaced).
+    tokens: Arc<Tokens>,
+}
+
+/// The tokens the issuer minted and must still revoke, and how to revoke them.
+struct Tokens {
+    client: reqwest::Client,
+    api_url: String,
+    /// Minted and not yet revoked, by hashed token, with their expiry.
     live: Mutex<HashMap<String, (Secret, SystemTime)>>,
+    /// The last token minted for each credential, by name: a newer one replaces it.
+    latest: Mutex<HashMap<String, String>>,
 }
 
 enum KeySource {
@@ -124,14 +135,19 @@ impl GitHubAppIssuer {
                 }
             }
         };
+        let client = client(config.ca_file.as_deref(), &config.api_url.url)?;
         Ok(GitHubAppIssuer {
             name: name.to_string(),
-            client: client(config.ca_file.as_deref(), &config.api_url.url)?,
-            api_url: config.api_url.url.clone(),
+            client: client.clone(),
             app_id: config.app_id,
             installation_id: config.installation_id,
             key,
-            live: Mutex::new(HashMap::new()),
+            tokens: Arc::new(Tokens {
+                client,
+                api_url: config.api_url.url.clone(),
+                live: Mutex::new(HashMap::new()),
+                latest: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
@@ -164,10 +180,9 @@ impl GitHubAppIssuer {
         .map_err(|e| IssueError::Other(format!("cannot encode the token request: {e}")))?;
         let url = format!(
             "{}/app/installations/{}/access_tokens",
-            self.api_url, self.installation_id
+            self.tokens.api_url, self.installation_id
         );
-        let http = self
-            .authorized(self.client.post(&url), &jwt)?
+        let http = authorized(self.client.post(&url), &jwt)?
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         let issued_at = SystemTime::now();
@@ -186,16 +201,17 @@ impl GitHubAppIssuer {
             ))
         })?;
         // Minted: from here on, an error must not lose the token (it is revoked at shutdown).
-        self.remember(&id, &token, expires_at);
+        self.tokens.remember(&id, &token, expires_at);
         if let Err(e) = check_narrowing(
             request,
             answer.permissions.as_ref(),
             answer.repositories.as_deref(),
         ) {
             tracing::warn!(issuer = %self.name, credential = %request.name, credential_id = %id, error = %e, "GitHub granted more than asked; revoking the token");
-            let _ = self.revoke_hashed(&id).await;
+            let _ = self.tokens.revoke(&id).await;
             return Err(e);
         }
+        self.replace(&request.name, &id);
         Ok(Credential {
             id: CredentialId(id.clone()),
             value: CredentialValue::Token(token),
@@ -212,15 +228,44 @@ impl GitHubAppIssuer {
     /// Revokes the token whose hashed form is `lease.id`; nothing to do when it is no longer
     /// held (revoked already, or expired).
     pub async fn revoke(&self, lease: &Lease) -> Result<(), IssueError> {
-        self.revoke_hashed(&lease.id).await
+        self.tokens.revoke(&lease.id).await
     }
 
-    /// Revokes every token still live (those refreshes replaced; the store revoked the held
-    /// ones before).
+    /// `id` is the credential `name`'s token now: the one it replaces (a refresh, or a token
+    /// the upstream refused) is revoked after [`REPLACED_DRAIN`].
+    fn replace(&self, name: &str, id: &str) {
+        let previous = self
+            .tokens
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), id.to_string());
+        let Some(previous) = previous.filter(|p| p != id) else {
+            return;
+        };
+        let (tokens, issuer) = (Arc::clone(&self.tokens), self.name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(REPLACED_DRAIN).await;
+            match tokio::time::timeout(REVOKE_TIMEOUT, tokens.revoke(&previous)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(issuer = %issuer, credential_id = %previous, "replaced GitHub token revoked")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(issuer = %issuer, credential_id = %previous, error = %e, "replaced GitHub token: revocation failed (tried again at shutdown)")
+                }
+                Err(_) => {
+                    tracing::warn!(issuer = %issuer, credential_id = %previous, "replaced GitHub token: revocation timed out (tried again at shutdown)")
+                }
+            }
+        });
+    }
+
+    /// Revokes every token still live (replaced ones not revoked yet; the store revoked the
+    /// held ones before).
     pub async fn shutdown(&self) {
-        let held: Vec<String> = self.lock().keys().cloned().collect();
+        let held: Vec<String> = self.tokens.lock().keys().cloned().collect();
         for id in held {
-            match tokio::time::timeout(REVOKE_TIMEOUT, self.revoke_hashed(&id)).await {
+            match tokio::time::timeout(REVOKE_TIMEOUT, self.tokens.revoke(&id)).await {
                 Ok(Ok(())) => {
                     tracing::info!(issuer = %self.name, credential_id = %id, "GitHub token revoked")
                 }
@@ -232,58 +277,6 @@ impl GitHubAppIssuer {
                 }
             }
         }
-    }
-
-    async fn revoke_hashed(&self, id: &str) -> Result<(), IssueError> {
-        let Some((token, expires_at)) = self.lock().remove(id) else {
-            return Ok(());
-        };
-        if SystemTime::now() >= expires_at {
-            return Ok(());
-        }
-        let url = format!("{}/installation/token", self.api_url);
-        let http = self.authorized(self.client.delete(&url), &token)?;
-        let result = match send(http).await {
-            // Revoked, or gone already (an expired or revoked token is a 401).
-            Ok((204 | 401, _)) => Ok(()),
-            Ok((status, answer)) => Err(refused(status, &answer, &token)),
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            // Kept, so that shutdown tries again.
-            self.lock().insert(id.to_string(), (token, expires_at));
-        }
-        result
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, SystemTime)>> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn remember(&self, id: &str, token: &Secret, expires_at: SystemTime) {
-        let now = SystemTime::now();
-        let mut live = self.lock();
-        live.retain(|_, (_, end)| *end > now);
-        live.insert(
-            id.to_string(),
-            (token.with(|t| Secret::new(t.to_string())), expires_at),
-        );
-    }
-
-    /// `request` with GitHub's headers and `Authorization: Bearer <bearer>`.
-    fn authorized(
-        &self,
-        request: reqwest::RequestBuilder,
-        bearer: &Secret,
-    ) -> Result<reqwest::RequestBuilder, IssueError> {
-        let mut value = bearer
-            .with(|b| reqwest::header::HeaderValue::from_str(&format!("Bearer {b}")))
-            .map_err(|_| IssueError::Response("the token is not a valid header value".into()))?;
-        value.set_sensitive(true);
-        Ok(request
-            .header(reqwest::header::AUTHORIZATION, value)
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", API_VERSION))
     }
 
     /// A JWT signed as the App, with the key read now.
@@ -336,6 +329,59 @@ impl GitHubAppIssuer {
             .map(Secret::new)
             .map_err(|e| IssueError::Signing(e.to_string()))
     }
+}
+
+impl Tokens {
+    async fn revoke(&self, id: &str) -> Result<(), IssueError> {
+        let Some((token, expires_at)) = self.lock().remove(id) else {
+            return Ok(());
+        };
+        if SystemTime::now() >= expires_at {
+            return Ok(());
+        }
+        let url = format!("{}/installation/token", self.api_url);
+        let http = authorized(self.client.delete(&url), &token)?;
+        let result = match send(http).await {
+            // Revoked, or gone already (an expired or revoked token is a 401).
+            Ok((204 | 401, _)) => Ok(()),
+            Ok((status, answer)) => Err(refused(status, &answer, &token)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Kept, so that shutdown tries again.
+            self.lock().insert(id.to_string(), (token, expires_at));
+        }
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, SystemTime)>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember(&self, id: &str, token: &Secret, expires_at: SystemTime) {
+        let now = SystemTime::now();
+        let mut live = self.lock();
+        live.retain(|_, (_, end)| *end > now);
+        live.insert(
+            id.to_string(),
+            (token.with(|t| Secret::new(t.to_string())), expires_at),
+        );
+    }
+}
+
+/// `request` with GitHub's headers and `Authorization: Bearer <bearer>`.
+fn authorized(
+    request: reqwest::RequestBuilder,
+    bearer: &Secret,
+) -> Result<reqwest::RequestBuilder, IssueError> {
+    let mut value = bearer
+        .with(|b| reqwest::header::HeaderValue::from_str(&format!("Bearer {b}")))
+        .map_err(|_| IssueError::Response("the token is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(request
+        .header(reqwest::header::AUTHORIZATION, value)
+        .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+        .header("X-GitHub-Api-Version", API_VERSION))
 }
 
 /// GitHub's `hashed_token` of a token: base64 of its SHA-256, as GitHub's audit log shows it
