@@ -337,3 +337,34 @@ fn a_replaced_token_is_revoked_after_the_requests_that_took_it() {
     assert_eq!(api.events("minted").len(), 2);
     assert_eq!(api.events("revoked").len(), 1);
 }
+
+/// A reload that rebuilds the vault issuer the key is read through rebuilds the github-app
+/// issuer too (it must not keep reading through the old one, which is shut down): its
+/// credentials are retired (their tokens revoked) and new tokens minted through the new one.
+#[test]
+fn a_rebuilt_vault_issuer_rebuilds_the_github_app_issuer_that_reads_its_key() {
+    let env = Env::new();
+    let identity = Identity::new("agent-7", AUDIENCE);
+    let (private_pem, public_pem) = rsa_key_pair();
+    let api = GitHubApi::start_with_keys((private_pem.clone(), public_pem), &[], false);
+    let bao = openbao_with_key(&identity, &private_pem);
+    let mut vars = vars(&api, &bao, &identity);
+    let sk = env.sidekey_with(&config(VAULT_KEY, GH_ISSUES, GH_CODE), &vars);
+    call(&sk, "GET", "/repos/acme/api/issues").assert_status(200);
+    let first = api.wait_event("minted", 1, WAIT)[0].clone();
+
+    // The same OpenBao under another loopback name: the vault issuer's config changed.
+    let address = bao.address().replace("127.0.0.1", "localhost");
+    vars.retain(|(k, _)| *k != "bao");
+    vars.push(("bao", address));
+    let reloaded = sk.reload(&config(VAULT_KEY, GH_ISSUES, GH_CODE), &vars);
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    let changed = &reloaded["changes"]["credentials_changed"];
+    assert_eq!(changed, &json!(["gh-code", "gh-issues"]), "{reloaded}");
+    let revoked = api.wait_event("revoked", 1, WAIT);
+    assert_eq!(revoked[0]["hashed_token"], first["hashed_token"]);
+
+    call(&sk, "GET", "/repos/acme/api/issues").assert_status(200);
+    let minted = api.wait_event("minted", 2, WAIT);
+    assert_ne!(minted[1]["hashed_token"], first["hashed_token"]);
+}
