@@ -31,6 +31,8 @@ const API_VERSION: &str = "2022-11-28";
 /// far ahead (GitHub refuses more than 10 minutes).
 const JWT_BACKDATE: u64 = 60;
 const JWT_LIFETIME: u64 = 9 * 60;
+/// What GitHub gives an installation token (its answer's `expires_at` is what counts).
+const TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 /// How long revoking one token may take at shutdown.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a token a newer one of the same credential replaced stays valid for the requests
@@ -199,18 +201,29 @@ impl GitHubAppIssuer {
                 "access token `expires_at` is not an RFC 3339 time: {}",
                 answer.expires_at.chars().take(40).collect::<String>()
             ))
-        })?;
-        // Minted: from here on, an error must not lose the token (it is revoked at shutdown).
-        self.tokens.remember(&id, &token, expires_at);
-        if let Err(e) = check_narrowing(
-            request,
-            answer.permissions.as_ref(),
-            answer.repositories.as_deref(),
-        ) {
-            tracing::warn!(issuer = %self.name, credential = %request.name, credential_id = %id, error = %e, "GitHub granted more than asked; revoking the token");
-            let _ = self.tokens.revoke(&id).await;
-            return Err(e);
-        }
+        });
+        // Minted: from here on, a token that is not used is revoked, not lost.
+        self.tokens.remember(
+            &id,
+            &token,
+            *expires_at.as_ref().unwrap_or(&(issued_at + TOKEN_LIFETIME)),
+        );
+        let checked = expires_at.and_then(|expires_at| {
+            check_narrowing(
+                request,
+                answer.permissions.as_ref(),
+                answer.repositories.as_deref(),
+            )
+            .map(|()| expires_at)
+        });
+        let expires_at = match checked {
+            Ok(expires_at) => expires_at,
+            Err(e) => {
+                tracing::warn!(issuer = %self.name, credential = %request.name, credential_id = %id, error = %e, "GitHub's answer is refused; revoking the token");
+                let _ = self.tokens.revoke(&id).await;
+                return Err(e);
+            }
+        };
         self.replace(&request.name, &id);
         Ok(Credential {
             id: CredentialId(id.clone()),
