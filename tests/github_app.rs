@@ -368,3 +368,139 @@ fn a_rebuilt_vault_issuer_rebuilds_the_github_app_issuer_that_reads_its_key() {
     let minted = api.wait_event("minted", 2, WAIT);
     assert_ne!(minted[1]["hashed_token"], first["hashed_token"]);
 }
+
+/// The stand-in refuses what GitHub would (so that the tests above prove something): a JWT not
+/// RS256-signed with the App's key, another `iss`, `iat` in the future, `exp` passed or more
+/// than 10 minutes after `iat`, another installation, no permissions asked for.
+#[test]
+fn the_stand_in_refuses_app_jwts_and_requests_github_would_refuse() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    let (private_pem, public_pem) = rsa_key_pair();
+    let api = GitHubApi::start_with_keys((private_pem.clone(), public_pem.clone()), &[], false);
+    let der = rustls_pemfile::private_key(&mut private_pem.as_bytes())
+        .expect("PEM")
+        .expect("a key");
+    let key = EncodingKey::from_rsa_der(der.secret_der());
+    let now = now_unix();
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).expect("sign")
+    };
+    let app = |iat: u64, exp: u64| json!({ "iss": APP_ID.to_string(), "iat": iat, "exp": exp });
+    let mint = |jwt: &str, installation: u64, body: Value| {
+        curl(&[
+            "--noproxy",
+            "*",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {jwt}"),
+            "-H",
+            "Accept: application/vnd.github+json",
+            "-H",
+            "X-GitHub-Api-Version: 2022-11-28",
+            "--data-binary",
+            &body.to_string(),
+            &format!(
+                "{}/app/installations/{installation}/access_tokens",
+                api.url()
+            ),
+        ])
+        .status
+    };
+    let asked = json!({ "permissions": { "issues": "read" } });
+    let good = sign(app(now - 60, now + 540));
+    assert_eq!(mint(&good, INSTALLATION_ID, asked.clone()), 201);
+
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(app(now - 60, now + 540).to_string())
+    );
+    let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &app(now - 60, now + 540),
+        &EncodingKey::from_secret(public_pem.as_bytes()),
+    )
+    .expect("sign HS256");
+    let (other_key, _) = rsa_key_pair();
+    let other_der = rustls_pemfile::private_key(&mut other_key.as_bytes())
+        .expect("PEM")
+        .expect("a key");
+    let other = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &app(now - 60, now + 540),
+        &EncodingKey::from_rsa_der(other_der.secret_der()),
+    )
+    .expect("sign");
+    let refused: &[(&str, String, u64, Value, u16)] = &[
+        ("alg none", unsigned, INSTALLATION_ID, asked.clone(), 401),
+        (
+            "HS256 with the public key",
+            hs256,
+            INSTALLATION_ID,
+            asked.clone(),
+            401,
+        ),
+        ("another key", other, INSTALLATION_ID, asked.clone(), 401),
+        (
+            "another iss",
+            sign(json!({ "iss": "999", "iat": now - 60, "exp": now + 540 })),
+            INSTALLATION_ID,
+            asked.clone(),
+            401,
+        ),
+        (
+            "iss as a number",
+            sign(json!({ "iss": APP_ID, "iat": now - 60, "exp": now + 540 })),
+            INSTALLATION_ID,
+            asked.clone(),
+            401,
+        ),
+        (
+            "iat in the future",
+            sign(app(now + 120, now + 540)),
+            INSTALLATION_ID,
+            asked.clone(),
+            401,
+        ),
+        (
+            "exp passed",
+            sign(app(now - 600, now - 1)),
+            INSTALLATION_ID,
+            asked.clone(),
+            401,
+        ),
+        (
+            "over 10 minutes",
+            sign(app(now - 60, now + 600)),
+            INSTALLATION_ID,
+            asked.clone(),
+            401,
+        ),
+        (
+            "another installation",
+            good.clone(),
+            INSTALLATION_ID + 1,
+            asked.clone(),
+            404,
+        ),
+        (
+            "no permissions",
+            good.clone(),
+            INSTALLATION_ID,
+            json!({ "repositories": ["api"] }),
+            422,
+        ),
+    ];
+    for (name, jwt, installation, body, status) in refused {
+        assert_eq!(mint(jwt, *installation, body.clone()), *status, "{name}");
+    }
+    assert_eq!(api.events("minted").len(), 1);
+    assert_eq!(
+        api.wait_event("refused", refused.len(), WAIT).len(),
+        refused.len()
+    );
+}
