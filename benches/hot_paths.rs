@@ -4,7 +4,6 @@
 //! decision over 10 and 1,000 policies.
 //! Run with `scripts/bench --micro` (or `cargo bench --bench hot_paths`).
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -114,13 +113,7 @@ fn credential_cache_hit(c: &mut Criterion) {
         .expect("runtime");
     let _guard = runtime.enter();
     let config = sidekey_config::parse(CONFIG, "bench").expect("bench config");
-    let mut issuers = HashMap::new();
-    for issuer in &config.issuers {
-        issuers.insert(
-            issuer.name.clone(),
-            Arc::new(Issuer::build(issuer).expect("issuer")),
-        );
-    }
+    let issuers = Issuer::build_all(&config.issuers).expect("issuers");
     let audit = sidekey_audit::AuditWriter::spawn(Box::new(std::io::sink())).expect("audit");
     let store =
         CredentialStore::new(&config.credentials, &issuers, audit.log()).expect("credential store");

@@ -484,15 +484,20 @@ fn build_issuers(
     running: &HashMap<String, Arc<Issuer>>,
     previous: Option<&Config>,
 ) -> anyhow::Result<HashMap<String, Arc<Issuer>>> {
-    let mut out = HashMap::new();
-    for issuer in &config.issuers {
+    let mut out: HashMap<String, Arc<Issuer>> = HashMap::new();
+    for issuer in Issuer::build_order(&config.issuers) {
         let unchanged = previous
             .and_then(|p| p.issuers.iter().find(|i| i.name == issuer.name))
             .is_some_and(|old| old == issuer);
-        let built = match running.get(&issuer.name) {
+        // An issuer that uses another (github-app: its key's vault issuer) is kept only with it.
+        let kept = running.get(&issuer.name).filter(|kept| {
+            kept.uses()
+                .is_none_or(|used| out.values().any(|i| Arc::ptr_eq(i, used)))
+        });
+        let built = match kept {
             Some(kept) if unchanged => Arc::clone(kept),
             _ => Arc::new(
-                Issuer::build(issuer).with_context(|| format!("issuer `{}`", issuer.name))?,
+                Issuer::build(issuer, &out).with_context(|| format!("issuer `{}`", issuer.name))?,
             ),
         };
         out.insert(issuer.name.clone(), built);

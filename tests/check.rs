@@ -231,6 +231,7 @@ const EXAMPLE_DIRS: &[(&str, Option<&str>)] = &[
     ("anthropic", Some("api.anthropic.com")),
     ("aws-s3", Some("acme-reports.s3.eu-west-1.amazonaws.com")),
     ("github", Some("api.github.com")),
+    ("github-app", Some("api.github.com")),
     ("internal-service", Some("reports.internal.test")),
     ("oauth2", Some("crm.example.com")),
     ("openai", Some("api.openai.com")),

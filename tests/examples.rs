@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::github_app::GitHubApi;
 use crate::common::moto::{Moto, StsKeys, S3_FULL_ACCESS};
 use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
 use crate::common::sidekey::{repo_root, strip_top_level_keys, PROXY_VARS};
@@ -217,6 +218,116 @@ fn proxy_env(sk: &Sidekey) -> Vec<(&'static str, String)> {
         .into_iter()
         .map(|k| (k, p.clone()))
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub App
+
+/// examples/github-app/: the App's key in OpenBao as its README says, api.github.com and
+/// github.com pinned to a stand-in of GitHub's API (tests/clients/github_app_server.py, over
+/// TLS) that verifies the App JWT and lets each token reach only what it was narrowed to; the
+/// issuer's `api_url` is the stand-in's address (its `ca_file` the test CA).
+#[test]
+fn github_app_mints_a_narrowed_token_per_credential_from_the_key_in_vault() {
+    let ca = TestCa::new("examples test CA");
+    let api = GitHubApi::start_tls(&ca, &["api.github.com", "github.com"]);
+    let key = std::fs::read_to_string(api.key_file()).expect("App key");
+    let vault = Vault::seeded("github-app", json!({ "private_key": key }));
+    let config = offline_config(
+        &example("github-app"),
+        &[
+            ("api.github.com:443", "github"),
+            ("github.com:443", "github"),
+        ],
+    );
+    let config = set_line(
+        &config,
+        "api_url:",
+        Some(&format!("\"{}\"\n    ca_file: \"{{test_ca}}\"", api.url())),
+    );
+    let mut sk = Sidekey::start(
+        &config,
+        &[
+            ("test_ca", ca.pem_path().display().to_string()),
+            ("github", api.addr()),
+            ("bao", vault.bao.address()),
+            (
+                "identity_token",
+                vault.identity.token_file().display().to_string(),
+            ),
+        ],
+    );
+    let get = |url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-H",
+            "Accept: application/vnd.github+json",
+            "-H",
+            "X-GitHub-Api-Version: 2022-11-28",
+        ];
+        args.extend_from_slice(extra);
+        args.push(url);
+        curl_via(&sk, &args)
+    };
+    let dummy = format!("Authorization: Bearer {AGENT_DUMMY}");
+    get(
+        "https://api.github.com/repos/acme/widgets/issues",
+        &["-H", &dummy],
+    )
+    .assert_status(200);
+    get(
+        "https://api.github.com/repos/acme/widgets/pulls",
+        &["-X", "POST", "--data", "{}"],
+    )
+    .assert_status(200);
+    get(
+        "https://github.com/acme/widgets.git/info/refs?service=git-receive-pack",
+        &[],
+    )
+    .assert_status(200);
+    get("https://api.github.com/repos/acme/other/issues", &[])
+        .expect_refusal(403, "path_not_allowed");
+
+    let minted = api.events("minted");
+    assert_eq!(minted.len(), 2, "one token per credential: {minted:#?}");
+    let asked: Vec<&Value> = minted.iter().map(|m| &m["asked"]).collect();
+    assert!(
+        asked.contains(&&json!({
+            "permissions": { "issues": "write", "pull_requests": "write", "metadata": "read" },
+            "repositories": ["widgets"],
+        })),
+        "{asked:#?}"
+    );
+    assert!(
+        asked.contains(&&json!({
+            "permissions": { "contents": "write" },
+            "repositories": ["widgets"],
+        })),
+        "{asked:#?}"
+    );
+    let resources = api.events("resource");
+    assert_eq!(resources.len(), 3, "{resources:#?}");
+    assert!(
+        resources.iter().all(|r| r["status"] == 200),
+        "{resources:#?}"
+    );
+    let records = sk.expect_request_records(4);
+    for (r, m) in records.iter().take(3).zip(resources.iter()) {
+        assert_eq!(r["credential_id"], m["hashed_token"], "{r}");
+    }
+
+    sk.terminate();
+    let revoked = api.wait_event("revoked", 2, Duration::from_secs(10));
+    let hashes: Vec<&Value> = minted.iter().map(|m| &m["hashed_token"]).collect();
+    for r in &revoked {
+        assert!(hashes.contains(&&r["hashed_token"]), "{r}");
+    }
+    let output = format!("{}\n{}", sk.stdout_text(), sk.stderr());
+    for m in &minted {
+        assert!(
+            !output.contains(m["token"].as_str().unwrap()),
+            "a token in sidekey's output"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

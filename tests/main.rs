@@ -26,6 +26,7 @@ mod examples;
 mod explain;
 mod fixtures;
 mod forward;
+mod github_app;
 mod grants;
 mod grants_peers;
 mod hygiene;

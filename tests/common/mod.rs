@@ -14,6 +14,7 @@
 pub mod ca;
 pub mod clients;
 pub mod dns;
+pub mod github_app;
 pub mod grants;
 pub mod identity;
 pub mod inprocess;

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use sidekey_policy::MethodSet;
 
 use crate::{
-    AuditConfig, ClientAuth, Config, Inject, IssuerKind, LocalAlgorithm, OAuth2Grant, RouteConfig,
-    Unmatched, VaultAuth, VaultJwtMethod,
+    AuditConfig, ClientAuth, Config, Inject, IssuerKind, LocalAlgorithm, OAuth2Grant,
+    PrivateKeySource, RouteConfig, Unmatched, VaultAuth, VaultJwtMethod,
 };
 
 pub(crate) fn describe(config: &Config) -> String {
@@ -124,6 +124,21 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
                     i.name, a.role_arn, a.region, a.endpoint.url, a.session_name
                 )?;
             }
+            IssuerKind::GitHubApp(g) => {
+                let key = match &g.private_key {
+                    PrivateKeySource::Vault {
+                        issuer,
+                        path,
+                        field,
+                    } => format!("key from {issuer} {path} field {field}"),
+                    PrivateKeySource::File(p) => format!("key from {}", p.display()),
+                };
+                writeln!(
+                    out,
+                    "  {}  kind github-app, {}, app {}, installation {}, {key}",
+                    i.name, g.api_url.url, g.app_id, g.installation_id
+                )?;
+            }
         }
     }
     writeln!(
@@ -162,13 +177,30 @@ fn write_all(out: &mut String, c: &Config) -> std::fmt::Result {
         if let Some(p) = &cr.session_policy_file {
             write!(out, ", session policy {}", p.display())?;
         }
+        if !cr.permissions.is_empty() {
+            let perms: Vec<String> = cr
+                .permissions
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            write!(out, ", permissions {{ {} }}", perms.join(", "))?;
+            if cr.repositories.is_empty() {
+                write!(out, ", every repository of the installation")?;
+            } else {
+                write!(out, ", repositories {}", cr.repositories.join(", "))?;
+            }
+        }
         if let Some(signer) = &cr.task_assertion_issuer {
             write!(
                 out,
                 ", exchanged for each task's end user (asserted by {signer})"
             )?;
         }
-        write!(out, ", ttl {}", humantime::format_duration(cr.ttl))?;
+        if cr.permissions.is_empty() {
+            write!(out, ", ttl {}", humantime::format_duration(cr.ttl))?;
+        } else {
+            write!(out, ", ttl 1h (GitHub's)")?;
+        }
         writeln!(
             out,
             "{}",

@@ -1,7 +1,8 @@
-//! Issuers that talk to something: `vault`, `oauth2`, `aws-sts`. Each is checked in full (URLs,
+//! Issuers that talk to something: `vault`, `oauth2`, `aws-sts`, `github-app`. Each is checked in full (URLs,
 //! auth methods, files it needs) so that a typo is a start-up error with a line and column, not
 //! a 503 at the first request.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use sidekey_policy::{Authority, CanonicalHost};
@@ -9,8 +10,8 @@ use sidekey_policy::{Authority, CanonicalHost};
 use crate::check::{closest, Errors, Fields};
 use crate::yaml::Node;
 use crate::{
-    AwsStsIssuerConfig, ClientAuth, Endpoint, IdentityConfig, OAuth2Grant, OAuth2IssuerConfig,
-    VaultAuth, VaultIssuerConfig, VaultJwtMethod,
+    AwsStsIssuerConfig, ClientAuth, Endpoint, GitHubAppIssuerConfig, IdentityConfig, OAuth2Grant,
+    OAuth2IssuerConfig, PrivateKeySource, VaultAuth, VaultIssuerConfig, VaultJwtMethod,
 };
 
 const VAULT_KEYS: &[&str] = &["kind", "address", "namespace", "ca_file", "auth"];
@@ -45,6 +46,187 @@ const AWS_KEYS: &[&str] = &[
     "session_name",
     "token_file",
 ];
+
+const GITHUB_APP_KEYS: &[&str] = &[
+    "kind",
+    "app_id",
+    "installation_id",
+    "api_url",
+    "ca_file",
+    "private_key",
+];
+const PRIVATE_KEY_KEYS: &[&str] = &["vault", "path", "field", "file"];
+const GITHUB_API: &str = "https://api.github.com";
+
+/// `kind: github-app`. `declared` is every issuer's `kind` by name: the private key may be read
+/// through a `kind: vault` issuer declared anywhere in `issuers`.
+pub(crate) fn github_app(
+    f: &Fields<'_>,
+    what: &str,
+    declared: &BTreeMap<&str, Option<&str>>,
+    e: &mut Errors,
+) -> Option<GitHubAppIssuerConfig> {
+    e.unknown_keys(f, what, GITHUB_APP_KEYS);
+    let id = |e: &mut Errors, key: &str, hint: &str| -> Option<u64> {
+        match f.value(key) {
+            Some(n) => e
+                .int_in(n, &format!("`{key}` of {what}"), 1, i64::MAX)
+                .and_then(|v| u64::try_from(v).ok()),
+            None => {
+                e.error_hint(f.pos, format!("{what} has no `{key}`"), hint.to_string());
+                None
+            }
+        }
+    };
+    let app_id = id(
+        e,
+        "app_id",
+        "give the App's ID (its settings page, \"App ID\"), e.g. app_id: 12345",
+    );
+    let installation_id = id(
+        e,
+        "installation_id",
+        "give the ID of the App's installation on the account, e.g. installation_id: 678 (from /settings/installations/<id>)",
+    );
+    let api_url = match f.value("api_url") {
+        Some(n) => endpoint(n, &format!("`api_url` of {what}"), e),
+        None => Some(Endpoint {
+            url: GITHUB_API.to_string(),
+        }),
+    };
+    let ca_file = f
+        .value("ca_file")
+        .and_then(|n| e.path(n, &format!("`ca_file` of {what}")));
+    let private_key = match f.value("private_key") {
+        Some(n) => private_key(n, what, declared, e),
+        None => {
+            e.error_hint(
+                f.pos,
+                format!("{what} has no `private_key`"),
+                "say where the App's key is read: private_key: { vault: <vault issuer>, path: secret/data/github-app, field: private_key } (or { file: key.pem } for development)",
+            );
+            None
+        }
+    };
+    Some(GitHubAppIssuerConfig {
+        app_id: app_id?,
+        installation_id: installation_id?,
+        api_url: api_url?,
+        ca_file,
+        private_key: private_key?,
+    })
+}
+
+/// `private_key: { vault, path, field }` or `private_key: { file }`.
+fn private_key(
+    node: &Node,
+    issuer: &str,
+    declared: &BTreeMap<&str, Option<&str>>,
+    e: &mut Errors,
+) -> Option<PrivateKeySource> {
+    let what = format!("`private_key` of {issuer}");
+    let f = e.fields(node, &what, PRIVATE_KEY_KEYS)?;
+    match (f.field("vault"), f.field("file")) {
+        (Some(_), Some(file)) => {
+            e.error_hint(
+                file.key.pos,
+                format!("{what} has both `vault` and `file`"),
+                "keep one: `vault` (with `path` and `field`) in production, `file` for development",
+            );
+            None
+        }
+        (None, None) => {
+            e.error_hint(
+                f.pos,
+                format!("{what} has neither `vault` nor `file`"),
+                "e.g. private_key: { vault: bao, path: secret/data/github-app, field: private_key }",
+            );
+            None
+        }
+        (None, Some(file)) => {
+            for key in ["path", "field"] {
+                if let Some(field) = f.field(key) {
+                    e.error_hint(
+                        field.key.pos,
+                        format!("`{key}` in {what} applies to `vault` only"),
+                        "remove it: a `file` holds the PEM key itself",
+                    );
+                }
+            }
+            e.path(file.value, &format!("`file` of {what}"))
+                .map(PrivateKeySource::File)
+        }
+        (Some(vault), None) => {
+            let name = e.nonempty_string(vault.value, &format!("`vault` of {what}"));
+            let name = name.and_then(|name| match declared.get(name) {
+                Some(Some("vault")) => Some(name.to_string()),
+                // An issuer with no or a wrong kind has its own error.
+                Some(None) => None,
+                Some(Some(kind)) => {
+                    e.error_hint(
+                        vault.value.pos,
+                        format!("`vault` of {what} must name a `kind: vault` issuer; `{name}` is a `{kind}` issuer"),
+                        vault_issuers_hint(declared),
+                    );
+                    None
+                }
+                None => {
+                    let vaults: Vec<&str> = vault_issuers(declared);
+                    let hint = match closest(name, &vaults) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => vault_issuers_hint(declared),
+                    };
+                    e.error_hint(
+                        vault.value.pos,
+                        format!("`vault` of {what} refers to unknown issuer `{name}`"),
+                        hint,
+                    );
+                    None
+                }
+            });
+            let mut text = |key: &str, hint: &str| -> Option<String> {
+                match f.value(key) {
+                    Some(n) => e
+                        .nonempty_string(n, &format!("`{key}` of {what}"))
+                        .map(|s| s.trim_matches('/').to_string()),
+                    None => {
+                        e.error_hint(f.pos, format!("{what} has no `{key}`"), hint.to_string());
+                        None
+                    }
+                }
+            };
+            let path = text(
+                "path",
+                "give the API path of the secret, e.g. path: secret/data/github-app (KV v2)",
+            );
+            let field = text(
+                "field",
+                "name the field holding the PEM key, e.g. field: private_key",
+            );
+            Some(PrivateKeySource::Vault {
+                issuer: name?,
+                path: path?,
+                field: field?,
+            })
+        }
+    }
+}
+
+/// The declared `kind: vault` issuers, sorted.
+fn vault_issuers<'a>(declared: &BTreeMap<&'a str, Option<&str>>) -> Vec<&'a str> {
+    declared
+        .iter()
+        .filter(|(_, k)| **k == Some("vault"))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+fn vault_issuers_hint(declared: &BTreeMap<&str, Option<&str>>) -> String {
+    match vault_issuers(declared).as_slice() {
+        [] => "declare one, e.g. `bao: { kind: vault, address: https://vault.internal:8200, auth: { method: jwt, role: sidekey } }`, and name it here".to_string(),
+        some => format!("vault issuers: {}", some.join(", ")),
+    }
+}
 
 /// `kind: vault`.
 pub(crate) fn vault(

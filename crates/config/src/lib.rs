@@ -129,6 +129,8 @@ pub enum IssuerKind {
     OAuth2(OAuth2IssuerConfig),
     /// `kind: aws-sts` — AssumeRoleWithWebIdentity.
     AwsSts(AwsStsIssuerConfig),
+    /// `kind: github-app` — installation access tokens of a GitHub App.
+    GitHubApp(GitHubAppIssuerConfig),
 }
 
 impl IssuerKind {
@@ -139,6 +141,7 @@ impl IssuerKind {
             IssuerKind::Vault(_) => "vault",
             IssuerKind::OAuth2(_) => "oauth2",
             IssuerKind::AwsSts(_) => "aws-sts",
+            IssuerKind::GitHubApp(_) => "github-app",
         }
     }
 }
@@ -235,6 +238,35 @@ pub struct AwsStsIssuerConfig {
     pub token_file: PathBuf,
 }
 
+/// `kind: github-app`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitHubAppIssuerConfig {
+    /// The App's ID: the `iss` of the JWTs sidekey signs as the App.
+    pub app_id: u64,
+    /// The installation whose tokens are minted.
+    pub installation_id: u64,
+    /// The REST API's base URL. Default `https://api.github.com`.
+    pub api_url: Endpoint,
+    /// Trusted in addition to the webpki roots (GitHub Enterprise Server).
+    pub ca_file: Option<PathBuf>,
+    /// Where the App's private key (PEM, RSA) is read, at every mint.
+    pub private_key: PrivateKeySource,
+}
+
+/// Where a private key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrivateKeySource {
+    /// A field of a secret read through a `kind: vault` issuer (validated to name one), e.g.
+    /// KV v2 `secret/data/github-app`, field `private_key`.
+    Vault {
+        issuer: String,
+        path: String,
+        field: String,
+    },
+    /// A PEM file (for development).
+    File(PathBuf),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalIssuerConfig {
     /// `iss` claim. Default "sidekey-local".
@@ -287,6 +319,12 @@ pub struct CredentialConfig {
     /// key signs the subject token sidekey exchanges for each task (`sub` = the task's end
     /// user, `act` = its agents). Validated to name a local issuer.
     pub task_assertion_issuer: Option<String>,
+    /// github-app: the repositories (names, without the owner) the token is narrowed to; empty:
+    /// every repository the installation can reach.
+    pub repositories: Vec<String>,
+    /// github-app (required there, non-empty): the permissions the token is narrowed to, name →
+    /// `read`, `write` or `admin`, in file order.
+    pub permissions: Vec<(String, String)>,
 }
 
 /// `routes[]`.

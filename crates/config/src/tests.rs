@@ -8,8 +8,8 @@ use sidekey_policy::{CanonicalHost, HostPattern, MethodSet, Scheme};
 
 use crate::check::{closest, edit_distance};
 use crate::{
-    parse, AuditConfig, Config, ConfigError, Inject, IssuerKind, LocalAlgorithm, Template,
-    Unmatched,
+    parse, AuditConfig, Config, ConfigError, Inject, IssuerKind, LocalAlgorithm, PrivateKeySource,
+    Template, Unmatched,
 };
 
 fn ok(src: &str) -> Config {
@@ -666,7 +666,7 @@ fn listener_errors() {
 fn issuer_and_credential_errors() {
     let cases: &[(&str, &str, &[Expect])] = &[
         ("unknown kind, close", "issuers:\n  l: { kind: lokal }\n", &[(2, 14, "unknown issuer kind `lokal`", "did you mean `local`?")]),
-        ("unknown kind, far", "issuers:\n  l: { kind: magic }\n", &[(2, 14, "unknown issuer kind `magic`", "kinds: vault, oauth2, aws-sts, local")]),
+        ("unknown kind, far", "issuers:\n  l: { kind: magic }\n", &[(2, 14, "unknown issuer kind `magic`", "kinds: vault, oauth2, aws-sts, github-app, local")]),
         ("no kind", "issuers:\n  l: { issuer: x }\n", &[(2, 3, "issuer `l` has no `kind`", "kind: local")]),
         ("null issuer", "issuers:\n  l:\n", &[(2, 3, "issuer `l` has no `kind`", "")]),
         ("unknown local key", "issuers:\n  l: { kind: local, algoritm: ES256 }\n", &[(2, 21, "unknown key `algoritm` in issuer `l`", "did you mean `algorithm`?")]),
@@ -1343,6 +1343,109 @@ fn traces_parse_with_defaults_and_every_error_is_located() {
                 (2, 3, "has no `otlp_endpoint`", ""),
             ],
         ),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+}
+
+#[test]
+fn github_app_issuers_and_credentials() {
+    let c = ok(r#"identity: { token_file: /t }
+issuers:
+  github:
+    kind: github-app
+    app_id: 12345
+    installation_id: 678
+    private_key: { vault: bao, path: /secret/data/github-app/, field: private_key }
+  ghes:
+    kind: github-app
+    app_id: 1
+    installation_id: 2
+    api_url: "https://github.internal/api/v3/"
+    ca_file: /ca.pem
+    private_key: { file: /key.pem }
+  bao: { kind: vault, address: "https://vault", auth: { method: jwt, role: a } }
+credentials:
+  gh-issues: { issuer: github, repositories: [api, web], permissions: { issues: write, metadata: read } }
+  gh-all: { issuer: ghes, permissions: { contents: read }, eager: true }
+"#);
+    let IssuerKind::GitHubApp(github) = &c.issuers[0].kind else {
+        panic!("{:?}", c.issuers[0]);
+    };
+    assert_eq!((github.app_id, github.installation_id), (12345, 678));
+    assert_eq!(github.api_url.url, "https://api.github.com");
+    assert_eq!(
+        github.private_key,
+        PrivateKeySource::Vault {
+            issuer: "bao".into(),
+            path: "secret/data/github-app".into(),
+            field: "private_key".into(),
+        }
+    );
+    let IssuerKind::GitHubApp(ghes) = &c.issuers[1].kind else {
+        panic!("{:?}", c.issuers[1]);
+    };
+    assert_eq!(ghes.api_url.url, "https://github.internal/api/v3");
+    assert_eq!(ghes.ca_file, Some(PathBuf::from("/ca.pem")));
+    assert_eq!(ghes.private_key, PrivateKeySource::File("/key.pem".into()));
+    let issues = &c.credentials[0];
+    assert_eq!(issues.repositories, ["api", "web"]);
+    assert_eq!(
+        issues.permissions,
+        [
+            ("issues".to_string(), "write".to_string()),
+            ("metadata".to_string(), "read".to_string())
+        ]
+    );
+    assert!(c.credentials[1].repositories.is_empty());
+    assert!(c.credentials[1].eager);
+    let d = c.describe();
+    assert!(
+        d.contains("github  kind github-app, https://api.github.com, app 12345, installation 678, key from bao secret/data/github-app field private_key"),
+        "{d}"
+    );
+    assert!(
+        d.contains("gh-issues  issuer github, permissions { issues: write, metadata: read }, repositories api, web, ttl 1h (GitHub's)"),
+        "{d}"
+    );
+    assert!(
+        d.contains("gh-all  issuer ghes, permissions { contents: read }, every repository of the installation"),
+        "{d}"
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn github_app_errors() {
+    const VAULT: &str = "identity: { token_file: /t }\nissuers:\n  bao: { kind: vault, address: \"https://vault\", auth: { method: jwt, role: a } }\n";
+    let issuer = |gh: &str| format!("{VAULT}  gh: {{ kind: github-app, {gh} }}\n");
+    const GH: &str = "app_id: 1, installation_id: 2, private_key: { file: /k }";
+    let cred = |c: &str| format!("{VAULT}  gh: {{ kind: github-app, {GH} }}\ncredentials:\n  c: {{ {c} }}\n");
+    let cases: &[(&str, String, &[Expect])] = &[
+        ("nothing", issuer("ca_file: /c"), &[(4, 7, "issuer `gh` has no `app_id`", "App ID"), (4, 7, "issuer `gh` has no `installation_id`", ""), (4, 7, "issuer `gh` has no `private_key`", "private_key: { vault:")]),
+        ("app id not a number", issuer("app_id: abc, installation_id: 2, private_key: { file: /k }"), &[(4, 35, "`app_id` of issuer `gh` must be an integer", "")]),
+        ("app id zero", issuer("app_id: 0, installation_id: 2, private_key: { file: /k }"), &[(4, 35, "`app_id` of issuer `gh` 0 is out of range", "from 1")]),
+        ("plain http to a remote api", issuer(&format!("{GH}, api_url: \"http://github.internal\"")), &[(4, 94, "plain http:// to a host that is not loopback", "")]),
+        ("unknown key", issuer(&format!("{GH}, private_key_file: /k")), &[(4, 85, "unknown key `private_key_file` in issuer `gh`", "did you mean `private_key`?")]),
+        ("both vault and file", issuer("app_id: 1, installation_id: 2, private_key: { vault: bao, path: p, field: f, file: /k }"), &[(4, 104, "`private_key` of issuer `gh` has both `vault` and `file`", "keep one")]),
+        ("neither", issuer("app_id: 1, installation_id: 2, private_key: { path: p }"), &[(4, 71, "has neither `vault` nor `file`", "private_key: { vault:")]),
+        ("vault without path and field", issuer("app_id: 1, installation_id: 2, private_key: { vault: bao }"), &[(4, 71, "has no `path`", "secret/data/github-app"), (4, 71, "has no `field`", "private_key")]),
+        ("file with path", issuer("app_id: 1, installation_id: 2, private_key: { file: /k, path: p }"), &[(4, 83, "`path` in `private_key` of issuer `gh` applies to `vault` only", "")]),
+        ("unknown vault issuer", issuer("app_id: 1, installation_id: 2, private_key: { vault: boa, path: p, field: f }"), &[(4, 80, "refers to unknown issuer `boa`", "did you mean `bao`?")]),
+        ("not a vault issuer", format!("{VAULT}  local: {{ kind: local }}\n  gh: {{ kind: github-app, app_id: 1, installation_id: 2, private_key: {{ vault: local, path: p, field: f }} }}\n"), &[(5, 80, "must name a `kind: vault` issuer; `local` is a `local` issuer", "vault issuers: bao")]),
+        ("no permissions", cred("issuer: gh"), &[(6, 3, "credential `c` has no `permissions`", "issues: write")]),
+        ("empty permissions", cred("issuer: gh, permissions: {}"), &[(6, 33, "`permissions` of credential `c` is empty", "")]),
+        ("bad level", cred("issuer: gh, permissions: { issues: all }"), &[(6, 43, "`permissions.issues` of credential `c` is `all`", "`read`, `write` or `admin`")]),
+        ("bad permission name", cred("issuer: gh, permissions: { Issues: read }"), &[(6, 35, "`Issues` is not a GitHub permission name", "pull_requests")]),
+        ("owner in repository", cred("issuer: gh, repositories: [acme/api], permissions: { issues: read }"), &[(6, 35, "`acme/api` names an owner", "give the name alone (`api`)")]),
+        ("empty repositories", cred("issuer: gh, repositories: [], permissions: { issues: read }"), &[(6, 34, "`repositories` of credential `c` is empty", "remove `repositories`")]),
+        ("twice", cred("issuer: gh, repositories: [api, API], permissions: { issues: read }"), &[(6, 40, "names `API` twice", "")]),
+        ("ttl", cred("issuer: gh, permissions: { issues: read }, ttl: 10m"), &[(6, 51, "`ttl` does not apply to credential `c`: its issuer is a `github-app` issuer", "one hour")]),
+        ("key of another kind", cred("issuer: gh, permissions: { issues: read }, path: p"), &[(6, 51, "`path` does not apply to credential `c`: its issuer is a `github-app` issuer", "github-app credentials take: repositories, permissions, eager")]),
+        ("per_task", cred("issuer: gh, permissions: { issues: read }, per_task: true"), &[(6, 51, "`per_task` does not apply to credential `c`", "")]),
+        ("narrowing on a vault credential", format!("{VAULT}credentials:\n  c: {{ issuer: bao, path: p, field: f, permissions: {{ issues: read }} }}\n"), &[(5, 40, "`permissions` does not apply to credential `c`: its issuer is a `vault` issuer", "")]),
+        ("sigv4 with a github credential", format!("{}routes:\n  - name: r\n    hosts: [api.github.com]\n    methods: [GET]\n    credential: c\n    inject: {{ sigv4: {{ service: s3, region: us-east-1 }} }}\n", cred("issuer: gh, permissions: { issues: read }")), &[(11, 17, "does not come from an aws-sts issuer", "")]),
     ];
     for (name, src, expected) in cases {
         check(name, src, expected);

@@ -48,8 +48,12 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "session_policy_file",
     "per_task",
     "task_assertion_issuer",
+    "repositories",
+    "permissions",
 ];
-const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts"];
+const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts", "github-app"];
+/// What a github-app credential's permission may be set to.
+const GITHUB_ACCESS: &[&str] = &["read", "write", "admin"];
 
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const MIN_TTL: Duration = Duration::from_secs(10);
@@ -71,6 +75,7 @@ pub(crate) enum IssuerStatus {
         token_exchange: bool,
     },
     AwsSts,
+    GitHubApp,
     /// Unknown kind, or otherwise invalid.
     Invalid,
 }
@@ -84,6 +89,7 @@ impl IssuerStatus {
                 token_exchange: matches!(o.grant, OAuth2Grant::TokenExchange { .. }),
             },
             IssuerKind::AwsSts(_) => IssuerStatus::AwsSts,
+            IssuerKind::GitHubApp(_) => IssuerStatus::GitHubApp,
         }
     }
 
@@ -93,6 +99,7 @@ impl IssuerStatus {
             IssuerStatus::Vault => "vault",
             IssuerStatus::OAuth2 { .. } => "oauth2",
             IssuerStatus::AwsSts => "aws-sts",
+            IssuerStatus::GitHubApp => "github-app",
             IssuerStatus::Invalid => "invalid",
         }
     }
@@ -110,6 +117,7 @@ impl IssuerStatus {
                 "task_assertion_issuer",
             ],
             IssuerStatus::AwsSts => &["session_policy_file", "per_task"],
+            IssuerStatus::GitHubApp => &["repositories", "permissions"],
             IssuerStatus::Invalid => CREDENTIAL_KEYS,
         }
     }
@@ -288,9 +296,16 @@ fn issuers(
     let Some(f) = e.map(node, "`issuers`") else {
         return out;
     };
+    // Every issuer's `kind` as written: a github-app issuer may read its key through a vault
+    // issuer declared after it.
+    let declared: BTreeMap<&str, Option<&str>> = f
+        .entries
+        .iter()
+        .map(|field| (field.name, declared_kind(field.value)))
+        .collect();
     for field in &f.entries {
         let name = check_name(e, field.key, "issuer");
-        let kind = issuer(field.name, field, identity, e);
+        let kind = issuer(field.name, field, identity, &declared, e);
         names.insert(
             field.name.to_string(),
             kind.as_ref()
@@ -303,15 +318,29 @@ fn issuers(
     out
 }
 
+/// The `kind:` string of an issuer's mapping, if it has one.
+fn declared_kind(node: &Node) -> Option<&str> {
+    match &node.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find_map(|(k, v)| match (&k.value, &v.value) {
+                (Value::Str(k), Value::Str(v)) if k == "kind" => Some(v.as_str()),
+                _ => None,
+            }),
+        _ => None,
+    }
+}
+
 fn issuer(
     name: &str,
     field: &Field<'_>,
     identity: Option<&IdentityConfig>,
+    declared: &BTreeMap<&str, Option<&str>>,
     e: &mut Errors,
 ) -> Option<IssuerKind> {
     let what = format!("issuer `{name}`");
     let missing_kind =
-        "add `kind:` vault, oauth2 or aws-sts, or `kind: local` (the built-in in-memory signer)";
+        "add `kind:` vault, oauth2, aws-sts or github-app, or `kind: local` (the built-in in-memory signer)";
     if field.value.is_null() {
         e.error_hint(field.key.pos, format!("{what} has no `kind`"), missing_kind);
         return None;
@@ -329,10 +358,13 @@ fn issuer(
         "aws-sts" => {
             return crate::issuers::aws_sts(&f, &what, identity, e).map(IssuerKind::AwsSts)
         }
+        "github-app" => {
+            return crate::issuers::github_app(&f, &what, declared, e).map(IssuerKind::GitHubApp)
+        }
         k => {
             let hint = match closest(k, ALL_KINDS) {
                 Some(best) => format!("did you mean `{best}`?"),
-                None => "kinds: vault, oauth2, aws-sts, local".to_string(),
+                None => "kinds: vault, oauth2, aws-sts, github-app, local".to_string(),
             };
             e.error_hint(kind_node.pos, format!("unknown issuer kind `{k}`"), hint);
             return None;
@@ -456,9 +488,15 @@ fn credential(
                         kind.kind_name()
                     ),
                     format!(
-                        "{} credentials take: {}, ttl, eager",
+                        "{} credentials take: {}, {}eager",
                         kind.kind_name(),
-                        allowed.join(", ")
+                        allowed.join(", "),
+                        // GitHub fixes the tokens' lifetime.
+                        if kind == IssuerStatus::GitHubApp {
+                            ""
+                        } else {
+                            "ttl, "
+                        }
                     ),
                 );
             }
@@ -495,6 +533,8 @@ fn credential(
         session_policy_file: None,
         per_task: false,
         task_assertion_issuer: None,
+        repositories: Vec::new(),
+        permissions: Vec::new(),
     };
     let text = |e: &mut Errors, key: &str| -> Option<String> {
         f.value(key).and_then(|n| {
@@ -539,7 +579,16 @@ fn credential(
             }
         }
     }
-    if let Some(n) = f.value("ttl") {
+    if status == Some(IssuerStatus::GitHubApp) {
+        github_narrowing(&f, &what, key_pos, &mut cred, e);
+        if let Some(ttl) = f.field("ttl") {
+            e.error_hint(
+                ttl.key.pos,
+                format!("`ttl` does not apply to {what}: its issuer is a `github-app` issuer"),
+                "GitHub installation tokens last one hour, fixed by GitHub; sidekey replaces them before that. Remove `ttl`",
+            );
+        }
+    } else if let Some(n) = f.value("ttl") {
         if let Some(ttl) = e.duration(n, &format!("`ttl` of {what}")) {
             let (min, max, hint) = if aws {
                 (
@@ -577,6 +626,118 @@ fn credential(
     task_assertion_issuer(&f, &what, status, issuers, &mut cred, e);
     issuer?;
     Some(cred)
+}
+
+/// A github-app credential's `repositories` (optional: names without the owner) and
+/// `permissions` (required, non-empty: name → read, write or admin): what the token is
+/// narrowed to.
+fn github_narrowing(
+    f: &Fields<'_>,
+    what: &str,
+    key_pos: Pos,
+    cred: &mut CredentialConfig,
+    e: &mut Errors,
+) {
+    if let Some(n) = f.value("repositories") {
+        let label = format!("`repositories` of {what}");
+        if let Some(items) = e.list(n, &label) {
+            if items.is_empty() {
+                e.error_hint(
+                    n.pos,
+                    format!("{label} is empty"),
+                    "name the repositories the token may reach, or remove `repositories` for every repository of the installation",
+                );
+            }
+            for item in items {
+                let Some(repo) = e.nonempty_string(item, &format!("an entry of {label}")) else {
+                    continue;
+                };
+                if let Some((owner, name)) = repo.split_once('/') {
+                    e.error_hint(
+                        item.pos,
+                        format!("{label}: `{repo}` names an owner"),
+                        format!("give the name alone (`{name}`): the owner is the installation's account (`{owner}`)"),
+                    );
+                } else if !is_repository_name(repo) {
+                    e.error_hint(
+                        item.pos,
+                        format!("{label}: `{repo}` is not a repository name"),
+                        "repository names are letters, digits, `-`, `_` and `.`, at most 100",
+                    );
+                } else if cred
+                    .repositories
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(repo))
+                {
+                    e.error_hint(
+                        item.pos,
+                        format!("{label} names `{repo}` twice"),
+                        "remove one",
+                    );
+                } else {
+                    cred.repositories.push(repo.to_string());
+                }
+            }
+        }
+    }
+    let Some(n) = f.value("permissions") else {
+        e.error_hint(
+            key_pos,
+            format!("{what} has no `permissions`"),
+            "narrow the token to what the routes need, e.g. permissions: { issues: write, metadata: read }",
+        );
+        return;
+    };
+    let label = format!("`permissions` of {what}");
+    let Some(map) = e.map(n, &label) else {
+        return;
+    };
+    if map.entries.is_empty() {
+        e.error_hint(
+            n.pos,
+            format!("{label} is empty"),
+            "name at least one, e.g. permissions: { contents: read }",
+        );
+    }
+    for p in &map.entries {
+        let ok_name = !p.name.is_empty()
+            && p.name.len() <= 64
+            && p.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok_name {
+            e.error_hint(
+                p.key.pos,
+                format!("{label}: `{}` is not a GitHub permission name", p.name),
+                "names are lower case with underscores, as GitHub spells them: contents, issues, pull_requests, metadata…",
+            );
+            continue;
+        }
+        let Some(level) = e.string(p.value, &format!("`permissions.{}` of {what}", p.name)) else {
+            continue;
+        };
+        if GITHUB_ACCESS.contains(&level) {
+            cred.permissions
+                .push((p.name.to_string(), level.to_string()));
+        } else {
+            e.error_hint(
+                p.value.pos,
+                format!("`permissions.{}` of {what} is `{level}`", p.name),
+                "use `read`, `write` or `admin`",
+            );
+        }
+    }
+}
+
+/// A GitHub repository name: letters, digits, `-`, `_`, `.`; at most 100; not `.` or `..`.
+fn is_repository_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// `per_task`, and what it rules out: an oauth2 issuer without token exchange (its token could

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use sidekey_config::{CredentialConfig, IssuerConfig, IssuerKind};
 
+use crate::github::GitHubAppIssuer;
 use crate::oauth2::OAuth2Issuer;
 use crate::sts::{check_session_policy, StsIssuer};
 use crate::vault::VaultIssuer;
@@ -70,6 +71,7 @@ pub enum Issuer {
     Vault(VaultIssuer),
     OAuth2(OAuth2Issuer),
     AwsSts(StsIssuer),
+    GitHubApp(GitHubAppIssuer),
 }
 
 /// What a credential is asked for: everything an issuer needs besides its own config. Built
@@ -90,6 +92,10 @@ pub struct CredentialRequest {
     /// The session policy document (read at start); for a per-task credential, a template
     /// whose `{task_id}`, `{sub}` and `{on_behalf_of}` are filled in per task.
     pub session_policy: Option<String>,
+    /// github-app: the repositories the token is narrowed to (empty: all of the installation's).
+    pub repositories: Vec<String>,
+    /// github-app: the permissions the token is narrowed to.
+    pub permissions: Vec<(String, String)>,
     /// The task a per-task credential is issued for; `None` for a shared credential, and for
     /// the request a per-task credential is configured with (its tasks' requests carry one).
     pub task: Option<TaskContext>,
@@ -125,6 +131,8 @@ impl CredentialRequest {
             scope: c.scope.clone(),
             resource: c.resource.clone(),
             session_policy,
+            repositories: c.repositories.clone(),
+            permissions: c.permissions.clone(),
             task: None,
         })
     }
@@ -132,14 +140,39 @@ impl CredentialRequest {
 
 impl Issuer {
     /// Builds the issuer for `config`: keys generated or loaded, HTTP clients ready. Nothing is
-    /// fetched yet.
-    pub fn build(config: &IssuerConfig) -> Result<Issuer, IssueError> {
+    /// fetched yet. `built` holds the issuers built before it: a github-app issuer reads its
+    /// key through one of them (see [`Issuer::build_order`]).
+    pub fn build(
+        config: &IssuerConfig,
+        built: &HashMap<String, Arc<Issuer>>,
+    ) -> Result<Issuer, IssueError> {
         Ok(match &config.kind {
             IssuerKind::Local(c) => Issuer::Local(LocalIssuer::generate(c)?),
             IssuerKind::Vault(c) => Issuer::Vault(VaultIssuer::new(&config.name, c)?),
             IssuerKind::OAuth2(c) => Issuer::OAuth2(OAuth2Issuer::new(&config.name, c)?),
             IssuerKind::AwsSts(c) => Issuer::AwsSts(StsIssuer::new(&config.name, c)?),
+            IssuerKind::GitHubApp(c) => {
+                Issuer::GitHubApp(GitHubAppIssuer::new(&config.name, c, built)?)
+            }
         })
+    }
+
+    /// `configs` in the order they can be built: issuers that use another issuer (github-app,
+    /// whose key is read through a vault issuer) after the others.
+    pub fn build_order(configs: &[IssuerConfig]) -> Vec<&IssuerConfig> {
+        let (dependent, independent): (Vec<_>, Vec<_>) = configs
+            .iter()
+            .partition(|c| matches!(c.kind, IssuerKind::GitHubApp(_)));
+        independent.into_iter().chain(dependent).collect()
+    }
+
+    /// The issuer this one uses (github-app: the vault issuer its key is read through): it must
+    /// be rebuilt when that one is.
+    pub fn uses(&self) -> Option<&Arc<Issuer>> {
+        match self {
+            Issuer::GitHubApp(github) => github.key_issuer(),
+            _ => None,
+        }
     }
 
     /// Builds every configured issuer, by name.
@@ -147,8 +180,8 @@ impl Issuer {
         configs: &[IssuerConfig],
     ) -> Result<HashMap<String, Arc<Issuer>>, (String, IssueError)> {
         let mut out = HashMap::new();
-        for c in configs {
-            let issuer = Issuer::build(c).map_err(|e| (c.name.clone(), e))?;
+        for c in Issuer::build_order(configs) {
+            let issuer = Issuer::build(c, &out).map_err(|e| (c.name.clone(), e))?;
             out.insert(c.name.clone(), Arc::new(issuer));
         }
         Ok(out)
@@ -166,6 +199,7 @@ impl Issuer {
             Issuer::Vault(vault) => vault.issue(request).await,
             Issuer::OAuth2(oauth2) => oauth2.issue(request, signer).await,
             Issuer::AwsSts(sts) => sts.issue(request).await,
+            Issuer::GitHubApp(github) => github.issue(request).await,
         }
     }
 
@@ -207,19 +241,23 @@ impl Issuer {
         }
     }
 
-    /// Revokes a lease (at shutdown).
+    /// Revokes a lease (at shutdown and retirement; github-app: the installation token).
     pub async fn revoke(&self, lease: &Lease) -> Result<(), IssueError> {
         match self {
             Issuer::Vault(vault) => vault.revoke(lease).await,
+            Issuer::GitHubApp(github) => github.revoke(lease).await,
             _ => Ok(()),
         }
     }
 
-    /// Gives up what the issuer holds for itself (Vault: revokes its token). After the
-    /// credentials' leases are revoked, at shutdown.
+    /// Gives up what the issuer holds for itself (Vault: revokes its token; github-app:
+    /// revokes the tokens refreshes replaced). After the credentials' leases are revoked, at
+    /// shutdown.
     pub async fn shutdown(&self) {
-        if let Issuer::Vault(vault) = self {
-            vault.shutdown().await;
+        match self {
+            Issuer::Vault(vault) => vault.shutdown().await,
+            Issuer::GitHubApp(github) => github.shutdown().await,
+            _ => {}
         }
     }
 
@@ -230,6 +268,7 @@ impl Issuer {
             Issuer::Vault(_) => "vault",
             Issuer::OAuth2(_) => "oauth2",
             Issuer::AwsSts(_) => "aws-sts",
+            Issuer::GitHubApp(_) => "github-app",
         }
     }
 }

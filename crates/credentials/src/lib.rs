@@ -2,6 +2,7 @@
 //! value only ever exists in memory, in a [`Secret`] that wipes itself on drop and cannot be
 //! formatted; what the rest of sidekey sees is its [`CredentialId`].
 
+mod github;
 mod http;
 mod issuer;
 mod local;
@@ -13,6 +14,7 @@ mod task;
 mod uses;
 mod vault;
 
+pub use github::GitHubAppIssuer;
 pub use issuer::{CredentialRequest, IssueError, Issuer};
 pub use local::{Jwk, LocalIssuer};
 pub use oauth2::OAuth2Issuer;

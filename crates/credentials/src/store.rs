@@ -1420,6 +1420,8 @@ mod tests {
             session_policy_file: None,
             per_task: false,
             task_assertion_issuer: None,
+            repositories: Vec::new(),
+            permissions: Vec::new(),
         }
     }
 
