@@ -289,6 +289,8 @@ fn cedar(c: &mut Criterion) {
                 let input = sidekey_policy::CedarInput {
                     sub: Some("agent-1"),
                     method: "GET",
+                    action: None,
+                    headers: Vec::new(),
                     route: &route,
                     host: "api.example.com".into(),
                     port: 443,

@@ -497,6 +497,15 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
                 let input = sidekey_policy::CedarInput {
                     sub: grant_info.map(|g| g.sub.as_str()),
                     method: parts.method.as_str(),
+                    action: rule.action.as_deref(),
+                    headers: gate
+                        .headers()
+                        .iter()
+                        .filter_map(|name| {
+                            let value = parts.headers.get(name.as_str())?.to_str().ok()?;
+                            Some((name.as_str(), value))
+                        })
+                        .collect(),
                     route: &rule.name,
                     host: match &target.host {
                         sidekey_policy::CanonicalHost::Domain(name) => name.as_str().into(),

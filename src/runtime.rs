@@ -547,7 +547,8 @@ pub fn load_cedar(config: &Config) -> anyhow::Result<Option<Arc<CedarGate>>> {
             .as_ref()
             .map(|(name, text)| (name.as_str(), text.as_str())),
     )
-    .map_err(|e| anyhow::anyhow!("cedar: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cedar: {e}"))?
+    .with_headers(cedar.headers.clone());
     Ok(Some(Arc::new(gate)))
 }
 

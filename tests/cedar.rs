@@ -201,3 +201,56 @@ fn check_and_explain_read_the_policies() {
     assert_eq!(json["refusal"]["code"], "policy_denied");
     assert_eq!(json["cedar"]["policies"][0], "no-secrets");
 }
+
+#[test]
+fn a_route_can_name_its_action_and_policies_see_selected_headers() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.cedar");
+    std::fs::write(
+        &policies,
+        r#"@id("comments") permit(principal, action == Sidekey::Action::"comment", resource == Sidekey::Route::"gh")
+           when { context.method == "POST" && context.headers has "x-github-event"
+                  && context.headers["x-github-event"] == "issue_comment" };"#,
+    )
+    .unwrap();
+    let yaml = base_config(
+        &[("gh.test.local:443", "{upstream}")],
+        r#"  - name: gh
+    hosts: [gh.test.local]
+    methods: [POST]
+    action: comment
+    credential: demo
+    inject: { header: Authorization, value: "Bearer {token}" }
+    allow_private: true
+"#,
+        &format!(
+            "cedar:\n  policies: {}\n  headers: [x-github-event]\n",
+            policies.display()
+        ),
+    );
+    let sk = env.sidekey(&yaml);
+    let post = |event: Option<&str>| {
+        let header = format!("X-GitHub-Event: {}", event.unwrap_or(""));
+        let mut args = vec!["-X", "POST", "-d", "x"];
+        if event.is_some() {
+            args.extend(["-H", header.as_str()]);
+        }
+        args.push("https://gh.test.local/echo/repos/acme/api/issues/7/comments");
+        curl_via(&sk, &args)
+    };
+    post(Some("issue_comment")).assert_status(200);
+    post(Some("push")).expect_refusal(403, "policy_denied");
+    post(None).expect_refusal(403, "policy_denied");
+    let records = sk.wait_request_records(3);
+    assert_eq!(
+        cedar_of(&records[0]),
+        ("allow".into(), vec!["comments".into()])
+    );
+    assert_eq!(env.upstream.requests().len(), 1);
+    // The header reached the upstream as sent; it is not consumed by the check.
+    assert_eq!(
+        env.upstream.requests()[0].header("x-github-event"),
+        Some("issue_comment")
+    );
+}

@@ -6,7 +6,15 @@ use std::path::PathBuf;
 use crate::check::Errors;
 use crate::yaml::Node;
 
-const CEDAR_KEYS: &[&str] = &["policies", "schema"];
+const CEDAR_KEYS: &[&str] = &["policies", "schema", "headers"];
+
+/// Headers that carry credentials or grants: never handed to policies.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-sidekey-grant",
+];
 
 /// `cedar:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +24,8 @@ pub struct CedarConfig {
     /// The schema file (Cedar schema syntax) the policies and every request are validated
     /// against; None: not validated.
     pub schema: Option<PathBuf>,
+    /// Request headers given to the policies as `context.headers` (lower-case names).
+    pub headers: Vec<String>,
 }
 
 pub(crate) fn cedar(node: &Node, e: &mut Errors) -> Option<CedarConfig> {
@@ -32,8 +42,33 @@ pub(crate) fn cedar(node: &Node, e: &mut Errors) -> Option<CedarConfig> {
         }
     };
     let schema = f.value("schema").and_then(|n| e.path(n, "`cedar.schema`"));
+    let mut headers = Vec::new();
+    if let Some(list) = f.value("headers") {
+        for n in e.list(list, "`cedar.headers`").unwrap_or_default() {
+            let Some(name) = e.nonempty_string(n, "a header of `cedar.headers`") else {
+                continue;
+            };
+            let name = name.to_ascii_lowercase();
+            if !sidekey_policy::is_token(&name) {
+                e.error(
+                    n.pos,
+                    format!("`{name}` in `cedar.headers` is not a header name"),
+                );
+            } else if SECRET_HEADERS.contains(&name.as_str()) {
+                e.error_hint(
+                    n.pos,
+                    format!("`{name}` cannot be given to Cedar policies"),
+                    "it carries a credential or a grant; policies see the grant's claims as \
+                     context.task, context.user and context.act",
+                );
+            } else if !headers.contains(&name) {
+                headers.push(name);
+            }
+        }
+    }
     Some(CedarConfig {
         policies: policies?,
         schema,
+        headers,
     })
 }

@@ -348,6 +348,9 @@ pub struct RouteConfig {
     pub allow_private: bool,
     /// Largest request body (bytes) the route forwards; larger ones get 413. None: no limit.
     pub max_request_body: Option<u64>,
+    /// The Cedar action of its requests (`cedar:`), `Sidekey::Action::"<action>"`; None: the
+    /// method.
+    pub action: Option<String>,
     /// Line of the route in the file, for messages.
     pub line: usize,
 }

@@ -23,6 +23,7 @@ const ROUTE_KEYS: &[&str] = &[
     "allow_private",
     "max_request_body",
     "resolve",
+    "action",
 ];
 
 pub(crate) fn routes(
@@ -174,6 +175,25 @@ fn route(
             .and_then(|v| u64::try_from(v).ok())
     });
 
+    // Cedar's action for this route's requests (`Sidekey::Action::"<name>"`); the method
+    // otherwise.
+    let action = f.value("action").and_then(|n| {
+        let name = e.nonempty_string(n, &format!("`action` of {what}"))?;
+        if name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+        {
+            Some(name.to_string())
+        } else {
+            e.error_hint(
+                n.pos,
+                format!("`action` of {what} must be a name"),
+                "letters, digits, `_`, `-`, `.`, `:`, e.g. action: comment_on_issue",
+            );
+            None
+        }
+    });
+
     if let Some(n) = f.value("resolve") {
         let before = resolve.len();
         resolve_map(n, &format!("`resolve` of {what}"), e, resolve);
@@ -201,6 +221,7 @@ fn route(
         inject,
         allow_private,
         max_request_body,
+        action,
         line: f.pos.line,
     })
 }

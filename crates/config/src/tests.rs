@@ -1451,3 +1451,48 @@ fn github_app_errors() {
         check(name, src, expected);
     }
 }
+
+#[test]
+fn cedar_section_and_route_actions() {
+    let c = ok("cedar:\n  policies: p.cedar\n  schema: s.cedarschema\n  headers: [X-GitHub-Event, content-type, x-github-event]\n");
+    let cedar = c.cedar.expect("cedar");
+    assert_eq!(cedar.policies, PathBuf::from("p.cedar"));
+    assert_eq!(cedar.schema, Some(PathBuf::from("s.cedarschema")));
+    assert_eq!(
+        cedar.headers,
+        ["x-github-event", "content-type"],
+        "lower-case, once each"
+    );
+    assert_eq!(ok("listen: {}\n").cedar, None);
+    let routed = ok("routes:\n  - name: gh\n    hosts: [api.github.com]\n    methods: [POST]\n    action: comment_on_issue\n");
+    assert_eq!(routed.routes[0].action.as_deref(), Some("comment_on_issue"));
+
+    let cases: &[(&str, &str, &[Expect])] = &[
+        (
+            "no policies",
+            "cedar:\n  schema: s.cedarschema\n",
+            &[(2, 3, "has no `policies`", "policies.cedar")],
+        ),
+        (
+            "a credential header",
+            "cedar:\n  policies: p.cedar\n  headers: [authorization, Cookie]\n",
+            &[
+                (3, 13, "`authorization` cannot be given to Cedar policies", "context.user"),
+                (3, 28, "`cookie` cannot be given to Cedar policies", ""),
+            ],
+        ),
+        (
+            "not a header name",
+            "cedar:\n  policies: p.cedar\n  headers: [\"x y\"]\n",
+            &[(3, 13, "is not a header name", "")],
+        ),
+        (
+            "an action that is not a name",
+            "routes:\n  - name: gh\n    hosts: [api.github.com]\n    methods: [POST]\n    action: \"comment on\"\n",
+            &[(5, 13, "must be a name", "comment_on_issue")],
+        ),
+    ];
+    for (name, src, expected) in cases {
+        check(name, src, expected);
+    }
+}

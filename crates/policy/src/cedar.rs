@@ -6,9 +6,11 @@
 //!
 //! - **principal** `Sidekey::Agent::"<sub>"`: the task grant's `sub` (the agent or sub-agent),
 //!   or `Sidekey::Agent::"pod"` for a request without a grant;
-//! - **action** `Sidekey::Action::"<METHOD>"` (`"GET"`, `"POST"`…);
+//! - **action** `Sidekey::Action::"<METHOD>"` (`"GET"`, `"POST"`…), or the route's named
+//!   action (`action:` in the route) for its requests;
 //! - **resource** `Sidekey::Route::"<route name>"`;
-//! - **context**: `host` (String), `port` (Long), `path` (String, as the agent sent it, query
+//! - **context**: `method` (String), `headers` (Record: the request headers `cedar.headers`
+//!   names, those present), `host` (String), `port` (Long), `path` (String, as the agent sent it, query
 //!   excluded), `segments` (Set of the path's segments), `query_keys` (Set), `body_size` (Long,
 //!   the declared length; -1 when unknown), `has_grant` (Bool), `task`, `user` (the grant's
 //!   task and `on_behalf_of`; `""` when none), `act` (Set: the grant's delegation chain), and
@@ -42,6 +44,8 @@ pub struct CedarGate {
     schema: Option<Schema>,
     authorizer: Authorizer,
     count: usize,
+    /// The request headers handed to the policies (`cedar.headers`), lower-case.
+    headers: Vec<String>,
 }
 
 impl std::fmt::Debug for CedarGate {
@@ -56,6 +60,10 @@ pub struct CedarInput<'a> {
     /// The grant's `sub`; None: [`NO_GRANT_PRINCIPAL`].
     pub sub: Option<&'a str>,
     pub method: &'a str,
+    /// The route's named action; None: the method.
+    pub action: Option<&'a str>,
+    /// Values of the headers [`CedarGate::headers`] names, those present.
+    pub headers: Vec<(&'a str, &'a str)>,
     pub route: &'a str,
     pub host: std::borrow::Cow<'a, str>,
     pub port: u16,
@@ -140,7 +148,19 @@ impl CedarGate {
             schema,
             authorizer: Authorizer::new(),
             count,
+            headers: Vec::new(),
         })
+    }
+
+    /// Hands the request headers `names` (lower-case) to the policies as `context.headers`.
+    pub fn with_headers(mut self, names: Vec<String>) -> CedarGate {
+        self.headers = names;
+        self
+    }
+
+    /// The request headers the policies see.
+    pub fn headers(&self) -> &[String] {
+        &self.headers
     }
 
     /// How many policies the set holds.
@@ -179,7 +199,7 @@ impl CedarGate {
 
     fn request(&self, input: &CedarInput<'_>) -> Result<Request, String> {
         let principal = uid("Sidekey::Agent", input.sub.unwrap_or(NO_GRANT_PRINCIPAL))?;
-        let action = uid("Sidekey::Action", input.method)?;
+        let action = uid("Sidekey::Action", input.action.unwrap_or(input.method))?;
         let resource = uid("Sidekey::Route", input.route)?;
         let context = Context::from_pairs(context(input)?).map_err(|e| e.to_string())?;
         Request::new(principal, action, resource, context, self.schema.as_ref())
@@ -251,7 +271,16 @@ fn context(input: &CedarInput<'_>) -> Result<Vec<(String, RestrictedExpression)>
         ("weekday".to_string(), long((day + 4).rem_euclid(7))),
     ])
     .map_err(|e| e.to_string())?;
+    let headers = RestrictedExpression::new_record(
+        input
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), string(value))),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(vec![
+        ("method".into(), string(input.method)),
+        ("headers".into(), headers),
         ("host".into(), string(&input.host)),
         ("port".into(), long(i64::from(input.port))),
         ("path".into(), string(input.path)),
@@ -439,6 +468,66 @@ when { context.segments.contains("git") };
     }
 
     #[test]
+    fn named_actions_and_headers() {
+        let gate = CedarGate::load(
+            "a.cedar",
+            r#"permit(principal, action == Sidekey::Action::"comment", resource)
+               when { context.method == "POST" && context.headers has "x-github-event"
+                      && context.headers["x-github-event"] == "issue_comment" };"#,
+            None,
+        )
+        .unwrap()
+        .with_headers(vec!["x-github-event".into()]);
+        assert_eq!(gate.headers(), ["x-github-event"]);
+        let mut i = input("POST", "/repos/acme/api/issues/7/comments");
+        assert!(
+            !gate.authorize(&i).allowed,
+            "the method is not the route's action"
+        );
+        i.action = Some("comment");
+        assert!(!gate.authorize(&i).allowed, "the header is missing");
+        i.headers = vec![("x-github-event", "issue_comment")];
+        assert!(gate.authorize(&i).allowed);
+        i.method = "GET";
+        assert!(!gate.authorize(&i).allowed);
+    }
+
+    /// README's schema for the context (the ```cedarschema block): it parses, and requests
+    /// built as the data plane builds them conform to it.
+    #[test]
+    fn the_readme_schema_describes_the_context() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```cedarschema").expect("a cedarschema block") + 14;
+        let len = readme[start..].find("```").expect("its end");
+        let schema: String = readme[start..start + len]
+            .lines()
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let gate = CedarGate::load(
+            "p.cedar",
+            r#"permit(principal, action == Sidekey::Action::"comment_on_issue", resource)
+               when { context.headers has "x-github-event" && context.user == "alice" };"#,
+            Some(("README.md", &schema)),
+        )
+        .unwrap()
+        .with_headers(vec!["x-github-event".into()]);
+        let mut i = input("POST", "/repos/acme/api/issues/7/comments");
+        i.action = Some("comment_on_issue");
+        i.sub = Some("triage-bot");
+        i.user = Some("alice");
+        i.headers = vec![("x-github-event", "issue_comment")];
+        let v = gate.authorize(&i);
+        assert!(v.allowed, "{v:?}");
+        i.headers.clear();
+        let v = gate.authorize(&i);
+        assert!(
+            !v.allowed && v.errors.is_empty(),
+            "the optional header may be absent: {v:?}"
+        );
+    }
+
+    #[test]
     fn the_clock_fields_are_utc() {
         let gate = CedarGate::load(
             "t.cedar",
@@ -480,7 +569,8 @@ namespace Sidekey {
   type Time = { unix: Long, hour: Long, minute: Long, weekday: Long };
   action "GET", "POST" appliesTo {
     principal: Agent, resource: Route,
-    context: { host: String, port: Long, path: String, segments: Set<String>,
+    context: { method: String, headers: {}, host: String, port: Long, path: String,
+               segments: Set<String>,
                query_keys: Set<String>, body_size: Long, has_grant: Bool, task: String,
                user: String, act: Set<String>, time: Time }
   };

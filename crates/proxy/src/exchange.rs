@@ -222,13 +222,23 @@ pub async fn handle<B: AgentBody>(
     }
     // Cedar, after the route: the route allows it; do the policies?
     if let (Some(cedar), Some(runtime)) = (&state.cedar, runtime) {
-        let verdict = cedar.authorize(&cedar_input(
+        let mut input = cedar_input(
             &exchange.identified,
             &parts,
             &runtime.name,
             declared,
             grant.as_deref(),
-        ));
+        );
+        input.action = runtime.action.as_deref();
+        input.headers = cedar
+            .headers()
+            .iter()
+            .filter_map(|name| {
+                let value = parts.headers.get(name.as_str())?.to_str().ok()?;
+                Some((name.as_str(), value))
+            })
+            .collect();
+        let verdict = cedar.authorize(&input);
         if !verdict.errors.is_empty() {
             tracing::info!(request_id = %session.record.request_id(), errors = ?verdict.errors, "Cedar policies that could not be evaluated were skipped");
         }
@@ -453,6 +463,8 @@ pub(crate) fn cedar_input<'a>(
     CedarInput {
         sub: grant.map(|g| g.sub.as_str()),
         method: parts.method.as_str(),
+        action: None,
+        headers: Vec::new(),
         route,
         host: match &target.host {
             sidekey_policy::CanonicalHost::Domain(name) => name.as_str().into(),

@@ -232,6 +232,8 @@ pub struct RouteRuntime {
     pub issuer: Option<Arc<str>>,
     pub inject: Option<Inject>,
     pub allow_private: bool,
+    /// Cedar's action for its requests (`action:`); None: the method.
+    pub action: Option<Arc<str>>,
     /// The masking needles of the credential this route last attached: computed once per
     /// credential, not per request.
     pub needles: NeedleCache,
@@ -321,6 +323,7 @@ impl ProxyState {
                     .map(Arc::from),
                 inject: r.inject.clone(),
                 allow_private: r.allow_private,
+                action: r.action.as_deref().map(Arc::from),
                 needles: NeedleCache::default(),
             })
             .collect();
