@@ -134,3 +134,39 @@ fn an_upstream_refusing_every_credential_costs_one_retry_and_never_a_loop() {
     assert_eq!(rejections(&sk, "true"), 1.0);
     assert_eq!(rejections(&sk, "false"), 2.0);
 }
+
+#[test]
+fn a_per_task_credential_is_replaced_for_its_own_task_only() {
+    use crate::common::grants::*;
+    let env = Env::new();
+    let keys = Keys::new();
+    let sk = env.sidekey(&base_config(
+        &[("tasks.test.local:443", "{upstream}")],
+        "  - name: tasks\n    hosts: [tasks.test.local]\n    methods: [GET]\n    credential: task_jwt\n    inject: { header: Authorization, value: \"Bearer {token}\" }\n    allow_private: true\n",
+        &format!(
+            "  task_jwt: {{ issuer: local, audience: demo-api, ttl: 5m, per_task: true }}\n{}",
+            keys.section(false)
+        ),
+    ));
+    let url = "https://tasks.test.local/reject-first-token";
+    let first = keys.sign(AUDIENCE, "agent-a", "task-a", &["--route", "tasks"]);
+    let second = keys.sign(AUDIENCE, "agent-b", "task-b", &["--route", "tasks"]);
+    curl_granted(&sk, &first, &[url]).assert_status(200);
+    curl_granted(&sk, &second, &[url]).assert_status(200);
+    let seen = env.upstream.requests_to("/reject-first-token");
+    assert_eq!(
+        seen.len(),
+        3,
+        "task a's first token refused and replaced; task b's accepted"
+    );
+    let jti = |r: &Recorded| decode_jwt(r.bearer().expect("bearer")).1["jti"].clone();
+    assert_ne!(jti(&seen[0]), jti(&seen[1]));
+    assert_ne!(jti(&seen[1]), jti(&seen[2]));
+    let records = sk.wait_request_records(2);
+    assert_eq!(records[0]["retried"], true);
+    assert_eq!(records[0]["task_id"], "task-a");
+    assert_eq!(records[1].get("retried"), None, "{}", records[1]);
+    let refreshed = credential_events(&sk, "refreshed");
+    assert_eq!(refreshed.len(), 1, "{refreshed:?}");
+    assert_eq!(refreshed[0]["task_id"], "task-a");
+}
