@@ -494,34 +494,23 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
                     .map_err(|e| Usage(e.to_string()))?
                     .ok_or_else(|| Usage("cedar: not configured".into()))?;
                 let grant_info = out.grant.as_ref();
-                let input = sidekey_policy::CedarInput {
-                    sub: grant_info.map(|g| g.sub.as_str()),
-                    method: parts.method.as_str(),
-                    action: rule.action.as_deref(),
-                    headers: gate
-                        .headers()
-                        .iter()
-                        .filter_map(|name| {
-                            let value = parts.headers.get(name.as_str())?.to_str().ok()?;
-                            Some((name.as_str(), value))
-                        })
-                        .collect(),
-                    route: &rule.name,
-                    host: match &target.host {
-                        sidekey_policy::CanonicalHost::Domain(name) => name.as_str().into(),
-                        ip => ip.to_string().into(),
-                    },
-                    port: target.port,
-                    path: parts.uri.path(),
-                    query: parts.uri.query(),
-                    body_size: declared,
-                    task: grant_info.map(|g| g.task_id.as_str()),
-                    user: grant_info.and_then(|g| g.on_behalf_of.as_deref()),
-                    act: grant_info.map_or(&[], |g| g.act.as_slice()),
-                    unix_time: std::time::SystemTime::now()
+                let input = sidekey_policy::CedarInput::for_request(
+                    &gate,
+                    target,
+                    &parts,
+                    &rule.name,
+                    rule.action.as_deref(),
+                    declared,
+                    grant_info.map(|g| sidekey_policy::GrantFacts {
+                        sub: &g.sub,
+                        task: &g.task_id,
+                        user: g.on_behalf_of.as_deref(),
+                        act: &g.act,
+                    }),
+                    std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
-                };
+                );
                 let verdict = gate.authorize(&input);
                 out.notes.extend(
                     verdict
@@ -531,16 +520,8 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
                 );
                 out.cedar = Some((verdict.allowed, verdict.policies.clone()));
                 if !verdict.allowed {
-                    let message = if verdict.policies.is_empty() {
-                        "a route allows this request, but no Cedar policy permits it".to_string()
-                    } else {
-                        format!(
-                            "a route allows this request, but Cedar policy {} forbids it",
-                            verdict.policies.join(", ")
-                        )
-                    };
                     return Ok(out.deny(
-                        Refusal::new(ErrorCode::PolicyDenied, message),
+                        verdict.refusal(),
                         "cedar: the policies after the route match",
                     ));
                 }

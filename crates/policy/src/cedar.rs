@@ -90,6 +90,74 @@ pub struct CedarVerdict {
     pub errors: Vec<String>,
 }
 
+/// The grant claims Cedar sees (the grant's `sub`, task, user and delegation chain).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrantFacts<'a> {
+    pub sub: &'a str,
+    pub task: &'a str,
+    pub user: Option<&'a str>,
+    pub act: &'a [String],
+}
+
+impl<'a> CedarInput<'a> {
+    /// The input for a request to `target` that route `route` allowed: its method, path and
+    /// query, declared body length, the headers `gate` hands to policies, the route's named
+    /// `action`, the request's grant, at `unix_time`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_request(
+        gate: &'a CedarGate,
+        target: &'a crate::Target,
+        request: &'a http::request::Parts,
+        route: &'a str,
+        action: Option<&'a str>,
+        declared: Option<u64>,
+        grant: Option<GrantFacts<'a>>,
+        unix_time: u64,
+    ) -> CedarInput<'a> {
+        CedarInput {
+            sub: grant.map(|g| g.sub),
+            method: request.method.as_str(),
+            action,
+            headers: gate
+                .headers
+                .iter()
+                .filter_map(|name| {
+                    let value = request.headers.get(name.as_str())?.to_str().ok()?;
+                    Some((name.as_str(), value))
+                })
+                .collect(),
+            route,
+            host: match &target.host {
+                crate::CanonicalHost::Domain(name) => name.as_str().into(),
+                ip => ip.to_string().into(),
+            },
+            port: target.port,
+            path: request.uri.path(),
+            query: request.uri.query(),
+            body_size: declared,
+            task: grant.map(|g| g.task),
+            user: grant.and_then(|g| g.user),
+            act: grant.map_or(&[], |g| g.act),
+            unix_time,
+        }
+    }
+}
+
+impl CedarVerdict {
+    /// The refusal of a request Cedar denied: the forbids that matched, or that none permitted.
+    pub fn refusal(&self) -> crate::Refusal {
+        let message = if self.policies.is_empty() {
+            "a route allows this request, but no Cedar policy permits it".to_string()
+        } else {
+            format!(
+                "a route allows this request, but Cedar policy {} forbids it",
+                self.policies.join(", ")
+            )
+        };
+        crate::Refusal::new(crate::ErrorCode::PolicyDenied, message)
+    }
+}
+
 impl CedarGate {
     /// Parses `policies` (Cedar policy syntax; `policies_name` names it in errors) and, when
     /// given, validates them against `schema` (Cedar schema syntax). Every error, with its

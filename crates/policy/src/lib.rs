@@ -23,7 +23,7 @@ pub mod path;
 pub mod route;
 
 pub use address::{classify as classify_address, AddressClass, AddressGuard, IpNet};
-pub use cedar::{CedarGate, CedarInput, CedarVerdict};
+pub use cedar::{CedarGate, CedarInput, CedarVerdict, GrantFacts};
 pub use code::{ErrorCode, Refusal};
 pub use decide::{
     absolute_target, check_sni, connect_target, route_target, BodyPlan, ConnectDecision, FormScan,

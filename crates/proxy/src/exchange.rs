@@ -31,7 +31,7 @@ use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_inject::trace::TraceContext;
 use sidekey_policy::{
-    BodyPlan, CedarInput, CedarVerdict, ErrorCode, FormScan, Identified, Refusal, RequestDecision,
+    BodyPlan, CedarInput, ErrorCode, FormScan, GrantFacts, Identified, Refusal, RequestDecision,
     RequestPath, Target, WholeBody, WholePurpose, TASK_HEADER,
 };
 
@@ -222,28 +222,30 @@ pub async fn handle<B: AgentBody>(
     }
     // Cedar, after the route: the route allows it; do the policies?
     if let (Some(cedar), Some(runtime)) = (&state.cedar, runtime) {
-        let mut input = cedar_input(
-            &exchange.identified,
+        let unix_time = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let input = CedarInput::for_request(
+            cedar,
+            exchange.identified.target(),
             &parts,
             &runtime.name,
+            runtime.action.as_deref(),
             declared,
-            grant.as_deref(),
+            grant.as_deref().map(|g| GrantFacts {
+                sub: &g.sub,
+                task: &g.task_id,
+                user: g.on_behalf_of.as_deref(),
+                act: &g.act,
+            }),
+            unix_time,
         );
-        input.action = runtime.action.as_deref();
-        input.headers = cedar
-            .headers()
-            .iter()
-            .filter_map(|name| {
-                let value = parts.headers.get(name.as_str())?.to_str().ok()?;
-                Some((name.as_str(), value))
-            })
-            .collect();
         let verdict = cedar.authorize(&input);
         if !verdict.errors.is_empty() {
             tracing::info!(request_id = %session.record.request_id(), errors = ?verdict.errors, "Cedar policies that could not be evaluated were skipped");
         }
         let allowed = verdict.allowed;
-        let refusal = (!allowed).then(|| cedar_refusal(&verdict));
+        let refusal = (!allowed).then(|| verdict.refusal());
         session.record.set_cedar(sidekey_audit::CedarDecision {
             decision: if allowed { "allow" } else { "deny" },
             policies: verdict.policies,
@@ -449,51 +451,6 @@ pub async fn handle<B: AgentBody>(
         Ok(response) => session.respond(response, Some(needles)),
         Err(refusal) => session.refuse(refusal, None::<B>).await,
     }
-}
-
-/// What Cedar is asked about a request a route allowed.
-pub(crate) fn cedar_input<'a>(
-    identified: &'a Identified,
-    parts: &'a Parts,
-    route: &'a str,
-    declared: Option<u64>,
-    grant: Option<&'a Grant>,
-) -> CedarInput<'a> {
-    let target = identified.target();
-    CedarInput {
-        sub: grant.map(|g| g.sub.as_str()),
-        method: parts.method.as_str(),
-        action: None,
-        headers: Vec::new(),
-        route,
-        host: match &target.host {
-            sidekey_policy::CanonicalHost::Domain(name) => name.as_str().into(),
-            ip => ip.to_string().into(),
-        },
-        port: target.port,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        body_size: declared,
-        task: grant.map(|g| g.task_id.as_str()),
-        user: grant.and_then(|g| g.on_behalf_of.as_deref()),
-        act: grant.map_or(&[], |g| g.act.as_slice()),
-        unix_time: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    }
-}
-
-/// The refusal of a request Cedar denied: the forbids that matched, or that none permitted.
-fn cedar_refusal(verdict: &CedarVerdict) -> Refusal {
-    let message = if verdict.policies.is_empty() {
-        "a route allows this request, but no Cedar policy permits it".to_string()
-    } else {
-        format!(
-            "a route allows this request, but Cedar policy {} forbids it",
-            verdict.policies.join(", ")
-        )
-    };
-    Refusal::new(ErrorCode::PolicyDenied, message)
 }
 
 /// A copy of a request head (method, URI, version, headers), without its extensions.
