@@ -762,42 +762,7 @@ fn native_twin() {
         !audit.contains(&key) && !sk.stderr().contains(&key),
         "the key leaked"
     );
-    let allowed = &records[0];
-    assert_eq!(allowed["decision"], "allow", "{allowed}");
-    assert_eq!(allowed["route"], "demo");
-    assert_eq!(allowed["status"], 200);
-    assert_eq!(
-        allowed["credential_id"], "secret/data/demo/api@1",
-        "{allowed}"
-    );
-    assert_eq!(
-        (
-            &records[1]["decision"],
-            &records[1]["code"],
-            &records[1]["method"]
-        ),
-        (
-            &Value::from("deny"),
-            &Value::from("method_not_allowed"),
-            &Value::from("POST")
-        ),
-        "{}",
-        records[1]
-    );
-    assert_eq!(
-        (
-            &records[2]["decision"],
-            &records[2]["code"],
-            &records[2]["host"]
-        ),
-        (
-            &Value::from("deny"),
-            &Value::from("host_not_allowed"),
-            &Value::from("example.com")
-        ),
-        "{}",
-        records[2]
-    );
+    assert_readme_records(&records);
     drop(sk);
     drop(upstream);
     drop(bao);
@@ -1371,6 +1336,33 @@ fn podman_stack() {
         .filter(|r: &Value| r["type"] == "request")
         .collect();
     assert_eq!(records.len(), 3, "{records:#?}");
+    assert_readme_records(&records);
+    assert!(
+        !audit.contains(&key) && !sk_log.contains(&key),
+        "the key leaked"
+    );
+    for name in ["openbao", "openbao-init", "upstream", "agent"] {
+        let (out, err) = stack.logs(name);
+        assert!(
+            !out.contains(&key) && !err.contains(&key),
+            "the key in {name}'s log"
+        );
+    }
+
+    // 7. `down -v` removes everything (the Drop guard only if something failed before this).
+    stack.down();
+    eprintln!(
+        "podman_stack: config and image {:.1?}, stack up {:.1?}, checks and down {:.1?}",
+        built - started,
+        stack_up - built,
+        stack_up.elapsed()
+    );
+}
+
+/// The audit records of the README's three requests, natively or in containers: the allowed
+/// GET with the seeded key's ID, the POST refused by method, example.com refused by host.
+#[track_caller]
+fn assert_readme_records(records: &[Value]) {
     let allowed = &records[0];
     assert_eq!(
         (&allowed["decision"], &allowed["route"], &allowed["status"]),
@@ -1412,25 +1404,5 @@ fn podman_stack() {
         ),
         "{}",
         records[2]
-    );
-    assert!(
-        !audit.contains(&key) && !sk_log.contains(&key),
-        "the key leaked"
-    );
-    for name in ["openbao", "openbao-init", "upstream", "agent"] {
-        let (out, err) = stack.logs(name);
-        assert!(
-            !out.contains(&key) && !err.contains(&key),
-            "the key in {name}'s log"
-        );
-    }
-
-    // 7. `down -v` removes everything (the Drop guard only if something failed before this).
-    stack.down();
-    eprintln!(
-        "podman_stack: config and image {:.1?}, stack up {:.1?}, checks and down {:.1?}",
-        built - started,
-        stack_up - built,
-        stack_up.elapsed()
     );
 }
