@@ -265,6 +265,43 @@ fn attributes(record: &RequestRecord) -> Vec<KeyValue> {
             Value::Array(Array::String(act)),
         ));
     }
+    if let Some(cedar) = &record.cedar {
+        out.push(KeyValue::new("sidekey.cedar.decision", cedar.decision));
+        let policies: Vec<StringValue> = cedar
+            .policies
+            .iter()
+            .cloned()
+            .map(StringValue::from)
+            .collect();
+        out.push(KeyValue::new(
+            "sidekey.cedar.policies",
+            Value::Array(Array::String(policies)),
+        ));
+    }
+    // That the upstream refused a credential, never which one (no credential ID in a span).
+    if record.rejected_credential_id.is_some() {
+        out.push(KeyValue::new("sidekey.credential_rejected", true));
+        out.push(KeyValue::new("sidekey.retried", record.retried));
+    }
+    if let Some(ws) = &record.websocket {
+        if let Some(code) = ws.close_code {
+            out.push(KeyValue::new(
+                "sidekey.websocket.close_code",
+                i64::from(code),
+            ));
+        }
+        if let Some(by) = ws.closed_by {
+            out.push(KeyValue::new("sidekey.websocket.closed_by", by));
+        }
+        out.push(KeyValue::new(
+            "sidekey.websocket.messages_in",
+            count(ws.messages_in),
+        ));
+        out.push(KeyValue::new(
+            "sidekey.websocket.messages_out",
+            count(ws.messages_out),
+        ));
+    }
     out
 }
 
@@ -454,6 +491,44 @@ mod tests {
         assert!(attrs.iter().all(|kv| kv.value.as_str() != "lease/abc"));
         assert_eq!(name(&r), "POST payments");
         assert_eq!(status(&r), Status::Unset);
+    }
+
+    #[test]
+    fn cedar_retries_and_websockets_are_attributes_without_credential_ids() {
+        let mut r = record();
+        r.cedar = Some(sidekey_audit::CedarDecision {
+            decision: "allow",
+            policies: vec!["read-issues".into()],
+        });
+        r.rejected_credential_id = Some("lease/old".into());
+        r.retried = true;
+        r.websocket = Some(sidekey_audit::WebSocketEnd {
+            close_code: Some(1000),
+            closed_by: Some("agent"),
+            messages_in: 3,
+            messages_out: 4,
+        });
+        let attrs = attributes(&r);
+        assert_eq!(
+            get(&attrs, "sidekey.cedar.decision"),
+            Some(&Value::from("allow"))
+        );
+        assert_eq!(
+            get(&attrs, "sidekey.cedar.policies"),
+            Some(&Value::Array(Array::String(vec!["read-issues".into()])))
+        );
+        assert_eq!(get(&attrs, "sidekey.retried"), Some(&Value::Bool(true)));
+        assert_eq!(
+            get(&attrs, "sidekey.websocket.close_code"),
+            Some(&Value::I64(1000))
+        );
+        assert_eq!(
+            get(&attrs, "sidekey.websocket.messages_out"),
+            Some(&Value::I64(4))
+        );
+        assert!(attrs
+            .iter()
+            .all(|kv| kv.value.as_str() != "lease/old" && kv.value.as_str() != "lease/abc"));
     }
 
     #[test]
