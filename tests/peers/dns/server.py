@@ -50,9 +50,18 @@ class Cycling(BaseResolver):
 def main():
     resolver = Cycling(json.loads(sys.argv[1]))
     quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
-    udp = DNSServer(resolver, port=0, address="127.0.0.1", logger=quiet)
-    port = udp.server.server_address[1]
-    tcp = DNSServer(resolver, port=port, address="127.0.0.1", tcp=True, logger=quiet)
+    # UDP takes a free port; TCP needs the same number, which another process may hold (the
+    # ephemeral range is shared with every connection the other tests make): try another.
+    for attempt in range(50):
+        udp = DNSServer(resolver, port=0, address="127.0.0.1", logger=quiet)
+        port = udp.server.server_address[1]
+        try:
+            tcp = DNSServer(resolver, port=port, address="127.0.0.1", tcp=True, logger=quiet)
+            break
+        except OSError:
+            udp.server.server_close()
+            if attempt == 49:
+                raise
     udp.start_thread()
     tcp.start_thread()
     print(f"port {port}", flush=True)
