@@ -641,18 +641,12 @@ impl CredentialStore {
             Some(task) => self.task_slot(parent, task)?,
             None => Arc::clone(parent),
         };
-        let slot_for_task = Arc::clone(&slot);
-        let core = Arc::clone(&self.core);
         let rejected = Arc::clone(rejected);
-        let replaced =
-            tokio::spawn(async move { replace_rejected(&slot_for_task, &core, &rejected).await })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(CredentialError::Unavailable {
-                        name: slot.name.clone(),
-                        reason: format!("credential fetch aborted: {e}"),
-                    })
-                })?;
+        let replaced = self
+            .detached(&slot, |slot, core| async move {
+                replace_rejected(&slot, &core, &rejected).await
+            })
+            .await?;
         if replaced.is_some() {
             slot.uses.add();
         }
@@ -836,11 +830,24 @@ impl CredentialStore {
     /// Runs the shared fetch in its own task, so that an agent that goes away mid-fetch does
     /// not cancel the issuer call the others wait for (nor lose its outcome).
     async fn fetch_shared(&self, slot: &Arc<Slot>) -> Result<Arc<Credential>, CredentialError> {
-        let task = {
-            let slot = Arc::clone(slot);
-            let core = Arc::clone(&self.core);
-            tokio::spawn(async move { fetch_shared(&slot, &core).await })
-        };
+        self.detached(slot, |slot, core| async move {
+            fetch_shared(&slot, &core).await
+        })
+        .await
+    }
+
+    /// Runs `work` on `slot` in a task of its own, so that a request that goes away does not
+    /// cancel an issuer call other requests wait on.
+    async fn detached<T, F>(
+        &self,
+        slot: &Arc<Slot>,
+        work: impl FnOnce(Arc<Slot>, Arc<Core>) -> F,
+    ) -> Result<T, CredentialError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, CredentialError>> + Send + 'static,
+    {
+        let task = tokio::spawn(work(Arc::clone(slot), Arc::clone(&self.core)));
         task.await.unwrap_or_else(|e| {
             Err(CredentialError::Unavailable {
                 name: slot.name.clone(),
@@ -1046,8 +1053,7 @@ async fn fetch_shared(
     }
 }
 
-/// [`CredentialStore::replace_rejected`] on the slot, in a task of its own (a request that
-/// goes away does not cancel a fetch others wait on).
+/// [`CredentialStore::replace_rejected`] on the slot (run detached).
 async fn replace_rejected(
     slot: &Arc<Slot>,
     core: &Arc<Core>,

@@ -179,7 +179,7 @@ pub async fn handle<B: AgentBody>(
     session.record.set_trace(&trace, state.spans.as_ref());
     let websocket = match (websocket, &exchange.streams) {
         (Ok(None), _) => None,
-        (Ok(Some(ws)), Some(streams)) => Some((ws, streams, Admission::snapshot(&parts))),
+        (Ok(Some(ws)), Some(streams)) => Some((ws, streams, head_copy(&parts))),
         (Ok(Some(_)), None) => {
             let refusal = Refusal::new(
                 ErrorCode::RequestInvalid,
@@ -411,12 +411,10 @@ pub async fn handle<B: AgentBody>(
         .await
     {
         Ok(Some(fresh)) => fresh,
-        Ok(None) => {
-            session.record.set_rejected(&used.id.0, false);
-            return session.respond(response, needles);
-        }
-        Err(e) => {
-            tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
+        not_replaced => {
+            if let Err(e) = not_replaced {
+                tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
+            }
             session.record.set_rejected(&used.id.0, false);
             return session.respond(response, needles);
         }

@@ -259,11 +259,6 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// A copy of what policy decided on, without the extensions (the upgrade handle).
-    pub(crate) fn snapshot(parts: &Parts) -> Parts {
-        crate::exchange::head_copy(parts)
-    }
-
     fn still_allowed(&self, state: &ProxyState) -> bool {
         let scope = self.grant.as_deref().map(|g| &g.scope);
         match state
@@ -524,38 +519,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Frames sidekey adds toward the upstream are masked, as a client's must be.
-    let toward_upstream = relay.from() == Peer::Agent;
-    let close = |stop: Stop| {
-        let mask = toward_upstream.then(|| {
-            let b = uuid::Uuid::new_v4().into_bytes();
-            [b[0], b[1], b[2], b[3]]
-        });
-        close_frame(stop.code, stop.reason, mask)
-    };
     let mut stop = link.stop.subscribe();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let end = loop {
+    // How it ended, and the Close frame sidekey then sends the peer it writes to, if any.
+    let (end, close_with) = loop {
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 * 1024);
         }
         tokio::select! {
             changed = stop.changed() => {
-                let stop = changed.ok().and_then(|()| *stop.borrow());
-                if let Some(stop) = stop {
-                    if relay.at_boundary() {
-                        let frame = close(stop);
-                        if writer.write_all(&frame).await.is_ok() {
-                            *count += frame.len() as u64;
-                        }
-                    }
-                }
-                break PumpEnd::Stopped;
+                break (PumpEnd::Stopped, changed.ok().and_then(|()| *stop.borrow()));
             }
             read = reader.read_buf(&mut input) => {
                 match read {
-                    Ok(0) | Err(_) => break PumpEnd::Closed,
+                    Ok(0) | Err(_) => break (PumpEnd::Closed, None),
                     Ok(_) => link.touch(),
                 }
                 let fed = relay.feed(&mut input, &mut out);
@@ -564,7 +542,7 @@ where
                 }
                 if !out.is_empty() {
                     if writer.write_all(&out).await.is_err() {
-                        break PumpEnd::Closed;
+                        break (PumpEnd::Closed, None);
                     }
                     *count += out.len() as u64;
                     out.clear();
@@ -572,19 +550,24 @@ where
                 if let Err(violation) = fed {
                     tracing::info!(from = relay.from().as_str(), error = %violation, "WebSocket closed by sidekey");
                     let stop = Stop { code: violation.close_code(), reason: violation.close_reason() };
-                    if relay.at_boundary() {
-                        let frame = close(stop);
-                        if writer.write_all(&frame).await.is_ok() {
-                            *count += frame.len() as u64;
-                        }
-                    }
                     // The other direction tells the peer that sent it.
                     let _ = link.stop.send(Some(stop));
-                    break PumpEnd::Violation(violation);
+                    break (PumpEnd::Violation(violation), Some(stop));
                 }
             }
         }
     };
+    if let Some(stop) = close_with.filter(|_| relay.at_boundary()) {
+        // Frames sidekey adds toward the upstream are masked, as a client's must be.
+        let mask = (relay.from() == Peer::Agent).then(|| {
+            let b = uuid::Uuid::new_v4().into_bytes();
+            [b[0], b[1], b[2], b[3]]
+        });
+        let frame = close_frame(stop.code, stop.reason, mask);
+        if writer.write_all(&frame).await.is_ok() {
+            *count += frame.len() as u64;
+        }
+    }
     let _ = writer.shutdown().await;
     end
 }
