@@ -140,14 +140,7 @@ fn a_per_task_credential_is_replaced_for_its_own_task_only() {
     use crate::common::grants::*;
     let env = Env::new();
     let keys = Keys::new();
-    let sk = env.sidekey(&base_config(
-        &[("tasks.test.local:443", "{upstream}")],
-        "  - name: tasks\n    hosts: [tasks.test.local]\n    methods: [GET]\n    credential: task_jwt\n    inject: { header: Authorization, value: \"Bearer {token}\" }\n    allow_private: true\n",
-        &format!(
-            "  task_jwt: {{ issuer: local, audience: demo-api, ttl: 5m, per_task: true }}\n{}",
-            keys.section(false)
-        ),
-    ));
+    let sk = env.sidekey(&per_task_config(&keys));
     let url = "https://tasks.test.local/reject-first-token";
     let first = keys.sign(AUDIENCE, "agent-a", "task-a", &["--route", "tasks"]);
     let second = keys.sign(AUDIENCE, "agent-b", "task-b", &["--route", "tasks"]);

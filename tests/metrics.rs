@@ -846,14 +846,7 @@ fn per_task_credentials_are_one_series_per_credential_at_the_soonest_expiry() {
     use crate::common::grants::*;
     let env = Env::new();
     let keys = Keys::new();
-    let sk = env.sidekey(&base_config(
-        &[("tasks.test.local:443", "{upstream}")],
-        "  - name: tasks\n    hosts: [tasks.test.local]\n    methods: [GET]\n    credential: task_jwt\n    inject: { header: Authorization, value: \"Bearer {token}\" }\n    allow_private: true\n",
-        &format!(
-            "  task_jwt: {{ issuer: local, audience: demo-api, ttl: 5m, per_task: true }}\n{}",
-            keys.section(false)
-        ),
-    ));
+    let sk = env.sidekey(&per_task_config(&keys));
     // A local per-task JWT never outlives its grant: one task's lives 5 minutes, the other's 1.
     let tasks = ["task-long-5e1d", "task-short-9c2b"];
     for (task, ttl) in tasks.iter().zip(["10m", "1m"]) {

@@ -11,7 +11,6 @@ Prints one JSON object: {"enable_connect_protocol", "status", "headers", "receiv
 
 import json
 import os
-import socket
 import ssl
 import struct
 import sys
@@ -21,20 +20,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-TIMEOUT = 10
-
-
-def connect_tunnel(proxy, authority):
-    host, port = proxy.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
-    sock.sendall(f"CONNECT {authority}:443 HTTP/1.1\r\nHost: {authority}:443\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError(f"proxy closed during CONNECT: {head!r}")
-        head += chunk
-    return sock, int(head.split(b" ", 2)[1])
+from h2raw import connect_tunnel  # tests/clients/, next to this script
 
 
 def client_frame(opcode, payload):
@@ -75,7 +61,7 @@ def main():
     proxy, ca, authority, path, *messages = sys.argv[1:]
     out = {"enable_connect_protocol": None, "status": None, "headers": {}, "received": [],
            "close_code": None, "error": None}
-    sock, status = connect_tunnel(proxy, authority)
+    sock, status = connect_tunnel(proxy, f"{authority}:443")
     if status != 200:
         out["error"] = f"CONNECT answered {status}"
         print(json.dumps(out))

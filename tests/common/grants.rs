@@ -151,3 +151,16 @@ pub fn revoke(sk: &Sidekey, by: &str, jti: Option<&str>) -> CheckOutput {
     }
     run_sidekey(&args)
 }
+
+/// [`crate::common::base_config`] with grants trusting `keys` and a route `tasks`
+/// (https://tasks.test.local, GET) whose credential `task_jwt` is a local JWT issued per task.
+pub fn per_task_config(keys: &Keys) -> String {
+    crate::common::base_config(
+        &[("tasks.test.local:443", "{upstream}")],
+        "  - name: tasks\n    hosts: [tasks.test.local]\n    methods: [GET]\n    credential: task_jwt\n    inject: { header: Authorization, value: \"Bearer {token}\" }\n    allow_private: true\n",
+        &format!(
+            "  task_jwt: {{ issuer: local, audience: demo-api, ttl: 5m, per_task: true }}\n{}",
+            keys.section(false)
+        ),
+    )
+}
