@@ -245,6 +245,9 @@ pub struct Explanation {
     pub connect: Option<&'static str>,
     pub route: Option<RouteMatch>,
     pub credential: Option<CredentialUse>,
+    /// The route's `client_certificate`: the certificate credential presented in the TLS
+    /// handshake.
+    pub client_certificate: Option<CredentialUse>,
     pub body: Option<BodyPlan>,
     pub grant: Option<GrantInfo>,
     /// With `cedar:`: whether the policies permit it, and the policies that decided.
@@ -276,6 +279,7 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
         target: None,
         connect: None,
         route: None,
+        client_certificate: None,
         credential: None,
         body: None,
         grant: None,
@@ -526,8 +530,20 @@ pub fn explain(config: &Config, ask: &Ask, grant: &GrantInput) -> Result<Explana
                     ));
                 }
             }
-            out.credential = credential_use(config, rule);
-            if let Some(credential) = out.credential.clone() {
+            out.credential = rule
+                .credential
+                .as_ref()
+                .and_then(|name| credential_use(config, name, rule.inject.clone()));
+            out.client_certificate = rule
+                .client_certificate
+                .as_ref()
+                .and_then(|name| credential_use(config, name, None));
+            for credential in out
+                .credential
+                .clone()
+                .into_iter()
+                .chain(out.client_certificate.clone())
+            {
                 if credential.per_task && scope.is_none() {
                     return Ok(out.deny(
                         Refusal::new(
@@ -660,10 +676,23 @@ impl Explanation {
                     out.push(format!("inject:     {}", inject_text(inject)));
                 }
             }
-            None if self.route.is_some() => {
+            None if self.route.is_some() && self.client_certificate.is_none() => {
                 out.push("credential: none (allowed egress, nothing injected)".into())
             }
             None => {}
+        }
+        if let Some(certificate) = &self.client_certificate {
+            out.push(format!(
+                "client certificate: {} (issuer {}, kind {}{}), presented in the TLS handshake",
+                certificate.name,
+                certificate.issuer,
+                certificate.issuer_kind,
+                if certificate.per_task {
+                    ", one per task grant"
+                } else {
+                    ""
+                }
+            ));
         }
         if let Some(body) = &self.body {
             out.push(format!("body:       {}", body_text(body)));
@@ -740,6 +769,12 @@ impl Explanation {
                 "per_task": c.per_task,
             })),
             "inject": self.credential.as_ref().and_then(|c| c.inject.as_ref()).map(inject_json),
+            "client_certificate": self.client_certificate.as_ref().map(|c| json!({
+                "name": c.name,
+                "issuer": c.issuer,
+                "issuer_kind": c.issuer_kind,
+                "per_task": c.per_task,
+            })),
             "body": self.body.as_ref().map(|b| json!({
                 "max_request_body": b.max,
                 "form_scan": match &b.form {
@@ -906,8 +941,7 @@ fn route_match(
     }
 }
 
-fn credential_use(config: &Config, rule: &RouteConfig) -> Option<CredentialUse> {
-    let name = rule.credential.as_ref()?;
+fn credential_use(config: &Config, name: &String, inject: Option<Inject>) -> Option<CredentialUse> {
     let credential = config.credentials.iter().find(|c| &c.name == name)?;
     let kind = config
         .issuers
@@ -919,7 +953,7 @@ fn credential_use(config: &Config, rule: &RouteConfig) -> Option<CredentialUse> 
         issuer: credential.issuer.clone(),
         issuer_kind: kind,
         per_task: credential.per_task,
-        inject: rule.inject.clone(),
+        inject,
     })
 }
 
@@ -1058,6 +1092,40 @@ routes:
 
     fn run(config: &Config, ask: &Ask, grant: &GrantInput) -> Explanation {
         explain(config, ask, grant).unwrap()
+    }
+
+    #[test]
+    fn a_client_certificate_is_named_with_its_issuer() {
+        let c = sidekey_config::parse(
+            r#"issuers:
+  bao: { kind: vault, address: "http://127.0.0.1:8200", auth: { method: jwt, role: a, token_file: /dev/null } }
+credentials:
+  cert: { issuer: bao, path: pki/sign/agent, certificate: { common_name: a.internal } }
+routes:
+  - name: mtls
+    hosts: [mtls.example.com]
+    methods: [GET]
+    client_certificate: cert
+"#,
+            "test.yaml",
+        )
+        .unwrap();
+        let e = run(
+            &c,
+            &ask(Listener::Forward, "GET", "https://mtls.example.com/", &[]),
+            &GrantInput::None,
+        );
+        assert_eq!(e.verdict, Verdict::Allow);
+        assert!(e.credential.is_none());
+        let text = e.text();
+        assert!(
+            text.contains("client certificate: cert (issuer bao, kind vault)"),
+            "{text}"
+        );
+        assert!(!text.contains("credential: none"), "{text}");
+        let json = e.json();
+        assert_eq!(json["client_certificate"]["name"], "cert", "{json}");
+        assert_eq!(json["client_certificate"]["issuer_kind"], "vault", "{json}");
     }
 
     #[test]

@@ -22,7 +22,10 @@ pub fn credential_scopes(config: &Config) -> HashMap<String, Value> {
         let routes: Vec<_> = config
             .routes
             .iter()
-            .filter(|r| r.credential.as_deref() == Some(credential.name.as_str()))
+            .filter(|r| {
+                let name = Some(credential.name.as_str());
+                r.credential.as_deref() == name || r.client_certificate.as_deref() == name
+            })
             .collect();
         let mut breadth = 0u64;
         let mut wildcard_hosts = false;

@@ -17,6 +17,7 @@ mod aws;
 mod aws_peer;
 mod cedar;
 mod check;
+mod client_certificate;
 mod client_libraries;
 mod compose;
 mod credential_retry;

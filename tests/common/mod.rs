@@ -19,6 +19,7 @@ pub mod grants;
 pub mod identity;
 pub mod inprocess;
 pub mod moto;
+pub mod nginx;
 pub mod oauth2;
 pub mod openbao;
 pub mod otlp;

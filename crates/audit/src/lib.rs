@@ -96,6 +96,12 @@ pub struct RequestRecord {
     /// one (`credential_id`). Omitted when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub retried: bool,
+    /// The `certificate` credential presented as the TLS client certificate (a route's
+    /// `client_certificate`), and its ID: the certificate's serial number. Omitted when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate_id: Option<String>,
     /// With `cedar:`, for a request a route allowed: Cedar's decision and the policies that
     /// determined it. Omitted otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,6 +175,8 @@ impl RequestRecord {
             error: None,
             rejected_credential_id: None,
             retried: false,
+            client_certificate: None,
+            client_certificate_id: None,
             cedar: None,
             websocket: None,
         }

@@ -54,6 +54,8 @@ pub fn http_activity(record: &Value) -> Option<Value> {
         "credential",
         "credential_id",
         "issuer",
+        "client_certificate",
+        "client_certificate_id",
         "task_id",
         "sub",
         "grant_id",

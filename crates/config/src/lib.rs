@@ -325,6 +325,20 @@ pub struct CredentialConfig {
     /// github-app (required there, non-empty): the permissions the token is narrowed to, name →
     /// `read`, `write` or `admin`, in file order.
     pub permissions: Vec<(String, String)>,
+    /// vault: a client certificate signed by a PKI engine (`path: <mount>/sign/<role>`) for a
+    /// key sidekey generates and keeps in memory; attached by routes as `client_certificate`.
+    pub certificate: Option<CertificateConfig>,
+}
+
+/// `credentials.<name>.certificate`: what the certificate names. With `per_task`, each value
+/// may contain `{task_id}` and `{sub}`, filled in with the task's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertificateConfig {
+    pub common_name: String,
+    /// DNS names and e-mail addresses (Vault's `alt_names`).
+    pub alt_names: Vec<String>,
+    /// URI SANs (Vault's `uri_sans`), e.g. a SPIFFE ID.
+    pub uri_sans: Vec<String>,
 }
 
 /// `routes[]`.
@@ -342,6 +356,9 @@ pub struct RouteConfig {
     pub paths: Vec<PathGlob>,
     /// Name of an entry in `credentials` (validated). None: allowed egress with no credential.
     pub credential: Option<String>,
+    /// Name of a `certificate` credential presented as the TLS client certificate to this
+    /// route's upstreams (validated; https only).
+    pub client_certificate: Option<String>,
     /// Required when `credential` is set; an error without one.
     pub inject: Option<Inject>,
     /// Only this route may reach private/loopback addresses (enforced by the SSRF guard).

@@ -19,6 +19,7 @@ const ROUTE_KEYS: &[&str] = &[
     "methods",
     "paths",
     "credential",
+    "client_certificate",
     "inject",
     "allow_private",
     "max_request_body",
@@ -126,8 +127,16 @@ fn route(
             };
             e.error_hint(c.value.pos, format!("{what} refers to unknown credential `{name}`"), hint);
         }
+        if credentials.get(name).is_some_and(|c| c.certificate) {
+            e.error_hint(
+                c.value.pos,
+                format!("{what} attaches certificate credential `{name}` as a token"),
+                format!("a client certificate is presented in the TLS handshake: client_certificate: {name}"),
+            );
+        }
         Some(name.to_string())
     });
+    let client_certificate = client_certificate(&f, &what, credentials, schemes.as_deref(), e);
     let inject = inject_field.and_then(|i| inject(i.value, &what, e));
     match (credential_field, inject_field) {
         (Some(c), None) => e.error_hint(
@@ -144,7 +153,7 @@ fn route(
             // SigV4 signs with AWS keys; AWS keys are only ever used to sign.
             let status = credential
                 .as_deref()
-                .and_then(|name| credentials.get(name).copied());
+                .and_then(|name| credentials.get(name).map(|c| c.issuer));
             let sigv4 = matches!(inject, Some(Inject::SigV4 { .. }));
             match status {
                 Some(IssuerStatus::AwsSts) if !sigv4 && inject.is_some() => e.error_hint(
@@ -218,12 +227,65 @@ fn route(
         methods: methods?,
         paths: paths?,
         credential,
+        client_certificate,
         inject,
         allow_private,
         max_request_body,
         action,
         line: f.pos.line,
     })
+}
+
+/// `client_certificate`: a declared `certificate` credential, on a route that only speaks
+/// https (a certificate is presented in a TLS handshake; an `http` request would go without).
+fn client_certificate(
+    f: &crate::check::Fields<'_>,
+    what: &str,
+    credentials: &CredentialNames,
+    schemes: Option<&[Scheme]>,
+    e: &mut Errors,
+) -> Option<String> {
+    let field = f
+        .field("client_certificate")
+        .filter(|c| !c.value.is_null())?;
+    let name = e.string(field.value, &format!("`client_certificate` of {what}"))?;
+    match credentials.get(name) {
+        None => {
+            let certificates: Vec<&str> = credentials
+                .iter()
+                .filter(|(_, c)| c.certificate)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let hint = match closest(name, &certificates) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None if certificates.is_empty() => format!(
+                    "declare it under `credentials:` with a vault issuer, e.g. `{name}: {{ issuer: vault, path: pki/sign/agent, certificate: {{ common_name: agent.internal }} }}`"
+                ),
+                None => format!("declared certificate credentials: {}", certificates.join(", ")),
+            };
+            e.error_hint(
+                field.value.pos,
+                format!("{what} refers to unknown credential `{name}`"),
+                hint,
+            );
+        }
+        Some(c) if !c.certificate && c.issuer != IssuerStatus::Invalid => e.error_hint(
+            field.value.pos,
+            format!("`client_certificate` of {what}: credential `{name}` is not a certificate"),
+            "give it a `certificate: { common_name: … }` and a PKI `path: <mount>/sign/<role>`, or attach it with `credential` and `inject`",
+        ),
+        Some(_) => {}
+    }
+    if let Some(schemes) = schemes {
+        if schemes.contains(&Scheme::Http) {
+            e.error_hint(
+                field.key.pos,
+                format!("{what} presents a client certificate but allows `http`"),
+                "a client certificate is presented in the TLS handshake, so plain http would go without it: use schemes: [https]",
+            );
+        }
+    }
+    Some(name.to_string())
 }
 
 fn hosts(

@@ -50,7 +50,12 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "task_assertion_issuer",
     "repositories",
     "permissions",
+    "certificate",
 ];
+/// Keys of a credential's `certificate`.
+const CERTIFICATE_KEYS: &[&str] = &["common_name", "alt_names", "uri_sans"];
+/// Parameters of `<mount>/sign/<role>` that a certificate credential sets itself.
+const CERTIFICATE_PARAMS: &[&str] = &["csr", "common_name", "alt_names", "uri_sans", "ttl"];
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts", "github-app"];
 /// What a github-app credential's permission may be set to.
 const GITHUB_ACCESS: &[&str] = &["read", "write", "admin"];
@@ -108,7 +113,7 @@ impl IssuerStatus {
     fn credential_keys(self) -> &'static [&'static str] {
         match self {
             IssuerStatus::Local => &["audience", "subject", "per_task"],
-            IssuerStatus::Vault => &["path", "field", "params", "per_task"],
+            IssuerStatus::Vault => &["path", "field", "params", "per_task", "certificate"],
             IssuerStatus::OAuth2 { .. } => &[
                 "audience",
                 "scope",
@@ -125,7 +130,15 @@ impl IssuerStatus {
 
 /// Declared credentials, by name (including those with errors), with the kind of their issuer
 /// (routes check that `inject: sigv4` goes with aws-sts credentials and only with them).
-pub(crate) type CredentialNames = BTreeMap<String, IssuerStatus>;
+pub(crate) type CredentialNames = BTreeMap<String, CredentialKind>;
+
+/// What a route may do with a declared credential: its issuer's kind, and whether it is a
+/// client certificate (`certificate:`), which routes attach as `client_certificate` only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CredentialKind {
+    pub issuer: IssuerStatus,
+    pub certificate: bool,
+}
 
 /// A `host:port: ip:port` entry found anywhere in the file.
 pub(crate) struct ResolveEntry {
@@ -415,18 +428,27 @@ fn credentials(
         return out;
     };
     for field in &f.entries {
-        let status = match &field.value.value {
+        let entry = |key: &str| match &field.value.value {
             Value::Map(entries) => entries
                 .iter()
-                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == "issuer"))
-                .and_then(|(_, v)| match &v.value {
-                    Value::Str(s) => issuers.get(s).copied(),
-                    _ => None,
-                })
-                .unwrap_or(IssuerStatus::Invalid),
-            _ => IssuerStatus::Invalid,
+                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
         };
-        names.insert(field.name.to_string(), status);
+        let status = entry("issuer")
+            .and_then(|v| match &v.value {
+                Value::Str(s) => issuers.get(s).copied(),
+                _ => None,
+            })
+            .unwrap_or(IssuerStatus::Invalid);
+        let certificate = entry("certificate").is_some_and(|v| !v.is_null());
+        names.insert(
+            field.name.to_string(),
+            CredentialKind {
+                issuer: status,
+                certificate,
+            },
+        );
         let name = check_name(e, field.key, "credential");
         let cred = credential(field.name, field.key.pos, field.value, e, issuers);
         if let (Some(name), Some(mut cred)) = (name, cred) {
@@ -535,6 +557,7 @@ fn credential(
         task_assertion_issuer: None,
         repositories: Vec::new(),
         permissions: Vec::new(),
+        certificate: None,
     };
     let text = |e: &mut Errors, key: &str| -> Option<String> {
         f.value(key).and_then(|n| {
@@ -567,7 +590,9 @@ fn credential(
             }
         }
     }
-    if status == Some(IssuerStatus::Vault) {
+    if status == Some(IssuerStatus::Vault) && f.value("certificate").is_some() {
+        certificate(&f, &what, key_pos, &mut cred, e);
+    } else if status == Some(IssuerStatus::Vault) {
         for key in ["path", "field"] {
             if f.get(key).is_none() {
                 let hint = if key == "path" {
@@ -727,6 +752,128 @@ fn github_narrowing(
             );
         }
     }
+}
+
+/// A vault credential's `certificate`: a client certificate from a PKI engine's `sign`
+/// endpoint, for a key sidekey generates. Its path must be a `sign` path (an `issue` path would
+/// have Vault make the key and send it over the wire), it has no `field`, and `params` cannot
+/// set what sidekey sends itself.
+fn certificate(
+    f: &Fields<'_>,
+    what: &str,
+    key_pos: Pos,
+    cred: &mut CredentialConfig,
+    e: &mut Errors,
+) {
+    let Some(n) = f.value("certificate") else {
+        return;
+    };
+    let label = format!("`certificate` of {what}");
+    match f.field("path") {
+        None => e.error_hint(
+            key_pos,
+            format!("{what} has no `path`"),
+            "name the PKI role's sign endpoint, e.g. path: pki/sign/agent",
+        ),
+        Some(p) => {
+            let path = cred.path.as_deref().unwrap_or_default();
+            let segments: Vec<&str> = path.split('/').collect();
+            let sign = segments.len() >= 3
+                && segments[segments.len() - 2] == "sign"
+                && !segments[segments.len() - 1].is_empty();
+            if !sign && !path.is_empty() {
+                let hint = match path.replace("/issue/", "/sign/") {
+                    fixed if fixed != path => format!(
+                        "use `{fixed}`: with `sign`, sidekey makes the key and sends only a CSR; with `issue`, Vault would make the key and send it back"
+                    ),
+                    _ => "name the PKI role's sign endpoint, e.g. path: pki/sign/agent".into(),
+                };
+                e.error_hint(
+                    p.value.pos,
+                    format!("`path` of {what} is not a PKI `sign` path: `{path}`"),
+                    hint,
+                );
+            }
+        }
+    }
+    if let Some(field) = f.field("field") {
+        e.error_hint(
+            field.key.pos,
+            format!("`field` does not apply to {what}: it is a `certificate`"),
+            "sidekey reads the certificate, its chain and its serial number from the answer; remove `field`",
+        );
+    }
+    if let Some(Value::Map(params)) = f.value("params").map(|n| &n.value) {
+        for (key, _) in params {
+            if let Value::Str(name) = &key.value {
+                if CERTIFICATE_PARAMS.contains(&name.as_str()) {
+                    e.error_hint(
+                        key.pos,
+                        format!("`params.{name}` of {what} is set by sidekey"),
+                        "the CSR comes from the key sidekey makes, the names from `certificate`, and `ttl` from the credential's `ttl`; remove it",
+                    );
+                }
+            }
+        }
+    }
+    let Some(c) = e.map(n, &label) else {
+        return;
+    };
+    e.unknown_keys(&c, &label, CERTIFICATE_KEYS);
+    let mut config = crate::CertificateConfig::default();
+    match c.value("common_name") {
+        Some(v) => {
+            if let Some(name) = e.nonempty_string(v, &format!("`common_name` of {label}")) {
+                config.common_name = name.to_string();
+            }
+        }
+        None => e.error_hint(
+            c.pos,
+            format!("{label} has no `common_name`"),
+            "name the identity the upstream sees, e.g. common_name: agent.payments.internal",
+        ),
+    }
+    for (key, out) in [
+        ("alt_names", &mut config.alt_names),
+        ("uri_sans", &mut config.uri_sans),
+    ] {
+        let Some(v) = c.value(key) else { continue };
+        let sub = format!("`{key}` of {label}");
+        if let Some(items) = e.list(v, &sub) {
+            for item in items {
+                if let Some(name) = e.nonempty_string(item, &format!("an entry of {sub}")) {
+                    if name.contains(',') {
+                        e.error_hint(
+                            item.pos,
+                            format!("an entry of {sub} contains `,`"),
+                            "give one name per entry",
+                        );
+                    } else {
+                        out.push(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let per_task = f
+        .value("per_task")
+        .is_some_and(|n| matches!(n.value, Value::Bool(true)));
+    if !per_task {
+        let names = std::iter::once(&config.common_name)
+            .chain(&config.alt_names)
+            .chain(&config.uri_sans);
+        if let Some(name) = names
+            .into_iter()
+            .find(|n| n.contains("{task_id}") || n.contains("{sub}"))
+        {
+            e.error_hint(
+                n.pos,
+                format!("{label} names `{name}`, but {what} is not `per_task`"),
+                "`{task_id}` and `{sub}` are filled in per task: add `per_task: true`, or write the name out",
+            );
+        }
+    }
+    cred.certificate = Some(config);
 }
 
 /// A GitHub repository name: letters, digits, `-`, `_`, `.`; at most 100; not `.` or `..`.

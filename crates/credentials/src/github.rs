@@ -317,7 +317,7 @@ impl GitHubAppIssuer {
                 tracing::debug!(issuer = %self.name, key = %read.id, "GitHub App private key read");
                 match read.value {
                     CredentialValue::Token(pem) => pem,
-                    CredentialValue::Aws { .. } => {
+                    CredentialValue::Aws { .. } | CredentialValue::Certificate(_) => {
                         return Err(IssueError::Response(
                             "the private key's secret is not a PEM text".into(),
                         ))

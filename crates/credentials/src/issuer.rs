@@ -96,6 +96,8 @@ pub struct CredentialRequest {
     pub repositories: Vec<String>,
     /// github-app: the permissions the token is narrowed to.
     pub permissions: Vec<(String, String)>,
+    /// vault: a client certificate for a key made in memory, signed at `path`.
+    pub certificate: Option<sidekey_config::CertificateConfig>,
     /// The task a per-task credential is issued for; `None` for a shared credential, and for
     /// the request a per-task credential is configured with (its tasks' requests carry one).
     pub task: Option<TaskContext>,
@@ -133,6 +135,7 @@ impl CredentialRequest {
             session_policy,
             repositories: c.repositories.clone(),
             permissions: c.permissions.clone(),
+            certificate: c.certificate.clone(),
             task: None,
         })
     }

@@ -7,6 +7,7 @@ mod http;
 mod issuer;
 mod local;
 mod oauth2;
+mod pki;
 mod secret;
 mod store;
 mod sts;
@@ -18,7 +19,7 @@ pub use github::GitHubAppIssuer;
 pub use issuer::{CredentialRequest, IssueError, Issuer};
 pub use local::{Jwk, LocalIssuer};
 pub use oauth2::OAuth2Issuer;
-pub use secret::{Credential, CredentialId, CredentialValue, Lease, Secret};
+pub use secret::{ClientCertificate, Credential, CredentialId, CredentialValue, Lease, Secret};
 pub use store::{
     CredentialChanges, CredentialError, CredentialStatus, CredentialStore, Retired, MAX_TASK_SLOTS,
 };

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 pub use sidekey_secret::Secret;
 
+pub use crate::pki::ClientCertificate;
+
 /// The issuer's identifier of one credential (JWT `jti`, lease ID, access key ID…): what the
 /// audit trail records instead of the value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,6 +30,9 @@ pub enum CredentialValue {
         secret_access_key: Secret,
         session_token: Secret,
     },
+    /// A TLS client certificate and its key (made in memory, never sent): presented to the
+    /// upstreams of routes that name it as `client_certificate`.
+    Certificate(ClientCertificate),
 }
 
 /// A lease the issuer can renew or revoke (Vault).
@@ -77,7 +82,7 @@ impl Credential {
     pub fn token_value(&self) -> Option<&Secret> {
         match &self.value {
             CredentialValue::Token(s) => Some(s),
-            CredentialValue::Aws { .. } => None,
+            CredentialValue::Aws { .. } | CredentialValue::Certificate(_) => None,
         }
     }
 
@@ -90,6 +95,8 @@ impl Credential {
                 session_token,
                 ..
             } => vec![secret_access_key, session_token],
+            // The key never leaves sidekey: nothing an upstream could echo.
+            CredentialValue::Certificate(_) => Vec::new(),
         }
     }
 }

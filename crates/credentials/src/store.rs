@@ -1428,6 +1428,7 @@ mod tests {
             task_assertion_issuer: None,
             repositories: Vec::new(),
             permissions: Vec::new(),
+            certificate: None,
         }
     }
 

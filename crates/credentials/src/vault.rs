@@ -11,12 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde_json::Value;
-use sidekey_config::{VaultAuth, VaultIssuerConfig, VaultJwtMethod};
+use sidekey_config::{CertificateConfig, VaultAuth, VaultIssuerConfig, VaultJwtMethod};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{clamp_secs, client, excerpt, read_secret_file, send};
 use crate::issuer::{CredentialRequest, IssueError};
+use crate::pki;
 use crate::{Credential, CredentialId, CredentialValue, Lease, Secret};
 
 /// Retry delays of the token keeper after a failed renewal or login.
@@ -109,6 +110,19 @@ struct SecretAnswer {
     data: Option<Value>,
 }
 
+/// The data of a PKI `sign` answer.
+#[derive(Deserialize)]
+struct SignedCertificate {
+    certificate: String,
+    #[serde(default)]
+    issuing_ca: Option<String>,
+    #[serde(default)]
+    ca_chain: Vec<String>,
+    serial_number: String,
+    /// Unix seconds.
+    expiration: u64,
+}
+
 #[derive(Deserialize)]
 struct LeaseAnswer {
     #[serde(default)]
@@ -139,6 +153,9 @@ impl VaultIssuer {
             .path
             .as_deref()
             .ok_or_else(|| IssueError::Config("vault credential has no path".into()))?;
+        if let Some(certificate) = &request.certificate {
+            return self.sign(request, path, certificate).await;
+        }
         let field = request
             .field
             .as_deref()
@@ -225,6 +242,87 @@ impl VaultIssuer {
         Ok(Credential {
             id: CredentialId(id),
             value: CredentialValue::Token(value),
+            issued_at,
+            expires_at,
+            lease,
+        })
+    }
+
+    /// A client certificate from a PKI engine's sign endpoint (`path`): a key made here, a CSR
+    /// for it sent, the certificate checked to be for that key. Its ID is the serial number;
+    /// with a lease (the role's `generate_lease`), revoking the lease revokes the certificate.
+    async fn sign(
+        &self,
+        request: &CredentialRequest,
+        path: &str,
+        certificate: &CertificateConfig,
+    ) -> Result<Credential, IssueError> {
+        let names = pki::names(certificate, request.task.as_ref());
+        let key = pki::NewKey::generate()?;
+        let csr = key.csr(&names.common_name)?;
+        let mut body: serde_json::Map<String, Value> = request
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        body.insert("csr".into(), Value::String(csr));
+        body.insert("common_name".into(), Value::String(names.common_name));
+        if !names.alt_names.is_empty() {
+            body.insert("alt_names".into(), Value::String(names.alt_names.join(",")));
+        }
+        if !names.uri_sans.is_empty() {
+            body.insert("uri_sans".into(), Value::String(names.uri_sans.join(",")));
+        }
+        body.insert(
+            "ttl".into(),
+            Value::String(format!("{}s", request.ttl.as_secs())),
+        );
+        body.insert("format".into(), Value::String("pem".into()));
+        let token = self.token().await?;
+        let issued_at = SystemTime::now();
+        let answer: SecretAnswer = self
+            .session
+            .call(
+                reqwest::Method::POST,
+                path,
+                &token,
+                Some(&Value::Object(body)),
+            )
+            .await?
+            .ok_or_else(|| IssueError::Response(format!("{path} returned no data")))?;
+        let signed: SignedCertificate = answer
+            .data
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| IssueError::Response(format!("{path}: {e}")))?
+            .ok_or_else(|| IssueError::Response(format!("{path} has no data")))?;
+        let mut chain = vec![signed.certificate.as_str()];
+        chain.extend(signed.ca_chain.iter().map(String::as_str));
+        if signed.ca_chain.is_empty() {
+            chain.extend(signed.issuing_ca.as_deref());
+        }
+        let value = key.certify(&chain)?;
+        let mut expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(signed.expiration);
+        let lease = (!answer.lease_id.is_empty()).then(|| Lease {
+            id: answer.lease_id.clone(),
+            renewable: answer.renewable,
+            owner: Some(token.accessor.clone()).filter(|a| !a.is_empty()),
+        });
+        if lease.is_some() {
+            // The lease dies with the token that created it, and revokes the certificate then.
+            expires_at = expires_at.min(issued_at + clamp_secs(answer.lease_duration));
+            if let Some(end) = token.hard_expiry {
+                expires_at = expires_at.min(end);
+            }
+        }
+        if expires_at <= issued_at {
+            return Err(IssueError::Response(format!(
+                "{path} signed a certificate that has already expired"
+            )));
+        }
+        Ok(Credential {
+            id: CredentialId(signed.serial_number),
+            value: CredentialValue::Certificate(value),
             issued_at,
             expires_at,
             lease,

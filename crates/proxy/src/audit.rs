@@ -118,6 +118,12 @@ impl PendingRecord {
         self.record.credential_id = id.map(str::to_string);
     }
 
+    /// The client certificate the request was sent with: its credential's name and serial.
+    pub fn set_client_certificate(&mut self, name: &Arc<str>, id: Option<&str>) {
+        self.record.client_certificate = Some(Arc::clone(name));
+        self.record.client_certificate_id = id.map(str::to_string);
+    }
+
     pub fn set_decision(&mut self, decision: Outcome) {
         self.record.decision = decision;
     }

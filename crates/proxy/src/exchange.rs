@@ -38,7 +38,7 @@ use sidekey_policy::{
 use crate::audit::{Metered, PendingRecord};
 use crate::error::refusal_response;
 use crate::websocket::{self, Admission, Streams};
-use crate::{ProxyState, RouteRuntime};
+use crate::{Certified, ProxyState, RouteRuntime};
 
 /// How long the agent gets to send a body that is read whole (a small form, a body to sign).
 const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -279,9 +279,6 @@ pub async fn handle<B: AgentBody>(
     );
     let waited = Instant::now();
     let credential = credential(&state, runtime, grant.as_deref()).await;
-    if runtime.is_some_and(|r| r.credential.is_some()) {
-        timers.credential_wait(waited.elapsed().as_secs_f64());
-    }
     let credential = match credential {
         Ok(credential) => credential,
         Err(refusal) => {
@@ -293,6 +290,14 @@ pub async fn handle<B: AgentBody>(
     };
     if let (Some(runtime), Some(credential)) = (runtime, &credential) {
         session.set_credential(runtime, Some(credential));
+    }
+    let certified = match client_certificate(&state, &mut session, runtime, grant.as_deref()).await
+    {
+        Ok(certified) => certified,
+        Err(refusal) => return session.refuse(refusal, body.into_unread()).await,
+    };
+    if runtime.is_some_and(|r| r.credential.is_some() || r.client_certificate.is_some()) {
+        timers.credential_wait(waited.elapsed().as_secs_f64());
     }
 
     // A credentialed GET, HEAD or OPTIONS with no body can be sent again when the upstream
@@ -345,6 +350,7 @@ pub async fn handle<B: AgentBody>(
             .upgrade(
                 Request::from_parts(parts, sidekey_body::empty()),
                 allow_private,
+                certified.as_ref(),
             )
             .await;
         timers.upstream(sent.elapsed().as_secs_f64());
@@ -359,6 +365,7 @@ pub async fn handle<B: AgentBody>(
                     grant,
                     route: runtime.map(|r| Arc::clone(&r.name)),
                     credential: runtime.and_then(|r| r.credential.clone()),
+                    client_certificate: runtime.and_then(|r| r.client_certificate.clone()),
                 };
                 session.upgrade(&state, streams, ws, response, needles, admission)
             }
@@ -369,7 +376,7 @@ pub async fn handle<B: AgentBody>(
     }
     let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
     let sent = Instant::now();
-    let forwarded = forward(&state, parts, outgoing, allow_private).await;
+    let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
     timers.upstream(sent.elapsed().as_secs_f64());
     let response = match forwarded {
         Ok(response) => response,
@@ -443,7 +450,7 @@ pub async fn handle<B: AgentBody>(
         session.record.meter(),
     );
     let sent = Instant::now();
-    let forwarded = forward(&state, parts, outgoing, allow_private).await;
+    let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
     timers.upstream(sent.elapsed().as_secs_f64());
     match forwarded {
         Ok(response) => session.respond(response, Some(needles)),
@@ -588,19 +595,54 @@ async fn credential(
     route: Option<&RouteRuntime>,
     grant: Option<&Grant>,
 ) -> Result<Option<Arc<Credential>>, Refusal> {
-    let Some(name) = route.and_then(|r| r.credential.as_ref()) else {
+    match route.and_then(|r| r.credential.as_ref()) {
+        Some(name) => fetch(state, name, grant).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The route's client certificate (`client_certificate`), fetched like a credential, and the
+/// upstream clients that present it; recorded with its serial.
+async fn client_certificate(
+    state: &ProxyState,
+    session: &mut Session,
+    route: Option<&RouteRuntime>,
+    grant: Option<&Grant>,
+) -> Result<Option<Certified>, Refusal> {
+    let Some((route, name)) = route.and_then(|r| Some((r, r.client_certificate.as_ref()?))) else {
         return Ok(None);
     };
+    let fetched = fetch(state, name, grant).await;
+    session
+        .record
+        .set_client_certificate(name, fetched.as_ref().ok().map(|c| c.id.0.as_str()));
+    let certificate = fetched?;
+    route
+        .certified
+        .get(&certificate, |c| {
+            state.upstream.certified(c, route.allow_private)
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::CredentialUnavailable,
+                format!("credential `{name}` is not a client certificate"),
+            )
+        })
+}
+
+/// The credential `name`, from the store: the pod's, or for a `per_task` credential the one
+/// of this request's grant.
+async fn fetch(
+    state: &ProxyState,
+    name: &Arc<str>,
+    grant: Option<&Grant>,
+) -> Result<Arc<Credential>, Refusal> {
     let unavailable = |e: sidekey_credentials::CredentialError| {
         Refusal::new(ErrorCode::CredentialUnavailable, e.to_string())
     };
     if !state.credentials.is_per_task(name) {
-        return state
-            .credentials
-            .get(name)
-            .await
-            .map(Some)
-            .map_err(unavailable);
+        return state.credentials.get(name).await.map_err(unavailable);
     }
     let Some(grant) = grant else {
         return Err(Refusal::new(
@@ -615,7 +657,6 @@ async fn credential(
         .credentials
         .get_for_task(name, &task)
         .await
-        .map(Some)
         .map_err(unavailable)
 }
 
@@ -722,6 +763,10 @@ fn rewrite(
             ErrorCode::CredentialUnavailable,
             "AWS keys can only sign requests (inject: sigv4)",
         )),
+        (_, CredentialValue::Certificate(_)) => Err(Refusal::new(
+            ErrorCode::CredentialUnavailable,
+            "a client certificate is presented in the TLS handshake (client_certificate)",
+        )),
     }
 }
 
@@ -798,6 +843,7 @@ async fn forward(
     parts: Parts,
     outgoing: Outgoing,
     allow_private: bool,
+    certified: Option<&Certified>,
 ) -> Result<Response<Incoming>, Refusal> {
     let Outgoing {
         body,
@@ -807,7 +853,7 @@ async fn forward(
     } = outgoing;
     let sent = state
         .upstream
-        .send(Request::from_parts(parts, body), allow_private)
+        .send(Request::from_parts(parts, body), allow_private, certified)
         .await;
     if let Some(refusal) = verdict.get() {
         return Err(refusal.clone());

@@ -26,7 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use sidekey_audit::AuditLog;
 use sidekey_body::mask::Needles;
 use sidekey_config::{Config, Inject, LimitsConfig};
-use sidekey_credentials::{Credential, CredentialStore};
+use sidekey_credentials::{ClientCertificate, Credential, CredentialStore, CredentialValue};
 use sidekey_grants::Grants;
 use sidekey_metrics::{ConnectionGuard, Metrics};
 use sidekey_policy::{CedarGate, Policy};
@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::refusal_response;
 pub use sidekey_policy::ErrorCode;
-pub use upstream::Upstream;
+pub use upstream::{Certified, Upstream};
 
 /// hyper's smallest HTTP/1 read buffer (it panics below it).
 const MIN_READ_BUFFER: usize = 8192;
@@ -237,6 +237,72 @@ pub struct RouteRuntime {
     /// The masking needles of the credential this route last attached: computed once per
     /// credential, not per request.
     pub needles: NeedleCache,
+    /// The `certificate` credential presented as the TLS client certificate (https only).
+    pub client_certificate: Option<Arc<str>>,
+    /// The upstream clients of the client certificates this route presents.
+    pub certified: CertifiedClients,
+}
+
+/// A route's upstream clients, one per client certificate it presents (a shared certificate's
+/// generations, or one per task for a per-task one), so that building a TLS config and a pool
+/// is paid once per certificate, not per request. Holds each certificate's credential weakly:
+/// when the store drops a replaced or retired certificate, the next lookup drops its clients,
+/// closing its idle connections and freeing its key.
+#[derive(Default)]
+pub struct CertifiedClients(std::sync::Mutex<Vec<(std::sync::Weak<Credential>, Certified)>>);
+
+impl Clone for CertifiedClients {
+    /// A copy starts empty: it fills on its first request.
+    fn clone(&self) -> Self {
+        CertifiedClients::default()
+    }
+}
+
+impl std::fmt::Debug for CertifiedClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertifiedClients(<redacted>)")
+    }
+}
+
+impl CertifiedClients {
+    /// The clients of `credential` (a certificate), made by `make` the first time.
+    pub fn get(
+        &self,
+        credential: &Arc<Credential>,
+        make: impl FnOnce(&ClientCertificate) -> Certified,
+    ) -> Option<Certified> {
+        let CredentialValue::Certificate(certificate) = &credential.value else {
+            return None;
+        };
+        let mut clients = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients.retain(|(held, _)| held.strong_count() > 0);
+        // While the Weak is held, its allocation cannot be reused: equal pointers are the same
+        // credential.
+        if let Some((_, certified)) = clients
+            .iter()
+            .find(|(held, _)| std::sync::Weak::as_ptr(held) == Arc::as_ptr(credential))
+        {
+            return Some(certified.clone());
+        }
+        let certified = make(certificate);
+        clients.push((Arc::downgrade(credential), certified.clone()));
+        Some(certified)
+    }
+
+    /// How many certificates have clients (for tests).
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The needles of one credential as one route attaches it (they depend on the credential and
@@ -325,6 +391,8 @@ impl ProxyState {
                 allow_private: r.allow_private,
                 action: r.action.as_deref().map(Arc::from),
                 needles: NeedleCache::default(),
+                client_certificate: r.client_certificate.as_deref().map(Arc::from),
+                certified: CertifiedClients::default(),
             })
             .collect();
         ProxyState {

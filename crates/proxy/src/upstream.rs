@@ -24,6 +24,7 @@ use sidekey_policy::{AddressClass, AddressGuard};
 use tokio::net::TcpStream;
 
 use sidekey_body::ProxyBody;
+use sidekey_credentials::ClientCertificate;
 use sidekey_policy::{ErrorCode, Refusal};
 
 /// Why a TCP connection to an upstream could not be made. The message names host and port
@@ -247,56 +248,53 @@ impl tower_service::Service<Uri> for TcpConnector {
 }
 
 type Connector = hyper_rustls::HttpsConnector<TcpConnector>;
+type Pool = Client<Connector, ProxyBody>;
 
 /// The pooled upstream clients: one for routes limited to public addresses, one for routes
 /// with `allow_private` (separate pools, so a connection one may make is never lent to the
-/// other).
+/// other), and one per client certificate a route presents ([`Upstream::certified`]).
 #[derive(Clone)]
 pub struct Upstream {
-    public: Client<Connector, ProxyBody>,
-    private: Client<Connector, ProxyBody>,
+    public: Pool,
+    private: Pool,
     /// HTTP/1.1 only (ALPN), for WebSocket upgrades: one connection each, never pooled.
     upgrade_public: Connector,
     upgrade_private: Connector,
     tcp: TcpConnector,
+    tcp_private: TcpConnector,
+    /// The TLS settings every client starts from (roots, versions; no client certificate).
+    tls: rustls::ClientConfig,
+    max_idle_per_host: usize,
     request_timeout: Duration,
+}
+
+/// Connections that present one client certificate: a pool of their own, never lent to a
+/// request without that certificate (or with another), and a TLS session cache of their own —
+/// a session resumed on another connection would carry the certificate's authentication with
+/// it. Dropped with the certificate (see `CertifiedClients`), closing its idle connections.
+#[derive(Clone)]
+pub struct Certified {
+    pool: Pool,
+    upgrade: Connector,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig, tls: rustls::ClientConfig) -> Self {
-        let client = |tcp: TcpConnector| {
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(tcp);
-            Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(config.max_idle_per_host)
-                .build(https)
-        };
-        let http1_only = |tcp: TcpConnector| {
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(tcp)
-        };
         let tcp = TcpConnector::new(config, false);
         // Same overrides and resolver (and its cache); only the guard's allowance differs.
-        let private = TcpConnector {
+        let tcp_private = TcpConnector {
             allow_private: true,
             ..tcp.clone()
         };
         Upstream {
-            public: client(tcp.clone()),
-            private: client(private.clone()),
-            upgrade_public: http1_only(tcp.clone()),
-            upgrade_private: http1_only(private),
+            public: pool(&tls, tcp.clone(), config.max_idle_per_host),
+            private: pool(&tls, tcp_private.clone(), config.max_idle_per_host),
+            upgrade_public: http1_only(&tls, tcp.clone()),
+            upgrade_private: http1_only(&tls, tcp_private.clone()),
             tcp,
+            tcp_private,
+            tls,
+            max_idle_per_host: config.max_idle_per_host,
             request_timeout: config.request_timeout,
         }
     }
@@ -306,17 +304,39 @@ impl Upstream {
         &self.tcp
     }
 
+    /// Clients that present `certificate`, for a route that may (`allow_private`) or may not
+    /// reach private addresses.
+    pub fn certified(&self, certificate: &ClientCertificate, allow_private: bool) -> Certified {
+        let mut tls = self.tls.clone();
+        tls.client_auth_cert_resolver = Arc::new(rustls::sign::SingleCertAndKey::from(Arc::clone(
+            certificate.certified_key(),
+        )));
+        // Not the shared session cache (see `Certified`).
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(64);
+        let tcp = if allow_private {
+            self.tcp_private.clone()
+        } else {
+            self.tcp.clone()
+        };
+        Certified {
+            pool: pool(&tls, tcp.clone(), self.max_idle_per_host),
+            upgrade: http1_only(&tls, tcp),
+        }
+    }
+
     /// Sends the request and waits (bounded by `request_timeout`) for the response head.
-    /// `allow_private`: the route may reach non-public addresses.
+    /// `allow_private`: the route may reach non-public addresses; `certified`: the clients of
+    /// the client certificate the route presents.
     pub async fn send(
         &self,
         request: Request<ProxyBody>,
         allow_private: bool,
+        certified: Option<&Certified>,
     ) -> Result<Response<Incoming>, Refusal> {
-        let client = if allow_private {
-            &self.private
-        } else {
-            &self.public
+        let client = match (certified, allow_private) {
+            (Some(certified), _) => &certified.pool,
+            (None, true) => &self.private,
+            (None, false) => &self.public,
         };
         match tokio::time::timeout(self.request_timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
@@ -335,11 +355,12 @@ impl Upstream {
         &self,
         mut request: Request<ProxyBody>,
         allow_private: bool,
+        certified: Option<&Certified>,
     ) -> Result<Response<Incoming>, Refusal> {
-        let mut connector = if allow_private {
-            self.upgrade_private.clone()
-        } else {
-            self.upgrade_public.clone()
+        let mut connector = match (certified, allow_private) {
+            (Some(certified), _) => certified.upgrade.clone(),
+            (None, true) => self.upgrade_private.clone(),
+            (None, false) => self.upgrade_public.clone(),
         };
         let uri = request.uri().clone();
         let work = async move {
@@ -383,6 +404,31 @@ impl Upstream {
             )),
         }
     }
+}
+
+/// A pooled client over `tcp` with `tls`, HTTP/1.1 or h2 by ALPN.
+fn pool(tls: &rustls::ClientConfig, tcp: TcpConnector, max_idle_per_host: usize) -> Pool {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(max_idle_per_host)
+        .build(https)
+}
+
+/// A connector that offers HTTP/1.1 only (WebSocket upgrades).
+fn http1_only(tls: &rustls::ClientConfig, tcp: TcpConnector) -> Connector {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp)
 }
 
 /// Maps a client error to `upstream_tls` (any TLS failure: untrusted, expired or misnamed

@@ -256,6 +256,7 @@ pub(crate) struct Admission {
     pub grant: Option<Arc<Grant>>,
     pub route: Option<Arc<str>>,
     pub credential: Option<Arc<str>>,
+    pub client_certificate: Option<Arc<str>>,
 }
 
 impl Admission {
@@ -266,7 +267,9 @@ impl Admission {
             .decide_request(&self.identified, &self.request, Some(0), scope)
         {
             RequestDecision::Allow { route, .. } => state.routes.get(route).is_some_and(|r| {
-                Some(&r.name) == self.route.as_ref() && r.credential == self.credential
+                Some(&r.name) == self.route.as_ref()
+                    && r.credential == self.credential
+                    && r.client_certificate == self.client_certificate
             }),
             RequestDecision::PassUnmatched => self.route.is_none(),
             RequestDecision::Deny(_) => false,

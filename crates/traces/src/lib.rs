@@ -241,6 +241,10 @@ fn attributes(record: &RequestRecord) -> Vec<KeyValue> {
         ("sidekey.route", record.route.as_deref()),
         ("sidekey.credential", record.credential.as_deref()),
         ("sidekey.issuer", record.issuer.as_deref()),
+        (
+            "sidekey.client_certificate",
+            record.client_certificate.as_deref(),
+        ),
         ("sidekey.task_id", record.task_id.as_deref()),
         ("sidekey.grant.sub", record.sub.as_deref()),
         ("sidekey.grant.id", record.grant_id.as_deref()),
