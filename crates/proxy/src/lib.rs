@@ -245,11 +245,15 @@ pub struct RouteRuntime {
 
 /// A route's upstream clients, one per client certificate it presents (a shared certificate's
 /// generations, or one per task for a per-task one), so that building a TLS config and a pool
-/// is paid once per certificate, not per request. Holds each certificate's credential weakly:
-/// when the store drops a replaced or retired certificate, the next lookup drops its clients,
-/// closing its idle connections and freeing its key.
+/// is paid once per certificate, not per request: a request looks its certificate's clients up
+/// by the credential's address. Holds each certificate's credential weakly (while the `Weak` is
+/// held, the address cannot be reused by another credential); when clients are added, those of
+/// certificates the store has dropped (replaced, retired, their task ended) are dropped,
+/// closing their idle connections and freeing their key.
 #[derive(Default)]
-pub struct CertifiedClients(std::sync::Mutex<Vec<(std::sync::Weak<Credential>, Certified)>>);
+pub struct CertifiedClients(
+    std::sync::Mutex<std::collections::HashMap<usize, (std::sync::Weak<Credential>, Certified)>>,
+);
 
 impl Clone for CertifiedClients {
     /// A copy starts empty: it fills on its first request.
@@ -265,7 +269,8 @@ impl std::fmt::Debug for CertifiedClients {
 }
 
 impl CertifiedClients {
-    /// The clients of `credential` (a certificate), made by `make` the first time.
+    /// The clients of `credential` (a certificate), made by `make` the first time; None when
+    /// the credential is not a certificate.
     pub fn get(
         &self,
         credential: &Arc<Credential>,
@@ -274,34 +279,18 @@ impl CertifiedClients {
         let CredentialValue::Certificate(certificate) = &credential.value else {
             return None;
         };
+        let key = Arc::as_ptr(credential) as usize;
         let mut clients = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients.retain(|(held, _)| held.strong_count() > 0);
-        // While the Weak is held, its allocation cannot be reused: equal pointers are the same
-        // credential.
-        if let Some((_, certified)) = clients
-            .iter()
-            .find(|(held, _)| std::sync::Weak::as_ptr(held) == Arc::as_ptr(credential))
-        {
+        if let Some((_, certified)) = clients.get(&key) {
             return Some(certified.clone());
         }
+        clients.retain(|_, (held, _)| held.strong_count() > 0);
         let certified = make(certificate);
-        clients.push((Arc::downgrade(credential), certified.clone()));
+        clients.insert(key, (Arc::downgrade(credential), certified.clone()));
         Some(certified)
-    }
-
-    /// How many certificates have clients (for tests).
-    pub fn len(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
