@@ -117,30 +117,55 @@ impl<B> Scrubbed<B> {
     }
 }
 
-/// Replaces every occurrence of every needle in `buf` by [`MASK`] bytes.
+/// Replaces every occurrence of every needle in `buf` by [`MASK`] bytes (left to right, not
+/// overlapping). Candidates are found with `memchr` on the needle's first byte (SIMD), so a
+/// body costs a scan per needle, not a comparison per byte.
 pub(crate) fn mask_all(buf: &mut [u8], needles: &Needles) {
     for needle in needles.iter() {
         let n = needle.len();
         let mut i = 0;
         while i + n <= buf.len() {
-            if buf[i] == needle[0] && buf[i..i + n] == needle[..] {
-                buf[i..i + n].fill(MASK);
-                i += n;
+            let Some(offset) = memchr::memchr(needle[0], &buf[i..=buf.len() - n]) else {
+                break;
+            };
+            let at = i + offset;
+            if buf[at..at + n] == needle[..] {
+                buf[at..at + n].fill(MASK);
+                i = at + n;
             } else {
-                i += 1;
+                i = at + 1;
             }
         }
     }
 }
 
-/// The length of the longest tail of `buf` that is a proper prefix of some needle.
+/// Whether `hay` contains `needle` (by `memchr` on its first byte: no searcher is built, which
+/// would cost more than the short header values it is asked about).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let n = needle.len();
+    if n == 0 || hay.len() < n {
+        return false;
+    }
+    memchr::memchr_iter(needle[0], &hay[..=hay.len() - n]).any(|at| hay[at..at + n] == *needle)
+}
+
+/// The length of the longest tail of `buf` that is a proper prefix of some needle: such a tail
+/// must start with the needle's first byte, so only those positions are compared.
 pub(crate) fn partial_tail(buf: &[u8], needles: &Needles) -> usize {
     let mut keep = 0;
     for needle in needles.iter() {
         let longest = (needle.len() - 1).min(buf.len());
-        for start in buf.len() - longest..buf.len() {
-            let tail = &buf[start..];
-            if tail.len() > keep && needle.starts_with(tail) {
+        if longest <= keep {
+            continue;
+        }
+        let window = buf.len() - longest;
+        // Ascending positions: the first match is the longest tail.
+        for offset in memchr::memchr_iter(needle[0], &buf[window..]) {
+            let tail = &buf[window + offset..];
+            if tail.len() <= keep {
+                break;
+            }
+            if needle.starts_with(tail) {
                 keep = tail.len();
                 break;
             }
@@ -154,9 +179,7 @@ pub(crate) fn partial_tail(buf: &[u8], needles: &Needles) -> usize {
 pub fn scrub_headers(headers: &mut http::HeaderMap, needles: &Needles) {
     for value in headers.values_mut() {
         let bytes = value.as_bytes();
-        let reflects = needles
-            .iter()
-            .any(|n| bytes.windows(n.len()).any(|w| w == n));
+        let reflects = needles.iter().any(|n| contains(bytes, n));
         if reflects {
             *value = http::HeaderValue::from_static("[redacted by sidekey]");
         }
@@ -249,6 +272,84 @@ mod tests {
                 .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
                 .collect(),
         ))
+    }
+
+    /// The byte-by-byte versions the memchr-based ones replaced: the reference they must agree
+    /// with.
+    fn mask_all_naive(buf: &mut [u8], needles: &Needles) {
+        for needle in needles.iter() {
+            let n = needle.len();
+            let mut i = 0;
+            while i + n <= buf.len() {
+                if buf[i..i + n] == needle[..] {
+                    buf[i..i + n].fill(MASK);
+                    i += n;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn partial_tail_naive(buf: &[u8], needles: &Needles) -> usize {
+        (1..=buf.len())
+            .filter(|&k| {
+                needles
+                    .iter()
+                    .any(|n| k < n.len() && n.starts_with(&buf[buf.len() - k..]))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_scans_agree_with_the_byte_by_byte_reference() {
+        // Small alphabets so that needles, their prefixes and near misses are everywhere.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for _ in 0..5_000 {
+            let word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
+                (0..len).map(|_| (b'a' + next(3) as u8) as char).collect()
+            };
+            let count = 1 + next(3);
+            let list: Vec<String> = (0..count)
+                .map(|_| {
+                    let len = 1 + next(6);
+                    word(len, &mut next)
+                })
+                .collect();
+            let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+            let set = needles(&refs);
+            let len = next(40);
+            let original = word(len, &mut next).into_bytes();
+            let (mut fast, mut slow) = (original.clone(), original.clone());
+            mask_all(&mut fast, &set);
+            mask_all_naive(&mut slow, &set);
+            assert_eq!(
+                fast,
+                slow,
+                "{list:?} in {:?}",
+                String::from_utf8_lossy(&original)
+            );
+            for n in set.iter() {
+                assert_eq!(
+                    contains(&original, n),
+                    original.windows(n.len()).any(|w| w == n),
+                    "{n:?} in {original:?}"
+                );
+            }
+            assert_eq!(
+                partial_tail(&original, &set),
+                partial_tail_naive(&original, &set),
+                "{list:?} at the end of {:?}",
+                String::from_utf8_lossy(&original)
+            );
+        }
     }
 
     #[test]

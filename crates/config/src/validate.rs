@@ -55,7 +55,14 @@ const CREDENTIAL_KEYS: &[&str] = &[
 /// Keys of a credential's `certificate`.
 const CERTIFICATE_KEYS: &[&str] = &["common_name", "alt_names", "uri_sans"];
 /// Parameters of `<mount>/sign/<role>` that a certificate credential sets itself.
-const CERTIFICATE_PARAMS: &[&str] = &["csr", "common_name", "alt_names", "uri_sans", "ttl"];
+const CERTIFICATE_PARAMS: &[&str] = &[
+    "csr",
+    "common_name",
+    "alt_names",
+    "uri_sans",
+    "ttl",
+    "format",
+];
 const ALL_KINDS: &[&str] = &["local", "vault", "oauth2", "aws-sts", "github-app"];
 /// What a github-app credential's permission may be set to.
 const GITHUB_ACCESS: &[&str] = &["read", "write", "admin"];
@@ -810,7 +817,7 @@ fn certificate(
                     e.error_hint(
                         key.pos,
                         format!("`params.{name}` of {what} is set by sidekey"),
-                        "the CSR comes from the key sidekey makes, the names from `certificate`, and `ttl` from the credential's `ttl`; remove it",
+                        "the CSR comes from the key sidekey makes, the names from `certificate`, `ttl` from the credential's `ttl`, and the answer is read as PEM; remove it",
                     );
                 }
             }

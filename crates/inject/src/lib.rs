@@ -43,6 +43,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, and every header that `Connection` names, in place.
 /// `Upgrade` is removed too (sidekey does not pass protocol upgrades through yet).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: a look at the few names present is cheaper than removing
+    // (hashing) every hop-by-hop name. `Connection` is among them, so named ones are seen too.
+    let hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::UPGRADE;
+    if !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -1,0 +1,213 @@
+"""Instructions per request, counted by callgrind, sidekey side by side with nginx
+(`scripts/bench --instructions`).
+
+Each target runs under `valgrind --tool=callgrind` twice — N1 and N2 requests on one keep-alive
+connection, absolute-form plain HTTP with the bearer token injected (the same work as the plain
+scenario of `harness.py`) — and the figure is (I(N2) - I(N1)) / (N2 - N1): the user-space
+instructions one more request costs, start-up and the connection excluded. Counting is exact
+and does not depend on what else the machine is doing, so a change can be measured on a busy
+machine: the same binary and inputs give the same count within a fraction of a percent.
+Kernel work (syscalls, loopback TCP) is not counted, for either target.
+
+Every answer is checked (status 200, and for sidekey the token replaced); a run that fails is
+reported as failed, never as a figure.
+
+With --profile, the N2 run's functions with the most instructions (self and inclusive) are
+printed with `callgrind_annotate`, for sidekey only.
+
+Usage: instructions.py --sidekey BIN --upstream BIN [--run-dir DIR] [--n1 200] [--n2 1200]
+                       [--targets sidekey,nginx] [--profile] [--json]
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SIDEKEY_PORT = 18300
+ADMIN_PORT = 18301
+NGINX_HTTP = 18310
+NGINX_TLS = 18311
+UP_HTTP = 18080
+UP_TLS = 18443
+API = "api.bench.test"
+SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
+# A token of a JWT's length for nginx to inject (sidekey injects the JWT its local issuer mints).
+PEER_TOKEN = "x" * 300
+
+
+def wait_port(port, proc, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def render(name, out, **values):
+    text = (HERE / "peers" / name).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    out.write_text(text)
+    return out
+
+
+def load(port, n):
+    """n absolute-form GETs on one keep-alive connection; every answer must be a 200 whose
+    request reached the upstream with a replaced Authorization."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for i in range(n):
+        conn.request("GET", f"http://{API}:{UP_HTTP}/", headers={
+            "Host": f"{API}:{UP_HTTP}", "Authorization": "Bearer agent-dummy-key"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"request {i}: status {resp.status}")
+    conn.close()
+
+
+def check_injection(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", f"http://{API}:{UP_HTTP}/headers", headers={
+        "Host": f"{API}:{UP_HTTP}", "Authorization": "Bearer agent-dummy-key"})
+    resp = conn.getresponse()
+    body = resp.read().decode(errors="replace")
+    conn.close()
+    if resp.status != 200 or "agent-dummy-key" in body or "Bearer " not in body:
+        raise RuntimeError(f"the token was not injected: {resp.status} {body[:200]}")
+
+
+def callgrind(cmd, out, cwd, env=None):
+    return subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+         "--collect-jumps=no", *cmd],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})})
+
+
+def instructions(out):
+    m = SUMMARY.search(Path(out).read_text(errors="replace"))
+    if not m:
+        raise RuntimeError(f"no totals in {out}")
+    return int(m.group(1))
+
+
+def run_sidekey(sidekey, run, n, out):
+    config = render("sidekey.yaml", run / "sidekey-instr.yaml", SIDEKEY=SIDEKEY_PORT,
+                    SIDEKEY_ADMIN=ADMIN_PORT, RUN=run)
+    proc = callgrind([sidekey, "run", "--config", str(config)], out, run,
+                     {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"})
+    try:
+        wait_port(SIDEKEY_PORT, proc)
+        check_injection(SIDEKEY_PORT)
+        load(SIDEKEY_PORT, n)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sidekey exited with {proc.returncode}: {err[-2000:]}")
+    return instructions(out)
+
+
+def run_nginx(run, n, out):
+    (run / "nginx-tmp").mkdir(exist_ok=True)
+    if not (run / "peer-cert.pem").exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={API}", "-days", "1",
+                        "-keyout", str(run / "peer-key.pem"), "-out", str(run / "peer-cert.pem")],
+                       check=True, capture_output=True)
+    conf = render("nginx.conf", run / "nginx.conf", RUN=run, NGINX_HTTP=NGINX_HTTP,
+                  NGINX_TLS=NGINX_TLS, TOKEN=PEER_TOKEN)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    # One process: the master serves (no worker to follow), like sidekey on one worker thread.
+    proc = callgrind([nginx, "-c", str(conf), "-e", str(run / "nginx-error.log"),
+                      "-g", "master_process off;"], out, run)
+    try:
+        wait_port(NGINX_HTTP, proc)
+        load(NGINX_HTTP, n)
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        _, err = proc.communicate(timeout=300)
+    return instructions(out)
+
+
+def profile(out):
+    text = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)], capture_output=True,
+                          text=True).stdout
+    return "\n".join(text.splitlines()[:60])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sidekey", required=True)
+    p.add_argument("--upstream", required=True)
+    p.add_argument("--run-dir", default="/tmp/sidekey-instructions")
+    p.add_argument("--n1", type=int, default=200)
+    p.add_argument("--n2", type=int, default=1200)
+    p.add_argument("--targets", default="sidekey,nginx")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    run = Path(args.run_dir)
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    upstream = subprocess.Popen([args.upstream, "--http", f"127.0.0.1:{UP_HTTP}",
+                                 "--https", f"127.0.0.1:{UP_TLS}",
+                                 "--ca-out", str(run / "upstream-ca.pem")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    try:
+        wait_port(UP_TLS, upstream)
+        for target in args.targets.split(","):
+            try:
+                counts = []
+                for n in (args.n1, args.n2):
+                    out = run / f"callgrind.{target}.{n}"
+                    if target == "sidekey":
+                        counts.append(run_sidekey(args.sidekey, run, n, out))
+                    elif target == "nginx":
+                        counts.append(run_nginx(run, n, out))
+                    else:
+                        raise SystemExit(f"unknown target {target}")
+                per = (counts[1] - counts[0]) / (args.n2 - args.n1)
+                if per <= 0:
+                    raise RuntimeError(f"implausible counts {counts}")
+                results[target] = {"instructions": round(per)}
+            except RuntimeError as e:
+                results[target] = {"failed": str(e)}
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    base = results.get("nginx", {}).get("instructions")
+    for r in results.values():
+        if base and "instructions" in r:
+            r["vs_nginx"] = round(r["instructions"] / base, 2)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for target, r in results.items():
+            if "failed" in r:
+                print(f"{target:8} failed: {r['failed']}")
+            else:
+                ratio = f"  ({r['vs_nginx']:.2f}x nginx)" if "vs_nginx" in r else ""
+                print(f"{target:8} {r['instructions']:9,} instructions per request{ratio}")
+    if args.profile and "instructions" in results.get("sidekey", {}):
+        print(profile(run / f"callgrind.sidekey.{args.n2}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
