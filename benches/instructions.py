@@ -15,8 +15,11 @@ reported as failed, never as a figure.
 With --profile, the N2 run's functions with the most instructions (self and inclusive) are
 printed with `callgrind_annotate`, for sidekey only.
 
+With --syscalls, the same runs under `strace -f -c` count system calls per request instead
+(every thread; the kernel side of the work, which instructions leave out).
+
 Usage: instructions.py --sidekey BIN --upstream BIN [--run-dir DIR] [--n1 200] [--n2 1200]
-                       [--targets sidekey,nginx] [--profile] [--json]
+                       [--targets sidekey,nginx] [--profile] [--syscalls] [--json]
 """
 
 import argparse
@@ -91,16 +94,42 @@ def check_injection(port):
         raise RuntimeError(f"the token was not injected: {resp.status} {body[:200]}")
 
 
+# What a run counts: "instructions" (callgrind) or "syscalls" (strace -c, every thread).
+MODE = "instructions"
+
+
 def callgrind(cmd, out, cwd, env=None):
+    if MODE == "syscalls":
+        wrapper = ["strace", "-f", "-c", "-o", str(out)]
+    else:
+        wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                   "--dump-instr=no", "--collect-jumps=no"]
     return subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-         "--collect-jumps=no", *cmd],
+        [*wrapper, *cmd],
         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **(env or {})})
 
 
+def stop(proc, sig):
+    """Sends `sig` to the target: under strace, to the traced child (strace does not pass
+    signals on)."""
+    if MODE == "syscalls":
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), sig)
+    else:
+        proc.send_signal(sig)
+
+
 def instructions(out):
-    m = SUMMARY.search(Path(out).read_text(errors="replace"))
+    text = Path(out).read_text(errors="replace")
+    if MODE == "syscalls":
+        # strace -c's last line: % time, seconds, usecs/call, calls, [errors,] "total".
+        totals = [line.split() for line in text.splitlines() if line.endswith(" total")]
+        if not totals:
+            raise RuntimeError(f"no totals in {out}")
+        return int(totals[-1][3])
+    m = SUMMARY.search(text)
     if not m:
         raise RuntimeError(f"no totals in {out}")
     return int(m.group(1))
@@ -116,7 +145,7 @@ def run_sidekey(sidekey, run, n, out):
         check_injection(SIDEKEY_PORT)
         load(SIDEKEY_PORT, n)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        stop(proc, signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"sidekey exited with {proc.returncode}: {err[-2000:]}")
@@ -140,7 +169,7 @@ def run_nginx(run, n, out):
         wait_port(NGINX_HTTP, proc)
         load(NGINX_HTTP, n)
     finally:
-        proc.send_signal(signal.SIGQUIT)
+        stop(proc, signal.SIGQUIT)
         _, err = proc.communicate(timeout=300)
     return instructions(out)
 
@@ -160,8 +189,13 @@ def main():
     p.add_argument("--n2", type=int, default=1200)
     p.add_argument("--targets", default="sidekey,nginx")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--syscalls", action="store_true",
+                   help="count system calls per request (strace -c) instead of instructions")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    global MODE
+    MODE = "syscalls" if args.syscalls else "instructions"
+    unit = "system calls" if args.syscalls else "instructions"
     run = Path(args.run_dir)
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
@@ -186,7 +220,7 @@ def main():
                 per = (counts[1] - counts[0]) / (args.n2 - args.n1)
                 if per <= 0:
                     raise RuntimeError(f"implausible counts {counts}")
-                results[target] = {"instructions": round(per)}
+                results[target] = {"instructions": round(per, 2 if args.syscalls else 0)}
             except RuntimeError as e:
                 results[target] = {"failed": str(e)}
     finally:
@@ -204,8 +238,8 @@ def main():
                 print(f"{target:8} failed: {r['failed']}")
             else:
                 ratio = f"  ({r['vs_nginx']:.2f}x nginx)" if "vs_nginx" in r else ""
-                print(f"{target:8} {r['instructions']:9,} instructions per request{ratio}")
-    if args.profile and "instructions" in results.get("sidekey", {}):
+                print(f"{target:8} {r['instructions']:9,} {unit} per request{ratio}")
+    if args.profile and not args.syscalls and "instructions" in results.get("sidekey", {}):
         print(profile(run / f"callgrind.sidekey.{args.n2}"))
 
 
