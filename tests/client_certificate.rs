@@ -17,6 +17,7 @@ use crate::common::grants::{curl_granted, revoke, Keys};
 use crate::common::nginx::Nginx;
 use crate::common::openbao::{OpenBao, ISSUER_POLICY_BASE};
 use crate::common::*;
+use crate::websocket::{py_client, texts, WsUpstream};
 
 const AUDIENCE: &str = "sidekey-mtls-test";
 
@@ -37,6 +38,8 @@ struct Pki {
     bao: OpenBao,
     identity: Identity,
     nginx: Nginx,
+    /// Behind nginx's `/ws/`.
+    _ws: WsUpstream,
 }
 
 impl Pki {
@@ -63,11 +66,13 @@ impl Pki {
             .as_str()
             .expect("PKI CA")
             .to_string();
-        let nginx = Nginx::mtls(&env.ca, &["mtls.test.local"], &ca_pem);
+        let ws = WsUpstream::start(None);
+        let nginx = Nginx::mtls(&env.ca, &["mtls.test.local"], &ca_pem, Some(&ws.addr()));
         Pki {
             bao,
             identity,
             nginx,
+            _ws: ws,
         }
     }
 
@@ -234,6 +239,29 @@ fn a_route_presents_its_pki_certificate_and_only_that_route_does() {
     let record = record_of(&sk, "/four");
     assert_eq!(record["client_certificate"], "outside", "{record}");
     assert!(record.get("client_certificate_id").is_none(), "{record}");
+
+    // A WebSocket through the route: its upgrade goes on a connection of its own that presents
+    // the certificate (nginx proxies it and passes on the serial it verified).
+    let result = py_client(
+        &sk,
+        "wss://mtls.test.local/ws/chat",
+        true,
+        serde_json::json!([["send", "whoami"], ["recv"], ["close", 1000]]),
+    );
+    assert_eq!(result["status"], 101, "{result}");
+    let seen = texts(&result)
+        .first()
+        .map(|t| serial(t.trim_start_matches("auth=serial=")))
+        .unwrap_or_default();
+    let record = record_of(&sk, "/ws/chat");
+    assert_eq!(record["status"], 101, "{record}");
+    assert_eq!(record["client_certificate"], "agent-cert", "{record}");
+    assert!(!seen.is_empty(), "{result}");
+    assert_eq!(
+        serial(record["client_certificate_id"].as_str().unwrap_or_default()),
+        seen,
+        "the audit names the certificate nginx verified for the WebSocket: {record}"
+    );
 
     // The 12 s certificate is replaced before it expires, and the new one is presented from
     // then on (not a pooled connection made with the old one).

@@ -19,14 +19,14 @@ const WS_PLAIN: &str = "ws-plain.test.local";
 
 /// tests/clients/ws_upstream.py, over TLS (a certificate for [`WS`] from the test CA) or
 /// plain; what it prints is kept.
-struct WsUpstream {
+pub(crate) struct WsUpstream {
     child: Child,
     port: u16,
     lines: Arc<Mutex<Vec<Value>>>,
 }
 
 impl WsUpstream {
-    fn start(tls: Option<&TestCa>) -> WsUpstream {
+    pub(crate) fn start(tls: Option<&TestCa>) -> WsUpstream {
         let mut cmd = Command::new(python_bin());
         cmd.arg(clients_dir().join("ws_upstream.py"));
         let dir = tempfile::tempdir().expect("tempdir");
@@ -66,7 +66,7 @@ impl WsUpstream {
         }
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -157,7 +157,7 @@ fn setup(extra_top: &str) -> Setup {
 
 /// tests/clients/ws_client.py: `url` through sidekey's forward listener (or directly when
 /// `proxy` is None), running `steps`.
-fn py_client(sk: &Sidekey, url: &str, proxy: bool, steps: Value) -> Value {
+pub(crate) fn py_client(sk: &Sidekey, url: &str, proxy: bool, steps: Value) -> Value {
     let mut cmd = Command::new(python_bin());
     cmd.arg(clients_dir().join("ws_client.py"))
         .arg("--url")
@@ -192,7 +192,7 @@ fn py_client(sk: &Sidekey, url: &str, proxy: bool, steps: Value) -> Value {
     })
 }
 
-fn texts(result: &Value) -> Vec<String> {
+pub(crate) fn texts(result: &Value) -> Vec<String> {
     result["received"]
         .as_array()
         .unwrap()

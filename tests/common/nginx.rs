@@ -35,8 +35,14 @@ fn nginx_bin() -> PathBuf {
 
 impl Nginx {
     /// nginx serving `names` (certificate from `ca`) and requiring a client certificate that
-    /// `client_ca_pem` signed.
-    pub fn mtls(ca: &TestCa, names: &[&str], client_ca_pem: &str) -> Nginx {
+    /// `client_ca_pem` signed. With `websocket`, `/ws/…` is proxied to that plain WebSocket
+    /// server, the serial nginx verified sent along as `Authorization: serial=<hex>`.
+    pub fn mtls(
+        ca: &TestCa,
+        names: &[&str],
+        client_ca_pem: &str,
+        websocket: Option<&str>,
+    ) -> Nginx {
         let dir = tempfile::Builder::new()
             .prefix("sidekey-nginx-")
             .tempdir()
@@ -51,7 +57,9 @@ impl Nginx {
         // The probed port may be taken before nginx binds it: try again then.
         for _ in 0..4 {
             let addr = closed_port_addr();
+            let ws = websocket.map_or(String::new(), |backend| WEBSOCKET.replace("@WS@", backend));
             let conf = CONF
+                .replace("@WEBSOCKET@", &ws)
                 .replace("@RUN@", &run.display().to_string())
                 .replace("@ADDR@", &addr.to_string());
             std::fs::write(run.join("nginx.conf"), conf).expect("write nginx.conf");
@@ -138,9 +146,18 @@ http {
     ssl_session_cache shared:tls:1m;
     ssl_session_tickets on;
     default_type application/json;
+    @WEBSOCKET@
     location / {
       return 200 '{"verify":"$ssl_client_verify","serial":"$ssl_client_serial","subject":"$ssl_client_s_dn","reused":"$ssl_session_reused","uri":"$request_uri"}\n';
     }
   }
 }
 "#;
+
+const WEBSOCKET: &str = r#"location /ws/ {
+      proxy_pass http://@WS@;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Authorization "serial=$ssl_client_serial";
+    }"#;
