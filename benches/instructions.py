@@ -12,8 +12,9 @@ Kernel work (syscalls, loopback TCP) is not counted, for either target.
 Every answer is checked (status 200, and for sidekey the token replaced); a run that fails is
 reported as failed, never as a figure.
 
-With --profile, the N2 run's functions with the most instructions (self and inclusive) are
-printed with `callgrind_annotate`, for sidekey only.
+With --profile, sidekey's functions with the most instructions per request (self and
+inclusive) are printed: the difference of the two runs' `callgrind_annotate` counts, divided by
+N2 - N1.
 
 With --syscalls, the same runs under `strace -f -c` count system calls per request instead
 (every thread; the kernel side of the work, which instructions leave out).
@@ -174,10 +175,32 @@ def run_nginx(run, n, out):
     return instructions(out)
 
 
-def profile(out):
-    text = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)], capture_output=True,
-                          text=True).stdout
-    return "\n".join(text.splitlines()[:60])
+def function_costs(out, inclusive):
+    """callgrind_annotate's per-function instruction counts of one run (self or inclusive)."""
+    text = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+                           "--threshold=100", "--auto=no", str(out)],
+                          capture_output=True, text=True).stdout
+    costs = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(.*)$", line)
+        if m and "PROGRAM TOTALS" not in line and "=>" not in line:
+            name = re.sub(r" \[[^\]]*\]$", "", m.group(2))
+            costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def profile(first, second, requests, top=40):
+    """The functions one request spends most in: the difference of two runs' per-function
+    counts (so start-up drops out), divided by the requests between them."""
+    lines = []
+    for inclusive in (False, True):
+        a, b = function_costs(first, inclusive), function_costs(second, inclusive)
+        per = {k: (b.get(k, 0) - a.get(k, 0)) / requests for k in set(a) | set(b)}
+        lines.append(f"-- per request, {'inclusive' if inclusive else 'self'}:")
+        for name, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]:
+            name = re.sub(r"^.*/registry/src/[^/]+/", "", name)
+            lines.append(f"{v:9.0f}  {name[:160]}")
+    return "\n".join(lines)
 
 
 def main():
@@ -220,7 +243,7 @@ def main():
                 per = (counts[1] - counts[0]) / (args.n2 - args.n1)
                 if per <= 0:
                     raise RuntimeError(f"implausible counts {counts}")
-                results[target] = {"instructions": round(per, 2 if args.syscalls else 0)}
+                results[target] = {"instructions": round(per, 2) if args.syscalls else round(per)}
             except RuntimeError as e:
                 results[target] = {"failed": str(e)}
     finally:
@@ -240,7 +263,8 @@ def main():
                 ratio = f"  ({r['vs_nginx']:.2f}x nginx)" if "vs_nginx" in r else ""
                 print(f"{target:8} {r['instructions']:9,} {unit} per request{ratio}")
     if args.profile and not args.syscalls and "instructions" in results.get("sidekey", {}):
-        print(profile(run / f"callgrind.sidekey.{args.n2}"))
+        print(profile(run / f"callgrind.sidekey.{args.n1}", run / f"callgrind.sidekey.{args.n2}",
+                      args.n2 - args.n1))
 
 
 if __name__ == "__main__":
