@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from instructions import load
+
 HERE = Path(__file__).resolve().parent
 SIDEKEY_PORT = 18300
 ADMIN_PORT = 18301
@@ -59,15 +61,7 @@ def render(run):
 
 
 def plain(n):
-    conn = http.client.HTTPConnection("127.0.0.1", SIDEKEY_PORT, timeout=10)
-    for _ in range(n):
-        conn.request("GET", f"http://{API}:{UP_HTTP}/", headers={
-            "Host": f"{API}:{UP_HTTP}", "Authorization": "Bearer agent-dummy-key"})
-        resp = conn.getresponse()
-        resp.read()
-        if resp.status != 200:
-            raise SystemExit(f"plain: status {resp.status}")
-    conn.close()
+    load(SIDEKEY_PORT, n)
 
 
 def https(n, run):

@@ -71,8 +71,9 @@ def render(name, out, **values):
 
 
 def load(port, n):
-    """n absolute-form GETs on one keep-alive connection; every answer must be a 200 whose
-    request reached the upstream with a replaced Authorization."""
+    """n absolute-form GETs for the bench API on one keep-alive connection to a proxy on
+    `port`, each carrying the agent's own Authorization (which the proxy replaces); every
+    answer must be a 200. (allocs.py drives sidekey with it too.)"""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for i in range(n):
         conn.request("GET", f"http://{API}:{UP_HTTP}/", headers={
