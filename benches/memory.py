@@ -7,6 +7,7 @@ benchmark's config (`peers/sidekey.yaml`, one worker thread as in the harness), 
 keep-alive connections with `bench-load --mode idle` (one request each) after a warm-up of
 `--warm` connections, and reports what they add (VmRSS and RssAnon) per connection, and the
 RSS `--after-close` seconds after they are closed (freed heap the allocator keeps resident).
+`--cache` sets the executable's page-cache state before each start (see page_cache).
 Also prints the binary's file size and the size of its `.text`.
 
 Usage:
@@ -87,7 +88,20 @@ def close(gen):
     gen.wait(timeout=60)
 
 
+def page_cache(binary, how):
+    """RssFile after start depends on which pages of the executable are in the page cache (the
+    kernel maps cached pages around each fault, up to 64 KiB): `warm` reads the whole file first
+    (as when another sidekey on the node runs the same image), `cold` evicts it (a fresh node)."""
+    with open(binary, "rb") as f:
+        if how == "warm":
+            while f.read(1 << 20):
+                pass
+        elif how == "cold":
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def one_start(binary, config, run, args):
+    page_cache(binary, args.cache)
     env = {**os.environ, "SIDEKEY_WORKER_THREADS": str(args.worker_threads), "SIDEKEY_LOG": "warn"}
     proc = subprocess.Popen([binary, "run", "--config", str(config)], cwd=run,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -147,6 +161,8 @@ def main():
     p.add_argument("--after-close", type=float, default=10.0,
                    help="seconds after closing them to read RSS again")
     p.add_argument("--starts", type=int, default=3)
+    p.add_argument("--cache", choices=("warm", "cold", "as-is"), default="warm",
+                   help="the executable's pages in the page cache before each start")
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--worker-threads", type=int, default=1)
     p.add_argument("--run-dir", default="/tmp/sidekey-memory")
