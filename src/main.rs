@@ -187,6 +187,19 @@ enum ProbeKind {
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
+/// `--features mimalloc` or `jemalloc`: another global allocator, for memory measurements
+/// (benches/memory.py).
+#[cfg(all(feature = "mimalloc", not(feature = "dhat-heap")))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(
+    feature = "jemalloc",
+    not(feature = "dhat-heap"),
+    not(feature = "mimalloc")
+))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     #[cfg(feature = "dhat-heap")]
     let _profiler = dhat::Profiler::new_heap();

@@ -309,7 +309,7 @@ pub async fn handle<B: AgentBody>(
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
         )
         && body.is_empty())
-    .then(|| head_copy(&parts));
+    .then(|| RetryHead::of(&parts));
 
     // rewrite
     let payload = match &body {
@@ -399,7 +399,7 @@ pub async fn handle<B: AgentBody>(
         .as_deref()
         .filter(|_| state.credentials.is_per_task(&name))
         .map(task_context);
-    let Some(mut parts) = retry_head else {
+    let Some(mut parts) = retry_head.map(RetryHead::into_parts) else {
         session.record.set_rejected(&used.id.0, false);
         let (credentials, used) = (Arc::clone(&state.credentials), Arc::clone(used));
         tokio::spawn(async move {
@@ -466,6 +466,49 @@ pub(crate) fn head_copy(parts: &Parts) -> Parts {
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     request.into_parts().0
+}
+
+/// The agent's head kept for a retry after a 401: what [`head_copy`] keeps, with the headers
+/// as a flat list (one allocation for every credentialed GET, where a `HeaderMap` clone makes
+/// two: its index table and its entries); a map again only when a 401 comes.
+struct RetryHead {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl RetryHead {
+    fn of(parts: &Parts) -> RetryHead {
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        headers.extend(
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        RetryHead {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers,
+        }
+    }
+
+    /// The head `head_copy` would have made: a map iterates a name's values together, in the
+    /// order of its entries, which appending them in that order rebuilds.
+    fn into_parts(self) -> Parts {
+        let mut request = Request::new(());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        request.into_parts().0
+    }
 }
 
 /// What a per-task credential is issued for: the grant's task.
@@ -1168,4 +1211,49 @@ fn task_id(parts: &Parts) -> Option<String> {
     let value = parts.headers.get(TASK_HEADER)?.to_str().ok()?;
     (value.len() <= 128 && !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic()))
         .then(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_head_is_the_head_copy_of_the_agents_head() {
+        let mut request = Request::get("http://api.example.test/x?y=1")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        let headers = request.headers_mut();
+        for (name, value) in [
+            ("accept", "a/1"),
+            ("x-one", "1"),
+            ("accept", "a/2"),
+            ("authorization", "Bearer agent"),
+            ("x-two", "2"),
+            ("x-one", "3"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut sensitive = HeaderValue::from_static("s");
+        sensitive.set_sensitive(true);
+        headers.append(HeaderName::from_static("cookie"), sensitive);
+        request.extensions_mut().insert(7u8);
+        let parts = request.into_parts().0;
+        let (copied, rebuilt) = (head_copy(&parts), RetryHead::of(&parts).into_parts());
+        assert_eq!(rebuilt.method, copied.method);
+        assert_eq!(rebuilt.uri, copied.uri);
+        assert_eq!(rebuilt.version, copied.version);
+        let pairs = |p: &Parts| {
+            p.headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(&rebuilt), pairs(&copied));
+        assert_eq!(pairs(&rebuilt).len(), 7);
+        assert!(rebuilt.extensions.get::<u8>().is_none());
+    }
 }

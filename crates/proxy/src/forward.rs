@@ -41,7 +41,11 @@ pub async fn serve_connection<IO>(
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             let tracker = tracker.clone();
-            async move { Ok::<_, Infallible>(dispatch(shared, request, shutdown, tracker).await) }
+            // Boxed: hyper keeps a slot the size of this future for every open connection,
+            // idle ones too (benches/NOTES.md, "Binary settings and idle memory").
+            Box::pin(async move {
+                Ok::<_, Infallible>(dispatch(shared, request, shutdown, tracker).await)
+            })
         })
     };
     let connection = limits

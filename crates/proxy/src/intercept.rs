@@ -144,7 +144,8 @@ pub async fn run(
             served.store(true, Ordering::Relaxed);
             let state = shared.load();
             let tunnel = Arc::clone(&tunnel);
-            async move { Ok::<_, Infallible>(inner(state, &tunnel, request).await) }
+            // Boxed, as on the forward listener (forward::serve_connection).
+            Box::pin(async move { Ok::<_, Infallible>(inner(state, &tunnel, request).await) })
         })
     };
     let io = TokioIo::new(tls);

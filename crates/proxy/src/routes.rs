@@ -41,7 +41,8 @@ pub async fn serve_connection<IO>(
     let service = service_fn(move |request| {
         let state = shared.load();
         let streams = streams.clone();
-        async move { Ok::<_, Infallible>(route(state, request, streams).await) }
+        // Boxed, as on the forward listener (forward::serve_connection).
+        Box::pin(async move { Ok::<_, Infallible>(route(state, request, streams).await) })
     });
     let connection = limits
         .http1_builder()
