@@ -21,43 +21,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from instructions import load
-
-HERE = Path(__file__).resolve().parent
-SIDEKEY_PORT = 18300
-ADMIN_PORT = 18301
-UP_HTTP = 18080
-UP_TLS = 18443
-API = "api.bench.test"
+from benchkit import API, SIDEKEY_PORT, UP_TLS, load, render_sidekey, start_upstream, wait_port
 TOTAL = re.compile(r"dhat: Total:\s+([\d,]+) bytes in ([\d,]+) blocks")
-
-
-def wait_port(port, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port} after {timeout} s")
-
-
-def render(run):
-    text = (HERE / "peers" / "sidekey.yaml").read_text()
-    for key, value in {"@SIDEKEY@": str(SIDEKEY_PORT), "@SIDEKEY_ADMIN@": str(ADMIN_PORT),
-                       "@RUN@": str(run)}.items():
-        text = text.replace(key, value)
-    path = run / "sidekey-allocs.yaml"
-    path.write_text(text)
-    return path
 
 
 def plain(n):
@@ -83,7 +53,7 @@ def count(sidekey, config, run, scenario, n):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"})
     try:
-        wait_port(SIDEKEY_PORT)
+        wait_port(SIDEKEY_PORT, proc)
         if scenario == "plain":
             plain(n)
         else:
@@ -109,14 +79,10 @@ def main():
     run = Path(args.run_dir)
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    upstream = subprocess.Popen([args.upstream, "--http", f"127.0.0.1:{UP_HTTP}",
-                                 "--https", f"127.0.0.1:{UP_TLS}",
-                                 "--ca-out", str(run / "upstream-ca.pem")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    upstream = start_upstream(args.upstream, run)
     results = {}
     try:
-        wait_port(UP_TLS)
-        config = render(run)
+        config = render_sidekey(run, "sidekey-allocs.yaml")
         for scenario in ("plain", "https"):
             b1, k1 = count(args.sidekey, config, run, scenario, args.n1)
             b2, k2 = count(args.sidekey, config, run, scenario, args.n2)

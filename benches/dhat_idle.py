@@ -36,11 +36,8 @@ def main():
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / "dhat-heap.json").unlink(missing_ok=True)
-    up = subprocess.Popen([args.upstream, "--http", f"127.0.0.1:{M.UP_HTTP}",
-                           "--https", f"127.0.0.1:{M.UP_TLS}", "--ca-out", str(run / "upstream-ca.pem")],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    up = M.start_upstream(args.upstream, run)
     try:
-        M.wait_port(M.UP_TLS, proc=up)
         config = M.render(run)
         env = {**os.environ, "SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"}
         proc = subprocess.Popen([args.sidekey, "run", "--config", str(config)], cwd=run,

@@ -30,59 +30,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SIDEKEY_PORT = 18300
-ADMIN_PORT = 18301
+from benchkit import (API, SIDEKEY_PORT, UP_HTTP, load, render, render_sidekey, start_upstream,
+                      wait_port)
+
 NGINX_HTTP = 18310
 NGINX_TLS = 18311
-UP_HTTP = 18080
-UP_TLS = 18443
-API = "api.bench.test"
 SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
 # A token of a JWT's length for nginx to inject (sidekey injects the JWT its local issuer mints).
 PEER_TOKEN = "x" * 300
-
-
-def wait_port(port, proc, timeout=120.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
-
-
-def render(name, out, **values):
-    text = (HERE / "peers" / name).read_text()
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", str(value))
-    out.write_text(text)
-    return out
-
-
-def load(port, n):
-    """n absolute-form GETs for the bench API on one keep-alive connection to a proxy on
-    `port`, each carrying the agent's own Authorization (which the proxy replaces); every
-    answer must be a 200. (allocs.py drives sidekey with it too.)"""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    for i in range(n):
-        conn.request("GET", f"http://{API}:{UP_HTTP}/", headers={
-            "Host": f"{API}:{UP_HTTP}", "Authorization": "Bearer agent-dummy-key"})
-        resp = conn.getresponse()
-        resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"request {i}: status {resp.status}")
-    conn.close()
 
 
 def check_injection(port):
@@ -138,12 +97,11 @@ def instructions(out):
 
 
 def run_sidekey(sidekey, run, n, out):
-    config = render("sidekey.yaml", run / "sidekey-instr.yaml", SIDEKEY=SIDEKEY_PORT,
-                    SIDEKEY_ADMIN=ADMIN_PORT, RUN=run)
+    config = render_sidekey(run, "sidekey-instr.yaml")
     proc = callgrind([sidekey, "run", "--config", str(config)], out, run,
                      {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"})
     try:
-        wait_port(SIDEKEY_PORT, proc)
+        wait_port(SIDEKEY_PORT, proc, timeout=120)
         check_injection(SIDEKEY_PORT)
         load(SIDEKEY_PORT, n)
     finally:
@@ -168,7 +126,7 @@ def run_nginx(run, n, out):
     proc = callgrind([nginx, "-c", str(conf), "-e", str(run / "nginx-error.log"),
                       "-g", "master_process off;"], out, run)
     try:
-        wait_port(NGINX_HTTP, proc)
+        wait_port(NGINX_HTTP, proc, timeout=120)
         load(NGINX_HTTP, n)
     finally:
         stop(proc, signal.SIGQUIT)
@@ -223,13 +181,9 @@ def main():
     run = Path(args.run_dir)
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    upstream = subprocess.Popen([args.upstream, "--http", f"127.0.0.1:{UP_HTTP}",
-                                 "--https", f"127.0.0.1:{UP_TLS}",
-                                 "--ca-out", str(run / "upstream-ca.pem")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    upstream = start_upstream(args.upstream, run)
     results = {}
     try:
-        wait_port(UP_TLS, upstream)
         for target in args.targets.split(","):
             try:
                 counts = []

@@ -22,42 +22,21 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from benchkit import API, UP_HTTP, render_sidekey, start_upstream, wait_port
+
+# Not allocs.py's and instructions.py's ports, so that they can run side by side.
 SIDEKEY_PORT = 18400
 ADMIN_PORT = 18401
-UP_HTTP = 18080
-UP_TLS = 18443
-API = "api.bench.test"
-
-
-def wait_port(port, timeout=30.0, proc=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port} after {timeout} s")
 
 
 def render(run):
-    text = (HERE / "peers" / "sidekey.yaml").read_text()
-    for key, value in {"@SIDEKEY@": str(SIDEKEY_PORT), "@SIDEKEY_ADMIN@": str(ADMIN_PORT),
-                       "@RUN@": str(run)}.items():
-        text = text.replace(key, value)
-    path = run / "sidekey-memory.yaml"
-    path.write_text(text)
-    return path
+    return render_sidekey(run, "sidekey-memory.yaml", SIDEKEY_PORT, ADMIN_PORT)
 
 
 def status(pid):
@@ -173,13 +152,9 @@ def main():
     run.mkdir(parents=True)
     if args.idle_conns and not args.load:
         raise SystemExit("--idle-conns needs --load")
-    upstream = subprocess.Popen([args.upstream, "--http", f"127.0.0.1:{UP_HTTP}",
-                                 "--https", f"127.0.0.1:{UP_TLS}",
-                                 "--ca-out", str(run / "upstream-ca.pem")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    upstream = start_upstream(args.upstream, run)
     results = {}
     try:
-        wait_port(UP_TLS, proc=upstream)
         config = render(run)
         for spec in args.sidekey:
             label, _, binary = spec.partition("=")
