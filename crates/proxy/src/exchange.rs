@@ -37,6 +37,7 @@ use sidekey_policy::{
 
 use crate::audit::{Metered, PendingRecord};
 use crate::error::refusal_response;
+use crate::pool::UpstreamBody;
 use crate::websocket::{self, Admission, Streams};
 use crate::{Certified, ProxyState, RouteRuntime};
 
@@ -370,7 +371,7 @@ pub async fn handle<B: AgentBody>(
                 session.upgrade(&state, streams, ws, response, needles, admission)
             }
             // A refusal of the upgrade (401, 403, 426…) is answered like any response.
-            Ok(response) => session.respond(response, needles),
+            Ok(response) => session.respond(response.map(UpstreamBody::unpooled), needles),
             Err(refusal) => session.refuse(refusal, None::<B>).await,
         };
     }
@@ -887,7 +888,7 @@ async fn forward(
     outgoing: Outgoing,
     allow_private: bool,
     certified: Option<&Certified>,
-) -> Result<Response<Incoming>, Refusal> {
+) -> Result<Response<UpstreamBody>, Refusal> {
     let Outgoing {
         body,
         meter,
@@ -1044,7 +1045,7 @@ impl Session {
     /// a way sidekey cannot decode is refused (`upstream_encoding`) and its body never passed on.
     fn respond(
         mut self,
-        response: Response<Incoming>,
+        response: Response<UpstreamBody>,
         needles: Option<Needles>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();

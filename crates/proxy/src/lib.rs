@@ -10,6 +10,7 @@ mod error;
 pub mod exchange;
 pub mod forward;
 pub mod intercept;
+mod pool;
 pub mod routes;
 pub mod tunnel;
 mod upstream;

@@ -17,8 +17,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use sidekey_config::UpstreamConfig;
 use sidekey_policy::{AddressClass, AddressGuard};
 use tokio::net::TcpStream;
@@ -26,6 +25,8 @@ use tokio::net::TcpStream;
 use sidekey_body::ProxyBody;
 use sidekey_credentials::ClientCertificate;
 use sidekey_policy::{ErrorCode, Refusal};
+
+use crate::pool::{Pool, SendError, UpstreamBody};
 
 /// Why a TCP connection to an upstream could not be made. The message names host and port
 /// only: never a URI (a query could carry an injected credential).
@@ -247,16 +248,15 @@ impl tower_service::Service<Uri> for TcpConnector {
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<TcpConnector>;
-type Pool = Client<Connector, ProxyBody>;
+pub(crate) type Connector = hyper_rustls::HttpsConnector<TcpConnector>;
 
-/// The pooled upstream clients: one for routes limited to public addresses, one for routes
+/// The upstream connection pools ([`crate::pool`]): one for routes limited to public addresses, one for routes
 /// with `allow_private` (separate pools, so a connection one may make is never lent to the
 /// other), and one per client certificate a route presents ([`Upstream::certified`]).
 #[derive(Clone)]
 pub struct Upstream {
-    public: Pool,
-    private: Pool,
+    public: Arc<Pool>,
+    private: Arc<Pool>,
     /// HTTP/1.1 only (ALPN), for WebSocket upgrades: one connection each, never pooled.
     upgrade_public: Connector,
     upgrade_private: Connector,
@@ -274,7 +274,7 @@ pub struct Upstream {
 /// it. Dropped with the certificate (see `CertifiedClients`), closing its idle connections.
 #[derive(Clone)]
 pub struct Certified {
-    pool: Pool,
+    pool: Arc<Pool>,
     upgrade: Connector,
 }
 
@@ -332,13 +332,13 @@ impl Upstream {
         request: Request<ProxyBody>,
         allow_private: bool,
         certified: Option<&Certified>,
-    ) -> Result<Response<Incoming>, Refusal> {
-        let client = match (certified, allow_private) {
+    ) -> Result<Response<UpstreamBody>, Refusal> {
+        let pool = match (certified, allow_private) {
             (Some(certified), _) => &certified.pool,
             (None, true) => &self.private,
             (None, false) => &self.public,
         };
-        match tokio::time::timeout(self.request_timeout, client.request(request)).await {
+        match tokio::time::timeout(self.request_timeout, pool.send(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(Refusal::new(
@@ -406,20 +406,15 @@ impl Upstream {
     }
 }
 
-/// A pooled client over `tcp` with `tls`, HTTP/1.1 or h2 by ALPN.
-fn pool(tls: &rustls::ClientConfig, tcp: TcpConnector, max_idle_per_host: usize) -> Pool {
+/// A pool of connections over `tcp` with `tls`, HTTP/1.1 or h2 by ALPN.
+fn pool(tls: &rustls::ClientConfig, tcp: TcpConnector, max_idle_per_host: usize) -> Arc<Pool> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(tcp);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .build(https)
+    Pool::new(https, max_idle_per_host)
 }
 
 /// A connector that offers HTTP/1.1 only (WebSocket upgrades).
@@ -431,11 +426,14 @@ fn http1_only(tls: &rustls::ClientConfig, tcp: TcpConnector) -> Connector {
         .wrap_connector(tcp)
 }
 
-/// Maps a client error to `upstream_tls` (any TLS failure: untrusted, expired or misnamed
+/// Maps a send error to `upstream_tls` (any TLS failure: untrusted, expired or misnamed
 /// certificate, no common TLS version) or `upstream_unreachable`, with a message built from
 /// typed parts only: never a URI (a query could carry an injected credential).
-fn classify(error: &hyper_util::client::legacy::Error) -> Refusal {
-    classify_source(std::error::Error::source(error), error.is_connect())
+fn classify(error: &SendError) -> Refusal {
+    classify_source(
+        std::error::Error::source(error),
+        matches!(error, SendError::Connect(_)),
+    )
 }
 
 /// [`classify`] of an error chain starting at `source`.
