@@ -9,11 +9,16 @@
 //! upstream ([`Session::respond`]: the record is written when the response body ends). A
 //! session dropped before either (the agent went away) still writes its record.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::future::Either;
+use futures_util::FutureExt as _;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
@@ -108,7 +113,9 @@ async fn verify(
 ) -> Result<Option<Arc<Grant>>, Refusal> {
     match token {
         None => Ok(None),
-        Some(token) => counted(state, grants.authenticate(&token).await).map(Some),
+        // Boxed: verification can wait on a key source, and its future would otherwise make
+        // every request's future larger, with or without a grant.
+        Some(token) => counted(state, Box::pin(grants.authenticate(&token)).await).map(Some),
     }
 }
 
@@ -163,300 +170,322 @@ pub fn new_request_id() -> String {
 }
 
 /// Runs every phase for one request whose target is known.
-pub async fn handle<B: AgentBody>(
+///
+/// A plain function returning the exchange's future, not an `async fn`: an `async fn` keeps a
+/// second copy of its arguments in its future, and this future is held (boxed) for every
+/// request in flight.
+pub fn handle<B: AgentBody>(
     state: Arc<ProxyState>,
     exchange: Exchange,
     request: Request<B>,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
     let (mut parts, body) = request.into_parts();
-    // Before the record starts: an HTTP/2 WebSocket's CONNECT is recorded (and decided) as the
-    // GET it stands for.
-    let websocket = websocket::requested(&mut parts);
-    let mut session = Session::start(&state, &exchange, &parts);
-    let trace = {
-        let (ids, span) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        TraceContext::continue_or_start(&parts.headers, ids.as_u128(), span.as_u64_pair().1)
-    };
-    session.record.set_trace(&trace, state.spans.as_ref());
-    let websocket = match (websocket, &exchange.streams) {
-        (Ok(None), _) => None,
-        (Ok(Some(ws)), Some(streams)) => Some((ws, streams, head_copy(&parts))),
-        (Ok(Some(_)), None) => {
-            let refusal = Refusal::new(
-                ErrorCode::RequestInvalid,
-                "WebSockets are not served on this connection",
-            );
-            return session.refuse(refusal, Some(body)).await;
-        }
-        (Err(refusal), _) => return session.refuse(refusal, Some(body)).await,
-    };
-
-    // the grant
-    let grant = match grant_of(&state, &exchange, &parts).await {
-        Ok(grant) => grant,
-        Err(refusal) => return session.refuse(refusal, Some(body)).await,
-    };
-    session.set_grant(grant.as_deref());
-
-    // decide
-    let declared = match websocket {
-        Some(_) => Some(0),
-        None => body.size_hint().exact(),
-    };
-    let scope = grant.as_deref().map(|g| &g.scope);
-    let (route, path, plan) =
-        match state
-            .policy
-            .decide_request(&exchange.identified, &parts, declared, scope)
-        {
-            RequestDecision::Allow { route, path, body } => (Some(route), Some(path), body),
-            RequestDecision::PassUnmatched => (None, None, BodyPlan::default()),
-            RequestDecision::Deny(refusal) => return session.refuse(refusal, Some(body)).await,
+    async move {
+        // Before the record starts: an HTTP/2 WebSocket's CONNECT is recorded (and decided) as the
+        // GET it stands for.
+        let websocket = websocket::requested(&mut parts);
+        let mut session = Session::start(&state, &exchange, &parts);
+        let trace = {
+            let (ids, span) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+            TraceContext::continue_or_start(&parts.headers, ids.as_u128(), span.as_u64_pair().1)
         };
-    let runtime = route.and_then(|r| state.routes.get(r));
-    match runtime {
-        Some(runtime) => {
-            session.record.set_route(&runtime.name);
-            session.record.set_decision(Outcome::Allow);
-        }
-        None => session.record.set_decision(Outcome::Tunnel),
-    }
-    // Cedar, after the route: the route allows it; do the policies?
-    if let (Some(cedar), Some(runtime)) = (&state.cedar, runtime) {
-        let unix_time = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let input = CedarInput::for_request(
-            cedar,
-            exchange.identified.target(),
-            &parts,
-            &runtime.name,
-            runtime.action.as_deref(),
-            declared,
-            grant.as_deref().map(|g| GrantFacts {
-                sub: &g.sub,
-                task: &g.task_id,
-                user: g.on_behalf_of.as_deref(),
-                act: &g.act,
-            }),
-            unix_time,
-        );
-        let verdict = cedar.authorize(&input);
-        if !verdict.errors.is_empty() {
-            tracing::info!(request_id = %session.record.request_id(), errors = ?verdict.errors, "Cedar policies that could not be evaluated were skipped");
-        }
-        let allowed = verdict.allowed;
-        let refusal = (!allowed).then(|| verdict.refusal());
-        session.record.set_cedar(sidekey_audit::CedarDecision {
-            decision: if allowed { "allow" } else { "deny" },
-            policies: verdict.policies,
-        });
-        if let Some(refusal) = refusal {
-            session.record.set_decision(Outcome::Deny);
-            return session.refuse(refusal, Some(body)).await;
-        }
-    }
-    let check = match (route, path) {
-        (Some(route), Some(path)) if plan.form != FormScan::None => Some(method_field_check(
-            &state,
-            &exchange,
-            path,
-            route,
-            grant.clone(),
-        )),
-        _ => None,
-    };
-
-    // body
-    let body = match read_body(&plan, check.as_ref(), body).await {
-        Ok(body) => body,
-        Err(refusal) => return session.refuse(refusal, None::<B>).await,
-    };
-
-    // credential
-    let timers = state.metrics.route_timers(
-        exchange.identified.listener(),
-        runtime.map_or("", |r| &r.name),
-    );
-    let waited = Instant::now();
-    let credential = credential(&state, runtime, grant.as_deref()).await;
-    let credential = match credential {
-        Ok(credential) => credential,
-        Err(refusal) => {
-            if let Some(runtime) = runtime {
-                session.set_credential(runtime, None);
+        session.record.set_trace(&trace, state.spans.as_ref());
+        let websocket = match (websocket, &exchange.streams) {
+            (Ok(None), _) => None,
+            // Boxed: rare, and kept across every await of the request.
+            (Ok(Some(ws)), Some(streams)) => Some(Box::new((ws, streams, head_copy(&parts)))),
+            (Ok(Some(_)), None) => {
+                let refusal = Refusal::new(
+                    ErrorCode::RequestInvalid,
+                    "WebSockets are not served on this connection",
+                );
+                return session.refuse(refusal, Some(body)).await;
             }
+            (Err(refusal), _) => return session.refuse(refusal, Some(body)).await,
+        };
+
+        // the grant
+        let grant = match grant_of(&state, &exchange, &parts).await {
+            Ok(grant) => grant,
+            Err(refusal) => return session.refuse(refusal, Some(body)).await,
+        };
+        session.set_grant(grant.as_deref());
+
+        // decide
+        let declared = match websocket {
+            Some(_) => Some(0),
+            None => body.size_hint().exact(),
+        };
+        let scope = grant.as_deref().map(|g| &g.scope);
+        let (route, path, plan) =
+            match state
+                .policy
+                .decide_request(&exchange.identified, &parts, declared, scope)
+            {
+                RequestDecision::Allow { route, path, body } => (Some(route), Some(path), body),
+                RequestDecision::PassUnmatched => (None, None, BodyPlan::default()),
+                RequestDecision::Deny(refusal) => return session.refuse(refusal, Some(body)).await,
+            };
+        let runtime = route.and_then(|r| state.routes.get(r));
+        match runtime {
+            Some(runtime) => {
+                session.record.set_route(&runtime.name);
+                session.record.set_decision(Outcome::Allow);
+            }
+            None => session.record.set_decision(Outcome::Tunnel),
+        }
+        // Cedar, after the route: the route allows it; do the policies?
+        if let (Some(cedar), Some(runtime)) = (&state.cedar, runtime) {
+            let unix_time = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let input = CedarInput::for_request(
+                cedar,
+                exchange.identified.target(),
+                &parts,
+                &runtime.name,
+                runtime.action.as_deref(),
+                declared,
+                grant.as_deref().map(|g| GrantFacts {
+                    sub: &g.sub,
+                    task: &g.task_id,
+                    user: g.on_behalf_of.as_deref(),
+                    act: &g.act,
+                }),
+                unix_time,
+            );
+            let verdict = cedar.authorize(&input);
+            if !verdict.errors.is_empty() {
+                tracing::info!(request_id = %session.record.request_id(), errors = ?verdict.errors, "Cedar policies that could not be evaluated were skipped");
+            }
+            let allowed = verdict.allowed;
+            let refusal = (!allowed).then(|| verdict.refusal());
+            session.record.set_cedar(sidekey_audit::CedarDecision {
+                decision: if allowed { "allow" } else { "deny" },
+                policies: verdict.policies,
+            });
+            if let Some(refusal) = refusal {
+                session.record.set_decision(Outcome::Deny);
+                return session.refuse(refusal, Some(body)).await;
+            }
+        }
+        let check =
+            match (route, path) {
+                (Some(route), Some(path)) if plan.form != FormScan::None => Some(
+                    method_field_check(&state, &exchange, path, route, grant.clone()),
+                ),
+                _ => None,
+            };
+
+        // body
+        let body = match read_body(&plan, check.as_ref(), body).await {
+            Ok(body) => body,
+            Err(refusal) => return session.refuse(refusal, None::<B>).await,
+        };
+
+        // credential
+        let timers = state.metrics.route_timers(
+            exchange.identified.listener(),
+            runtime.map_or("", |r| &r.name),
+        );
+        let waited = Instant::now();
+        let credential = credential(&state, runtime, grant.as_deref()).await;
+        let credential = match credential {
+            Ok(credential) => credential,
+            Err(refusal) => {
+                if let Some(runtime) = runtime {
+                    session.set_credential(runtime, None);
+                }
+                return session.refuse(refusal, body.into_unread()).await;
+            }
+        };
+        if let (Some(runtime), Some(credential)) = (runtime, &credential) {
+            session.set_credential(runtime, Some(credential));
+        }
+        let certified =
+            match client_certificate(&state, &mut session, runtime, grant.as_deref()).await {
+                Ok(certified) => certified,
+                Err(refusal) => return session.refuse(refusal, body.into_unread()).await,
+            };
+        if runtime.is_some_and(|r| r.credential.is_some() || r.client_certificate.is_some()) {
+            timers.credential_wait(waited.elapsed().as_secs_f64());
+        }
+
+        // A credentialed GET, HEAD or OPTIONS with no body can be sent again when the upstream
+        // refuses the credential (401): keep its head as the agent sent it.
+        let retry_head = (credential.is_some()
+            && websocket.is_none()
+            && matches!(
+                parts.method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            )
+            && body.is_empty())
+        .then(|| RetryHead::of(&parts));
+
+        // rewrite
+        let payload = match &body {
+            AgentRequestBody::Whole(bytes) => Payload::Bytes(bytes),
+            AgentRequestBody::Streaming(_) => Payload::Unsigned,
+        };
+        let inject = runtime.and_then(|r| r.inject.as_ref());
+        let target = exchange.identified.target();
+        if let Err(refusal) = rewrite(
+            &mut parts,
+            target,
+            &trace,
+            inject,
+            credential.as_deref(),
+            payload,
+        ) {
             return session.refuse(refusal, body.into_unread()).await;
         }
-    };
-    if let (Some(runtime), Some(credential)) = (runtime, &credential) {
-        session.set_credential(runtime, Some(credential));
-    }
-    let certified = match client_certificate(&state, &mut session, runtime, grant.as_deref()).await
-    {
-        Ok(certified) => certified,
-        Err(refusal) => return session.refuse(refusal, body.into_unread()).await,
-    };
-    if runtime.is_some_and(|r| r.credential.is_some() || r.client_certificate.is_some()) {
-        timers.credential_wait(waited.elapsed().as_secs_f64());
-    }
-
-    // A credentialed GET, HEAD or OPTIONS with no body can be sent again when the upstream
-    // refuses the credential (401): keep its head as the agent sent it.
-    let retry_head = (credential.is_some()
-        && websocket.is_none()
-        && matches!(
-            parts.method,
-            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-        )
-        && body.is_empty())
-    .then(|| RetryHead::of(&parts));
-
-    // rewrite
-    let payload = match &body {
-        AgentRequestBody::Whole(bytes) => Payload::Bytes(bytes),
-        AgentRequestBody::Streaming(_) => Payload::Unsigned,
-    };
-    let inject = runtime.and_then(|r| r.inject.as_ref());
-    let target = exchange.identified.target();
-    if let Err(refusal) = rewrite(
-        &mut parts,
-        target,
-        &trace,
-        inject,
-        credential.as_deref(),
-        payload,
-    ) {
-        return session.refuse(refusal, body.into_unread()).await;
-    }
-    if let Some((ws, ..)) = &websocket {
-        ws.prepare_upstream(&mut parts);
-    }
-    let needles = match (runtime, &credential) {
-        (Some(runtime), Some(c)) => Some(
-            runtime
-                .needles
-                .get(c, || needles(c, inject, &parts.headers)),
-        ),
-        (None, Some(c)) => Some(needles(c, inject, &parts.headers)),
-        (_, None) => None,
-    };
-
-    // forward
-    let allow_private = runtime.is_some_and(|r| r.allow_private);
-    if let Some((ws, streams, request)) = websocket {
-        let sent = Instant::now();
-        let answered = state
-            .upstream
-            .upgrade(
-                Request::from_parts(parts, sidekey_body::empty()),
-                allow_private,
-                certified.as_ref(),
-            )
-            .await;
-        timers.upstream(sent.elapsed().as_secs_f64());
-        return match answered {
-            Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                if let Err(refusal) = ws.check_accepted(&response) {
-                    return session.refuse(refusal, None::<B>).await;
-                }
-                let admission = Admission {
-                    identified: exchange.identified.clone(),
-                    request,
-                    grant,
-                    route: runtime.map(|r| Arc::clone(&r.name)),
-                    credential: runtime.and_then(|r| r.credential.clone()),
-                    client_certificate: runtime.and_then(|r| r.client_certificate.clone()),
-                };
-                session.upgrade(&state, streams, ws, response, needles, admission)
-            }
-            // A refusal of the upgrade (401, 403, 426…) is answered like any response.
-            Ok(response) => session.respond(response.map(UpstreamBody::unpooled), needles),
-            Err(refusal) => session.refuse(refusal, None::<B>).await,
+        if let Some(upgrade) = &websocket {
+            upgrade.0.prepare_upstream(&mut parts);
+        }
+        let needles = match (runtime, &credential) {
+            (Some(runtime), Some(c)) => Some(
+                runtime
+                    .needles
+                    .get(c, || needles(c, inject, &parts.headers)),
+            ),
+            (None, Some(c)) => Some(needles(c, inject, &parts.headers)),
+            (_, None) => None,
         };
-    }
-    let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
-    let sent = Instant::now();
-    let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
-    timers.upstream(sent.elapsed().as_secs_f64());
-    let response = match forwarded {
-        Ok(response) => response,
-        Err(refusal) => return session.refuse(refusal, None::<B>).await,
-    };
-    let (Some(runtime), Some(used)) = (runtime, &credential) else {
-        // respond
-        return session.respond(response, needles);
-    };
-    if response.status() != http::StatusCode::UNAUTHORIZED {
-        return session.respond(response, needles);
-    }
 
-    // The upstream refused the credential: replaced (once, however many requests saw it
-    // refused), and a request that can be sent again is, once.
-    let Some(name) = runtime.credential.clone() else {
-        return session.respond(response, needles);
-    };
-    let task = grant
-        .as_deref()
-        .filter(|_| state.credentials.is_per_task(&name))
-        .map(task_context);
-    let Some(mut parts) = retry_head.map(RetryHead::into_parts) else {
-        session.record.set_rejected(&used.id.0, false);
-        let (credentials, used) = (Arc::clone(&state.credentials), Arc::clone(used));
-        tokio::spawn(async move {
-            if let Err(e) = credentials
-                .replace_rejected(&name, task.as_ref(), &used)
-                .await
-            {
-                tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
-            }
-        });
-        return session.respond(response, needles);
-    };
-    let fresh = match state
-        .credentials
-        .replace_rejected(&name, task.as_ref(), used)
-        .await
-    {
-        Ok(Some(fresh)) => fresh,
-        not_replaced => {
-            if let Err(e) = not_replaced {
-                tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
-            }
-            session.record.set_rejected(&used.id.0, false);
+        // forward
+        let allow_private = runtime.is_some_and(|r| r.allow_private);
+        if let Some(upgrade) = websocket {
+            let (ws, streams, request) = *upgrade;
+            // Boxed: a WebSocket is the rare case, and its upgrade (a connection of its own)
+            // would otherwise make every request's future larger.
+            return Box::pin(async {
+                let sent = Instant::now();
+                let answered = state
+                    .upstream
+                    .upgrade(
+                        Request::from_parts(parts, sidekey_body::empty()),
+                        allow_private,
+                        certified.as_ref(),
+                    )
+                    .await;
+                timers.upstream(sent.elapsed().as_secs_f64());
+                match answered {
+                    Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                        if let Err(refusal) = ws.check_accepted(&response) {
+                            return session.refuse(refusal, None::<B>).await;
+                        }
+                        let admission = Admission {
+                            identified: exchange.identified.clone(),
+                            request,
+                            grant,
+                            route: runtime.map(|r| Arc::clone(&r.name)),
+                            credential: runtime.and_then(|r| r.credential.clone()),
+                            client_certificate: runtime.and_then(|r| r.client_certificate.clone()),
+                        };
+                        session.upgrade(&state, streams, ws, response, needles, admission)
+                    }
+                    // A refusal of the upgrade (401, 403, 426…) is answered like any response.
+                    Ok(response) => session.respond(response.map(UpstreamBody::unpooled), needles),
+                    Err(refusal) => session.refuse(refusal, None::<B>).await,
+                }
+            })
+            .await;
+        }
+        let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
+        let sent = Instant::now();
+        let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
+        timers.upstream(sent.elapsed().as_secs_f64());
+        let response = match forwarded {
+            Ok(response) => response,
+            Err(refusal) => return session.refuse(refusal, None::<B>).await,
+        };
+        let (Some(runtime), Some(used)) = (runtime, &credential) else {
+            // respond
+            return session.respond(response, needles);
+        };
+        if response.status() != http::StatusCode::UNAUTHORIZED {
             return session.respond(response, needles);
         }
-    };
-    drop(response);
-    session.record.set_rejected(&used.id.0, true);
-    session.set_credential(runtime, Some(&fresh));
-    let empty = Bytes::new();
-    if let Err(refusal) = rewrite(
-        &mut parts,
-        target,
-        &trace,
-        inject,
-        Some(&fresh),
-        Payload::Bytes(&empty),
-    ) {
-        return session.refuse(refusal, None::<B>).await;
+
+        // Boxed: a refused credential is the rare case, and the retry's own request would
+        // otherwise make every request's future larger.
+        Box::pin(async {
+            // The upstream refused the credential: replaced (once, however many requests saw it
+            // refused), and a request that can be sent again is, once.
+            let Some(name) = runtime.credential.clone() else {
+                return session.respond(response, needles);
+            };
+            let task = grant
+                .as_deref()
+                .filter(|_| state.credentials.is_per_task(&name))
+                .map(task_context);
+            let Some(mut parts) = retry_head.map(RetryHead::into_parts) else {
+                session.record.set_rejected(&used.id.0, false);
+                let (credentials, used) = (Arc::clone(&state.credentials), Arc::clone(used));
+                tokio::spawn(async move {
+                    if let Err(e) = credentials
+                        .replace_rejected(&name, task.as_ref(), &used)
+                        .await
+                    {
+                        tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
+                    }
+                });
+                return session.respond(response, needles);
+            };
+            let fresh = match state
+                .credentials
+                .replace_rejected(&name, task.as_ref(), used)
+                .await
+            {
+                Ok(Some(fresh)) => fresh,
+                not_replaced => {
+                    if let Err(e) = not_replaced {
+                        tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
+                    }
+                    session.record.set_rejected(&used.id.0, false);
+                    return session.respond(response, needles);
+                }
+            };
+            drop(response);
+            session.record.set_rejected(&used.id.0, true);
+            session.set_credential(runtime, Some(&fresh));
+            let empty = Bytes::new();
+            if let Err(refusal) = rewrite(
+                &mut parts,
+                target,
+                &trace,
+                inject,
+                Some(&fresh),
+                Payload::Bytes(&empty),
+            ) {
+                return session.refuse(refusal, None::<B>).await;
+            }
+            let needles = runtime.needles.get(&fresh, || {
+                crate::exchange::needles(&fresh, inject, &parts.headers)
+            });
+            let outgoing = Outgoing::new(
+                AgentRequestBody::<B>::Whole(empty),
+                &plan,
+                None,
+                session.record.meter(),
+            );
+            let sent = Instant::now();
+            let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
+            timers.upstream(sent.elapsed().as_secs_f64());
+            match forwarded {
+                Ok(response) => session.respond(response, Some(needles)),
+                Err(refusal) => session.refuse(refusal, None::<B>).await,
+            }
+        })
+        .await
     }
-    let needles = runtime.needles.get(&fresh, || {
-        crate::exchange::needles(&fresh, inject, &parts.headers)
-    });
-    let outgoing = Outgoing::new(
-        AgentRequestBody::<B>::Whole(empty),
-        &plan,
-        None,
-        session.record.meter(),
-    );
-    let sent = Instant::now();
-    let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
-    timers.upstream(sent.elapsed().as_secs_f64());
-    match forwarded {
-        Ok(response) => session.respond(response, Some(needles)),
-        Err(refusal) => session.refuse(refusal, None::<B>).await,
-    }
+}
+
+/// A response as hyper's services return it. A function of its own: `Ok::<_, Infallible>`
+/// passed to `map` is inferred for one lifetime of the body's boxed error, and the connection
+/// futures spawned for intercepted tunnels need it for any.
+pub(crate) fn served(response: Response<ProxyBody>) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(response)
 }
 
 /// A copy of a request head (method, URI, version, headers), without its extensions.
@@ -882,13 +911,13 @@ impl Outgoing {
 /// Sends the request upstream. A failure is the agent's when its body caused it: a `_method`
 /// field the route does not allow cut it off (the upstream got an incomplete request, which it
 /// does not act on), it grew past `max_request_body`, or it broke HTTP framing mid-stream.
-async fn forward(
-    state: &ProxyState,
+fn forward<'a>(
+    state: &'a ProxyState,
     parts: Parts,
     outgoing: Outgoing,
     allow_private: bool,
-    certified: Option<&Certified>,
-) -> Result<Response<UpstreamBody>, Refusal> {
+    certified: Option<&'a Certified>,
+) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
     let Outgoing {
         body,
         meter,
@@ -897,29 +926,35 @@ async fn forward(
     } = outgoing;
     let sent = state
         .upstream
-        .send(Request::from_parts(parts, body), allow_private, certified)
-        .await;
-    if let Some(refusal) = verdict.get() {
-        return Err(refusal.clone());
-    }
-    let response = sent.map_err(|refusal| {
-        if max.is_some_and(|max| meter.bytes() > max) {
-            Refusal::new(
-                ErrorCode::BodyTooLarge,
-                "the body grew larger than this route's max_request_body",
-            )
-        } else if meter.failed() {
-            Refusal::new(
-                ErrorCode::RequestInvalid,
-                "the request body broke off before its end (the agent closed it, reset the \
-                 stream, or broke HTTP framing)",
-            )
-        } else {
-            refusal
+        .send(Request::from_parts(parts, body), allow_private, certified);
+    sent.map(move |sent| {
+        if let Some(refusal) = verdict.get() {
+            return Err(refusal.clone());
         }
-    })?;
-    Ok(response)
+        sent.map_err(|refusal| {
+            if max.is_some_and(|max| meter.bytes() > max) {
+                Refusal::new(
+                    ErrorCode::BodyTooLarge,
+                    "the body grew larger than this route's max_request_body",
+                )
+            } else if meter.failed() {
+                Refusal::new(
+                    ErrorCode::RequestInvalid,
+                    "the request body broke off before its end (the agent closed it, reset the \
+                     stream, or broke HTTP framing)",
+                )
+            } else {
+                refusal
+            }
+        })
+    })
 }
+
+/// A refusal's answer: ready, or once the agent's unread body has been drained.
+pub(crate) type Refused = Either<
+    Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>,
+    std::future::Ready<Response<ProxyBody>>,
+>;
 
 /// One request's audit record and ID, from identification to its end. Every way an exchange
 /// ends goes through [`Session::refuse`] or [`Session::respond`], which write the record exactly
@@ -1012,20 +1047,21 @@ impl Session {
 
     /// Ends the exchange with a refusal: drains what the agent is still uploading (see
     /// [`drain`]), writes the audit record, and answers `{"error": code, …}`.
-    pub(crate) async fn refuse<B: AgentBody>(
-        mut self,
-        refusal: Refusal,
-        unread: Option<B>,
-    ) -> Response<ProxyBody> {
+    pub(crate) fn refuse<B: AgentBody>(mut self, refusal: Refusal, unread: Option<B>) -> Refused {
         // The record says why before draining: if the agent goes away meanwhile, it still does.
         let response = self.answer(&refusal);
-        if let Some(body) = unread {
-            if !self.expects_continue {
+        match unread.filter(|body| !self.expects_continue && !body.is_end_stream()) {
+            // Boxed: a body to drain is the rare case, and the request future stays small.
+            Some(body) => Either::Left(Box::pin(async move {
                 drain(body).await;
+                self.record.finish();
+                response
+            })),
+            None => {
+                self.record.finish();
+                Either::Right(std::future::ready(response))
             }
         }
-        self.record.finish();
-        response
     }
 
     /// The answer to `refusal`, noted in the record (which is not written yet).

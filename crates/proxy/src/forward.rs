@@ -3,10 +3,13 @@
 //! policy says: a CONNECT is intercepted ([`crate::intercept`]), tunnelled blindly
 //! ([`crate::tunnel`]) or refused; a plain request goes to [`crate::exchange`].
 
-use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::Either;
+use futures_util::FutureExt as _;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -43,9 +46,7 @@ pub async fn serve_connection<IO>(
             let tracker = tracker.clone();
             // Boxed: hyper keeps a slot the size of this future for every open connection,
             // idle ones too (benches/NOTES.md, "Binary settings and idle memory").
-            Box::pin(async move {
-                Ok::<_, Infallible>(dispatch(shared, request, shutdown, tracker).await)
-            })
+            Box::pin(dispatch(shared, request, shutdown, tracker).map(exchange::served))
         })
     };
     let connection = limits
@@ -67,14 +68,19 @@ pub async fn serve_connection<IO>(
     }
 }
 
-async fn dispatch(
+/// The request's future: a CONNECT's (boxed: one per tunnel, and its interception and tunnel
+/// futures are large) or an exchange's. Plain functions down to [`exchange::handle`], so that no
+/// layer keeps a second copy of the request in the future hyper holds.
+fn dispatch(
     shared: Arc<SharedState>,
     request: Request<Incoming>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
     if request.method() == Method::CONNECT {
-        connect(shared, request, shutdown, tracker).await
+        let connect: Pin<Box<dyn Future<Output = _> + Send>> =
+            Box::pin(connect(shared, request, shutdown, tracker));
+        Either::Left(connect)
     } else {
         let state = shared.load();
         let streams = Streams {
@@ -82,7 +88,7 @@ async fn dispatch(
             shutdown,
             tracker,
         };
-        absolute_form(state, request, streams).await
+        Either::Right(absolute_form(state, request, streams))
     }
 }
 
@@ -159,16 +165,16 @@ async fn connect(
 }
 
 /// `GET http://host/path`: the URI names the target.
-async fn absolute_form(
+fn absolute_form(
     state: Arc<ProxyState>,
     request: Request<Incoming>,
     streams: Streams,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
     // identify
     match absolute_target(request.uri()) {
         Ok(target) => {
             let exchange = Exchange::new(Identified::Absolute(target)).with_streams(streams);
-            exchange::handle(state, exchange, request).await
+            Either::Left(exchange::handle(state, exchange, request))
         }
         Err(refusal) => {
             let shown = request
@@ -182,7 +188,7 @@ async fn absolute_form(
                 request.headers(),
                 &shown,
             );
-            session.refuse(refusal, Some(request.into_body())).await
+            Either::Right(session.refuse(refusal, Some(request.into_body())))
         }
     }
 }

@@ -9,11 +9,12 @@
 //! upgrade failed, the handshake failed or timed out (usually: the agent does not trust
 //! sidekey's CA), or the agent closed it first — is one `CONNECT` record saying why.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt as _;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -145,7 +146,7 @@ pub async fn run(
             let state = shared.load();
             let tunnel = Arc::clone(&tunnel);
             // Boxed, as on the forward listener (forward::serve_connection).
-            Box::pin(async move { Ok::<_, Infallible>(inner(state, &tunnel, request).await) })
+            Box::pin(inner(state, &tunnel, request).map(exchange::served))
         })
     };
     let io = TokioIo::new(tls);
@@ -205,17 +206,17 @@ fn log_end(result: Result<(), hyper::Error>) {
     }
 }
 
-/// One request inside the tunnel.
-async fn inner(
+/// One request inside the tunnel: its exchange's future (see `forward::dispatch`).
+fn inner(
     state: Arc<ProxyState>,
     tunnel: &Tunnel,
     request: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
     let exchange = Exchange::new(Identified::Intercepted {
         target: tunnel.target.clone(),
         sni: tunnel.sni.clone(),
     })
     .with_grant(tunnel.grant.clone())
     .with_streams(tunnel.streams.clone());
-    exchange::handle(state, exchange, request).await
+    exchange::handle(state, exchange, request)
 }

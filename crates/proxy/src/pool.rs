@@ -17,6 +17,7 @@
 //!   checkout, and swept every [`SWEEP_EVERY`] by a task that ends with the pool.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -178,64 +179,71 @@ impl Pool {
 
     /// Sends `request` (absolute URI) on a pooled or new connection and returns the response,
     /// whose body gives an HTTP/1 connection back to the pool when it has been read to its end.
-    pub async fn send(
+    /// (An `async` block, not an `async fn`, which would keep a second copy of the request.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of the request in its future"
+    )]
+    pub fn send(
         self: &Arc<Self>,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        let uri = request.uri().clone();
-        let https = uri.scheme() == Some(&Scheme::HTTPS);
-        let authority = uri.authority().ok_or(SendError::NoHost)?;
-        let host = self.host(https, authority.as_str());
-        loop {
-            let (sender, reused) = match checkout(&host) {
-                Some(sender) => (sender, true),
-                // Boxed: a new connection is the rare path, and its handshake futures would
-                // otherwise make every request's future larger.
-                None => (Box::pin(self.connect(&host, &uri)).await?, false),
-            };
-            let mut failed = match sender {
-                Sender::H1(mut sender) => {
-                    if let Err(e) = sender.ready().await {
-                        if reused {
-                            continue;
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + '_ {
+        async move {
+            let uri = request.uri().clone();
+            let https = uri.scheme() == Some(&Scheme::HTTPS);
+            let authority = uri.authority().ok_or(SendError::NoHost)?;
+            let host = self.host(https, authority.as_str());
+            loop {
+                let (sender, reused) = match checkout(&host) {
+                    Some(sender) => (sender, true),
+                    // Boxed: a new connection is the rare path, and its handshake futures would
+                    // otherwise make every request's future larger.
+                    None => (Box::pin(self.connect(&host, &uri)).await?, false),
+                };
+                let mut failed = match sender {
+                    Sender::H1(mut sender) => {
+                        if let Err(e) = sender.ready().await {
+                            if reused {
+                                continue;
+                            }
+                            return Err(SendError::Http(e));
                         }
-                        return Err(SendError::Http(e));
-                    }
-                    to_origin_form(&mut request, https);
-                    match sender.try_send_request(request).await {
-                        Ok(response) => {
-                            let back = Back {
-                                sender,
-                                pool: Arc::clone(self),
-                                host,
-                            };
-                            return Ok(response.map(|body| UpstreamBody::new(body, Some(back))));
+                        to_origin_form(&mut request, https);
+                        match sender.try_send_request(request).await {
+                            Ok(response) => {
+                                let back = Back {
+                                    sender,
+                                    pool: Arc::clone(self),
+                                    host,
+                                };
+                                return Ok(response.map(|body| UpstreamBody::new(body, Some(back))));
+                            }
+                            Err(e) => e,
                         }
-                        Err(e) => e,
                     }
+                    Sender::H2(mut sender) => {
+                        if let Err(e) = sender.ready().await {
+                            if reused {
+                                continue;
+                            }
+                            return Err(SendError::Http(e));
+                        }
+                        match sender.try_send_request(request).await {
+                            Ok(response) => {
+                                return Ok(response.map(|body| UpstreamBody::new(body, None)))
+                            }
+                            Err(e) => e,
+                        }
+                    }
+                };
+                match failed.take_message() {
+                    // Never started, on a connection that was reused: once more, elsewhere.
+                    Some(mut unsent) if reused => {
+                        *unsent.uri_mut() = uri.clone();
+                        request = unsent;
+                    }
+                    _ => return Err(SendError::Http(failed.into_error())),
                 }
-                Sender::H2(mut sender) => {
-                    if let Err(e) = sender.ready().await {
-                        if reused {
-                            continue;
-                        }
-                        return Err(SendError::Http(e));
-                    }
-                    match sender.try_send_request(request).await {
-                        Ok(response) => {
-                            return Ok(response.map(|body| UpstreamBody::new(body, None)))
-                        }
-                        Err(e) => e,
-                    }
-                }
-            };
-            match failed.take_message() {
-                // Never started, on a connection that was reused: once more, elsewhere.
-                Some(mut unsent) if reused => {
-                    *unsent.uri_mut() = uri.clone();
-                    request = unsent;
-                }
-                _ => return Err(SendError::Http(failed.into_error())),
             }
         }
     }

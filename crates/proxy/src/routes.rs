@@ -2,9 +2,11 @@
 //! clients that cannot use a proxy or trust a CA. Only the named route applies
 //! ([`sidekey_policy::route_target`], [`sidekey_policy::Identified::Route`]).
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::future::Either;
+use futures_util::FutureExt as _;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -42,7 +44,7 @@ pub async fn serve_connection<IO>(
         let state = shared.load();
         let streams = streams.clone();
         // Boxed, as on the forward listener (forward::serve_connection).
-        Box::pin(async move { Ok::<_, Infallible>(route(state, request, streams).await) })
+        Box::pin(route(state, request, streams).map(exchange::served))
     });
     let connection = limits
         .http1_builder()
@@ -63,11 +65,12 @@ pub async fn serve_connection<IO>(
     }
 }
 
-async fn route(
+/// The request's future: its exchange, or its refusal (see `forward::dispatch`).
+fn route(
     state: Arc<ProxyState>,
     mut request: Request<Incoming>,
     streams: Streams,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
     // identify
     let address = match route_target(&state.policy, request.uri().path()) {
         Ok(address) => address,
@@ -80,7 +83,7 @@ async fn route(
                 .to_string();
             let session =
                 Session::unidentified(&state, LISTENER, request.method(), request.headers(), &name);
-            return session.refuse(refusal, Some(request.into_body())).await;
+            return Either::Right(session.refuse(refusal, Some(request.into_body())));
         }
     };
     let path_and_query = match request.uri().query() {
@@ -95,10 +98,10 @@ async fn route(
             let refusal = Refusal::new(ErrorCode::RequestInvalid, "request path is invalid");
             let session =
                 Session::unidentified(&state, LISTENER, request.method(), request.headers(), "");
-            return session.refuse(refusal, Some(request.into_body())).await;
+            return Either::Right(session.refuse(refusal, Some(request.into_body())));
         }
     }
     // The Host header names this listener, not the upstream: it is replaced, not checked.
     request.headers_mut().remove(http::header::HOST);
-    exchange::handle(state, exchange, request).await
+    Either::Left(exchange::handle(state, exchange, request))
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
@@ -327,25 +328,26 @@ impl Upstream {
     /// Sends the request and waits (bounded by `request_timeout`) for the response head.
     /// `allow_private`: the route may reach non-public addresses; `certified`: the clients of
     /// the client certificate the route presents.
-    pub async fn send(
-        &self,
+    pub fn send<'a>(
+        &'a self,
         request: Request<ProxyBody>,
         allow_private: bool,
-        certified: Option<&Certified>,
-    ) -> Result<Response<UpstreamBody>, Refusal> {
+        certified: Option<&'a Certified>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
         let pool = match (certified, allow_private) {
             (Some(certified), _) => &certified.pool,
             (None, true) => &self.private,
             (None, false) => &self.public,
         };
-        match tokio::time::timeout(self.request_timeout, pool.send(request)).await {
+        let timeout = self.request_timeout;
+        tokio::time::timeout(timeout, pool.send(request)).map(move |answered| match answered {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(Refusal::new(
                 ErrorCode::UpstreamUnreachable,
-                format!("upstream did not answer within {:?}", self.request_timeout),
+                format!("upstream did not answer within {timeout:?}"),
             )),
-        }
+        })
     }
 
     /// Sends a WebSocket upgrade request on a connection of its own, HTTP/1.1 whatever the
