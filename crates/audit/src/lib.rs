@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+mod json;
 pub mod ocsf;
 pub mod trace;
 
@@ -270,6 +271,16 @@ fn write_line<T: Serialize>(
     kind: &'static str,
     record: &T,
 ) -> Result<(), serde_json::Error> {
+    write_line_with(out, ts, kind, |out| serde_json::to_writer(out, record))
+}
+
+/// [`write_line`] with the record written as a JSON object by `object`.
+fn write_line_with(
+    out: &mut Vec<u8>,
+    ts: SystemTime,
+    kind: &'static str,
+    object: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<(), serde_json::Error> {
     use std::io::Write as _;
     let start = out.len();
     write!(
@@ -280,7 +291,10 @@ fn write_line<T: Serialize>(
     .map_err(serde_json::Error::io)?;
     serde_json::to_writer(&mut *out, kind)?;
     let at = out.len();
-    serde_json::to_writer(&mut *out, record)?;
+    if let Err(e) = object(out) {
+        out.truncate(start);
+        return Err(e);
+    }
     match out.get(at..at + 2) {
         Some(b"{}") => {
             out.truncate(at);
@@ -499,17 +513,31 @@ fn write_loop(sink: Box<dyn Write + Send>, shared: &Shared) {
 impl AuditLog {
     /// Records one request.
     pub fn request(&self, record: &RequestRecord) {
-        self.send("request", record, |o| o.request(record));
+        self.send(
+            |out, ts| {
+                write_line_with(out, ts, "request", |out| {
+                    json::request(out, record);
+                    Ok(())
+                })
+            },
+            |o| o.request(record),
+        );
     }
 
     /// Records one credential event.
     pub fn credential(&self, event: &CredentialEvent) {
-        self.send("credential", event, |o| o.credential(event));
+        self.send(
+            |out, ts| write_line(out, ts, "credential", event),
+            |o| o.credential(event),
+        );
     }
 
     /// Records one config load.
     pub fn config(&self, event: &ConfigEvent) {
-        self.send("config", event, |o| o.config(event));
+        self.send(
+            |out, ts| write_line(out, ts, "config", event),
+            |o| o.config(event),
+        );
     }
 
     /// Waits (bounded) until everything sent so far is written.
@@ -533,17 +561,16 @@ impl AuditLog {
 
     /// Appends the record, and shows it to the observer (if any) under the batch lock, so that
     /// the observer has counted every line the writer can have written; or counts it dropped.
-    fn send<T: Serialize>(
+    fn send(
         &self,
-        kind: &'static str,
-        record: &T,
+        write: impl FnOnce(&mut Vec<u8>, SystemTime) -> Result<(), serde_json::Error>,
         observe: impl FnOnce(&dyn Observer),
     ) {
         let observer = self.shared.observer.get().map(|o| &**o);
         // Serialize outside the lock, into this thread's reusable buffer.
         LINE.with_borrow_mut(|bytes| {
             bytes.clear();
-            if let Err(e) = write_line(bytes, SystemTime::now(), kind, record) {
+            if let Err(e) = write(bytes, SystemTime::now()) {
                 tracing::error!(error = %e, "audit record could not be serialized");
                 if let Some(o) = observer {
                     o.dropped(1);
