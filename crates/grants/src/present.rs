@@ -12,7 +12,7 @@ use http::HeaderMap;
 use crate::GrantError;
 
 /// The route listener's grant header.
-pub const GRANT_HEADER: &str = "x-sidekey-grant";
+pub const GRANT_HEADER: http::HeaderName = http::HeaderName::from_static("x-sidekey-grant");
 
 /// The grant in `Proxy-Authorization`: `Basic base64(user:grant)` (the user name is not
 /// read) or `Bearer grant`. None when the header is absent.

@@ -34,7 +34,7 @@ pub const SIGNED_BODY_LIMIT: u64 = 10 << 20;
 
 /// The task label an agent may assert about itself when grants are not required (recorded,
 /// never forwarded); with grants the task is the grant's.
-pub const TASK_HEADER: &str = "x-sidekey-task";
+pub const TASK_HEADER: http::HeaderName = http::HeaderName::from_static("x-sidekey-task");
 
 /// How a listener identified the target of a request: the one input of
 /// [`Policy::decide_request`] that differs by listener.
@@ -459,12 +459,12 @@ impl Policy {
         route: usize,
         grant: Option<&GrantScope>,
     ) -> Result<(), Refusal> {
-        for name in METHOD_OVERRIDE_HEADERS {
+        for name in &METHOD_OVERRIDE_HEADERS {
             for value in request.headers.get_all(name) {
                 let text = value.to_str().map_err(|_| {
                     Refusal::new(ErrorCode::RequestInvalid, format!("{name} is not ASCII"))
                 })?;
-                self.check_override(identified, path, route, grant, text.trim(), name)?;
+                self.check_override(identified, path, route, grant, text.trim(), name.as_str())?;
             }
         }
         if let Some(query) = query {
@@ -646,6 +646,9 @@ fn check_sni_agrees(sni: &Sni, target: &Target) -> Result<(), Refusal> {
 /// `target_mismatch`; a missing or unparsable one is `request_invalid`. HTTP/1.0 may omit Host.
 fn check_host(request: &Parts, target: &Target, in_tunnel: bool) -> Result<(), Refusal> {
     let same = |text: &str, what: &str| -> Result<(), Refusal> {
+        if names_exactly(text, target) {
+            return Ok(());
+        }
         let authority = Authority::parse(text).map_err(|e| {
             Refusal::new(
                 ErrorCode::RequestInvalid,
@@ -692,6 +695,30 @@ fn check_host(request: &Parts, target: &Target, in_tunnel: bool) -> Result<(), R
         ));
     }
     Ok(())
+}
+
+/// Whether `text` is the target's own authority, spelled as sidekey writes it: the canonical
+/// domain, with its port unless it is the scheme's default (`api.example`, `api.example:8443`).
+/// The common case (a client writes the `Host` it was given), checked without parsing `text`:
+/// the canonical spelling parses to itself. Anything else, IP literals included, is parsed.
+fn names_exactly(text: &str, target: &Target) -> bool {
+    let CanonicalHost::Domain(domain) = &target.host else {
+        return false;
+    };
+    let Some(rest) = text.strip_prefix(domain.as_str()) else {
+        return false;
+    };
+    if rest.is_empty() {
+        return target.port == target.scheme.default_port();
+    }
+    let Some(port) = rest.strip_prefix(':') else {
+        return false;
+    };
+    target.port != target.scheme.default_port()
+        && !port.starts_with('0')
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>() == Ok(target.port)
 }
 
 #[cfg(test)]
@@ -1671,5 +1698,46 @@ mod tests {
         let (code, _) = allowed(decide_granted(&required, &gh, &task, Some(&all))).unwrap_err();
         assert_eq!(code, ErrorCode::RequestInvalid);
         assert_eq!(allowed(decide_granted(&p, &gh, &task, Some(&all))), Ok(0));
+    }
+
+    /// The shortcut says "same" only where parsing says so too.
+    #[test]
+    fn the_exact_authority_shortcut_agrees_with_parsing() {
+        let targets = [
+            target(Scheme::Http, "api.example", 80),
+            target(Scheme::Https, "api.example", 443),
+            target(Scheme::Https, "api.example", 8443),
+            target(Scheme::Http, "10.0.0.1", 80),
+        ];
+        let texts = [
+            "api.example",
+            "api.example:80",
+            "api.example:443",
+            "api.example:8443",
+            "api.example:08443",
+            "api.example:+8443",
+            "api.example:84430",
+            "api.example:",
+            "api.example.",
+            "API.example",
+            "api.examplex",
+            "api.example.evil",
+            "api.example@evil",
+            "10.0.0.1",
+            "10.0.0.1:80",
+        ];
+        let mut shortcuts = 0;
+        for t in &targets {
+            for text in texts {
+                let parsed = Authority::parse(text)
+                    .is_ok_and(|a| a.host == t.host && a.port_or_default(t.scheme) == t.port);
+                if names_exactly(text, t) {
+                    shortcuts += 1;
+                    assert!(parsed, "{text} for {t}");
+                }
+            }
+        }
+        // api.example (twice: default ports) and api.example:8443.
+        assert_eq!(shortcuts, 3);
     }
 }

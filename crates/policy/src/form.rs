@@ -16,10 +16,10 @@ const MAX_BOUNDARY: usize = 200;
 /// Headers that server frameworks read as "the real method" of a request (Express
 /// method-override, Rails, Symfony, ASP.NET, Google APIs, …). An agent allowed GET could
 /// otherwise DELETE through them.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
+pub const METHOD_OVERRIDE_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-http-method-override"),
+    http::HeaderName::from_static("x-http-method"),
+    http::HeaderName::from_static("x-method-override"),
 ];
 
 /// True when a form field named `name` (already percent-decoded where the format encodes names)
