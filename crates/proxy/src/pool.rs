@@ -272,8 +272,9 @@ fn checkout(host: &Host) -> Option<Sender> {
     None
 }
 
-/// HTTP/1 requests go in origin form with a `Host` header (the absolute form is for proxies).
-fn to_origin_form(request: &mut Request<ProxyBody>, https: bool) {
+/// HTTP/1 requests go in origin form with a `Host` header (the absolute form is for proxies):
+/// the pool's, and WebSocket upgrades ([`crate::upstream::Upstream::upgrade`]).
+pub(crate) fn to_origin_form(request: &mut Request<ProxyBody>, https: bool) {
     if !request.headers().contains_key(HOST) {
         let uri = request.uri();
         let host = uri.authority().and_then(|authority| {

@@ -27,7 +27,7 @@ use sidekey_body::ProxyBody;
 use sidekey_credentials::ClientCertificate;
 use sidekey_policy::{ErrorCode, Refusal};
 
-use crate::pool::{Pool, SendError, UpstreamBody};
+use crate::pool::{to_origin_form, Pool, SendError, UpstreamBody};
 
 /// Why a TCP connection to an upstream could not be made. The message names host and port
 /// only: never a URI (a query could carry an injected credential).
@@ -380,19 +380,11 @@ impl Upstream {
                     tracing::debug!(error = %e, "WebSocket upstream connection ended with an error");
                 }
             });
-            // Origin form, with the authority in Host, as a client sends it.
-            if let Some(authority) = uri.authority() {
-                if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
-                    request.headers_mut().insert(http::header::HOST, host);
-                }
-            }
-            let origin = uri.path_and_query().map_or("/", |p| p.as_str());
-            *request.uri_mut() = Uri::try_from(origin).map_err(|_| {
-                Refusal::new(
-                    ErrorCode::RequestInvalid,
-                    "request target cannot be forwarded",
-                )
-            })?;
+            // Origin form, with the authority in Host, as the pool sends HTTP/1 requests.
+            to_origin_form(
+                &mut request,
+                uri.scheme() == Some(&http::uri::Scheme::HTTPS),
+            );
             sender
                 .send_request(request)
                 .await
