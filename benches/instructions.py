@@ -39,6 +39,7 @@ from benchkit import (API, SIDEKEY_PORT, UP_HTTP, load, render, render_sidekey, 
 
 NGINX_HTTP = 18310
 NGINX_TLS = 18311
+FLOOR_HTTP = 18320
 SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
 # A token of a JWT's length for nginx to inject (sidekey injects the JWT its local issuer mints).
 PEER_TOKEN = "x" * 300
@@ -134,6 +135,22 @@ def run_nginx(run, n, out):
     return instructions(out)
 
 
+def run_floor(floor, run, n, out):
+    """bench-floor (benches/tools/src/floor.rs): tokio and hyper doing the scenario's forward and
+    nothing else, the floor under any proxy built on them."""
+    proc = callgrind([floor, "--listen", f"127.0.0.1:{FLOOR_HTTP}", "--upstream",
+                      f"127.0.0.1:{UP_HTTP}", "--allow", f"{API}:{UP_HTTP}",
+                      "--token-len", str(len(PEER_TOKEN))], out, run)
+    try:
+        wait_port(FLOOR_HTTP, proc, timeout=120)
+        check_injection(FLOOR_HTTP)
+        load(FLOOR_HTTP, n)
+    finally:
+        stop(proc, signal.SIGTERM)
+        proc.communicate(timeout=300)
+    return instructions(out)
+
+
 def function_costs(out, inclusive):
     """callgrind_annotate's per-function instruction counts of one run (self or inclusive)."""
     text = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
@@ -146,6 +163,42 @@ def function_costs(out, inclusive):
             name = re.sub(r" \[[^\]]*\]$", "", m.group(2))
             costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
     return costs
+
+
+def crate_of(location):
+    """Where a function of callgrind_annotate's `file:function` comes from: a registry crate's
+    name, a sidekey crate, a part of Rust's standard library, or libc's source directory. Code
+    inlined into a function counts for that function's crate."""
+    path = location.split(":", 1)[0]
+    if "/registry/src/" in path:
+        return re.sub(r"-\d+\.\d+.*$", "", path.split("/registry/src/")[1].split("/")[1])
+    if "/rust/deps/" in path:  # the standard library's own copies (hashbrown)
+        return "std:" + re.sub(r"-\d+\.\d+.*$", "", path.split("/rust/deps/")[1].split("/")[0])
+    if path.startswith("/rustc/") and "/library/" in path:
+        return "std:" + path.split("/library/")[1].split("/")[0]
+    if "/crates/" in path:
+        return "sidekey-" + path.split("/crates/")[1].split("/")[0]
+    if "/benches/tools/" in path:
+        return "bench-floor"
+    if path.startswith("./"):
+        return "libc:" + path.split("/")[1]
+    return "other (no debug information)" if path == "???" else "other"
+
+
+def by_crate(first, second, requests):
+    """Instructions per request by crate: the difference of two runs' self costs."""
+    totals = []
+    for out in (first, second):
+        per_crate = {}
+        for name, cost in function_costs(out, inclusive=False).items():
+            crate = crate_of(name)
+            per_crate[crate] = per_crate.get(crate, 0) + cost
+        totals.append(per_crate)
+    per = {k: (totals[1].get(k, 0) - totals[0].get(k, 0)) / requests
+           for k in set(totals[0]) | set(totals[1])}
+    whole = sum(per.values()) or 1
+    return "\n".join(f"{v:9.0f}  {100 * v / whole:5.1f} %  {k}"
+                     for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if abs(v) >= 50)
 
 
 def profile(first, second, requests, top=40):
@@ -169,12 +222,19 @@ def main():
     p.add_argument("--run-dir", default="/tmp/sidekey-instructions")
     p.add_argument("--n1", type=int, default=200)
     p.add_argument("--n2", type=int, default=1200)
-    p.add_argument("--targets", default="sidekey,nginx")
+    p.add_argument("--targets", default="sidekey,nginx",
+                   help="any of sidekey, nginx, floor (bench-floor: tokio and hyper alone)")
+    p.add_argument("--floor", help="the bench-floor binary (default: beside --upstream)")
+    p.add_argument("--by-crate", action="store_true",
+                   help="split each target's instructions per request by the crate (or libc "
+                        "part) of the function they run in")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--syscalls", action="store_true",
                    help="count system calls per request (strace -c) instead of instructions")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.floor is None:
+        args.floor = str(Path(args.upstream).with_name("bench-floor"))
     global MODE
     MODE = "syscalls" if args.syscalls else "instructions"
     unit = "system calls" if args.syscalls else "instructions"
@@ -193,6 +253,8 @@ def main():
                         counts.append(run_sidekey(args.sidekey, run, n, out))
                     elif target == "nginx":
                         counts.append(run_nginx(run, n, out))
+                    elif target == "floor":
+                        counts.append(run_floor(args.floor, run, n, out))
                     else:
                         raise SystemExit(f"unknown target {target}")
                 per = (counts[1] - counts[0]) / (args.n2 - args.n1)
@@ -217,6 +279,12 @@ def main():
             else:
                 ratio = f"  ({r['vs_nginx']:.2f}x nginx)" if "vs_nginx" in r else ""
                 print(f"{target:8} {r['instructions']:9,} {unit} per request{ratio}")
+    if args.by_crate and not args.syscalls:
+        for target, r in results.items():
+            if "instructions" in r:
+                print(f"-- {target}, per request, by crate:")
+                print(by_crate(run / f"callgrind.{target}.{args.n1}",
+                               run / f"callgrind.{target}.{args.n2}", args.n2 - args.n1))
     if args.profile and not args.syscalls and "instructions" in results.get("sidekey", {}):
         print(profile(run / f"callgrind.sidekey.{args.n1}", run / f"callgrind.sidekey.{args.n2}",
                       args.n2 - args.n1))
