@@ -3,7 +3,6 @@
 //! none (or an invalid one), so every upstream call and its audit record share a trace ID.
 //! Pure: the fresh IDs are passed in.
 
-use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -12,15 +11,68 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// is the simple safe form).
 const MAX_TRACESTATE: usize = 512;
 
+/// An ID of `N` lower-case hex digits (32 for a trace, 16 for a span), kept inline: no
+/// allocation per request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HexId<const N: usize>([u8; N]);
+
+impl<const N: usize> HexId<N> {
+    /// The last `N` hex digits of `n`, zero-padded.
+    fn of(n: u128) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let bytes = n.to_be_bytes();
+        let mut out = [b'0'; N];
+        // Two digits per byte, from the low end: `N` is even and at most 32.
+        for (pair, byte) in out.rchunks_exact_mut(2).zip(bytes.iter().rev()) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        HexId(out)
+    }
+
+    /// `text` if it is exactly `N` lower-case hex digits.
+    fn parse(text: &str) -> Option<Self> {
+        let bytes: [u8; N] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            .then_some(HexId(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> std::ops::Deref for HexId<N> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for HexId<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<const N: usize> std::fmt::Display for HexId<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The trace a request is part of, as forwarded upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     /// 32 lower-case hex digits.
-    pub trace_id: String,
+    pub trace_id: HexId<32>,
     /// sidekey's span: the upstream request's parent. 16 lower-case hex digits.
-    pub span_id: String,
+    pub span_id: HexId<16>,
     /// The agent's span, when the trace was continued.
-    pub parent_span_id: Option<String>,
+    pub parent_span_id: Option<HexId<16>>,
     pub sampled: bool,
     /// The agent's `tracestate`, forwarded with a continued trace.
     tracestate: Option<HeaderValue>,
@@ -31,7 +83,7 @@ impl TraceContext {
     /// `trace_id` and `span_id` are fresh random IDs; the trace ID is used only for a new trace.
     pub fn continue_or_start(headers: &HeaderMap, trace_id: u128, span_id: u64) -> TraceContext {
         // Never all zeros (invalid in the spec).
-        let span_id = hex(u128::from(span_id.max(1)), 16);
+        let span_id = HexId::of(u128::from(span_id.max(1)));
         match parse(headers) {
             Some((trace, parent, flags)) => TraceContext {
                 trace_id: trace,
@@ -41,7 +93,7 @@ impl TraceContext {
                 tracestate: tracestate(headers),
             },
             None => TraceContext {
-                trace_id: hex(trace_id.max(1), 32),
+                trace_id: HexId::of(trace_id.max(1)),
                 span_id,
                 parent_span_id: None,
                 sampled: true,
@@ -52,37 +104,29 @@ impl TraceContext {
 
     /// Replaces the agent's trace headers by sidekey's span of the same trace.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.remove(&TRACEPARENT);
-        headers.remove(&TRACESTATE);
-        // 00-<32 hex>-<16 hex>-<2 hex>: 55 bytes, one allocation that the header value keeps.
-        let mut value = String::with_capacity(55);
-        value.push_str("00-");
-        value.push_str(&self.trace_id);
-        value.push('-');
-        value.push_str(&self.span_id);
-        value.push_str(if self.sampled { "-01" } else { "-00" });
-        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-            headers.insert(TRACEPARENT, value);
+        // 00-<32 hex>-<16 hex>-<2 hex>: 55 bytes, built on the stack; the header value's copy is
+        // the one allocation.
+        let mut value = *b"00-________________________________-________________-00";
+        value[3..35].copy_from_slice(&self.trace_id.0);
+        value[36..52].copy_from_slice(&self.span_id.0);
+        if self.sampled {
+            value[54] = b'1';
         }
-        if let Some(state) = &self.tracestate {
-            headers.insert(TRACESTATE, state.clone());
-        }
+        // `insert` replaces every value the agent sent under the name.
+        match HeaderValue::from_bytes(&value) {
+            Ok(value) => headers.insert(TRACEPARENT, value),
+            Err(_) => headers.remove(&TRACEPARENT),
+        };
+        match &self.tracestate {
+            Some(state) => headers.insert(TRACESTATE, state.clone()),
+            None => headers.remove(&TRACESTATE),
+        };
     }
-}
-
-/// The low `digits` hex digits of `n`, lower-case, zero-padded: one allocation, a table
-/// lookup per digit (the formatter's `{:032x}` goes through its padding machinery).
-fn hex(n: u128, digits: usize) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    (0..digits)
-        .rev()
-        .map(|i| char::from(DIGITS[((n >> (4 * i)) & 0xf) as usize]))
-        .collect()
 }
 
 /// (trace ID, parent span ID, flags) of exactly one valid `traceparent` (version 00, or a later
 /// version's first four fields); anything else is no context.
-fn parse(headers: &HeaderMap) -> Option<(String, String, u8)> {
+fn parse(headers: &HeaderMap) -> Option<(HexId<32>, HexId<16>, u8)> {
     let mut all = headers.get_all(&TRACEPARENT).iter();
     let value = all.next()?.to_str().ok()?.trim();
     if all.next().is_some() {
@@ -96,11 +140,15 @@ fn parse(headers: &HeaderMap) -> Option<(String, String, u8)> {
         fields.next()?,
         fields.next()?,
     );
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    let (Some(_), Some(trace), Some(parent), Some(_)) = (
+        HexId::<2>::parse(version),
+        HexId::<32>::parse(trace),
+        HexId::<16>::parse(parent),
+        HexId::<2>::parse(flags),
+    ) else {
+        return None;
     };
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
+    if version == "ff" {
         return None;
     }
     // Version 00 is exactly 55 characters; later versions may append `-…` fields.
@@ -111,7 +159,7 @@ fn parse(headers: &HeaderMap) -> Option<(String, String, u8)> {
         return None;
     }
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((trace.to_string(), parent.to_string(), flags))
+    Some((trace, parent, flags))
 }
 
 fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -136,10 +184,16 @@ mod tests {
     fn hex_is_the_formatters_padded_lower_case() {
         let mut n: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
         for _ in 0..200 {
-            assert_eq!(hex(n, 32), format!("{n:032x}"));
+            assert_eq!(HexId::<32>::of(n).as_str(), format!("{n:032x}"));
             let low = u128::from(n as u64);
-            assert_eq!(hex(low, 16), format!("{low:016x}"));
-            assert_eq!(hex(n >> 100, 32), format!("{:032x}", n >> 100));
+            assert_eq!(HexId::<16>::of(low).as_str(), format!("{low:016x}"));
+            // Only the low digits, as the span ID takes them from a u64.
+            assert_eq!(HexId::<16>::of(n).as_str(), format!("{low:016x}"));
+            assert_eq!(
+                HexId::<32>::of(n >> 100).as_str(),
+                format!("{:032x}", n >> 100)
+            );
+            assert_eq!(HexId::<32>::parse(&format!("{n:032x}")), Some(HexId::of(n)));
             n = n.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) ^ 0x9e37;
         }
     }
@@ -161,9 +215,9 @@ mod tests {
     fn a_valid_traceparent_is_continued_with_sidekeys_span() {
         let headers = with(&[("traceparent", PARENT), ("tracestate", "congo=t61rcWkgMzE")]);
         let t = TraceContext::continue_or_start(&headers, 7, 0xabc);
-        assert_eq!(t.trace_id, "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(t.trace_id.as_str(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(t.parent_span_id.as_deref(), Some("b7ad6b7169203331"));
-        assert_eq!(t.span_id, "0000000000000abc");
+        assert_eq!(t.span_id.as_str(), "0000000000000abc");
         let mut out = headers.clone();
         t.apply(&mut out);
         assert_eq!(
@@ -191,7 +245,11 @@ mod tests {
         ] {
             let headers = with(&[("traceparent", bad), ("tracestate", "a=b")]);
             let t = TraceContext::continue_or_start(&headers, 0x1234, 5);
-            assert_eq!(t.trace_id, "00000000000000000000000000001234", "{bad:?}");
+            assert_eq!(
+                t.trace_id.as_str(),
+                "00000000000000000000000000001234",
+                "{bad:?}"
+            );
             assert_eq!(t.parent_span_id, None);
             let mut out = headers.clone();
             t.apply(&mut out);
@@ -207,6 +265,6 @@ mod tests {
         // A later version with more fields is read by its first four.
         let v1 = format!("{}-future", PARENT.replacen("00-", "01-", 1));
         let t = TraceContext::continue_or_start(&with(&[("traceparent", &v1)]), 9, 5);
-        assert_eq!(t.trace_id, "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(t.trace_id.as_str(), "0af7651916cd43dd8448eb211c80319c");
     }
 }
