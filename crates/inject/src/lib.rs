@@ -4,6 +4,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -43,10 +44,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, and every header that `Connection` names, in place.
 /// `Upgrade` is removed too (sidekey does not pass protocol upgrades through yet).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: a look at the few names present is cheaper than removing
-    // (hashing) every hop-by-hop name. `Connection` is among them, so named ones are seen too.
+    strip_hop_by_hop_and(headers, &[]);
+}
+
+/// `strip_hop_by_hop`, and every header named in `also` (at most 8), with one look along the
+/// names present: most requests carry none of them, and comparing the few names a request has
+/// is cheaper than hashing each name to remove.
+pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: &[HeaderName]) {
     let hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::UPGRADE;
-    if !headers.keys().any(hop) {
+    let mut any_hop = false;
+    let mut present = 0u8;
+    for name in headers.keys() {
+        any_hop |= hop(name);
+        for (i, other) in also.iter().enumerate().take(8) {
+            if name == other {
+                present |= 1 << i;
+            }
+        }
+    }
+    for (i, name) in also.iter().enumerate() {
+        // Past the 8 a mask holds: removed without looking first.
+        if i >= 8 || present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if !any_hop {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -74,22 +96,12 @@ pub fn inject(
     secret: &Secret,
 ) -> Result<(), InjectError> {
     match how {
-        Inject::Header { name, value } => {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| InjectError::InvalidHeaderName)?;
-            let mut text = Zeroizing::new(String::with_capacity(
-                value.prefix.len() + secret.len() + value.suffix.len(),
-            ));
-            text.push_str(&value.prefix);
-            secret.with(|s| text.push_str(s));
-            text.push_str(&value.suffix);
-            set_sensitive(headers, name, &text)
-        }
-        Inject::Basic { username } => {
-            let plain = secret.with(|s| Zeroizing::new(format!("{username}:{s}")));
-            let mut text = Zeroizing::new(String::from("Basic "));
-            STANDARD.encode_string(plain.as_bytes(), &mut text);
-            set_sensitive(headers, header::AUTHORIZATION, &text)
+        Inject::Header { .. } | Inject::Basic { .. } => {
+            if let Some((name, value)) = header_of(how, secret)? {
+                // `insert` replaces every value the agent sent under this name.
+                headers.insert(name, value);
+            }
+            Ok(())
         }
         Inject::Query { param } => {
             *uri = secret.with(|s| with_query_param(uri, param, s))?;
@@ -99,6 +111,45 @@ pub fn inject(
             "a SigV4 route signs with AWS keys, not a token",
         )),
     }
+}
+
+/// The header `how` attaches for `secret` (None for query and SigV4 injection): its name, and
+/// its value marked sensitive — never indexed by HPACK (RFC 7541 §7.1.3), hidden from `Debug`
+/// of the header map — and wiped when the last copy of it is dropped. Computed once per
+/// credential by the proxy and inserted into each request as it is (a shared, reference-counted
+/// value), which is what `inject` does per call.
+pub fn header_of(
+    how: &Inject,
+    secret: &Secret,
+) -> Result<Option<(HeaderName, HeaderValue)>, InjectError> {
+    let (name, text) = match how {
+        Inject::Header { name, value } => {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| InjectError::InvalidHeaderName)?;
+            let mut text = Zeroizing::new(Vec::with_capacity(
+                value.prefix.len() + secret.len() + value.suffix.len(),
+            ));
+            text.extend_from_slice(value.prefix.as_bytes());
+            secret.with(|s| text.extend_from_slice(s.as_bytes()));
+            text.extend_from_slice(value.suffix.as_bytes());
+            (name, text)
+        }
+        Inject::Basic { username } => {
+            let plain = secret.with(|s| Zeroizing::new(format!("{username}:{s}")));
+            let mut text = Zeroizing::new(String::from("Basic "));
+            STANDARD.encode_string(plain.as_bytes(), &mut text);
+            (
+                header::AUTHORIZATION,
+                Zeroizing::new(text.as_bytes().to_vec()),
+            )
+        }
+        Inject::Query { .. } | Inject::SigV4 { .. } => return Ok(None),
+    };
+    // Kept as it is (no copy), and zeroized by its owner once the last clone is gone.
+    let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+        .map_err(|_| InjectError::InvalidHeaderValue)?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
 }
 
 /// Removes the agent's copy of what `inject` sets, without attaching anything (used for
@@ -120,15 +171,6 @@ pub fn strip_injected(
         }
         Inject::SigV4 { .. } => sigv4::strip(headers),
     }
-    Ok(())
-}
-
-fn set_sensitive(headers: &mut HeaderMap, name: HeaderName, text: &str) -> Result<(), InjectError> {
-    let mut value = HeaderValue::from_str(text).map_err(|_| InjectError::InvalidHeaderValue)?;
-    // Never indexed by HPACK (RFC 7541 §7.1.3), and hidden from `Debug` of the header map.
-    value.set_sensitive(true);
-    // `insert` replaces every value the agent sent under this name.
-    headers.insert(name, value);
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use sidekey_audit::{redact_query, AuditLog, Outcome, RequestRecord};
 use sidekey_body::count::BodyMeter;
 use sidekey_body::BoxError;
 use sidekey_grants::Grant;
-use sidekey_inject::trace::TraceContext;
+use sidekey_inject::trace::{HexId, TraceContext};
 use sidekey_policy::{ErrorCode, Target};
 use sidekey_traces::{SpanIds, Spans};
 
@@ -33,14 +33,14 @@ pub struct PendingRecord {
 /// What a request's span needs besides its record.
 struct PendingSpan {
     spans: Arc<Spans>,
-    span_id: String,
-    parent_span_id: Option<String>,
+    span_id: HexId<16>,
+    parent_span_id: Option<HexId<16>>,
 }
 
 impl PendingRecord {
     pub fn new(
         log: AuditLog,
-        request_id: &str,
+        request_id: String,
         listener: &'static str,
         method: &str,
         target: &Target,
@@ -62,7 +62,7 @@ impl PendingRecord {
     pub fn connect(log: AuditLog, target: &Target, started: Instant) -> Self {
         Self::new(
             log,
-            &crate::exchange::new_request_id(),
+            crate::exchange::new_request_id(),
             crate::forward::LISTENER,
             "CONNECT",
             target,
@@ -80,7 +80,7 @@ impl PendingRecord {
     /// agent wrote it (scheme, host text, port).
     pub fn with_target_text(
         log: AuditLog,
-        request_id: &str,
+        request_id: String,
         listener: &'static str,
         method: &str,
         (scheme, host, port): (&'static str, String, u16),
@@ -90,7 +90,7 @@ impl PendingRecord {
         PendingRecord {
             log,
             record: RequestRecord::new(
-                request_id.to_string(),
+                request_id,
                 listener,
                 method.to_string(),
                 (scheme, host, port),
@@ -135,11 +135,11 @@ impl PendingRecord {
     /// The trace the request went upstream under; its span is exported with the record when
     /// `spans` is set and the trace is sampled.
     pub fn set_trace(&mut self, trace: &TraceContext, spans: Option<&Arc<Spans>>) {
-        self.record.trace_id = Some(trace.trace_id.clone());
+        self.record.trace_id = Some(trace.trace_id.to_string());
         self.span = spans.filter(|_| trace.sampled).map(|spans| PendingSpan {
             spans: Arc::clone(spans),
-            span_id: trace.span_id.clone(),
-            parent_span_id: trace.parent_span_id.clone(),
+            span_id: trace.span_id,
+            parent_span_id: trace.parent_span_id,
         });
     }
 

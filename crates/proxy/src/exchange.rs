@@ -36,15 +36,15 @@ use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_inject::trace::TraceContext;
 use sidekey_policy::{
-    BodyPlan, CedarInput, ErrorCode, FormScan, GrantFacts, Identified, Refusal, RequestDecision,
-    RequestPath, Target, WholeBody, WholePurpose, TASK_HEADER,
+    BodyPlan, CanonicalHost, CedarInput, ErrorCode, FormScan, GrantFacts, Identified, Refusal,
+    RequestDecision, RequestPath, Target, WholeBody, WholePurpose, TASK_HEADER,
 };
 
 use crate::audit::{Metered, PendingRecord};
 use crate::error::refusal_response;
 use crate::pool::UpstreamBody;
 use crate::websocket::{self, Admission, Streams};
-use crate::{Certified, ProxyState, RouteRuntime};
+use crate::{Attached, Certified, ProxyState, RouteRuntime};
 
 /// How long the agent gets to send a body that is read whole (a small form, a body to sign).
 const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,7 +57,6 @@ impl<B> AgentBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Sen
 
 /// A request whose target the listener has identified.
 pub struct Exchange {
-    pub request_id: String,
     pub identified: Identified,
     pub started: Instant,
     /// The grant its intercepted tunnel's CONNECT presented (requests inside a tunnel present
@@ -70,7 +69,6 @@ pub struct Exchange {
 impl Exchange {
     pub fn new(identified: Identified) -> Self {
         Exchange {
-            request_id: new_request_id(),
             identified,
             started: Instant::now(),
             tunnel_grant: None,
@@ -329,12 +327,16 @@ pub fn handle<B: AgentBody>(
         };
         let inject = runtime.and_then(|r| r.inject.as_ref());
         let target = exchange.identified.target();
+        let attached = credential.as_ref().map(|c| match runtime {
+            Some(runtime) => runtime.attached.get(c, || attach(c, inject)),
+            None => Arc::new(attach(c, inject)),
+        });
         if let Err(refusal) = rewrite(
             &mut parts,
             target,
             &trace,
             inject,
-            credential.as_deref(),
+            credential.as_deref().zip(attached.as_deref()),
             payload,
         ) {
             return session.refuse(refusal, body.into_unread()).await;
@@ -342,15 +344,7 @@ pub fn handle<B: AgentBody>(
         if let Some(upgrade) = &websocket {
             upgrade.0.prepare_upstream(&mut parts);
         }
-        let needles = match (runtime, &credential) {
-            (Some(runtime), Some(c)) => Some(
-                runtime
-                    .needles
-                    .get(c, || needles(c, inject, &parts.headers)),
-            ),
-            (None, Some(c)) => Some(needles(c, inject, &parts.headers)),
-            (_, None) => None,
-        };
+        let needles = attached.map(|a| a.needles.clone());
 
         // forward
         let allow_private = runtime.is_some_and(|r| r.allow_private);
@@ -450,19 +444,18 @@ pub fn handle<B: AgentBody>(
             session.record.set_rejected(&used.id.0, true);
             session.set_credential(runtime, Some(&fresh));
             let empty = Bytes::new();
+            let attached = runtime.attached.get(&fresh, || attach(&fresh, inject));
             if let Err(refusal) = rewrite(
                 &mut parts,
                 target,
                 &trace,
                 inject,
-                Some(&fresh),
+                Some((&fresh, &attached)),
                 Payload::Bytes(&empty),
             ) {
                 return session.refuse(refusal, None::<B>).await;
             }
-            let needles = runtime.needles.get(&fresh, || {
-                crate::exchange::needles(&fresh, inject, &parts.headers)
-            });
+            let needles = attached.needles.clone();
             let outgoing = Outgoing::new(
                 AgentRequestBody::<B>::Whole(empty),
                 &plan,
@@ -741,35 +734,16 @@ fn rewrite(
     target: &Target,
     trace: &TraceContext,
     inject: Option<&Inject>,
-    credential: Option<&Credential>,
+    credential: Option<(&Credential, &Attached)>,
     payload: Payload<'_>,
 ) -> Result<(), Refusal> {
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    // scheme://authority/path?query in one allocation. The authority as the upstream sees it
-    // (Host / :authority): no default port, so that a signature over it matches what is sent.
-    let mut uri = String::with_capacity(
-        target.scheme.as_str().len() + 3 + target.host.uri_host_len() + 6 + path_and_query.len(),
-    );
-    uri.push_str(target.scheme.as_str());
-    uri.push_str("://");
-    target.host.push_uri_host(&mut uri);
-    if target.port != target.scheme.default_port() {
-        // Into the capacity reserved above: writing to a String cannot fail.
-        let _ = write!(uri, ":{}", target.port);
+    if !is_upstream_form(&parts.uri, target) {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = upstream_uri(target, path_and_query)?;
     }
-    uri.push_str(path_and_query);
-    parts.uri = Uri::try_from(uri).map_err(|_| {
-        Refusal::new(
-            ErrorCode::RequestInvalid,
-            "request target cannot be forwarded",
-        )
-    })?;
     // The client speaks HTTP/1.1 or HTTP/2 upstream as ALPN decides, whatever the agent used.
     parts.version = Version::HTTP_11;
-    sidekey_inject::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(http::header::HOST);
-    parts.headers.remove(TASK_HEADER);
-    parts.headers.remove(GRANT_HEADER);
+    sidekey_inject::strip_hop_by_hop_and(&mut parts.headers, &AGENT_ONLY);
     // Before any signature: SigV4 may sign it.
     trace.apply(&mut parts.headers);
     parts.extensions.clear();
@@ -784,7 +758,7 @@ fn rewrite(
     let Some(inject) = inject else {
         return Ok(());
     };
-    let Some(credential) = credential else {
+    let Some((credential, attached)) = credential else {
         return sidekey_inject::strip_injected(&mut parts.headers, &mut parts.uri, inject)
             .map_err(|e| Refusal::new(ErrorCode::RequestInvalid, e.to_string()));
     };
@@ -828,10 +802,16 @@ fn rewrite(
                 Refusal::new(code, format!("cannot sign the request: {e}"))
             })
         }
-        (_, CredentialValue::Token(secret)) => {
-            sidekey_inject::inject(&mut parts.headers, &mut parts.uri, inject, secret)
-                .map_err(|e| Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()))
-        }
+        (_, CredentialValue::Token(secret)) => match &attached.header {
+            // The header computed once for this credential; `insert` replaces every value the
+            // agent sent under its name.
+            Some((name, value)) => {
+                parts.headers.insert(name.clone(), value.clone());
+                Ok(())
+            }
+            None => sidekey_inject::inject(&mut parts.headers, &mut parts.uri, inject, secret)
+                .map_err(|e| Refusal::new(ErrorCode::CredentialUnavailable, e.to_string())),
+        },
         (_, CredentialValue::Aws { .. }) => Err(Refusal::new(
             ErrorCode::CredentialUnavailable,
             "AWS keys can only sign requests (inject: sigv4)",
@@ -843,17 +823,72 @@ fn rewrite(
     }
 }
 
-/// Every spelling of the credential just attached that must not come back to the agent.
-fn needles(credential: &Credential, inject: Option<&Inject>, headers: &http::HeaderMap) -> Needles {
-    let header = match inject {
-        Some(Inject::Header { name, .. }) => HeaderName::from_bytes(name.as_bytes()).ok(),
-        Some(Inject::Basic { .. }) => Some(http::header::AUTHORIZATION),
+/// `scheme://authority/path?query` for `target`, written in one allocation and parsed. The
+/// authority as the upstream sees it (Host / :authority): no default port, so that a signature
+/// over it matches what is sent.
+fn upstream_uri(target: &Target, path_and_query: &str) -> Result<Uri, Refusal> {
+    let mut uri = String::with_capacity(
+        target.scheme.as_str().len() + 3 + target.host.uri_host_len() + 6 + path_and_query.len(),
+    );
+    uri.push_str(target.scheme.as_str());
+    uri.push_str("://");
+    target.host.push_uri_host(&mut uri);
+    if target.port != target.scheme.default_port() {
+        // Into the capacity reserved above: writing to a String cannot fail.
+        let _ = write!(uri, ":{}", target.port);
+    }
+    uri.push_str(path_and_query);
+    Uri::try_from(uri).map_err(|_| {
+        Refusal::new(
+            ErrorCode::RequestInvalid,
+            "request target cannot be forwarded",
+        )
+    })
+}
+
+/// What the agent may send that never goes upstream: the authority is the target's (`Host` is
+/// written from the URI), and a task or grant header is for sidekey alone.
+const AGENT_ONLY: [HeaderName; 3] = [http::header::HOST, TASK_HEADER, GRANT_HEADER];
+
+/// Whether `uri` is already what `rewrite` would make of it for `target`:
+/// `scheme://host[:port]/path?query` with the target's scheme, its canonical host, and its port
+/// written only when it is not the scheme's default. Then the agent's absolute-form URI goes
+/// as it is, without being written and parsed again (the usual case on the forward listener).
+fn is_upstream_form(uri: &Uri, target: &Target) -> bool {
+    let (Some(scheme), Some(authority), Some(_)) =
+        (uri.scheme_str(), uri.authority(), uri.path_and_query())
+    else {
+        return false;
+    };
+    let CanonicalHost::Domain(host) = &target.host else {
+        return false;
+    };
+    if scheme != target.scheme.as_str() {
+        return false;
+    }
+    let Some(rest) = authority.as_str().strip_prefix(host.as_str()) else {
+        return false;
+    };
+    if target.port == target.scheme.default_port() {
+        return rest.is_empty();
+    }
+    // The port as `write!` puts it: decimal, no sign, no leading zero.
+    rest.strip_prefix(':')
+        .is_some_and(|port| !port.starts_with('0') && port.parse::<u16>().ok() == Some(target.port))
+}
+
+/// What `credential` comes to as `inject` attaches it: the header (for header and Basic
+/// injection), and every spelling of it that must not come back to the agent.
+fn attach(credential: &Credential, inject: Option<&Inject>) -> Attached {
+    let header = match (inject, &credential.value) {
+        (Some(how), CredentialValue::Token(secret)) => {
+            sidekey_inject::header_of(how, secret).ok().flatten()
+        }
         _ => None,
     };
-    let sent = header
-        .and_then(|h| headers.get(h))
-        .map(HeaderValue::as_bytes);
-    Needles::for_credential(&credential.secrets(), sent)
+    let sent = header.as_ref().map(|(_, value)| value.as_bytes());
+    let needles = Needles::for_credential(&credential.secrets(), sent);
+    Attached { header, needles }
 }
 
 /// The body that goes upstream, and what tells afterwards why a forward failed.
@@ -972,7 +1007,7 @@ impl Session {
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut record = PendingRecord::new(
             state.audit.clone(),
-            &exchange.request_id,
+            new_request_id(),
             exchange.identified.listener(),
             parts.method.as_str(),
             exchange.identified.target(),
@@ -1004,7 +1039,7 @@ impl Session {
         let shown: String = raw_target.chars().take(255).collect();
         let record = PendingRecord::with_target_text(
             state.audit.clone(),
-            &request_id,
+            request_id,
             listener,
             method.as_str(),
             ("", shown, 0),
@@ -1197,7 +1232,7 @@ pub(crate) fn record_unparsed(
     let mut record = match target {
         Some(target) => PendingRecord::new(
             state.audit.clone(),
-            &request_id,
+            request_id,
             listener,
             "",
             target,
@@ -1206,7 +1241,7 @@ pub(crate) fn record_unparsed(
         ),
         None => PendingRecord::with_target_text(
             state.audit.clone(),
-            &request_id,
+            request_id,
             listener,
             "",
             ("", String::new(), 0),
@@ -1253,6 +1288,70 @@ fn task_id(parts: &Parts) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agents_uri_goes_as_it_is_only_when_it_is_what_rewrite_writes() {
+        use sidekey_policy::Scheme;
+        let targets: Vec<Target> = [
+            (Scheme::Http, "api.example.test", 80),
+            (Scheme::Http, "api.example.test", 8080),
+            (Scheme::Https, "api.example.test", 443),
+            (Scheme::Https, "api.example.test", 8443),
+            (Scheme::Http, "127.0.0.1", 80),
+            (Scheme::Http, "::1", 8080),
+        ]
+        .into_iter()
+        .map(|(scheme, host, port)| Target {
+            scheme,
+            host: CanonicalHost::parse(host).unwrap(),
+            port,
+        })
+        .collect();
+        let schemes = ["http", "https", "HTTP", "Https"];
+        let hosts = [
+            "api.example.test",
+            "API.example.test",
+            "api.example.test.",
+            "user@api.example.test",
+            "api.example.testx",
+            "127.0.0.1",
+            "[::1]",
+        ];
+        let ports = [
+            "", ":80", ":443", ":8080", ":8443", ":08080", ":0", ":", ":65536",
+        ];
+        let paths = ["/", "/a/b?c=d&e", "/%2e%2e/x"];
+        let (mut same, mut checked) = (0, 0);
+        for scheme in schemes {
+            for host in hosts {
+                for port in ports {
+                    for path in paths {
+                        let Ok(uri) = format!("{scheme}://{host}{port}{path}").parse::<Uri>()
+                        else {
+                            continue;
+                        };
+                        for target in &targets {
+                            checked += 1;
+                            if is_upstream_form(&uri, target) {
+                                same += 1;
+                                let written = upstream_uri(target, path).unwrap();
+                                assert_eq!(written.to_string(), uri.to_string(), "{target}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The usual case takes the shortcut: lower-case scheme and host, the port only when it
+        // is not the default.
+        assert!(same >= 4 * paths.len(), "{same} of {checked}");
+        assert!(is_upstream_form(
+            &"http://api.example.test:8080/x".parse().unwrap(),
+            &targets[1]
+        ));
+        // An origin-form URI (intercepted, reverse-proxy routes) is always written.
+        assert!(!is_upstream_form(&"/x".parse().unwrap(), &targets[0]));
+    }
 
     #[test]
     fn a_retry_head_is_the_head_copy_of_the_agents_head() {

@@ -235,9 +235,9 @@ pub struct RouteRuntime {
     pub allow_private: bool,
     /// Cedar's action for its requests (`action:`); None: the method.
     pub action: Option<Arc<str>>,
-    /// The masking needles of the credential this route last attached: computed once per
-    /// credential, not per request.
-    pub needles: NeedleCache,
+    /// What this route attaches of the credential it last used (the header as it goes out,
+    /// the masking needles): computed once per credential, not per request.
+    pub attached: AttachCache,
     /// The `certificate` credential presented as the TLS client certificate (https only).
     pub client_certificate: Option<Arc<str>>,
     /// The upstream clients of the client certificates this route presents.
@@ -295,42 +295,57 @@ impl CertifiedClients {
     }
 }
 
-/// The needles of one credential as one route attaches it (they depend on the credential and
-/// the route's `inject` only). Holds the credential weakly: a credential dropped (refreshed,
-/// retired) is never matched again, and its needles go with the next one.
-#[derive(Default)]
-pub struct NeedleCache(std::sync::Mutex<Option<(std::sync::Weak<Credential>, Needles)>>);
+/// One credential as one route attaches it: computed once per credential, then shared by its
+/// requests.
+pub struct Attached {
+    /// The injected header, name and value (sensitive, wiped when dropped), inserted into each
+    /// request as it is. None for query and SigV4 injection, or when the credential cannot be
+    /// a header value (each request then says why).
+    pub header: Option<(http::HeaderName, http::HeaderValue)>,
+    /// Every spelling of the credential that must not come back to the agent.
+    pub needles: Needles,
+}
 
-impl Clone for NeedleCache {
+/// What one credential comes to as one route attaches it (it depends on the credential and the
+/// route's `inject` only). Holds the credential weakly: a credential dropped (refreshed,
+/// retired) is never matched again, and what was computed for it goes with the next one.
+#[derive(Default)]
+pub struct AttachCache(std::sync::Mutex<Option<(std::sync::Weak<Credential>, Arc<Attached>)>>);
+
+impl Clone for AttachCache {
     /// A copy starts empty: it fills on its first request.
     fn clone(&self) -> Self {
-        NeedleCache::default()
+        AttachCache::default()
     }
 }
 
-impl std::fmt::Debug for NeedleCache {
+impl std::fmt::Debug for AttachCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("NeedleCache(<redacted>)")
+        f.write_str("AttachCache(<redacted>)")
     }
 }
 
-impl NeedleCache {
-    /// The cached needles of `credential`, or those `make` computes (then cached).
-    pub fn get(&self, credential: &Arc<Credential>, make: impl FnOnce() -> Needles) -> Needles {
+impl AttachCache {
+    /// What was computed for `credential`, or what `make` computes (then kept).
+    pub fn get(
+        &self,
+        credential: &Arc<Credential>,
+        make: impl FnOnce() -> Attached,
+    ) -> Arc<Attached> {
         let mut slot = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // While the Weak is held, its allocation cannot be reused: equal pointers are the same
         // credential.
-        if let Some((cached, needles)) = slot.as_ref() {
+        if let Some((cached, attached)) = slot.as_ref() {
             if std::sync::Weak::as_ptr(cached) == Arc::as_ptr(credential) {
-                return needles.clone();
+                return Arc::clone(attached);
             }
         }
-        let needles = make();
-        *slot = Some((Arc::downgrade(credential), needles.clone()));
-        needles
+        let attached = Arc::new(make());
+        *slot = Some((Arc::downgrade(credential), Arc::clone(&attached)));
+        attached
     }
 }
 
@@ -380,7 +395,7 @@ impl ProxyState {
                 inject: r.inject.clone(),
                 allow_private: r.allow_private,
                 action: r.action.as_deref().map(Arc::from),
-                needles: NeedleCache::default(),
+                attached: AttachCache::default(),
                 client_certificate: r.client_certificate.as_deref().map(Arc::from),
                 certified: CertifiedClients::default(),
             })
@@ -485,17 +500,20 @@ mod tests {
     }
 
     #[test]
-    fn needles_are_computed_once_per_credential() {
-        let cache = NeedleCache::default();
+    fn what_a_route_attaches_is_computed_once_per_credential() {
+        let cache = AttachCache::default();
         let made = Cell::new(0);
         let make = |c: &Arc<Credential>| {
             made.set(made.get() + 1);
-            Needles::for_credential(&c.secrets(), None)
+            Attached {
+                header: None,
+                needles: Needles::for_credential(&c.secrets(), None),
+            }
         };
         let first = credential("tok-first");
         for _ in 0..3 {
             let n = cache.get(&first, || make(&first));
-            assert!(!n.is_empty());
+            assert!(!n.needles.is_empty());
         }
         assert_eq!(made.get(), 1, "the same credential: computed once");
         let second = credential("tok-second");
@@ -508,6 +526,6 @@ mod tests {
         let third = credential("tok-third");
         cache.get(&third, || make(&third));
         assert_eq!(made.get(), 4);
-        assert_eq!(format!("{:?}", cache.clone()), "NeedleCache(<redacted>)");
+        assert_eq!(format!("{:?}", cache.clone()), "AttachCache(<redacted>)");
     }
 }
