@@ -128,6 +128,9 @@ impl CanonicalHost {
     ///   the IDNA output is checked again, so a Unicode character that maps to '/', '@', ':' …
     ///   (e.g. full-width '／') cannot smuggle one in.
     pub fn parse(s: &str) -> Result<Self, HostError> {
+        if let Some(name) = plain_name(s) {
+            return Ok(CanonicalHost::Domain(name.to_string()));
+        }
         if s.is_empty() {
             return Err(HostError::Empty);
         }
@@ -265,6 +268,53 @@ fn parse_name(s: &str) -> Result<CanonicalHost, HostError> {
     Ok(CanonicalHost::Domain(name.to_string()))
 }
 
+/// The name `s` stands for, when `s` is already canonical or for a trailing dot, in one pass
+/// over its bytes: lower-case ASCII letters, digits, `-`, `_` and dots; labels of 1..=63 with no
+/// hyphen at either end, none an IDNA (`xn--`) label; at most 253 bytes; the last label not
+/// numeric. For such a name IDNA changes nothing and every other rule holds, so `parse_name`
+/// would give the same (a test holds the two together). None: anything else, which
+/// `parse_name` decides (and says why it refuses).
+fn plain_name(s: &str) -> Option<&str> {
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.is_empty() || name.len() > MAX_HOST_LEN {
+        return None;
+    }
+    let bytes = name.as_bytes();
+    let mut start = 0;
+    let mut numeric = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'_' => numeric = false,
+            b'0'..=b'9' => {}
+            b'-' => {
+                numeric = false;
+                if i == start || bytes.get(i + 1).is_none_or(|&next| next == b'.') {
+                    return None;
+                }
+            }
+            b'.' => {
+                let label = &bytes[start..i];
+                if label.is_empty() || label.len() > MAX_LABEL_LEN || label.starts_with(b"xn--") {
+                    return None;
+                }
+                start = i + 1;
+                numeric = true;
+            }
+            _ => return None,
+        }
+    }
+    let last = &bytes[start..];
+    // A numeric last label (digits, or `0x` hex: the `x` makes it non-numeric here, so `0x…`
+    // never comes this way either) is an IPv4 address or refused: `parse_name` decides.
+    if last.is_empty() || last.len() > MAX_LABEL_LEN || last.starts_with(b"xn--") || numeric {
+        return None;
+    }
+    if is_numeric_label(std::str::from_utf8(last).ok()?) {
+        return None;
+    }
+    Some(name)
+}
+
 /// One label of an IDNA-mapped (ASCII, lower-case) name.
 fn check_label(name: &str, label: &str) -> Result<(), HostError> {
     if label.is_empty() {
@@ -399,6 +449,82 @@ impl fmt::Display for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_name_shortcut_gives_what_parsing_gives() {
+        // Every host over a small alphabet up to 4 characters, and random longer ones: wherever
+        // the shortcut answers, the full parse answers the same.
+        let alphabet: Vec<char> = "aZ09-_.x@:%n".chars().collect();
+        let mut hosts: Vec<String> = vec![String::new()];
+        let mut frontier = hosts.clone();
+        for _ in 0..4 {
+            frontier = frontier
+                .iter()
+                .flat_map(|h| alphabet.iter().map(move |c| format!("{h}{c}")))
+                .collect();
+            hosts.extend(frontier.iter().cloned());
+        }
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces = [
+            "api",
+            "example",
+            "com",
+            "xn--",
+            "xn--bcher-kva",
+            "-",
+            "_",
+            ".",
+            "..",
+            "0x1f",
+            "127",
+            "1",
+            "a",
+            "Z",
+            "09",
+            "é",
+            "ａ",
+            "x",
+        ];
+        for _ in 0..20_000 {
+            let n = 1 + next() % 8;
+            let host: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            hosts.push(host);
+        }
+        hosts.push(format!("{}.com", "a".repeat(63)));
+        hosts.push(format!("{}.com", "a".repeat(64)));
+        hosts.push(["abcdefghi"; 26].join("."));
+        let mut taken = 0;
+        for host in &hosts {
+            if let Some(name) = plain_name(host) {
+                taken += 1;
+                assert_eq!(
+                    parse_name(host).ok(),
+                    Some(CanonicalHost::Domain(name.to_string())),
+                    "{host:?}"
+                );
+            }
+        }
+        assert!(taken > 1000, "the shortcut answered only {taken} times");
+        assert_eq!(plain_name("api.example.com"), Some("api.example.com"));
+        assert_eq!(plain_name("api.example.com."), Some("api.example.com"));
+        for refused in [
+            "API.example.com",
+            "127.0.0.1",
+            "a.0x1f",
+            "xn--bcher-kva.de",
+            "a-.b",
+        ] {
+            assert_eq!(plain_name(refused), None, "{refused}");
+        }
+    }
 
     /// What a host string must canonicalize to.
     #[derive(Debug)]
