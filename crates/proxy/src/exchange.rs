@@ -164,7 +164,9 @@ async fn grant_of(
 
 /// A fresh request ID: a UUIDv7 (time-ordered), as 32 hex digits.
 pub fn new_request_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+    // Encoded into a buffer, not through the formatter's machinery.
+    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+    String::from(uuid::Uuid::now_v7().simple().encode_lower(&mut text))
 }
 
 /// Runs every phase for one request whose target is known.
@@ -184,8 +186,8 @@ pub fn handle<B: AgentBody>(
         let websocket = websocket::requested(&mut parts);
         let mut session = Session::start(&state, &exchange, &parts);
         let trace = {
-            let (ids, span) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-            TraceContext::continue_or_start(&parts.headers, ids.as_u128(), span.as_u64_pair().1)
+            let (trace_id, span_id): (u128, u64) = rand::random();
+            TraceContext::continue_or_start(&parts.headers, trace_id, span_id)
         };
         session.record.set_trace(&trace, state.spans.as_ref());
         let websocket = match (websocket, &exchange.streams) {

@@ -77,9 +77,10 @@ struct Idle {
 
 /// One host's idle connections. A response body holds its host's list, so that its connection
 /// goes back without a lookup.
-#[derive(Default)]
 struct Host {
     idle: Mutex<Vec<Idle>>,
+    /// The `Host` header of its HTTP/1 requests, made once (a shared value each request clones).
+    header: Option<HeaderValue>,
 }
 
 impl Host {
@@ -115,16 +116,20 @@ impl Pool {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The idle list of `authority`, made on first use.
-    fn host(&self, https: bool, authority: &str) -> Arc<Host> {
+    /// The idle list of `uri`'s authority, made on first use.
+    fn host(&self, https: bool, uri: &Uri) -> Result<Arc<Host>, SendError> {
+        let authority = uri.authority().ok_or(SendError::NoHost)?;
         let mut hosts = self.hosts();
         let map = &mut hosts[usize::from(https)];
-        if let Some(host) = map.get(authority) {
-            return Arc::clone(host);
+        if let Some(host) = map.get(authority.as_str()) {
+            return Ok(Arc::clone(host));
         }
-        let host = Arc::new(Host::default());
-        map.insert(authority.into(), Arc::clone(&host));
-        host
+        let host = Arc::new(Host {
+            idle: Mutex::default(),
+            header: host_header(uri, https),
+        });
+        map.insert(authority.as_str().into(), Arc::clone(&host));
+        Ok(host)
     }
 
     /// Keeps `sender` for the next request to `host`, unless the host has its fill.
@@ -191,8 +196,7 @@ impl Pool {
         async move {
             let uri = request.uri().clone();
             let https = uri.scheme() == Some(&Scheme::HTTPS);
-            let authority = uri.authority().ok_or(SendError::NoHost)?;
-            let host = self.host(https, authority.as_str());
+            let host = self.host(https, &uri)?;
             loop {
                 let (sender, reused) = match checkout(&host) {
                     Some(sender) => (sender, true),
@@ -208,7 +212,7 @@ impl Pool {
                             }
                             return Err(SendError::Http(e));
                         }
-                        to_origin_form(&mut request, https);
+                        origin_form(&mut request, host.header.clone());
                         match sender.try_send_request(request).await {
                             Ok(response) => {
                                 let back = Back {
@@ -275,19 +279,25 @@ fn checkout(host: &Host) -> Option<Sender> {
 /// HTTP/1 requests go in origin form with a `Host` header (the absolute form is for proxies):
 /// the pool's, and WebSocket upgrades ([`crate::upstream::Upstream::upgrade`]).
 pub(crate) fn to_origin_form(request: &mut Request<ProxyBody>, https: bool) {
-    if !request.headers().contains_key(HOST) {
-        let uri = request.uri();
-        let host = uri.authority().and_then(|authority| {
-            let default_port = if https { 443 } else { 80 };
-            let host = match uri.port_u16() {
-                Some(port) if port != default_port => authority.as_str(),
-                _ => authority.host(),
-            };
-            HeaderValue::from_str(host).ok()
-        });
-        if let Some(host) = host {
-            request.headers_mut().insert(HOST, host);
-        }
+    let host = host_header(request.uri(), https);
+    origin_form(request, host);
+}
+
+/// The `Host` header for `uri`: its authority, without the scheme's default port.
+fn host_header(uri: &Uri, https: bool) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = if https { 443 } else { 80 };
+    let host = match uri.port_u16() {
+        Some(port) if port != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(host).ok()
+}
+
+/// `to_origin_form` with the `Host` header already made (unless the request has one).
+fn origin_form(request: &mut Request<ProxyBody>, host: Option<HeaderValue>) {
+    if let Some(host) = host {
+        request.headers_mut().entry(HOST).or_insert(host);
     }
     if request.method() == Method::CONNECT {
         return;
