@@ -281,14 +281,10 @@ fn write_line_with(
     kind: &'static str,
     object: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
 ) -> Result<(), serde_json::Error> {
-    use std::io::Write as _;
     let start = out.len();
-    write!(
-        out,
-        "{{\"ts\":\"{}\",\"type\":",
-        humantime::format_rfc3339_millis(ts)
-    )
-    .map_err(serde_json::Error::io)?;
+    out.extend_from_slice(b"{\"ts\":\"");
+    write_rfc3339_millis(out, ts).map_err(|e| serde_json::Error::io(io::Error::other(e)))?;
+    out.extend_from_slice(b"\",\"type\":");
     serde_json::to_writer(&mut *out, kind)?;
     let at = out.len();
     if let Err(e) = object(out) {
@@ -611,6 +607,44 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
+thread_local! {
+    /// The last second a record was stamped in, and its `YYYY-MM-DDTHH:MM:SS` text.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `t` as [`rfc3339`] writes it, appended to `out` without the formatter: the date and time of
+/// day are formatted once per second (per thread), the milliseconds each time. An error, as
+/// humantime's, for a time it cannot write (before 1970, after 9999).
+fn write_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| std::fmt::Error)?;
+    let secs = since.as_secs();
+    let (cached, mut text) = SECOND.get();
+    if cached != secs {
+        let mut whole = String::with_capacity(20);
+        let second = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        write!(whole, "{}", humantime::format_rfc3339_seconds(second))?;
+        // `YYYY-MM-DDTHH:MM:SSZ`.
+        let [date_time @ .., b'Z'] = whole.as_bytes() else {
+            return Err(std::fmt::Error);
+        };
+        text = date_time.try_into().map_err(|_| std::fmt::Error)?;
+        SECOND.set((secs, text));
+    }
+    let millis = since.subsec_millis();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
+    Ok(())
+}
+
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -643,6 +677,42 @@ pub fn redact_query(path_and_query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stamp_is_humantimes_to_the_millisecond() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut stamps = vec![
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(999),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800),
+            SystemTime::now(),
+        ];
+        let now = SystemTime::now();
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Mostly near one another (the cached second is reused), sometimes anywhere.
+            let nanos = if seed % 4 == 0 {
+                seed % 4_000_000_000_000_000_000
+            } else {
+                seed % 3_000_000_000
+            };
+            stamps.push(now + Duration::from_nanos(nanos));
+            stamps.push(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos));
+        }
+        for t in stamps {
+            use std::fmt::Write as _;
+            let mut out = Vec::new();
+            let mut want = String::new();
+            let wanted = write!(want, "{}", humantime::format_rfc3339_millis(t));
+            match write_rfc3339_millis(&mut out, t) {
+                Ok(()) => assert_eq!(String::from_utf8(out).unwrap(), want, "{t:?}"),
+                Err(_) => assert!(wanted.is_err(), "{t:?}: refused, humantime wrote {want}"),
+            }
+        }
+    }
 
     #[test]
     fn a_line_is_time_type_then_the_records_fields() {
