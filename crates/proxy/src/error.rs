@@ -28,7 +28,7 @@ pub fn refusal_response(refusal: &Refusal, request_id: &str) -> Response<ProxyBo
         HeaderValue::from_static(refusal.code.as_str()),
     );
     if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert("x-sidekey-request-id", id);
+        headers.insert(crate::exchange::REQUEST_ID_HEADER, id);
     }
     if refusal.code.status() == 407 {
         // The grant is the proxy password (Basic) or a bearer token.

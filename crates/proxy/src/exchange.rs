@@ -162,6 +162,9 @@ async fn grant_of(
     }
 }
 
+/// The response header that gives the agent its request's ID (the audit record's).
+pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-sidekey-request-id");
+
 /// A fresh request ID: a UUIDv7 (time-ordered), as 32 hex digits.
 pub fn new_request_id() -> String {
     // Encoded into a buffer, not through the formatter's machinery.
@@ -1146,9 +1149,7 @@ impl Session {
             scrub_headers(&mut parts.headers, needles);
         }
         if let Ok(id) = HeaderValue::from_str(self.record.request_id()) {
-            parts
-                .headers
-                .insert(HeaderName::from_static("x-sidekey-request-id"), id);
+            parts.headers.insert(REQUEST_ID_HEADER, id);
         }
         self.record.set_status(parts.status.as_u16());
         let record = self.record;
@@ -1182,9 +1183,7 @@ impl Session {
     ) -> Response<ProxyBody> {
         let mut answer = ws.agent_response(&response, needles.as_ref());
         if let Ok(id) = HeaderValue::from_str(self.record.request_id()) {
-            answer
-                .headers_mut()
-                .insert(HeaderName::from_static("x-sidekey-request-id"), id);
+            answer.headers_mut().insert(REQUEST_ID_HEADER, id);
         }
         self.record.set_status(answer.status().as_u16());
         let upstream = hyper::upgrade::on(&mut response);
