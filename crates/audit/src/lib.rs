@@ -694,7 +694,7 @@ mod tests {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             // Mostly near one another (the cached second is reused), sometimes anywhere.
-            let nanos = if seed % 4 == 0 {
+            let nanos = if seed.is_multiple_of(4) {
                 seed % 4_000_000_000_000_000_000
             } else {
                 seed % 3_000_000_000
