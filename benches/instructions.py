@@ -97,20 +97,27 @@ def instructions(out):
     return int(m.group(1))
 
 
-def run_sidekey(sidekey, run, n, out):
-    config = render_sidekey(run, "sidekey-instr.yaml")
-    proc = callgrind([sidekey, "run", "--config", str(config)], out, run,
-                     {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"})
+def serve_and_count(cmd, port, n, out, run, env=None, sig=signal.SIGTERM):
+    """Runs `cmd` counted (callgrind or strace), waits for `port`, checks the injection, sends
+    `n` requests, stops it with `sig`, and returns its count; a target that exits with an error
+    fails the run."""
+    proc = callgrind(cmd, out, run, env)
     try:
-        wait_port(SIDEKEY_PORT, proc, timeout=120)
-        check_injection(SIDEKEY_PORT)
-        load(SIDEKEY_PORT, n)
+        wait_port(port, proc, timeout=120)
+        check_injection(port)
+        load(port, n)
     finally:
-        stop(proc, signal.SIGTERM)
+        stop(proc, sig)
         _, err = proc.communicate(timeout=300)
     if proc.returncode != 0:
-        raise RuntimeError(f"sidekey exited with {proc.returncode}: {err[-2000:]}")
+        raise RuntimeError(f"{Path(cmd[0]).name} exited with {proc.returncode}: {err[-2000:]}")
     return instructions(out)
+
+
+def run_sidekey(sidekey, run, n, out):
+    config = render_sidekey(run, "sidekey-instr.yaml")
+    return serve_and_count([sidekey, "run", "--config", str(config)], SIDEKEY_PORT, n, out, run,
+                           {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"})
 
 
 def run_nginx(run, n, out):
@@ -124,31 +131,17 @@ def run_nginx(run, n, out):
                   NGINX_TLS=NGINX_TLS, TOKEN=PEER_TOKEN)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     # One process: the master serves (no worker to follow), like sidekey on one worker thread.
-    proc = callgrind([nginx, "-c", str(conf), "-e", str(run / "nginx-error.log"),
-                      "-g", "master_process off;"], out, run)
-    try:
-        wait_port(NGINX_HTTP, proc, timeout=120)
-        load(NGINX_HTTP, n)
-    finally:
-        stop(proc, signal.SIGQUIT)
-        _, err = proc.communicate(timeout=300)
-    return instructions(out)
+    return serve_and_count([nginx, "-c", str(conf), "-e", str(run / "nginx-error.log"),
+                            "-g", "master_process off;"], NGINX_HTTP, n, out, run,
+                           sig=signal.SIGQUIT)
 
 
 def run_floor(floor, run, n, out):
     """bench-floor (benches/tools/src/floor.rs): tokio and hyper doing the scenario's forward and
     nothing else, the floor under any proxy built on them."""
-    proc = callgrind([floor, "--listen", f"127.0.0.1:{FLOOR_HTTP}", "--upstream",
-                      f"127.0.0.1:{UP_HTTP}", "--allow", f"{API}:{UP_HTTP}",
-                      "--token-len", str(len(PEER_TOKEN))], out, run)
-    try:
-        wait_port(FLOOR_HTTP, proc, timeout=120)
-        check_injection(FLOOR_HTTP)
-        load(FLOOR_HTTP, n)
-    finally:
-        stop(proc, signal.SIGTERM)
-        proc.communicate(timeout=300)
-    return instructions(out)
+    return serve_and_count([floor, "--listen", f"127.0.0.1:{FLOOR_HTTP}", "--upstream",
+                            f"127.0.0.1:{UP_HTTP}", "--allow", f"{API}:{UP_HTTP}",
+                            "--token-len", str(len(PEER_TOKEN))], FLOOR_HTTP, n, out, run)
 
 
 def function_costs(out, inclusive):

@@ -56,7 +56,15 @@ fn main() -> Result<(), Error> {
         .worker_threads(1)
         .enable_all()
         .build()?
-        .block_on(serve(listen, config))
+        .block_on(async {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                served = serve(listen, config) => served,
+                // Ends cleanly (exit code 0), so that a run that stopped it can tell a crash.
+                _ = terminate.recv() => Ok(()),
+            }
+        })
 }
 
 async fn serve(listen: String, config: Arc<Config>) -> Result<(), Error> {
