@@ -645,9 +645,17 @@ fn write_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) -> std::fmt::Result {
     Ok(())
 }
 
-/// RFC 3339 UTC with milliseconds.
+/// RFC 3339 UTC with milliseconds. A time RFC 3339 cannot write (before 1970, after 9999: an
+/// issuer's answer can say anything) comes out as `SystemTime`'s `Debug` text instead of a panic
+/// (humantime panics on the first and errs on the second).
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(24);
+    if t < SystemTime::UNIX_EPOCH || write!(out, "{}", humantime::format_rfc3339_millis(t)).is_err()
+    {
+        return format!("{t:?}");
+    }
+    out
 }
 
 /// Replaces every query value with `REDACTED`, keeping names: `/p?a=1&b` → `/p?a=REDACTED&b`.
@@ -702,13 +710,30 @@ mod tests {
             stamps.push(now + Duration::from_nanos(nanos));
             stamps.push(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos));
         }
+        // What humantime cannot write is said another way, never a panic.
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert!(
+            rfc3339(before).contains("tv_sec: -1"),
+            "{}",
+            rfc3339(before)
+        );
+        let after = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert!(
+            rfc3339(after).contains("253402300800"),
+            "{}",
+            rfc3339(after)
+        );
+        assert!(write_rfc3339_millis(&mut Vec::new(), before).is_err());
         for t in stamps {
             use std::fmt::Write as _;
             let mut out = Vec::new();
             let mut want = String::new();
             let wanted = write!(want, "{}", humantime::format_rfc3339_millis(t));
             match write_rfc3339_millis(&mut out, t) {
-                Ok(()) => assert_eq!(String::from_utf8(out).unwrap(), want, "{t:?}"),
+                Ok(()) => {
+                    assert_eq!(String::from_utf8(out).unwrap(), want, "{t:?}");
+                    assert_eq!(rfc3339(t), want);
+                }
                 Err(_) => assert!(wanted.is_err(), "{t:?}: refused, humantime wrote {want}"),
             }
         }
