@@ -44,39 +44,38 @@ fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
-/// `,"name":` (the first field is written without its comma).
-fn key(out: &mut Vec<u8>, name: &str) {
-    out.push(b',');
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+/// `,"name":` (the first field is written without its comma), as one literal: one copy.
+macro_rules! key {
+    ($out:expr, $name:literal) => {
+        $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
+    };
 }
 
 /// The record as a JSON object, as `serde_json::to_writer(out, record)` writes it.
 pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
     out.extend_from_slice(b"{\"request_id\":");
     string(out, &r.request_id);
-    key(out, "listener");
+    key!(out, "listener");
     string(out, r.listener);
-    key(out, "route");
+    key!(out, "route");
     optional(out, r.route.as_deref());
-    key(out, "credential");
+    key!(out, "credential");
     optional(out, r.credential.as_deref());
-    key(out, "credential_id");
+    key!(out, "credential_id");
     optional(out, r.credential_id.as_deref());
-    key(out, "issuer");
+    key!(out, "issuer");
     optional(out, r.issuer.as_deref());
-    key(out, "method");
+    key!(out, "method");
     string(out, &r.method);
-    key(out, "scheme");
+    key!(out, "scheme");
     string(out, r.scheme);
-    key(out, "host");
+    key!(out, "host");
     string(out, &r.host);
-    key(out, "port");
+    key!(out, "port");
     number(out, u64::from(r.port));
-    key(out, "path");
+    key!(out, "path");
     string(out, &r.path);
-    key(out, "decision");
+    key!(out, "decision");
     string(
         out,
         match r.decision {
@@ -85,61 +84,61 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
             Outcome::Tunnel => "tunnel",
         },
     );
-    key(out, "code");
+    key!(out, "code");
     optional(out, r.code);
-    key(out, "status");
+    key!(out, "status");
     match r.status {
         Some(status) => number(out, u64::from(status)),
         None => out.extend_from_slice(b"null"),
     }
-    key(out, "bytes_in");
+    key!(out, "bytes_in");
     number(out, r.bytes_in);
-    key(out, "bytes_out");
+    key!(out, "bytes_out");
     number(out, r.bytes_out);
-    key(out, "duration_ms");
+    key!(out, "duration_ms");
     value(out, &r.duration_ms);
-    key(out, "task_id");
+    key!(out, "task_id");
     optional(out, r.task_id.as_deref());
-    for (name, field) in [
-        ("trace_id", &r.trace_id),
-        ("sub", &r.sub),
-        ("grant_id", &r.grant_id),
-        ("parent_grant", &r.parent_grant),
-        ("on_behalf_of", &r.on_behalf_of),
+    for (key, field) in [
+        (concat!(",\"", "trace_id", "\":"), &r.trace_id),
+        (concat!(",\"", "sub", "\":"), &r.sub),
+        (concat!(",\"", "grant_id", "\":"), &r.grant_id),
+        (concat!(",\"", "parent_grant", "\":"), &r.parent_grant),
+        (concat!(",\"", "on_behalf_of", "\":"), &r.on_behalf_of),
     ] {
         if let Some(v) = field {
-            key(out, name);
+            out.extend_from_slice(key.as_bytes());
             string(out, v);
         }
     }
     if !r.act.is_empty() {
-        key(out, "act");
+        key!(out, "act");
         value(out, &r.act);
     }
-    key(out, "error");
+    key!(out, "error");
     optional(out, r.error);
     if let Some(id) = &r.rejected_credential_id {
-        key(out, "rejected_credential_id");
+        key!(out, "rejected_credential_id");
         string(out, id);
     }
     if r.retried {
-        key(out, "retried");
+        key!(out, "retried");
         out.extend_from_slice(b"true");
     }
     if let Some(name) = &r.client_certificate {
-        key(out, "client_certificate");
+        key!(out, "client_certificate");
         string(out, name);
     }
     if let Some(id) = &r.client_certificate_id {
-        key(out, "client_certificate_id");
+        key!(out, "client_certificate_id");
         string(out, id);
     }
     if let Some(cedar) = &r.cedar {
-        key(out, "cedar");
+        key!(out, "cedar");
         value(out, cedar);
     }
     if let Some(websocket) = &r.websocket {
-        key(out, "websocket");
+        key!(out, "websocket");
         value(out, websocket);
     }
     out.push(b'}');
