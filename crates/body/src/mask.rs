@@ -323,20 +323,27 @@ mod tests {
             .unwrap_or(0)
     }
 
-    #[test]
-    fn the_scans_agree_with_the_byte_by_byte_reference() {
-        // Small alphabets so that needles, their prefixes and near misses are everywhere.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |below: u64| {
+    /// A repeatable random number below its argument.
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |below: u64| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state % below
-        };
+        }
+    }
+
+    /// `len` letters of `a`, `b`, `c`: a small alphabet, so that needles, their prefixes and
+    /// near misses are everywhere.
+    fn word(len: u64, next: &mut impl FnMut(u64) -> u64) -> String {
+        (0..len).map(|_| (b'a' + next(3) as u8) as char).collect()
+    }
+
+    #[test]
+    fn the_scans_agree_with_the_byte_by_byte_reference() {
+        // Small alphabets so that needles, their prefixes and near misses are everywhere.
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..5_000 {
-            let word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
-                (0..len).map(|_| (b'a' + next(3) as u8) as char).collect()
-            };
             let count = 1 + next(3);
             let list: Vec<String> = (0..count)
                 .map(|_| {
@@ -441,17 +448,8 @@ mod tests {
 
     #[test]
     fn a_body_split_anywhere_is_masked_as_if_whole() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..3_000 {
-            let word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
-                (0..len).map(|_| (b'a' + next(3) as u8) as char).collect()
-            };
             // One needle: with several that overlap each other, which one is masked first
             // depends on where the frames split (the needles of one credential are its
             // spellings, which do not overlap that way).
