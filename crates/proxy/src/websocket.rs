@@ -531,6 +531,10 @@ where
             input.reserve(16 * 1024);
         }
         tokio::select! {
+            // The stop first: a Close the peer sends in answer to sidekey's (which the other
+            // direction writes once the stop is sent, so the stop is always seen ready by then)
+            // must not be recorded as the peer closing first.
+            biased;
             changed = stop.changed() => {
                 break (PumpEnd::Stopped, changed.ok().and_then(|()| *stop.borrow()));
             }
