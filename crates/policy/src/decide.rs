@@ -646,7 +646,7 @@ fn check_sni_agrees(sni: &Sni, target: &Target) -> Result<(), Refusal> {
 /// `target_mismatch`; a missing or unparsable one is `request_invalid`. HTTP/1.0 may omit Host.
 fn check_host(request: &Parts, target: &Target, in_tunnel: bool) -> Result<(), Refusal> {
     let same = |text: &str, what: &str| -> Result<(), Refusal> {
-        if names_exactly(text, target) {
+        if target.is_written_as(text) {
             return Ok(());
         }
         let authority = Authority::parse(text).map_err(|e| {
@@ -695,30 +695,6 @@ fn check_host(request: &Parts, target: &Target, in_tunnel: bool) -> Result<(), R
         ));
     }
     Ok(())
-}
-
-/// Whether `text` is the target's own authority, spelled as sidekey writes it: the canonical
-/// domain, with its port unless it is the scheme's default (`api.example`, `api.example:8443`).
-/// The common case (a client writes the `Host` it was given), checked without parsing `text`:
-/// the canonical spelling parses to itself. Anything else, IP literals included, is parsed.
-fn names_exactly(text: &str, target: &Target) -> bool {
-    let CanonicalHost::Domain(domain) = &target.host else {
-        return false;
-    };
-    let Some(rest) = text.strip_prefix(domain.as_str()) else {
-        return false;
-    };
-    if rest.is_empty() {
-        return target.port == target.scheme.default_port();
-    }
-    let Some(port) = rest.strip_prefix(':') else {
-        return false;
-    };
-    target.port != target.scheme.default_port()
-        && !port.starts_with('0')
-        && port.len() <= 5
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && port.parse::<u16>() == Ok(target.port)
 }
 
 #[cfg(test)]
@@ -1731,7 +1707,7 @@ mod tests {
             for text in texts {
                 let parsed = Authority::parse(text)
                     .is_ok_and(|a| a.host == t.host && a.port_or_default(t.scheme) == t.port);
-                if names_exactly(text, t) {
+                if t.is_written_as(text) {
                     shortcuts += 1;
                     assert!(parsed, "{text} for {t}");
                 }

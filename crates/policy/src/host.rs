@@ -433,6 +433,33 @@ pub struct Target {
     pub port: u16,
 }
 
+impl Target {
+    /// Whether `authority` is this target's own authority, spelled as sidekey writes it: the
+    /// canonical domain, with its port unless it is the scheme's default (`api.example`,
+    /// `api.example:8443`). The common case (a client writes the `Host` or absolute URI it was
+    /// given), checked without parsing: the canonical spelling parses to itself. Anything else,
+    /// IP literals included, says false and is parsed (or written) the long way.
+    pub fn is_written_as(&self, authority: &str) -> bool {
+        let CanonicalHost::Domain(domain) = &self.host else {
+            return false;
+        };
+        let Some(rest) = authority.strip_prefix(domain.as_str()) else {
+            return false;
+        };
+        if rest.is_empty() {
+            return self.port == self.scheme.default_port();
+        }
+        let Some(port) = rest.strip_prefix(':') else {
+            return false;
+        };
+        self.port != self.scheme.default_port()
+            && !port.starts_with('0')
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>() == Ok(self.port)
+    }
+}
+
 /// `scheme://host:port` with the port always written, IPv6 bracketed.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

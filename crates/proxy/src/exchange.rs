@@ -36,8 +36,8 @@ use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_inject::trace::TraceContext;
 use sidekey_policy::{
-    BodyPlan, CanonicalHost, CedarInput, ErrorCode, FormScan, GrantFacts, Identified, Refusal,
-    RequestDecision, RequestPath, Target, WholeBody, WholePurpose, TASK_HEADER,
+    BodyPlan, CedarInput, ErrorCode, FormScan, GrantFacts, Identified, Refusal, RequestDecision,
+    RequestPath, Target, WholeBody, WholePurpose, TASK_HEADER,
 };
 
 use crate::audit::{Metered, PendingRecord};
@@ -865,21 +865,7 @@ fn is_upstream_form(uri: &Uri, target: &Target) -> bool {
     else {
         return false;
     };
-    let CanonicalHost::Domain(host) = &target.host else {
-        return false;
-    };
-    if scheme != target.scheme.as_str() {
-        return false;
-    }
-    let Some(rest) = authority.as_str().strip_prefix(host.as_str()) else {
-        return false;
-    };
-    if target.port == target.scheme.default_port() {
-        return rest.is_empty();
-    }
-    // The port as `write!` puts it: decimal, no sign, no leading zero.
-    rest.strip_prefix(':')
-        .is_some_and(|port| !port.starts_with('0') && port.parse::<u16>().ok() == Some(target.port))
+    scheme == target.scheme.as_str() && target.is_written_as(authority.as_str())
 }
 
 /// What `credential` comes to as `inject` attaches it: the header (for header and Basic
@@ -1292,7 +1278,7 @@ mod tests {
 
     #[test]
     fn an_agents_uri_goes_as_it_is_only_when_it_is_what_rewrite_writes() {
-        use sidekey_policy::Scheme;
+        use sidekey_policy::{CanonicalHost, Scheme};
         let targets: Vec<Target> = [
             (Scheme::Http, "api.example.test", 80),
             (Scheme::Http, "api.example.test", 8080),
@@ -1319,7 +1305,7 @@ mod tests {
             "[::1]",
         ];
         let ports = [
-            "", ":80", ":443", ":8080", ":8443", ":08080", ":0", ":", ":65536",
+            "", ":80", ":443", ":8080", ":8443", ":08080", ":+8080", ":0", ":", ":65536",
         ];
         let paths = ["/", "/a/b?c=d&e", "/%2e%2e/x"];
         let (mut same, mut checked) = (0, 0);
