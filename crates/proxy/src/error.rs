@@ -2,9 +2,19 @@
 //! `x-sidekey-error` header, and `{"error": code, "message": …, "request_id": …}`. The codes
 //! themselves are policy's ([`sidekey_policy::ErrorCode`]).
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use sidekey_body::{full, ProxyBody};
 use sidekey_policy::Refusal;
+
+/// The response header that gives the agent its request's ID (the audit record's).
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-sidekey-request-id");
+
+/// Tells the agent its request's ID, on a refusal or on the upstream's answer.
+pub(crate) fn tag_request_id(headers: &mut HeaderMap, request_id: &str) {
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+}
 
 /// The answer to a refused request.
 pub fn refusal_response(refusal: &Refusal, request_id: &str) -> Response<ProxyBody> {
@@ -27,9 +37,7 @@ pub fn refusal_response(refusal: &Refusal, request_id: &str) -> Response<ProxyBo
         "x-sidekey-error",
         HeaderValue::from_static(refusal.code.as_str()),
     );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(crate::exchange::REQUEST_ID_HEADER, id);
-    }
+    tag_request_id(headers, request_id);
     if refusal.code.status() == 407 {
         // The grant is the proxy password (Basic) or a bearer token.
         for challenge in ["Basic realm=\"sidekey\"", "Bearer realm=\"sidekey\""] {

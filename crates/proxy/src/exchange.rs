@@ -41,7 +41,7 @@ use sidekey_policy::{
 };
 
 use crate::audit::{Metered, PendingRecord};
-use crate::error::refusal_response;
+use crate::error::{refusal_response, tag_request_id};
 use crate::pool::UpstreamBody;
 use crate::websocket::{self, Admission, Streams};
 use crate::{Attached, Certified, ProxyState, RouteRuntime};
@@ -161,9 +161,6 @@ async fn grant_of(
         }
     }
 }
-
-/// The response header that gives the agent its request's ID (the audit record's).
-pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-sidekey-request-id");
 
 /// A fresh request ID: a UUIDv7 (time-ordered), as 32 hex digits.
 pub fn new_request_id() -> String {
@@ -1134,9 +1131,7 @@ impl Session {
             }
             scrub_headers(&mut parts.headers, needles);
         }
-        if let Ok(id) = HeaderValue::from_str(self.record.request_id()) {
-            parts.headers.insert(REQUEST_ID_HEADER, id);
-        }
+        tag_request_id(&mut parts.headers, self.record.request_id());
         self.record.set_status(parts.status.as_u16());
         let record = self.record;
         let body = match needles {
@@ -1168,9 +1163,7 @@ impl Session {
         admission: Admission,
     ) -> Response<ProxyBody> {
         let mut answer = ws.agent_response(&response, needles.as_ref());
-        if let Ok(id) = HeaderValue::from_str(self.record.request_id()) {
-            answer.headers_mut().insert(REQUEST_ID_HEADER, id);
-        }
+        tag_request_id(answer.headers_mut(), self.record.request_id());
         self.record.set_status(answer.status().as_u16());
         let upstream = hyper::upgrade::on(&mut response);
         websocket::spawn(
