@@ -47,8 +47,19 @@ fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 /// `,"name":` (the first field is written without its comma), as one literal: one copy.
 macro_rules! key {
     ($out:expr, $name:literal) => {
-        $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
+        $out.extend_from_slice(key!($name))
     };
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
+/// A string field serde skips when it is None: its key and value when it is there.
+fn present(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
+    if let Some(v) = v {
+        out.extend_from_slice(key);
+        string(out, v);
+    }
 }
 
 /// The record as a JSON object, as `serde_json::to_writer(out, record)` writes it.
@@ -99,40 +110,36 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
     value(out, &r.duration_ms);
     key!(out, "task_id");
     optional(out, r.task_id.as_deref());
-    for (key, field) in [
-        (concat!(",\"", "trace_id", "\":"), &r.trace_id),
-        (concat!(",\"", "sub", "\":"), &r.sub),
-        (concat!(",\"", "grant_id", "\":"), &r.grant_id),
-        (concat!(",\"", "parent_grant", "\":"), &r.parent_grant),
-        (concat!(",\"", "on_behalf_of", "\":"), &r.on_behalf_of),
-    ] {
-        if let Some(v) = field {
-            out.extend_from_slice(key.as_bytes());
-            string(out, v);
-        }
-    }
+    present(out, key!("trace_id"), r.trace_id.as_deref());
+    present(out, key!("sub"), r.sub.as_deref());
+    present(out, key!("grant_id"), r.grant_id.as_deref());
+    present(out, key!("parent_grant"), r.parent_grant.as_deref());
+    present(out, key!("on_behalf_of"), r.on_behalf_of.as_deref());
     if !r.act.is_empty() {
         key!(out, "act");
         value(out, &r.act);
     }
     key!(out, "error");
     optional(out, r.error);
-    if let Some(id) = &r.rejected_credential_id {
-        key!(out, "rejected_credential_id");
-        string(out, id);
-    }
+    present(
+        out,
+        key!("rejected_credential_id"),
+        r.rejected_credential_id.as_deref(),
+    );
     if r.retried {
         key!(out, "retried");
         out.extend_from_slice(b"true");
     }
-    if let Some(name) = &r.client_certificate {
-        key!(out, "client_certificate");
-        string(out, name);
-    }
-    if let Some(id) = &r.client_certificate_id {
-        key!(out, "client_certificate_id");
-        string(out, id);
-    }
+    present(
+        out,
+        key!("client_certificate"),
+        r.client_certificate.as_deref(),
+    );
+    present(
+        out,
+        key!("client_certificate_id"),
+        r.client_certificate_id.as_deref(),
+    );
     if let Some(cedar) = &r.cedar {
         key!(out, "cedar");
         value(out, cedar);
