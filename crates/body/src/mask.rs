@@ -394,9 +394,9 @@ mod tests {
         assert!(Needles::for_credential(&[], None).is_empty());
     }
 
-    /// A body that yields `frames` one by one.
-    /// Data frames; `ends` says whether it tells its end with its last frame, as a body of
-    /// known length does (else only by a last poll answering None, as a chunked one does).
+    /// A body that yields `frames` one by one; `ends` says whether it tells its end with its
+    /// last frame, as a body of known length does (else only by a last poll answering None, as a
+    /// chunked one does).
     struct Frames {
         frames: std::collections::VecDeque<Bytes>,
         ends: bool,
