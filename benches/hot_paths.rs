@@ -228,9 +228,9 @@ fn request_record() -> sidekey_audit::RequestRecord {
         bytes_in: 512,
         bytes_out: 4096,
         duration_ms: 123.4,
-        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        trace_id: sidekey_audit::HexId::parse("4bf92f3577b34da6a3ce929d0e0e4736"),
         ..sidekey_audit::RequestRecord::new(
-            "01a24c5b2e5c75dfb9dba704cb957273".into(),
+            sidekey_audit::RequestId::of(0x01a2_4c5b_2e5c_75df_b9db_a704_cb95_7273),
             "forward",
             "POST".into(),
             ("https", "api.openai.com".into(), 443),

@@ -156,7 +156,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{CedarDecision, WebSocketEnd};
+    use crate::{CedarDecision, HexId, RequestId, WebSocketEnd};
 
     /// A small deterministic generator (xorshift), so that a failure repeats.
     struct Rng(u64);
@@ -212,15 +212,15 @@ mod tests {
 
     fn record(rng: &mut Rng) -> RequestRecord {
         let mut r = RequestRecord::new(
-            rng.text(),
+            RequestId::of(u128::from(rng.next()) << 64 | u128::from(rng.next())),
             if rng.coin() { "forward" } else { "routes" },
-            rng.text(),
-            ("https", rng.text(), (rng.next() % 65536) as u16),
+            rng.text().into(),
+            ("https", rng.text().into(), (rng.next() % 65536) as u16),
             rng.text(),
         );
         r.route = rng.maybe().map(Arc::from);
         r.credential = rng.maybe().map(Arc::from);
-        r.credential_id = rng.maybe();
+        r.credential_id = rng.maybe().map(Arc::from);
         r.issuer = rng.maybe().map(Arc::from);
         r.decision = match rng.next() % 3 {
             0 => Outcome::Allow,
@@ -238,7 +238,7 @@ mod tests {
             _ => rng.next() as f64 / 3.0,
         };
         r.task_id = rng.maybe();
-        r.trace_id = rng.maybe();
+        r.trace_id = rng.coin().then(|| HexId::of(u128::from(rng.next())));
         r.sub = rng.maybe();
         r.grant_id = rng.maybe();
         r.parent_grant = rng.maybe();

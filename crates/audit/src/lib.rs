@@ -7,6 +7,7 @@
 //! separate from diagnostic logs (those go to stderr through `tracing`) and never carries a
 //! credential value.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -17,6 +18,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+pub use id::{HexId, RequestId};
+
+mod id;
 mod json;
 pub mod ocsf;
 pub mod trace;
@@ -36,17 +40,20 @@ pub enum Outcome {
 /// One request, as recorded once its response has finished (or failed).
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
-    pub request_id: String,
+    pub request_id: RequestId,
     /// "forward" or "routes".
     pub listener: &'static str,
     /// Route, credential and issuer names are the config's, shared (not copied per request).
     pub route: Option<Arc<str>>,
     pub credential: Option<Arc<str>>,
-    pub credential_id: Option<String>,
+    /// Shared with the credential (not copied per request).
+    pub credential_id: Option<Arc<str>>,
     pub issuer: Option<Arc<str>>,
-    pub method: String,
+    /// The method's name: a standard method's is static, not copied per request.
+    pub method: Cow<'static, str>,
     pub scheme: &'static str,
-    pub host: String,
+    /// Shared with the request's target (not copied per request).
+    pub host: Arc<str>,
     pub port: u16,
     /// Path with query values replaced by `REDACTED` (see [`redact_query`]).
     pub path: String,
@@ -63,7 +70,7 @@ pub struct RequestRecord {
     /// The W3C trace ID the request went upstream under: the agent's `traceparent` continued,
     /// or a trace sidekey started. Omitted when none (requests that never became exchanges).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
+    pub trace_id: Option<HexId<32>>,
     /// The task grant's `sub`: the agent or sub-agent the request was made for. This and the
     /// grant fields below are omitted, not `null`, when the request carried no grant, so that
     /// lines written without grants stay exactly as they were.
@@ -142,10 +149,10 @@ impl RequestRecord {
     /// something says otherwise, nothing sent, no route, credential, grant or trace yet.
     /// `path` is stored as given (callers redact its query with [`redact_query`]).
     pub fn new(
-        request_id: String,
+        request_id: RequestId,
         listener: &'static str,
-        method: String,
-        (scheme, host, port): (&'static str, String, u16),
+        method: Cow<'static, str>,
+        (scheme, host, port): (&'static str, Arc<str>, u16),
         path: String,
     ) -> RequestRecord {
         RequestRecord {
@@ -847,7 +854,7 @@ mod tests {
             bytes_out: 10,
             duration_ms: 1.5,
             ..RequestRecord::new(
-                "r1".into(),
+                RequestId::of(1),
                 "forward",
                 "GET".into(),
                 ("https", "api.github.com".into(), 443),

@@ -1557,7 +1557,7 @@ user alice
                 on_behalf_of: Some("alice".into()),
                 act,
                 ..RequestRecord::new(
-                    "r".into(),
+                    crate::RequestId::of(1),
                     "forward",
                     "GET".into(),
                     ("https", "api.github.com".into(), 443),

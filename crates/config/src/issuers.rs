@@ -783,7 +783,7 @@ pub(crate) fn url(
 
 fn is_loopback(host: &CanonicalHost) -> bool {
     match host {
-        CanonicalHost::Domain(d) => d == "localhost",
+        CanonicalHost::Domain(d) => &**d == "localhost",
         CanonicalHost::V4(ip) => ip.is_loopback(),
         CanonicalHost::V6(ip) => ip.is_loopback(),
     }

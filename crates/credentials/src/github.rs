@@ -226,7 +226,7 @@ impl GitHubAppIssuer {
         };
         self.replace(&request.name, &id);
         Ok(Credential {
-            id: CredentialId(id.clone()),
+            id: CredentialId(id.as_str().into()),
             value: CredentialValue::Token(token),
             issued_at,
             expires_at,

@@ -318,7 +318,7 @@ mod tests {
             .unwrap();
             let cred = issuer.issue(&request()).unwrap();
             let claims = verify(&issuer, &cred.token_value().unwrap().with(str::to_string));
-            assert_eq!(claims["jti"], cred.id.0.as_str());
+            assert_eq!(claims["jti"], cred.id.as_str());
             assert_eq!(claims["sub"], "agent-7");
             assert_eq!(claims["aud"], "demo-api");
             let exp = claims["exp"].as_u64().unwrap();

@@ -2,6 +2,7 @@
 //! [`Secret`] (see `sidekey-secret`).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use sidekey_secret::Secret;
@@ -11,7 +12,13 @@ pub use crate::pki::ClientCertificate;
 /// The issuer's identifier of one credential (JWT `jti`, lease ID, access key ID…): what the
 /// audit trail records instead of the value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CredentialId(pub String);
+pub struct CredentialId(pub Arc<str>);
+
+impl CredentialId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for CredentialId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -65,7 +72,7 @@ impl Credential {
         expires_at: SystemTime,
     ) -> Self {
         Credential {
-            id: CredentialId(id.into()),
+            id: CredentialId(Arc::from(id.into())),
             value: CredentialValue::Token(secret),
             issued_at,
             expires_at,

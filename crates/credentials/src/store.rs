@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard, OnceLock, PoisonError, Weak}
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use fnv::FnvHashMap;
 use rand::Rng;
 use sidekey_audit::{rfc3339, AuditLog, CredentialEvent, CredentialEventKind};
 use sidekey_config::CredentialConfig;
@@ -322,7 +323,7 @@ impl Slot {
         CredentialStatus {
             name: self.name.clone(),
             issuer: self.issuer_name.clone(),
-            credential_id: held.as_ref().map(|h| h.credential.id.0.clone()),
+            credential_id: held.as_ref().map(|h| h.credential.id.to_string()),
             issued_at: held.as_ref().map(|h| h.credential.issued_at),
             expires_at: held.as_ref().map(|h| h.expires_at),
             refresh_at: held.as_ref().map(|h| h.refresh_at),
@@ -488,7 +489,9 @@ fn take_all_tasks(core: &Core, parent: &Slot) -> Vec<Arc<Slot>> {
 
 /// Every configured credential, by name: one generation per loaded config.
 pub struct CredentialStore {
-    slots: HashMap<String, Arc<Slot>>,
+    /// By the config's names (looked up on every request; never keyed by what an agent sends,
+    /// so FNV rather than SipHash).
+    slots: FnvHashMap<String, Arc<Slot>>,
     core: Arc<Core>,
 }
 
@@ -517,7 +520,7 @@ impl CredentialStore {
         audit: AuditLog,
     ) -> Result<Self, CredentialError> {
         let core = Arc::new(Core::new(audit));
-        let mut slots = HashMap::new();
+        let mut slots = FnvHashMap::default();
         for c in credentials {
             let slot = core.adopt(Slot::build(c, issuers, &core)?);
             slots.insert(c.name.clone(), slot);
@@ -536,7 +539,7 @@ impl CredentialStore {
         credentials: &[CredentialConfig],
         issuers: &HashMap<String, Arc<Issuer>>,
     ) -> Result<(CredentialStore, Retired, CredentialChanges), CredentialError> {
-        let mut slots = HashMap::new();
+        let mut slots = FnvHashMap::default();
         let mut changes = CredentialChanges::default();
         for c in credentials {
             let fresh = Slot::build(c, issuers, &self.core)?;
@@ -1572,7 +1575,7 @@ mod tests {
         );
         assert_eq!(status[0].uses, 33);
         assert_eq!(status[1].task_id.as_deref(), Some("task-1"));
-        assert_eq!(status[1].credential_id.as_ref(), Some(&again.id.0));
+        assert_eq!(status[1].credential_id.as_deref(), Some(again.id.as_str()));
         assert_eq!(status[1].uses, 17);
 
         // A grant ID presented again with other claims is not that grant.
@@ -1632,7 +1635,7 @@ mod tests {
         assert!(SystemTime::now() >= task.expires_at);
         assert_eq!(revoked[0]["task_id"], "task-1");
         assert_eq!(revoked[0]["credential"], "tasks");
-        assert_eq!(revoked[0]["credential_id"], credential.id.0.as_str());
+        assert_eq!(revoked[0]["credential_id"], credential.id.as_str());
         assert_eq!(
             reason(store.get_for_task("tasks", &task).await),
             GRANT_EXPIRED
@@ -1669,7 +1672,7 @@ mod tests {
             .filter_map(|e| e["credential_id"].as_str())
             .collect();
         ids.sort_unstable();
-        let mut want = [a1.id.0.as_str(), a2.id.0.as_str()];
+        let mut want = [a1.id.as_str(), a2.id.as_str()];
         want.sort_unstable();
         assert_eq!(ids, want);
         assert_eq!(reason(store.get_for_task("two", &a).await), GRANT_ENDED);
@@ -1748,7 +1751,7 @@ mod tests {
             .filter_map(|e| e["credential_id"].as_str())
             .collect();
         ids.sort_unstable();
-        let mut want = [changed_id.0.as_str(), removed_id.0.as_str()];
+        let mut want = [changed_id.as_str(), removed_id.as_str()];
         want.sort_unstable();
         assert_eq!(ids, want);
         assert!(reason(old.get_for_task("removed", &task).await).contains("config reload"));
@@ -1905,7 +1908,7 @@ mod tests {
         assert!(store.ready());
         let status = store.status();
         assert_eq!(status[0].uses, 2);
-        assert_eq!(status[0].credential_id.as_deref(), Some(a.id.0.as_str()));
+        assert_eq!(status[0].credential_id.as_deref(), Some(a.id.as_str()));
     }
 
     #[tokio::test]

@@ -146,7 +146,7 @@ fn parse_credentials(xml: &str, issued_at: SystemTime) -> Result<Credential, Iss
         )));
     }
     Ok(Credential {
-        id: CredentialId(access_key_id.clone()),
+        id: CredentialId(access_key_id.as_str().into()),
         value: CredentialValue::Aws {
             access_key_id,
             secret_access_key,
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn parses_credentials() {
         let c = parse_credentials(ANSWER, SystemTime::now()).unwrap();
-        assert_eq!(c.id.0, "ASIAEXAMPLE1234");
+        assert_eq!(c.id.as_str(), "ASIAEXAMPLE1234");
         let CredentialValue::Aws {
             access_key_id,
             secret_access_key,

@@ -240,7 +240,7 @@ impl VaultIssuer {
             (answer.lease_id, Some(lease))
         };
         Ok(Credential {
-            id: CredentialId(id),
+            id: CredentialId(id.into()),
             value: CredentialValue::Token(value),
             issued_at,
             expires_at,
@@ -321,7 +321,7 @@ impl VaultIssuer {
             )));
         }
         Ok(Credential {
-            id: CredentialId(signed.serial_number),
+            id: CredentialId(signed.serial_number.into()),
             value: CredentialValue::Certificate(value),
             issued_at,
             expires_at,

@@ -4,65 +4,13 @@
 //! Pure: the fresh IDs are passed in.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+pub use sidekey_audit::HexId;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// A `tracestate` longer than this is dropped (the spec lets a participant truncate; dropping
 /// is the simple safe form).
 const MAX_TRACESTATE: usize = 512;
-
-/// An ID of `N` lower-case hex digits (32 for a trace, 16 for a span), kept inline: no
-/// allocation per request.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct HexId<const N: usize>([u8; N]);
-
-impl<const N: usize> HexId<N> {
-    /// The last `N` hex digits of `n`, zero-padded.
-    fn of(n: u128) -> Self {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let bytes = n.to_be_bytes();
-        let mut out = [b'0'; N];
-        // Two digits per byte, from the low end: `N` is even and at most 32.
-        for (pair, byte) in out.rchunks_exact_mut(2).zip(bytes.iter().rev()) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0xf)];
-        }
-        HexId(out)
-    }
-
-    /// `text` if it is exactly `N` lower-case hex digits.
-    fn parse(text: &str) -> Option<Self> {
-        let bytes: [u8; N] = text.as_bytes().try_into().ok()?;
-        bytes
-            .iter()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            .then_some(HexId(bytes))
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII hex digits are ever stored.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl<const N: usize> std::ops::Deref for HexId<N> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl<const N: usize> std::fmt::Debug for HexId<N> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl<const N: usize> std::fmt::Display for HexId<N> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The trace a request is part of, as forwarded upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +55,8 @@ impl TraceContext {
         // 00-<32 hex>-<16 hex>-<2 hex>: 55 bytes, built on the stack; the header value's copy is
         // the one allocation.
         let mut value = *b"00-________________________________-________________-00";
-        value[3..35].copy_from_slice(&self.trace_id.0);
-        value[36..52].copy_from_slice(&self.span_id.0);
+        value[3..35].copy_from_slice(self.trace_id.as_bytes());
+        value[36..52].copy_from_slice(self.span_id.as_bytes());
         if self.sampled {
             value[54] = b'1';
         }
@@ -179,24 +127,6 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_is_the_formatters_padded_lower_case() {
-        let mut n: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
-        for _ in 0..200 {
-            assert_eq!(HexId::<32>::of(n).as_str(), format!("{n:032x}"));
-            let low = u128::from(n as u64);
-            assert_eq!(HexId::<16>::of(low).as_str(), format!("{low:016x}"));
-            // Only the low digits, as the span ID takes them from a u64.
-            assert_eq!(HexId::<16>::of(n).as_str(), format!("{low:016x}"));
-            assert_eq!(
-                HexId::<32>::of(n >> 100).as_str(),
-                format!("{:032x}", n >> 100)
-            );
-            assert_eq!(HexId::<32>::parse(&format!("{n:032x}")), Some(HexId::of(n)));
-            n = n.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) ^ 0x9e37;
-        }
-    }
 
     fn with(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -13,7 +13,6 @@
 //! config.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -40,29 +39,7 @@ const DURATION_BUCKETS: &[f64] = &[
 /// FNV-1a: the caches below are keyed by config names and fixed words (never by what an agent
 /// sends), so they need no protection from chosen collisions, and SipHash would be most of a
 /// lookup's cost.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+type FastMap<K, V> = fnv::FnvHashMap<K, V>;
 
 /// What one request's `sidekey_requests_total` series depends on besides its route: decision,
 /// error code, status class.
@@ -608,6 +585,7 @@ impl Observer for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sidekey_audit::HexId;
 
     fn record(route: Option<&str>, decision: Outcome, code: Option<&'static str>) -> RequestRecord {
         RequestRecord {
@@ -620,9 +598,9 @@ mod tests {
             bytes_out: 5,
             duration_ms: 1.5,
             task_id: Some("task-1".into()),
-            trace_id: Some("trace-4bf92f35".into()),
+            trace_id: Some(HexId::of(0x4bf9_2f35_4bf9_2f35_4bf9_2f35)),
             ..RequestRecord::new(
-                "r".into(),
+                HexId::of(7),
                 "forward",
                 "GET".into(),
                 ("https", "evil.example".into(), 443),
@@ -663,7 +641,7 @@ mod tests {
             text.contains(r#"sidekey_audit_records_total{type="request"} 4"#),
             "{text}"
         );
-        for secret in ["evil.example", "task-1", "secret-id", "trace-4bf92f35"] {
+        for secret in ["evil.example", "task-1", "secret-id", "4bf92f354bf92f35"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
     }

@@ -128,7 +128,7 @@ impl<'a> CedarInput<'a> {
                 .collect(),
             route,
             host: match &target.host {
-                crate::CanonicalHost::Domain(name) => name.as_str().into(),
+                crate::CanonicalHost::Domain(name) => (**name).into(),
                 ip => ip.to_string().into(),
             },
             port: target.port,

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 
@@ -102,7 +103,7 @@ pub enum HostError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CanonicalHost {
     /// Lower-case ASCII DNS name (punycode for IDNs), no trailing dot.
-    Domain(String),
+    Domain(Arc<str>),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
 }
@@ -129,7 +130,7 @@ impl CanonicalHost {
     ///   (e.g. full-width '／') cannot smuggle one in.
     pub fn parse(s: &str) -> Result<Self, HostError> {
         if let Some(name) = plain_name(s) {
-            return Ok(CanonicalHost::Domain(name.to_string()));
+            return Ok(CanonicalHost::Domain(name.into()));
         }
         if s.is_empty() {
             return Err(HostError::Empty);
@@ -183,6 +184,17 @@ impl CanonicalHost {
             CanonicalHost::Domain(d) => d.len(),
             CanonicalHost::V4(_) => 15,
             CanonicalHost::V6(_) => 41,
+        }
+    }
+}
+
+impl CanonicalHost {
+    /// The canonical text (as [`Display`](fmt::Display) writes it), shared: a domain's own name
+    /// without a copy, an address written out.
+    pub fn shared_text(&self) -> Arc<str> {
+        match self {
+            CanonicalHost::Domain(d) => Arc::clone(d),
+            CanonicalHost::V4(_) | CanonicalHost::V6(_) => self.to_string().into(),
         }
     }
 }
@@ -265,7 +277,7 @@ fn parse_name(s: &str) -> Result<CanonicalHost, HostError> {
         }
         return Ok(CanonicalHost::V4(addr));
     }
-    Ok(CanonicalHost::Domain(name.to_string()))
+    Ok(CanonicalHost::Domain(name.into()))
 }
 
 /// The name `s` stands for, when `s` is already canonical or for a trailing dot, in one pass
@@ -443,7 +455,7 @@ impl Target {
         let CanonicalHost::Domain(domain) = &self.host else {
             return false;
         };
-        let Some(rest) = authority.strip_prefix(domain.as_str()) else {
+        let Some(rest) = authority.strip_prefix(&**domain) else {
             return false;
         };
         if rest.is_empty() {
@@ -534,7 +546,7 @@ mod tests {
                 taken += 1;
                 assert_eq!(
                     parse_name(host).ok(),
-                    Some(CanonicalHost::Domain(name.to_string())),
+                    Some(CanonicalHost::Domain(name.into())),
                     "{host:?}"
                 );
             }
@@ -570,7 +582,7 @@ mod tests {
     fn check_host(input: &str, want: &Want) {
         let got = CanonicalHost::parse(input);
         let ok = match (&got, want) {
-            (Ok(CanonicalHost::Domain(d)), Domain(w)) => d == w,
+            (Ok(CanonicalHost::Domain(d)), Domain(w)) => **d == **w,
             (Ok(CanonicalHost::V4(a)), V4(w)) => a.to_string() == *w,
             (Ok(CanonicalHost::V6(a)), V6(w)) => a.to_string() == *w,
             (Err(e), Rejected(w)) => e == w,
@@ -820,9 +832,7 @@ mod tests {
                 // the expected domain is the input itself, without its trailing dot
                 Domain(_) => assert_eq!(
                     CanonicalHost::parse(&input),
-                    Ok(CanonicalHost::Domain(
-                        input.trim_end_matches('.').to_string()
-                    )),
+                    Ok(CanonicalHost::Domain(input.trim_end_matches('.').into())),
                     "{input}"
                 ),
                 want => check_host(&input, &want),
@@ -853,7 +863,7 @@ mod tests {
 
     #[test]
     fn authorities() {
-        let d = |h: &str| CanonicalHost::Domain(h.to_string());
+        let d = |h: &str| CanonicalHost::Domain(h.into());
         let v6 = |h: &str| CanonicalHost::V6(h.parse().unwrap());
         type Want = Result<(CanonicalHost, Option<u16>), HostError>;
         let cases: Vec<(&str, Want)> = vec![

@@ -74,7 +74,7 @@ impl HostPattern {
             return Err(HostPatternError::WildcardNotLeading(s.to_string()));
         }
         let domain = match CanonicalHost::parse(suffix)? {
-            CanonicalHost::Domain(d) => d,
+            CanonicalHost::Domain(d) => d.to_string(),
             CanonicalHost::V4(_) | CanonicalHost::V6(_) => {
                 return Err(HostPatternError::IpWildcard(s.to_string()))
             }

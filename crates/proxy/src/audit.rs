@@ -3,6 +3,7 @@
 //! [`Metered`] when a response body ends, or when either is dropped first (the agent went
 //! away: `client_aborted`).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use sidekey_audit::{redact_query, AuditLog, Outcome, RequestRecord};
+use sidekey_audit::{redact_query, AuditLog, Outcome, RequestId, RequestRecord};
 use sidekey_body::count::BodyMeter;
 use sidekey_body::BoxError;
 use sidekey_grants::Grant;
@@ -40,9 +41,9 @@ struct PendingSpan {
 impl PendingRecord {
     pub fn new(
         log: AuditLog,
-        request_id: String,
+        request_id: RequestId,
         listener: &'static str,
-        method: &str,
+        method: Cow<'static, str>,
         target: &Target,
         path_and_query: &str,
         started: Instant,
@@ -52,7 +53,11 @@ impl PendingRecord {
             request_id,
             listener,
             method,
-            (target.scheme.as_str(), target.host.to_string(), target.port),
+            (
+                target.scheme.as_str(),
+                target.host.shared_text(),
+                target.port,
+            ),
             path_and_query,
             started,
         )
@@ -64,7 +69,7 @@ impl PendingRecord {
             log,
             crate::exchange::new_request_id(),
             crate::forward::LISTENER,
-            "CONNECT",
+            Cow::Borrowed("CONNECT"),
             target,
             "",
             started,
@@ -73,17 +78,17 @@ impl PendingRecord {
 
     /// The request ID this record carries.
     pub fn request_id(&self) -> &str {
-        &self.record.request_id
+        self.record.request_id.as_str()
     }
 
     /// For requests refused before their target could be identified: the target as the
     /// agent wrote it (scheme, host text, port).
     pub fn with_target_text(
         log: AuditLog,
-        request_id: String,
+        request_id: RequestId,
         listener: &'static str,
-        method: &str,
-        (scheme, host, port): (&'static str, String, u16),
+        method: Cow<'static, str>,
+        (scheme, host, port): (&'static str, Arc<str>, u16),
         path_and_query: &str,
         started: Instant,
     ) -> Self {
@@ -92,7 +97,7 @@ impl PendingRecord {
             record: RequestRecord::new(
                 request_id,
                 listener,
-                method.to_string(),
+                method,
                 (scheme, host, port),
                 redact_query(path_and_query),
             ),
@@ -112,10 +117,15 @@ impl PendingRecord {
         self.record.route = Some(Arc::clone(route));
     }
 
-    pub fn set_credential(&mut self, name: &Arc<str>, issuer: Option<&Arc<str>>, id: Option<&str>) {
+    pub fn set_credential(
+        &mut self,
+        name: &Arc<str>,
+        issuer: Option<&Arc<str>>,
+        id: Option<&Arc<str>>,
+    ) {
         self.record.credential = Some(Arc::clone(name));
         self.record.issuer = issuer.map(Arc::clone);
-        self.record.credential_id = id.map(str::to_string);
+        self.record.credential_id = id.map(Arc::clone);
     }
 
     /// The client certificate the request was sent with: its credential's name and serial.
@@ -135,7 +145,7 @@ impl PendingRecord {
     /// The trace the request went upstream under; its span is exported with the record when
     /// `spans` is set and the trace is sampled.
     pub fn set_trace(&mut self, trace: &TraceContext, spans: Option<&Arc<Spans>>) {
-        self.record.trace_id = Some(trace.trace_id.to_string());
+        self.record.trace_id = Some(trace.trace_id);
         self.span = spans.filter(|_| trace.sampled).map(|spans| PendingSpan {
             spans: Arc::clone(spans),
             span_id: trace.span_id,

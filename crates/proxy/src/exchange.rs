@@ -9,6 +9,7 @@
 //! upstream ([`Session::respond`]: the record is written when the response body ends). A
 //! session dropped before either (the agent went away) still writes its record.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
@@ -25,7 +26,7 @@ use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use sidekey_audit::Outcome;
+use sidekey_audit::{Outcome, RequestId};
 use sidekey_body::count::{BodyMeter, Counted};
 use sidekey_body::form::{self, FormGuard, OverrideCheck, Verdict};
 use sidekey_body::mask::{scrub_headers, Needles, Scrubbed};
@@ -162,11 +163,26 @@ async fn grant_of(
     }
 }
 
-/// A fresh request ID: a UUIDv7 (time-ordered), as 32 hex digits.
-pub fn new_request_id() -> String {
-    // Encoded into a buffer, not through the formatter's machinery.
-    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
-    String::from(uuid::Uuid::now_v7().simple().encode_lower(&mut text))
+/// A fresh request ID: a UUIDv7 (time-ordered), as 32 hex digits, held inline.
+pub fn new_request_id() -> RequestId {
+    RequestId::of(uuid::Uuid::now_v7().as_u128())
+}
+
+/// A method's name for the audit record: a standard method's is static (no copy per request).
+pub(crate) fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    Cow::Borrowed(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Cow::Owned(method.as_str().to_string()),
+    })
 }
 
 /// Runs every phase for one request whose target is known.
@@ -683,7 +699,7 @@ async fn client_certificate(
     let fetched = fetch(state, name, grant).await;
     session
         .record
-        .set_client_certificate(name, fetched.as_ref().ok().map(|c| c.id.0.as_str()));
+        .set_client_certificate(name, fetched.as_ref().ok().map(|c| c.id.as_str()));
     let certificate = fetched?;
     route
         .certified
@@ -997,7 +1013,7 @@ impl Session {
             state.audit.clone(),
             new_request_id(),
             exchange.identified.listener(),
-            parts.method.as_str(),
+            method_name(&parts.method),
             exchange.identified.target(),
             path_and_query,
             exchange.started,
@@ -1029,8 +1045,8 @@ impl Session {
             state.audit.clone(),
             request_id,
             listener,
-            method.as_str(),
-            ("", shown, 0),
+            method_name(method),
+            ("", shown.into(), 0),
             "",
             Instant::now(),
         );
@@ -1060,11 +1076,8 @@ impl Session {
 
     fn set_credential(&mut self, route: &RouteRuntime, credential: Option<&Arc<Credential>>) {
         if let Some(name) = &route.credential {
-            self.record.set_credential(
-                name,
-                route.issuer.as_ref(),
-                credential.map(|c| c.id.0.as_str()),
-            );
+            self.record
+                .set_credential(name, route.issuer.as_ref(), credential.map(|c| &c.id.0));
         }
     }
 
@@ -1214,7 +1227,7 @@ pub(crate) fn record_unparsed(
             state.audit.clone(),
             request_id,
             listener,
-            "",
+            Cow::Borrowed(""),
             target,
             "",
             Instant::now(),
@@ -1223,8 +1236,8 @@ pub(crate) fn record_unparsed(
             state.audit.clone(),
             request_id,
             listener,
-            "",
-            ("", String::new(), 0),
+            Cow::Borrowed(""),
+            ("", "".into(), 0),
             "",
             Instant::now(),
         ),

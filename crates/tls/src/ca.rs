@@ -264,8 +264,8 @@ impl CertificateAuthority {
         let mut dn = DistinguishedName::new();
         match host {
             CanonicalHost::Domain(d) => {
-                params.subject_alt_names = vec![SanType::DnsName(d.clone().try_into()?)];
-                dn.push(DnType::CommonName, d.as_str());
+                params.subject_alt_names = vec![SanType::DnsName(d.to_string().try_into()?)];
+                dn.push(DnType::CommonName, &**d);
             }
             // No CN for an IP leaf: OpenSSL checks a CN that looks like a DNS name ("10.0.0.7"
             // does) against the CA's dNSName constraints when the leaf has no DNS SAN, and

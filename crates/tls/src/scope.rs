@@ -55,7 +55,7 @@ impl InterceptScope {
         for pattern in patterns {
             match pattern {
                 HostPattern::Exact(CanonicalHost::Domain(d)) => {
-                    scope.exact.insert(d.clone());
+                    scope.exact.insert(d.to_string());
                 }
                 HostPattern::Exact(host) => {
                     if let Some(ip) = host.ip() {
@@ -78,7 +78,9 @@ impl InterceptScope {
     pub fn permits(&self, host: &CanonicalHost) -> bool {
         match host {
             CanonicalHost::Domain(d) => {
-                self.exact.iter().any(|e| d == e || is_strictly_under(d, e))
+                self.exact
+                    .iter()
+                    .any(|e| **d == **e || is_strictly_under(d, e))
                     || self.subdomains_of.iter().any(|p| is_strictly_under(d, p))
             }
             other => other.ip().is_some_and(|ip| self.ips.contains(&ip)),
@@ -89,7 +91,7 @@ impl InterceptScope {
     /// lists, so minting their leaves needs no rate limit; names under a wildcard are unbounded.
     pub fn is_listed(&self, host: &CanonicalHost) -> bool {
         match host {
-            CanonicalHost::Domain(d) => self.exact.contains(d),
+            CanonicalHost::Domain(d) => self.exact.contains(&**d),
             other => other.ip().is_some_and(|ip| self.ips.contains(&ip)),
         }
     }

@@ -194,7 +194,7 @@ fn resource(service_name: Option<&str>) -> Resource {
 fn name(record: &RequestRecord) -> Cow<'static, str> {
     match &record.route {
         Some(route) => format!("{} {route}", record.method).into(),
-        None => record.method.clone().into(),
+        None => record.method.clone(),
     }
 }
 
@@ -233,7 +233,7 @@ fn attributes(record: &RequestRecord) -> Vec<KeyValue> {
     }
     out.push(KeyValue::new(
         "sidekey.request_id",
-        record.request_id.clone(),
+        record.request_id.to_string(),
     ));
     out.push(KeyValue::new("sidekey.listener", record.listener));
     out.push(KeyValue::new("sidekey.decision", decision(record.decision)));
@@ -454,13 +454,13 @@ mod tests {
             bytes_out: 34,
             duration_ms: 5.0,
             task_id: Some("t-9".into()),
-            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            trace_id: sidekey_audit::HexId::parse("0af7651916cd43dd8448eb211c80319c"),
             sub: Some("planner".into()),
             grant_id: Some("g1".into()),
             on_behalf_of: Some("alice".into()),
             act: vec!["orchestrator".into()],
             ..RequestRecord::new(
-                "r1".into(),
+                sidekey_audit::RequestId::of(1),
                 "forward",
                 "POST".into(),
                 ("https", "api.example.com".into(), 443),
