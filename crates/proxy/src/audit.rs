@@ -22,7 +22,9 @@ use sidekey_traces::{SpanIds, Spans};
 /// A request's audit record, not yet written.
 pub struct PendingRecord {
     log: AuditLog,
-    record: RequestRecord,
+    /// Boxed: the record (about 600 bytes) moves with the exchange — into the session, the
+    /// response body, the WebSocket's task — and a pointer moves cheaper than a copy of it.
+    record: Box<RequestRecord>,
     started: Instant,
     /// The request body's bytes (and whether it broke off).
     meter: Arc<BodyMeter>,
@@ -94,13 +96,13 @@ impl PendingRecord {
     ) -> Self {
         PendingRecord {
             log,
-            record: RequestRecord::new(
+            record: Box::new(RequestRecord::new(
                 request_id,
                 listener,
                 method,
                 (scheme, host, port),
                 redact_query(path_and_query),
-            ),
+            )),
             started,
             meter: BodyMeter::new(),
             span: None,
