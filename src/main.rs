@@ -262,13 +262,23 @@ fn main() -> ExitCode {
                 eprintln!("sidekey: {e}");
                 return ExitCode::from(2);
             }
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            // Default: one worker per core (as the CPU quota allows). SIDEKEY_WORKER_THREADS
+            // caps it, e.g. to match the CPU quota of a sidecar, or to compare with peers on one
+            // core in the benchmarks. One worker runs tokio's current-thread scheduler, as
+            // linkerd2-proxy does on one core: the work-stealing one has nothing to steal
+            // between one worker and itself, and costs ~2 % more instructions per request and
+            // more wake-ups (benches/NOTES.md).
+            let workers = worker_threads().unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
+            let mut builder = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(workers);
+                builder
+            };
             builder.enable_all();
-            // Default: one worker per core. SIDEKEY_WORKER_THREADS caps it, e.g. to match the
-            // CPU quota of a sidecar, or to compare with peers on one core in the benchmarks.
-            if let Some(n) = worker_threads() {
-                builder.worker_threads(n);
-            }
             let runtime = match builder.build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -276,6 +286,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let scheduler = if workers == 1 {
+                "current-thread"
+            } else {
+                "multi-thread"
+            };
+            tracing::info!("runtime workers={workers} scheduler={scheduler}");
             match runtime.block_on(run(source, text, config, config_poll)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -719,13 +735,13 @@ async fn serve_until_stopped(runtime: &mut Runtime, poll: Duration, signals: Sig
         tokio::select! {
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
-            _ = hup.recv() => runtime.reload_now(),
-            _ = tick => runtime.reload_if_changed(),
+            _ = hup.recv() => runtime.reload_now().await,
+            _ = tick => runtime.reload_if_changed().await,
         }
         #[cfg(not(unix))]
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
-            _ = tick => runtime.reload_if_changed(),
+            _ = tick => runtime.reload_if_changed().await,
         }
     }
 }

@@ -122,7 +122,8 @@ fn hanging_issuer_gives_a_bounded_503_to_every_waiter_with_one_call_and_others_k
     let env = Env::new();
     let hanging = Hanging::start();
     let dir = tempfile::tempdir().unwrap();
-    let sk = env.sidekey(&config(
+    // One worker: the current-thread runtime must not let the wait stall anything else.
+    let sk = env.sidekey_one_worker(&config(
         &format!("http://{}/token", hanging.addr),
         dir.path(),
     ));

@@ -30,7 +30,8 @@ fn plain_get(sk: &Sidekey, path: &str) -> CurlResult {
 #[test]
 fn a_slow_request_head_is_cut_off_and_others_are_served_meanwhile() {
     let env = Env::new();
-    let sk = env.sidekey(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
+    // One worker (the current-thread runtime): the slow head must not hold the only thread.
+    let sk = env.sidekey_one_worker(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
     let mut slow = TcpStream::connect(sk.forward).unwrap();
     slow.write_all(b"GET http://plain.test.local/echo/slow HTTP/1.1\r\nHost: pla")
         .unwrap();
@@ -367,4 +368,21 @@ fn http2_ping_and_settings_floods_meet_backpressure_and_cost_no_memory() {
         flood.stop();
     }
     assert!(!sk.stderr().contains("panicked"));
+}
+
+/// One worker thread runs tokio's current-thread scheduler (as linkerd2-proxy does on one core);
+/// more, the work-stealing one with that many workers. Both serve.
+#[test]
+fn one_worker_runs_the_current_thread_scheduler_and_more_the_multi_thread_one() {
+    let env = Env::new();
+    for (workers, scheduler) in [("1", "current-thread"), ("3", "multi-thread")] {
+        let sk = Sidekey::start_with_env(
+            &base_config(&[], "", ""),
+            &env.vars(),
+            &[("SIDEKEY_WORKER_THREADS", workers)],
+        );
+        plain_get(&sk, "/echo/workers").assert_status(200);
+        let said = format!("runtime workers={workers} scheduler={scheduler}");
+        assert!(sk.stderr().contains(&said), "{said}: {}", sk.stderr());
+    }
 }

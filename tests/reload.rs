@@ -1008,8 +1008,15 @@ fn add_credential(yaml: &str, item: &str) -> String {
 // Helpers: sidekey and its reload records
 
 /// Starts sidekey with polling off: only SIGHUP reloads.
+/// On one worker: the current-thread runtime, where a reload's parse runs on a blocking thread
+/// and its build on the one thread that serves requests (the other tests run the default, a
+/// worker per core, and reload there too).
 fn start(env: &Env, yaml: &str) -> Sidekey {
-    Sidekey::start_with_env(yaml, &env.vars(), &[(POLL, "0s")])
+    Sidekey::start_with_env(
+        yaml,
+        &env.vars(),
+        &[(POLL, "0s"), ("SIDEKEY_WORKER_THREADS", "1")],
+    )
 }
 
 /// The lists of a `reloaded` record's `changes`, besides `ca`.

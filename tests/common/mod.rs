@@ -73,6 +73,12 @@ impl Env {
         Sidekey::start(yaml, &self.vars())
     }
 
+    /// Starts sidekey with `yaml` on one worker thread: tokio's current-thread runtime, where
+    /// anything that blocks would stall every connection.
+    pub fn sidekey_one_worker(&self, yaml: &str) -> Sidekey {
+        Sidekey::start_with_env(yaml, &self.vars(), &[("SIDEKEY_WORKER_THREADS", "1")])
+    }
+
     /// Starts sidekey with `yaml` and extra placeholders.
     pub fn sidekey_with(&self, yaml: &str, extra: &[(&'static str, String)]) -> Sidekey {
         let mut vars = self.vars();
