@@ -477,7 +477,17 @@ impl Metrics {
 }
 
 /// A request's phase histograms (credential wait, upstream), resolved for its route.
+#[derive(Clone)]
 pub struct RouteTimers(Arc<RouteChildren>);
+
+impl std::fmt::Debug for RouteTimers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTimers")
+            .field("listener", &self.0.listener)
+            .field("route", &self.0.route)
+            .finish()
+    }
+}
 
 impl RouteTimers {
     /// How long the request waited for its credential.

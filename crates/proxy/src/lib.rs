@@ -29,7 +29,7 @@ use sidekey_body::mask::Needles;
 use sidekey_config::{Config, Inject, LimitsConfig};
 use sidekey_credentials::{ClientCertificate, Credential, CredentialStore, CredentialValue};
 use sidekey_grants::Grants;
-use sidekey_metrics::{ConnectionGuard, Metrics};
+use sidekey_metrics::{ConnectionGuard, Metrics, RouteTimers};
 use sidekey_policy::{CedarGate, Policy};
 use sidekey_tls::CertificateAuthority;
 use sidekey_traces::Spans;
@@ -242,6 +242,18 @@ pub struct RouteRuntime {
     pub client_certificate: Option<Arc<str>>,
     /// The upstream clients of the client certificates this route presents.
     pub certified: CertifiedClients,
+    /// Its phase histograms on the forward and the routes listener, looked up in the metrics
+    /// on its first request there, not on each.
+    pub timers: [std::sync::OnceLock<RouteTimers>; 2],
+}
+
+impl RouteRuntime {
+    /// This route's phase timers on `listener` (`forward` or `routes`).
+    pub fn timers(&self, metrics: &Metrics, listener: &'static str) -> RouteTimers {
+        let slot = &self.timers[usize::from(listener != "forward")];
+        slot.get_or_init(|| metrics.route_timers(listener, &self.name))
+            .clone()
+    }
 }
 
 /// A route's upstream clients, one per client certificate it presents (a shared certificate's
@@ -398,6 +410,7 @@ impl ProxyState {
                 attached: AttachCache::default(),
                 client_certificate: r.client_certificate.as_deref().map(Arc::from),
                 certified: CertifiedClients::default(),
+                timers: Default::default(),
             })
             .collect();
         ProxyState {
