@@ -12,7 +12,8 @@
 //!
 //! Usage: `bench-floor --listen 127.0.0.1:18320 --upstream 127.0.0.1:18080
 //!   --allow api.bench.test:18080 [--token-len 300]`
-//! One worker thread, as sidekey runs in the benchmarks (`SIDEKEY_WORKER_THREADS=1`).
+//! One thread, tokio's current-thread scheduler: what sidekey runs with one worker, as in the
+//! benchmarks (`SIDEKEY_WORKER_THREADS=1`).
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -52,8 +53,7 @@ fn main() -> Result<(), Error> {
         allow: arg("--allow").unwrap_or_else(|| "api.bench.test:18080".into()),
         token: HeaderValue::try_from(format!("Bearer {}", "x".repeat(token_len)))?,
     });
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {

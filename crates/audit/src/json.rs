@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::{Outcome, RequestRecord};
+use crate::{HexId, Outcome, RequestRecord};
 
 /// Whether `b` must be escaped in a JSON string (serde_json escapes exactly these).
 fn needs_escape(b: u8) -> bool {
@@ -25,6 +25,14 @@ fn string(out: &mut Vec<u8>, s: &str) {
     } else {
         value(out, s);
     }
+}
+
+/// An ID's hex digits as a JSON string: nothing to escape, no UTF-8 check.
+fn hex<const N: usize>(out: &mut Vec<u8>, id: &HexId<N>) {
+    out.reserve(N + 2);
+    out.push(b'"');
+    out.extend_from_slice(id.as_bytes());
+    out.push(b'"');
 }
 
 fn optional(out: &mut Vec<u8>, s: Option<&str>) {
@@ -65,7 +73,7 @@ fn present(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
 /// The record as a JSON object, as `serde_json::to_writer(out, record)` writes it.
 pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
     out.extend_from_slice(b"{\"request_id\":");
-    string(out, &r.request_id);
+    hex(out, &r.request_id);
     key!(out, "listener");
     string(out, r.listener);
     key!(out, "route");
@@ -110,7 +118,10 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
     value(out, &r.duration_ms);
     key!(out, "task_id");
     optional(out, r.task_id.as_deref());
-    present(out, key!("trace_id"), r.trace_id.as_deref());
+    if let Some(trace_id) = &r.trace_id {
+        key!(out, "trace_id");
+        hex(out, trace_id);
+    }
     present(out, key!("sub"), r.sub.as_deref());
     present(out, key!("grant_id"), r.grant_id.as_deref());
     present(out, key!("parent_grant"), r.parent_grant.as_deref());
@@ -156,7 +167,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{CedarDecision, HexId, RequestId, WebSocketEnd};
+    use crate::{CedarDecision, RequestId, WebSocketEnd};
 
     /// A small deterministic generator (xorshift), so that a failure repeats.
     struct Rng(u64);

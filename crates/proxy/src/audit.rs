@@ -83,6 +83,11 @@ impl PendingRecord {
         self.record.request_id.as_str()
     }
 
+    /// The request ID as ASCII bytes (for a header value: no UTF-8 check to pay).
+    pub fn request_id_bytes(&self) -> &[u8] {
+        self.record.request_id.as_bytes()
+    }
+
     /// For requests refused before their target could be identified: the target as the
     /// agent wrote it (scheme, host text, port).
     pub fn with_target_text(

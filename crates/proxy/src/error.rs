@@ -10,8 +10,8 @@ use sidekey_policy::Refusal;
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-sidekey-request-id");
 
 /// Tells the agent its request's ID, on a refusal or on the upstream's answer.
-pub(crate) fn tag_request_id(headers: &mut HeaderMap, request_id: &str) {
-    if let Ok(id) = HeaderValue::from_str(request_id) {
+pub(crate) fn tag_request_id(headers: &mut HeaderMap, request_id: &[u8]) {
+    if let Ok(id) = HeaderValue::from_bytes(request_id) {
         headers.insert(REQUEST_ID_HEADER, id);
     }
 }
@@ -37,7 +37,7 @@ pub fn refusal_response(refusal: &Refusal, request_id: &str) -> Response<ProxyBo
         "x-sidekey-error",
         HeaderValue::from_static(refusal.code.as_str()),
     );
-    tag_request_id(headers, request_id);
+    tag_request_id(headers, request_id.as_bytes());
     if refusal.code.status() == 407 {
         // The grant is the proxy password (Basic) or a bearer token.
         for challenge in ["Basic realm=\"sidekey\"", "Bearer realm=\"sidekey\""] {

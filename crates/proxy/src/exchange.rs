@@ -163,9 +163,19 @@ async fn grant_of(
     }
 }
 
-/// A fresh request ID: a UUIDv7 (time-ordered), as 32 hex digits, held inline.
+/// A fresh request ID: a UUIDv7 (ordered by its millisecond, then random), as 32 hex digits,
+/// held inline. Built from the clock and the thread's random generator, without the `uuid`
+/// crate's process-wide counter (which orders IDs within a millisecond too, at a lock per ID).
 pub fn new_request_id() -> RequestId {
-    RequestId::of(uuid::Uuid::now_v7().as_u128())
+    let millis = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let random: [u8; 10] = rand::random();
+    RequestId::of(
+        uuid::Builder::from_unix_timestamp_millis(millis, &random)
+            .into_uuid()
+            .as_u128(),
+    )
 }
 
 /// A method's name for the audit record: a standard method's is static (no copy per request).
@@ -300,10 +310,11 @@ pub fn handle<B: AgentBody>(
         };
 
         // credential
-        let timers = state.metrics.route_timers(
-            exchange.identified.listener(),
-            runtime.map_or("", |r| &r.name),
-        );
+        let listener = exchange.identified.listener();
+        let timers = match runtime {
+            Some(runtime) => runtime.timers(&state.metrics, listener),
+            None => state.metrics.route_timers(listener, ""),
+        };
         let waited = Instant::now();
         let credential = credential(&state, runtime, grant.as_deref()).await;
         let credential = match credential {
@@ -1144,7 +1155,7 @@ impl Session {
             }
             scrub_headers(&mut parts.headers, needles);
         }
-        tag_request_id(&mut parts.headers, self.record.request_id());
+        tag_request_id(&mut parts.headers, self.record.request_id_bytes());
         self.record.set_status(parts.status.as_u16());
         let record = self.record;
         let body = match needles {
@@ -1176,7 +1187,7 @@ impl Session {
         admission: Admission,
     ) -> Response<ProxyBody> {
         let mut answer = ws.agent_response(&response, needles.as_ref());
-        tag_request_id(answer.headers_mut(), self.record.request_id());
+        tag_request_id(answer.headers_mut(), self.record.request_id_bytes());
         self.record.set_status(answer.status().as_u16());
         let upstream = hyper::upgrade::on(&mut response);
         websocket::spawn(
@@ -1281,6 +1292,29 @@ fn task_id(parts: &Parts) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v7_of_this_millisecond_and_differ() {
+        let before = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let ids: Vec<RequestId> = (0..1000).map(|_| new_request_id()).collect();
+        let after = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let uuid = uuid::Uuid::parse_str(id.as_str()).unwrap();
+            assert_eq!(uuid.get_version(), Some(uuid::Version::SortRand), "{id}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
+            let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            let millis = u128::from(secs) * 1000 + u128::from(nanos / 1_000_000);
+            assert!((before..=after).contains(&millis), "{id}: {millis}");
+            assert!(seen.insert(*id.as_bytes()), "{id} twice");
+        }
+    }
 
     #[test]
     fn an_agents_uri_goes_as_it_is_only_when_it_is_what_rewrite_writes() {
