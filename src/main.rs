@@ -267,7 +267,7 @@ fn main() -> ExitCode {
             // core in the benchmarks. One worker runs tokio's current-thread scheduler, as
             // linkerd2-proxy does on one core: the work-stealing one has nothing to steal
             // between one worker and itself, and costs ~2 % more instructions per request and
-            // more wake-ups (benches/NOTES.md).
+            // 5-11 % of the requests per second (benches/NOTES.md).
             let workers = worker_threads().unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
             });

@@ -251,7 +251,7 @@ impl Runtime {
 
     async fn reload(&mut self, bytes: Vec<u8>) {
         self.last_read.clone_from(&bytes);
-        // Parsing and validating take a while for a large file (about 15 ms for 1000 routes in
+        // Parsing and validating take a while for a large file (about 14 ms for 1,000 routes in
         // a release build, 200 ms in a debug one): on a blocking thread, so that requests go on
         // meanwhile, on either kind of runtime.
         let origin = self.source.origin();
@@ -263,13 +263,15 @@ impl Runtime {
         let (parsed, bytes) = match parsed {
             Ok(done) => done,
             Err(e) => {
-                tracing::error!(error = %e, "config reload: the parse did not finish; keeping the running config");
-                return;
+                let bytes = self.last_read.clone();
+                let error = anyhow::anyhow!("the parse did not finish: {e}");
+                return self.rejected(Some(&bytes), ReloadError::Build(error));
             }
         };
         // Building swaps in shared state, so it runs here. With several workers, this worker's
         // other tasks move to another thread meanwhile; with one (the current-thread runtime),
-        // requests wait for the build, which is the shorter part.
+        // requests wait for the build (1,000 routes: about 20 ms in release; a reload of them
+        // takes 30-36 ms in all).
         let applied =
             parsed.and_then(
                 |config| match tokio::runtime::Handle::current().runtime_flavor() {
