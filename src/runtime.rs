@@ -251,34 +251,26 @@ impl Runtime {
 
     async fn reload(&mut self, bytes: Vec<u8>) {
         self.last_read.clone_from(&bytes);
-        // Parsing and validating take a while for a large file (about 14 ms for 1,000 routes in
-        // a release build, 200 ms in a debug one): on a blocking thread, so that requests go on
-        // meanwhile, on either kind of runtime.
+        // Parsing, validating and building take a while for a large file (about 30 ms for 1,000
+        // routes in a release build, 200 ms for the parse alone in a debug one): on a blocking
+        // thread, from a snapshot of the running generation, so that requests go on meanwhile
+        // on either kind of runtime. Only the swap runs here.
         let origin = self.source.origin();
-        let parsed = tokio::task::spawn_blocking(move || {
-            let parsed = parse_reloaded(&bytes, origin);
-            (parsed, bytes)
+        let running = self.running();
+        let built = tokio::task::spawn_blocking(move || {
+            let built = parse_reloaded(&bytes, origin).and_then(|config| build(&running, config));
+            (built, bytes)
         })
         .await;
-        let (parsed, bytes) = match parsed {
+        let (built, bytes) = match built {
             Ok(done) => done,
             Err(e) => {
                 let bytes = self.last_read.clone();
-                let error = anyhow::anyhow!("the parse did not finish: {e}");
+                let error = anyhow::anyhow!("the build did not finish: {e}");
                 return self.rejected(Some(&bytes), ReloadError::Build(error));
             }
         };
-        // Building swaps in shared state, so it runs here. With several workers, this worker's
-        // other tasks move to another thread meanwhile; with one (the current-thread runtime),
-        // requests wait for the build (1,000 routes: about 20 ms in release; a reload of them
-        // takes 30-36 ms in all).
-        let applied =
-            parsed.and_then(
-                |config| match tokio::runtime::Handle::current().runtime_flavor() {
-                    tokio::runtime::RuntimeFlavor::CurrentThread => self.apply(config),
-                    _ => tokio::task::block_in_place(|| self.apply(config)),
-                },
-            );
+        let applied = built.map(|next| self.swap(next));
         match applied {
             Ok(changes) => {
                 tracing::info!(
@@ -306,77 +298,39 @@ impl Runtime {
         self.record(ConfigEventKind::Rejected, bytes, None, error.reasons());
     }
 
-    /// Builds everything for `config` (parsed and validated by [`parse_reloaded`]), then swaps
-    /// it in. On error, nothing has
-    /// changed (except, rarely, a CA file that could not be written back: see
-    /// [`write_ca_files`]).
-    fn apply(&mut self, config: Config) -> Result<ConfigChanges, ReloadError> {
-        let restart = needs_restart(&self.config, &config);
-        if !restart.is_empty() {
-            return Err(ReloadError::NeedsRestart(restart));
+    /// What a reload reads of the running generation, owned (cheap clones: the pieces are
+    /// shared), so that the next one can be built away from the runtime.
+    fn running(&self) -> Running {
+        Running {
+            config: self.config.clone(),
+            issuers: self.issuers.clone(),
+            credentials: Arc::clone(&self.credentials),
+            ca: Arc::clone(&self.ca),
+            upstream: self.upstream.clone(),
+            upstream_cas: self.upstream_cas.clone(),
+            audit: self.audit.clone(),
+            grants: self.grants.clone(),
+            metrics: Arc::clone(&self.metrics),
+            spans: self.spans.clone(),
         }
+    }
 
-        // Build every new piece; any failure leaves the running config as it is.
-        let issuers = build_issuers(&config, &self.issuers, Some(&self.config))
-            .map_err(ReloadError::Build)?;
-        let (credentials, retired, credential_changes) = self
-            .credentials
-            .successor(&config.credentials, &issuers)
-            .map_err(|e| ReloadError::Build(e.into()))?;
-        let upstream_cas = read_upstream_cas(&config).map_err(ReloadError::Build)?;
-        let upstream =
-            if config.upstream == self.config.upstream && upstream_cas == self.upstream_cas {
-                self.upstream.clone()
-            } else {
-                build_upstream(&config).map_err(ReloadError::Build)?
-            };
-        let scope = InterceptScope::from_policy(&config.policy());
-        let limits = leaf_limits(&config);
-        let ca = if scope == *self.ca.scope() && limits == self.ca.limits() {
-            Arc::clone(&self.ca)
-        } else {
-            Arc::new(
-                self.ca
-                    .reconfigured(scope, limits)
-                    .map_err(|e| ReloadError::Build(e.into()))?,
-            )
-        };
-        // Cedar: the policy and schema files read and checked again (a broken set keeps the
-        // running one).
-        let cedar = load_cedar(&config).map_err(ReloadError::Build)?;
-        // Grants: settings read now (JWKS files), installed at the swap.
-        enum NextGrants {
-            Keep(Arc<Grants>, sidekey_grants::Prepared),
-            New(Arc<Grants>),
-            None,
-        }
-        let next_grants = match (&config.grants, &self.grants) {
-            (Some(g), Some(current)) => NextGrants::Keep(
-                Arc::clone(current),
-                current
-                    .prepare(g)
-                    .map_err(|e| ReloadError::Build(anyhow::anyhow!("grants: {e}")))?,
-            ),
-            (Some(g), None) => NextGrants::New(
-                Grants::new(g).map_err(|e| ReloadError::Build(anyhow::anyhow!("grants: {e}")))?,
-            ),
-            (None, _) => NextGrants::None,
-        };
-        let ca_reissued = ca.cert_der() != self.ca.cert_der();
-        if ca_reissued
-            || config.ca.cert_out != self.config.ca.cert_out
-            || config.ca.bundle_out != self.config.ca.bundle_out
-        {
-            if let Err(e) = write_ca_files(&config, &ca) {
-                // Put back what agents had, as far as possible.
-                let _ = write_ca_files(&self.config, &self.ca);
-                return Err(ReloadError::Build(e));
-            }
-        }
-
-        // Swap: new requests see the new config from here on.
-        let credentials = Arc::new(credentials);
-        let grants = match next_grants {
+    /// Swaps in a generation [`build`] made: new requests see it from here on.
+    fn swap(&mut self, next: Next) -> ConfigChanges {
+        let Next {
+            config,
+            issuers,
+            credentials,
+            retired,
+            credential_changes,
+            upstream,
+            upstream_cas,
+            ca,
+            ca_reissued,
+            grants,
+            state,
+        } = next;
+        let grants = match grants {
             NextGrants::Keep(grants, prepared) => {
                 grants.install(prepared);
                 Some(grants)
@@ -384,17 +338,6 @@ impl Runtime {
             NextGrants::New(grants) => Some(grants),
             NextGrants::None => None,
         };
-        let state = ProxyState::new(
-            &config,
-            Arc::clone(&credentials),
-            Arc::clone(&ca),
-            upstream.clone(),
-            self.audit.clone(),
-            grants.clone(),
-            Arc::clone(&self.metrics),
-        )
-        .with_spans(self.spans.clone())
-        .with_cedar(cedar);
         self.shared.replace(state);
         self.admin.update(
             Arc::clone(&credentials),
@@ -446,7 +389,7 @@ impl Runtime {
         self.eager.cancel();
         self.eager = self.shutdown.child_token();
         self.fetch_eager();
-        Ok(changes)
+        changes
     }
 
     /// Fetches the eager credentials of the current generation in the background, retrying
@@ -611,6 +554,139 @@ pub fn apply_env(config: &mut Config) -> Result<(), String> {
         })?),
     };
     Ok(())
+}
+
+/// What a reload reads of the running generation (see [`Runtime::running`]).
+struct Running {
+    config: Config,
+    issuers: HashMap<String, Arc<Issuer>>,
+    credentials: Arc<CredentialStore>,
+    ca: Arc<CertificateAuthority>,
+    upstream: Upstream,
+    upstream_cas: Vec<Vec<u8>>,
+    audit: AuditLog,
+    grants: Option<Arc<Grants>>,
+    metrics: Arc<Metrics>,
+    spans: Option<Arc<Spans>>,
+}
+
+/// The grants of the next generation: the running ones with new settings (installed at the
+/// swap), new ones, or none.
+enum NextGrants {
+    Keep(Arc<Grants>, sidekey_grants::Prepared),
+    New(Arc<Grants>),
+    None,
+}
+
+/// A generation built for a reloaded config, not yet swapped in ([`Runtime::swap`]).
+struct Next {
+    config: Config,
+    issuers: HashMap<String, Arc<Issuer>>,
+    credentials: Arc<CredentialStore>,
+    retired: sidekey_credentials::Retired,
+    credential_changes: sidekey_credentials::CredentialChanges,
+    upstream: Upstream,
+    upstream_cas: Vec<Vec<u8>>,
+    ca: Arc<CertificateAuthority>,
+    ca_reissued: bool,
+    grants: NextGrants,
+    state: ProxyState,
+}
+
+/// Builds everything for `config` (parsed and validated by [`parse_reloaded`]) beside the
+/// `running` generation, which it only reads: on error, nothing has changed (except, rarely,
+/// a CA file that could not be written back: see [`write_ca_files`]). Runs on a blocking
+/// thread.
+fn build(running: &Running, config: Config) -> Result<Next, ReloadError> {
+    let restart = needs_restart(&running.config, &config);
+    if !restart.is_empty() {
+        return Err(ReloadError::NeedsRestart(restart));
+    }
+
+    // Build every new piece; any failure leaves the running config as it is.
+    let issuers = build_issuers(&config, &running.issuers, Some(&running.config))
+        .map_err(ReloadError::Build)?;
+    let (credentials, retired, credential_changes) = running
+        .credentials
+        .successor(&config.credentials, &issuers)
+        .map_err(|e| ReloadError::Build(e.into()))?;
+    let upstream_cas = read_upstream_cas(&config).map_err(ReloadError::Build)?;
+    let upstream =
+        if config.upstream == running.config.upstream && upstream_cas == running.upstream_cas {
+            running.upstream.clone()
+        } else {
+            build_upstream(&config).map_err(ReloadError::Build)?
+        };
+    let scope = InterceptScope::from_policy(&config.policy());
+    let limits = leaf_limits(&config);
+    let ca = if scope == *running.ca.scope() && limits == running.ca.limits() {
+        Arc::clone(&running.ca)
+    } else {
+        Arc::new(
+            running
+                .ca
+                .reconfigured(scope, limits)
+                .map_err(|e| ReloadError::Build(e.into()))?,
+        )
+    };
+    // Cedar: the policy and schema files read and checked again (a broken set keeps the
+    // running one).
+    let cedar = load_cedar(&config).map_err(ReloadError::Build)?;
+    // Grants: settings read now (JWKS files), installed at the swap.
+    let next_grants = match (&config.grants, &running.grants) {
+        (Some(g), Some(current)) => NextGrants::Keep(
+            Arc::clone(current),
+            current
+                .prepare(g)
+                .map_err(|e| ReloadError::Build(anyhow::anyhow!("grants: {e}")))?,
+        ),
+        (Some(g), None) => NextGrants::New(
+            Grants::new(g).map_err(|e| ReloadError::Build(anyhow::anyhow!("grants: {e}")))?,
+        ),
+        (None, _) => NextGrants::None,
+    };
+    let ca_reissued = ca.cert_der() != running.ca.cert_der();
+    if ca_reissued
+        || config.ca.cert_out != running.config.ca.cert_out
+        || config.ca.bundle_out != running.config.ca.bundle_out
+    {
+        if let Err(e) = write_ca_files(&config, &ca) {
+            // Put back what agents had, as far as possible.
+            let _ = write_ca_files(&running.config, &running.ca);
+            return Err(ReloadError::Build(e));
+        }
+    }
+
+    let credentials = Arc::new(credentials);
+    // The grants' new settings are installed at the swap; the state only holds them.
+    let grants = match &next_grants {
+        NextGrants::Keep(grants, _) | NextGrants::New(grants) => Some(Arc::clone(grants)),
+        NextGrants::None => None,
+    };
+    let state = ProxyState::new(
+        &config,
+        Arc::clone(&credentials),
+        Arc::clone(&ca),
+        upstream.clone(),
+        running.audit.clone(),
+        grants,
+        Arc::clone(&running.metrics),
+    )
+    .with_spans(running.spans.clone())
+    .with_cedar(cedar);
+    Ok(Next {
+        config,
+        issuers,
+        credentials,
+        retired,
+        credential_changes,
+        upstream,
+        upstream_cas,
+        ca,
+        ca_reissued,
+        grants: next_grants,
+        state,
+    })
 }
 
 /// A reloaded file's `bytes`, parsed and validated, with the environment's overrides applied.
