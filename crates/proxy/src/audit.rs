@@ -79,13 +79,8 @@ impl PendingRecord {
     }
 
     /// The request ID this record carries.
-    pub fn request_id(&self) -> &str {
-        self.record.request_id.as_str()
-    }
-
-    /// The request ID as ASCII bytes (for a header value: no UTF-8 check to pay).
-    pub fn request_id_bytes(&self) -> &[u8] {
-        self.record.request_id.as_bytes()
+    pub fn request_id(&self) -> &RequestId {
+        &self.record.request_id
     }
 
     /// For requests refused before their target could be identified: the target as the

@@ -1155,7 +1155,7 @@ impl Session {
             }
             scrub_headers(&mut parts.headers, needles);
         }
-        tag_request_id(&mut parts.headers, self.record.request_id_bytes());
+        tag_request_id(&mut parts.headers, self.record.request_id());
         self.record.set_status(parts.status.as_u16());
         let record = self.record;
         let body = match needles {
@@ -1187,7 +1187,7 @@ impl Session {
         admission: Admission,
     ) -> Response<ProxyBody> {
         let mut answer = ws.agent_response(&response, needles.as_ref());
-        tag_request_id(answer.headers_mut(), self.record.request_id_bytes());
+        tag_request_id(answer.headers_mut(), self.record.request_id());
         self.record.set_status(answer.status().as_u16());
         let upstream = hyper::upgrade::on(&mut response);
         websocket::spawn(
