@@ -317,20 +317,7 @@ impl Runtime {
 
     /// Swaps in a generation [`build`] made: new requests see it from here on.
     fn swap(&mut self, next: Next) -> ConfigChanges {
-        let Next {
-            config,
-            issuers,
-            credentials,
-            retired,
-            credential_changes,
-            upstream,
-            upstream_cas,
-            ca,
-            ca_reissued,
-            grants,
-            state,
-        } = next;
-        let grants = match grants {
+        let grants = match next.grants {
             NextGrants::Keep(grants, prepared) => {
                 grants.install(prepared);
                 Some(grants)
@@ -338,58 +325,29 @@ impl Runtime {
             NextGrants::New(grants) => Some(grants),
             NextGrants::None => None,
         };
-        self.shared.replace(state);
+        self.shared.replace(next.state);
         self.admin.update(
-            Arc::clone(&credentials),
-            &local_keys(&issuers),
+            Arc::clone(&next.credentials),
+            &local_keys(&next.issuers),
             grants.clone(),
         );
-        self.admin
-            .set_scopes(crate::scope::credential_scopes(&config));
-        let routes: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        self.admin.set_scopes(next.scopes);
+        let routes: Vec<&str> = next.config.routes.iter().map(|r| r.name.as_str()).collect();
         self.metrics.retain_routes(&routes);
         self.grants = grants;
-        self.connections.resize(config.limits.max_connections);
-        retired.retire();
+        self.connections.resize(next.config.limits.max_connections);
+        next.retired.retire();
 
-        let mut changes = ConfigChanges {
-            credentials_added: credential_changes.added,
-            credentials_removed: credential_changes.removed,
-            credentials_changed: credential_changes.changed,
-            ca: if ca_reissued { "reissued" } else { "kept" },
-            ..ConfigChanges::default()
-        };
-        (
-            changes.routes_added,
-            changes.routes_removed,
-            changes.routes_changed,
-        ) = diff(
-            &self.config.routes,
-            &config.routes,
-            |r| &r.name,
-            RouteConfig::same_rule,
-        );
-        (
-            changes.issuers_added,
-            changes.issuers_removed,
-            changes.issuers_changed,
-        ) = diff(
-            &self.config.issuers,
-            &config.issuers,
-            |i| &i.name,
-            PartialEq::eq,
-        );
-
-        self.config = config;
-        self.issuers = issuers;
-        self.credentials = credentials;
-        self.ca = ca;
-        self.upstream = upstream;
-        self.upstream_cas = upstream_cas;
+        self.config = next.config;
+        self.issuers = next.issuers;
+        self.credentials = next.credentials;
+        self.ca = next.ca;
+        self.upstream = next.upstream;
+        self.upstream_cas = next.upstream_cas;
         self.eager.cancel();
         self.eager = self.shutdown.child_token();
         self.fetch_eager();
-        changes
+        next.changes
     }
 
     /// Fetches the eager credentials of the current generation in the background, retrying
@@ -578,25 +536,26 @@ enum NextGrants {
     None,
 }
 
-/// A generation built for a reloaded config, not yet swapped in ([`Runtime::swap`]).
+/// A generation built for a reloaded config, not yet swapped in ([`Runtime::swap`]), with what
+/// it changes and the admin page's credential scopes (computed here, off the runtime).
 struct Next {
     config: Config,
     issuers: HashMap<String, Arc<Issuer>>,
     credentials: Arc<CredentialStore>,
     retired: sidekey_credentials::Retired,
-    credential_changes: sidekey_credentials::CredentialChanges,
     upstream: Upstream,
     upstream_cas: Vec<Vec<u8>>,
     ca: Arc<CertificateAuthority>,
-    ca_reissued: bool,
     grants: NextGrants,
     state: ProxyState,
+    changes: ConfigChanges,
+    scopes: HashMap<String, serde_json::Value>,
 }
 
 /// Builds everything for `config` (parsed and validated by [`parse_reloaded`]) beside the
-/// `running` generation, which it only reads: on error, nothing has changed (except, rarely,
-/// a CA file that could not be written back: see [`write_ca_files`]). Runs on a blocking
-/// thread.
+/// `running` generation, which it only reads, and what it changes (the reload record's
+/// `changes`): on error, nothing has changed (except, rarely, a CA file that could not be
+/// written back: see [`write_ca_files`]). Runs on a blocking thread.
 fn build(running: &Running, config: Config) -> Result<Next, ReloadError> {
     let restart = needs_restart(&running.config, &config);
     if !restart.is_empty() {
@@ -674,18 +633,46 @@ fn build(running: &Running, config: Config) -> Result<Next, ReloadError> {
     )
     .with_spans(running.spans.clone())
     .with_cedar(cedar);
+    let mut changes = ConfigChanges {
+        credentials_added: credential_changes.added,
+        credentials_removed: credential_changes.removed,
+        credentials_changed: credential_changes.changed,
+        ca: if ca_reissued { "reissued" } else { "kept" },
+        ..ConfigChanges::default()
+    };
+    (
+        changes.routes_added,
+        changes.routes_removed,
+        changes.routes_changed,
+    ) = diff(
+        &running.config.routes,
+        &config.routes,
+        |r| &r.name,
+        RouteConfig::same_rule,
+    );
+    (
+        changes.issuers_added,
+        changes.issuers_removed,
+        changes.issuers_changed,
+    ) = diff(
+        &running.config.issuers,
+        &config.issuers,
+        |i| &i.name,
+        PartialEq::eq,
+    );
+    let scopes = crate::scope::credential_scopes(&config);
     Ok(Next {
         config,
         issuers,
         credentials,
         retired,
-        credential_changes,
         upstream,
         upstream_cas,
         ca,
-        ca_reissued,
         grants: next_grants,
         state,
+        changes,
+        scopes,
     })
 }
 
