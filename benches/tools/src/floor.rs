@@ -15,6 +15,8 @@
 //! One thread, tokio's current-thread scheduler: what sidekey runs with one worker, as in the
 //! benchmarks (`SIDEKEY_WORKER_THREADS=1`).
 
+mod args;
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
@@ -39,13 +41,8 @@ struct Config {
 }
 
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let cli = args::Args::from_env();
+    let arg = |name: &str| cli.value(name);
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:18320".into());
     let token_len: usize = arg("--token-len").map_or(Ok(300), |n| n.parse())?;
     let config = Arc::new(Config {

@@ -13,6 +13,8 @@
 //! Usage: `bench-upstream --http 127.0.0.1:18080 --https 127.0.0.1:18443 --ca-out ca.pem
 //!   [--peer-cert-out p.pem --peer-key-out p.key]`
 
+mod args;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,13 +36,8 @@ const SSE_INTERVAL: Duration = Duration::from_millis(100);
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let cli = args::Args::from_env();
+    let arg = |name: &str| cli.value(name);
     let http_addr = arg("--http").unwrap_or_else(|| "127.0.0.1:18080".into());
     let https_addr = arg("--https").unwrap_or_else(|| "127.0.0.1:18443".into());
     let ca_out = arg("--ca-out").ok_or("--ca-out is required")?;
