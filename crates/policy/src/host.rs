@@ -186,9 +186,7 @@ impl CanonicalHost {
             CanonicalHost::V6(_) => 41,
         }
     }
-}
 
-impl CanonicalHost {
     /// The canonical text (as [`Display`](fmt::Display) writes it), shared: a domain's own name
     /// without a copy, an address written out.
     pub fn shared_text(&self) -> Arc<str> {
