@@ -84,22 +84,10 @@ impl ReloadError {
 /// Everything built from the current config.
 pub struct Runtime {
     source: Source,
-    config: Config,
     /// The bytes of the file last read, applied or rejected: polling reloads when they change.
     last_read: Vec<u8>,
-    issuers: HashMap<String, Arc<Issuer>>,
-    credentials: Arc<CredentialStore>,
-    ca: Arc<CertificateAuthority>,
-    upstream: Upstream,
-    /// Contents of `upstream.extra_ca_files` when the upstream client was built.
-    upstream_cas: Vec<Vec<u8>>,
-    audit: AuditLog,
-    /// Task grants, when configured: lives across reloads (sidekey's grant key, revocations).
-    grants: Option<Arc<Grants>>,
-    /// The process's metrics: one registry across reloads.
-    metrics: Arc<Metrics>,
-    /// The span exporter (`traces:`, which needs a restart to change): one per process.
-    spans: Option<Arc<Spans>>,
+    /// The running generation, as a reload's build reads it.
+    running: Running,
     pub shared: Arc<SharedState>,
     pub connections: ConnectionLimit,
     pub admin: Arc<AdminState>,
@@ -172,18 +160,20 @@ impl Runtime {
             last_read: text.as_bytes().to_vec(),
             eager: shutdown.child_token(),
             source,
-            config,
-            issuers,
-            credentials,
-            ca,
-            upstream,
-            upstream_cas,
-            grants,
-            metrics,
-            spans,
+            running: Running {
+                config,
+                issuers,
+                credentials,
+                ca,
+                upstream,
+                upstream_cas,
+                audit,
+                grants,
+                metrics,
+                spans,
+            },
             shared: Arc::new(SharedState::new(state)),
             admin,
-            audit,
             shutdown,
         };
         runtime.record(
@@ -197,17 +187,17 @@ impl Runtime {
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.running.config
     }
 
     /// The current credential store generation (for shutdown).
     pub fn credentials(&self) -> &Arc<CredentialStore> {
-        &self.credentials
+        &self.running.credentials
     }
 
     /// Sends the spans still queued (at shutdown, once no request runs any more).
     pub async fn flush_spans(&self) {
-        if let Some(spans) = self.spans.clone() {
+        if let Some(spans) = self.running.spans.clone() {
             // The processor blocks while the exporter's requests run on this runtime.
             let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         }
@@ -256,7 +246,7 @@ impl Runtime {
         // thread, from a snapshot of the running generation, so that requests go on meanwhile
         // on either kind of runtime. Only the swap runs here.
         let origin = self.source.origin();
-        let running = self.running();
+        let running = self.running.clone();
         let built = tokio::task::spawn_blocking(move || {
             let built = parse_reloaded(&bytes, origin).and_then(|config| build(&running, config));
             (built, bytes)
@@ -298,23 +288,6 @@ impl Runtime {
         self.record(ConfigEventKind::Rejected, bytes, None, error.reasons());
     }
 
-    /// What a reload reads of the running generation, owned (cheap clones: the pieces are
-    /// shared), so that the next one can be built away from the runtime.
-    fn running(&self) -> Running {
-        Running {
-            config: self.config.clone(),
-            issuers: self.issuers.clone(),
-            credentials: Arc::clone(&self.credentials),
-            ca: Arc::clone(&self.ca),
-            upstream: self.upstream.clone(),
-            upstream_cas: self.upstream_cas.clone(),
-            audit: self.audit.clone(),
-            grants: self.grants.clone(),
-            metrics: Arc::clone(&self.metrics),
-            spans: self.spans.clone(),
-        }
-    }
-
     /// Swaps in a generation [`build`] made: new requests see it from here on.
     fn swap(&mut self, next: Next) -> ConfigChanges {
         let grants = match next.grants {
@@ -333,17 +306,17 @@ impl Runtime {
         );
         self.admin.set_scopes(next.scopes);
         let routes: Vec<&str> = next.config.routes.iter().map(|r| r.name.as_str()).collect();
-        self.metrics.retain_routes(&routes);
-        self.grants = grants;
+        self.running.metrics.retain_routes(&routes);
+        self.running.grants = grants;
         self.connections.resize(next.config.limits.max_connections);
         next.retired.retire();
 
-        self.config = next.config;
-        self.issuers = next.issuers;
-        self.credentials = next.credentials;
-        self.ca = next.ca;
-        self.upstream = next.upstream;
-        self.upstream_cas = next.upstream_cas;
+        self.running.config = next.config;
+        self.running.issuers = next.issuers;
+        self.running.credentials = next.credentials;
+        self.running.ca = next.ca;
+        self.running.upstream = next.upstream;
+        self.running.upstream_cas = next.upstream_cas;
         self.eager.cancel();
         self.eager = self.shutdown.child_token();
         self.fetch_eager();
@@ -353,7 +326,7 @@ impl Runtime {
     /// Fetches the eager credentials of the current generation in the background, retrying
     /// with backoff; readiness waits for them.
     fn fetch_eager(&self) {
-        let credentials = Arc::clone(&self.credentials);
+        let credentials = Arc::clone(&self.running.credentials);
         let stop = self.eager.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(500);
@@ -380,7 +353,7 @@ impl Runtime {
         changes: Option<ConfigChanges>,
         errors: Vec<String>,
     ) {
-        self.audit.config(&ConfigEvent {
+        self.running.audit.config(&ConfigEvent {
             event,
             file: self.source.origin(),
             sha256: bytes.map(sha256_hex),
@@ -514,17 +487,23 @@ pub fn apply_env(config: &mut Config) -> Result<(), String> {
     Ok(())
 }
 
-/// What a reload reads of the running generation (see [`Runtime::running`]).
+/// The running generation: what a reload's build reads (a clone is cheap: the pieces are
+/// shared), and what its swap replaces.
+#[derive(Clone)]
 struct Running {
     config: Config,
     issuers: HashMap<String, Arc<Issuer>>,
     credentials: Arc<CredentialStore>,
     ca: Arc<CertificateAuthority>,
     upstream: Upstream,
+    /// Contents of `upstream.extra_ca_files` when the upstream client was built.
     upstream_cas: Vec<Vec<u8>>,
     audit: AuditLog,
+    /// Task grants, when configured: lives across reloads (sidekey's grant key, revocations).
     grants: Option<Arc<Grants>>,
+    /// The process's metrics: one registry across reloads.
     metrics: Arc<Metrics>,
+    /// The span exporter (`traces:`, which needs a restart to change): one per process.
     spans: Option<Arc<Spans>>,
 }
 
