@@ -118,6 +118,53 @@ routes:
 }
 
 #[test]
+fn an_upstream_that_never_answers_is_cut_at_request_timeout_and_the_connection_serves_on() {
+    // The same fault upstream: it takes the request and never answers. On an HTTP/1 agent
+    // connection the wait is timed by the connection's one request timer, moved to each
+    // request's deadline; it must bound every request on the connection, not only the first.
+    let env = Env::new();
+    let hanging = Hanging::start();
+    let addr = hanging.addr.to_string();
+    let route = "  - name: hang
+    hosts: [hang.test.local]
+    schemes: [http]
+    methods: [GET]
+    credential: demo
+    inject: { header: Authorization, value: \"Bearer {token}\" }
+    allow_private: true
+";
+    let config = base_config(&[("hang.test.local:80", addr.as_str())], route, "").replacen(
+        "upstream:\n",
+        "upstream:\n  request_timeout: 1s\n",
+        1,
+    );
+    let sk = env.sidekey_one_worker(&config);
+    let mut conn = connect(sk.forward).unwrap();
+    let mut get = |url: &str| {
+        let host = url.split('/').nth(2).unwrap_or_default();
+        let request = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        conn.write_all(request.as_bytes()).unwrap();
+        let started = std::time::Instant::now();
+        let response = read_response(&mut conn, false, false).unwrap();
+        (response, started.elapsed())
+    };
+    for round in 0..2 {
+        let (refused, waited) = get("http://hang.test.local/never");
+        let body = refused.expect_refusal(502, "upstream_unreachable");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("did not answer within 1s"), "{message}");
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "round {round}: refused after {waited:?}"
+        );
+        // The connection goes on: an upstream that answers is answered.
+        let (answered, _) = get("http://plain.test.local/echo/after");
+        assert_eq!(answered.status, 200, "round {round}");
+    }
+    assert_eq!(hanging.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn hanging_issuer_gives_a_bounded_503_to_every_waiter_with_one_call_and_others_keep_serving() {
     let env = Env::new();
     let hanging = Hanging::start();

@@ -240,6 +240,133 @@ fn an_idle_http1_keep_alive_connection_is_closed_after_header_read_timeout() {
     );
 }
 
+#[test]
+fn each_wait_for_a_head_gets_the_whole_timeout_and_a_late_slow_head_is_still_cut() {
+    // One timer per connection, moved to each wait's deadline: a wait must neither inherit an
+    // earlier wait's deadline (the connection closed early) nor lose its own (never closed).
+    let env = Env::new();
+    let sk = env.sidekey_one_worker(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
+    let mut conn = connect(sk.forward).unwrap();
+    let started = Instant::now();
+    for i in 0..6 {
+        let request = format!(
+            "GET http://plain.test.local/echo/ka{i} HTTP/1.1\r\nHost: plain.test.local\r\n\r\n"
+        );
+        conn.write_all(request.as_bytes()).unwrap();
+        let response = read_response(&mut conn, false, false).unwrap();
+        assert_eq!(
+            response.status, 200,
+            "request {i} on the kept-alive connection"
+        );
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the connection outlived three timeouts"
+    );
+    assert_eq!(env.upstream_http.requests_to("/echo/ka5").len(), 1);
+    conn.write_all(b"GET http://plain.test.local/echo/late HTTP/1.1\r\nHost: pla")
+        .unwrap();
+    let slow = Instant::now();
+    assert!(
+        closed_in_time(&mut conn, Duration::from_secs(5)),
+        "a head that never ends is dropped, late in the connection too"
+    );
+    // Cut by this wait's own deadline: 0.6 s of it had passed before the partial head.
+    assert!(slow.elapsed() < Duration::from_secs(3));
+    assert!(env.upstream_http.requests_to("/echo/late").is_empty());
+}
+
+#[test]
+fn a_response_streaming_past_the_timeout_is_not_cut_and_the_connection_serves_on() {
+    // The timeout bounds the wait for a head, not the time a request takes to be answered.
+    let env = Env::new();
+    let sk = env.sidekey_one_worker(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
+    let mut conn = connect(sk.forward).unwrap();
+    conn.write_all(
+        b"GET http://plain.test.local/sse?n=6&interval_ms=500 HTTP/1.1\r\nHost: plain.test.local\r\n\r\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let streamed = read_response(&mut conn, false, false).unwrap();
+    assert_eq!(streamed.status, 200);
+    assert!(
+        streamed.body_str().contains("data: 5"),
+        "{}",
+        streamed.body_str()
+    );
+    assert!(started.elapsed() > Duration::from_millis(2400));
+    conn.write_all(
+        b"GET http://plain.test.local/echo/next HTTP/1.1\r\nHost: plain.test.local\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut conn, false, false).unwrap().status, 200);
+}
+
+#[test]
+fn connections_idle_after_a_response_longer_than_the_timeout_are_closed() {
+    // Each connection's timer goes off while its response streams; the wait that follows the
+    // response is bounded all the same, from the response's end. Several connections at once:
+    // the connection and its timer are polled in either order.
+    let env = Env::new();
+    let sk = env.sidekey_one_worker(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
+    let forward = sk.forward;
+    let waits: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut conn = connect(forward).unwrap();
+                let request = format!(
+                    "GET http://plain.test.local/sse?n=4&interval_ms=400&c={i} HTTP/1.1\r\n\
+                     Host: plain.test.local\r\n\r\n"
+                );
+                conn.write_all(request.as_bytes()).unwrap();
+                let streamed = read_response(&mut conn, false, false).unwrap();
+                assert!(
+                    streamed.body_str().contains("data: 3"),
+                    "{}",
+                    streamed.body_str()
+                );
+                let idle = Instant::now();
+                let closed = closed_in_time(&mut conn, Duration::from_secs(5));
+                (closed, idle.elapsed())
+            })
+        })
+        .collect();
+    for wait in waits {
+        let (closed, after) = wait.join().unwrap();
+        assert!(closed, "a connection idle after a long response is closed");
+        assert!(
+            after > Duration::from_millis(800),
+            "closed {after:?} after its response"
+        );
+    }
+}
+
+#[test]
+fn a_slow_head_inside_an_intercepted_tunnel_is_cut_off() {
+    let env = Env::new();
+    let sk = env.sidekey(&base_config(&[], "", "limits: { header_read_timeout: 1s }"));
+    let tunnel = connect_tunnel(sk.forward, "api.test.local:443").unwrap();
+    let mut tls = tls_handshake(tunnel, "api.test.local", Trust::Ca(sk.ca_pem())).unwrap();
+    // A first request is answered, then the next head never ends.
+    tls.write_all(b"GET /echo/first HTTP/1.1\r\nHost: api.test.local\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut tls, false, false).unwrap().status, 200);
+    tls.write_all(b"GET /echo/slow HTTP/1.1\r\nHost: api.tes")
+        .unwrap();
+    let started = Instant::now();
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(5)),
+        "a head that never ends is dropped inside a tunnel too"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(env.upstream.requests_to("/echo/first").len(), 1);
+    assert!(env.upstream.requests_to("/echo/slow").is_empty());
+}
+
 /// The largest of the kernel's TCP buffer sizes (`tcp_rmem` or `tcp_wmem`, third field): what
 /// autotuning may grow one socket's buffer to.
 fn tcp_buffer_max(which: &str) -> u64 {

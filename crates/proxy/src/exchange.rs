@@ -10,7 +10,6 @@
 //! session dropped before either (the agent went away) still writes its record.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +41,7 @@ use sidekey_policy::{
 };
 
 use crate::audit::{Metered, PendingRecord};
+use crate::conn_timers::ConnTimers;
 use crate::error::{refusal_response, tag_request_id};
 use crate::pool::UpstreamBody;
 use crate::websocket::{self, Admission, Streams};
@@ -65,6 +65,8 @@ pub struct Exchange {
     pub tunnel_grant: Option<Arc<Grant>>,
     /// What a WebSocket it opens needs from the listener; None where none may be opened.
     pub streams: Option<Streams>,
+    /// Its HTTP/1 connection's timers, whose request timer bounds the wait for the upstream.
+    pub(crate) timers: Option<ConnTimers>,
 }
 
 impl Exchange {
@@ -74,7 +76,14 @@ impl Exchange {
             started: Instant::now(),
             tunnel_grant: None,
             streams: None,
+            timers: None,
         }
+    }
+
+    /// Times its wait for the upstream on its HTTP/1 connection's request timer.
+    pub(crate) fn with_timers(mut self, timers: Option<ConnTimers>) -> Self {
+        self.timers = timers;
+        self
     }
 
     /// Lets the request open a WebSocket that outlives it, under the listener's shutdown.
@@ -416,7 +425,15 @@ pub fn handle<B: AgentBody>(
         }
         let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
         let sent = Instant::now();
-        let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
+        let forwarded = forward(
+            &state,
+            parts,
+            outgoing,
+            allow_private,
+            certified.as_ref(),
+            exchange.timers.as_ref(),
+        )
+        .await;
         timers.upstream(sent.elapsed().as_secs_f64());
         let response = match forwarded {
             Ok(response) => response,
@@ -492,7 +509,15 @@ pub fn handle<B: AgentBody>(
                 session.record.meter(),
             );
             let sent = Instant::now();
-            let forwarded = forward(&state, parts, outgoing, allow_private, certified.as_ref()).await;
+            let forwarded = forward(
+                &state,
+                parts,
+                outgoing,
+                allow_private,
+                certified.as_ref(),
+                exchange.timers.as_ref(),
+            )
+            .await;
             timers.upstream(sent.elapsed().as_secs_f64());
             match forwarded {
                 Ok(response) => session.respond(response, Some(needles)),
@@ -501,13 +526,6 @@ pub fn handle<B: AgentBody>(
         })
         .await
     }
-}
-
-/// A response as hyper's services return it. A function of its own: `Ok::<_, Infallible>`
-/// passed to `map` is inferred for one lifetime of the body's boxed error, and the connection
-/// futures spawned for intercepted tunnels need it for any.
-pub(crate) fn served(response: Response<ProxyBody>) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(response)
 }
 
 /// A copy of a request head (method, URI, version, headers), without its extensions.
@@ -967,6 +985,7 @@ fn forward<'a>(
     outgoing: Outgoing,
     allow_private: bool,
     certified: Option<&'a Certified>,
+    timers: Option<&'a ConnTimers>,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
     let Outgoing {
         body,
@@ -974,9 +993,12 @@ fn forward<'a>(
         verdict,
         max,
     } = outgoing;
-    let sent = state
-        .upstream
-        .send(Request::from_parts(parts, body), allow_private, certified);
+    let sent = state.upstream.send(
+        Request::from_parts(parts, body),
+        allow_private,
+        certified,
+        timers,
+    );
     sent.map(move |sent| {
         if let Some(refusal) = verdict.get() {
             return Err(refusal.clone());

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn_timers::{watched, ConnTimers};
 use crate::exchange::{self, Exchange, Session};
 use crate::websocket::Streams;
 use crate::{intercept, tunnel, ProxyState, SharedState};
@@ -38,15 +39,19 @@ pub async fn serve_connection<IO>(
 {
     let limits = shared.load().limits.clone();
     let shared_state = Arc::clone(&shared);
+    let timers = ConnTimers::new(limits.header_read_timeout);
     let service = {
         let shutdown = shutdown.clone();
+        let timers = timers.clone();
         service_fn(move |request| {
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             let tracker = tracker.clone();
+            let serving = Some(timers.serving());
+            let timers = timers.clone();
             // Boxed: hyper keeps a slot the size of this future for every open connection,
             // idle ones too (benches/NOTES.md, "Binary settings and idle memory").
-            Box::pin(dispatch(shared, request, shutdown, tracker).map(exchange::served))
+            Box::pin(dispatch(shared, request, shutdown, tracker, timers).map(watched(serving)))
         })
     };
     let connection = limits
@@ -60,6 +65,9 @@ pub async fn serve_connection<IO>(
                 tracing::debug!(error = %e, "forward connection ended with an error");
                 exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
             }
+        }
+        () = timers.head_wait_expired() => {
+            tracing::debug!("forward connection closed: no request head within header_read_timeout");
         }
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
@@ -76,6 +84,7 @@ fn dispatch(
     request: Request<Incoming>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    timers: ConnTimers,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     if request.method() == Method::CONNECT {
         let connect: Pin<Box<dyn Future<Output = _> + Send>> =
@@ -88,7 +97,7 @@ fn dispatch(
             shutdown,
             tracker,
         };
-        Either::Right(absolute_form(state, request, streams))
+        Either::Right(absolute_form(state, request, streams, timers))
     }
 }
 
@@ -169,11 +178,14 @@ fn absolute_form(
     state: Arc<ProxyState>,
     request: Request<Incoming>,
     streams: Streams,
+    timers: ConnTimers,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     // identify
     match absolute_target(request.uri()) {
         Ok(target) => {
-            let exchange = Exchange::new(Identified::Absolute(target)).with_streams(streams);
+            let exchange = Exchange::new(Identified::Absolute(target))
+                .with_streams(streams)
+                .with_timers(Some(timers));
             Either::Left(exchange::handle(state, exchange, request))
         }
         Err(refusal) => {

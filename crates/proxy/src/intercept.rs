@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::PendingRecord;
+use crate::conn_timers::{head_wait_expired, watched, ConnTimers};
 use crate::exchange::{self, Exchange};
 use crate::forward::LISTENER;
 use crate::websocket::Streams;
@@ -135,18 +136,22 @@ pub async fn run(
             tracker,
         },
     });
+    // HTTP/1 waits for each request head (`header_read_timeout`); HTTP/2 has its own limits.
+    let timers = (!h2).then(|| ConnTimers::new(limits.header_read_timeout));
     let service = {
-        let (served, shared, tunnel) = (
+        let (served, shared, tunnel, timers) = (
             Arc::clone(&served),
             Arc::clone(&shared),
             Arc::clone(&tunnel),
+            timers.clone(),
         );
         service_fn(move |request| {
             served.store(true, Ordering::Relaxed);
             let state = shared.load();
             let tunnel = Arc::clone(&tunnel);
+            let serving = timers.as_ref().map(ConnTimers::serving);
             // Boxed, as on the forward listener (forward::serve_connection).
-            Box::pin(inner(state, &tunnel, request).map(exchange::served))
+            Box::pin(inner(state, &tunnel, request, timers.clone()).map(watched(serving)))
         })
     };
     let io = TokioIo::new(tls);
@@ -175,6 +180,9 @@ pub async fn run(
                     }
                 }
                 log_end(result);
+            }
+            () = head_wait_expired(timers.as_ref()) => {
+                tracing::debug!("intercepted connection closed: no request head within header_read_timeout");
             }
             _ = shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
@@ -211,12 +219,14 @@ fn inner(
     state: Arc<ProxyState>,
     tunnel: &Tunnel,
     request: Request<Incoming>,
+    timers: Option<ConnTimers>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     let exchange = Exchange::new(Identified::Intercepted {
         target: tunnel.target.clone(),
         sni: tunnel.sni.clone(),
     })
     .with_grant(tunnel.grant.clone())
-    .with_streams(tunnel.streams.clone());
+    .with_streams(tunnel.streams.clone())
+    .with_timers(timers);
     exchange::handle(state, exchange, request)
 }

@@ -6,6 +6,7 @@
 //! stream through `sidekey-body`'s wrappers.
 
 mod audit;
+mod conn_timers;
 mod error;
 pub mod exchange;
 pub mod forward;
@@ -62,12 +63,12 @@ impl std::ops::Deref for Limits {
 impl Limits {
     /// The HTTP/1 server settings every agent-facing listener uses. `max_header_bytes` bounds the
     /// head exactly (`max_header_size`, checked on the parsed head); the read buffer, which hyper
-    /// will not set below 8 KiB, only bounds memory.
+    /// will not set below 8 KiB, only bounds memory. `header_read_timeout` is not hyper's: each
+    /// connection's [`conn_timers::ConnTimers`] keeps it, for a fraction of the cost.
     pub fn http1_builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
+            .header_read_timeout(None)
             .max_headers(self.max_headers)
             .max_header_size(self.max_header_bytes)
             .max_buf_size(self.max_header_bytes.max(MIN_READ_BUFFER));

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn_timers::{watched, ConnTimers};
 use crate::exchange::{self, Exchange, Session};
 use crate::websocket::Streams;
 use crate::{ProxyState, SharedState};
@@ -40,12 +41,18 @@ pub async fn serve_connection<IO>(
         shutdown: shutdown.clone(),
         tracker,
     };
-    let service = service_fn(move |request| {
-        let state = shared.load();
-        let streams = streams.clone();
-        // Boxed, as on the forward listener (forward::serve_connection).
-        Box::pin(route(state, request, streams).map(exchange::served))
-    });
+    let timers = ConnTimers::new(limits.header_read_timeout);
+    let service = {
+        let timers = timers.clone();
+        service_fn(move |request| {
+            let state = shared.load();
+            let streams = streams.clone();
+            let serving = Some(timers.serving());
+            let timers = timers.clone();
+            // Boxed, as on the forward listener (forward::serve_connection).
+            Box::pin(route(state, request, streams, timers).map(watched(serving)))
+        })
+    };
     let connection = limits
         .http1_builder()
         .serve_connection(TokioIo::new(stream), service)
@@ -57,6 +64,9 @@ pub async fn serve_connection<IO>(
                 tracing::debug!(error = %e, "route connection ended with an error");
                 exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
             }
+        }
+        () = timers.head_wait_expired() => {
+            tracing::debug!("route connection closed: no request head within header_read_timeout");
         }
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
@@ -70,6 +80,7 @@ fn route(
     state: Arc<ProxyState>,
     mut request: Request<Incoming>,
     streams: Streams,
+    timers: ConnTimers,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     // identify
     let address = match route_target(&state.policy, request.uri().path()) {
@@ -90,7 +101,9 @@ fn route(
         Some(query) => format!("{}?{query}", address.path),
         None => address.path,
     };
-    let exchange = Exchange::new(address.identified).with_streams(streams);
+    let exchange = Exchange::new(address.identified)
+        .with_streams(streams)
+        .with_timers(Some(timers));
     match Uri::try_from(path_and_query.as_str()) {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => {

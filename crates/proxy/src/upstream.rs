@@ -27,6 +27,7 @@ use sidekey_body::ProxyBody;
 use sidekey_credentials::ClientCertificate;
 use sidekey_policy::{ErrorCode, Refusal};
 
+use crate::conn_timers::{self, ConnTimers};
 use crate::pool::{to_origin_form, Pool, SendError, UpstreamBody};
 
 /// Why a TCP connection to an upstream could not be made. The message names host and port
@@ -328,11 +329,15 @@ impl Upstream {
     /// Sends the request and waits (bounded by `request_timeout`) for the response head.
     /// `allow_private`: the route may reach non-public addresses; `certified`: the clients of
     /// the client certificate the route presents.
+    ///
+    /// `timers`: the agent's HTTP/1 connection's, whose one request timer bounds the wait
+    /// ([`conn_timers::bound`]); without them (HTTP/2), a timer of the request's own.
     pub fn send<'a>(
         &'a self,
         request: Request<ProxyBody>,
         allow_private: bool,
         certified: Option<&'a Certified>,
+        timers: Option<&'a ConnTimers>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
         let pool = match (certified, allow_private) {
             (Some(certified), _) => &certified.pool,
@@ -340,13 +345,15 @@ impl Upstream {
             (None, false) => &self.public,
         };
         let timeout = self.request_timeout;
-        tokio::time::timeout(timeout, pool.send(request)).map(move |answered| match answered {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(Refusal::new(
-                ErrorCode::UpstreamUnreachable,
-                format!("upstream did not answer within {timeout:?}"),
-            )),
+        conn_timers::bound(timers, timeout, || pool.send(request)).map(move |answered| {
+            match answered {
+                Some(Ok(response)) => Ok(response),
+                Some(Err(e)) => Err(classify(&e)),
+                None => Err(Refusal::new(
+                    ErrorCode::UpstreamUnreachable,
+                    format!("upstream did not answer within {timeout:?}"),
+                )),
+            }
         })
     }
 

@@ -1,0 +1,247 @@
+//! The two timeouts of an agent's HTTP/1 connection, each on one timer for the connection's
+//! whole life rather than a new one per request.
+//!
+//! **`limits.header_read_timeout`**: a request head must arrive within it, counted from when the
+//! connection opened or its last response ended. A connection that keeps it waiting longer (a
+//! head sent a byte at a time, or nothing at all) is closed. hyper has this setting too, and
+//! sidekey used it; but hyper's costs two trips through the runtime's timer wheel per request (a
+//! new timer when the wait for the next head begins, removed when the head has arrived) and one
+//! more round of its connection loop, to start that timer: 1.6k instructions per request, 3.6 %
+//! of the whole (benches/NOTES.md, "Two timers per request"). Here a request only tells the
+//! connection's [`ConnTimers`] when it starts and when its response ends: two atomic updates and
+//! a clock read. The head timer is moved only when it goes off — at most once per timeout while
+//! requests keep coming — to the end of the current wait, or a whole timeout on while a request
+//! is being served.
+//!
+//! **`upstream.request_timeout`** ([`bound`]): the wait for the upstream's answer,
+//! on a second timer moved to each request's deadline. An HTTP/1 connection has one request at
+//! a time, and a later deadline is one compare-and-swap in tokio, where `tokio::time::timeout`
+//! makes a timer and takes it out of the wheel again for every request (0.8k instructions).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use sidekey_body::{BoxError, ProxyBody};
+use tokio::time::Sleep;
+
+/// One HTTP/1 connection's timers: its wait for the next request head, and its request's wait
+/// for the upstream.
+#[derive(Clone)]
+pub struct ConnTimers(Arc<Shared>);
+
+struct Shared {
+    /// Made at the first bounded request (inside the runtime, whose timer it uses).
+    request_timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    timeout: Duration,
+    /// The origin of `idle_since`: when the connection opened.
+    opened: Instant,
+    /// Requests whose responses have not ended. Zero: the connection waits for a head.
+    serving: AtomicUsize,
+    /// When the last response ended, in nanoseconds after `opened` (zero until then).
+    idle_since: AtomicU64,
+}
+
+impl ConnTimers {
+    pub(crate) fn new(timeout: Duration) -> ConnTimers {
+        ConnTimers(Arc::new(Shared {
+            request_timer: Mutex::new(None),
+            timeout,
+            opened: Instant::now(),
+            serving: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }))
+    }
+
+    /// A request head has arrived: the connection is serving until the guard is dropped, with
+    /// the response's body ([`Watched`]) or before it, if the request goes away.
+    pub(crate) fn serving(&self) -> Serving {
+        self.0.serving.fetch_add(1, Ordering::Relaxed);
+        Serving(Arc::clone(&self.0))
+    }
+
+    /// Resolves when the connection has waited `header_read_timeout` for a request head;
+    /// pending forever while it is serving or its wait is younger.
+    ///
+    /// Polled with the connection (in one `select!`), so at every wake-up of its task. While a
+    /// request is being served, a poll only reads the count, unless the timer has gone off or
+    /// was moved since it last saw this task's waker: the timer always holds the waker, so it
+    /// wakes the task at its deadline whatever order the `select!` polls in. When it goes off
+    /// during serving, it is moved a timeout on; once the count is zero, to the end of the wait.
+    pub(crate) async fn head_wait_expired(&self) {
+        let shared = &*self.0;
+        let sleep = tokio::time::sleep(shared.timeout);
+        tokio::pin!(sleep);
+        loop {
+            // Whether the timer holds this task's waker (a tokio task's waker is the same at
+            // every poll); a deadline moved, or a timer gone off, needs it again.
+            let mut armed = false;
+            std::future::poll_fn(|cx| {
+                if armed && shared.serving.load(Ordering::Relaxed) > 0 && !sleep.is_elapsed() {
+                    return Poll::Pending;
+                }
+                armed = true;
+                sleep.as_mut().poll(cx)
+            })
+            .await;
+            let now = Instant::now();
+            // Acquire: the `idle_since` stored before the count fell to zero is the one read.
+            let deadline = if shared.serving.load(Ordering::Acquire) > 0 {
+                now.checked_add(shared.timeout)
+            } else {
+                let since = Duration::from_nanos(shared.idle_since.load(Ordering::Relaxed));
+                shared
+                    .opened
+                    .checked_add(since)
+                    .and_then(|idle| idle.checked_add(shared.timeout))
+            };
+            let Some(deadline) = deadline else {
+                // A timeout past the clock's range: never.
+                return std::future::pending().await;
+            };
+            if deadline <= now {
+                return;
+            }
+            sleep.as_mut().reset(deadline.into());
+        }
+    }
+}
+
+/// `future` with `timeout` to finish (`None` if it did not): timed by the connection's request
+/// timer when there are `timers` (for one request at a time, as an HTTP/1 connection has them:
+/// the timer follows the deadline of whichever bounded future polled it last), else by a timer
+/// of its own (an HTTP/2 stream). The future is made after the clock is read (`make`), so that
+/// it is built where it stays, not moved (a copy of several hundred bytes).
+#[inline]
+pub(crate) fn bound<F: Future>(
+    timers: Option<&ConnTimers>,
+    timeout: Duration,
+    make: impl FnOnce() -> F,
+) -> Bounded<'_, F> {
+    let now = tokio::time::Instant::now();
+    // A timeout past the clock's range never ends: tokio's own far future.
+    let deadline = now
+        .checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30));
+    Bounded {
+        future: make(),
+        own: None,
+        shared: timers.map(|t| &t.0.request_timer),
+        deadline,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future with a deadline ([`bound`]).
+    pub(crate) struct Bounded<'a, F> {
+        #[pin]
+        future: F,
+        // Without a connection's timer: made at the first wait.
+        #[pin]
+        own: Option<Sleep>,
+        shared: Option<&'a Mutex<Option<Pin<Box<Sleep>>>>>,
+        deadline: tokio::time::Instant,
+    }
+}
+
+impl<F: Future> Future for Bounded<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let deadline = *this.deadline;
+        let Some(shared) = this.shared else {
+            if this.own.is_none() {
+                this.own.set(Some(tokio::time::sleep_until(deadline)));
+            }
+            return match this.own.as_pin_mut() {
+                Some(sleep) => sleep.poll(cx).map(|()| None),
+                None => Poll::Pending,
+            };
+        };
+        // Never held across an await, and nothing under it panics.
+        let mut timer = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    }
+}
+
+/// [`ConnTimers::head_wait_expired`] of a connection that may have none (never, then).
+pub(crate) async fn head_wait_expired(timers: Option<&ConnTimers>) {
+    match timers {
+        Some(timers) => timers.head_wait_expired().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A request being served (see [`ConnTimers::serving`]).
+pub(crate) struct Serving(Arc<Shared>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let shared = &*self.0;
+        let since = u64::try_from(shared.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.idle_since.store(since, Ordering::Relaxed);
+        shared.serving.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A response body that ends its request's [`Serving`] when it ends or is dropped.
+pub struct Watched {
+    body: ProxyBody,
+    _serving: Option<Serving>,
+}
+
+/// What an HTTP/1 listener's service maps its response with: the response, holding the
+/// request's `Serving` (none on an HTTP/2 connection, which has no head to wait for). A function
+/// returning the closure, whose signature it declares: a closure written where the response
+/// future is built is inferred for one lifetime of the body's boxed error, and the connection
+/// futures spawned for intercepted tunnels need it for any.
+pub(crate) fn watched(
+    serving: Option<Serving>,
+) -> impl FnOnce(Response<ProxyBody>) -> Result<Response<Watched>, Infallible> + Send {
+    move |response| {
+        Ok(response.map(|body| Watched {
+            body,
+            _serving: serving,
+        }))
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            // Ended: the wait for the next head starts now, not when hyper drops the body.
+            self._serving = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
