@@ -8,7 +8,7 @@
 //! they hold, issuers (and their sessions), the upstream connection pools, the interception CA
 //! certificate.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -298,25 +298,32 @@ impl Runtime {
             NextGrants::New(grants) => Some(grants),
             NextGrants::None => None,
         };
-        self.shared.replace(next.state);
+        let old_state = self.shared.replace(next.state);
         self.admin.update(
             Arc::clone(&next.credentials),
             &local_keys(&next.issuers),
             grants.clone(),
         );
         self.admin.set_scopes(next.scopes);
-        let routes: Vec<&str> = next.config.routes.iter().map(|r| r.name.as_str()).collect();
+        let routes: HashSet<&str> = next.config.routes.iter().map(|r| r.name.as_str()).collect();
         self.running.metrics.retain_routes(&routes);
         self.running.grants = grants;
         self.connections.resize(next.config.limits.max_connections);
         next.retired.retire();
 
-        self.running.config = next.config;
-        self.running.issuers = next.issuers;
-        self.running.credentials = next.credentials;
-        self.running.ca = next.ca;
-        self.running.upstream = next.upstream;
-        self.running.upstream_cas = next.upstream_cas;
+        // The old generation is dropped on a blocking thread, not this one, which serves
+        // requests meanwhile: with many routes, freeing a policy and a config takes
+        // milliseconds. (What requests in flight still hold is freed when they end.)
+        let old = (
+            old_state,
+            std::mem::replace(&mut self.running.config, next.config),
+            std::mem::replace(&mut self.running.issuers, next.issuers),
+            std::mem::replace(&mut self.running.credentials, next.credentials),
+            std::mem::replace(&mut self.running.ca, next.ca),
+            std::mem::replace(&mut self.running.upstream, next.upstream),
+            std::mem::replace(&mut self.running.upstream_cas, next.upstream_cas),
+        );
+        tokio::task::spawn_blocking(move || drop(old));
         self.eager.cancel();
         self.eager = self.shutdown.child_token();
         self.fetch_eager();

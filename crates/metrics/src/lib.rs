@@ -12,7 +12,7 @@
 //! anything else an agent or an issuer chooses, so the number of series is bounded by the
 //! config.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -357,12 +357,13 @@ impl Metrics {
     }
 
     /// After a reload: the series of routes no longer configured go (their counts are history
-    /// the next scrape need not carry); `""` (no route) always stays.
-    pub fn retain_routes(&self, configured: &[&str]) {
+    /// the next scrape need not carry); `""` (no route) always stays. A set, not a list: this
+    /// runs on the runtime's thread, once per route with series.
+    pub fn retain_routes(&self, configured: &HashSet<&str>) {
         let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
         for by_route in routes.values_mut() {
             by_route.retain(|route, children| {
-                let keep = route.is_empty() || configured.contains(&route.as_str());
+                let keep = route.is_empty() || configured.contains(route.as_str());
                 if !keep {
                     self.forget(children);
                 }

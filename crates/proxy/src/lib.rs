@@ -162,10 +162,12 @@ impl SharedState {
         self.current.load_full()
     }
 
-    /// Makes `state` current for new requests; requests already running keep theirs.
-    pub fn replace(&self, state: ProxyState) {
-        self.current.store(Arc::new(state));
+    /// Makes `state` current for new requests; requests already running keep theirs. Returns
+    /// the state it replaced, for the caller to drop where it likes.
+    pub fn replace(&self, state: ProxyState) -> Arc<ProxyState> {
+        let old = self.current.swap(Arc::new(state));
         self.reloads.send_modify(|n| *n += 1);
+        old
     }
 
     /// Changes every time [`SharedState::replace`] runs: long-lived connections whose
