@@ -928,8 +928,8 @@ fn attach(credential: &Credential, inject: Option<&Inject>) -> Attached {
 struct Outgoing {
     body: ProxyBody,
     meter: Arc<BodyMeter>,
-    /// The refusal a `_method` field in the streaming body caused, if any.
-    verdict: Verdict,
+    /// Where a streaming body scanned for `_method` fields puts the refusal a field caused.
+    verdict: Option<Verdict>,
     max: Option<u64>,
 }
 
@@ -942,7 +942,9 @@ impl Outgoing {
         check: Option<OverrideCheck>,
         meter: Arc<BodyMeter>,
     ) -> Outgoing {
-        let verdict = Verdict::default();
+        // Only a body scanned for `_method` fields can be given a verdict: no allocation for
+        // the others (nearly every request).
+        let mut verdict = None;
         let body = match body {
             AgentRequestBody::Whole(bytes) => {
                 meter.add(bytes.len() as u64);
@@ -961,7 +963,9 @@ impl Outgoing {
                 };
                 match (form::scanner_for(&plan.form), check) {
                     (Some(scanner), Some(check)) => {
-                        FormGuard::new(limited, scanner, check, Arc::clone(&verdict)).boxed_unsync()
+                        let given = Verdict::default();
+                        verdict = Some(Arc::clone(&given));
+                        FormGuard::new(limited, scanner, check, given).boxed_unsync()
                     }
                     _ => limited,
                 }
@@ -1000,7 +1004,7 @@ fn forward<'a>(
         timers,
     );
     sent.map(move |sent| {
-        if let Some(refusal) = verdict.get() {
+        if let Some(refusal) = verdict.as_ref().and_then(|v| v.get()) {
             return Err(refusal.clone());
         }
         sent.map_err(|refusal| {
