@@ -40,7 +40,7 @@ pub struct ConnTimers(Arc<Shared>);
 struct Shared {
     /// Made at the first bounded request (inside the runtime, whose timer it uses).
     request_timer: Mutex<Option<Pin<Box<Sleep>>>>,
-    timeout: Duration,
+    head_timeout: Duration,
     /// The origin of `idle_since`: when the connection opened.
     opened: Instant,
     /// Requests whose responses have not ended. Zero: the connection waits for a head.
@@ -50,10 +50,11 @@ struct Shared {
 }
 
 impl ConnTimers {
+    /// The timers of a connection opened now, with `limits.header_read_timeout`.
     pub(crate) fn new(timeout: Duration) -> ConnTimers {
         ConnTimers(Arc::new(Shared {
             request_timer: Mutex::new(None),
-            timeout,
+            head_timeout: timeout,
             opened: Instant::now(),
             serving: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
@@ -77,7 +78,7 @@ impl ConnTimers {
     /// during serving, it is moved a timeout on; once the count is zero, to the end of the wait.
     pub(crate) async fn head_wait_expired(&self) {
         let shared = &*self.0;
-        let sleep = tokio::time::sleep(shared.timeout);
+        let sleep = tokio::time::sleep(shared.head_timeout);
         tokio::pin!(sleep);
         loop {
             // Whether the timer holds this task's waker (a tokio task's waker is the same at
@@ -94,13 +95,13 @@ impl ConnTimers {
             let now = Instant::now();
             // Acquire: the `idle_since` stored before the count fell to zero is the one read.
             let deadline = if shared.serving.load(Ordering::Acquire) > 0 {
-                now.checked_add(shared.timeout)
+                now.checked_add(shared.head_timeout)
             } else {
                 let since = Duration::from_nanos(shared.idle_since.load(Ordering::Relaxed));
                 shared
                     .opened
                     .checked_add(since)
-                    .and_then(|idle| idle.checked_add(shared.timeout))
+                    .and_then(|idle| idle.checked_add(shared.head_timeout))
             };
             let Some(deadline) = deadline else {
                 // A timeout past the clock's range: never.
