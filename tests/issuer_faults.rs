@@ -165,6 +165,49 @@ fn an_upstream_that_never_answers_is_cut_at_request_timeout_and_the_connection_s
 }
 
 #[test]
+fn an_intercepted_request_to_an_upstream_that_never_answers_is_cut_at_request_timeout() {
+    // The upstream takes the connection and never answers its TLS handshake. Inside an
+    // intercepted tunnel, over HTTP/1.1 (the connection's request timer) and over HTTP/2 (a
+    // timer of the stream's own), the wait is bounded by `upstream.request_timeout`.
+    let env = Env::new();
+    let hanging = Hanging::start();
+    let addr = hanging.addr.to_string();
+    let route = "  - name: hangtls
+    hosts: [hangtls.test.local]
+    methods: [GET]
+    credential: demo
+    inject: { header: Authorization, value: \"Bearer {token}\" }
+    allow_private: true
+";
+    let config = base_config(&[("hangtls.test.local:443", addr.as_str())], route, "").replacen(
+        "upstream:\n",
+        "upstream:\n  request_timeout: 1s\n",
+        1,
+    );
+    let sk = env.sidekey_one_worker(&config);
+    for version in ["--http1.1", "--http2"] {
+        let started = std::time::Instant::now();
+        let res = curl_via(
+            &sk,
+            &[version, "-m", "20", "https://hangtls.test.local/never"],
+        );
+        let waited = started.elapsed();
+        assert_eq!(res.exit, 0, "{version}: curl got an answer: {}", res.stderr);
+        let body = res.expect_refusal(502, "upstream_unreachable");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("did not answer within 1s"),
+            "{version}: {message}"
+        );
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+            "{version}: refused after {waited:?}"
+        );
+    }
+    assert_eq!(hanging.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn hanging_issuer_gives_a_bounded_503_to_every_waiter_with_one_call_and_others_keep_serving() {
     let env = Env::new();
     let hanging = Hanging::start();

@@ -66,7 +66,7 @@ pub struct Exchange {
     /// What a WebSocket it opens needs from the listener; None where none may be opened.
     pub streams: Option<Streams>,
     /// Its HTTP/1 connection's timers, whose request timer bounds the wait for the upstream.
-    pub(crate) timers: Option<ConnTimers>,
+    pub(crate) conn_timers: Option<ConnTimers>,
 }
 
 impl Exchange {
@@ -76,13 +76,13 @@ impl Exchange {
             started: Instant::now(),
             tunnel_grant: None,
             streams: None,
-            timers: None,
+            conn_timers: None,
         }
     }
 
     /// Times its wait for the upstream on its HTTP/1 connection's request timer.
-    pub(crate) fn with_timers(mut self, timers: Option<ConnTimers>) -> Self {
-        self.timers = timers;
+    pub(crate) fn with_conn_timers(mut self, timers: Option<ConnTimers>) -> Self {
+        self.conn_timers = timers;
         self
     }
 
@@ -431,7 +431,7 @@ pub fn handle<B: AgentBody>(
             outgoing,
             allow_private,
             certified.as_ref(),
-            exchange.timers.as_ref(),
+            exchange.conn_timers.as_ref(),
         )
         .await;
         timers.upstream(sent.elapsed().as_secs_f64());
@@ -515,7 +515,7 @@ pub fn handle<B: AgentBody>(
                 outgoing,
                 allow_private,
                 certified.as_ref(),
-                exchange.timers.as_ref(),
+                exchange.conn_timers.as_ref(),
             )
             .await;
             timers.upstream(sent.elapsed().as_secs_f64());

@@ -185,7 +185,7 @@ fn absolute_form(
         Ok(target) => {
             let exchange = Exchange::new(Identified::Absolute(target))
                 .with_streams(streams)
-                .with_timers(Some(timers));
+                .with_conn_timers(Some(timers));
             Either::Left(exchange::handle(state, exchange, request))
         }
         Err(refusal) => {

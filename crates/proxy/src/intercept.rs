@@ -227,6 +227,6 @@ fn inner(
     })
     .with_grant(tunnel.grant.clone())
     .with_streams(tunnel.streams.clone())
-    .with_timers(timers);
+    .with_conn_timers(timers);
     exchange::handle(state, exchange, request)
 }

@@ -103,7 +103,7 @@ fn route(
     };
     let exchange = Exchange::new(address.identified)
         .with_streams(streams)
-        .with_timers(Some(timers));
+        .with_conn_timers(Some(timers));
     match Uri::try_from(path_and_query.as_str()) {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => {
