@@ -117,6 +117,48 @@ routes:
     )
 }
 
+/// The base config with `upstream.request_timeout: 1s` and a route `name` to the `scheme`
+/// host `<name>.test.local`, whose `port` resolves to `hanging`.
+fn hanging_route_config(name: &str, scheme: &str, port: u16, hanging: &Hanging) -> String {
+    let route = format!(
+        "  - name: {name}
+    hosts: [{name}.test.local]
+    schemes: [{scheme}]
+    methods: [GET]
+    credential: demo
+    inject: {{ header: Authorization, value: \"Bearer {{token}}\" }}
+    allow_private: true
+"
+    );
+    let authority = format!("{name}.test.local:{port}");
+    let addr = hanging.addr.to_string();
+    base_config(&[(authority.as_str(), addr.as_str())], &route, "").replacen(
+        "upstream:\n",
+        "upstream:\n  request_timeout: 1s\n",
+        1,
+    )
+}
+
+/// Asserts a refusal's body is the 1 s request timeout's, given after `waited`: no sooner than
+/// the timeout, and before `within`.
+#[track_caller]
+fn assert_request_timed_out(
+    body: &serde_json::Value,
+    waited: Duration,
+    within: Duration,
+    what: &str,
+) {
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("did not answer within 1s"),
+        "{what}: {message}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < within,
+        "{what}: refused after {waited:?}"
+    );
+}
+
 #[test]
 fn an_upstream_that_never_answers_is_cut_at_request_timeout_and_the_connection_serves_on() {
     // The same fault upstream: it takes the request and never answers. On an HTTP/1 agent
@@ -124,21 +166,7 @@ fn an_upstream_that_never_answers_is_cut_at_request_timeout_and_the_connection_s
     // request's deadline; it must bound every request on the connection, not only the first.
     let env = Env::new();
     let hanging = Hanging::start();
-    let addr = hanging.addr.to_string();
-    let route = "  - name: hang
-    hosts: [hang.test.local]
-    schemes: [http]
-    methods: [GET]
-    credential: demo
-    inject: { header: Authorization, value: \"Bearer {token}\" }
-    allow_private: true
-";
-    let config = base_config(&[("hang.test.local:80", addr.as_str())], route, "").replacen(
-        "upstream:\n",
-        "upstream:\n  request_timeout: 1s\n",
-        1,
-    );
-    let sk = env.sidekey_one_worker(&config);
+    let sk = env.sidekey_one_worker(&hanging_route_config("hang", "http", 80, &hanging));
     let mut conn = connect(sk.forward).unwrap();
     let mut get = |url: &str| {
         let host = url.split('/').nth(2).unwrap_or_default();
@@ -151,11 +179,11 @@ fn an_upstream_that_never_answers_is_cut_at_request_timeout_and_the_connection_s
     for round in 0..2 {
         let (refused, waited) = get("http://hang.test.local/never");
         let body = refused.expect_refusal(502, "upstream_unreachable");
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(message.contains("did not answer within 1s"), "{message}");
-        assert!(
-            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
-            "round {round}: refused after {waited:?}"
+        assert_request_timed_out(
+            &body,
+            waited,
+            Duration::from_secs(5),
+            &format!("round {round}"),
         );
         // The connection goes on: an upstream that answers is answered.
         let (answered, _) = get("http://plain.test.local/echo/after");
@@ -171,20 +199,7 @@ fn an_intercepted_request_to_an_upstream_that_never_answers_is_cut_at_request_ti
     // timer of the stream's own), the wait is bounded by `upstream.request_timeout`.
     let env = Env::new();
     let hanging = Hanging::start();
-    let addr = hanging.addr.to_string();
-    let route = "  - name: hangtls
-    hosts: [hangtls.test.local]
-    methods: [GET]
-    credential: demo
-    inject: { header: Authorization, value: \"Bearer {token}\" }
-    allow_private: true
-";
-    let config = base_config(&[("hangtls.test.local:443", addr.as_str())], route, "").replacen(
-        "upstream:\n",
-        "upstream:\n  request_timeout: 1s\n",
-        1,
-    );
-    let sk = env.sidekey_one_worker(&config);
+    let sk = env.sidekey_one_worker(&hanging_route_config("hangtls", "https", 443, &hanging));
     for version in ["--http1.1", "--http2"] {
         let started = std::time::Instant::now();
         let res = curl_via(
@@ -194,15 +209,7 @@ fn an_intercepted_request_to_an_upstream_that_never_answers_is_cut_at_request_ti
         let waited = started.elapsed();
         assert_eq!(res.exit, 0, "{version}: curl got an answer: {}", res.stderr);
         let body = res.expect_refusal(502, "upstream_unreachable");
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("did not answer within 1s"),
-            "{version}: {message}"
-        );
-        assert!(
-            waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
-            "{version}: refused after {waited:?}"
-        );
+        assert_request_timed_out(&body, waited, Duration::from_secs(10), version);
     }
     assert_eq!(hanging.accepted.load(Ordering::SeqCst), 2);
 }
