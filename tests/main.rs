@@ -31,6 +31,7 @@ mod github_app;
 mod grants;
 mod grants_peers;
 mod hygiene;
+mod idle_connections;
 mod injector_openbao;
 mod injector_sidecar;
 mod issuer_faults;

@@ -72,6 +72,7 @@ pub struct Metrics {
     /// listener → route ("" for none) → its children.
     routes: RwLock<FastMap<&'static str, FastMap<String, Arc<RouteChildren>>>>,
     connections: IntGaugeVec,
+    idle_connections: IntGaugeVec,
     credential_events: IntCounterVec,
     issuer_calls: HistogramVec,
     credential_expiry: GaugeVec,
@@ -161,6 +162,17 @@ impl Metrics {
                 Opts::new(
                     "sidekey_agent_connections",
                     "Agent connections open, by listener.",
+                ),
+                &["listener"],
+            )
+            .unwrap_or_else(|e| unreachable!("gauge: {e}")),
+        );
+        let idle_connections = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sidekey_agent_connections_idle",
+                    "Agent connections waiting for their next request with their HTTP buffers given back, by listener.",
                 ),
                 &["listener"],
             )
@@ -256,6 +268,7 @@ impl Metrics {
             bytes,
             routes: RwLock::new(FastMap::default()),
             connections,
+            idle_connections,
             credential_events,
             issuer_calls,
             credential_expiry,
@@ -274,12 +287,16 @@ impl Metrics {
     pub fn agent_connection(&self, listener: &'static str) -> ConnectionGuard {
         let gauge = self.connections.with_label_values(&[listener]);
         gauge.inc();
-        ConnectionGuard(gauge)
+        ConnectionGuard {
+            open: gauge,
+            idle: self.idle_connections.with_label_values(&[listener]),
+        }
     }
 
     /// Makes the series of `listener` exist (at 0) before its first connection.
     pub fn listener(&self, listener: &'static str) {
         self.connections.with_label_values(&[listener]);
+        self.idle_connections.with_label_values(&[listener]);
     }
 
     /// A task grant verified: `result` is `ok` or the refusal's error code.
@@ -503,9 +520,29 @@ impl RouteTimers {
 }
 
 /// Holds one agent connection open in `sidekey_agent_connections`.
-pub struct ConnectionGuard(IntGauge);
+pub struct ConnectionGuard {
+    open: IntGauge,
+    idle: IntGauge,
+}
+
+impl ConnectionGuard {
+    /// Counts the connection in `sidekey_agent_connections_idle` until the guard drops.
+    pub fn idle(&self) -> IdleGuard {
+        self.idle.inc();
+        IdleGuard(self.idle.clone())
+    }
+}
 
 impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// Holds one agent connection in `sidekey_agent_connections_idle` ([`ConnectionGuard::idle`]).
+pub struct IdleGuard(IntGauge);
+
+impl Drop for IdleGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -662,10 +699,21 @@ mod tests {
         let m = Metrics::new();
         let a = m.agent_connection("forward");
         let b = m.agent_connection("forward");
+        let idle = b.idle();
         drop(a);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains(r#"sidekey_agent_connections{listener="forward"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sidekey_agent_connections_idle{listener="forward"} 1"#),
+            "{text}"
+        );
+        drop(idle);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"sidekey_agent_connections_idle{listener="forward"} 0"#),
             "{text}"
         );
         drop(b);

@@ -13,15 +13,14 @@ use futures_util::FutureExt as _;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use sidekey_body::{empty, ProxyBody};
 use sidekey_policy::{absolute_target, connect_target, ConnectDecision, Identified};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn_timers::{watched, ConnTimers};
+use crate::conn_timers::{watched, AgentIncoming, ConnTimers};
 use crate::exchange::{self, Exchange, Session};
+use crate::h1::{self, Ended, IdleWait};
 use crate::websocket::Streams;
 use crate::{intercept, tunnel, ProxyState, SharedState};
 
@@ -35,7 +34,7 @@ pub async fn serve_connection<IO>(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: IdleWait,
 {
     let limits = shared.load().limits.clone();
     let shared_state = Arc::clone(&shared);
@@ -44,6 +43,7 @@ pub async fn serve_connection<IO>(
         let shutdown = shutdown.clone();
         let timers = timers.clone();
         service_fn(move |request| {
+            let request = timers.track(request);
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             let tracker = tracker.clone();
@@ -54,25 +54,17 @@ pub async fn serve_connection<IO>(
             Box::pin(dispatch(shared, request, shutdown, tracker, timers).map(watched(serving)))
         })
     };
-    let connection = limits
-        .http1_builder()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "forward connection ended with an error");
-                exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
-            }
+    match h1::serve(&limits.http1_builder(), stream, service, &timers, &shutdown).await {
+        Ended::Closed(Err(e)) => {
+            tracing::debug!(error = %e, "forward connection ended with an error");
+            exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
         }
-        () = timers.head_wait_expired() => {
-            tracing::debug!("forward connection closed: no request head within header_read_timeout");
+        Ended::HeadTimeout => {
+            tracing::debug!(
+                "forward connection closed: no request head within header_read_timeout"
+            );
         }
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
+        Ended::Closed(Ok(())) | Ended::Shutdown => {}
     }
 }
 
@@ -81,14 +73,18 @@ pub async fn serve_connection<IO>(
 /// layer keeps a second copy of the request in the future hyper holds.
 fn dispatch(
     shared: Arc<SharedState>,
-    request: Request<Incoming>,
+    request: Request<AgentIncoming>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     timers: ConnTimers,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     if request.method() == Method::CONNECT {
-        let connect: Pin<Box<dyn Future<Output = _> + Send>> =
-            Box::pin(connect(shared, request, shutdown, tracker));
+        let connect: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(connect(
+            shared,
+            request.map(AgentIncoming::into_inner),
+            shutdown,
+            tracker,
+        ));
         Either::Left(connect)
     } else {
         let state = shared.load();
@@ -176,7 +172,7 @@ async fn connect(
 /// `GET http://host/path`: the URI names the target.
 fn absolute_form(
     state: Arc<ProxyState>,
-    request: Request<Incoming>,
+    request: Request<AgentIncoming>,
     streams: Streams,
     timers: ConnTimers,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {

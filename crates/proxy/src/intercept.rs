@@ -31,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::PendingRecord;
-use crate::conn_timers::{head_wait_expired, watched, ConnTimers};
+use crate::conn_timers::{watched, ConnTimers};
 use crate::exchange::{self, Exchange};
 use crate::forward::LISTENER;
+use crate::h1::{self, Ended};
 use crate::websocket::Streams;
 use crate::{ProxyState, SharedState};
 
@@ -154,9 +155,10 @@ pub async fn run(
             Box::pin(inner(state, &tunnel, request, timers.clone()).map(watched(serving)))
         })
     };
-    let io = TokioIo::new(tls);
     if h2 {
-        let connection = limits.http2_builder().serve_connection(io, service);
+        let connection = limits
+            .http2_builder()
+            .serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => log_end(result),
@@ -165,29 +167,25 @@ pub async fn run(
                 let _ = connection.await;
             }
         }
-    } else {
-        let connection = limits
-            .http1_builder()
-            .serve_connection(io, service)
-            .with_upgrades();
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => {
+    } else if let Some(timers) = &timers {
+        let builder = limits.http1_builder();
+        match h1::serve(&builder, tls, service, timers, &shutdown).await {
+            Ended::Closed(result) => {
                 if let Err(e) = &result {
                     // A request head that does not parse: recorded under the tunnel's target.
-                    if exchange::record_unparsed(&shared.load(), LISTENER, Some(&tunnel.target), e) {
+                    if exchange::record_unparsed(&shared.load(), LISTENER, Some(&tunnel.target), e)
+                    {
                         served.store(true, Ordering::Relaxed);
                     }
                 }
                 log_end(result);
             }
-            () = head_wait_expired(timers.as_ref()) => {
-                tracing::debug!("intercepted connection closed: no request head within header_read_timeout");
+            Ended::HeadTimeout => {
+                tracing::debug!(
+                    "intercepted connection closed: no request head within header_read_timeout"
+                );
             }
-            _ = shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
-            }
+            Ended::Shutdown => {}
         }
     }
     if !served.load(Ordering::Relaxed) {

@@ -10,6 +10,7 @@ mod conn_timers;
 mod error;
 pub mod exchange;
 pub mod forward;
+mod h1;
 pub mod intercept;
 mod pool;
 pub mod routes;
@@ -40,7 +41,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conn_timers::AgentIncoming;
 pub use error::refusal_response;
+pub use h1::IdleWait;
 pub use sidekey_policy::ErrorCode;
 pub use upstream::{Certified, Upstream};
 
@@ -181,10 +184,10 @@ impl SharedState {
 /// as it is open — through CONNECT upgrades and tunnels, since the permit travels with the
 /// socket.
 pub struct AgentStream {
-    inner: TcpStream,
+    pub(crate) inner: TcpStream,
     _permit: OwnedSemaphorePermit,
     /// Counts the connection in `sidekey_agent_connections` while it is open.
-    _open: ConnectionGuard,
+    open: ConnectionGuard,
 }
 
 impl AsyncRead for AgentStream {
@@ -482,7 +485,7 @@ where
                         };
                         let _ = stream.set_nodelay(true);
                         let open = metrics.agent_connection(name);
-                        tracker.spawn(serve(AgentStream { inner: stream, _permit: permit, _open: open }));
+                        tracker.spawn(serve(AgentStream { inner: stream, _permit: permit, open }));
                     }
                     Err(e) => {
                         // Typically EMFILE: back off instead of spinning.

@@ -8,17 +8,15 @@ use std::sync::Arc;
 use futures_util::future::Either;
 use futures_util::FutureExt as _;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use sidekey_body::ProxyBody;
 use sidekey_policy::{route_target, ErrorCode, Refusal};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn_timers::{watched, ConnTimers};
+use crate::conn_timers::{watched, AgentIncoming, ConnTimers};
 use crate::exchange::{self, Exchange, Session};
+use crate::h1::{self, Ended, IdleWait};
 use crate::websocket::Streams;
 use crate::{ProxyState, SharedState};
 
@@ -32,7 +30,7 @@ pub async fn serve_connection<IO>(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: IdleWait,
 {
     let limits = shared.load().limits.clone();
     let shared_state = Arc::clone(&shared);
@@ -45,6 +43,7 @@ pub async fn serve_connection<IO>(
     let service = {
         let timers = timers.clone();
         service_fn(move |request| {
+            let request = timers.track(request);
             let state = shared.load();
             let streams = streams.clone();
             let serving = Some(timers.serving());
@@ -53,32 +52,22 @@ pub async fn serve_connection<IO>(
             Box::pin(route(state, request, streams, timers).map(watched(serving)))
         })
     };
-    let connection = limits
-        .http1_builder()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "route connection ended with an error");
-                exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
-            }
+    match h1::serve(&limits.http1_builder(), stream, service, &timers, &shutdown).await {
+        Ended::Closed(Err(e)) => {
+            tracing::debug!(error = %e, "route connection ended with an error");
+            exchange::record_unparsed(&shared_state.load(), LISTENER, None, &e);
         }
-        () = timers.head_wait_expired() => {
+        Ended::HeadTimeout => {
             tracing::debug!("route connection closed: no request head within header_read_timeout");
         }
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
+        Ended::Closed(Ok(())) | Ended::Shutdown => {}
     }
 }
 
 /// The request's future: its exchange, or its refusal (see `forward::dispatch`).
 fn route(
     state: Arc<ProxyState>,
-    mut request: Request<Incoming>,
+    mut request: Request<AgentIncoming>,
     streams: Streams,
     timers: ConnTimers,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
