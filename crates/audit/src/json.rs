@@ -48,6 +48,16 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// One of sidekey's own names (a listener, scheme, decision or error code: literals in its
+/// source, nothing to escape) as a JSON string, without looking for characters to escape.
+fn name(out: &mut Vec<u8>, s: &'static str) {
+    debug_assert!(!needs_any_escape(s.as_bytes()), "{s}");
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
 /// An ID's hex digits as a JSON string: nothing to escape, no UTF-8 check.
 fn hex<const N: usize>(out: &mut Vec<u8>, id: &HexId<N>) {
     out.reserve(N + 2);
@@ -96,7 +106,7 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
     out.extend_from_slice(b"{\"request_id\":");
     hex(out, &r.request_id);
     key!(out, "listener");
-    string(out, r.listener);
+    name(out, r.listener);
     key!(out, "route");
     optional(out, r.route.as_deref());
     key!(out, "credential");
@@ -108,7 +118,7 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
     key!(out, "method");
     string(out, &r.method);
     key!(out, "scheme");
-    string(out, r.scheme);
+    name(out, r.scheme);
     key!(out, "host");
     string(out, &r.host);
     key!(out, "port");
@@ -116,7 +126,7 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
     key!(out, "path");
     string(out, &r.path);
     key!(out, "decision");
-    string(
+    name(
         out,
         match r.decision {
             Outcome::Allow => "allow",
@@ -125,7 +135,10 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
         },
     );
     key!(out, "code");
-    optional(out, r.code);
+    match r.code {
+        Some(code) => name(out, code),
+        None => out.extend_from_slice(b"null"),
+    }
     key!(out, "status");
     match r.status {
         Some(status) => number(out, u64::from(status)),
@@ -152,7 +165,10 @@ pub(crate) fn request(out: &mut Vec<u8>, r: &RequestRecord) {
         value(out, &r.act);
     }
     key!(out, "error");
-    optional(out, r.error);
+    match r.error {
+        Some(error) => name(out, error),
+        None => out.extend_from_slice(b"null"),
+    }
     present(
         out,
         key!("rejected_credential_id"),

@@ -341,11 +341,20 @@ struct Batch {
     resting: bool,
 }
 
+/// What an [`Observer`] handed out for a request's series, given back with its record
+/// ([`AuditLog::request_in`]).
+pub type Series = dyn std::any::Any + Send + Sync;
+
 /// Sees every record the trail takes, as it is appended, so that what counts records (the
 /// metrics) counts exactly what the trail holds. Called on the producer's thread, outside the
 /// batch lock: it must be cheap and must not block.
 pub trait Observer: Send + Sync {
     fn request(&self, _record: &RequestRecord) {}
+    /// A request record with what the observer gave the request for its series earlier (the
+    /// metrics' route timers): the record's series without looking them up again.
+    fn request_in(&self, record: &RequestRecord, _series: &Series) {
+        self.request(record);
+    }
     fn credential(&self, _event: &CredentialEvent) {}
     fn config(&self, _event: &ConfigEvent) {}
     /// `records` were lost: not serializable, sent after shutdown, or in a batch the sink
@@ -524,6 +533,19 @@ impl AuditLog {
                 })
             },
             |o| o.request(record),
+        );
+    }
+
+    /// Records one request whose series the observer handed out earlier ([`Series`]).
+    pub fn request_in(&self, record: &RequestRecord, series: &Series) {
+        self.send(
+            |out, ts| {
+                write_line_with(out, ts, "request", |out| {
+                    json::request(out, record);
+                    Ok(())
+                })
+            },
+            |o| o.request_in(record, series),
         );
     }
 

@@ -23,7 +23,7 @@ use prometheus::{
 };
 use sidekey_audit::{
     ConfigEvent, ConfigEventKind, CredentialEvent, CredentialEventKind, Observer, Outcome,
-    RequestRecord,
+    RequestRecord, Series,
 };
 
 /// The `Content-Type` of [`Metrics::render`]: the text exposition format 0.0.4.
@@ -578,12 +578,11 @@ fn event(kind: CredentialEventKind) -> &'static str {
     }
 }
 
-impl Observer for Metrics {
-    fn request(&self, record: &RequestRecord) {
+impl Metrics {
+    fn count_record(&self, record: &RequestRecord, children: &RouteChildren) {
         self.audit_records[0].inc();
-        let children = self.route(record.listener, record.route.as_deref().unwrap_or(""));
         self.count_request(
-            &children,
+            children,
             (record.decision, record.code, status_class(record.status)),
         );
         children.duration.observe(record.duration_ms / 1000.0);
@@ -591,6 +590,27 @@ impl Observer for Metrics {
         children.bytes_out.inc_by(record.bytes_out);
         if record.rejected_credential_id.is_some() {
             children.rejected[usize::from(record.retried)].inc();
+        }
+    }
+}
+
+impl Observer for Metrics {
+    fn request(&self, record: &RequestRecord) {
+        let children = self.route(record.listener, record.route.as_deref().unwrap_or(""));
+        self.count_record(record, &children);
+    }
+
+    /// The request's [`RouteTimers`] name the record's series: no lookup by name, if they are
+    /// the series of the record's listener and route (they are, unless something is wrong).
+    fn request_in(&self, record: &RequestRecord, series: &Series) {
+        match series.downcast_ref::<RouteTimers>() {
+            Some(RouteTimers(children))
+                if children.listener == record.listener
+                    && children.route == record.route.as_deref().unwrap_or("") =>
+            {
+                self.count_record(record, children);
+            }
+            _ => self.request(record),
         }
     }
 
@@ -655,6 +675,40 @@ mod tests {
                 "/".into(),
             )
         }
+    }
+
+    #[test]
+    fn a_record_with_its_route_timers_counts_in_their_series_and_only_if_they_are_its_own() {
+        let m = Metrics::new();
+        let api = m.route_timers("forward", "api");
+        m.request_in(&record(Some("api"), Outcome::Allow, None), &api);
+        // Timers of another route, or another listener, are not the record's: looked up.
+        m.request_in(&record(Some("other"), Outcome::Allow, None), &api);
+        m.request_in(
+            &record(Some("api"), Outcome::Allow, None),
+            &m.route_timers("routes", "api"),
+        );
+        // Not timers at all: looked up.
+        m.request_in(&record(Some("api"), Outcome::Allow, None), &"api");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            r#"sidekey_requests_total{code="",decision="allow",listener="forward",route="api",status_class="2xx"} 3"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"sidekey_requests_total{code="",decision="allow",listener="forward",route="other",status_class="2xx"} 1"#
+        ), "{text}");
+        assert!(
+            !text.contains(r#"listener="routes",route="api",status_class"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sidekey_request_bytes_total{direction="in",route="other"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sidekey_audit_records_total{type="request"} 4"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use sidekey_body::count::BodyMeter;
 use sidekey_body::BoxError;
 use sidekey_grants::Grant;
 use sidekey_inject::trace::{HexId, TraceContext};
+use sidekey_metrics::RouteTimers;
 use sidekey_policy::{ErrorCode, Target};
 use sidekey_traces::{SpanIds, Spans};
 
@@ -30,6 +31,8 @@ pub struct PendingRecord {
     meter: Arc<BodyMeter>,
     /// The span exported with the record, when spans are exported and the trace is sampled.
     span: Option<PendingSpan>,
+    /// The metrics' series of its route, once known: counted without a lookup by name.
+    series: Option<RouteTimers>,
     written: bool,
 }
 
@@ -106,6 +109,7 @@ impl PendingRecord {
             started,
             meter: BodyMeter::new(),
             span: None,
+            series: None,
             written: false,
         }
     }
@@ -117,6 +121,11 @@ impl PendingRecord {
 
     pub fn set_route(&mut self, route: &Arc<str>) {
         self.record.route = Some(Arc::clone(route));
+    }
+
+    /// The metrics' series the record counts in (those of its listener and route).
+    pub fn set_series(&mut self, series: &RouteTimers) {
+        self.series = Some(series.clone());
     }
 
     pub fn set_credential(
@@ -227,7 +236,10 @@ impl PendingRecord {
         self.record.bytes_in = self.meter.bytes();
         let elapsed = self.started.elapsed();
         self.record.duration_ms = elapsed.as_secs_f64() * 1000.0;
-        self.log.request(&self.record);
+        match &self.series {
+            Some(series) => self.log.request_in(&self.record, series),
+            None => self.log.request(&self.record),
+        }
         if let (Some(span), Some(trace_id)) = (self.span.take(), &self.record.trace_id) {
             let end = SystemTime::now();
             let ids = SpanIds {

@@ -324,6 +324,7 @@ pub fn handle<B: AgentBody>(
             Some(runtime) => runtime.timers(&state.metrics, listener),
             None => state.metrics.route_timers(listener, ""),
         };
+        session.record.set_series(&timers);
         let waited = Instant::now();
         let credential = credential(&state, runtime, grant.as_deref()).await;
         let credential = match credential {
