@@ -260,3 +260,36 @@ fn a_response_the_agent_reads_late_arrives_whole() {
     assert!(response.body.iter().all(|&b| b == b'x'));
     assert_eq!(forward_get(&mut conn, "/echo/next").status, 200);
 }
+
+#[test]
+fn a_connection_taken_apart_is_upgraded_to_a_tunnel_when_its_next_request_is_a_connect() {
+    let env = Env::new();
+    let sk = env.sidekey(&allow_loopback_ranges(&base_config(
+        &[("blindplain.test.local:80", "{upstream_http}")],
+        "",
+        "unmatched: tunnel",
+    )));
+    let mut conn = connect(sk.forward).unwrap();
+    assert_eq!(forward_get(&mut conn, "/echo/before").status, 200);
+    std::thread::sleep(IDLE);
+    wait_idle_gauge(&sk, "forward", 1.0);
+    conn.write_all(
+        b"CONNECT blindplain.test.local:80 HTTP/1.1\r\nHost: blindplain.test.local:80\r\n\r\n",
+    )
+    .unwrap();
+    let connected = read_response(&mut conn, false, true).unwrap();
+    assert_eq!(connected.status, 200);
+    // A tunnel is not a connection waiting for a request.
+    wait_idle_gauge(&sk, "forward", 0.0);
+    conn.write_all(b"GET /echo/through HTTP/1.1\r\nHost: blindplain.test.local\r\n\r\n")
+        .unwrap();
+    let through = read_response(&mut conn, false, false).unwrap();
+    assert_eq!(through.status, 200, "{}", through.body_str());
+    let seen = env.upstream_http.requests_to("/echo/through");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization"),
+        None,
+        "a blind tunnel carries no credential"
+    );
+}
