@@ -169,7 +169,7 @@ pub async fn run(
         }
     } else if let Some(timers) = &timers {
         let builder = limits.http1_builder();
-        match h1::serve(&builder, tls, service, timers, &shutdown).await {
+        match h1::serve_whole(&builder, tls, service, timers, &shutdown).await {
             Ended::Closed(result) => {
                 if let Err(e) = &result {
                     // A request head that does not parse: recorded under the tunnel's target.
