@@ -9,9 +9,10 @@
 //! more round of its connection loop, to start that timer: 1.6k instructions per request, 3.6 %
 //! of the whole (benches/NOTES.md, "Two timers per request"). Here a request only tells the
 //! connection's [`ConnTimers`] when it starts and when its response ends: two atomic updates and
-//! a clock read. The head timer is moved only when it goes off — at most once per timeout while
-//! requests keep coming — to the end of the current wait, or a whole timeout on while a request
-//! is being served.
+//! a clock read. The head timer is moved only when it goes off — while requests keep coming, at
+//! most once per timeout, or once per 50 ms where it also tells when an idle connection may give
+//! hyper's buffers back ([`IdleTimer`], [`crate::h1`]) — to the end of the current wait, or on
+//! while a request is being served.
 //!
 //! **`upstream.request_timeout`** ([`bound`]): the wait for the upstream's answer,
 //! on a second timer moved to each request's deadline. An HTTP/1 connection has one request at

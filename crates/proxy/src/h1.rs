@@ -161,7 +161,8 @@ where
             // Idle: nothing is lost by closing it now.
             Step::HeadTimeout => return Ended::HeadTimeout,
             Step::Shutdown => return Ended::Shutdown,
-            Step::Closed(_) | Step::Release => {
+            // Readable (nothing else is told while it waits): made again.
+            Step::Release | Step::Closed(_) => {
                 timer.as_mut().served_again();
                 parts = (io, service);
             }

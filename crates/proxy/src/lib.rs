@@ -41,7 +41,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use conn_timers::AgentIncoming;
 pub use error::refusal_response;
 pub use h1::IdleWait;
 pub use sidekey_policy::ErrorCode;
