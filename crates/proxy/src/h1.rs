@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1::Builder;
+use hyper::server::conn::http1::{Builder, UpgradeableConnection};
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use sidekey_metrics::IdleGuard;
@@ -108,22 +108,14 @@ where
     loop {
         // Boxed: a connection taken apart then holds a pointer, not hyper's state.
         let mut connection = Box::new(builder.serve_connection(parts.0, parts.1).with_upgrades());
-        let step = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
-                return Poll::Ready(Step::Closed(result));
-            }
-            poll_ends(timer.as_mut(), cancelled.as_mut(), cx, true)
-        })
-        .await;
-        match step {
-            Step::Closed(result) => return Ended::Closed(result),
-            Step::HeadTimeout => return Ended::HeadTimeout,
-            Step::Shutdown => {
-                Pin::new(&mut *connection).graceful_shutdown();
-                let _ = connection.await;
-                return Ended::Shutdown;
-            }
-            Step::Release => {}
+        let released = drive(
+            Pin::new(&mut *connection),
+            timer.as_mut(),
+            cancelled.as_mut(),
+            true,
+        );
+        if let Some(ended) = released.await {
+            return ended;
         }
         // Not upgraded: an upgraded connection's future has finished.
         let Some(taken) = connection.into_parts() else {
@@ -202,24 +194,53 @@ where
         .with_upgrades();
     tokio::pin!(timer, cancelled, connection);
     loop {
-        let step = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-                return Poll::Ready(Step::Closed(result));
-            }
-            poll_ends(timer.as_mut(), cancelled.as_mut(), cx, false)
-        })
-        .await;
-        match step {
-            Step::Closed(result) => return Ended::Closed(result),
-            Step::HeadTimeout => return Ended::HeadTimeout,
-            Step::Shutdown => {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
-                return Ended::Shutdown;
-            }
-            // Never told without a `release_after`.
-            Step::Release => {}
+        // `None` (may be taken apart) is never told without a `release_after`.
+        if let Some(ended) = drive(
+            connection.as_mut(),
+            timer.as_mut(),
+            cancelled.as_mut(),
+            false,
+        )
+        .await
+        {
+            return ended;
         }
+    }
+}
+
+/// Polls `connection` with its timer and sidekey's shutdown until it ends (`Some`), or, with
+/// `release`, until it may be taken apart (`None`). At shutdown, a request being served is
+/// finished first (hyper's graceful shutdown).
+async fn drive<I, S, B, C>(
+    mut connection: Pin<&mut UpgradeableConnection<I, S>>,
+    mut timer: Pin<&mut IdleTimer<'_>>,
+    mut cancelled: Pin<&mut C>,
+    release: bool,
+) -> Option<Ended>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Future<Output = ()>,
+{
+    let step = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Step::Closed(result));
+        }
+        poll_ends(timer.as_mut(), cancelled.as_mut(), cx, release)
+    })
+    .await;
+    match step {
+        Step::Closed(result) => Some(Ended::Closed(result)),
+        Step::HeadTimeout => Some(Ended::HeadTimeout),
+        Step::Shutdown => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+            Some(Ended::Shutdown)
+        }
+        Step::Release => None,
     }
 }
 
