@@ -4,6 +4,7 @@
 //! IP, a different name); and fresh names under a wildcard route cannot make sidekey mint
 //! leaves without bound.
 
+use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -300,4 +301,24 @@ fn fresh_names_under_a_wildcard_are_rate_limited() {
         records.iter().all(|r| r["method"] == "CONNECT"),
         "{records:#?}"
     );
+}
+
+#[test]
+fn a_client_hello_sent_with_the_connect_reaches_the_tunnels_tls() {
+    // The bytes hyper read past the CONNECT's head are the start of the tunnel: given to its TLS
+    // before anything the socket still holds.
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let mut tls = connect_tunnel_pipelined(
+        sk.forward,
+        "api.test.local:443",
+        "api.test.local",
+        Trust::Ca(sk.ca_pem()),
+    )
+    .unwrap();
+    tls.write_all(b"GET /echo/pipelined HTTP/1.1\r\nHost: api.test.local\r\n\r\n")
+        .unwrap();
+    let response = read_response(&mut tls, false, false).unwrap();
+    assert_eq!(response.status, 200, "{}", response.body_str());
+    assert_eq!(env.upstream.requests_to("/echo/pipelined").len(), 1);
 }

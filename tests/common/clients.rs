@@ -728,6 +728,45 @@ pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// Performs a TLS handshake over `tcp` with SNI `sni`, ALPN http/1.1.
 pub fn tls_handshake(tcp: TcpStream, sni: &str, trust: Trust<'_>) -> Result<TlsStream, io::Error> {
+    let mut stream = rustls::StreamOwned::new(tls_client(sni, trust), tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// `CONNECT authority` and the TLS ClientHello in one write, as a client that does not wait for
+/// the proxy's answer sends them; then the rest of the handshake, as [`tls_handshake`].
+pub fn connect_tunnel_pipelined(
+    proxy: SocketAddr,
+    authority: &str,
+    sni: &str,
+    trust: Trust<'_>,
+) -> Result<TlsStream, io::Error> {
+    let mut conn = tls_client(sni, trust);
+    let mut sent =
+        format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes();
+    while conn.wants_write() {
+        conn.write_tls(&mut sent)?;
+    }
+    let mut s = connect(proxy)?;
+    s.write_all(&sent)?;
+    let resp = read_response(&mut s, false, true)?;
+    if resp.status != 200 {
+        return Err(io::Error::other(format!(
+            "CONNECT answered {}",
+            resp.status
+        )));
+    }
+    let mut stream = rustls::StreamOwned::new(conn, s);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// A TLS client for SNI `sni`, ALPN http/1.1, trusting `trust`.
+fn tls_client(sni: &str, trust: Trust<'_>) -> rustls::ClientConnection {
     let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .expect("versions");
@@ -747,12 +786,7 @@ pub fn tls_handshake(tcp: TcpStream, sni: &str, trust: Trust<'_>) -> Result<TlsS
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("server name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client conn");
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock)?;
-    }
-    Ok(stream)
+    rustls::ClientConnection::new(Arc::new(config), name).expect("client conn")
 }
 
 /// DER certificates in a PEM text.
