@@ -35,6 +35,7 @@ use sidekey_credentials::{Credential, CredentialValue, TaskContext};
 use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_inject::trace::TraceContext;
+use sidekey_metrics::RouteTimers;
 use sidekey_policy::{
     BodyPlan, CedarInput, ErrorCode, FormScan, GrantFacts, Identified, Refusal, RequestDecision,
     RequestPath, Target, WholeBody, WholePurpose, TASK_HEADER,
@@ -425,7 +426,6 @@ pub fn handle<B: AgentBody>(
             .await;
         }
         let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
-        let sent = Instant::now();
         let forwarded = forward(
             &state,
             parts,
@@ -433,9 +433,9 @@ pub fn handle<B: AgentBody>(
             allow_private,
             certified.as_ref(),
             exchange.conn_timers.as_ref(),
+            &timers,
         )
         .await;
-        timers.upstream(sent.elapsed().as_secs_f64());
         let response = match forwarded {
             Ok(response) => response,
             Err(refusal) => return session.refuse(refusal, None::<B>).await,
@@ -509,7 +509,6 @@ pub fn handle<B: AgentBody>(
                 None,
                 session.record.meter(),
             );
-            let sent = Instant::now();
             let forwarded = forward(
                 &state,
                 parts,
@@ -517,9 +516,9 @@ pub fn handle<B: AgentBody>(
                 allow_private,
                 certified.as_ref(),
                 exchange.conn_timers.as_ref(),
+            &timers,
             )
             .await;
-            timers.upstream(sent.elapsed().as_secs_f64());
             match forwarded {
                 Ok(response) => session.respond(response, Some(needles)),
                 Err(refusal) => session.refuse(refusal, None::<B>).await,
@@ -984,13 +983,16 @@ impl Outgoing {
 /// Sends the request upstream. A failure is the agent's when its body caused it: a `_method`
 /// field the route does not allow cut it off (the upstream got an incomplete request, which it
 /// does not act on), it grew past `max_request_body`, or it broke HTTP framing mid-stream.
+/// `conn_timers`' request timer bounds the wait; `route_timers`' upstream histogram takes the
+/// time from the send to the response head or the failure.
 fn forward<'a>(
     state: &'a ProxyState,
     parts: Parts,
     outgoing: Outgoing,
     allow_private: bool,
     certified: Option<&'a Certified>,
-    timers: Option<&'a ConnTimers>,
+    conn_timers: Option<&'a ConnTimers>,
+    route_timers: &'a RouteTimers,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
     let Outgoing {
         body,
@@ -998,13 +1000,15 @@ fn forward<'a>(
         verdict,
         max,
     } = outgoing;
+    let started = Instant::now();
     let sent = state.upstream.send(
         Request::from_parts(parts, body),
         allow_private,
         certified,
-        timers,
+        conn_timers,
     );
     sent.map(move |sent| {
+        route_timers.upstream(started.elapsed().as_secs_f64());
         if let Some(refusal) = verdict.as_ref().and_then(|v| v.get()) {
             return Err(refusal.clone());
         }
