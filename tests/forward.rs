@@ -591,8 +591,9 @@ fn large_uploads_and_downloads_pass_intact() {
 
 /// HTTP/1.1 connections go back to the pool when their response has been read to its end:
 /// three concurrent streams need three connections, the requests after them reuse those; a
-/// connection the upstream closed (`Connection: close`) is replaced, not reused. Over h2 (the
-/// HTTPS upstream by ALPN) one connection carries every request, concurrent ones too.
+/// connection the upstream closed (`Connection: close`) is replaced, not reused. Over h2 (an
+/// agent's HTTP/2 requests, curl's default inside a tunnel, to an HTTPS upstream that offers h2)
+/// one connection carries every request, concurrent ones too.
 #[test]
 fn pooled_connections_come_back_after_their_response_and_h2_is_shared() {
     let env = Env::new();
@@ -665,6 +666,55 @@ fn pooled_connections_come_back_after_their_response_and_h2_is_shared() {
         .collect();
     assert_eq!(h2.len(), 7, "every request went upstream over h2");
     assert_eq!(env.upstream.connections(), 1, "one h2 connection for all");
+}
+
+/// Upstream, each request goes in the agent's own protocol, although the HTTPS upstream offers
+/// h2: HTTP/1.1 inside an intercepted tunnel and on the route listener goes on HTTP/1.1 (one
+/// pooled connection, reused), HTTP/2 inside a tunnel on h2 (one connection of its own). The
+/// two never share a connection.
+#[test]
+fn upstream_requests_go_in_the_agents_protocol() {
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    for i in 0..2 {
+        let sent = curl_via(
+            &sk,
+            &["--http1.1", &format!("https://api.test.local/echo/h1-{i}")],
+        );
+        sent.assert_status(200);
+        assert_eq!(sent.http_version, "1.1", "the agent spoke HTTP/1.1");
+    }
+    curl(&[&format!("{}/r/api/echo/h1-routes", sk.routes_url())]).assert_status(200);
+    for i in 0..2 {
+        let sent = curl_via(
+            &sk,
+            &["--http2", &format!("https://api.test.local/echo/h2-{i}")],
+        );
+        sent.assert_status(200);
+        assert_eq!(sent.http_version, "2", "the agent spoke HTTP/2");
+    }
+    let seen: Vec<(String, String)> = env
+        .upstream
+        .requests()
+        .into_iter()
+        .map(|r| (r.path, r.version))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("/echo/h1-0", "HTTP/1.1"),
+        ("/echo/h1-1", "HTTP/1.1"),
+        ("/echo/h1-routes", "HTTP/1.1"),
+        ("/echo/h2-0", "HTTP/2.0"),
+        ("/echo/h2-1", "HTTP/2.0"),
+    ]
+    .iter()
+    .map(|(p, v)| (p.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(seen, want, "each request upstream in its agent's protocol");
+    assert_eq!(
+        env.upstream.connections(),
+        2,
+        "one HTTP/1.1 connection for the three HTTP/1.1 requests, one h2 for the two HTTP/2"
+    );
 }
 
 /// Upstream connections are pooled per host for reuse, up to `upstream.max_idle_per_host`.

@@ -788,8 +788,11 @@ fn rewrite(
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = upstream_uri(target, path_and_query)?;
     }
-    // The client speaks HTTP/1.1 or HTTP/2 upstream as ALPN decides, whatever the agent used.
-    parts.version = Version::HTTP_11;
+    // Upstream, the agent's protocol: HTTP/2 when the upstream offers it (ALPN) for an HTTP/2
+    // request, HTTP/1.1 for any other (see `pool`).
+    if parts.version != Version::HTTP_2 {
+        parts.version = Version::HTTP_11;
+    }
     sidekey_inject::strip_hop_by_hop_and(&mut parts.headers, &AGENT_ONLY);
     // Before any signature: SigV4 may sign it.
     trace.apply(&mut parts.headers);

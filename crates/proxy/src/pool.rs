@@ -8,8 +8,17 @@
 //!   host; a response body dropped before its end takes the connection with it. No task is
 //!   spawned per request to wait for the connection to become reusable, and no connect future
 //!   is built when an idle connection is there.
-//! - **HTTP/2** (by ALPN). A connection is shared: its sender stays in the list and is cloned
-//!   for each request.
+//! - **HTTP/2.** A connection is shared: its sender stays in the list and is cloned for each
+//!   request.
+//! - **Which protocol: the agent's.** An HTTP/2 request goes over TLS offering h2 and HTTP/1.1
+//!   (ALPN: h2 when the upstream offers it); any other request goes on HTTP/1.1, its TLS offering
+//!   nothing else, so that an agent's HTTP/1.1 requests never share one h2 connection. As Envoy's
+//!   `use_downstream_protocol_config`; nginx's upstreams are HTTP/1.1 only. Each has its own
+//!   hosts ([`Lane`]). Why not h2 for all: a credential is sent never-indexed (RFC 7541
+//!   §7.1.3), so HPACK encodes it whole, Huffman coding included, on every request (about
+//!   10k instructions for a 300-byte token, a quarter of a plain request's whole cost), where
+//!   HTTP/1.1 copies its bytes; and one connection's task would carry every agent connection's
+//!   requests.
 //! - **Stale connections.** A pooled connection the upstream closed is skipped; a request that
 //!   a reused connection could not start (closed in the meantime) is tried once more, on another
 //!   connection, as hyper-util's client does; a request on a fresh connection never is.
@@ -26,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::Scheme;
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -89,20 +98,55 @@ impl Host {
     }
 }
 
-/// Hosts by authority, one map per scheme (`[http, https]`). The authority is the URI's, which
-/// sidekey has already made canonical.
-type Hosts = [HashMap<Box<str>, Arc<Host>, foldhash::fast::RandomState>; 2];
+/// How a request goes: plain HTTP/1.1, HTTP/1.1 over TLS, or over TLS offering h2 (an HTTP/2
+/// request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Plain = 0,
+    Tls = 1,
+    TlsH2 = 2,
+}
+
+impl Lane {
+    fn of<B>(request: &Request<B>) -> Lane {
+        match (
+            request.uri().scheme() == Some(&Scheme::HTTPS),
+            request.version(),
+        ) {
+            (false, _) => Lane::Plain,
+            (true, Version::HTTP_2) => Lane::TlsH2,
+            (true, _) => Lane::Tls,
+        }
+    }
+
+    fn https(self) -> bool {
+        self != Lane::Plain
+    }
+}
+
+/// Hosts by authority, one map per [`Lane`]. The authority is the URI's, which sidekey has
+/// already made canonical.
+type Hosts = [HashMap<Box<str>, Arc<Host>, foldhash::fast::RandomState>; 3];
 
 pub struct Pool {
+    /// TLS offering h2 and HTTP/1.1 ([`Lane::TlsH2`]).
     connector: Connector,
+    /// TLS offering HTTP/1.1 only, and plain HTTP.
+    connector_h1: Connector,
     hosts: Mutex<Hosts>,
     max_idle_per_host: usize,
 }
 
 impl Pool {
-    pub fn new(connector: Connector, max_idle_per_host: usize) -> Arc<Pool> {
+    /// `connector` offers h2 and HTTP/1.1 over TLS, `connector_h1` HTTP/1.1 only.
+    pub fn new(
+        connector: Connector,
+        connector_h1: Connector,
+        max_idle_per_host: usize,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             connector,
+            connector_h1,
             hosts: Mutex::new(Default::default()),
             max_idle_per_host,
         });
@@ -117,16 +161,16 @@ impl Pool {
     }
 
     /// The idle list of `uri`'s authority, made on first use.
-    fn host(&self, https: bool, uri: &Uri) -> Result<Arc<Host>, SendError> {
+    fn host(&self, lane: Lane, uri: &Uri) -> Result<Arc<Host>, SendError> {
         let authority = uri.authority().ok_or(SendError::NoHost)?;
         let mut hosts = self.hosts();
-        let map = &mut hosts[usize::from(https)];
+        let map = &mut hosts[lane as usize];
         if let Some(host) = map.get(authority.as_str()) {
             return Ok(Arc::clone(host));
         }
         let host = Arc::new(Host {
             idle: Mutex::default(),
-            header: host_header(uri, https),
+            header: host_header(uri, lane.https()),
         });
         map.insert(authority.as_str().into(), Arc::clone(&host));
         Ok(host)
@@ -148,8 +192,11 @@ impl Pool {
 
     /// Opens a connection (TCP, the address guard, TLS with ALPN) and its HTTP handshake; the
     /// connection is driven by a task of its own.
-    async fn connect(&self, host: &Host, uri: &Uri) -> Result<Sender, SendError> {
-        let mut connector = self.connector.clone();
+    async fn connect(&self, host: &Host, lane: Lane, uri: &Uri) -> Result<Sender, SendError> {
+        let mut connector = match lane {
+            Lane::TlsH2 => self.connector.clone(),
+            Lane::Plain | Lane::Tls => self.connector_h1.clone(),
+        };
         let io = connector
             .call(uri.clone())
             .await
@@ -195,14 +242,14 @@ impl Pool {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + '_ {
         async move {
             let uri = request.uri().clone();
-            let https = uri.scheme() == Some(&Scheme::HTTPS);
-            let host = self.host(https, &uri)?;
+            let lane = Lane::of(&request);
+            let host = self.host(lane, &uri)?;
             loop {
                 let (sender, reused) = match checkout(&host) {
                     Some(sender) => (sender, true),
                     // Boxed: a new connection is the rare path, and its handshake futures would
                     // otherwise make every request's future larger.
-                    None => (Box::pin(self.connect(&host, &uri)).await?, false),
+                    None => (Box::pin(self.connect(&host, lane, &uri)).await?, false),
                 };
                 let mut failed = match sender {
                     Sender::H1(mut sender) => {
@@ -213,6 +260,8 @@ impl Pool {
                             return Err(SendError::Http(e));
                         }
                         origin_form(&mut request, host.header.clone());
+                        // An HTTP/2 request to an upstream that offers only HTTP/1.1.
+                        *request.version_mut() = Version::HTTP_11;
                         match sender.try_send_request(request).await {
                             Ok(response) => {
                                 let back = Back {

@@ -407,18 +407,19 @@ impl Upstream {
     }
 }
 
-/// A pool of connections over `tcp` with `tls`, HTTP/1.1 or h2 by ALPN.
+/// A pool of connections over `tcp` with `tls`: HTTP/1.1, or h2 by ALPN for an agent's HTTP/2
+/// requests (see [`Pool`]).
 fn pool(tls: &rustls::ClientConfig, tcp: TcpConnector, max_idle_per_host: usize) -> Arc<Pool> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let h2 = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(tcp);
-    Pool::new(https, max_idle_per_host)
+        .wrap_connector(tcp.clone());
+    Pool::new(h2, http1_only(tls, tcp), max_idle_per_host)
 }
 
-/// A connector that offers HTTP/1.1 only (WebSocket upgrades).
+/// A connector that offers HTTP/1.1 only (an agent's HTTP/1.1 requests, WebSocket upgrades).
 fn http1_only(tls: &rustls::ClientConfig, tcp: TcpConnector) -> Connector {
     hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
