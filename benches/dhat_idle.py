@@ -6,7 +6,11 @@ request each, after a warm-up of 100), and sidekey is stopped while they are hel
 peak (t-gmax) is the heap with N connections open. Prints the heap at the peak per connection and
 the largest sites (bytes and blocks per connection, a few frames each).
 
+With --intercepted, the connections are CONNECT tunnels to the bench API's HTTPS port with TLS
+inside (sidekey's minted leaf), one request each: what an idle intercepted connection holds.
+
 Usage: dhat_idle.py --sidekey DHAT_BUILD --upstream bench-upstream --load bench-load [-n 2000]
+       [--intercepted]
 """
 
 import argparse
@@ -31,6 +35,8 @@ def main():
     p.add_argument("--load", required=True)
     p.add_argument("-n", type=int, default=2000)
     p.add_argument("--sites", type=int, default=12)
+    p.add_argument("--intercepted", action="store_true",
+                   help="CONNECT tunnels with TLS inside (sidekey's minted leaf), not plain HTTP")
     p.add_argument("--run-dir", default="/tmp/sidekey-dhat-idle")
     args = p.parse_args()
     run = Path(args.run_dir)
@@ -44,10 +50,11 @@ def main():
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         M.wait_port(M.SIDEKEY_PORT, proc=proc)
         time.sleep(1)
-        gen, _ = M.idle(args.load, 100)
+        intercepted = run if args.intercepted else None
+        gen, _ = M.idle(args.load, 100, intercepted=intercepted)
         M.close(gen)
         time.sleep(0.5)
-        gen, opened = M.idle(args.load, args.n)
+        gen, opened = M.idle(args.load, args.n, intercepted=intercepted)
         time.sleep(1)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)

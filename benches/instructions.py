@@ -19,8 +19,13 @@ N2 - N1.
 With --syscalls, the same runs under `strace -f -c` count system calls per request instead
 (every thread; the kernel side of the work, which instructions leave out).
 
+With --scenario https, the requests are intercepted keep-alive HTTPS instead: a CONNECT and TLS
+with sidekey's minted leaf, the request sent on over TLS to the bench API's HTTPS port; nginx,
+which cannot intercept a CONNECT, does the same TLS work as a reverse proxy (TLS in, TLS out).
+
 Usage: instructions.py --sidekey BIN --upstream BIN [--run-dir DIR] [--n1 200] [--n2 1200]
-                       [--targets sidekey,nginx] [--profile] [--syscalls] [--json]
+                       [--scenario plain|https] [--targets sidekey,nginx] [--profile]
+                       [--syscalls] [--json]
 """
 
 import argparse
@@ -29,13 +34,15 @@ import json
 import os
 import re
 import shutil
+import ssl
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from benchkit import (API, SIDEKEY_PORT, UP_HTTP, load, render, render_sidekey, start_upstream,
-                      wait_port)
+from benchkit import (API, SIDEKEY_PORT, UP_HTTP, UP_TLS, load, render, render_sidekey,
+                      start_upstream, wait_port)
 
 NGINX_HTTP = 18310
 NGINX_TLS = 18311
@@ -45,15 +52,59 @@ SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
 PEER_TOKEN = "x" * 300
 
 
-def check_injection(port):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("GET", f"http://{API}:{UP_HTTP}/headers", headers={
-        "Host": f"{API}:{UP_HTTP}", "Authorization": "Bearer agent-dummy-key"})
-    resp = conn.getresponse()
-    body = resp.read().decode(errors="replace")
+class Https:
+    """The intercepted-HTTPS scenario: keep-alive HTTPS on one connection, TLS 1.3 on both legs.
+    To sidekey, a CONNECT to the bench API's HTTPS port and TLS inside with the leaf sidekey mints
+    (trusting its CA); to nginx, TLS to its reverse-proxy listener (nginx cannot intercept a
+    CONNECT), which sends the request on over TLS to the same upstream."""
+
+    def __init__(self, ca, tunnel):
+        self.ca, self.tunnel = ca, tunnel
+
+    def connection(self, port):
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.tunnel:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=ctx)
+            conn.set_tunnel(f"{API}:{UP_TLS}")
+        else:
+            # The certificate names the API and the TCP address is loopback: connected here,
+            # with the API's name for SNI and the certificate check.
+            conn = http.client.HTTPSConnection(API, port, timeout=60, context=ctx)
+            conn.sock = ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname=API)
+        return conn
+
+    def get(self, conn, path):
+        conn.request("GET", path, headers={
+            "Host": f"{API}:{UP_TLS}", "Authorization": "Bearer agent-dummy-key"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+
+
+def check_injection(port, https=None):
+    if https is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", f"http://{API}:{UP_HTTP}/headers", headers={
+            "Host": f"{API}:{UP_HTTP}", "Authorization": "Bearer agent-dummy-key"})
+        resp = conn.getresponse()
+        status, body = resp.status, resp.read()
+    else:
+        conn = https.connection(port)
+        status, body = https.get(conn, "/headers")
+    body = body.decode(errors="replace")
     conn.close()
-    if resp.status != 200 or "agent-dummy-key" in body or "Bearer " not in body:
-        raise RuntimeError(f"the token was not injected: {resp.status} {body[:200]}")
+    if status != 200 or "agent-dummy-key" in body or "Bearer " not in body:
+        raise RuntimeError(f"the token was not injected: {status} {body[:200]}")
+
+
+def load_https(https, port, n):
+    """n GETs on one keep-alive HTTPS connection; every answer must be a 200."""
+    conn = https.connection(port)
+    for i in range(n):
+        status, _ = https.get(conn, "/")
+        if status != 200:
+            raise RuntimeError(f"request {i}: status {status}")
+    conn.close()
 
 
 # What a run counts: "instructions" (callgrind) or "syscalls" (strace -c, every thread).
@@ -97,15 +148,18 @@ def instructions(out):
     return int(m.group(1))
 
 
-def serve_and_count(cmd, port, n, out, run, env=None, sig=signal.SIGTERM):
+def serve_and_count(cmd, port, n, out, run, env=None, sig=signal.SIGTERM, https=None):
     """Runs `cmd` counted (callgrind or strace), waits for `port`, checks the injection, sends
-    `n` requests, stops it with `sig`, and returns its count; a target that exits with an error
-    fails the run."""
+    `n` requests (plain, or HTTPS as `https` says), stops it with `sig`, and returns its count;
+    a target that exits with an error fails the run."""
     proc = callgrind(cmd, out, run, env)
     try:
         wait_port(port, proc, timeout=120)
-        check_injection(port)
-        load(port, n)
+        check_injection(port, https)
+        if https is None:
+            load(port, n)
+        else:
+            load_https(https, port, n)
     finally:
         stop(proc, sig)
         _, err = proc.communicate(timeout=300)
@@ -114,26 +168,31 @@ def serve_and_count(cmd, port, n, out, run, env=None, sig=signal.SIGTERM):
     return instructions(out)
 
 
-def run_sidekey(sidekey, run, n, out):
+def run_sidekey(sidekey, run, n, out, scenario):
     config = render_sidekey(run, "sidekey-instr.yaml")
+    # sidekey writes its CA when it starts: the scenario reads it when the first request goes.
+    https = Https(run / "sidekey-ca.pem", tunnel=True) if scenario == "https" else None
     return serve_and_count([sidekey, "run", "--config", str(config)], SIDEKEY_PORT, n, out, run,
-                           {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"})
+                           {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"}, https=https)
 
 
-def run_nginx(run, n, out):
+def run_nginx(run, n, out, scenario):
     (run / "nginx-tmp").mkdir(exist_ok=True)
     if not (run / "peer-cert.pem").exists():
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={API}", "-days", "1",
+                        "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={API}",
+                        "-addext", f"subjectAltName=DNS:{API}", "-days", "1",
                         "-keyout", str(run / "peer-key.pem"), "-out", str(run / "peer-cert.pem")],
                        check=True, capture_output=True)
     conf = render("nginx.conf", run / "nginx.conf", RUN=run, NGINX_HTTP=NGINX_HTTP,
                   NGINX_TLS=NGINX_TLS, TOKEN=PEER_TOKEN)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     # One process: the master serves (no worker to follow), like sidekey on one worker thread.
+    https = Https(run / "peer-cert.pem", tunnel=False) if scenario == "https" else None
     return serve_and_count([nginx, "-c", str(conf), "-e", str(run / "nginx-error.log"),
-                            "-g", "master_process off;"], NGINX_HTTP, n, out, run,
-                           sig=signal.SIGQUIT)
+                            "-g", "master_process off;"],
+                           NGINX_TLS if https else NGINX_HTTP, n, out, run,
+                           sig=signal.SIGQUIT, https=https)
 
 
 def run_floor(floor, run, n, out):
@@ -215,6 +274,9 @@ def main():
     p.add_argument("--run-dir", default="/tmp/sidekey-instructions")
     p.add_argument("--n1", type=int, default=200)
     p.add_argument("--n2", type=int, default=1200)
+    p.add_argument("--scenario", choices=("plain", "https"), default="plain",
+                   help="plain: absolute-form HTTP; https: intercepted keep-alive HTTPS (to "
+                        "nginx: its TLS reverse proxy)")
     p.add_argument("--targets", default="sidekey,nginx",
                    help="any of sidekey, nginx, floor (bench-floor: tokio and hyper alone)")
     p.add_argument("--floor", help="the bench-floor binary (default: beside --upstream)")
@@ -243,9 +305,11 @@ def main():
                 for n in (args.n1, args.n2):
                     out = run / f"callgrind.{target}.{n}"
                     if target == "sidekey":
-                        counts.append(run_sidekey(args.sidekey, run, n, out))
+                        counts.append(run_sidekey(args.sidekey, run, n, out, args.scenario))
                     elif target == "nginx":
-                        counts.append(run_nginx(run, n, out))
+                        counts.append(run_nginx(run, n, out, args.scenario))
+                    elif target == "floor" and args.scenario == "https":
+                        raise RuntimeError("bench-floor serves plain HTTP only")
                     elif target == "floor":
                         counts.append(run_floor(args.floor, run, n, out))
                     else:
@@ -278,9 +342,12 @@ def main():
                 print(f"-- {target}, per request, by crate:")
                 print(by_crate(run / f"callgrind.{target}.{args.n1}",
                                run / f"callgrind.{target}.{args.n2}", args.n2 - args.n1))
-    if args.profile and not args.syscalls and "instructions" in results.get("sidekey", {}):
-        print(profile(run / f"callgrind.sidekey.{args.n1}", run / f"callgrind.sidekey.{args.n2}",
-                      args.n2 - args.n1))
+    if args.profile and not args.syscalls:
+        for target, r in results.items():
+            if "instructions" in r:
+                print(f"-- {target}:")
+                print(profile(run / f"callgrind.{target}.{args.n1}",
+                              run / f"callgrind.{target}.{args.n2}", args.n2 - args.n1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ benchmark's config (`peers/sidekey.yaml`, one worker thread as in the harness), 
 keep-alive connections with `bench-load --mode idle` (one request each) after a warm-up of
 `--warm` connections, and reports what they add (VmRSS and RssAnon) per connection, and the
 RSS `--after-close` seconds after they are closed (freed heap the allocator keeps resident).
+With `--intercepted` they are CONNECT tunnels to the bench API's HTTPS port with TLS inside
+(sidekey's minted leaf), one request each.
 `--cache` sets the executable's page-cache state before each start (see page_cache).
 Also prints the binary's file size and the size of its `.text`.
 
@@ -28,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchkit import API, UP_HTTP, render_sidekey, start_upstream, wait_port
+from benchkit import API, UP_HTTP, UP_TLS, render_sidekey, start_upstream, wait_port
 
 # Not allocs.py's and instructions.py's ports, so that they can run side by side.
 SIDEKEY_PORT = 18400
@@ -49,11 +51,21 @@ def status(pid):
     return fields
 
 
-def idle(load, n, hold=120):
-    """Opens n idle connections through sidekey; returns (process, opened) once they are open."""
+def idle(load, n, hold=120, intercepted=None):
+    """Opens n idle connections through sidekey; returns (process, opened) once they are open.
+
+    Plain keep-alive connections (an absolute-form GET each), or with `intercepted` (the run
+    directory, where sidekey wrote its CA) CONNECT tunnels to the bench API's HTTPS port, TLS
+    with sidekey's minted leaf inside, one request each."""
+    if intercepted is None:
+        how = ["--host", f"{API}:{UP_HTTP}", "--uri", f"http://{API}:{UP_HTTP}/"]
+    else:
+        authority = f"{API}:{UP_TLS}"
+        how = ["--tunnel", authority, "--tls", API, "--ca", str(intercepted / "sidekey-ca.pem"),
+               "--host", authority, "--uri", "/"]
     gen = subprocess.Popen(
-        [load, "--connect", f"127.0.0.1:{SIDEKEY_PORT}", "--host", f"{API}:{UP_HTTP}", "--uri",
-         f"http://{API}:{UP_HTTP}/", "--mode", "idle", "-c", str(n), "--hold", str(hold)],
+        [load, "--connect", f"127.0.0.1:{SIDEKEY_PORT}", *how, "--mode", "idle", "-c", str(n),
+         "--hold", str(hold)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = gen.stdout.readline()
     if not line.startswith("ready"):
@@ -88,13 +100,14 @@ def one_start(binary, config, run, args):
         wait_port(SIDEKEY_PORT, proc=proc)
         time.sleep(args.settle)
         out = {"idle": status(proc.pid)}
+        intercepted = run if args.intercepted else None
         if args.idle_conns:
             if args.warm:
-                gen, _ = idle(args.load, args.warm)
+                gen, _ = idle(args.load, args.warm, intercepted=intercepted)
                 close(gen)
                 time.sleep(1.0)
             before = status(proc.pid)
-            gen, opened = idle(args.load, args.idle_conns)
+            gen, opened = idle(args.load, args.idle_conns, intercepted=intercepted)
             time.sleep(1.0)
             after = status(proc.pid)
             close(gen)
@@ -136,6 +149,8 @@ def main():
     p.add_argument("--upstream", required=True, help="bench-upstream (the config trusts its CA)")
     p.add_argument("--load", help="bench-load (needed with --idle-conns)")
     p.add_argument("--idle-conns", type=int, default=0)
+    p.add_argument("--intercepted", action="store_true",
+                   help="the idle connections are CONNECT tunnels with TLS inside, one request each")
     p.add_argument("--warm", type=int, default=100, help="connections opened and closed first")
     p.add_argument("--after-close", type=float, default=10.0,
                    help="seconds after closing them to read RSS again")
