@@ -92,7 +92,8 @@ pub async fn run(
     let timeout = limits.handshake_timeout;
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
-    let start = match tokio::time::timeout(timeout, acceptor).await {
+    // The handshake's futures boxed too, for the same reason as the connections below.
+    let start = match Box::pin(tokio::time::timeout(timeout, acceptor)).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             tracing::debug!(target = %target, "agent closed the tunnel before a ClientHello");
@@ -111,7 +112,7 @@ pub async fn run(
         }
     };
     let sni = check_sni(&target, start.client_hello().server_name());
-    let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
+    let tls = match Box::pin(tokio::time::timeout(timeout, start.into_stream(config))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // Usually the agent does not trust sidekey's CA (see ca.cert_out).
@@ -155,11 +156,14 @@ pub async fn run(
             Box::pin(inner(state, &tunnel, request, timers.clone()).map(watched(serving)))
         })
     };
+    // Each protocol's connection boxed: the task is sized for its largest state, and an idle
+    // tunnel would otherwise hold room for the other protocol's connection and the handshake's.
     if h2 {
-        let connection = limits
-            .http2_builder()
-            .serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(connection);
+        let mut connection = Box::pin(
+            limits
+                .http2_builder()
+                .serve_connection(TokioIo::new(tls), service),
+        );
         tokio::select! {
             result = connection.as_mut() => log_end(result),
             _ = shutdown.cancelled() => {
@@ -169,7 +173,7 @@ pub async fn run(
         }
     } else if let Some(timers) = &timers {
         let builder = limits.http1_builder();
-        match h1::serve_whole(&builder, tls, service, timers, &shutdown).await {
+        match Box::pin(h1::serve_whole(&builder, tls, service, timers, &shutdown)).await {
             Ended::Closed(result) => {
                 if let Err(e) = &result {
                     // A request head that does not parse: recorded under the tunnel's target.
