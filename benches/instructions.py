@@ -336,18 +336,15 @@ def main():
             else:
                 ratio = f"  ({r['vs_nginx']:.2f}x nginx)" if "vs_nginx" in r else ""
                 print(f"{target:8} {r['instructions']:9,} {unit} per request{ratio}")
-    if args.by_crate and not args.syscalls:
+    for wanted, title, show in ((args.by_crate, "per request, by crate", by_crate),
+                                (args.profile, "its functions", profile)):
+        if not wanted or args.syscalls:
+            continue
         for target, r in results.items():
             if "instructions" in r:
-                print(f"-- {target}, per request, by crate:")
-                print(by_crate(run / f"callgrind.{target}.{args.n1}",
-                               run / f"callgrind.{target}.{args.n2}", args.n2 - args.n1))
-    if args.profile and not args.syscalls:
-        for target, r in results.items():
-            if "instructions" in r:
-                print(f"-- {target}:")
-                print(profile(run / f"callgrind.{target}.{args.n1}",
-                              run / f"callgrind.{target}.{args.n2}", args.n2 - args.n1))
+                print(f"-- {target}, {title}:")
+                print(show(run / f"callgrind.{target}.{args.n1}",
+                           run / f"callgrind.{target}.{args.n2}", args.n2 - args.n1))
 
 
 if __name__ == "__main__":
