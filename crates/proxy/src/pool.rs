@@ -260,8 +260,6 @@ impl Pool {
                             return Err(SendError::Http(e));
                         }
                         origin_form(&mut request, host.header.clone());
-                        // An HTTP/2 request to an upstream that offers only HTTP/1.1.
-                        *request.version_mut() = Version::HTTP_11;
                         match sender.try_send_request(request).await {
                             Ok(response) => {
                                 let back = Back {
@@ -325,8 +323,10 @@ fn checkout(host: &Host) -> Option<Sender> {
     None
 }
 
-/// HTTP/1 requests go in origin form with a `Host` header (the absolute form is for proxies):
-/// the pool's, and WebSocket upgrades ([`crate::upstream::Upstream::upgrade`]).
+/// HTTP/1 requests go in origin form with a `Host` header (the absolute form is for proxies),
+/// as HTTP/1.1 whatever the agent spoke (an HTTP/2 request to an upstream that offers only
+/// HTTP/1.1, an HTTP/2 WebSocket): the pool's, and WebSocket upgrades
+/// ([`crate::upstream::Upstream::upgrade`]).
 pub(crate) fn to_origin_form(request: &mut Request<ProxyBody>, https: bool) {
     let host = host_header(request.uri(), https);
     origin_form(request, host);
@@ -345,6 +345,7 @@ fn host_header(uri: &Uri, https: bool) -> Option<HeaderValue> {
 
 /// `to_origin_form` with the `Host` header already made (unless the request has one).
 fn origin_form(request: &mut Request<ProxyBody>, host: Option<HeaderValue>) {
+    *request.version_mut() = Version::HTTP_11;
     if let Some(host) = host {
         request.headers_mut().entry(HOST).or_insert(host);
     }

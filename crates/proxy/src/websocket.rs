@@ -172,8 +172,6 @@ impl Requested {
     /// After `rewrite`: the upgrade headers (hop-by-hop, so dropped by it) put back as the
     /// upstream must see them, with no extension offered.
     pub(crate) fn prepare_upstream(&self, parts: &mut Parts) {
-        // Upstream, an HTTP/1.1 upgrade, whatever the agent spoke.
-        parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
