@@ -83,6 +83,9 @@ pub enum CredentialError {
     Unknown(String),
     #[error("credential `{name}` is unavailable: {reason}")]
     Unavailable { name: String, reason: String },
+    /// A per-task credential asked for without a task ([`CredentialStore::get_scoped`]).
+    #[error("this route's credential `{0}` is issued per task: present the task's grant")]
+    TaskRequired(String),
 }
 
 /// What `/credentials` and the status page show: never the value. A per-task credential has
@@ -612,9 +615,40 @@ impl CredentialStore {
                 reason: "it is issued per task, and the request presents no task grant".into(),
             });
         }
+        self.shared(slot).await
+    }
+
+    /// The credential `name` as its scope says: the shared one, or for a per-task credential
+    /// the one of the task `task` gives (none: [`CredentialError::TaskRequired`]). What
+    /// [`CredentialStore::get`] and [`CredentialStore::get_for_task`] do, with one lookup of
+    /// the name: the request path's way in.
+    pub async fn get_scoped(
+        &self,
+        name: &str,
+        task: impl FnOnce() -> Option<TaskContext>,
+    ) -> Result<Arc<Credential>, CredentialError> {
+        let slot = self
+            .slots
+            .get(name)
+            .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
+        match slot.scope {
+            Scope::Shared => self.shared(slot).await,
+            Scope::PerTask(_) => match task() {
+                Some(task) => self.for_task(slot, &task).await,
+                None => Err(CredentialError::TaskRequired(name.to_string())),
+            },
+            // A task's slot is found through its per-task credential, never by name.
+            Scope::Task => Err(CredentialError::Unknown(name.to_string())),
+        }
+    }
+
+    /// A shared slot's credential: from memory when usable (one reading of the clock for the
+    /// check and the use), else fetched.
+    async fn shared(&self, slot: &Arc<Slot>) -> Result<Arc<Credential>, CredentialError> {
         if let Some(held) = slot.current.load().as_ref() {
-            if SystemTime::now() < held.usable_until {
-                slot.uses.add();
+            let now = SystemTime::now();
+            if now < held.usable_until {
+                slot.uses.add_at_time(now);
                 return Ok(Arc::clone(&held.credential));
             }
         }
@@ -678,13 +712,23 @@ impl CredentialStore {
             .slots
             .get(name)
             .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
+        self.for_task(parent, task).await
+    }
+
+    /// `task`'s credential of the per-task slot `parent`.
+    async fn for_task(
+        &self,
+        parent: &Arc<Slot>,
+        task: &TaskContext,
+    ) -> Result<Arc<Credential>, CredentialError> {
         let slot = self.task_slot(parent, task)?;
+        let now = SystemTime::now();
         let credential = match slot.current.load().as_ref() {
-            Some(held) if SystemTime::now() < held.usable_until => Arc::clone(&held.credential),
+            Some(held) if now < held.usable_until => Arc::clone(&held.credential),
             _ => self.fetch_shared(&slot).await?,
         };
-        slot.uses.add();
-        parent.uses.add();
+        slot.uses.add_at_time(now);
+        parent.uses.add_at_time(now);
         Ok(credential)
     }
 

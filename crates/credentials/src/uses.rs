@@ -25,8 +25,11 @@ impl Default for Uses {
 }
 
 fn minute_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    minute_of(SystemTime::now())
+}
+
+fn minute_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 60)
         & 0xffff_ffff
 }
@@ -36,6 +39,12 @@ impl Uses {
     pub fn add(&self) {
         self.total.fetch_add(1, Ordering::Relaxed);
         self.add_at(minute_now());
+    }
+
+    /// One use at `time` (a reading of the clock the caller made anyway).
+    pub fn add_at_time(&self, time: SystemTime) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.add_at(minute_of(time));
     }
 
     fn add_at(&self, minute: u64) {

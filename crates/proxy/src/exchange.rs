@@ -31,7 +31,7 @@ use sidekey_body::form::{self, FormGuard, OverrideCheck, Verdict};
 use sidekey_body::mask::{scrub_headers, Needles, Scrubbed};
 use sidekey_body::{decode, full, BoxError, ProxyBody, DRAIN_LIMIT, DRAIN_TIME};
 use sidekey_config::Inject;
-use sidekey_credentials::{Credential, CredentialValue, TaskContext};
+use sidekey_credentials::{Credential, CredentialError, CredentialValue, TaskContext};
 use sidekey_grants::{Grant, GRANT_HEADER};
 use sidekey_inject::sigv4::{self, AwsKeys, Payload, SigV4Error, SigningScope};
 use sidekey_inject::trace::TraceContext;
@@ -751,26 +751,16 @@ async fn fetch(
     name: &Arc<str>,
     grant: Option<&Grant>,
 ) -> Result<Arc<Credential>, Refusal> {
-    let unavailable = |e: sidekey_credentials::CredentialError| {
-        Refusal::new(ErrorCode::CredentialUnavailable, e.to_string())
-    };
-    if !state.credentials.is_per_task(name) {
-        return state.credentials.get(name).await.map_err(unavailable);
-    }
-    let Some(grant) = grant else {
-        return Err(Refusal::new(
-            ErrorCode::GrantRequired,
-            format!(
-                "this route's credential `{name}` is issued per task: present the task's grant"
-            ),
-        ));
-    };
-    let task = task_context(grant);
     state
         .credentials
-        .get_for_task(name, &task)
+        .get_scoped(name, || grant.map(task_context))
         .await
-        .map_err(unavailable)
+        .map_err(|e| match e {
+            CredentialError::TaskRequired(_) => {
+                Refusal::new(ErrorCode::GrantRequired, e.to_string())
+            }
+            e => Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()),
+        })
 }
 
 /// Turns the agent's request into the upstream request: absolute URI for the target, no
