@@ -27,8 +27,10 @@ pub struct PendingRecord {
     /// response body, the WebSocket's task — and a pointer moves cheaper than a copy of it.
     record: Box<RequestRecord>,
     started: Instant,
-    /// The request body's bytes (and whether it broke off).
-    meter: Arc<BodyMeter>,
+    /// The request body's bytes (and whether it broke off): made when a body that streams
+    /// asks for it ([`PendingRecord::meter`]), so that a request without one (most of them)
+    /// allocates none. Bytes known without one are in the record already.
+    meter: Option<Arc<BodyMeter>>,
     /// The span exported with the record, when spans are exported and the trace is sampled.
     span: Option<PendingSpan>,
     /// The metrics' series of its route, once known: counted without a lookup by name.
@@ -107,16 +109,21 @@ impl PendingRecord {
                 redact_query(path_and_query),
             )),
             started,
-            meter: BodyMeter::new(),
+            meter: None,
             span: None,
             series: None,
             written: false,
         }
     }
 
-    /// What the request body adds its bytes to.
-    pub fn meter(&self) -> Arc<BodyMeter> {
-        Arc::clone(&self.meter)
+    /// What a streaming request body adds its bytes to (the same meter for every call).
+    pub fn meter(&mut self) -> Arc<BodyMeter> {
+        Arc::clone(self.meter.get_or_insert_with(BodyMeter::new))
+    }
+
+    /// Request body bytes counted without a meter (a body read whole).
+    pub fn add_bytes_in(&mut self, n: u64) {
+        self.record.bytes_in += n;
     }
 
     pub fn set_route(&mut self, route: &Arc<str>) {
@@ -233,7 +240,9 @@ impl PendingRecord {
             return;
         }
         self.written = true;
-        self.record.bytes_in = self.meter.bytes();
+        if let Some(meter) = &self.meter {
+            self.record.bytes_in += meter.bytes();
+        }
         let elapsed = self.started.elapsed();
         self.record.duration_ms = elapsed.as_secs_f64() * 1000.0;
         match &self.series {

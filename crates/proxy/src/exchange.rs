@@ -425,7 +425,7 @@ pub fn handle<B: AgentBody>(
             })
             .await;
         }
-        let outgoing = Outgoing::new(body, &plan, check, session.record.meter());
+        let outgoing = Outgoing::new(body, &plan, check, &mut session.record);
         let forwarded = forward(
             &state,
             parts,
@@ -507,7 +507,7 @@ pub fn handle<B: AgentBody>(
                 AgentRequestBody::<B>::Whole(empty),
                 &plan,
                 None,
-                session.record.meter(),
+                &mut session.record,
             );
             let forwarded = forward(
                 &state,
@@ -920,31 +920,36 @@ fn attach(credential: &Credential, inject: Option<&Inject>) -> Attached {
 /// The body that goes upstream, and what tells afterwards why a forward failed.
 struct Outgoing {
     body: ProxyBody,
-    meter: Arc<BodyMeter>,
+    /// A streaming body's meter; none for a body read whole or absent, which cannot break off.
+    meter: Option<Arc<BodyMeter>>,
     /// Where a streaming body scanned for `_method` fields puts the refusal a field caused.
     verdict: Option<Verdict>,
     max: Option<u64>,
 }
 
 impl Outgoing {
-    /// A body read whole goes as it is; one that streams is counted, cut off past the route's
-    /// `max_request_body`, and scanned for `_method` fields when the plan says so.
+    /// A body read whole goes as it is (its bytes counted in `record`); one that streams is
+    /// counted, cut off past the route's `max_request_body`, and scanned for `_method` fields
+    /// when the plan says so. A request without a body (ended with its head) sends none: no
+    /// allocation for the body or its meter.
     fn new<B: AgentBody>(
         body: AgentRequestBody<B>,
         plan: &BodyPlan,
         check: Option<OverrideCheck>,
-        meter: Arc<BodyMeter>,
+        record: &mut PendingRecord,
     ) -> Outgoing {
         // Only a body scanned for `_method` fields can be given a verdict: no allocation for
         // the others (nearly every request).
         let mut verdict = None;
+        let mut meter = None;
         let body = match body {
             AgentRequestBody::Whole(bytes) => {
-                meter.add(bytes.len() as u64);
+                record.add_bytes_in(bytes.len() as u64);
                 full(bytes)
             }
+            AgentRequestBody::Streaming(body) if body.is_end_stream() => sidekey_body::empty(),
             AgentRequestBody::Streaming(body) => {
-                let counted = Counted::new(body, Arc::clone(&meter));
+                let counted = Counted::new(body, Arc::clone(meter.insert(record.meter())));
                 // Counted inside the limit, so that the count shows the body went past it.
                 let limited = match plan.max {
                     Some(max) => http_body_util::Limited::new(
@@ -1006,12 +1011,13 @@ fn forward<'a>(
             return Err(refusal.clone());
         }
         sent.map_err(|refusal| {
-            if max.is_some_and(|max| meter.bytes() > max) {
+            let meter = meter.as_deref();
+            if max.is_some_and(|max| meter.is_some_and(|m| m.bytes() > max)) {
                 Refusal::new(
                     ErrorCode::BodyTooLarge,
                     "the body grew larger than this route's max_request_body",
                 )
-            } else if meter.failed() {
+            } else if meter.is_some_and(BodyMeter::failed) {
                 Refusal::new(
                     ErrorCode::RequestInvalid,
                     "the request body broke off before its end (the agent closed it, reset the \
