@@ -233,7 +233,7 @@ impl IdleTimer<'_> {
     }
 }
 
-/// `future` with `timeout` to finish (`None` if it did not): timed by the connection's request
+/// `future` with `timeout` from `now` to finish (`None` if it did not): timed by the connection's request
 /// timer when there are `timers` (for one request at a time, as an HTTP/1 connection has them:
 /// the timer follows the deadline of whichever bounded future polled it last), else by a timer
 /// of its own (an HTTP/2 stream). The future is made after the clock is read (`make`), so that
@@ -242,9 +242,10 @@ impl IdleTimer<'_> {
 pub(crate) fn bound<F: Future>(
     timers: Option<&ConnTimers>,
     timeout: Duration,
+    now: Instant,
     make: impl FnOnce() -> F,
 ) -> Bounded<'_, F> {
-    let now = tokio::time::Instant::now();
+    let now = tokio::time::Instant::from_std(now);
     // A timeout past the clock's range never ends: tokio's own far future.
     let deadline = now
         .checked_add(timeout)

@@ -998,12 +998,15 @@ fn forward<'a>(
         verdict,
         max,
     } = outgoing;
+    // One reading of the clock for the phase's timer, the request's deadline and the pool's
+    // idle check.
     let started = Instant::now();
     let sent = state.upstream.send(
         Request::from_parts(parts, body),
         allow_private,
         certified,
         conn_timers,
+        started,
     );
     sent.map(move |sent| {
         route_timers.upstream(started.elapsed().as_secs_f64());

@@ -231,6 +231,7 @@ impl Pool {
 
     /// Sends `request` (absolute URI) on a pooled or new connection and returns the response,
     /// whose body gives an HTTP/1 connection back to the pool when it has been read to its end.
+    /// `now` (the caller's reading of the clock) ages the idle connections.
     /// (An `async` block, not an `async fn`, which would keep a second copy of the request.)
     #[allow(
         clippy::manual_async_fn,
@@ -239,13 +240,14 @@ impl Pool {
     pub fn send(
         self: &Arc<Self>,
         mut request: Request<ProxyBody>,
+        now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + '_ {
         async move {
             let uri = request.uri().clone();
             let lane = Lane::of(&request);
             let host = self.host(lane, &uri)?;
             loop {
-                let (sender, reused) = match checkout(&host) {
+                let (sender, reused) = match checkout(&host, now) {
                     Some(sender) => (sender, true),
                     // Boxed: a new connection is the rare path, and its handshake futures would
                     // otherwise make every request's future larger.
@@ -302,10 +304,10 @@ impl Pool {
 
 /// An idle HTTP/1 connection (taken out) or a shared HTTP/2 one (cloned), the most recently
 /// used first; closed and expired ones met on the way are dropped.
-fn checkout(host: &Host) -> Option<Sender> {
+fn checkout(host: &Host, now: Instant) -> Option<Sender> {
     let mut idle = host.idle();
     while let Some(entry) = idle.pop() {
-        if entry.sender.is_closed() || entry.since.elapsed() >= IDLE_TIMEOUT {
+        if entry.sender.is_closed() || now.saturating_duration_since(entry.since) >= IDLE_TIMEOUT {
             continue;
         }
         return Some(match entry.sender {
@@ -314,7 +316,7 @@ fn checkout(host: &Host) -> Option<Sender> {
                 let shared = s.clone();
                 idle.push(Idle {
                     sender: Sender::H2(s),
-                    since: Instant::now(),
+                    since: now,
                 });
                 Sender::H2(shared)
             }

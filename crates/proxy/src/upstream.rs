@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
@@ -331,13 +331,16 @@ impl Upstream {
     /// the client certificate the route presents.
     ///
     /// `timers`: the agent's HTTP/1 connection's, whose one request timer bounds the wait
-    /// ([`conn_timers::bound`]); without them (HTTP/2), a timer of the request's own.
+    /// ([`conn_timers::bound`]); without them (HTTP/2), a timer of the request's own. `now`:
+    /// the caller's reading of the clock as it sends, from which the timeout runs (and the
+    /// pool's idle connections are aged).
     pub fn send<'a>(
         &'a self,
         request: Request<ProxyBody>,
         allow_private: bool,
         certified: Option<&'a Certified>,
         timers: Option<&'a ConnTimers>,
+        now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
         let pool = match (certified, allow_private) {
             (Some(certified), _) => &certified.pool,
@@ -345,7 +348,7 @@ impl Upstream {
             (None, false) => &self.public,
         };
         let timeout = self.request_timeout;
-        conn_timers::bound(timers, timeout, || pool.send(request)).map(move |answered| {
+        conn_timers::bound(timers, timeout, now, || pool.send(request, now)).map(move |answered| {
             match answered {
                 Some(Ok(response)) => Ok(response),
                 Some(Err(e)) => Err(classify(&e)),
