@@ -19,6 +19,17 @@ N2 - N1.
 With --syscalls, the same runs under `strace -f -c` count system calls per request instead
 (every thread; the kernel side of the work, which instructions leave out).
 
+With --wrk C, the load is wrk with C keep-alive connections for 4 s, then for 12 s (the plain
+scenario; the difference of the two runs' counts divided by the difference of the requests wrk
+saw answered, every one of them without error): what a count is under concurrent load, where
+requests are served back to back, rather than one at a time.
+
+With --cache, the same runs under `valgrind --tool=cachegrind --cache-sim=yes` count, per
+request, the misses of a simulated cache shaped like this machine's (read from sysfs: L1
+instruction and data caches, and the L2 as the last level): how much code and data one request
+walks through, which instructions alone do not show (a request that runs 40k instructions
+spread over much code misses the instruction cache where a tighter one does not).
+
 With --scenario https, the requests are intercepted keep-alive HTTPS instead: a CONNECT and TLS
 with sidekey's minted leaf, the request sent on over TLS to the bench API's HTTPS port; nginx,
 which cannot intercept a CONNECT, does the same TLS work as a reverse proxy (TLS in, TLS out).
@@ -107,13 +118,72 @@ def load_https(https, port, n):
     conn.close()
 
 
-# What a run counts: "instructions" (callgrind) or "syscalls" (strace -c, every thread).
+# What a run counts: "instructions" (callgrind), "syscalls" (strace -c, every thread) or
+# "cache" (cachegrind's simulated cache misses).
 MODE = "instructions"
+
+# With --wrk: wrk's connections, its two runs' seconds, and the requests each run answered.
+WRK = None
+WRK_SECONDS = (4, 12)
+SERVED = {}
+WRK_SCRIPT = f"""
+wrk.method = "GET"
+wrk.path = "http://{API}:{UP_HTTP}/"
+wrk.headers["Host"] = "{API}:{UP_HTTP}"
+wrk.headers["Authorization"] = "Bearer agent-dummy-key"
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{{"requests":%d,"errors":%d}}\\n', summary.requests,
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def load_wrk(port, seconds, run, out):
+    """wrk's keep-alive load for `seconds`; the requests it saw answered go in SERVED[out]."""
+    script = run / "wrk.lua"
+    script.write_text(WRK_SCRIPT)
+    w = subprocess.run(["wrk", "-t1", f"-c{WRK}", f"-d{seconds}s", "--timeout", "30s",
+                        "-s", str(script), f"http://127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=seconds + 120)
+    m = re.search(r'"requests":(\d+),"errors":(\d+)', w.stdout)
+    if not m:
+        raise RuntimeError(f"wrk gave no summary: {w.stdout[-300:]} {w.stderr[-300:]}")
+    if int(m.group(2)):
+        raise RuntimeError(f"wrk saw {m.group(2)} errors of {m.group(1)} requests")
+    SERVED[out] = int(m.group(1))
+
+
+# cachegrind's events, as its summary line lists them with --cache-sim=yes.
+CACHE_EVENTS = ("Ir", "I1mr", "ILmr", "Dr", "D1mr", "DLmr", "Dw", "D1mw", "DLmw")
+
+
+def cache_model():
+    """cachegrind's --I1/--D1/--LL for this machine's caches (sysfs, CPU 0): the L1 caches,
+    and the L2 as the last level (the cache a core has to itself)."""
+    shape = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        level = (index / "level").read_text().strip()
+        kind = (index / "type").read_text().strip()
+        size = (index / "size").read_text().strip()
+        size = int(size[:-1]) * 1024 if size.endswith("K") else int(size)
+        ways = (index / "ways_of_associativity").read_text().strip()
+        line = (index / "coherency_line_size").read_text().strip()
+        name = {("1", "Instruction"): "I1", ("1", "Data"): "D1", ("2", "Unified"): "LL"}.get(
+            (level, kind))
+        if name:
+            shape[name] = f"--{name}={size},{ways},{line}"
+    if len(shape) != 3:
+        raise RuntimeError(f"cannot read this machine's L1 and L2 caches from sysfs: {shape}")
+    return list(shape.values())
 
 
 def callgrind(cmd, out, cwd, env=None):
     if MODE == "syscalls":
         wrapper = ["strace", "-f", "-c", "-o", str(out)]
+    elif MODE == "cache":
+        wrapper = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", *cache_model(),
+                   f"--cachegrind-out-file={out}"]
     else:
         wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                    "--dump-instr=no", "--collect-jumps=no"]
@@ -142,6 +212,13 @@ def instructions(out):
         if not totals:
             raise RuntimeError(f"no totals in {out}")
         return int(totals[-1][3])
+    if MODE == "cache":
+        events = re.search(r"^events:\s+(.*)$", text, re.M)
+        summary = re.search(r"^summary:\s+(.*)$", text, re.M)
+        if not events or not summary:
+            raise RuntimeError(f"no totals in {out}")
+        counts = dict(zip(events.group(1).split(), map(int, summary.group(1).split())))
+        return {e: counts.get(e, 0) for e in CACHE_EVENTS}
     m = SUMMARY.search(text)
     if not m:
         raise RuntimeError(f"no totals in {out}")
@@ -156,7 +233,9 @@ def serve_and_count(cmd, port, n, out, run, env=None, sig=signal.SIGTERM, https=
     try:
         wait_port(port, proc, timeout=120)
         check_injection(port, https)
-        if https is None:
+        if WRK is not None:
+            load_wrk(port, n, run, out)
+        elif https is None:
             load(port, n)
         else:
             load_https(https, port, n)
@@ -267,6 +346,32 @@ def profile(first, second, requests, top=40):
     return "\n".join(lines)
 
 
+def cache_per_request(counts, n):
+    """Per request, from the two runs' cachegrind totals: instructions, L1 instruction misses,
+    L1 data misses (reads and writes), last-level (L2) misses of each."""
+    d = {e: (counts[1][e] - counts[0][e]) / n for e in CACHE_EVENTS}
+    if d["Ir"] <= 0:
+        raise RuntimeError(f"implausible counts {counts}")
+    return {"instructions": round(d["Ir"]), "i1_misses": round(d["I1mr"]),
+            "d1_misses": round(d["D1mr"] + d["D1mw"]), "l2_misses": round(d["ILmr"] + d["DLmr"] + d["DLmw"], 1),
+            "i1_misses_per_1k_instructions": round(1000 * d["I1mr"] / d["Ir"], 1)}
+
+
+def print_cache(results, as_json):
+    if as_json:
+        print(json.dumps(results))
+        return
+    print(f"{'':8} {'instructions':>12} {'L1i misses':>11} {'L1d misses':>11} {'L2 misses':>10}   per request"
+          f" (simulated: {' '.join(cache_model())})")
+    for target, r in results.items():
+        if "failed" in r:
+            print(f"{target:8} failed: {r['failed']}")
+        else:
+            print(f"{target:8} {r['instructions']:12,} {r['i1_misses']:11,} {r['d1_misses']:11,} "
+                  f"{r['l2_misses']:10,}   ({r['i1_misses_per_1k_instructions']} L1i misses per 1k "
+                  f"instructions)")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sidekey", required=True)
@@ -286,18 +391,32 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--syscalls", action="store_true",
                    help="count system calls per request (strace -c) instead of instructions")
+    p.add_argument("--cache", action="store_true",
+                   help="count simulated cache misses per request (cachegrind, this machine's "
+                        "L1 and L2) instead of instructions")
+    p.add_argument("--wrk", type=int, metavar="C",
+                   help="load with wrk, C connections, for 4 s then 12 s, instead of N1 and N2 "
+                        "requests one at a time")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.syscalls and args.cache:
+        raise SystemExit("--syscalls and --cache count different runs: one at a time")
+    if args.wrk is not None and args.scenario != "plain":
+        raise SystemExit("--wrk loads the plain scenario only")
     if args.floor is None:
         args.floor = str(Path(args.upstream).with_name("bench-floor"))
-    global MODE
-    MODE = "syscalls" if args.syscalls else "instructions"
+    global MODE, WRK
+    WRK = args.wrk
+    if WRK is not None:
+        args.n1, args.n2 = WRK_SECONDS
+    MODE = "syscalls" if args.syscalls else "cache" if args.cache else "instructions"
     unit = "system calls" if args.syscalls else "instructions"
     run = Path(args.run_dir)
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     upstream = start_upstream(args.upstream, run)
     results = {}
+    answered = {}  # requests each target's count is divided by
     try:
         for target in args.targets.split(","):
             try:
@@ -314,7 +433,17 @@ def main():
                         counts.append(run_floor(args.floor, run, n, out))
                     else:
                         raise SystemExit(f"unknown target {target}")
-                per = (counts[1] - counts[0]) / (args.n2 - args.n1)
+                requests = args.n2 - args.n1
+                if WRK is not None:
+                    requests = (SERVED[run / f"callgrind.{target}.{args.n2}"]
+                                - SERVED[run / f"callgrind.{target}.{args.n1}"])
+                    if requests <= 0:
+                        raise RuntimeError("the longer wrk run answered no more requests")
+                answered[target] = requests
+                if args.cache:
+                    results[target] = cache_per_request(counts, requests)
+                    continue
+                per = (counts[1] - counts[0]) / requests
                 if per <= 0:
                     raise RuntimeError(f"implausible counts {counts}")
                 results[target] = {"instructions": round(per, 2) if args.syscalls else round(per)}
@@ -323,6 +452,8 @@ def main():
     finally:
         upstream.terminate()
         upstream.wait()
+    if args.cache:
+        return print_cache(results, args.json)
     base = results.get("nginx", {}).get("instructions")
     for r in results.values():
         if base and "instructions" in r:
@@ -344,7 +475,7 @@ def main():
             if "instructions" in r:
                 print(f"-- {target}, {title}:")
                 print(show(run / f"callgrind.{target}.{args.n1}",
-                           run / f"callgrind.{target}.{args.n2}", args.n2 - args.n1))
+                           run / f"callgrind.{target}.{args.n2}", answered[target]))
 
 
 if __name__ == "__main__":
