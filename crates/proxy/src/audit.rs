@@ -230,11 +230,6 @@ impl PendingRecord {
         self.record.websocket = Some(end);
     }
 
-    /// Drops the record unwritten: what it would say is in other records (a tunnel's requests).
-    pub fn discard(mut self) {
-        self.written = true;
-    }
-
     fn write(&mut self) {
         if self.written {
             return;
@@ -269,6 +264,71 @@ impl Drop for PendingRecord {
         if !self.written {
             self.record.error.get_or_insert("client_aborted");
             self.write();
+        }
+    }
+}
+
+/// The record of an intercepted CONNECT, made only when it is written: held for the tunnel's
+/// life (most tunnels serve requests, whose records say what the tunnel did, and this one is
+/// never written), it keeps what the record needs — its request ID and start taken at the
+/// CONNECT, the target, the grant — instead of the record itself (about 600 bytes). Written as a
+/// CONNECT allowed with 200, by [`PendingConnect::finish`], or when dropped unfinished
+/// (`client_aborted`, as a [`PendingRecord`] would).
+pub struct PendingConnect {
+    log: AuditLog,
+    request_id: RequestId,
+    started: Instant,
+    target: Target,
+    grant: Option<Arc<Grant>>,
+    done: bool,
+}
+
+impl PendingConnect {
+    pub fn new(log: AuditLog, target: Target, grant: Option<Arc<Grant>>, started: Instant) -> Self {
+        PendingConnect {
+            log,
+            request_id: crate::exchange::new_request_id(),
+            started,
+            target,
+            grant,
+            done: false,
+        }
+    }
+
+    /// The record, as [`PendingRecord::connect`] would have made it at the CONNECT.
+    fn record(&self) -> PendingRecord {
+        let mut record = PendingRecord::new(
+            self.log.clone(),
+            self.request_id,
+            crate::forward::LISTENER,
+            Cow::Borrowed("CONNECT"),
+            &self.target,
+            "",
+            self.started,
+        );
+        record.set_grant(self.grant.as_deref());
+        record.set_decision(Outcome::Allow);
+        record.set_status(200);
+        record
+    }
+
+    /// Writes the record: the tunnel ended, no request served, for `error`.
+    pub fn finish(mut self, error: &'static str) {
+        self.done = true;
+        self.record().finish_streamed(0, Some(error));
+    }
+
+    /// The tunnel's requests have their records: none for the CONNECT.
+    pub fn discard(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for PendingConnect {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped unwritten, the record writes itself as `client_aborted`.
+            drop(self.record());
         }
     }
 }
@@ -351,5 +411,80 @@ impl<B: Body> Drop for Metered<B> {
             Some("client_aborted")
         };
         self.finish(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use serde_json::Value;
+    use sidekey_audit::AuditWriter;
+    use sidekey_policy::{CanonicalHost, Scheme};
+
+    use super::*;
+
+    /// The audit lines, in memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn records(&self) -> Vec<Value> {
+            let bytes = self.0.lock().unwrap();
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect()
+        }
+    }
+
+    /// An intercepted CONNECT's record is written once when the tunnel ends without a request,
+    /// as a CONNECT allowed with 200 and the reason; never when the tunnel's requests have
+    /// their own; and as `client_aborted` when dropped unfinished (the task went away).
+    #[test]
+    fn a_connect_record_is_written_only_when_finished_or_dropped() {
+        let lines = Lines::default();
+        let writer = AuditWriter::spawn(Box::new(lines.clone())).unwrap();
+        let target = Target {
+            scheme: Scheme::Https,
+            host: CanonicalHost::parse("api.test.local").unwrap(),
+            port: 443,
+        };
+        let pending = || PendingConnect::new(writer.log(), target.clone(), None, Instant::now());
+
+        pending().discard();
+        let finished = pending();
+        let finished_id = finished.request_id;
+        finished.finish("no_request");
+        let dropped = pending();
+        let dropped_id = dropped.request_id;
+        drop(dropped);
+        writer.flush();
+
+        let records = lines.records();
+        assert_eq!(records.len(), 2, "{records:?}");
+        for (record, (id, error)) in records
+            .iter()
+            .zip([(finished_id, "no_request"), (dropped_id, "client_aborted")])
+        {
+            assert_eq!(record["request_id"], id.as_str(), "{record}");
+            assert_eq!(record["method"], "CONNECT", "{record}");
+            assert_eq!(record["host"], "api.test.local", "{record}");
+            assert_eq!(record["port"], 443, "{record}");
+            assert_eq!(record["decision"], "allow", "{record}");
+            assert_eq!(record["status"], 200, "{record}");
+            assert_eq!(record["error"], error, "{record}");
+        }
     }
 }

@@ -21,7 +21,6 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
-use sidekey_audit::Outcome;
 use sidekey_body::ProxyBody;
 use sidekey_grants::Grant;
 use sidekey_policy::{check_sni, ErrorCode, Identified, Refusal, Sni, Target};
@@ -30,7 +29,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::PendingRecord;
+use crate::audit::PendingConnect;
 use crate::conn_timers::{watched, ConnTimers};
 use crate::exchange::{self, Exchange};
 use crate::forward::LISTENER;
@@ -75,17 +74,19 @@ pub async fn run(
 ) {
     let state = shared.load();
     let limits = state.limits.clone();
-    let mut record = PendingRecord::connect(state.audit.clone(), &target, Instant::now());
-    record.set_grant(grant.as_deref());
-    record.set_decision(Outcome::Allow);
-    record.set_status(200);
+    let record = PendingConnect::new(
+        state.audit.clone(),
+        target.clone(),
+        grant.clone(),
+        Instant::now(),
+    );
     drop(state);
 
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::debug!(error = %e, "CONNECT upgrade failed");
-            record.finish_streamed(0, Some("client_aborted"));
+            record.finish("client_aborted");
             return;
         }
     };
@@ -97,17 +98,17 @@ pub async fn run(
         Ok(Ok(start)) => start,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             tracing::debug!(target = %target, "agent closed the tunnel before a ClientHello");
-            record.finish_streamed(0, Some("client_aborted"));
+            record.finish("client_aborted");
             return;
         }
         Ok(Err(e)) => {
             tracing::info!(target = %target, error = %e, "agent TLS ClientHello rejected");
-            record.finish_streamed(0, Some("tls_handshake_failed"));
+            record.finish("tls_handshake_failed");
             return;
         }
         Err(_) => {
             tracing::info!(target = %target, "agent sent no TLS ClientHello in time");
-            record.finish_streamed(0, Some("tls_handshake_timeout"));
+            record.finish("tls_handshake_timeout");
             return;
         }
     };
@@ -117,12 +118,12 @@ pub async fn run(
         Ok(Err(e)) => {
             // Usually the agent does not trust sidekey's CA (see ca.cert_out).
             tracing::info!(target = %target, error = %e, "agent TLS handshake failed");
-            record.finish_streamed(0, Some("tls_handshake_failed"));
+            record.finish("tls_handshake_failed");
             return;
         }
         Err(_) => {
             tracing::info!(target = %target, "agent TLS handshake timed out");
-            record.finish_streamed(0, Some("tls_handshake_timeout"));
+            record.finish("tls_handshake_timeout");
             return;
         }
     };
@@ -193,7 +194,7 @@ pub async fn run(
         }
     }
     if !served.load(Ordering::Relaxed) {
-        record.finish_streamed(0, Some("no_request"));
+        record.finish("no_request");
     } else {
         // The requests have their records; the tunnel needs none of its own.
         record.discard();
