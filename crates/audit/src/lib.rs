@@ -22,6 +22,8 @@ pub use id::{HexId, RequestId};
 
 mod id;
 mod json;
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory;
 pub mod ocsf;
 pub mod trace;
 
@@ -795,23 +797,10 @@ mod tests {
         assert!(write_line(&mut out, at, "request", &[1, 2]).is_err());
         assert!(out.is_empty(), "nothing half-written");
     }
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Instant;
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::memory::MemorySink as Shared;
 
     #[test]
     fn redacts_query_values_only() {
@@ -847,11 +836,7 @@ mod tests {
         });
         log.request(&denied());
         writer.flush();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = buf.records();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["type"], "credential");
         assert_eq!(lines[0]["event"], "issued");
@@ -971,13 +956,6 @@ mod tests {
         }
     }
 
-    fn lines(buf: &Shared) -> Vec<serde_json::Value> {
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
     #[test]
     fn records_from_many_threads_arrive_whole_and_in_each_threads_order() {
         let buf = Shared::default();
@@ -996,7 +974,8 @@ mod tests {
             t.join().unwrap();
         }
         writer.flush();
-        let ids: Vec<usize> = lines(&buf)
+        let ids: Vec<usize> = buf
+            .records()
             .iter()
             .map(|l| l["credential_id"].as_str().unwrap()[3..].parse().unwrap())
             .collect();
@@ -1014,11 +993,11 @@ mod tests {
         let writer = AuditWriter::spawn(Box::new(buf.clone())).unwrap();
         writer.log().credential(&event(1));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while lines(&buf).is_empty() {
+        while buf.records().is_empty() {
             assert!(Instant::now() < deadline, "the record was never written");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(lines(&buf).len(), 1);
+        assert_eq!(buf.records().len(), 1);
         drop(writer);
     }
 
@@ -1031,11 +1010,11 @@ mod tests {
             log.credential(&event(i));
         }
         writer.shutdown();
-        assert_eq!(lines(&buf).len(), 100);
+        assert_eq!(buf.records().len(), 100);
         log.credential(&event(100));
         log.flush();
         std::thread::sleep(BATCH_WINDOW * 2);
-        assert_eq!(lines(&buf).len(), 100);
+        assert_eq!(buf.records().len(), 100);
     }
 
     #[derive(Default)]
@@ -1076,7 +1055,8 @@ mod tests {
         // Every line written has been observed already.
         assert!(
             get(&counts.requests)
-                >= lines(&buf)
+                >= buf
+                    .records()
                     .iter()
                     .filter(|l| l["type"] == "request")
                     .count() as u64

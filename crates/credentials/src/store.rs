@@ -1515,21 +1515,11 @@ mod tests {
 
     /// The audit trail, in memory.
     #[derive(Clone, Default)]
-    struct Trail(Arc<StdMutex<Vec<u8>>>);
-
-    impl std::io::Write for Trail {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    struct Trail(sidekey_audit::memory::MemorySink);
 
     impl Trail {
         fn writer(&self) -> AuditWriter {
-            AuditWriter::spawn(Box::new(self.clone())).unwrap()
+            AuditWriter::spawn(Box::new(self.0.clone())).unwrap()
         }
 
         /// The `event` credential events of `grant_id`, once the writer has written them.
@@ -1540,9 +1530,9 @@ mod tests {
             grant_id: &str,
         ) -> Vec<serde_json::Value> {
             writer.flush();
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            text.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            self.0
+                .records()
+                .into_iter()
                 .filter(|l| {
                     l["type"] == "credential" && l["event"] == event && l["grant_id"] == grant_id
                 })

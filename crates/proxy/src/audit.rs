@@ -416,46 +416,19 @@ impl<B: Body> Drop for Metered<B> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::Mutex;
-
-    use serde_json::Value;
+    use sidekey_audit::memory::MemorySink;
     use sidekey_audit::AuditWriter;
     use sidekey_policy::{CanonicalHost, Scheme};
 
     use super::*;
-
-    /// The audit lines, in memory.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Lines {
-        fn records(&self) -> Vec<Value> {
-            let bytes = self.0.lock().unwrap();
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect()
-        }
-    }
 
     /// An intercepted CONNECT's record is written once when the tunnel ends without a request,
     /// as a CONNECT allowed with 200 and the reason; never when the tunnel's requests have
     /// their own; and as `client_aborted` when dropped unfinished (the task went away).
     #[test]
     fn a_connect_record_is_written_only_when_finished_or_dropped() {
-        let lines = Lines::default();
-        let writer = AuditWriter::spawn(Box::new(lines.clone())).unwrap();
+        let sink = MemorySink::default();
+        let writer = AuditWriter::spawn(Box::new(sink.clone())).unwrap();
         let target = Target {
             scheme: Scheme::Https,
             host: CanonicalHost::parse("api.test.local").unwrap(),
@@ -472,7 +445,7 @@ mod tests {
         drop(dropped);
         writer.flush();
 
-        let records = lines.records();
+        let records = sink.records();
         assert_eq!(records.len(), 2, "{records:?}");
         for (record, (id, error)) in records
             .iter()
