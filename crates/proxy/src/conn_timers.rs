@@ -233,10 +233,10 @@ impl IdleTimer<'_> {
     }
 }
 
-/// `future` with `timeout` from `now` to finish (`None` if it did not): timed by the connection's request
-/// timer when there are `timers` (for one request at a time, as an HTTP/1 connection has them:
-/// the timer follows the deadline of whichever bounded future polled it last), else by a timer
-/// of its own (an HTTP/2 stream). The future is made after the clock is read (`make`), so that
+/// `future` with `timeout` from `now` to finish (`None` if it did not): timed by the
+/// connection's request timer when there are `timers` (for one request at a time, as an HTTP/1
+/// connection has them: the timer follows the deadline of whichever bounded future polled it
+/// last), else by a timer of its own (an HTTP/2 stream). The future is made after the clock is read (`make`), so that
 /// it is built where it stays, not moved (a copy of several hundred bytes).
 #[inline]
 pub(crate) fn bound<F: Future>(
