@@ -37,8 +37,7 @@ fn minute_of(time: SystemTime) -> u64 {
 impl Uses {
     /// One use, now.
     pub fn add(&self) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        self.add_at(minute_now());
+        self.add_at_time(SystemTime::now());
     }
 
     /// One use at `time` (a reading of the clock the caller made anyway).

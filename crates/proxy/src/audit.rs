@@ -72,9 +72,14 @@ impl PendingRecord {
 
     /// The record of a CONNECT to `target` on the forward listener, with a fresh request ID.
     pub fn connect(log: AuditLog, target: &Target, started: Instant) -> Self {
+        Self::connect_as(log, crate::exchange::new_request_id(), target, started)
+    }
+
+    /// [`PendingRecord::connect`] under an ID taken earlier ([`PendingConnect`]).
+    fn connect_as(log: AuditLog, request_id: RequestId, target: &Target, started: Instant) -> Self {
         Self::new(
             log,
-            crate::exchange::new_request_id(),
+            request_id,
             crate::forward::LISTENER,
             Cow::Borrowed("CONNECT"),
             target,
@@ -297,13 +302,10 @@ impl PendingConnect {
 
     /// The record, as [`PendingRecord::connect`] would have made it at the CONNECT.
     fn record(&self) -> PendingRecord {
-        let mut record = PendingRecord::new(
+        let mut record = PendingRecord::connect_as(
             self.log.clone(),
             self.request_id,
-            crate::forward::LISTENER,
-            Cow::Borrowed("CONNECT"),
             &self.target,
-            "",
             self.started,
         );
         record.set_grant(self.grant.as_deref());
