@@ -43,7 +43,8 @@ struct Opts {
     mode: String,
     connect: String,
     tunnel: Option<String>,
-    /// `Proxy-Authorization` sent with the CONNECT (a task grant).
+    /// `Proxy-Authorization` (a task grant): sent with the CONNECT through a tunnel, else with
+    /// every request.
     proxy_auth: Option<String>,
     tls: Option<String>,
     ca: Option<String>,
@@ -231,6 +232,10 @@ impl Dialer {
         let mut builder = Request::get(uri);
         if !self.opts.h2 {
             builder = builder.header("host", &self.opts.host);
+        }
+        // A forward proxy's grant: sent with the CONNECT through a tunnel, else with each request.
+        if let (None, Some(auth)) = (&self.opts.tunnel, &self.opts.proxy_auth) {
+            builder = builder.header("proxy-authorization", auth);
         }
         // Agents' SDKs send a dummy key: every proxy under test must replace it.
         Ok(builder

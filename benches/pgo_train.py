@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""The training run of a profile-guided build (scripts/build-pgo): an instrumented sidekey does
+the work it is built for, and the counts it writes at exit tell the compiler which code is hot.
+
+It starts bench-upstream and three sidekeys on the benchmarks' configurations (benches/peers:
+injection, task grants required, blind tunnels), drives each scenario of the benchmark with
+bench-load for a few seconds (plain HTTP forward at 16 and 128 connections, intercepted HTTPS
+kept alive and one handshake per request, HTTP/2, grants on plain HTTP and at CONNECT, blind
+tunnels, SSE), then stops the sidekeys with SIGTERM so that they drain and write their profiles.
+
+A scenario that answers anything but 2xx, or answers nothing, fails the run: a profile of
+refusals would teach the compiler the wrong path.
+
+    pgo_train.py --sidekey BIN --upstream BIN --load BIN --run-dir DIR [--seconds 3]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+PEERS = BENCH / "peers"
+
+UP_HTTP, UP_TLS = 18080, 18443
+PORTS = {"SIDEKEY": 19001, "SIDEKEY_ADMIN": 19091, "SIDEKEY_TUNNEL": 19002,
+         "SIDEKEY_GRANTS": 19003, "SIDEKEY_GRANTS_ADMIN": 19093}
+API = "api.bench.test"
+PLAIN = f"{API}:{UP_HTTP}"
+TLS = f"{API}:{UP_TLS}"
+TUNNEL = f"tunnel.bench.test:{UP_TLS}"
+
+
+def log(msg):
+    print(f"[pgo] {msg}", flush=True)
+
+
+def wait_port(port, proc, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def render(template, run):
+    text = (PEERS / template).read_text()
+    for key, value in {**PORTS, "RUN": run}.items():
+        text = text.replace(f"@{key}@", str(value))
+    dest = Path(run) / template
+    dest.write_text(text)
+    return dest
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sidekey", required=True, help="the instrumented sidekey")
+    p.add_argument("--upstream", required=True, help="bench-upstream")
+    p.add_argument("--load", required=True, help="bench-load")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--seconds", type=int, default=3, help="seconds per scenario")
+    args = p.parse_args()
+
+    run = Path(args.run_dir)
+    shutil.rmtree(run, ignore_errors=True)
+    (run / "grants").mkdir(parents=True)
+    procs = []
+
+    def start(argv, port, env=None):
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                                stderr=open(run / f"{Path(argv[0]).name}-{port}.log", "w"))
+        procs.append(proc)
+        wait_port(port, proc)
+        return proc
+
+    try:
+        start([args.upstream, "--http", f"127.0.0.1:{UP_HTTP}", "--https", f"127.0.0.1:{UP_TLS}",
+               "--ca-out", str(run / "upstream-ca.pem")], UP_TLS)
+        made = subprocess.run([args.sidekey, "grant", "keygen", "--dir", str(run / "grants")],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"sidekey grant keygen: {made.stderr}")
+        signed = subprocess.run([args.sidekey, "grant", "sign", "--key", str(run / "grants" / "grant-key.pem"),
+                                 "--audience", "bench", "--sub", "pgo-agent", "--task", "pgo-task",
+                                 "--user", "pgo-user", "--route", "bench:GET", "--ttl", "1h"],
+                                capture_output=True, text=True)
+        if signed.returncode != 0:
+            raise RuntimeError(f"sidekey grant sign: {signed.stderr}")
+        grant = f"Bearer {signed.stdout.strip()}"
+
+        env = {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"}
+        sidekeys = [start([args.sidekey, "run", "-c", str(render(name, run))], PORTS[port], env)
+                    for name, port in (("sidekey.yaml", "SIDEKEY"), ("sidekey-tunnel.yaml", "SIDEKEY_TUNNEL"),
+                                       ("sidekey-grants.yaml", "SIDEKEY_GRANTS"))]
+
+        def through(port, ca, *extra):
+            return ["--connect", f"127.0.0.1:{port}", "--tunnel", TLS, "--tls", API, "--ca", str(run / ca),
+                    "--host", TLS, "--uri", "/", *extra]
+
+        plain = ["--connect", f"127.0.0.1:{PORTS['SIDEKEY']}", "--host", PLAIN, "--uri", f"http://{PLAIN}/"]
+        https = through(PORTS["SIDEKEY"], "sidekey-ca.pem")
+        granted = ["--connect", f"127.0.0.1:{PORTS['SIDEKEY_GRANTS']}", "--host", PLAIN,
+                   "--uri", f"http://{PLAIN}/", "--proxy-auth", grant]
+        granted_https = through(PORTS["SIDEKEY_GRANTS"], "sidekey-grants-ca.pem", "--proxy-auth", grant)
+        tunnel = ["--connect", f"127.0.0.1:{PORTS['SIDEKEY_TUNNEL']}", "--tunnel", TUNNEL, "--tls",
+                  "tunnel.bench.test", "--ca", str(run / "upstream-ca.pem"), "--host", TUNNEL, "--uri", "/"]
+        d = str(args.seconds)
+        scenarios = [
+            ("plain HTTP, 16 connections", plain + ["--mode", "load", "-c", "16", "-d", d]),
+            ("plain HTTP, 128 connections", plain + ["--mode", "load", "-c", "128", "-d", d]),
+            ("intercepted HTTPS, kept alive", https + ["--mode", "load", "-c", "16", "-d", d]),
+            ("intercepted HTTPS, a handshake per request", https + ["--mode", "handshake", "-c", "4", "-d", d]),
+            ("HTTP/2, 4 connections x 32 streams", https + ["--h2", "--mode", "load", "-c", "4",
+                                                            "--streams", "32", "-d", d]),
+            ("task grant, plain HTTP", granted + ["--mode", "load", "-c", "16", "-d", d]),
+            ("task grant at CONNECT", granted_https + ["--mode", "load", "-c", "16", "-d", d]),
+            ("blind tunnels, kept alive", tunnel + ["--mode", "load", "-c", "16", "-d", d]),
+            ("blind tunnels, a new one per request", tunnel + ["--mode", "handshake", "-c", "4", "-d", d]),
+            ("SSE", ["--connect", f"127.0.0.1:{PORTS['SIDEKEY']}", "--host", PLAIN,
+                     "--uri", f"http://{PLAIN}/sse", "--mode", "sse", "--count", "3"]),
+        ]
+        for name, load_args in scenarios:
+            out = subprocess.run([args.load, *load_args], capture_output=True, text=True, timeout=120)
+            if out.returncode != 0:
+                raise RuntimeError(f"{name}: bench-load failed: {out.stderr[-400:]}")
+            result = json.loads(out.stdout)
+            if result.get("errors") or not result.get("requests"):
+                raise RuntimeError(f"{name}: {result.get('requests')} answered, {result.get('errors')} errors "
+                                   f"(last status {result.get('bad_status_code')})")
+            log(f"{name}: {result['requests']} requests")
+
+        # SIGTERM: each sidekey drains and returns from main, and the profile runtime writes
+        # its counts at exit. A sidekey killed instead writes nothing.
+        for proc in sidekeys:
+            proc.send_signal(signal.SIGTERM)
+        for proc in sidekeys:
+            code = proc.wait(timeout=30)
+            if code != 0:
+                raise RuntimeError(f"sidekey exited with {code} at SIGTERM: no profile written")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        sys.exit(f"[pgo] training failed: {err}")
