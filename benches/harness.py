@@ -532,7 +532,7 @@ def versions():
     rev = sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).stdout.strip()
     dirty = sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
     return {
-        "sidekey": f"{rev}{'+dirty' if dirty else ''} (release, SIDEKEY_WORKER_THREADS=1)",
+        "sidekey": f"{rev}{'+dirty' if dirty else ''} ({BUILD}, SIDEKEY_WORKER_THREADS=1)",
         "nginx": first(["nginx", "-v"]),
         "envoy": first([str(VENV / "bin" / "envoy"), "--version"], "version"),
         "squid": first(["squid", "-v"], "Version"),
@@ -566,12 +566,15 @@ def loadavg():
 
 
 def main():
-    global RUN, LOADGEN, UPSTREAM, SIDEKEY, VENV
+    global RUN, LOADGEN, UPSTREAM, SIDEKEY, VENV, BUILD
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--venv", required=True)
     p.add_argument("--bin-dir", required=True, help="where sidekey and the bench tools are")
+    p.add_argument("--build", default="release",
+                   help="how the sidekey measured was built, for the report (scripts/bench: "
+                        "'profile-guided release')")
     p.add_argument("--no-write", action="store_true", help="do not overwrite benches/RESULTS.md")
     p.add_argument("--only", default=",".join(SCENARIOS),
                    help=f"scenarios to run, comma-separated: {','.join(SCENARIOS)} (default: all)")
@@ -603,6 +606,7 @@ def main():
     VENV = Path(opts.venv)
     bins = Path(opts.bin_dir)
     LOADGEN = bins / "bench-load"
+    BUILD = opts.build
     UPSTREAM = bins / "bench-upstream"
     SIDEKEY = bins / "sidekey"
 
