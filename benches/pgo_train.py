@@ -6,7 +6,8 @@ It starts bench-upstream and three sidekeys on the benchmarks' configurations (b
 injection, task grants required, blind tunnels), drives each scenario of the benchmark with
 bench-load for a few seconds (plain HTTP forward at 16 and 128 connections, intercepted HTTPS
 kept alive and one handshake per request, HTTP/2, grants on plain HTTP and at CONNECT, blind
-tunnels, SSE), then stops the sidekeys with SIGTERM so that they drain and write their profiles.
+tunnels, SSE), then stops the sidekeys with SIGTERM so that they drain and write their profiles. The run
+directory (configs, logs, the audit files) is removed after a run that worked.
 
 A scenario that answers anything but 2xx, or answers nothing, fails the run: a profile of
 refusals would teach the compiler the wrong path.
@@ -19,19 +20,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-PEERS = BENCH / "peers"
+from benchkit import API, UP_HTTP, UP_TLS, render, start_upstream, wait_port
 
-UP_HTTP, UP_TLS = 18080, 18443
+# The three sidekeys' listeners (the harness's ports: the two never run at once).
 PORTS = {"SIDEKEY": 19001, "SIDEKEY_ADMIN": 19091, "SIDEKEY_TUNNEL": 19002,
          "SIDEKEY_GRANTS": 19003, "SIDEKEY_GRANTS_ADMIN": 19093}
-API = "api.bench.test"
 PLAIN = f"{API}:{UP_HTTP}"
 TLS = f"{API}:{UP_TLS}"
 TUNNEL = f"tunnel.bench.test:{UP_TLS}"
@@ -39,28 +36,6 @@ TUNNEL = f"tunnel.bench.test:{UP_TLS}"
 
 def log(msg):
     print(f"[pgo] {msg}", flush=True)
-
-
-def wait_port(port, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
-
-
-def render(template, run):
-    text = (PEERS / template).read_text()
-    for key, value in {**PORTS, "RUN": run}.items():
-        text = text.replace(f"@{key}@", str(value))
-    dest = Path(run) / template
-    dest.write_text(text)
-    return dest
 
 
 def main():
@@ -77,16 +52,17 @@ def main():
     (run / "grants").mkdir(parents=True)
     procs = []
 
-    def start(argv, port, env=None):
-        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                                stderr=open(run / f"{Path(argv[0]).name}-{port}.log", "w"))
+    def start(config, port):
+        config = render(config, run / config, RUN=run, **PORTS)
+        proc = subprocess.Popen([args.sidekey, "run", "-c", str(config)],
+                                env={**os.environ, "SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"},
+                                stdout=subprocess.DEVNULL, stderr=open(run / f"{config.stem}.log", "w"))
         procs.append(proc)
-        wait_port(port, proc)
+        wait_port(PORTS[port], proc, timeout=30)
         return proc
 
     try:
-        start([args.upstream, "--http", f"127.0.0.1:{UP_HTTP}", "--https", f"127.0.0.1:{UP_TLS}",
-               "--ca-out", str(run / "upstream-ca.pem")], UP_TLS)
+        procs.append(start_upstream(args.upstream, run))
         made = subprocess.run([args.sidekey, "grant", "keygen", "--dir", str(run / "grants")],
                               capture_output=True, text=True)
         if made.returncode != 0:
@@ -99,10 +75,9 @@ def main():
             raise RuntimeError(f"sidekey grant sign: {signed.stderr}")
         grant = f"Bearer {signed.stdout.strip()}"
 
-        env = {"SIDEKEY_WORKER_THREADS": "1", "SIDEKEY_LOG": "warn"}
-        sidekeys = [start([args.sidekey, "run", "-c", str(render(name, run))], PORTS[port], env)
-                    for name, port in (("sidekey.yaml", "SIDEKEY"), ("sidekey-tunnel.yaml", "SIDEKEY_TUNNEL"),
-                                       ("sidekey-grants.yaml", "SIDEKEY_GRANTS"))]
+        sidekeys = [start(config, port) for config, port in (
+            ("sidekey.yaml", "SIDEKEY"), ("sidekey-tunnel.yaml", "SIDEKEY_TUNNEL"),
+            ("sidekey-grants.yaml", "SIDEKEY_GRANTS"))]
 
         def through(port, ca, *extra):
             return ["--connect", f"127.0.0.1:{port}", "--tunnel", TLS, "--tls", API, "--ca", str(run / ca),
@@ -148,6 +123,8 @@ def main():
             code = proc.wait(timeout=30)
             if code != 0:
                 raise RuntimeError(f"sidekey exited with {code} at SIGTERM: no profile written")
+        # The audit files of a million requests (some 400 MB); a failed run keeps them to be read.
+        shutil.rmtree(run)
     finally:
         for proc in procs:
             if proc.poll() is None:
