@@ -76,7 +76,7 @@ def write(results, dest):
     add = lines.append
     add("# sidekey benchmark results\n")
     add("Written by `scripts/bench`" + (" --quick (short runs: indicative only)" if results.get("quick") else "")
-        + f" on {results['date']}. Reproduce with `scripts/bench` (full, about 15 minutes plus the first release build on 2 cores) or "
+        + f" on {results['date']}. Reproduce with `scripts/bench` (full, about 15 minutes plus the first builds on 2 cores) or "
         "`scripts/bench --quick`.\n")
     m = results["machine"]
     add(f"**Machine:** {m['cpu']}, {m['cores']} cores, {m['memory']}; kernel {results['versions']['kernel']}. "
