@@ -50,6 +50,7 @@ PORTS = {
     "ENVOY_TLS": 19022,
     "SQUID": 19031,
     "MITM": 19041,
+    "FLOOR": 19051,
 }
 
 API = "api.bench.test"
@@ -145,7 +146,28 @@ class Proc:
 STARTED = []
 
 
+def evict(program):
+    """Drops `program`'s executable from the page cache, so that every target starts from its
+    file read off the disk, as on a node that has not run it yet. Resident code after start
+    depends on it: the kernel maps the cached pages around each fault, and pages cached by a
+    write (scripts/bench copies sidekey's binary just before) come in larger blocks than pages
+    read (benches/NOTES.md, "What the page cache does to idle RSS")."""
+    path = shutil.which(program) or program
+    try:
+        fd = os.open(os.path.realpath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)  # written pages must be clean to be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def start(name, argv, cpu=PROXY_CPU, env=None, port=None, timeout=30, **kw):
+    evict(argv[0])
     proc = Proc(name, argv, cpu, env=env, **kw)
     STARTED.append(proc)
     if port:
@@ -436,7 +458,7 @@ def run_scenarios(targets, opts, results):
     if "sse" in only:
         log("streaming: SSE time to first byte")
         for t in plain:
-            if t.headers:  # bench-load sends no proxy credentials on plain requests
+            if t.headers or t.name == "floor":  # no proxy credentials on plain requests; not a proxy
                 continue
             path = "/sse" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/sse"
             # Each stream lasts ~0.4 s: one that has not ended after LOADS["sse"]["timeout_s"] fails the run.
@@ -460,7 +482,7 @@ def idle_connections(targets, opts, results):
     """RSS with N idle keep-alive connections (each made one request first)."""
     out = {}
     for t in targets:
-        if not t.plain or t.proc is None or t.headers:
+        if not t.plain or t.proc is None or t.headers or t.name == "floor":
             continue
         base = t.proc.rss_kb()
         path = f"http://{PLAIN_AUTHORITY}/"
@@ -566,7 +588,7 @@ def loadavg():
 
 
 def main():
-    global RUN, LOADGEN, UPSTREAM, SIDEKEY, VENV, BUILD
+    global RUN, LOADGEN, UPSTREAM, FLOOR, SIDEKEY, VENV, BUILD
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--run-dir", required=True)
@@ -608,6 +630,7 @@ def main():
     LOADGEN = bins / "bench-load"
     BUILD = opts.build
     UPSTREAM = bins / "bench-upstream"
+    FLOOR = bins / "bench-floor"
     SIDEKEY = bins / "sidekey"
 
     results = {
@@ -708,6 +731,11 @@ def setup():
 
     nginx = start("nginx", ["nginx", "-c", render("nginx.conf", RUN / "nginx.conf", TOKEN=peer_token),
                             "-e", str(RUN / "nginx-error.log")], port=PORTS["NGINX_HTTP"])
+    # Not a peer: tokio and hyper doing the plain scenario's forward and nothing else
+    # (benches/tools/src/floor.rs), a measuring stick for what a proxy built on them can reach.
+    floor = start("floor", [str(FLOOR), "--listen", f"127.0.0.1:{PORTS['FLOOR']}",
+                            "--upstream", f"127.0.0.1:{PORTS['UP_HTTP']}", "--allow", PLAIN_AUTHORITY,
+                            "--token-len", str(len(peer_token))], port=PORTS["FLOOR"])
     envoy = start("envoy", [str(VENV / "bin" / "envoy"), "-c",
                             render("envoy.yaml", RUN / "envoy.yaml", TOKEN=peer_token),
                             "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warn"],
@@ -755,6 +783,7 @@ def setup():
                https=via_connect(PORTS["MITM"], str(RUN / "mitm" / "mitmproxy-ca-cert.pem")),
                https_kind="CONNECT + interception"),
         Target("sidekey-tunnel", sidekey_tunnel, tunnel=tunnel(PORTS["SIDEKEY_TUNNEL"])),
+        Target("floor", floor, plain=f"127.0.0.1:{PORTS['FLOOR']}"),
         Target("sidekey-grants", sidekey_grants, plain=f"127.0.0.1:{PORTS['SIDEKEY_GRANTS']}",
                https=via_connect(PORTS["SIDEKEY_GRANTS"], str(RUN / "sidekey-grants-ca.pem"))
                + ["--proxy-auth", f"Bearer {GRANT}"],
@@ -771,7 +800,8 @@ def verify(targets, results):
         # sidekey-tunnel routes nothing; sidekey-grants needs a grant (checked in setup).
         if t.proc is None or t.name in ("sidekey-tunnel", "sidekey-grants"):
             continue
-        token = None if t.name == "sidekey" else PEER_TOKEN
+        # The floor's token is as long as the peers', all "x".
+        token = {"sidekey": None, "floor": "x" * len(PEER_TOKEN)}.get(t.name, PEER_TOKEN)
         if t.plain:
             check_injection(t.name, ["--proxy", f"http://{t.plain}", f"http://{PLAIN_AUTHORITY}/headers"], token)
             check_denied(t.name, ["--proxy", f"http://{t.plain}", "http://other.bench.test:18080/"])

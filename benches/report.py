@@ -122,7 +122,7 @@ def write(results, dest):
     mark = len(lines)
     add("## Plain HTTP forward proxy with header injection (HTTP/1.1, keep-alive)\n")
     rows = []
-    for n in names:
+    for n in names + ["floor"]:
         if not any((results.get(k) or {}).get(n) for k in ("plain_c1", "plain_c16", "plain_c128")):
             continue
         rps128 = get(results, "plain_c128", n, "rps")
@@ -137,6 +137,12 @@ def write(results, dest):
         ])
     add(table(["target", "req/s c=1", "req/s c=16", "req/s c=128", "c=128 vs direct",
                "sidekey ÷ this", "CPU s / 100k req"], rows))
+    if any((results.get(k) or {}).get("floor") for k in ("plain_c16", "plain_c128")):
+        add("\n*floor* is not a proxy but a measuring stick (`bench-floor`, benches/tools/src/floor.rs): "
+            "tokio's one-thread runtime and hyper's HTTP/1 server and client doing this forward and "
+            "nothing else — the token replaced, no policy, credential, audit record, metrics, limits "
+            "or shared pool. It shows what a proxy built on these dependencies can reach on this "
+            "machine, against nginx.")
     add("")
     add("Latency (ms): the target's p50 / p99 / p99.9, and in brackets what the proxy adds to direct.\n")
     rows = []
