@@ -10,12 +10,16 @@ tunnels, SSE), then stops the sidekeys with SIGTERM so that they drain and write
 directory (configs, logs, the audit files) is removed after a run that worked.
 
 A scenario that answers anything but 2xx, or answers nothing, fails the run: a profile of
-refusals would teach the compiler the wrong path.
+refusals would teach the compiler the wrong path. Refusals (a host or method no route allows, a
+CONNECT to such a host, a missing or forged task grant) are then sent a few hundred times each,
+and must be answered with their status: enough for the code to count as run, far too little to
+weigh against the hot path's million requests.
 
     pgo_train.py --sidekey BIN --upstream BIN --load BIN --run-dir DIR [--seconds 3]
 """
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -36,6 +40,24 @@ TUNNEL = f"tunnel.bench.test:{UP_TLS}"
 
 def log(msg):
     print(f"[pgo] {msg}", flush=True)
+
+
+def refused(port, method, target, headers, status, n, name):
+    """Sends `n` requests that sidekey must refuse with `status`, on kept-alive connections
+    (http.client opens a new one when sidekey closes one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _ in range(n):
+            conn.request(method, target, headers={"Host": target.split("/")[2] if "//" in target else target,
+                                                  **headers})
+            response = conn.getresponse()
+            response.read()
+            if response.status != status:
+                raise RuntimeError(f"refused, {name}: answered {response.status}, not {status}")
+            if method == "CONNECT":
+                conn.close()
+    finally:
+        conn.close()
 
 
 def main():
@@ -114,6 +136,20 @@ def main():
                 raise RuntimeError(f"{name}: {result.get('requests')} answered, {result.get('errors')} errors "
                                    f"(last status {result.get('bad_status_code')})")
             log(f"{name}: {result['requests']} requests")
+
+        # Refusals, a few hundred of each: not the hot path, but code that runs on a proxy at rest
+        # (an agent that asks for a host it may not reach). Code that never ran in training is
+        # left where it was among the 19,000 functions that never run, and one refusal then
+        # maps pages of it all over the binary (benches/NOTES.md, "Refusals in the training").
+        for name, port, method, target, headers, status in (
+                ("a host no route names", PORTS["SIDEKEY"], "GET", "http://other.bench.test:18080/", {}, 403),
+                ("a method the route does not allow", PORTS["SIDEKEY"], "DELETE", f"http://{PLAIN}/", {}, 403),
+                ("CONNECT to a host no route names", PORTS["SIDEKEY"], "CONNECT", "other.bench.test:443", {}, 403),
+                ("no task grant", PORTS["SIDEKEY_GRANTS"], "GET", f"http://{PLAIN}/", {}, 407),
+                ("a task grant that does not verify", PORTS["SIDEKEY_GRANTS"], "GET", f"http://{PLAIN}/",
+                 {"Proxy-Authorization": "Bearer not.a.grant"}, 407)):
+            refused(port, method, target, headers, status, 300, name)
+            log(f"refused, {name}: 300 requests answered {status}")
 
         # SIGTERM: each sidekey drains and returns from main, and the profile runtime writes
         # its counts at exit. A sidekey killed instead writes nothing.

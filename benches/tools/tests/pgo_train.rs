@@ -1,8 +1,9 @@
 //! The training run of the profile-guided build (`benches/pgo_train.py`, run by
 //! `scripts/build-pgo`) works end to end: every scenario it drives through sidekey is answered
-//! 2xx, and each sidekey exits 0 at SIGTERM, the exit at which an instrumented build writes its
-//! profile. A scenario that stopped working (a config that no longer loads, a grant refused)
-//! would otherwise show up only as a build that optimizes the refusal path.
+//! 2xx, every refusal it trains on is answered with its status, and each sidekey exits 0 at
+//! SIGTERM, the exit at which an instrumented build writes its profile. A scenario that stopped
+//! working (a config that no longer loads, a grant refused) would otherwise show up only as a
+//! build that optimizes the refusal path.
 //!
 //! Here with the debug `sidekey` the workspace's tests build (beside this package's binaries in
 //! the target directory) and no instrumentation: what is checked is the run, not the compiler.
@@ -65,5 +66,20 @@ fn the_pgo_training_run_answers_every_scenario() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no request count in {line:?}"));
         assert!(requests > 0, "{line}");
+    }
+    // The refusals it trains on were each answered with their status (the script fails on any
+    // other answer; this checks that each was sent at all).
+    for (refusal, status) in [
+        ("a host no route names", 403),
+        ("a method the route does not allow", 403),
+        ("CONNECT to a host no route names", 403),
+        ("no task grant", 407),
+        ("a task grant that does not verify", 407),
+    ] {
+        let line = format!("[pgo] refused, {refusal}: 300 requests answered {status}");
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in:\n{stdout}"
+        );
     }
 }
