@@ -151,7 +151,8 @@ def evict(program):
     file read off the disk, as on a node that has not run it yet. Resident code after start
     depends on it: the kernel maps the cached pages around each fault, and pages cached by a
     write (scripts/bench copies sidekey's binary just before) come in larger blocks than pages
-    read (benches/NOTES.md, "What the page cache does to idle RSS")."""
+    read (benches/NOTES.md, "Idle RSS: what BOLT saves, and what the page cache does to the
+    figure")."""
     path = shutil.which(program) or program
     try:
         fd = os.open(os.path.realpath(path), os.O_RDONLY)
