@@ -327,8 +327,11 @@ def load(args, timeout=120):
 
 class Target:
     def __init__(self, name, proc, plain=None, https=None, https_kind=None, tunnel=None, h2=True,
-                 headers=()):
+                 headers=(), stick=False):
         self.name = name
+        # A measuring stick, not a proxy (bench-floor): the plain scenario's throughput and
+        # latency only, no SSE or idle-connection runs.
+        self.stick = stick
         self.headers = headers  # extra request headers for wrk (a task grant)
         self.proc = proc
         self.plain = plain  # address for plain-HTTP forward (absolute-form), or None
@@ -459,7 +462,7 @@ def run_scenarios(targets, opts, results):
     if "sse" in only:
         log("streaming: SSE time to first byte")
         for t in plain:
-            if t.headers or t.name == "floor":  # no proxy credentials on plain requests; not a proxy
+            if t.headers or t.stick:  # bench-load sends no proxy credentials on plain requests
                 continue
             path = "/sse" if t.name == "direct" else f"http://{PLAIN_AUTHORITY}/sse"
             # Each stream lasts ~0.4 s: one that has not ended after LOADS["sse"]["timeout_s"] fails the run.
@@ -483,7 +486,7 @@ def idle_connections(targets, opts, results):
     """RSS with N idle keep-alive connections (each made one request first)."""
     out = {}
     for t in targets:
-        if not t.plain or t.proc is None or t.headers or t.name == "floor":
+        if not t.plain or t.proc is None or t.headers or t.stick:
             continue
         base = t.proc.rss_kb()
         path = f"http://{PLAIN_AUTHORITY}/"
@@ -784,7 +787,7 @@ def setup():
                https=via_connect(PORTS["MITM"], str(RUN / "mitm" / "mitmproxy-ca-cert.pem")),
                https_kind="CONNECT + interception"),
         Target("sidekey-tunnel", sidekey_tunnel, tunnel=tunnel(PORTS["SIDEKEY_TUNNEL"])),
-        Target("floor", floor, plain=f"127.0.0.1:{PORTS['FLOOR']}"),
+        Target("floor", floor, plain=f"127.0.0.1:{PORTS['FLOOR']}", stick=True),
         Target("sidekey-grants", sidekey_grants, plain=f"127.0.0.1:{PORTS['SIDEKEY_GRANTS']}",
                https=via_connect(PORTS["SIDEKEY_GRANTS"], str(RUN / "sidekey-grants-ca.pem"))
                + ["--proxy-auth", f"Bearer {GRANT}"],

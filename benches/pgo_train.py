@@ -142,7 +142,7 @@ def main():
         # left where it was among the 19,000 functions that never run, and one refusal then
         # maps pages of it all over the binary (benches/NOTES.md, "Refusals in the training").
         for name, port, method, target, headers, status in (
-                ("a host no route names", PORTS["SIDEKEY"], "GET", "http://other.bench.test:18080/", {}, 403),
+                ("a host no route names", PORTS["SIDEKEY"], "GET", f"http://other.bench.test:{UP_HTTP}/", {}, 403),
                 ("a method the route does not allow", PORTS["SIDEKEY"], "DELETE", f"http://{PLAIN}/", {}, 403),
                 ("CONNECT to a host no route names", PORTS["SIDEKEY"], "CONNECT", "other.bench.test:443", {}, 403),
                 ("no task grant", PORTS["SIDEKEY_GRANTS"], "GET", f"http://{PLAIN}/", {}, 407),
