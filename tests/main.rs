@@ -15,6 +15,7 @@ mod audit;
 mod audit_trace;
 mod aws;
 mod aws_peer;
+mod binary;
 mod cedar;
 mod check;
 mod client_certificate;
