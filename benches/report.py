@@ -148,7 +148,7 @@ def write(results, dest):
     rows = []
     for key, label in (("plain_c1", "c=1"), ("plain_c16", "c=16"), ("plain_c128", "c=128"),
                        ("plain_rate", "fixed rate")):
-        for n in names:
+        for n in names + ["floor"]:
             r = (results.get(key) or {}).get(n)
             if not r:
                 continue
@@ -370,8 +370,11 @@ def targets(results):
                          not_measured(results, key, "direct", "sidekey", "nginx"), "–"])
             continue
         sa, na = max(s - d, 1), max(n - d, 1)
+        # The measuring stick's tail beside it: what tokio and hyper alone add at this load.
+        f = get(results, key, "floor", "p99_us")
+        stick = "" if f is None else f"; floor +{ms(max(f - d, 1))} ms ({max(f - d, 1) / na:.2f}×)"
         rows.append([f"p99 added latency ≤ 1.2× nginx's ({label})",
-                     f"sidekey +{ms(sa)} ms, nginx +{ms(na)} ms ({sa / na:.2f}×)",
+                     f"sidekey +{ms(sa)} ms, nginx +{ms(na)} ms ({sa / na:.2f}×){stick}",
                      "yes" if sa <= 1.2 * na else f"no ({sa / na:.2f}× vs 1.2×)"])
     hk = ratio(get(results, "https_keepalive", "sidekey", "rps"), get(results, "https_keepalive", "mitmproxy", "rps"))
     line("intercepted HTTPS req/s ≥ 20× mitmproxy (keep-alive)", hk, 20.0, f"{x(hk)} mitmproxy",

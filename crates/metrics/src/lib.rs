@@ -144,7 +144,7 @@ impl Metrics {
         };
         let credential_wait = phase(
             "sidekey_credential_wait_seconds",
-            "Time a request waited for its route's credential: a lookup on a hit, an issuer call on a miss.",
+            "Time a request waited for its route's credential: none when the store had it at hand, the issuer call on a miss.",
         );
         let upstream = phase(
             "sidekey_upstream_duration_seconds",

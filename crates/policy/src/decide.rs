@@ -148,6 +148,34 @@ pub fn absolute_target(uri: &Uri) -> Result<Target, Refusal> {
     })
 }
 
+/// [`absolute_target`] for the requests of one agent connection, which name the same authority
+/// again and again: the last target is kept with the authority it was parsed from, and a request
+/// written the same way gets it again without a parse (a compare of the bytes, and the host's
+/// `Arc` shared rather than allocated). The answer is the same as [`absolute_target`]'s, which
+/// depends on nothing but the URI; only parsed targets are kept. The authority is copied: a
+/// slice of the request would keep hyper's whole read buffer alive with the connection.
+#[derive(Debug, Default)]
+pub struct TargetMemo {
+    last: Option<(Box<str>, Target)>,
+}
+
+impl TargetMemo {
+    pub fn absolute_target(&mut self, uri: &Uri) -> Result<Target, Refusal> {
+        if let (Some("http"), Some(authority), Some((last, target))) =
+            (uri.scheme_str(), uri.authority(), &self.last)
+        {
+            if authority.as_str() == &**last {
+                return Ok(target.clone());
+            }
+        }
+        let target = absolute_target(uri)?;
+        if let Some(authority) = uri.authority() {
+            self.last = Some((authority.as_str().into(), target.clone()));
+        }
+        Ok(target)
+    }
+}
+
 /// A request on the route listener, resolved: the route, its target, and the path to send
 /// there (what follows `/r/<route>`, at least `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -862,6 +890,31 @@ mod tests {
             let refusal = absolute_target(&uri(text)).unwrap_err();
             assert_eq!(refusal.code, ErrorCode::RequestInvalid, "{text}");
             assert!(refusal.message.contains(message), "{text}: {refusal}");
+        }
+    }
+
+    #[test]
+    fn a_connections_memo_answers_as_absolute_target_does() {
+        let mut memo = TargetMemo::default();
+        // The same authority again, another one, a spelling that differs only in case, a
+        // refusal between two good ones, https and origin forms after an http one with the same
+        // authority: each answered as absolute_target answers it alone.
+        for text in [
+            "http://api.example.com/a",
+            "http://api.example.com/b?c",
+            "http://api.example.com:8080/",
+            "http://API.example.com:8080/",
+            "http://2130706433/",
+            "http://api.example.com/a",
+            "https://api.example.com/a",
+            "/api.example.com/a",
+            "http://api.example.com/again",
+            "http://[::1]:8080/",
+            "http://[::1]:8080/x",
+            "http://api.example.com:80/",
+        ] {
+            let uri = uri(text);
+            assert_eq!(memo.absolute_target(&uri), absolute_target(&uri), "{text}");
         }
     }
 

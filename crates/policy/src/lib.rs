@@ -27,8 +27,8 @@ pub use cedar::{CedarGate, CedarInput, CedarVerdict, GrantFacts};
 pub use code::{ErrorCode, Refusal};
 pub use decide::{
     absolute_target, check_sni, connect_target, route_target, BodyPlan, ConnectDecision, FormScan,
-    Identified, RequestDecision, RouteAddress, Sni, WholeBody, WholePurpose, FORM_BODY_LIMIT,
-    SIGNED_BODY_LIMIT, TASK_HEADER,
+    Identified, RequestDecision, RouteAddress, Sni, TargetMemo, WholeBody, WholePurpose,
+    FORM_BODY_LIMIT, SIGNED_BODY_LIMIT, TASK_HEADER,
 };
 pub use glob::{GlobError, PathGlob};
 pub use grant::{GrantScope, RouteGrant};

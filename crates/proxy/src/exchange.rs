@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -326,8 +327,8 @@ pub fn handle<B: AgentBody>(
             None => state.metrics.route_timers(listener, ""),
         };
         session.record.set_series(&timers);
-        let waited = Instant::now();
-        let credential = credential(&state, runtime, grant.as_deref()).await;
+        let (credential, mut waited) =
+            with_wait(credential(&state, runtime, grant.as_deref())).await;
         let credential = match credential {
             Ok(credential) => credential,
             Err(refusal) => {
@@ -340,13 +341,20 @@ pub fn handle<B: AgentBody>(
         if let (Some(runtime), Some(credential)) = (runtime, &credential) {
             session.set_credential(runtime, Some(credential));
         }
-        let certified =
-            match client_certificate(&state, &mut session, runtime, grant.as_deref()).await {
-                Ok(certified) => certified,
-                Err(refusal) => return session.refuse(refusal, body.into_unread()).await,
-            };
+        let (certified, also) = with_wait(client_certificate(
+            &state,
+            &mut session,
+            runtime,
+            grant.as_deref(),
+        ))
+        .await;
+        waited += also;
+        let certified = match certified {
+            Ok(certified) => certified,
+            Err(refusal) => return session.refuse(refusal, body.into_unread()).await,
+        };
         if runtime.is_some_and(|r| r.credential.is_some() || r.client_certificate.is_some()) {
-            timers.credential_wait(waited.elapsed().as_secs_f64());
+            timers.credential_wait(waited.as_secs_f64());
         }
 
         // A credentialed GET, HEAD or OPTIONS with no body can be sent again when the upstream
@@ -697,6 +705,42 @@ async fn read_whole<B: AgentBody>(body: B, whole: WholeBody) -> Result<Bytes, Re
                 "the body did not arrive within {WHOLE_BODY_TIMEOUT:?}: {needs} needs all of it"
             ),
         )),
+    }
+}
+
+/// `future`'s output and how long the request waited for it: counted from its first poll that
+/// did not finish it, so that a credential the store has at hand (nearly every request) costs
+/// no reading of the clock and counts as no wait.
+fn with_wait<F: Future>(future: F) -> Waited<F> {
+    Waited {
+        future,
+        since: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future and the time it made its caller wait ([`with_wait`]).
+    struct Waited<F> {
+        #[pin]
+        future: F,
+        since: Option<Instant>,
+    }
+}
+
+impl<F: Future> Future for Waited<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.future.poll(cx) {
+            Poll::Ready(output) => {
+                Poll::Ready((output, this.since.map_or(Duration::ZERO, |s| s.elapsed())))
+            }
+            Poll::Pending => {
+                this.since.get_or_insert_with(Instant::now);
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -1325,6 +1369,20 @@ fn task_id(parts: &Parts) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_wait_is_counted_only_when_there_was_one() {
+        let (output, wait) = with_wait(std::future::ready(7)).await;
+        assert_eq!((output, wait), (7, Duration::ZERO));
+        // Pending first: counted from that first poll, so at least the sleep.
+        let (output, wait) = with_wait(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            8
+        })
+        .await;
+        assert_eq!(output, 8);
+        assert!(wait >= Duration::from_millis(20), "{wait:?}");
+    }
 
     #[test]
     fn request_ids_are_uuid_v7_of_this_millisecond_and_differ() {

@@ -3,6 +3,7 @@
 //! policy says: a CONNECT is intercepted ([`crate::intercept`]), tunnelled blindly
 //! ([`crate::tunnel`]) or refused; a plain request goes to [`crate::exchange`].
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use sidekey_body::{empty, ProxyBody};
-use sidekey_policy::{absolute_target, connect_target, ConnectDecision, Identified};
+use sidekey_policy::{connect_target, ConnectDecision, Identified, TargetMemo};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,6 +43,8 @@ pub async fn serve_connection<IO>(
     let service = {
         let shutdown = shutdown.clone();
         let timers = timers.clone();
+        // The connection's last absolute-form target: its next requests name it again.
+        let memo = RefCell::new(TargetMemo::default());
         service_fn(move |request| {
             let request = timers.track(request);
             let shared = Arc::clone(&shared);
@@ -51,7 +54,9 @@ pub async fn serve_connection<IO>(
             let timers = timers.clone();
             // Boxed: hyper keeps a slot the size of this future for every open connection,
             // idle ones too (benches/NOTES.md, "Binary settings and idle memory").
-            Box::pin(dispatch(shared, request, shutdown, tracker, timers).map(watched(serving)))
+            Box::pin(
+                dispatch(shared, request, shutdown, tracker, timers, &memo).map(watched(serving)),
+            )
         })
     };
     match h1::serve(&limits.http1_builder(), stream, service, &timers, &shutdown).await {
@@ -77,6 +82,7 @@ fn dispatch(
     shutdown: CancellationToken,
     tracker: TaskTracker,
     timers: ConnTimers,
+    memo: &RefCell<TargetMemo>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     if request.method() == Method::CONNECT {
         let connect: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(connect(
@@ -93,7 +99,7 @@ fn dispatch(
             shutdown,
             tracker,
         };
-        Either::Right(absolute_form(state, request, streams, timers))
+        Either::Right(absolute_form(state, request, streams, timers, memo))
     }
 }
 
@@ -175,9 +181,11 @@ fn absolute_form(
     request: Request<AgentIncoming>,
     streams: Streams,
     timers: ConnTimers,
+    memo: &RefCell<TargetMemo>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     // identify
-    match absolute_target(request.uri()) {
+    let identified = memo.borrow_mut().absolute_target(request.uri());
+    match identified {
         Ok(target) => {
             let exchange = Exchange::new(Identified::Absolute(target))
                 .with_streams(streams)
