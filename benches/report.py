@@ -96,7 +96,10 @@ def write(results, dest):
         "by a bearer token for `api.bench.test` (the peers' token is as long as the JWT sidekey "
         "mints), any other host gets 403 — checked before the runs. Every proxy writes one log line "
         "per request to a file (sidekey `audit: { file: … }`, the peers' access logs). "
-        f"Runs last {s['seconds']} s, {s['rounds']} round(s), targets interleaved in a rotated order "
+        f"Runs last {s['seconds']} s, {s['rounds']} round(s)"
+        + (f" ({s['plain_rounds']} for plain HTTP, whose p99s are targets and move between rounds)"
+           if s.get("plain_rounds", s["rounds"]) != s["rounds"] else "")
+        + ", targets interleaved in a rotated order "
         "each round; figures are medians over rounds. *Added latency* is the proxy's percentile "
         "minus the direct percentile at the same load. CPU is user+system of the proxy's processes "
         "from /proc.")
