@@ -62,19 +62,33 @@ impl TraceContext {
         }
         // `insert` replaces every value the agent sent under the name.
         match HeaderValue::from_bytes(&value) {
-            Ok(value) => headers.insert(TRACEPARENT, value),
-            Err(_) => headers.remove(&TRACEPARENT),
-        };
+            Ok(value) => {
+                headers.insert(TRACEPARENT, value);
+            }
+            Err(_) => {
+                headers.remove(&TRACEPARENT);
+            }
+        }
         match &self.tracestate {
-            Some(state) => headers.insert(TRACESTATE, state.clone()),
-            None => headers.remove(&TRACESTATE),
-        };
+            Some(state) => {
+                headers.insert(TRACESTATE, state.clone());
+            }
+            // Looked for first: most requests carry none, and a look is cheaper than a removal.
+            None if crate::has(headers, &TRACESTATE) => {
+                headers.remove(&TRACESTATE);
+            }
+            None => {}
+        }
     }
 }
 
 /// (trace ID, parent span ID, flags) of exactly one valid `traceparent` (version 00, or a later
 /// version's first four fields); anything else is no context.
 fn parse(headers: &HeaderMap) -> Option<(HexId<32>, HexId<16>, u8)> {
+    // Most requests carry no trace context: a look before the hashed look-up of every value.
+    if !crate::has(headers, &TRACEPARENT) {
+        return None;
+    }
     let mut all = headers.get_all(&TRACEPARENT).iter();
     let value = all.next()?.to_str().ok()?.trim();
     if all.next().is_some() {
@@ -186,6 +200,14 @@ mod tests {
             assert_eq!(out.get_all("traceparent").iter().count(), 1);
             assert!(out.get("tracestate").is_none(), "{bad:?}");
         }
+        // A tracestate without a traceparent: a new trace, and the state goes too.
+        let alone = with(&[("tracestate", "a=b"), ("x-other", "1")]);
+        let t = TraceContext::continue_or_start(&alone, 0x1234, 5);
+        assert_eq!(t.parent_span_id, None);
+        let mut out = alone.clone();
+        t.apply(&mut out);
+        assert!(out.get("tracestate").is_none());
+        assert_eq!(out.get_all("traceparent").iter().count(), 1);
         // Two traceparent headers: ambiguous, a new trace.
         let two = with(&[("traceparent", PARENT), ("traceparent", PARENT)]);
         assert_eq!(

@@ -1113,7 +1113,7 @@ impl Session {
         }
         Session {
             record,
-            expects_continue: parts.headers.contains_key(http::header::EXPECT),
+            expects_continue: sidekey_inject::has(&parts.headers, &http::header::EXPECT),
         }
     }
 
@@ -1226,7 +1226,9 @@ impl Session {
         if let Some(needles) = &needles {
             // What the agent gets is decoded (or had nothing to decode): no coding to undo,
             // and a length that no longer holds.
-            if !codings.is_empty() || parts.headers.contains_key(http::header::CONTENT_ENCODING) {
+            if !codings.is_empty()
+                || sidekey_inject::has(&parts.headers, &http::header::CONTENT_ENCODING)
+            {
                 parts.headers.remove(http::header::CONTENT_ENCODING);
                 parts.headers.remove(http::header::CONTENT_LENGTH);
             }
@@ -1361,7 +1363,9 @@ async fn drain<B: AgentBody>(mut body: B) {
 
 /// The agent's task ID: visible ASCII, at most 128 bytes; anything else is ignored.
 fn task_id(parts: &Parts) -> Option<String> {
-    let value = parts.headers.get(TASK_HEADER)?.to_str().ok()?;
+    let value = sidekey_inject::first(&parts.headers, &TASK_HEADER)?
+        .to_str()
+        .ok()?;
     (value.len() <= 128 && !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic()))
         .then(|| value.to_string())
 }

@@ -96,7 +96,7 @@ pub(crate) fn requested(parts: &mut Parts) -> Result<Option<Requested>, Refusal>
             on_upgrade,
         }));
     }
-    let upgrade = parts.headers.get(header::UPGRADE);
+    let upgrade = sidekey_inject::first(&parts.headers, &header::UPGRADE);
     let Some(upgrade) = upgrade else {
         return Ok(None);
     };
