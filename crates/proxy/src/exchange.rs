@@ -1113,7 +1113,7 @@ impl Session {
         }
         Session {
             record,
-            expects_continue: sidekey_inject::has(&parts.headers, &http::header::EXPECT),
+            expects_continue: expects_continue(&parts.headers),
         }
     }
 
@@ -1140,7 +1140,7 @@ impl Session {
         );
         Session {
             record,
-            expects_continue: headers.contains_key(http::header::EXPECT),
+            expects_continue: expects_continue(headers),
         }
     }
 
@@ -1359,6 +1359,11 @@ async fn drain<B: AgentBody>(mut body: B) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+}
+
+/// Whether the agent sent `Expect` (`100-continue`): it sends no body before it is told to.
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    sidekey_inject::has(headers, &http::header::EXPECT)
 }
 
 /// The agent's task ID: visible ASCII, at most 128 bytes; anything else is ignored.
