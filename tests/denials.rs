@@ -333,6 +333,42 @@ fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
 }
 
 #[test]
+fn a_refused_request_that_expects_100_continue_is_answered_without_asking_for_its_body() {
+    // An agent that sent `Expect: 100-continue` sends its body only once told to: a refusal is
+    // its answer, with no `100 Continue` first (which would make it upload a body that is only
+    // thrown away) and no wait for a body that is not coming. Refused after identification (a
+    // method the route does not allow) and before it (userinfo in the authority).
+    let env = Env::new();
+    let sk = env.sidekey(&default_config());
+    let refused = [
+        (
+            "DELETE http://plain.test.local/echo/canary HTTP/1.1\r\nHost: plain.test.local\r\n",
+            403,
+            "method_not_allowed",
+        ),
+        (
+            "POST http://user:pw@plain.test.local/echo/canary HTTP/1.1\r\nHost: plain.test.local\r\n",
+            400,
+            "request_invalid",
+        ),
+    ];
+    for (head, status, code) in refused {
+        let request = format!("{head}Content-Length: 64\r\nExpect: 100-continue\r\n\r\n");
+        let resp = raw_request(sk.forward, request.as_bytes()).expect("a response");
+        // A `100 Continue` would be read here as the response, and fail the check.
+        resp.expect_refusal(status, code);
+    }
+    sk.wait_request_records(2);
+    assert!(env.upstream_http.requests().is_empty());
+    curl(&[
+        "-x",
+        &sk.proxy_url(),
+        "http://plain.test.local/echo/still-serving",
+    ])
+    .assert_status(200);
+}
+
+#[test]
 fn closed_upstream_port_is_upstream_unreachable() {
     let env = Env::new();
     let closed = closed_port_addr().to_string();
