@@ -21,7 +21,8 @@ pub use local::{Jwk, LocalIssuer};
 pub use oauth2::OAuth2Issuer;
 pub use secret::{ClientCertificate, Credential, CredentialId, CredentialValue, Lease, Secret};
 pub use store::{
-    CredentialChanges, CredentialError, CredentialStatus, CredentialStore, Retired, MAX_TASK_SLOTS,
+    CredentialChanges, CredentialError, CredentialStatus, CredentialStore, Lookup, Retired,
+    MAX_TASK_SLOTS,
 };
 pub use sts::StsIssuer;
 pub use task::TaskContext;

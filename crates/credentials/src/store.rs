@@ -29,8 +29,11 @@
 //! credential, or retires them with it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -514,6 +517,38 @@ pub struct CredentialChanges {
     pub changed: Vec<String>,
 }
 
+/// A credential from [`CredentialStore::get_scoped`]: the one held (or why there is none),
+/// there at once, or the fetch from the issuer under way.
+pub enum Lookup<'a> {
+    /// Answered without waiting; taken at the first poll.
+    Done(Option<Result<Arc<Credential>, CredentialError>>),
+    /// The issuer call (single flight with every other request waiting for the same slot).
+    Fetching(Pin<Box<dyn Future<Output = Result<Arc<Credential>, CredentialError>> + Send + 'a>>),
+}
+
+impl Lookup<'_> {
+    fn done(result: Result<Arc<Credential>, CredentialError>) -> Self {
+        Lookup::Done(Some(result))
+    }
+}
+
+impl Future for Lookup<'_> {
+    type Output = Result<Arc<Credential>, CredentialError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Lookup::Done(result) => match result.take() {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Ready(Err(CredentialError::Unavailable {
+                    name: String::new(),
+                    reason: "the lookup was polled after it had answered".into(),
+                })),
+            },
+            Lookup::Fetching(fetch) => fetch.as_mut().poll(cx),
+        }
+    }
+}
+
 impl CredentialStore {
     /// Builds empty slots for `credentials`; `issuers` must contain every issuer they name
     /// (the config validator guarantees it; a missing one is reported here too).
@@ -621,24 +656,61 @@ impl CredentialStore {
     /// The credential `name` as its scope says: the shared one, or for a per-task credential
     /// the one of the task `task` gives (none: [`CredentialError::TaskRequired`]). What
     /// [`CredentialStore::get`] and [`CredentialStore::get_for_task`] do, with one lookup of
-    /// the name: the request path's way in.
-    pub async fn get_scoped(
-        &self,
-        name: &str,
-        task: impl FnOnce() -> Option<TaskContext>,
-    ) -> Result<Arc<Credential>, CredentialError> {
-        let slot = self
-            .slots
-            .get(name)
-            .ok_or_else(|| CredentialError::Unknown(name.to_string()))?;
+    /// the name: the request path's way in. A credential held and usable is answered at once
+    /// (nearly every request); only a fetch from the issuer is a future of its own, boxed, so
+    /// that the request's future does not carry one.
+    pub fn get_scoped(&self, name: &str, task: impl FnOnce() -> Option<TaskContext>) -> Lookup<'_> {
+        let Some(slot) = self.slots.get(name) else {
+            return Lookup::done(Err(CredentialError::Unknown(name.to_string())));
+        };
         match slot.scope {
-            Scope::Shared => self.shared(slot).await,
+            Scope::Shared => {
+                if let Some(held) = slot.current.load().as_ref() {
+                    let now = SystemTime::now();
+                    if now < held.usable_until {
+                        slot.uses.add_at_time(now);
+                        return Lookup::done(Ok(Arc::clone(&held.credential)));
+                    }
+                }
+                Lookup::Fetching(Box::pin(async move {
+                    let credential = self.fetch_shared(slot).await?;
+                    slot.uses.add();
+                    Ok(credential)
+                }))
+            }
             Scope::PerTask(_) => match task() {
-                Some(task) => self.for_task(slot, &task).await,
-                None => Err(CredentialError::TaskRequired(name.to_string())),
+                Some(task) => {
+                    let task_slot = match self.task_slot(slot, &task) {
+                        Ok(task_slot) => task_slot,
+                        Err(e) => return Lookup::done(Err(e)),
+                    };
+                    let now = SystemTime::now();
+                    let held = task_slot
+                        .current
+                        .load()
+                        .as_ref()
+                        .filter(|held| now < held.usable_until)
+                        .map(|held| Arc::clone(&held.credential));
+                    let counted = move |task_slot: &Slot| {
+                        task_slot.uses.add_at_time(now);
+                        slot.uses.add_at_time(now);
+                    };
+                    match held {
+                        Some(credential) => {
+                            counted(&task_slot);
+                            Lookup::done(Ok(credential))
+                        }
+                        None => Lookup::Fetching(Box::pin(async move {
+                            let credential = self.fetch_shared(&task_slot).await?;
+                            counted(&task_slot);
+                            Ok(credential)
+                        })),
+                    }
+                }
+                None => Lookup::done(Err(CredentialError::TaskRequired(name.to_string()))),
             },
             // A task's slot is found through its per-task credential, never by name.
-            Scope::Task => Err(CredentialError::Unknown(name.to_string())),
+            Scope::Task => Lookup::done(Err(CredentialError::Unknown(name.to_string()))),
         }
     }
 
@@ -1567,6 +1639,48 @@ mod tests {
             Err(CredentialError::Unavailable { reason, .. }) => reason,
             other => panic!("expected a refusal, got {:?}", other.map(|c| c.id.clone())),
         }
+    }
+
+    #[tokio::test]
+    async fn a_held_credential_is_looked_up_at_once_and_only_a_fetch_waits() {
+        let writer = AuditWriter::spawn(Box::new(std::io::sink())).unwrap();
+        let creds = vec![
+            CredentialConfig {
+                eager: false,
+                ..credential("demo", "a", MINUTE)
+            },
+            per_task("tasks", "b"),
+        ];
+        let store = CredentialStore::new(&creds, &local_issuers(), writer.log()).unwrap();
+        let task = grant("grant-a", "task-1", MINUTE);
+        let no_task = || None;
+        for (name, scoped) in [("demo", None), ("tasks", Some(&task))] {
+            let first = store.get_scoped(name, || scoped.cloned());
+            assert!(
+                matches!(first, Lookup::Fetching(_)),
+                "{name}: nothing held yet"
+            );
+            let fetched = first.await.unwrap();
+            let held = store.get_scoped(name, || scoped.cloned());
+            assert!(
+                matches!(held, Lookup::Done(Some(Ok(_)))),
+                "{name}: held now"
+            );
+            assert_eq!(held.await.unwrap().id, fetched.id, "{name}");
+        }
+        // What cannot be had is answered at once too, with the reason.
+        for (name, scoped) in [("tasks", no_task()), ("nope", None)] {
+            let refused = store.get_scoped(name, || scoped);
+            assert!(matches!(refused, Lookup::Done(Some(Err(_)))), "{name}");
+        }
+        assert!(matches!(
+            store.get_scoped("tasks", no_task).await,
+            Err(CredentialError::TaskRequired(_))
+        ));
+        assert!(matches!(
+            store.get_scoped("nope", no_task).await,
+            Err(CredentialError::Unknown(_))
+        ));
     }
 
     #[tokio::test]
