@@ -240,11 +240,11 @@ impl IdleTimer<'_> {
 /// it is built where it stays, not moved (a copy of several hundred bytes).
 #[inline]
 pub(crate) fn bound<F: Future>(
-    timers: Option<&ConnTimers>,
+    timers: Option<ConnTimers>,
     timeout: Duration,
     now: Instant,
     make: impl FnOnce() -> F,
-) -> Bounded<'_, F> {
+) -> Bounded<F> {
     let now = tokio::time::Instant::from_std(now);
     // A timeout past the clock's range never ends: tokio's own far future.
     let deadline = now
@@ -253,44 +253,45 @@ pub(crate) fn bound<F: Future>(
     Bounded {
         future: make(),
         own: None,
-        shared: timers.map(|t| &t.0.request_timer),
+        shared: timers,
         deadline,
     }
 }
 
 pin_project_lite::pin_project! {
     /// A future with a deadline ([`bound`]).
-    pub(crate) struct Bounded<'a, F> {
+    pub(crate) struct Bounded<F> {
         #[pin]
         future: F,
-        // Without a connection's timer: made at the first wait.
-        #[pin]
-        own: Option<Sleep>,
-        shared: Option<&'a Mutex<Option<Pin<Box<Sleep>>>>>,
+        // Without a connection's timer: made at the first wait. Boxed: HTTP/2's requests have
+        // one, and every request's future would otherwise carry its room.
+        own: Option<Pin<Box<Sleep>>>,
+        shared: Option<ConnTimers>,
         deadline: tokio::time::Instant,
     }
 }
 
-impl<F: Future> Future for Bounded<'_, F> {
+impl<F: Future> Future for Bounded<F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(output) = this.future.poll(cx) {
             return Poll::Ready(Some(output));
         }
         let deadline = *this.deadline;
         let Some(shared) = this.shared else {
-            if this.own.is_none() {
-                this.own.set(Some(tokio::time::sleep_until(deadline)));
-            }
-            return match this.own.as_pin_mut() {
-                Some(sleep) => sleep.poll(cx).map(|()| None),
-                None => Poll::Pending,
-            };
+            let sleep = this
+                .own
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            return sleep.as_mut().poll(cx).map(|()| None);
         };
         // Never held across an await, and nothing under it panics.
-        let mut timer = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut timer = shared
+            .0
+            .request_timer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);

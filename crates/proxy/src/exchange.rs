@@ -45,7 +45,8 @@ use sidekey_policy::{
 use crate::audit::{Metered, PendingRecord};
 use crate::conn_timers::ConnTimers;
 use crate::error::{refusal_response, tag_request_id};
-use crate::pool::UpstreamBody;
+use crate::pool::{Pool, UpstreamBody};
+use crate::upstream::Upstream;
 use crate::websocket::{self, Admission, Streams};
 use crate::{Attached, Certified, ProxyState, RouteRuntime};
 
@@ -101,31 +102,41 @@ impl Exchange {
     }
 }
 
+/// A request's grant, verified: at once when there is nothing to verify (no grants configured,
+/// none presented, a tunnel's grant checked still live), else the verification, boxed (it can
+/// wait on a key source, and its future would otherwise make every request's future larger,
+/// with or without a grant).
+pub(crate) type GrantLookup<'a> = Either<
+    std::future::Ready<Result<Option<Arc<Grant>>, Refusal>>,
+    Pin<Box<dyn Future<Output = Result<Option<Arc<Grant>>, Refusal>> + Send + 'a>>,
+>;
+
 /// The grant in the proxy credentials (`Proxy-Authorization`) of a forward-listener request or
 /// CONNECT, verified. None when grants are not configured or none was presented (policy then
 /// decides whether one was required).
-pub(crate) async fn grant_of_proxy_credentials(
-    state: &ProxyState,
-    headers: &http::HeaderMap,
-) -> Result<Option<Arc<Grant>>, Refusal> {
+pub(crate) fn grant_of_proxy_credentials<'a>(
+    state: &'a ProxyState,
+    headers: &'a http::HeaderMap,
+) -> GrantLookup<'a> {
     let Some(grants) = &state.grants else {
-        return Ok(None);
+        return Either::Left(std::future::ready(Ok(None)));
     };
-    let token =
-        sidekey_grants::presented_by_proxy_authorization(headers).map_err(|e| e.refusal())?;
-    verify(state, grants, token).await
+    match sidekey_grants::presented_by_proxy_authorization(headers) {
+        Ok(token) => verify(state, grants, token),
+        Err(e) => Either::Left(std::future::ready(Err(e.refusal()))),
+    }
 }
 
-async fn verify(
-    state: &ProxyState,
-    grants: &sidekey_grants::Grants,
-    token: Option<std::borrow::Cow<'_, str>>,
-) -> Result<Option<Arc<Grant>>, Refusal> {
+fn verify<'a>(
+    state: &'a ProxyState,
+    grants: &'a sidekey_grants::Grants,
+    token: Option<std::borrow::Cow<'a, str>>,
+) -> GrantLookup<'a> {
     match token {
-        None => Ok(None),
-        // Boxed: verification can wait on a key source, and its future would otherwise make
-        // every request's future larger, with or without a grant.
-        Some(token) => counted(state, Box::pin(grants.authenticate(&token)).await).map(Some),
+        None => Either::Left(std::future::ready(Ok(None))),
+        Some(token) => Either::Right(Box::pin(async move {
+            counted(state, grants.authenticate(&token).await).map(Some)
+        })),
     }
 }
 
@@ -149,28 +160,28 @@ fn counted<T>(
 
 /// The grant a request goes under: its tunnel's (checked still live), its proxy credentials
 /// on the forward listener, or `x-sidekey-grant` on the route listener.
-async fn grant_of(
-    state: &ProxyState,
-    exchange: &Exchange,
-    parts: &Parts,
-) -> Result<Option<Arc<Grant>>, Refusal> {
+fn grant_of<'a>(
+    state: &'a ProxyState,
+    exchange: &'a Exchange,
+    parts: &'a Parts,
+) -> GrantLookup<'a> {
     let Some(grants) = &state.grants else {
-        return Ok(None);
+        return Either::Left(std::future::ready(Ok(None)));
     };
     match &exchange.identified {
-        Identified::Intercepted { .. } => match &exchange.tunnel_grant {
-            Some(grant) => {
-                counted(state, grants.check_live(grant))?;
-                Ok(Some(Arc::clone(grant)))
-            }
-            None => Ok(None),
-        },
-        Identified::Absolute(_) => grant_of_proxy_credentials(state, &parts.headers).await,
-        Identified::Route { .. } => {
-            let token =
-                sidekey_grants::presented_by_header(&parts.headers).map_err(|e| e.refusal())?;
-            verify(state, grants, token).await
+        Identified::Intercepted { .. } => {
+            Either::Left(std::future::ready(match &exchange.tunnel_grant {
+                Some(grant) => {
+                    counted(state, grants.check_live(grant)).map(|()| Some(Arc::clone(grant)))
+                }
+                None => Ok(None),
+            }))
         }
+        Identified::Absolute(_) => grant_of_proxy_credentials(state, &parts.headers),
+        Identified::Route { .. } => match sidekey_grants::presented_by_header(&parts.headers) {
+            Ok(token) => verify(state, grants, token),
+            Err(e) => Either::Left(std::future::ready(Err(e.refusal()))),
+        },
     }
 }
 
@@ -206,16 +217,154 @@ pub(crate) fn method_name(method: &http::Method) -> Cow<'static, str> {
     })
 }
 
-/// Runs every phase for one request whose target is known.
+/// Runs every phase for one request whose target is known: [`prepare`] (identify to rewrite),
+/// then [`start_forward`] and [`Answer::take`] (forward, respond, the rare retry after a 401).
 ///
-/// A plain function returning the exchange's future, not an `async fn`: an `async fn` keeps a
-/// second copy of its arguments in its future, and this future is held (boxed) for every
-/// request in flight.
+/// Two futures, one after the other, rather than one: hyper holds the request's future (boxed)
+/// for every request in flight, and it is the larger of the two rather than their sum. What
+/// the first holds (the agent's head and body as they came, the exchange, the trace) is gone
+/// while the upstream answers, and what the second holds is what the answer needs. Plain
+/// functions, not `async fn`s: an `async fn` keeps a second copy of its arguments in its
+/// future. Joined by [`Exchanging`], which moves each phase's future in once, where
+/// `futures`' `then` and `map` would copy it again on each change of state.
 pub fn handle<B: AgentBody>(
     state: Arc<ProxyState>,
     exchange: Exchange,
     request: Request<B>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
+    Exchanging::Preparing {
+        prepare: prepare(state, exchange, request),
+        forward: start_forward,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An exchange's future ([`handle`]): preparing, then waiting for the upstream, then (for a
+    /// refusal that drains or a retry) answering. `S` makes the forward's future (a function's,
+    /// so that its type need not be named).
+    #[project = ExchangingProj]
+    enum Exchanging<P, S, F> {
+        Preparing { #[pin] prepare: P, forward: S },
+        Forwarding { #[pin] forward: F, answer: Option<Answer> },
+        Answering { answered: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> },
+        Done,
+    }
+}
+
+impl<P, S, F> Future for Exchanging<P, S, F>
+where
+    P: Future<Output = Prepared>,
+    S: FnOnce(Forwarding) -> (F, Answer) + Copy,
+    F: Future<Output = Result<Response<UpstreamBody>, Refusal>>,
+{
+    type Output = Response<ProxyBody>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let answered = match self.as_mut().project() {
+                ExchangingProj::Preparing { prepare, forward } => {
+                    let start = *forward;
+                    match std::task::ready!(prepare.poll(cx)) {
+                        Prepared::Answered(answered) => answered,
+                        Prepared::Forward(forwarding) => {
+                            let (forward, answer) = start(forwarding);
+                            self.set(Exchanging::Forwarding {
+                                forward,
+                                answer: Some(answer),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                ExchangingProj::Forwarding { forward, answer } => {
+                    let forwarded = std::task::ready!(forward.poll(cx));
+                    // Taken once, as the state changes: never missing here.
+                    let Some(answer) = answer.take() else {
+                        self.set(Exchanging::Done);
+                        return Poll::Pending;
+                    };
+                    answer.take(forwarded)
+                }
+                ExchangingProj::Answering { answered } => {
+                    let response = std::task::ready!(answered.as_mut().poll(cx));
+                    self.set(Exchanging::Done);
+                    return Poll::Ready(response);
+                }
+                // Polled after its end: nothing more comes (as `futures`' `Fuse`).
+                ExchangingProj::Done => return Poll::Pending,
+            };
+            match answered {
+                Either::Right(ready) => {
+                    self.set(Exchanging::Done);
+                    return Poll::Ready(ready.into_inner());
+                }
+                Either::Left(answered) => self.set(Exchanging::Answering { answered }),
+            }
+        }
+    }
+}
+
+/// How [`prepare`] ends: answered (refused, or a WebSocket), or ready to forward. A refusal is
+/// awaited after `prepare` (a drain, rarely), not in it: each await in `prepare` would be one
+/// more state of its future, with what is alive there.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per request and taken apart at once by start_forward: a box would be an allocation per request"
+)]
+enum Prepared {
+    Answered(Refused),
+    Forward(Forwarding),
+}
+
+/// The upstream request, what sends it, and what its answer needs ([`start_forward`]).
+struct Forwarding {
+    parts: Parts,
+    outgoing: Outgoing,
+    pool: Arc<Pool>,
+    conn_timers: Option<ConnTimers>,
+    timers: RouteTimers,
+    answer: Answer,
+}
+
+/// What the upstream's answer needs: the session that writes the record, what to mask, and
+/// for a credentialed request the way back from a 401.
+struct Answer {
+    state: Arc<ProxyState>,
+    session: Session,
+    needles: Option<Needles>,
+    recovery: Option<Recovery>,
+}
+
+/// A credentialed request's way back when the upstream refuses its credential (401): the
+/// credential is replaced, and a request that can be sent again is.
+struct Recovery {
+    /// The route, by its index in the state the request runs under.
+    route: usize,
+    used: Arc<Credential>,
+    grant: Option<Arc<Grant>>,
+    /// Boxed: made only for a request that can be sent again, and it is larger than the rest of
+    /// what the answer needs together.
+    again: Option<Box<Again>>,
+}
+
+/// What sending a request again takes: the agent's head as it came, and how the first was sent.
+struct Again {
+    head: RetryHead,
+    identified: Identified,
+    trace: TraceContext,
+    pool: Arc<Pool>,
+    conn_timers: Option<ConnTimers>,
+    timers: RouteTimers,
+}
+
+/// Identify to rewrite: the grant, the decision (route, Cedar), the body when it is read whole,
+/// the credential and client certificate, the upstream request. Ends answered (a refusal, a
+/// WebSocket) or with the request to forward.
+fn prepare<B: AgentBody>(
+    state: Arc<ProxyState>,
+    exchange: Exchange,
+    request: Request<B>,
+) -> impl Future<Output = Prepared> + Send {
     let (mut parts, body) = request.into_parts();
     async move {
         // Before the record starts: an HTTP/2 WebSocket's CONNECT is recorded (and decided) as the
@@ -230,21 +379,23 @@ pub fn handle<B: AgentBody>(
         let websocket = match (websocket, &exchange.streams) {
             (Ok(None), _) => None,
             // Boxed: rare, and kept across every await of the request.
-            (Ok(Some(ws)), Some(streams)) => Some(Box::new((ws, streams, head_copy(&parts)))),
+            (Ok(Some(ws)), Some(streams)) => {
+                Some(Box::new((ws, streams.clone(), head_copy(&parts))))
+            }
             (Ok(Some(_)), None) => {
                 let refusal = Refusal::new(
                     ErrorCode::RequestInvalid,
                     "WebSockets are not served on this connection",
                 );
-                return session.refuse(refusal, Some(body)).await;
+                return Prepared::Answered(session.refuse(refusal, Some(body)));
             }
-            (Err(refusal), _) => return session.refuse(refusal, Some(body)).await,
+            (Err(refusal), _) => return Prepared::Answered(session.refuse(refusal, Some(body))),
         };
 
         // the grant
         let grant = match grant_of(&state, &exchange, &parts).await {
             Ok(grant) => grant,
-            Err(refusal) => return session.refuse(refusal, Some(body)).await,
+            Err(refusal) => return Prepared::Answered(session.refuse(refusal, Some(body))),
         };
         session.set_grant(grant.as_deref());
 
@@ -261,7 +412,9 @@ pub fn handle<B: AgentBody>(
             {
                 RequestDecision::Allow { route, path, body } => (Some(route), Some(path), body),
                 RequestDecision::PassUnmatched => (None, None, BodyPlan::default()),
-                RequestDecision::Deny(refusal) => return session.refuse(refusal, Some(body)).await,
+                RequestDecision::Deny(refusal) => {
+                    return Prepared::Answered(session.refuse(refusal, Some(body)))
+                }
             };
         let runtime = route.and_then(|r| state.routes.get(r));
         match runtime {
@@ -303,7 +456,7 @@ pub fn handle<B: AgentBody>(
             });
             if let Some(refusal) = refusal {
                 session.record.set_decision(Outcome::Deny);
-                return session.refuse(refusal, Some(body)).await;
+                return Prepared::Answered(session.refuse(refusal, Some(body)));
             }
         }
         let check =
@@ -317,7 +470,7 @@ pub fn handle<B: AgentBody>(
         // body
         let body = match read_body(&plan, check.as_ref(), body).await {
             Ok(body) => body,
-            Err(refusal) => return session.refuse(refusal, None::<B>).await,
+            Err(refusal) => return Prepared::Answered(session.refuse(refusal, None::<B>)),
         };
 
         // credential
@@ -335,7 +488,7 @@ pub fn handle<B: AgentBody>(
                 if let Some(runtime) = runtime {
                     session.set_credential(runtime, None);
                 }
-                return session.refuse(refusal, body.into_unread()).await;
+                return Prepared::Answered(session.refuse(refusal, body.into_unread()));
             }
         };
         if let (Some(runtime), Some(credential)) = (runtime, &credential) {
@@ -351,7 +504,7 @@ pub fn handle<B: AgentBody>(
         waited += also;
         let certified = match certified {
             Ok(certified) => certified,
-            Err(refusal) => return session.refuse(refusal, body.into_unread()).await,
+            Err(refusal) => return Prepared::Answered(session.refuse(refusal, body.into_unread())),
         };
         if runtime.is_some_and(|r| r.credential.is_some() || r.client_certificate.is_some()) {
             timers.credential_wait(waited.as_secs_f64());
@@ -374,20 +527,19 @@ pub fn handle<B: AgentBody>(
             AgentRequestBody::Streaming(_) => Payload::Unsigned,
         };
         let inject = runtime.and_then(|r| r.inject.as_ref());
-        let target = exchange.identified.target();
         let attached = credential.as_ref().map(|c| match runtime {
             Some(runtime) => runtime.attached.get(c, || attach(c, inject)),
             None => Arc::new(attach(c, inject)),
         });
         if let Err(refusal) = rewrite(
             &mut parts,
-            target,
+            exchange.identified.target(),
             &trace,
             inject,
             credential.as_deref().zip(attached.as_deref()),
             payload,
         ) {
-            return session.refuse(refusal, body.into_unread()).await;
+            return Prepared::Answered(session.refuse(refusal, body.into_unread()));
         }
         if let Some(upgrade) = &websocket {
             upgrade.0.prepare_upstream(&mut parts);
@@ -398,9 +550,11 @@ pub fn handle<B: AgentBody>(
         let allow_private = runtime.is_some_and(|r| r.allow_private);
         if let Some(upgrade) = websocket {
             let (ws, streams, request) = *upgrade;
+            let identified = exchange.identified;
             // Boxed: a WebSocket is the rare case, and its upgrade (a connection of its own)
             // would otherwise make every request's future larger.
-            return Box::pin(async {
+            return Prepared::Answered(Either::Left(Box::pin(async move {
+                let runtime = route.and_then(|r| state.routes.get(r));
                 let sent = Instant::now();
                 let answered = state
                     .upstream
@@ -417,122 +571,194 @@ pub fn handle<B: AgentBody>(
                             return session.refuse(refusal, None::<B>).await;
                         }
                         let admission = Admission {
-                            identified: exchange.identified.clone(),
+                            identified,
                             request,
                             grant,
                             route: runtime.map(|r| Arc::clone(&r.name)),
                             credential: runtime.and_then(|r| r.credential.clone()),
                             client_certificate: runtime.and_then(|r| r.client_certificate.clone()),
                         };
-                        session.upgrade(&state, streams, ws, response, needles, admission)
+                        session.upgrade(&state, &streams, ws, response, needles, admission)
                     }
                     // A refusal of the upgrade (401, 403, 426…) is answered like any response.
                     Ok(response) => session.respond(response.map(UpstreamBody::unpooled), needles),
                     Err(refusal) => session.refuse(refusal, None::<B>).await,
                 }
-            })
-            .await;
+            })));
         }
         let outgoing = Outgoing::new(body, &plan, check, &mut session.record);
-        let forwarded = forward(
-            &state,
+        let pool = Arc::clone(state.upstream.pool(certified.as_ref(), allow_private));
+        let conn_timers = exchange.conn_timers;
+        let recovery = match (route, credential) {
+            (Some(route), Some(used)) => Some(Recovery {
+                route,
+                used,
+                grant,
+                again: retry_head.map(|head| {
+                    Box::new(Again {
+                        head,
+                        identified: exchange.identified,
+                        trace,
+                        pool: Arc::clone(&pool),
+                        conn_timers: conn_timers.clone(),
+                        timers: timers.clone(),
+                    })
+                }),
+            }),
+            _ => None,
+        };
+        Prepared::Forward(Forwarding {
             parts,
             outgoing,
-            allow_private,
-            certified.as_ref(),
-            exchange.conn_timers.as_ref(),
-            &timers,
-        )
-        .await;
+            pool,
+            conn_timers,
+            timers,
+            answer: Answer {
+                state,
+                session,
+                needles,
+                recovery,
+            },
+        })
+    }
+}
+
+/// The forward's future, and what its answer needs ([`Answer::take`]).
+fn start_forward(
+    forwarding: Forwarding,
+) -> (
+    impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'static,
+    Answer,
+) {
+    let Forwarding {
+        parts,
+        outgoing,
+        pool,
+        conn_timers,
+        timers,
+        answer,
+    } = forwarding;
+    let timeout = answer.state.upstream.request_timeout();
+    (
+        forward(pool, timeout, parts, outgoing, conn_timers, timers),
+        answer,
+    )
+}
+
+impl Answer {
+    /// The upstream's answer goes back to the agent, or a refusal does. A 401 to a credentialed
+    /// request goes to [`Recovery::recover`] (boxed: rare, and larger than the rest).
+    fn take(self, forwarded: Result<Response<UpstreamBody>, Refusal>) -> Refused {
+        let Answer {
+            state,
+            session,
+            needles,
+            recovery,
+        } = self;
         let response = match forwarded {
             Ok(response) => response,
-            Err(refusal) => return session.refuse(refusal, None::<B>).await,
+            Err(refusal) => return session.refuse(refusal, None::<Incoming>),
         };
-        let (Some(runtime), Some(used)) = (runtime, &credential) else {
+        match recovery {
+            Some(recovery) if response.status() == http::StatusCode::UNAUTHORIZED => Either::Left(
+                Box::pin(recovery.recover(state, session, response, needles)),
+            ),
             // respond
+            _ => Either::Right(std::future::ready(session.respond(response, needles))),
+        }
+    }
+}
+
+impl Recovery {
+    /// The upstream refused the credential: replaced (once, however many requests saw it
+    /// refused), and a request that can be sent again is, once.
+    async fn recover(
+        self,
+        state: Arc<ProxyState>,
+        mut session: Session,
+        response: Response<UpstreamBody>,
+        needles: Option<Needles>,
+    ) -> Response<ProxyBody> {
+        let Recovery {
+            route,
+            used,
+            grant,
+            again,
+        } = self;
+        let Some(runtime) = state.routes.get(route) else {
             return session.respond(response, needles);
         };
-        if response.status() != http::StatusCode::UNAUTHORIZED {
+        let Some(name) = runtime.credential.clone() else {
             return session.respond(response, needles);
-        }
-
-        // Boxed: a refused credential is the rare case, and the retry's own request would
-        // otherwise make every request's future larger.
-        Box::pin(async {
-            // The upstream refused the credential: replaced (once, however many requests saw it
-            // refused), and a request that can be sent again is, once.
-            let Some(name) = runtime.credential.clone() else {
-                return session.respond(response, needles);
-            };
-            let task = grant
-                .as_deref()
-                .filter(|_| state.credentials.is_per_task(&name))
-                .map(task_context);
-            let Some(mut parts) = retry_head.map(RetryHead::into_parts) else {
-                session.record.set_rejected(&used.id.0, false);
-                let (credentials, used) = (Arc::clone(&state.credentials), Arc::clone(used));
-                tokio::spawn(async move {
-                    if let Err(e) = credentials
-                        .replace_rejected(&name, task.as_ref(), &used)
-                        .await
-                    {
-                        tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
-                    }
-                });
-                return session.respond(response, needles);
-            };
-            let fresh = match state
-                .credentials
-                .replace_rejected(&name, task.as_ref(), used)
-                .await
-            {
-                Ok(Some(fresh)) => fresh,
-                not_replaced => {
-                    if let Err(e) = not_replaced {
-                        tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
-                    }
-                    session.record.set_rejected(&used.id.0, false);
-                    return session.respond(response, needles);
+        };
+        let task = grant
+            .as_deref()
+            .filter(|_| state.credentials.is_per_task(&name))
+            .map(task_context);
+        let Some(again) = again else {
+            session.record.set_rejected(&used.id.0, false);
+            let credentials = Arc::clone(&state.credentials);
+            tokio::spawn(async move {
+                if let Err(e) = credentials
+                    .replace_rejected(&name, task.as_ref(), &used)
+                    .await
+                {
+                    tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
                 }
-            };
-            drop(response);
-            session.record.set_rejected(&used.id.0, true);
-            session.set_credential(runtime, Some(&fresh));
-            let empty = Bytes::new();
-            let attached = runtime.attached.get(&fresh, || attach(&fresh, inject));
-            if let Err(refusal) = rewrite(
-                &mut parts,
-                target,
-                &trace,
-                inject,
-                Some((&fresh, &attached)),
-                Payload::Bytes(&empty),
-            ) {
-                return session.refuse(refusal, None::<B>).await;
+            });
+            return session.respond(response, needles);
+        };
+        let fresh = match state
+            .credentials
+            .replace_rejected(&name, task.as_ref(), &used)
+            .await
+        {
+            Ok(Some(fresh)) => fresh,
+            not_replaced => {
+                if let Err(e) = not_replaced {
+                    tracing::info!(credential = %name, error = %e, "replacing a refused credential failed");
+                }
+                session.record.set_rejected(&used.id.0, false);
+                return session.respond(response, needles);
             }
-            let needles = attached.needles.clone();
-            let outgoing = Outgoing::new(
-                AgentRequestBody::<B>::Whole(empty),
-                &plan,
-                None,
-                &mut session.record,
-            );
-            let forwarded = forward(
-                &state,
-                parts,
-                outgoing,
-                allow_private,
-                certified.as_ref(),
-                exchange.conn_timers.as_ref(),
-            &timers,
-            )
-            .await;
-            match forwarded {
-                Ok(response) => session.respond(response, Some(needles)),
-                Err(refusal) => session.refuse(refusal, None::<B>).await,
-            }
-        })
-        .await
+        };
+        drop(response);
+        session.record.set_rejected(&used.id.0, true);
+        session.set_credential(runtime, Some(&fresh));
+        let Again {
+            head,
+            identified,
+            trace,
+            pool,
+            conn_timers,
+            timers,
+        } = *again;
+        let mut parts = head.into_parts();
+        let empty = Bytes::new();
+        let inject = runtime.inject.as_ref();
+        let attached = runtime.attached.get(&fresh, || attach(&fresh, inject));
+        if let Err(refusal) = rewrite(
+            &mut parts,
+            identified.target(),
+            &trace,
+            inject,
+            Some((&fresh, &attached)),
+            Payload::Bytes(&empty),
+        ) {
+            return session.refuse(refusal, None::<Incoming>).await;
+        }
+        let needles = attached.needles.clone();
+        let outgoing = Outgoing::new(
+            AgentRequestBody::<Incoming>::Whole(empty),
+            &BodyPlan::default(),
+            None,
+            &mut session.record,
+        );
+        let timeout = state.upstream.request_timeout();
+        match forward(pool, timeout, parts, outgoing, conn_timers, timers).await {
+            Ok(response) => session.respond(response, Some(needles)),
+            Err(refusal) => session.refuse(refusal, None::<Incoming>).await,
+        }
     }
 }
 
@@ -650,22 +876,25 @@ impl<B: AgentBody> AgentRequestBody<B> {
 /// Reads the body whole when the plan says so (a small form checked before anything is sent,
 /// or a body whose hash is signed — read before the credential is fetched, so that keys are
 /// never held waiting on a slow agent), and checks its `_method` fields; otherwise leaves it to
-/// stream.
-async fn read_body<B: AgentBody>(
-    plan: &BodyPlan,
-    check: Option<&OverrideCheck>,
+/// stream, at once. The read is a future of its own (boxed): the request's future does not
+/// carry it for the requests that stream (nearly all).
+fn read_body<'a, B: AgentBody>(
+    plan: &'a BodyPlan,
+    check: Option<&'a OverrideCheck>,
     body: B,
-) -> Result<AgentRequestBody<B>, Refusal> {
+) -> impl Future<Output = Result<AgentRequestBody<B>, Refusal>> + Send + 'a {
     let Some(whole) = plan.whole else {
-        return Ok(AgentRequestBody::Streaming(body));
+        return Either::Right(std::future::ready(Ok(AgentRequestBody::Streaming(body))));
     };
-    let bytes = read_whole(body, whole).await?;
-    if let Some(check) = check {
-        let values = form::fields_of_whole(&plan.form, &bytes)
-            .map_err(|e| Refusal::new(ErrorCode::RequestInvalid, e.to_string()))?;
-        values.iter().try_for_each(|value| check(value))?;
-    }
-    Ok(AgentRequestBody::Whole(bytes))
+    Either::Left(Box::pin(async move {
+        let bytes = read_whole(body, whole).await?;
+        if let Some(check) = check {
+            let values = form::fields_of_whole(&plan.form, &bytes)
+                .map_err(|e| Refusal::new(ErrorCode::RequestInvalid, e.to_string()))?;
+            values.iter().try_for_each(|value| check(value))?;
+        }
+        Ok(AgentRequestBody::Whole(bytes))
+    }))
 }
 
 /// Reads a whole body of at most `whole.limit` bytes within [`WHOLE_BODY_TIMEOUT`].
@@ -747,63 +976,66 @@ impl<F: Future> Future for Waited<F> {
 /// The route's credential, from the store (a lookup on a hit; the issuer only on a miss): the
 /// pod's, or for a `per_task` credential the one of this request's grant — a request without a
 /// grant gets none (`grant_required`), and no grant ever gets another's.
-async fn credential(
-    state: &ProxyState,
+fn credential<'a>(
+    state: &'a ProxyState,
     route: Option<&RouteRuntime>,
     grant: Option<&Grant>,
-) -> Result<Option<Arc<Credential>>, Refusal> {
+) -> impl Future<Output = Result<Option<Arc<Credential>>, Refusal>> + Send + 'a {
     match route.and_then(|r| r.credential.as_ref()) {
-        Some(name) => fetch(state, name, grant).await.map(Some),
-        None => Ok(None),
+        Some(name) => Either::Left(fetch(state, name, grant).map(|fetched| fetched.map(Some))),
+        None => Either::Right(std::future::ready(Ok(None))),
     }
 }
 
 /// The route's client certificate (`client_certificate`), fetched like a credential, and the
 /// upstream clients that present it; recorded with its serial.
-async fn client_certificate(
-    state: &ProxyState,
-    session: &mut Session,
-    route: Option<&RouteRuntime>,
+fn client_certificate<'a>(
+    state: &'a ProxyState,
+    session: &'a mut Session,
+    route: Option<&'a RouteRuntime>,
     grant: Option<&Grant>,
-) -> Result<Option<Certified>, Refusal> {
+) -> impl Future<Output = Result<Option<Certified>, Refusal>> + Send + 'a {
     let Some((route, name)) = route.and_then(|r| Some((r, r.client_certificate.as_ref()?))) else {
-        return Ok(None);
+        return Either::Right(std::future::ready(Ok(None)));
     };
-    let fetched = fetch(state, name, grant).await;
-    session
-        .record
-        .set_client_certificate(name, fetched.as_ref().ok().map(|c| c.id.as_str()));
-    let certificate = fetched?;
-    route
-        .certified
-        .get(&certificate, |c| {
-            state.upstream.certified(c, route.allow_private)
-        })
-        .map(Some)
-        .ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::CredentialUnavailable,
-                format!("credential `{name}` is not a client certificate"),
-            )
-        })
+    Either::Left(fetch(state, name, grant).map(move |fetched| {
+        session
+            .record
+            .set_client_certificate(name, fetched.as_ref().ok().map(|c| c.id.as_str()));
+        let certificate = fetched?;
+        route
+            .certified
+            .get(&certificate, |c| {
+                state.upstream.certified(c, route.allow_private)
+            })
+            .map(Some)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::CredentialUnavailable,
+                    format!("credential `{name}` is not a client certificate"),
+                )
+            })
+    }))
 }
 
 /// The credential `name`, from the store: the pod's, or for a `per_task` credential the one
-/// of this request's grant.
-async fn fetch(
-    state: &ProxyState,
+/// of this request's grant. Ready at once when the store holds it (a future the size of a
+/// result); only a fetch from the issuer is a future of its own.
+fn fetch<'a>(
+    state: &'a ProxyState,
     name: &Arc<str>,
     grant: Option<&Grant>,
-) -> Result<Arc<Credential>, Refusal> {
+) -> impl Future<Output = Result<Arc<Credential>, Refusal>> + Send + 'a {
     state
         .credentials
         .get_scoped(name, || grant.map(task_context))
-        .await
-        .map_err(|e| match e {
-            CredentialError::TaskRequired(_) => {
-                Refusal::new(ErrorCode::GrantRequired, e.to_string())
-            }
-            e => Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()),
+        .map(|fetched| {
+            fetched.map_err(|e| match e {
+                CredentialError::TaskRequired(_) => {
+                    Refusal::new(ErrorCode::GrantRequired, e.to_string())
+                }
+                e => Refusal::new(ErrorCode::CredentialUnavailable, e.to_string()),
+            })
         })
 }
 
@@ -1027,15 +1259,14 @@ impl Outgoing {
 /// does not act on), it grew past `max_request_body`, or it broke HTTP framing mid-stream.
 /// `conn_timers`' request timer bounds the wait; `route_timers`' upstream histogram takes the
 /// time from the send to the response head or the failure.
-fn forward<'a>(
-    state: &'a ProxyState,
+fn forward(
+    pool: Arc<Pool>,
+    timeout: Duration,
     parts: Parts,
     outgoing: Outgoing,
-    allow_private: bool,
-    certified: Option<&'a Certified>,
-    conn_timers: Option<&'a ConnTimers>,
-    route_timers: &'a RouteTimers,
-) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
+    conn_timers: Option<ConnTimers>,
+    route_timers: RouteTimers,
+) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'static {
     let Outgoing {
         body,
         meter,
@@ -1045,10 +1276,10 @@ fn forward<'a>(
     // One reading of the clock for the phase's timer, the request's deadline and the pool's
     // idle check.
     let started = Instant::now();
-    let sent = state.upstream.send(
+    let sent = Upstream::send(
+        pool,
+        timeout,
         Request::from_parts(parts, body),
-        allow_private,
-        certified,
         conn_timers,
         started,
     );

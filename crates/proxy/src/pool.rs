@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::uri::Scheme;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -90,11 +90,34 @@ struct Host {
     idle: Mutex<Vec<Idle>>,
     /// The `Host` header of its HTTP/1 requests, made once (a shared value each request clones).
     header: Option<HeaderValue>,
+    /// `scheme://authority/`: what a new connection is made to.
+    origin: Uri,
 }
 
 impl Host {
     fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn origin_of(uri: &Uri, authority: &Authority) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(uri.scheme().cloned().unwrap_or(Scheme::HTTP));
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    }
+
+    /// `uri`'s path and query on this host, as an absolute URI.
+    fn absolute(&self, uri: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.origin.scheme().cloned();
+        parts.authority = self.origin.authority().cloned();
+        parts.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).unwrap_or_else(|_| self.origin.clone())
     }
 }
 
@@ -171,6 +194,7 @@ impl Pool {
         let host = Arc::new(Host {
             idle: Mutex::default(),
             header: host_header(uri, lane.https()),
+            origin: Host::origin_of(uri, authority),
         });
         map.insert(authority.as_str().into(), Arc::clone(&host));
         Ok(host)
@@ -192,13 +216,13 @@ impl Pool {
 
     /// Opens a connection (TCP, the address guard, TLS with ALPN) and its HTTP handshake; the
     /// connection is driven by a task of its own.
-    async fn connect(&self, host: &Host, lane: Lane, uri: &Uri) -> Result<Sender, SendError> {
+    async fn connect(&self, host: &Host, lane: Lane) -> Result<Sender, SendError> {
         let mut connector = match lane {
             Lane::TlsH2 => self.connector.clone(),
             Lane::Plain | Lane::Tls => self.connector_h1.clone(),
         };
         let io = connector
-            .call(uri.clone())
+            .call(host.origin.clone())
             .await
             .map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
@@ -238,20 +262,19 @@ impl Pool {
         reason = "an async fn keeps a second copy of the request in its future"
     )]
     pub fn send(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         mut request: Request<ProxyBody>,
         now: Instant,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'static {
         async move {
-            let uri = request.uri().clone();
             let lane = Lane::of(&request);
-            let host = self.host(lane, &uri)?;
+            let host = self.host(lane, request.uri())?;
             loop {
                 let (sender, reused) = match checkout(&host, now) {
                     Some(sender) => (sender, true),
                     // Boxed: a new connection is the rare path, and its handshake futures would
                     // otherwise make every request's future larger.
-                    None => (Box::pin(self.connect(&host, lane, &uri)).await?, false),
+                    None => (Box::pin(self.connect(&host, lane)).await?, false),
                 };
                 let mut failed = match sender {
                     Sender::H1(mut sender) => {
@@ -266,7 +289,7 @@ impl Pool {
                             Ok(response) => {
                                 let back = Back {
                                     sender,
-                                    pool: Arc::clone(self),
+                                    pool: self,
                                     host,
                                 };
                                 return Ok(response.map(|body| UpstreamBody::new(body, Some(back))));
@@ -292,7 +315,8 @@ impl Pool {
                 match failed.take_message() {
                     // Never started, on a connection that was reused: once more, elsewhere.
                     Some(mut unsent) if reused => {
-                        *unsent.uri_mut() = uri.clone();
+                        // Its absolute URI again (an HTTP/1 request went in origin form).
+                        *unsent.uri_mut() = host.absolute(unsent.uri());
                         request = unsent;
                     }
                     _ => return Err(SendError::Http(failed.into_error())),
@@ -444,5 +468,44 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(uri: &str) -> Host {
+        let uri: Uri = uri.parse().unwrap();
+        let authority = uri.authority().unwrap().clone();
+        Host {
+            idle: Mutex::default(),
+            header: host_header(&uri, uri.scheme() == Some(&Scheme::HTTPS)),
+            origin: Host::origin_of(&uri, &authority),
+        }
+    }
+
+    #[test]
+    fn a_host_connects_to_its_origin_and_makes_a_request_absolute_again() {
+        let plain = host_of("http://api.test.local:8080/v1/items?x=1");
+        assert_eq!(plain.origin, "http://api.test.local:8080/");
+        let tls = host_of("https://api.test.local/v1");
+        assert_eq!(tls.origin, "https://api.test.local/");
+        // A request gone out in origin form (HTTP/1), or still absolute (h2), is the same
+        // absolute request again for the next connection.
+        for sent in ["/v1/items?x=1", "http://api.test.local:8080/v1/items?x=1"] {
+            let sent: Uri = sent.parse().unwrap();
+            assert_eq!(
+                plain.absolute(&sent),
+                "http://api.test.local:8080/v1/items?x=1"
+            );
+        }
+        // Origin form's `/` (an empty path sent as `/`).
+        assert_eq!(tls.absolute(&Uri::default()), "https://api.test.local/");
+        let mut request = Request::new(sidekey_body::empty());
+        *request.uri_mut() = "https://api.test.local/a?b".parse().unwrap();
+        origin_form(&mut request, tls.header.clone());
+        assert_eq!(request.uri(), "/a?b");
+        assert_eq!(tls.absolute(request.uri()), "https://api.test.local/a?b");
     }
 }

@@ -326,28 +326,41 @@ impl Upstream {
         }
     }
 
-    /// Sends the request and waits (bounded by `request_timeout`) for the response head.
-    /// `allow_private`: the route may reach non-public addresses; `certified`: the clients of
-    /// the client certificate the route presents.
+    /// The pool a route's requests go through: the clients of the client certificate it
+    /// presents (`certified`), or the shared ones that may (`allow_private`) or may not reach
+    /// private addresses.
+    pub fn pool<'a>(
+        &'a self,
+        certified: Option<&'a Certified>,
+        allow_private: bool,
+    ) -> &'a Arc<Pool> {
+        match (certified, allow_private) {
+            (Some(certified), _) => &certified.pool,
+            (None, true) => &self.private,
+            (None, false) => &self.public,
+        }
+    }
+
+    /// How long a request waits for its response head (`upstream.request_timeout`).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Sends the request through `pool` ([`Upstream::pool`]) and waits, `timeout` at most
+    /// ([`Upstream::request_timeout`]), for the response head.
     ///
     /// `timers`: the agent's HTTP/1 connection's, whose one request timer bounds the wait
     /// ([`conn_timers::bound`]); without them (HTTP/2), a timer of the request's own. `now`:
     /// the caller's reading of the clock as it sends, from which the timeout runs (and the
-    /// pool's idle connections are aged).
-    pub fn send<'a>(
-        &'a self,
+    /// pool's idle connections are aged). The future owns what it uses: it is built where it
+    /// is held, and borrows nothing from its caller.
+    pub fn send(
+        pool: Arc<Pool>,
+        timeout: Duration,
         request: Request<ProxyBody>,
-        allow_private: bool,
-        certified: Option<&'a Certified>,
-        timers: Option<&'a ConnTimers>,
+        timers: Option<ConnTimers>,
         now: Instant,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
-        let pool = match (certified, allow_private) {
-            (Some(certified), _) => &certified.pool,
-            (None, true) => &self.private,
-            (None, false) => &self.public,
-        };
-        let timeout = self.request_timeout;
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'static {
         conn_timers::bound(timers, timeout, now, || pool.send(request, now)).map(move |answered| {
             match answered {
                 Some(Ok(response)) => Ok(response),
