@@ -76,7 +76,8 @@ pub async fn serve_connection<IO>(
 
 /// One request's future as hyper holds it, boxed, while the request is in flight: under
 /// 1,032 bytes, so that glibc serves its box from the thread's cache of recently freed chunks
-/// (`tcache`), which a request finds warm (benches/NOTES.md, "The request's future under 1 KB").
+/// (`tcache`), which a request finds warm (benches/NOTES.md, "The request's future under 1 KB,
+/// on a new machine").
 fn request_future(
     shared: Arc<SharedState>,
     request: Request<AgentIncoming>,
