@@ -664,49 +664,9 @@ impl CredentialStore {
             return Lookup::done(Err(CredentialError::Unknown(name.to_string())));
         };
         match slot.scope {
-            Scope::Shared => {
-                if let Some(held) = slot.current.load().as_ref() {
-                    let now = SystemTime::now();
-                    if now < held.usable_until {
-                        slot.uses.add_at_time(now);
-                        return Lookup::done(Ok(Arc::clone(&held.credential)));
-                    }
-                }
-                Lookup::Fetching(Box::pin(async move {
-                    let credential = self.fetch_shared(slot).await?;
-                    slot.uses.add();
-                    Ok(credential)
-                }))
-            }
+            Scope::Shared => self.shared(slot),
             Scope::PerTask(_) => match task() {
-                Some(task) => {
-                    let task_slot = match self.task_slot(slot, &task) {
-                        Ok(task_slot) => task_slot,
-                        Err(e) => return Lookup::done(Err(e)),
-                    };
-                    let now = SystemTime::now();
-                    let held = task_slot
-                        .current
-                        .load()
-                        .as_ref()
-                        .filter(|held| now < held.usable_until)
-                        .map(|held| Arc::clone(&held.credential));
-                    let counted = move |task_slot: &Slot| {
-                        task_slot.uses.add_at_time(now);
-                        slot.uses.add_at_time(now);
-                    };
-                    match held {
-                        Some(credential) => {
-                            counted(&task_slot);
-                            Lookup::done(Ok(credential))
-                        }
-                        None => Lookup::Fetching(Box::pin(async move {
-                            let credential = self.fetch_shared(&task_slot).await?;
-                            counted(&task_slot);
-                            Ok(credential)
-                        })),
-                    }
-                }
+                Some(task) => self.for_task(slot, &task),
                 None => Lookup::done(Err(CredentialError::TaskRequired(name.to_string()))),
             },
             // A task's slot is found through its per-task credential, never by name.
@@ -716,17 +676,19 @@ impl CredentialStore {
 
     /// A shared slot's credential: from memory when usable (one reading of the clock for the
     /// check and the use), else fetched.
-    async fn shared(&self, slot: &Arc<Slot>) -> Result<Arc<Credential>, CredentialError> {
+    fn shared<'a>(&'a self, slot: &'a Arc<Slot>) -> Lookup<'a> {
         if let Some(held) = slot.current.load().as_ref() {
             let now = SystemTime::now();
             if now < held.usable_until {
                 slot.uses.add_at_time(now);
-                return Ok(Arc::clone(&held.credential));
+                return Lookup::done(Ok(Arc::clone(&held.credential)));
             }
         }
-        let credential = self.fetch_shared(slot).await?;
-        slot.uses.add();
-        Ok(credential)
+        Lookup::Fetching(Box::pin(async move {
+            let credential = self.fetch_shared(slot).await?;
+            slot.uses.add();
+            Ok(credential)
+        }))
     }
 
     /// An upstream refused `rejected` (401): replaces it with a new one from the issuer, once
@@ -787,21 +749,35 @@ impl CredentialStore {
         self.for_task(parent, task).await
     }
 
-    /// `task`'s credential of the per-task slot `parent`.
-    async fn for_task(
-        &self,
-        parent: &Arc<Slot>,
-        task: &TaskContext,
-    ) -> Result<Arc<Credential>, CredentialError> {
-        let slot = self.task_slot(parent, task)?;
-        let now = SystemTime::now();
-        let credential = match slot.current.load().as_ref() {
-            Some(held) if now < held.usable_until => Arc::clone(&held.credential),
-            _ => self.fetch_shared(&slot).await?,
+    /// `task`'s credential of the per-task slot `parent`: at once when held and usable, else
+    /// fetched; the task's slot and `parent` count the use at the time of the check.
+    fn for_task<'a>(&'a self, parent: &'a Arc<Slot>, task: &TaskContext) -> Lookup<'a> {
+        let slot = match self.task_slot(parent, task) {
+            Ok(slot) => slot,
+            Err(e) => return Lookup::done(Err(e)),
         };
-        slot.uses.add_at_time(now);
-        parent.uses.add_at_time(now);
-        Ok(credential)
+        let now = SystemTime::now();
+        let held = slot
+            .current
+            .load()
+            .as_ref()
+            .filter(|held| now < held.usable_until)
+            .map(|held| Arc::clone(&held.credential));
+        let counted = move |slot: &Slot| {
+            slot.uses.add_at_time(now);
+            parent.uses.add_at_time(now);
+        };
+        match held {
+            Some(credential) => {
+                counted(&slot);
+                Lookup::done(Ok(credential))
+            }
+            None => Lookup::Fetching(Box::pin(async move {
+                let credential = self.fetch_shared(&slot).await?;
+                counted(&slot);
+                Ok(credential)
+            })),
+        }
     }
 
     /// Ends every credential of the grant `grant_id` now (it was revoked): each is stopped at
