@@ -320,10 +320,18 @@ enum Prepared {
 struct Forwarding {
     parts: Parts,
     outgoing: Outgoing,
+    sending: Sending,
+    answer: Answer,
+}
+
+/// How a request goes upstream ([`forward`]): the route's pool, how long it may wait, the agent
+/// connection's timers and the route's series. A retry goes the same way.
+#[derive(Clone)]
+struct Sending {
     pool: Arc<Pool>,
+    timeout: Duration,
     conn_timers: Option<ConnTimers>,
     timers: RouteTimers,
-    answer: Answer,
 }
 
 /// What the upstream's answer needs: the session that writes the record, what to mask, and
@@ -352,9 +360,7 @@ struct Again {
     head: RetryHead,
     identified: Identified,
     trace: TraceContext,
-    pool: Arc<Pool>,
-    conn_timers: Option<ConnTimers>,
-    timers: RouteTimers,
+    sending: Sending,
 }
 
 /// Identify to rewrite: the grant, the decision (route, Cedar), the body when it is read whole,
@@ -587,8 +593,12 @@ fn prepare<B: AgentBody>(
             })));
         }
         let outgoing = Outgoing::new(body, &plan, check, &mut session.record);
-        let pool = Arc::clone(state.upstream.pool(certified.as_ref(), allow_private));
-        let conn_timers = exchange.conn_timers;
+        let sending = Sending {
+            pool: Arc::clone(state.upstream.pool(certified.as_ref(), allow_private)),
+            timeout: state.upstream.request_timeout(),
+            conn_timers: exchange.conn_timers,
+            timers,
+        };
         let recovery = match (route, credential) {
             (Some(route), Some(used)) => Some(Recovery {
                 route,
@@ -599,9 +609,7 @@ fn prepare<B: AgentBody>(
                         head,
                         identified: exchange.identified,
                         trace,
-                        pool: Arc::clone(&pool),
-                        conn_timers: conn_timers.clone(),
-                        timers: timers.clone(),
+                        sending: sending.clone(),
                     })
                 }),
             }),
@@ -610,9 +618,7 @@ fn prepare<B: AgentBody>(
         Prepared::Forward(Forwarding {
             parts,
             outgoing,
-            pool,
-            conn_timers,
-            timers,
+            sending,
             answer: Answer {
                 state,
                 session,
@@ -633,16 +639,10 @@ fn start_forward(
     let Forwarding {
         parts,
         outgoing,
-        pool,
-        conn_timers,
-        timers,
+        sending,
         answer,
     } = forwarding;
-    let timeout = answer.state.upstream.request_timeout();
-    (
-        forward(pool, timeout, parts, outgoing, conn_timers, timers),
-        answer,
-    )
+    (forward(sending, parts, outgoing), answer)
 }
 
 impl Answer {
@@ -729,9 +729,7 @@ impl Recovery {
             head,
             identified,
             trace,
-            pool,
-            conn_timers,
-            timers,
+            sending,
         } = *again;
         let mut parts = head.into_parts();
         let empty = Bytes::new();
@@ -754,8 +752,7 @@ impl Recovery {
             None,
             &mut session.record,
         );
-        let timeout = state.upstream.request_timeout();
-        match forward(pool, timeout, parts, outgoing, conn_timers, timers).await {
+        match forward(sending, parts, outgoing).await {
             Ok(response) => session.respond(response, Some(needles)),
             Err(refusal) => session.refuse(refusal, None::<Incoming>).await,
         }
@@ -1257,16 +1254,19 @@ impl Outgoing {
 /// Sends the request upstream. A failure is the agent's when its body caused it: a `_method`
 /// field the route does not allow cut it off (the upstream got an incomplete request, which it
 /// does not act on), it grew past `max_request_body`, or it broke HTTP framing mid-stream.
-/// `conn_timers`' request timer bounds the wait; `route_timers`' upstream histogram takes the
+/// The connection's request timer bounds the wait; the route's upstream histogram takes the
 /// time from the send to the response head or the failure.
 fn forward(
-    pool: Arc<Pool>,
-    timeout: Duration,
+    sending: Sending,
     parts: Parts,
     outgoing: Outgoing,
-    conn_timers: Option<ConnTimers>,
-    route_timers: RouteTimers,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'static {
+    let Sending {
+        pool,
+        timeout,
+        conn_timers,
+        timers: route_timers,
+    } = sending;
     let Outgoing {
         body,
         meter,

@@ -244,7 +244,6 @@ mod tests {
         // first: a request's box is then the one the request before freed, warm in the cache.
         // Past that size it comes from the shared bins, colder (benches/NOTES.md).
         let size = returned_size(request_future);
-        eprintln!("a request's future: {size} bytes");
         assert!(
             size <= 1032,
             "a request's future is {size} bytes: past glibc's tcache (1,032 bytes)"

@@ -109,9 +109,7 @@ impl Host {
 
     /// `uri`'s path and query on this host, as an absolute URI.
     fn absolute(&self, uri: &Uri) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = self.origin.scheme().cloned();
-        parts.authority = self.origin.authority().cloned();
+        let mut parts = self.origin.clone().into_parts();
         parts.path_and_query = Some(
             uri.path_and_query()
                 .cloned()
